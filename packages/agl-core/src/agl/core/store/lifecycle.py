@@ -1,0 +1,664 @@
+"""The store's behaviour, written once: queue, attempts, retries, heartbeats, deadlines, waiting.
+
+A backend subclasses `LifecycleStore` and supplies storage primitives (the ``_get_*``,
+``_save_*``… methods below) that run inside ``_transaction()``; this class decides what to
+store. Keeping the state machine in one place is what lets every backend pass one
+conformance suite.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic_core import PydanticSerializationError, from_json, to_json
+
+from agl.core.errors import AttemptNotFound, InvalidInput, InvalidTransition, RolloutNotFound
+from agl.core.ids import new_attempt_id, new_resources_id, new_rollout_id
+from agl.core.store.base import UNSET, LightningStore, StoreStatistics
+from agl.core.store.watchdog import Watchdog
+from agl.core.types import (
+    Attempt,
+    AttemptedRollout,
+    NamedResources,
+    ResourcesUpdate,
+    Rollout,
+    RolloutConfig,
+    RolloutRequest,
+    Span,
+    Worker,
+)
+from agl.core.types.rollouts import (
+    ACTIVE_ATTEMPT_STATUSES,
+    ATTEMPT_STATUSES,
+    QUEUED_ROLLOUT_STATUSES,
+    ROLLOUT_MODES,
+    ROLLOUT_STATUSES,
+    TERMINAL_ATTEMPT_STATUSES,
+    TERMINAL_ROLLOUT_STATUSES,
+    check_attempt_transition,
+    check_rollout_transition,
+    check_status,
+    rollout_status_after_attempt,
+)
+
+DEFAULT_MAX_SPAN_BYTES = 16 * 1024 * 1024
+WATCHDOG_PERIOD = 0.1
+"""Seconds between watchdog ticks. A tick is cheap (no query unless something can be due)."""
+
+M = TypeVar("M", bound=BaseModel)
+_resources_adapter: TypeAdapter[NamedResources] = TypeAdapter(NamedResources)
+
+
+def validate(model: type[M], **values: Any) -> M:
+    """Build a model, turning pydantic's report into one-line `InvalidInput`."""
+    try:
+        return model(**values)
+    except ValidationError as error:
+        raise InvalidInput(describe_validation_error(model.__name__, error)) from None
+
+
+def describe_validation_error(what: str, error: ValidationError) -> str:
+    problems = "; ".join(
+        f"{'.'.join(str(part) for part in e['loc']) or 'value'}: {e['msg']}" for e in error.errors()[:3]
+    )
+    return f"invalid {what}: {problems}"
+
+
+def as_json_value(value: Any, what: str) -> Any:
+    """Round-trip through JSON so every backend hands back the same plain data it will persist."""
+    try:
+        return from_json(to_json(value))
+    except (PydanticSerializationError, ValueError) as error:
+        raise InvalidInput(f"{what} is not JSON-serialisable: {error}") from None
+
+
+def coerce_span(span: Span | dict[str, Any]) -> Span:
+    if isinstance(span, Span):
+        return span
+    try:
+        return Span.model_validate(span)
+    except ValidationError as error:
+        raise InvalidInput(describe_validation_error("span", error)) from None
+
+
+@dataclass(eq=False)
+class _Waiter:
+    loop: asyncio.AbstractEventLoop
+    event: asyncio.Event
+
+    def wake(self) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.event.set)
+        except RuntimeError:  # the waiter's loop is closed; nothing is listening any more
+            pass
+
+
+class LifecycleStore(LightningStore):
+    """Implements `LightningStore` over storage primitives supplied by a subclass."""
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.time,
+        watchdog_interval: float | None = 1.0,
+        max_span_bytes: int = DEFAULT_MAX_SPAN_BYTES,
+    ) -> None:
+        self._clock = clock
+        self.max_span_bytes = max_span_bytes
+        self._watchdog_interval = watchdog_interval
+        self._next_deadline_check = 0.0
+        self._waiters: set[_Waiter] = set()
+        self._waiters_lock = threading.Lock()
+        self._rollout_finished = False
+        self._watchdog: Watchdog | None = None
+
+    def _start_watchdog(self) -> None:
+        """Called by a subclass once its storage is ready."""
+        if self._watchdog_interval is not None:
+            self._watchdog = Watchdog(self._watchdog_tick, WATCHDOG_PERIOD, f"agl-{type(self).__name__}-watchdog")
+            self._watchdog.start()
+
+    # --- storage primitives (called inside _transaction) ----------------------------------
+    @abc.abstractmethod
+    def _transaction(self) -> AbstractContextManager[None]:
+        """Exclusive, atomic section: all primitives in it commit together or not at all."""
+
+    def _read(self) -> AbstractContextManager[None]:
+        """A consistent read; backends may make it cheaper than a write transaction."""
+        return self._transaction()
+
+    @abc.abstractmethod
+    def _get_rollout(self, rollout_id: str) -> Rollout | None: ...
+
+    @abc.abstractmethod
+    def _insert_rollout(self, rollout: Rollout, queued: bool) -> None: ...
+
+    @abc.abstractmethod
+    def _save_rollout(self, rollout: Rollout, queued: bool | None) -> None:
+        """Replace a rollout. ``queued``: True puts it at the back of the queue, False takes it
+        out, None leaves its place alone."""
+
+    @abc.abstractmethod
+    def _claim_next_queued(self) -> Rollout | None:
+        """Take the oldest queued rollout out of the queue (status unchanged)."""
+
+    @abc.abstractmethod
+    def _get_attempt(self, attempt_id: str) -> Attempt | None: ...
+
+    @abc.abstractmethod
+    def _latest_attempt(self, rollout_id: str) -> Attempt | None: ...
+
+    @abc.abstractmethod
+    def _save_attempt(self, attempt: Attempt) -> None:
+        """Insert or replace an attempt."""
+
+    @abc.abstractmethod
+    def _active_attempts(self) -> list[tuple[Attempt, RolloutConfig]]:
+        """Attempts in preparing/running, with their rollout's config."""
+
+    @abc.abstractmethod
+    def _record_activity(self, attempt_id: str, heartbeat: float | None, next_sequence_id: int) -> None:
+        """Set the attempt's heartbeat (if given) and raise its span counter to ``next_sequence_id``."""
+
+    @abc.abstractmethod
+    def _reserve_span_sequence_id(self, attempt_id: str) -> int: ...
+
+    @abc.abstractmethod
+    def _save_spans(self, spans: Sequence[tuple[Span, bytes]]) -> None:
+        """Upsert spans, each with its JSON encoding."""
+
+    @abc.abstractmethod
+    def _get_resources(self, resources_id: str) -> ResourcesUpdate | None: ...
+
+    @abc.abstractmethod
+    def _latest_resources(self) -> ResourcesUpdate | None: ...
+
+    @abc.abstractmethod
+    def _save_resources(self, update: ResourcesUpdate) -> None:
+        """Insert or replace; the saved one becomes the latest."""
+
+    @abc.abstractmethod
+    def _get_worker(self, worker_id: str) -> Worker | None: ...
+
+    @abc.abstractmethod
+    def _save_worker(self, worker: Worker) -> None: ...
+
+    @abc.abstractmethod
+    def _statistics(self) -> StoreStatistics: ...
+
+    def _changed_elsewhere(self) -> bool:
+        """True when another process may have changed the store since the last call."""
+        return False
+
+    # --- helpers --------------------------------------------------------------------------
+    @contextmanager
+    def _write(self) -> Iterator[None]:
+        """A transaction that wakes `wait_for_rollouts` callers after it commits."""
+        with self._transaction():
+            self._rollout_finished = False
+            yield
+            finished = self._rollout_finished
+        if finished:
+            self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
+        with self._waiters_lock:
+            waiters = list(self._waiters)
+        for waiter in waiters:
+            waiter.wake()
+
+    def _require_rollout(self, rollout_id: str) -> Rollout:
+        rollout = self._get_rollout(rollout_id)
+        if rollout is None:
+            raise RolloutNotFound(rollout_id)
+        return rollout
+
+    def _require_attempt(self, rollout_id: str, attempt_id: str) -> Attempt:
+        attempt = (
+            self._latest_attempt(rollout_id) if attempt_id == "latest" else self._get_attempt(attempt_id)
+        )
+        if attempt is None or attempt.rollout_id != rollout_id:
+            self._require_rollout(rollout_id)
+            raise AttemptNotFound(attempt_id if attempt_id != "latest" else f"latest of {rollout_id}")
+        return attempt
+
+    def _encode_span(self, span: Span) -> bytes:
+        data = span.__pydantic_serializer__.to_json(span)
+        if len(data) > self.max_span_bytes:
+            raise InvalidInput(
+                f"span {span.span_id!r} ({span.name!r}) is {len(data)} bytes; the limit is {self.max_span_bytes}"
+            )
+        return data
+
+    def _new_rollout(self, request: RolloutRequest, status: str, now: float) -> Rollout:
+        return Rollout(
+            rollout_id=request.rollout_id or new_rollout_id(),
+            input=as_json_value(request.input, "rollout input"),
+            mode=request.mode,
+            resources_id=request.resources_id,
+            status=status,  # type: ignore[arg-type]
+            config=request.config or RolloutConfig(),
+            metadata=as_json_value(request.metadata or {}, "rollout metadata"),
+            start_time=now,
+        )
+
+    def _enqueue(self, request: RolloutRequest, now: float) -> Rollout:
+        if request.rollout_id is not None:
+            existing = self._get_rollout(request.rollout_id)
+            if existing is not None:
+                return existing
+        rollout = self._new_rollout(request, "queuing", now)
+        self._insert_rollout(rollout, queued=True)
+        return rollout
+
+    def _begin_attempt(self, rollout: Rollout, worker_id: str | None, now: float) -> AttemptedRollout:
+        latest = self._latest_attempt(rollout.rollout_id)
+        attempt = Attempt(
+            rollout_id=rollout.rollout_id,
+            attempt_id=new_attempt_id(),
+            sequence_id=latest.sequence_id + 1 if latest else 1,
+            worker_id=worker_id,
+            start_time=now,
+        )
+        self._save_attempt(attempt)
+        rollout = rollout.model_copy(update={"status": "preparing"})
+        self._save_rollout(rollout, queued=False)
+        if worker_id is not None:
+            self._worker_took(worker_id, attempt, now)
+        return AttemptedRollout.model_construct(**rollout.__dict__, attempt=attempt)
+
+    def _set_rollout_status(self, rollout: Rollout, status: str, now: float) -> Rollout:
+        check_rollout_transition(rollout.rollout_id, rollout.status, status)
+        update: dict[str, Any] = {"status": status}
+        if status in TERMINAL_ROLLOUT_STATUSES:
+            update["end_time"] = now
+            self._rollout_finished = True
+        if status == "requeuing":
+            queued: bool | None = True
+        elif rollout.status in QUEUED_ROLLOUT_STATUSES:
+            queued = False
+        else:
+            queued = None
+        rollout = rollout.model_copy(update=update)
+        self._save_rollout(rollout, queued=queued)
+        return rollout
+
+    def _set_attempt_status(self, attempt: Attempt, status: str, now: float, *, cascade: bool = True) -> Attempt:
+        check_attempt_transition(attempt.attempt_id, attempt.status, status)
+        update: dict[str, Any] = {"status": status}
+        if status in TERMINAL_ATTEMPT_STATUSES:
+            update["end_time"] = now
+        attempt = attempt.model_copy(update=update)
+        self._save_attempt(attempt)
+        if status in TERMINAL_ATTEMPT_STATUSES and attempt.worker_id is not None:
+            self._worker_released(attempt.worker_id, attempt, now)
+        if cascade:
+            self._cascade_to_rollout(attempt, now)
+        return attempt
+
+    def _cascade_to_rollout(self, attempt: Attempt, now: float) -> None:
+        """Carry the latest attempt's status over to its rollout, applying the retry policy."""
+        rollout = self._get_rollout(attempt.rollout_id)
+        if rollout is None or rollout.is_terminal:
+            return
+        latest = self._latest_attempt(rollout.rollout_id)
+        if latest is None or latest.attempt_id != attempt.attempt_id:
+            return  # an older attempt no longer drives its rollout
+        status = rollout_status_after_attempt(attempt, rollout.config)
+        if status != rollout.status:
+            self._set_rollout_status(rollout, status, now)
+
+    def _note_spans(self, attempt: Attempt, max_sequence_id: int, now: float) -> None:
+        """A span is a heartbeat; the first one moves a preparing attempt to running."""
+        active = attempt.status in ACTIVE_ATTEMPT_STATUSES
+        self._record_activity(attempt.attempt_id, now if active else None, max_sequence_id + 1)
+        if attempt.status == "preparing":
+            self._set_attempt_status(attempt.model_copy(update={"last_heartbeat_time": now}), "running", now)
+
+    def _worker_took(self, worker_id: str, attempt: Attempt, now: float) -> None:
+        worker = self._get_worker(worker_id) or Worker(worker_id=worker_id)
+        self._save_worker(
+            worker.model_copy(
+                update={
+                    "status": "busy",
+                    "last_dequeue_time": now,
+                    "last_busy_time": now,
+                    "current_rollout_id": attempt.rollout_id,
+                    "current_attempt_id": attempt.attempt_id,
+                }
+            )
+        )
+
+    def _worker_released(self, worker_id: str, attempt: Attempt, now: float) -> None:
+        worker = self._get_worker(worker_id)
+        if worker is not None and worker.current_attempt_id == attempt.attempt_id:
+            self._save_worker(
+                worker.model_copy(
+                    update={
+                        "status": "idle",
+                        "last_idle_time": now,
+                        "current_rollout_id": None,
+                        "current_attempt_id": None,
+                    }
+                )
+            )
+
+    # --- rollouts -------------------------------------------------------------------------
+    async def enqueue_rollout(
+        self,
+        input: Any,
+        *,
+        mode: Any = None,
+        resources_id: str | None = None,
+        config: RolloutConfig | None = None,
+        metadata: dict[str, Any] | None = None,
+        rollout_id: str | None = None,
+    ) -> Rollout:
+        request = validate(
+            RolloutRequest,
+            input=input,
+            mode=mode,
+            resources_id=resources_id,
+            config=config,
+            metadata=metadata,
+            rollout_id=rollout_id,
+        )
+        with self._write():
+            return self._enqueue(request, self._clock())
+
+    async def enqueue_many_rollouts(self, requests: Sequence[RolloutRequest]) -> list[Rollout]:
+        checked = [
+            r if isinstance(r, RolloutRequest) else validate(RolloutRequest, **r)  # type: ignore[arg-type]
+            for r in requests
+        ]
+        with self._write():
+            now = self._clock()
+            return [self._enqueue(request, now) for request in checked]
+
+    async def dequeue_rollout(self, worker_id: str | None = None) -> AttemptedRollout | None:
+        with self._write():
+            now = self._clock()
+            rollout = self._claim_next_queued()
+            if rollout is None:
+                if worker_id is not None:
+                    worker = self._get_worker(worker_id) or Worker(worker_id=worker_id, status="idle")
+                    self._save_worker(worker.model_copy(update={"last_dequeue_time": now}))
+                return None
+            return self._begin_attempt(rollout, worker_id, now)
+
+    async def start_rollout(
+        self,
+        input: Any,
+        *,
+        mode: Any = None,
+        resources_id: str | None = None,
+        config: RolloutConfig | None = None,
+        metadata: dict[str, Any] | None = None,
+        worker_id: str | None = None,
+    ) -> AttemptedRollout:
+        request = validate(
+            RolloutRequest, input=input, mode=mode, resources_id=resources_id, config=config, metadata=metadata
+        )
+        with self._write():
+            now = self._clock()
+            rollout = self._new_rollout(request, "preparing", now)
+            self._insert_rollout(rollout, queued=False)
+            return self._begin_attempt(rollout, worker_id, now)
+
+    async def start_attempt(self, rollout_id: str, worker_id: str | None = None) -> AttemptedRollout:
+        with self._write():
+            rollout = self._require_rollout(rollout_id)
+            latest = self._latest_attempt(rollout_id)
+            if rollout.is_terminal or (latest is not None and not latest.is_terminal):
+                raise InvalidTransition("rollout", rollout_id, rollout.status, "preparing")
+            return self._begin_attempt(rollout, worker_id, self._clock())
+
+    async def update_rollout(
+        self,
+        rollout_id: str,
+        *,
+        input: Any = UNSET,
+        mode: Any = UNSET,
+        resources_id: str | None = UNSET,
+        status: Any = UNSET,
+        config: RolloutConfig = UNSET,
+        metadata: dict[str, Any] = UNSET,
+    ) -> Rollout:
+        changes: dict[str, Any] = {}
+        if status is not UNSET:
+            check_status("rollout status", status, ROLLOUT_STATUSES)
+        if mode is not UNSET:
+            if mode is not None:
+                check_status("rollout mode", mode, ROLLOUT_MODES)
+            changes["mode"] = mode
+        if input is not UNSET:
+            changes["input"] = as_json_value(input, "rollout input")
+        if resources_id is not UNSET:
+            changes["resources_id"] = resources_id
+        if config is not UNSET:
+            changes["config"] = config if isinstance(config, RolloutConfig) else validate(RolloutConfig, **config)
+        with self._write():
+            now = self._clock()
+            rollout = self._require_rollout(rollout_id)
+            if metadata is not UNSET:
+                changes["metadata"] = {**rollout.metadata, **as_json_value(metadata, "rollout metadata")}
+            rollout = rollout.model_copy(update=changes)
+            if status is UNSET or status == rollout.status:
+                self._save_rollout(rollout, queued=None)
+                return rollout
+            if status in ("queuing", "preparing", "running"):
+                # These follow from enqueueing and from attempts, never from a direct update.
+                raise InvalidTransition("rollout", rollout_id, rollout.status, status)
+            check_rollout_transition(rollout_id, rollout.status, status)
+            latest = self._latest_attempt(rollout_id)
+            if latest is not None and not latest.is_terminal:
+                ending = "succeeded" if status == "succeeded" else "failed"
+                self._set_attempt_status(latest, ending, now, cascade=False)
+            return self._set_rollout_status(rollout, status, now)
+
+    async def get_rollout_by_id(self, rollout_id: str) -> Rollout | None:
+        with self._read():
+            return self._get_rollout(rollout_id)
+
+    async def wait_for_rollouts(self, rollout_ids: Sequence[str], timeout: float | None = None) -> list[Rollout]:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        wanted = list(dict.fromkeys(rollout_ids))
+        waiter = _Waiter(loop, asyncio.Event())
+        with self._waiters_lock:
+            self._waiters.add(waiter)
+        try:
+            while True:
+                waiter.event.clear()  # before reading, so a finish during the read is not missed
+                with self._read():
+                    rollouts = [self._require_rollout(rollout_id) for rollout_id in wanted]
+                finished = [r for r in rollouts if r.is_terminal]
+                remaining = None if deadline is None else deadline - loop.time()
+                if len(finished) == len(wanted) or (remaining is not None and remaining <= 0):
+                    return finished
+                try:
+                    await asyncio.wait_for(waiter.event.wait(), remaining)
+                except TimeoutError:
+                    pass
+        finally:
+            with self._waiters_lock:
+                self._waiters.discard(waiter)
+
+    # --- attempts -------------------------------------------------------------------------
+    async def get_latest_attempt(self, rollout_id: str) -> Attempt | None:
+        with self._read():
+            return self._latest_attempt(rollout_id)
+
+    async def update_attempt(
+        self,
+        rollout_id: str,
+        attempt_id: str | Literal["latest"],
+        *,
+        status: Any = UNSET,
+        worker_id: str | None = UNSET,
+        last_heartbeat_time: float = UNSET,
+        metadata: dict[str, Any] = UNSET,
+    ) -> Attempt:
+        if status is not UNSET:
+            check_status("attempt status", status, ATTEMPT_STATUSES)
+        with self._write():
+            now = self._clock()
+            attempt = self._require_attempt(rollout_id, attempt_id)
+            changes: dict[str, Any] = {}
+            if worker_id is not UNSET:
+                changes["worker_id"] = worker_id
+            if last_heartbeat_time is not UNSET:
+                changes["last_heartbeat_time"] = last_heartbeat_time
+            if metadata is not UNSET:
+                changes["metadata"] = {**attempt.metadata, **as_json_value(metadata, "attempt metadata")}
+            attempt = attempt.model_copy(update=changes)
+            if status is not UNSET and status != attempt.status:
+                attempt = self._set_attempt_status(attempt, status, now)
+            elif changes:
+                self._save_attempt(attempt)
+            if worker_id not in (UNSET, None) and not attempt.is_terminal:
+                self._worker_took(worker_id, attempt, now)
+            return attempt
+
+    # --- spans ----------------------------------------------------------------------------
+    async def add_span(self, span: Span) -> Span:
+        span = coerce_span(span)
+        data = self._encode_span(span)
+        with self._write():
+            attempt = self._require_attempt(span.rollout_id, span.attempt_id)
+            self._save_spans([(span, data)])
+            self._note_spans(attempt, span.sequence_id, self._clock())
+        return span
+
+    async def add_many_spans(self, spans: Sequence[Span]) -> list[Span]:
+        checked = [coerce_span(span) for span in spans]
+        encoded = [(span, self._encode_span(span)) for span in checked]
+        highest: dict[tuple[str, str], int] = {}
+        for span in checked:
+            key = (span.rollout_id, span.attempt_id)
+            highest[key] = max(highest.get(key, 0), span.sequence_id)
+        with self._write():
+            now = self._clock()
+            attempts = [self._require_attempt(rollout_id, attempt_id) for rollout_id, attempt_id in highest]
+            self._save_spans(encoded)
+            for attempt, max_sequence_id in zip(attempts, highest.values(), strict=True):
+                self._note_spans(attempt, max_sequence_id, now)
+        return checked
+
+    async def add_otel_span(
+        self, rollout_id: str, attempt_id: str, readable_span: Any, sequence_id: int | None = None
+    ) -> Span:
+        if sequence_id is None:
+            sequence_id = await self.get_next_span_sequence_id(rollout_id, attempt_id)
+        span = Span.from_otel(readable_span, rollout_id=rollout_id, attempt_id=attempt_id, sequence_id=sequence_id)
+        return await self.add_span(span)
+
+    async def get_next_span_sequence_id(self, rollout_id: str, attempt_id: str) -> int:
+        with self._write():
+            attempt = self._require_attempt(rollout_id, attempt_id)
+            return self._reserve_span_sequence_id(attempt.attempt_id)
+
+    # --- resources ------------------------------------------------------------------------
+    def _put_resources(self, resources_id: str, resources: NamedResources) -> ResourcesUpdate:
+        try:
+            checked = _resources_adapter.validate_python(resources)
+        except ValidationError as error:
+            raise InvalidInput(describe_validation_error("resources", error)) from None
+        with self._write():
+            now = self._clock()
+            existing = self._get_resources(resources_id)
+            update = ResourcesUpdate(
+                resources_id=resources_id,
+                version=existing.version + 1 if existing else 1,
+                create_time=existing.create_time if existing else now,
+                update_time=now,
+                resources=checked,
+            )
+            self._save_resources(update)
+            return update
+
+    async def add_resources(self, resources: NamedResources) -> ResourcesUpdate:
+        return self._put_resources(new_resources_id(), resources)
+
+    async def update_resources(self, resources_id: str, resources: NamedResources) -> ResourcesUpdate:
+        return self._put_resources(resources_id, resources)
+
+    async def get_resources_by_id(self, resources_id: str) -> ResourcesUpdate | None:
+        with self._read():
+            return self._get_resources(resources_id)
+
+    async def get_latest_resources(self) -> ResourcesUpdate | None:
+        with self._read():
+            return self._latest_resources()
+
+    # --- workers --------------------------------------------------------------------------
+    async def update_worker(self, worker_id: str, *, heartbeat_stats: dict[str, Any] = UNSET) -> Worker:
+        with self._write():
+            now = self._clock()
+            worker = self._get_worker(worker_id) or Worker(worker_id=worker_id, status="idle")
+            update: dict[str, Any] = {"last_heartbeat_time": now}
+            if heartbeat_stats is not UNSET:
+                update["heartbeat_stats"] = as_json_value(heartbeat_stats, "heartbeat stats")
+            worker = worker.model_copy(update=update)
+            self._save_worker(worker)
+            if worker.current_attempt_id is not None:
+                attempt = self._get_attempt(worker.current_attempt_id)
+                if attempt is not None and not attempt.is_terminal:
+                    self._record_activity(attempt.attempt_id, now, 0)
+            return worker
+
+    # --- deadlines ------------------------------------------------------------------------
+    def _due_attempts(self, now: float) -> list[tuple[Attempt, str]]:
+        due = []
+        for attempt, config in self._active_attempts():
+            if config.timeout_seconds is not None and now - attempt.start_time > config.timeout_seconds:
+                due.append((attempt, "timeout"))
+            elif config.unresponsive_seconds is not None:
+                last_sign_of_life = attempt.last_heartbeat_time or attempt.start_time
+                if now - last_sign_of_life > config.unresponsive_seconds:
+                    due.append((attempt, "unresponsive"))
+        return due
+
+    async def check_deadlines(self) -> int:
+        """Time out or mark unresponsive every overdue attempt; returns how many were.
+
+        The watchdog thread calls this (synchronously) every ``watchdog_interval`` seconds;
+        tests with a manual clock call it directly.
+        """
+        return self._enforce_deadlines()
+
+    def _enforce_deadlines(self) -> int:
+        now = self._clock()
+        with self._read():
+            if not self._due_attempts(now):
+                return 0
+        with self._write():
+            due = self._due_attempts(now)  # again, under the write lock: another process may have acted
+            for attempt, status in due:
+                self._set_attempt_status(attempt, status, now)
+            return len(due)
+
+    def _watchdog_tick(self) -> None:
+        if self._waiters and self._changed_elsewhere():
+            self._wake_waiters()
+        now = time.monotonic()
+        if now >= self._next_deadline_check:
+            self._next_deadline_check = now + (self._watchdog_interval or 0.0)
+            self._enforce_deadlines()
+
+    async def statistics(self) -> StoreStatistics:
+        with self._read():
+            return self._statistics()
+
+    def _stop_watchdog(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.stop()
+            self._watchdog = None

@@ -1,0 +1,243 @@
+"""``memory://``: the store in one process's memory, for tests and throwaway runs.
+
+Nothing survives the process. Safe across threads (one lock) and event loops. Spans of
+running rollouts are never evicted.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from agl.core.store.base import Page, StoreStatistics
+from agl.core.store.lifecycle import DEFAULT_MAX_SPAN_BYTES, LifecycleStore
+from agl.core.store.query import check_query, sort_and_page
+from agl.core.types import Attempt, ResourcesUpdate, Rollout, RolloutConfig, Span, Worker
+from agl.core.types.rollouts import ACTIVE_ATTEMPT_STATUSES, ATTEMPT_STATUSES, ROLLOUT_STATUSES
+
+
+class InMemoryLightningStore(LifecycleStore):
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] | None = None,
+        watchdog_interval: float | None = 1.0,
+        max_span_bytes: int = DEFAULT_MAX_SPAN_BYTES,
+    ) -> None:
+        kwargs: dict[str, Any] = {"clock": clock} if clock is not None else {}
+        super().__init__(watchdog_interval=watchdog_interval, max_span_bytes=max_span_bytes, **kwargs)
+        self._lock = threading.RLock()
+        self._rollouts: dict[str, Rollout] = {}
+        self._queue: deque[str] = deque()
+        self._queued: set[str] = set()  # ids in _queue that are still waiting; others are skipped
+        self._attempts: dict[str, Attempt] = {}
+        self._attempts_by_rollout: dict[str, list[str]] = {}
+        self._active: set[str] = set()
+        self._next_sequence_id: dict[str, int] = {}
+        self._spans: dict[str, dict[tuple[str, str], Span]] = {}
+        self._span_count = 0
+        self._resources: dict[str, ResourcesUpdate] = {}
+        self._latest_resources_id: str | None = None
+        self._workers: dict[str, Worker] = {}
+        self._start_watchdog()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        # Methods validate before they write, so a raised error leaves nothing half-done.
+        with self._lock:
+            yield
+
+    # --- rollouts -------------------------------------------------------------------------
+    def _get_rollout(self, rollout_id: str) -> Rollout | None:
+        return self._rollouts.get(rollout_id)
+
+    def _insert_rollout(self, rollout: Rollout, queued: bool) -> None:
+        self._save_rollout(rollout, queued)
+
+    def _save_rollout(self, rollout: Rollout, queued: bool | None) -> None:
+        self._rollouts[rollout.rollout_id] = rollout
+        if queued:
+            self._queue.append(rollout.rollout_id)
+            self._queued.add(rollout.rollout_id)
+        elif queued is False:
+            self._queued.discard(rollout.rollout_id)
+
+    def _claim_next_queued(self) -> Rollout | None:
+        while self._queue:
+            rollout_id = self._queue.popleft()
+            if rollout_id in self._queued:
+                self._queued.discard(rollout_id)
+                return self._rollouts[rollout_id]
+        return None
+
+    # --- attempts -------------------------------------------------------------------------
+    def _get_attempt(self, attempt_id: str) -> Attempt | None:
+        return self._attempts.get(attempt_id)
+
+    def _latest_attempt(self, rollout_id: str) -> Attempt | None:
+        ids = self._attempts_by_rollout.get(rollout_id)
+        return self._attempts[ids[-1]] if ids else None
+
+    def _save_attempt(self, attempt: Attempt) -> None:
+        if attempt.attempt_id not in self._attempts:
+            self._attempts_by_rollout.setdefault(attempt.rollout_id, []).append(attempt.attempt_id)
+            self._next_sequence_id[attempt.attempt_id] = 1
+        self._attempts[attempt.attempt_id] = attempt
+        if attempt.status in ACTIVE_ATTEMPT_STATUSES:
+            self._active.add(attempt.attempt_id)
+        else:
+            self._active.discard(attempt.attempt_id)
+
+    def _active_attempts(self) -> list[tuple[Attempt, RolloutConfig]]:
+        return [
+            (self._attempts[a], self._rollouts[self._attempts[a].rollout_id].config) for a in self._active
+        ]
+
+    def _record_activity(self, attempt_id: str, heartbeat: float | None, next_sequence_id: int) -> None:
+        if next_sequence_id > self._next_sequence_id[attempt_id]:
+            self._next_sequence_id[attempt_id] = next_sequence_id
+        if heartbeat is not None:
+            attempt = self._attempts[attempt_id]
+            self._attempts[attempt_id] = attempt.model_copy(update={"last_heartbeat_time": heartbeat})
+
+    def _reserve_span_sequence_id(self, attempt_id: str) -> int:
+        sequence_id = self._next_sequence_id[attempt_id]
+        self._next_sequence_id[attempt_id] = sequence_id + 1
+        return sequence_id
+
+    # --- spans ----------------------------------------------------------------------------
+    def _save_spans(self, spans: Sequence[tuple[Span, bytes]]) -> None:
+        for span, _ in spans:
+            by_rollout = self._spans.setdefault(span.rollout_id, {})
+            key = (span.attempt_id, span.span_id)
+            if key not in by_rollout:
+                self._span_count += 1
+            by_rollout[key] = span
+
+    # --- resources and workers ------------------------------------------------------------
+    def _get_resources(self, resources_id: str) -> ResourcesUpdate | None:
+        return self._resources.get(resources_id)
+
+    def _latest_resources(self) -> ResourcesUpdate | None:
+        return None if self._latest_resources_id is None else self._resources[self._latest_resources_id]
+
+    def _save_resources(self, update: ResourcesUpdate) -> None:
+        self._resources[update.resources_id] = update
+        self._latest_resources_id = update.resources_id
+
+    def _get_worker(self, worker_id: str) -> Worker | None:
+        return self._workers.get(worker_id)
+
+    def _save_worker(self, worker: Worker) -> None:
+        self._workers[worker.worker_id] = worker
+
+    def _statistics(self) -> StoreStatistics:
+        rollouts = Counter(r.status for r in self._rollouts.values())
+        attempts = Counter(a.status for a in self._attempts.values())
+        return StoreStatistics(
+            rollouts_by_status={s: rollouts[s] for s in ROLLOUT_STATUSES if rollouts[s]},
+            attempts_by_status={s: attempts[s] for s in ATTEMPT_STATUSES if attempts[s]},
+            spans=self._span_count,
+            resources=len(self._resources),
+            workers=len(self._workers),
+        )
+
+    # --- queries --------------------------------------------------------------------------
+    async def query_rollouts(
+        self,
+        *,
+        status_in: Sequence[str] | None = None,
+        rollout_id_in: Sequence[str] | None = None,
+        mode: str | None = None,
+        resources_id: str | None = None,
+        sort_by: str = "start_time",
+        sort_order: str = "asc",
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> Page[Rollout]:
+        check_query("rollouts", sort_by, sort_order, limit, offset)
+        statuses = None if status_in is None else set(status_in)
+        with self._lock:
+            if rollout_id_in is not None:
+                candidates = [self._rollouts[i] for i in dict.fromkeys(rollout_id_in) if i in self._rollouts]
+            else:
+                candidates = list(self._rollouts.values())
+        matched = (
+            r
+            for r in candidates
+            if (statuses is None or r.status in statuses)
+            and (mode is None or r.mode == mode)
+            and (resources_id is None or r.resources_id == resources_id)
+        )
+        return sort_and_page(matched, lambda r: getattr(r, sort_by), sort_order, limit, offset)
+
+    async def query_attempts(
+        self,
+        rollout_id: str,
+        *,
+        status_in: Sequence[str] | None = None,
+        sort_by: str = "sequence_id",
+        sort_order: str = "asc",
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> Page[Attempt]:
+        check_query("attempts", sort_by, sort_order, limit, offset)
+        with self._lock:
+            attempts = [self._attempts[a] for a in self._attempts_by_rollout.get(rollout_id, ())]
+        if status_in is not None:
+            attempts = [a for a in attempts if a.status in set(status_in)]
+        return sort_and_page(attempts, lambda a: getattr(a, sort_by), sort_order, limit, offset)
+
+    async def query_spans(
+        self,
+        rollout_id: str,
+        attempt_id: str | None = None,
+        *,
+        name: str | None = None,
+        sort_by: str = "sequence_id",
+        sort_order: str = "asc",
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> Page[Span]:
+        check_query("spans", sort_by, sort_order, limit, offset)
+        with self._lock:
+            if attempt_id == "latest":
+                latest = self._latest_attempt(rollout_id)
+                if latest is None:
+                    return Page(items=[], total=0, offset=offset, limit=limit)
+                attempt_id = latest.attempt_id
+            spans = list(self._spans.get(rollout_id, {}).values())
+        matched = (
+            s for s in spans if (attempt_id is None or s.attempt_id == attempt_id) and (name is None or s.name == name)
+        )
+        return sort_and_page(matched, lambda s: getattr(s, sort_by), sort_order, limit, offset)
+
+    async def query_resources(
+        self, *, sort_by: str = "update_time", sort_order: str = "asc", limit: int | None = None, offset: int = 0
+    ) -> Page[ResourcesUpdate]:
+        check_query("resources", sort_by, sort_order, limit, offset)
+        with self._lock:
+            updates = list(self._resources.values())
+        return sort_and_page(updates, lambda u: getattr(u, sort_by), sort_order, limit, offset)
+
+    async def query_workers(
+        self,
+        *,
+        status_in: Sequence[str] | None = None,
+        sort_by: str = "worker_id",
+        sort_order: str = "asc",
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> Page[Worker]:
+        check_query("workers", sort_by, sort_order, limit, offset)
+        with self._lock:
+            workers = list(self._workers.values())
+        if status_in is not None:
+            workers = [w for w in workers if w.status in set(status_in)]
+        return sort_and_page(workers, lambda w: getattr(w, sort_by), sort_order, limit, offset)
+
+    async def close(self) -> None:
+        self._stop_watchdog()

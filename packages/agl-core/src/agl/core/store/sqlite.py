@@ -1,0 +1,477 @@
+"""``sqlite:///path.db``: the default store, one file, shared safely by the processes of one machine.
+
+Durability: WAL journal, ``synchronous=NORMAL`` by default. A write that returned is in the
+database file's write-ahead log, so it survives the writing process being killed at any
+moment (SIGKILL is tested). An operating-system crash or power cut may lose the last
+transactions before a checkpoint; ``?synchronous=full`` fsyncs every commit and survives
+those too, at about a fifth of the single-write rate (see docs/benchmarks.md).
+
+Concurrency: each write is one ``BEGIN IMMEDIATE`` transaction, so processes serialise on the
+file lock (waiting up to ``busy_timeout`` seconds); work is claimed with one
+``UPDATE … RETURNING``. Calls run on the caller's thread: SQLite answers in microseconds and a
+thread hop would cost more than the work. Another process's commits are noticed through
+``PRAGMA data_version`` by the watchdog thread, which wakes `wait_for_rollouts` callers.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic_core import from_json, to_json
+
+from agl.core.errors import AglError, InvalidInput
+from agl.core.store.base import Page, StoreStatistics
+from agl.core.store.lifecycle import DEFAULT_MAX_SPAN_BYTES, LifecycleStore
+from agl.core.store.query import check_query
+from agl.core.store.sqlite_schema import MIGRATIONS
+from agl.core.types import Attempt, ResourcesUpdate, Rollout, RolloutConfig, Span, Worker
+from agl.core.types.rollouts import ATTEMPT_STATUSES, ROLLOUT_STATUSES
+
+Synchronous = Literal["normal", "full"]
+
+_ROLLOUT_COLUMNS = "rollout_id, status, mode, resources_id, start_time, end_time, input, config, metadata"
+_ATTEMPT_COLUMNS = (
+    "rollout_id, attempt_id, sequence_id, status, worker_id, start_time, end_time, last_heartbeat_time, metadata"
+)
+_NEXT_QUEUE_SEQ = "(SELECT coalesce(max(queue_seq), 0) + 1 FROM rollouts)"
+
+
+def _json_text(value: Any) -> str:
+    return to_json(value).decode()
+
+
+def _rollout(row: tuple[Any, ...]) -> Rollout:
+    return Rollout(
+        rollout_id=row[0],
+        status=row[1],
+        mode=row[2],
+        resources_id=row[3],
+        start_time=row[4],
+        end_time=row[5],
+        input=from_json(row[6]),
+        config=RolloutConfig.model_validate_json(row[7]),
+        metadata=from_json(row[8]),
+    )
+
+
+def _attempt(row: tuple[Any, ...]) -> Attempt:
+    return Attempt(
+        rollout_id=row[0],
+        attempt_id=row[1],
+        sequence_id=row[2],
+        status=row[3],
+        worker_id=row[4],
+        start_time=row[5],
+        end_time=row[6],
+        last_heartbeat_time=row[7],
+        metadata=from_json(row[8]),
+    )
+
+
+class SqliteLightningStore(LifecycleStore):
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: Synchronous = "normal",
+        busy_timeout: float = 30.0,
+        clock: Callable[[], float] | None = None,
+        watchdog_interval: float | None = 1.0,
+        max_span_bytes: int = DEFAULT_MAX_SPAN_BYTES,
+    ) -> None:
+        kwargs: dict[str, Any] = {"clock": clock} if clock is not None else {}
+        super().__init__(watchdog_interval=watchdog_interval, max_span_bytes=max_span_bytes, **kwargs)
+        if synchronous not in ("normal", "full"):
+            raise InvalidInput(f"invalid synchronous {synchronous!r}; expected 'normal' or 'full'")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._closed = False
+        self._depth = 0
+        self._data_version: int | None = None
+        self._conn = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
+        )
+        # WAL is a property of the file: set once, outside any transaction, and checked.
+        mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise AglError(f"cannot put {self.path} in WAL mode (journal_mode is {mode!r})")
+        self._conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        self._migrate()
+        self._start_watchdog()
+
+    # --- connection and transactions ------------------------------------------------------
+    def _migrate(self) -> None:
+        with self._transaction():
+            self._conn.execute(
+                "CREATE TABLE IF NOT EXISTS agl_migrations (name TEXT PRIMARY KEY, applied_time REAL NOT NULL)"
+            )
+            applied = {row[0] for row in self._conn.execute("SELECT name FROM agl_migrations")}
+            for name, script in MIGRATIONS:
+                if name in applied:
+                    continue
+                for statement in _statements(script):
+                    self._conn.execute(statement)
+                self._conn.execute("INSERT INTO agl_migrations VALUES (?, ?)", (name, time.time()))
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """``BEGIN IMMEDIATE`` at the outermost level (savepoints inside); rollback on any error."""
+        with self._lock:
+            if self._closed:
+                raise AglError(f"the store at {self.path} is closed")
+            outermost = self._depth == 0
+            self._conn.execute("BEGIN IMMEDIATE" if outermost else "SAVEPOINT nested")
+            self._depth += 1
+            try:
+                yield
+            except BaseException:
+                self._conn.execute("ROLLBACK" if outermost else "ROLLBACK TO nested")
+                if not outermost:
+                    self._conn.execute("RELEASE nested")
+                raise
+            else:
+                self._conn.execute("COMMIT" if outermost else "RELEASE nested")
+            finally:
+                self._depth -= 1
+
+    @contextmanager
+    def _read(self) -> Iterator[None]:
+        """A deferred transaction: one consistent snapshot without taking the write lock."""
+        with self._lock:
+            if self._closed:
+                raise AglError(f"the store at {self.path} is closed")
+            if self._depth:
+                yield
+                return
+            self._conn.execute("BEGIN")
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                self._conn.execute("COMMIT")
+
+    def _changed_elsewhere(self) -> bool:
+        with self._lock:
+            if self._closed:
+                return False
+            version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+        changed = self._data_version is not None and version != self._data_version
+        self._data_version = version
+        return changed
+
+    async def close(self) -> None:
+        self._stop_watchdog()
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._conn.close()
+
+    # --- rollouts -------------------------------------------------------------------------
+    def _get_rollout(self, rollout_id: str) -> Rollout | None:
+        row = self._conn.execute(
+            f"SELECT {_ROLLOUT_COLUMNS} FROM rollouts WHERE rollout_id = ?", (rollout_id,)
+        ).fetchone()
+        return None if row is None else _rollout(row)
+
+    def _rollout_values(self, rollout: Rollout) -> tuple[Any, ...]:
+        return (
+            rollout.status,
+            rollout.mode,
+            rollout.resources_id,
+            rollout.start_time,
+            rollout.end_time,
+            _json_text(rollout.input),
+            rollout.config.model_dump_json(),
+            _json_text(rollout.metadata),
+            rollout.rollout_id,
+        )
+
+    def _insert_rollout(self, rollout: Rollout, queued: bool) -> None:
+        queue_seq = _NEXT_QUEUE_SEQ if queued else "NULL"
+        self._conn.execute(
+            "INSERT INTO rollouts (status, mode, resources_id, start_time, end_time, input, config, metadata,"
+            f" rollout_id, queue_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, {queue_seq})",
+            self._rollout_values(rollout),
+        )
+
+    def _save_rollout(self, rollout: Rollout, queued: bool | None) -> None:
+        queue_seq = {True: _NEXT_QUEUE_SEQ, False: "NULL", None: "queue_seq"}[queued]
+        self._conn.execute(
+            "UPDATE rollouts SET status = ?, mode = ?, resources_id = ?, start_time = ?, end_time = ?,"
+            f" input = ?, config = ?, metadata = ?, queue_seq = {queue_seq} WHERE rollout_id = ?",
+            self._rollout_values(rollout),
+        )
+
+    def _claim_next_queued(self) -> Rollout | None:
+        row = self._conn.execute(
+            "UPDATE rollouts SET queue_seq = NULL"
+            " WHERE queue_seq = (SELECT min(queue_seq) FROM rollouts WHERE queue_seq IS NOT NULL)"
+            f" RETURNING {_ROLLOUT_COLUMNS}"
+        ).fetchone()
+        return None if row is None else _rollout(row)
+
+    # --- attempts -------------------------------------------------------------------------
+    def _get_attempt(self, attempt_id: str) -> Attempt | None:
+        row = self._conn.execute(
+            f"SELECT {_ATTEMPT_COLUMNS} FROM attempts WHERE attempt_id = ?", (attempt_id,)
+        ).fetchone()
+        return None if row is None else _attempt(row)
+
+    def _latest_attempt(self, rollout_id: str) -> Attempt | None:
+        row = self._conn.execute(
+            f"SELECT {_ATTEMPT_COLUMNS} FROM attempts WHERE rollout_id = ? ORDER BY sequence_id DESC LIMIT 1",
+            (rollout_id,),
+        ).fetchone()
+        return None if row is None else _attempt(row)
+
+    def _save_attempt(self, attempt: Attempt) -> None:
+        self._conn.execute(
+            f"INSERT INTO attempts ({_ATTEMPT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (attempt_id) DO UPDATE SET status = excluded.status, worker_id = excluded.worker_id,"
+            " end_time = excluded.end_time, last_heartbeat_time = excluded.last_heartbeat_time,"
+            " metadata = excluded.metadata",
+            (
+                attempt.rollout_id,
+                attempt.attempt_id,
+                attempt.sequence_id,
+                attempt.status,
+                attempt.worker_id,
+                attempt.start_time,
+                attempt.end_time,
+                attempt.last_heartbeat_time,
+                _json_text(attempt.metadata),
+            ),
+        )
+
+    def _active_attempts(self) -> list[tuple[Attempt, RolloutConfig]]:
+        columns = ", ".join(f"a.{c.strip()}" for c in _ATTEMPT_COLUMNS.split(","))
+        rows = self._conn.execute(
+            f"SELECT {columns}, r.config FROM attempts a JOIN rollouts r ON r.rollout_id = a.rollout_id"
+            " WHERE a.status IN ('preparing', 'running')"
+        ).fetchall()
+        return [(_attempt(row), RolloutConfig.model_validate_json(row[-1])) for row in rows]
+
+    def _record_activity(self, attempt_id: str, heartbeat: float | None, next_sequence_id: int) -> None:
+        self._conn.execute(
+            "UPDATE attempts SET next_span_seq = max(next_span_seq, ?),"
+            " last_heartbeat_time = coalesce(?, last_heartbeat_time) WHERE attempt_id = ?",
+            (next_sequence_id, heartbeat, attempt_id),
+        )
+
+    def _reserve_span_sequence_id(self, attempt_id: str) -> int:
+        row = self._conn.execute(
+            "UPDATE attempts SET next_span_seq = next_span_seq + 1 WHERE attempt_id = ? RETURNING next_span_seq - 1",
+            (attempt_id,),
+        ).fetchone()
+        return int(row[0])
+
+    # --- spans ----------------------------------------------------------------------------
+    def _save_spans(self, spans: Sequence[tuple[Span, bytes]]) -> None:
+        self._conn.executemany(
+            "INSERT INTO spans (rollout_id, attempt_id, span_id, sequence_id, name, start_time, end_time, data)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (attempt_id, span_id) DO UPDATE SET"
+            " rollout_id = excluded.rollout_id, sequence_id = excluded.sequence_id, name = excluded.name,"
+            " start_time = excluded.start_time, end_time = excluded.end_time, data = excluded.data",
+            [
+                (s.rollout_id, s.attempt_id, s.span_id, s.sequence_id, s.name, s.start_time, s.end_time, data)
+                for s, data in spans
+            ],
+        )
+
+    # --- resources and workers ------------------------------------------------------------
+    def _get_resources(self, resources_id: str) -> ResourcesUpdate | None:
+        row = self._conn.execute("SELECT data FROM resources WHERE resources_id = ?", (resources_id,)).fetchone()
+        return None if row is None else ResourcesUpdate.model_validate_json(row[0])
+
+    def _latest_resources(self) -> ResourcesUpdate | None:
+        row = self._conn.execute("SELECT data FROM resources ORDER BY update_seq DESC LIMIT 1").fetchone()
+        return None if row is None else ResourcesUpdate.model_validate_json(row[0])
+
+    def _save_resources(self, update: ResourcesUpdate) -> None:
+        self._conn.execute(
+            "INSERT INTO resources (resources_id, update_seq, version, create_time, update_time, data)"
+            " VALUES (?, (SELECT coalesce(max(update_seq), 0) + 1 FROM resources), ?, ?, ?, ?)"
+            " ON CONFLICT (resources_id) DO UPDATE SET update_seq = excluded.update_seq,"
+            " version = excluded.version, update_time = excluded.update_time, data = excluded.data",
+            (
+                update.resources_id,
+                update.version,
+                update.create_time,
+                update.update_time,
+                update.model_dump_json(),
+            ),
+        )
+
+    def _get_worker(self, worker_id: str) -> Worker | None:
+        row = self._conn.execute("SELECT data FROM workers WHERE worker_id = ?", (worker_id,)).fetchone()
+        return None if row is None else Worker.model_validate_json(row[0])
+
+    def _save_worker(self, worker: Worker) -> None:
+        self._conn.execute(
+            "INSERT INTO workers (worker_id, status, last_heartbeat_time, data) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (worker_id) DO UPDATE SET status = excluded.status,"
+            " last_heartbeat_time = excluded.last_heartbeat_time, data = excluded.data",
+            (worker.worker_id, worker.status, worker.last_heartbeat_time, worker.model_dump_json()),
+        )
+
+    def _statistics(self) -> StoreStatistics:
+        rollouts = Counter(dict(self._conn.execute("SELECT status, count(*) FROM rollouts GROUP BY status")))
+        attempts = Counter(dict(self._conn.execute("SELECT status, count(*) FROM attempts GROUP BY status")))
+        return StoreStatistics(
+            rollouts_by_status={s: rollouts[s] for s in ROLLOUT_STATUSES if rollouts[s]},
+            attempts_by_status={s: attempts[s] for s in ATTEMPT_STATUSES if attempts[s]},
+            spans=self._conn.execute("SELECT count(*) FROM spans").fetchone()[0],
+            resources=self._conn.execute("SELECT count(*) FROM resources").fetchone()[0],
+            workers=self._conn.execute("SELECT count(*) FROM workers").fetchone()[0],
+        )
+
+    # --- queries --------------------------------------------------------------------------
+    def _page(
+        self,
+        select: str,
+        table: str,
+        where: list[str],
+        params: list[Any],
+        sort_by: str,
+        sort_order: str,
+        limit: int | None,
+        offset: int,
+    ) -> tuple[list[tuple[Any, ...]], int]:
+        """Run a filtered, sorted, paginated query; ``sort_by`` was checked against a whitelist."""
+        condition = f" WHERE {' AND '.join(where)}" if where else ""
+        direction = "DESC" if sort_order == "desc" else "ASC"
+        with self._read():
+            rows = self._conn.execute(
+                f"SELECT {select} FROM {table}{condition} ORDER BY {sort_by} {direction}, rowid {direction}"
+                " LIMIT ? OFFSET ?",
+                [*params, -1 if limit is None else limit, offset],
+            ).fetchall()
+            if offset == 0 and (limit is None or len(rows) < limit):
+                total = len(rows)
+            else:
+                total = self._conn.execute(f"SELECT count(*) FROM {table}{condition}", params).fetchone()[0]
+        return rows, total
+
+    async def query_rollouts(
+        self,
+        *,
+        status_in: Sequence[str] | None = None,
+        rollout_id_in: Sequence[str] | None = None,
+        mode: str | None = None,
+        resources_id: str | None = None,
+        sort_by: str = "start_time",
+        sort_order: str = "asc",
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> Page[Rollout]:
+        check_query("rollouts", sort_by, sort_order, limit, offset)
+        where: list[str] = []
+        params: list[Any] = []
+        if status_in is not None:
+            where.append("status IN (SELECT value FROM json_each(?))")
+            params.append(_json_text(list(status_in)))
+        if rollout_id_in is not None:
+            where.append("rollout_id IN (SELECT value FROM json_each(?))")
+            params.append(_json_text(list(rollout_id_in)))
+        if mode is not None:
+            where.append("mode = ?")
+            params.append(mode)
+        if resources_id is not None:
+            where.append("resources_id = ?")
+            params.append(resources_id)
+        rows, total = self._page(_ROLLOUT_COLUMNS, "rollouts", where, params, sort_by, sort_order, limit, offset)
+        return Page(items=[_rollout(row) for row in rows], total=total, offset=offset, limit=limit)
+
+    async def query_attempts(
+        self,
+        rollout_id: str,
+        *,
+        status_in: Sequence[str] | None = None,
+        sort_by: str = "sequence_id",
+        sort_order: str = "asc",
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> Page[Attempt]:
+        check_query("attempts", sort_by, sort_order, limit, offset)
+        where, params = ["rollout_id = ?"], [rollout_id]
+        if status_in is not None:
+            where.append("status IN (SELECT value FROM json_each(?))")
+            params.append(_json_text(list(status_in)))
+        rows, total = self._page(_ATTEMPT_COLUMNS, "attempts", where, params, sort_by, sort_order, limit, offset)
+        return Page(items=[_attempt(row) for row in rows], total=total, offset=offset, limit=limit)
+
+    async def query_spans(
+        self,
+        rollout_id: str,
+        attempt_id: str | None = None,
+        *,
+        name: str | None = None,
+        sort_by: str = "sequence_id",
+        sort_order: str = "asc",
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> Page[Span]:
+        check_query("spans", sort_by, sort_order, limit, offset)
+        if attempt_id == "latest":
+            with self._read():
+                latest = self._latest_attempt(rollout_id)
+            if latest is None:
+                return Page(items=[], total=0, offset=offset, limit=limit)
+            attempt_id = latest.attempt_id
+        where, params = ["rollout_id = ?"], [rollout_id]
+        if attempt_id is not None:
+            where.append("attempt_id = ?")
+            params.append(attempt_id)
+        if name is not None:
+            where.append("name = ?")
+            params.append(name)
+        rows, total = self._page("data", "spans", where, params, sort_by, sort_order, limit, offset)
+        return Page(items=[Span.model_validate_json(row[0]) for row in rows], total=total, offset=offset, limit=limit)
+
+    async def query_resources(
+        self, *, sort_by: str = "update_time", sort_order: str = "asc", limit: int | None = None, offset: int = 0
+    ) -> Page[ResourcesUpdate]:
+        check_query("resources", sort_by, sort_order, limit, offset)
+        rows, total = self._page("data", "resources", [], [], sort_by, sort_order, limit, offset)
+        return Page(
+            items=[ResourcesUpdate.model_validate_json(row[0]) for row in rows], total=total, offset=offset, limit=limit
+        )
+
+    async def query_workers(
+        self,
+        *,
+        status_in: Sequence[str] | None = None,
+        sort_by: str = "worker_id",
+        sort_order: str = "asc",
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> Page[Worker]:
+        check_query("workers", sort_by, sort_order, limit, offset)
+        where: list[str] = []
+        params: list[Any] = []
+        if status_in is not None:
+            where.append("status IN (SELECT value FROM json_each(?))")
+            params.append(_json_text(list(status_in)))
+        rows, total = self._page("data", "workers", where, params, sort_by, sort_order, limit, offset)
+        return Page(items=[Worker.model_validate_json(row[0]) for row in rows], total=total, offset=offset, limit=limit)
+
+
+def _statements(script: str) -> Iterator[str]:
+    """Split a migration into statements (``executescript`` would commit our transaction)."""
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            yield pending.strip()
+            pending = ""
+    if pending.strip():
+        raise AglError(f"incomplete statement in migration: {pending.strip()[:80]!r}")

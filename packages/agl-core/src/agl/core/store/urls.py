@@ -1,0 +1,86 @@
+"""`open_store(url)`: pick a backend from a URL; ``AGL_STORE`` sets the default everywhere.
+
+    memory://                       in-process, gone when the process ends
+    sqlite:///relative/path.db      a file (four slashes for an absolute path)
+    sqlite:////abs/path.db?synchronous=full&busy_timeout=10
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from agl.core.errors import StoreUrlError
+from agl.core.store.base import LightningStore
+
+DEFAULT_STORE_URL = "sqlite:///.agl/store.db"
+STORE_URL_ENV = "AGL_STORE"
+
+
+def default_store_url() -> str:
+    return os.environ.get(STORE_URL_ENV) or DEFAULT_STORE_URL
+
+
+def _open_memory(url: str, path: str, options: dict[str, str], **kwargs: Any) -> LightningStore:
+    from agl.core.store.memory import InMemoryLightningStore
+
+    if path or options:
+        raise StoreUrlError(url, "memory:// takes no path or options")
+    return InMemoryLightningStore(**kwargs)
+
+
+def _open_sqlite(url: str, path: str, options: dict[str, str], **kwargs: Any) -> LightningStore:
+    from agl.core.store.sqlite import SqliteLightningStore
+
+    # sqlite:///rel.db -> "/rel.db" after urlsplit; one leading slash belongs to the URL syntax.
+    file_path = path[1:] if path.startswith("/") else path
+    if not file_path or file_path.endswith("/"):
+        raise StoreUrlError(url, "sqlite:// needs a file path, as in sqlite:///.agl/store.db")
+    settings: dict[str, Any] = {}
+    for key, value in options.items():
+        if key == "synchronous":
+            if value.lower() not in ("normal", "full"):
+                raise StoreUrlError(url, f"synchronous must be 'normal' or 'full', not {value!r}")
+            settings["synchronous"] = value.lower()
+        elif key == "busy_timeout":
+            try:
+                settings["busy_timeout"] = float(value)
+            except ValueError:
+                raise StoreUrlError(url, f"busy_timeout must be a number of seconds, not {value!r}") from None
+        else:
+            raise StoreUrlError(url, f"unknown option {key!r} (known: synchronous, busy_timeout)")
+    return SqliteLightningStore(Path(file_path), **settings, **kwargs)
+
+
+BACKENDS: dict[str, Callable[..., LightningStore]] = {
+    "memory": _open_memory,
+    "sqlite": _open_sqlite,
+}
+
+
+def open_store(url: str | None = None, **kwargs: Any) -> LightningStore:
+    """Open the store named by ``url`` (default: ``$AGL_STORE``, else ``sqlite:///.agl/store.db``).
+
+    Extra keyword arguments (``clock``, ``watchdog_interval``…) go to the backend.
+    """
+    url = url or default_store_url()
+    try:
+        parts = urlsplit(url)
+    except ValueError as error:
+        raise StoreUrlError(url, str(error)) from None
+    if not parts.scheme:
+        raise StoreUrlError(url, f"no scheme; expected one of {', '.join(f'{s}://' for s in BACKENDS)}")
+    opener = BACKENDS.get(parts.scheme)
+    if opener is None:
+        raise StoreUrlError(url, f"unknown scheme {parts.scheme!r}; expected one of {', '.join(BACKENDS)}")
+    if parts.scheme != "memory" and parts.netloc:
+        raise StoreUrlError(url, f"unexpected host {parts.netloc!r}; use three slashes: {parts.scheme}:///path")
+    try:
+        options = dict(parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query)))
+    except ValueError:
+        raise StoreUrlError(url, f"malformed query string {parts.query!r}") from None
+    path = parts.netloc + parts.path if parts.scheme == "memory" else parts.path
+    return opener(url, path, options, **kwargs)
