@@ -1,7 +1,7 @@
 """agl core: the data model, the stores and (soon) the tracing runtime.
 
-    from agl.core import open_store
-    store = open_store()            # $AGL_STORE, else sqlite:///.agl/store.db
+from agl.core import open_store
+store = open_store()            # $AGL_STORE, else sqlite:///.agl/store.db
 """
 
 from agl.core.errors import (

@@ -52,9 +52,7 @@ class InvalidTransition(AglError):
     """A status change the state machine forbids, such as leaving a terminal state."""
 
     def __init__(self, kind: str, object_id: str, current: Any, requested: Any) -> None:
-        super().__init__(
-            f"{kind} {object_id!r} cannot go from {current!r} to {requested!r}"
-        )
+        super().__init__(f"{kind} {object_id!r} cannot go from {current!r} to {requested!r}")
         self.kind = kind
         self.object_id = object_id
         self.current = current

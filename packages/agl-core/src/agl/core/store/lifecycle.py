@@ -13,7 +13,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -95,10 +95,8 @@ class _Waiter:
     event: asyncio.Event
 
     def wake(self) -> None:
-        try:
+        with suppress(RuntimeError):  # the waiter's loop is closed: nobody is listening any more
             self.loop.call_soon_threadsafe(self.event.set)
-        except RuntimeError:  # the waiter's loop is closed; nothing is listening any more
-            pass
 
 
 class LifecycleStore(LightningStore):
@@ -222,9 +220,7 @@ class LifecycleStore(LightningStore):
         return rollout
 
     def _require_attempt(self, rollout_id: str, attempt_id: str) -> Attempt:
-        attempt = (
-            self._latest_attempt(rollout_id) if attempt_id == "latest" else self._get_attempt(attempt_id)
-        )
+        attempt = self._latest_attempt(rollout_id) if attempt_id == "latest" else self._get_attempt(attempt_id)
         if attempt is None or attempt.rollout_id != rollout_id:
             self._require_rollout(rollout_id)
             raise AttemptNotFound(attempt_id if attempt_id != "latest" else f"latest of {rollout_id}")
@@ -484,10 +480,8 @@ class LifecycleStore(LightningStore):
                 remaining = None if deadline is None else deadline - loop.time()
                 if len(finished) == len(wanted) or (remaining is not None and remaining <= 0):
                     return finished
-                try:
+                with suppress(TimeoutError):
                     await asyncio.wait_for(waiter.event.wait(), remaining)
-                except TimeoutError:
-                    pass
         finally:
             with self._waiters_lock:
                 self._waiters.discard(waiter)

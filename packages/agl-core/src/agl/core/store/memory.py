@@ -92,9 +92,7 @@ class InMemoryLightningStore(LifecycleStore):
             self._active.discard(attempt.attempt_id)
 
     def _active_attempts(self) -> list[tuple[Attempt, RolloutConfig]]:
-        return [
-            (self._attempts[a], self._rollouts[self._attempts[a].rollout_id].config) for a in self._active
-        ]
+        return [(self._attempts[a], self._rollouts[self._attempts[a].rollout_id].config) for a in self._active]
 
     def _record_activity(self, attempt_id: str, heartbeat: float | None, next_sequence_id: int) -> None:
         if next_sequence_id > self._next_sequence_id[attempt_id]:

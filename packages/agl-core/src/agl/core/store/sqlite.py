@@ -96,9 +96,7 @@ class SqliteLightningStore(LifecycleStore):
         self._closed = False
         self._depth = 0
         self._data_version: int | None = None
-        self._conn = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
-        )
+        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout)
         # WAL is a property of the file: set once, outside any transaction, and checked.
         mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if mode.lower() != "wal":

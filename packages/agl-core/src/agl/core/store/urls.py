@@ -1,8 +1,8 @@
 """`open_store(url)`: pick a backend from a URL; ``AGL_STORE`` sets the default everywhere.
 
-    memory://                       in-process, gone when the process ends
-    sqlite:///relative/path.db      a file (four slashes for an absolute path)
-    sqlite:////abs/path.db?synchronous=full&busy_timeout=10
+memory://                       in-process, gone when the process ends
+sqlite:///relative/path.db      a file (four slashes for an absolute path)
+sqlite:////abs/path.db?synchronous=full&busy_timeout=10
 """
 
 from __future__ import annotations

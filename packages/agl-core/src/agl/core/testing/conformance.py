@@ -179,7 +179,7 @@ class StoreConformance:
         assert claimed is not None and claimed.rollout_id == rollout_id
         assert claimed.attempt.sequence_id == 2
         attempts = await store.query_attempts(rollout_id)
-        assert [(a.attempt_id, a.status) for a in attempts][0] == (attempt_id, "failed")
+        assert (attempts[0].attempt_id, attempts[0].status) == (attempt_id, "failed")
 
     # --- attempts and their state machine -------------------------------------------------
     async def test_attempt_status_carries_over_to_the_rollout(self, store: LightningStore, clock: ManualClock) -> None:
@@ -219,7 +219,7 @@ class StoreConformance:
 
     async def test_attempts_are_addressed_by_id_or_latest(self, store: LightningStore) -> None:
         rollout_id, attempt_id = await self._running(store)
-        other_id, other_attempt = await self._running(store)
+        _, other_attempt = await self._running(store)
         updated = await store.update_attempt(rollout_id, "latest", metadata={"k": 1}, last_heartbeat_time=7.0)
         assert (updated.attempt_id, updated.metadata, updated.last_heartbeat_time) == (attempt_id, {"k": 1}, 7.0)
         with pytest.raises(AttemptNotFound):
@@ -401,23 +401,21 @@ class StoreConformance:
             await store.add_span(make_span(rollout_id, "at-missing", 1))
 
     async def test_add_otel_span_converts_an_sdk_span(self, store: LightningStore) -> None:
-        from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-        from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-        finished: list[ReadableSpan] = []
-
-        class Collect(SpanExporter):
-            def export(self, spans: Any) -> SpanExportResult:
-                finished.extend(spans)
-                return SpanExportResult.SUCCESS
-
+        exporter = InMemorySpanExporter()
         provider = TracerProvider()
-        provider.add_span_processor(SimpleSpanProcessor(Collect()))
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
         tracer = provider.get_tracer("conformance")
-        with tracer.start_as_current_span("agent") as parent:
-            with tracer.start_as_current_span("chat tiny", attributes={"gen_ai.request.model": "tiny"}) as child:
-                child.add_event("token", {"n": 3})
-                child.set_attribute("tags", ("a", "b"))
+        with (
+            tracer.start_as_current_span("agent") as parent,
+            tracer.start_as_current_span("chat tiny", attributes={"gen_ai.request.model": "tiny"}) as child,
+        ):
+            child.add_event("token", {"n": 3})
+            child.set_attribute("tags", ("a", "b"))
+        finished = exporter.get_finished_spans()
         rollout_id, attempt_id = await self._running(store)
         child_span, parent_span = finished
         stored_parent = await store.add_otel_span(rollout_id, attempt_id, parent_span)
