@@ -53,6 +53,7 @@ DEFAULT_MAX_SPAN_BYTES = 16 * 1024 * 1024
 WATCHDOG_PERIOD = 0.1
 """Seconds between watchdog ticks. A tick is cheap (no query unless something can be due)."""
 
+_DEFAULT_CONFIG = RolloutConfig()
 M = TypeVar("M", bound=BaseModel)
 _resources_adapter: TypeAdapter[NamedResources] = TypeAdapter(NamedResources)
 
@@ -78,6 +79,14 @@ def as_json_value(value: Any, what: str) -> Any:
         return from_json(to_json(value))
     except (PydanticSerializationError, ValueError) as error:
         raise InvalidInput(f"{what} is not JSON-serialisable: {error}") from None
+
+
+def replace(model: M, changes: dict[str, Any]) -> M:
+    """A changed copy of a frozen model, validated (pydantic's validator is faster than model_copy)."""
+    try:
+        return type(model)(**{**model.__dict__, **changes})
+    except ValidationError as error:
+        raise InvalidInput(describe_validation_error(type(model).__name__, error)) from None
 
 
 def coerce_span(span: Span | dict[str, Any]) -> Span:
@@ -137,7 +146,7 @@ class LifecycleStore(LightningStore):
     def _get_rollout(self, rollout_id: str) -> Rollout | None: ...
 
     @abc.abstractmethod
-    def _insert_rollout(self, rollout: Rollout, queued: bool) -> None: ...
+    def _insert_rollouts(self, rollouts: Sequence[Rollout], queued: bool) -> None: ...
 
     @abc.abstractmethod
     def _save_rollout(self, rollout: Rollout, queued: bool | None) -> None:
@@ -145,8 +154,8 @@ class LifecycleStore(LightningStore):
         out, None leaves its place alone."""
 
     @abc.abstractmethod
-    def _claim_next_queued(self) -> Rollout | None:
-        """Take the oldest queued rollout out of the queue (status unchanged)."""
+    def _next_queued(self) -> Rollout | None:
+        """The oldest queued rollout, left in place (saving it with ``queued=False`` claims it)."""
 
     @abc.abstractmethod
     def _get_attempt(self, attempt_id: str) -> Attempt | None: ...
@@ -240,23 +249,37 @@ class LifecycleStore(LightningStore):
             input=as_json_value(request.input, "rollout input"),
             mode=request.mode,
             resources_id=request.resources_id,
-            status=status,  # type: ignore[arg-type]
-            config=request.config or RolloutConfig(),
-            metadata=as_json_value(request.metadata or {}, "rollout metadata"),
+            status=status,
+            config=request.config or _DEFAULT_CONFIG,
+            metadata=as_json_value(request.metadata, "rollout metadata") if request.metadata else {},
             start_time=now,
         )
 
-    def _enqueue(self, request: RolloutRequest, now: float) -> Rollout:
-        if request.rollout_id is not None:
-            existing = self._get_rollout(request.rollout_id)
-            if existing is not None:
-                return existing
-        rollout = self._new_rollout(request, "queuing", now)
-        self._insert_rollout(rollout, queued=True)
-        return rollout
+    def _enqueue(self, requests: Sequence[RolloutRequest], now: float) -> list[Rollout]:
+        """Queue new rollouts in one write; a client-chosen id seen before returns the earlier rollout."""
+        result: list[Rollout] = []
+        fresh: list[Rollout] = []
+        chosen: dict[str, Rollout] = {}
+        for request in requests:
+            rollout_id = request.rollout_id
+            if rollout_id is not None:
+                existing = chosen.get(rollout_id) or self._get_rollout(rollout_id)
+                if existing is not None:
+                    result.append(existing)
+                    continue
+            rollout = self._new_rollout(request, "queuing", now)
+            if rollout_id is not None:
+                chosen[rollout_id] = rollout
+            fresh.append(rollout)
+            result.append(rollout)
+        self._insert_rollouts(fresh, queued=True)
+        return result
 
-    def _begin_attempt(self, rollout: Rollout, worker_id: str | None, now: float) -> AttemptedRollout:
-        latest = self._latest_attempt(rollout.rollout_id)
+    def _begin_attempt(
+        self, rollout: Rollout, worker_id: str | None, now: float, *, first: bool = False
+    ) -> AttemptedRollout:
+        # A rollout still "queuing" (or just created) has never had an attempt.
+        latest = None if first or rollout.status == "queuing" else self._latest_attempt(rollout.rollout_id)
         attempt = Attempt(
             rollout_id=rollout.rollout_id,
             attempt_id=new_attempt_id(),
@@ -265,11 +288,11 @@ class LifecycleStore(LightningStore):
             start_time=now,
         )
         self._save_attempt(attempt)
-        rollout = rollout.model_copy(update={"status": "preparing"})
+        rollout = replace(rollout, {"status": "preparing"})
         self._save_rollout(rollout, queued=False)
         if worker_id is not None:
             self._worker_took(worker_id, attempt, now)
-        return AttemptedRollout.model_construct(**rollout.__dict__, attempt=attempt)
+        return AttemptedRollout(**rollout.__dict__, attempt=attempt)
 
     def _set_rollout_status(self, rollout: Rollout, status: str, now: float) -> Rollout:
         check_rollout_transition(rollout.rollout_id, rollout.status, status)
@@ -283,7 +306,7 @@ class LifecycleStore(LightningStore):
             queued = False
         else:
             queued = None
-        rollout = rollout.model_copy(update=update)
+        rollout = replace(rollout, update)
         self._save_rollout(rollout, queued=queued)
         return rollout
 
@@ -292,7 +315,7 @@ class LifecycleStore(LightningStore):
         update: dict[str, Any] = {"status": status}
         if status in TERMINAL_ATTEMPT_STATUSES:
             update["end_time"] = now
-        attempt = attempt.model_copy(update=update)
+        attempt = replace(attempt, update)
         self._save_attempt(attempt)
         if status in TERMINAL_ATTEMPT_STATUSES and attempt.worker_id is not None:
             self._worker_released(attempt.worker_id, attempt, now)
@@ -317,19 +340,20 @@ class LifecycleStore(LightningStore):
         active = attempt.status in ACTIVE_ATTEMPT_STATUSES
         self._record_activity(attempt.attempt_id, now if active else None, max_sequence_id + 1)
         if attempt.status == "preparing":
-            self._set_attempt_status(attempt.model_copy(update={"last_heartbeat_time": now}), "running", now)
+            self._set_attempt_status(replace(attempt, {"last_heartbeat_time": now}), "running", now)
 
     def _worker_took(self, worker_id: str, attempt: Attempt, now: float) -> None:
         worker = self._get_worker(worker_id) or Worker(worker_id=worker_id)
         self._save_worker(
-            worker.model_copy(
-                update={
+            replace(
+                worker,
+                {
                     "status": "busy",
                     "last_dequeue_time": now,
                     "last_busy_time": now,
                     "current_rollout_id": attempt.rollout_id,
                     "current_attempt_id": attempt.attempt_id,
-                }
+                },
             )
         )
 
@@ -337,13 +361,14 @@ class LifecycleStore(LightningStore):
         worker = self._get_worker(worker_id)
         if worker is not None and worker.current_attempt_id == attempt.attempt_id:
             self._save_worker(
-                worker.model_copy(
-                    update={
+                replace(
+                    worker,
+                    {
                         "status": "idle",
                         "last_idle_time": now,
                         "current_rollout_id": None,
                         "current_attempt_id": None,
-                    }
+                    },
                 )
             )
 
@@ -368,7 +393,7 @@ class LifecycleStore(LightningStore):
             rollout_id=rollout_id,
         )
         with self._write():
-            return self._enqueue(request, self._clock())
+            return self._enqueue([request], self._clock())[0]
 
     async def enqueue_many_rollouts(self, requests: Sequence[RolloutRequest]) -> list[Rollout]:
         checked = [
@@ -377,16 +402,16 @@ class LifecycleStore(LightningStore):
         ]
         with self._write():
             now = self._clock()
-            return [self._enqueue(request, now) for request in checked]
+            return self._enqueue(checked, now)
 
     async def dequeue_rollout(self, worker_id: str | None = None) -> AttemptedRollout | None:
         with self._write():
             now = self._clock()
-            rollout = self._claim_next_queued()
+            rollout = self._next_queued()
             if rollout is None:
                 if worker_id is not None:
                     worker = self._get_worker(worker_id) or Worker(worker_id=worker_id, status="idle")
-                    self._save_worker(worker.model_copy(update={"last_dequeue_time": now}))
+                    self._save_worker(replace(worker, {"last_dequeue_time": now}))
                 return None
             return self._begin_attempt(rollout, worker_id, now)
 
@@ -406,8 +431,8 @@ class LifecycleStore(LightningStore):
         with self._write():
             now = self._clock()
             rollout = self._new_rollout(request, "preparing", now)
-            self._insert_rollout(rollout, queued=False)
-            return self._begin_attempt(rollout, worker_id, now)
+            self._insert_rollouts([rollout], queued=False)
+            return self._begin_attempt(rollout, worker_id, now, first=True)
 
     async def start_attempt(self, rollout_id: str, worker_id: str | None = None) -> AttemptedRollout:
         with self._write():
@@ -446,7 +471,7 @@ class LifecycleStore(LightningStore):
             rollout = self._require_rollout(rollout_id)
             if metadata is not UNSET:
                 changes["metadata"] = {**rollout.metadata, **as_json_value(metadata, "rollout metadata")}
-            rollout = rollout.model_copy(update=changes)
+            rollout = replace(rollout, changes)
             if status is UNSET or status == rollout.status:
                 self._save_rollout(rollout, queued=None)
                 return rollout
@@ -513,7 +538,7 @@ class LifecycleStore(LightningStore):
                 changes["last_heartbeat_time"] = last_heartbeat_time
             if metadata is not UNSET:
                 changes["metadata"] = {**attempt.metadata, **as_json_value(metadata, "attempt metadata")}
-            attempt = attempt.model_copy(update=changes)
+            attempt = replace(attempt, changes)
             if status is not UNSET and status != attempt.status:
                 attempt = self._set_attempt_status(attempt, status, now)
             elif changes:
@@ -601,7 +626,7 @@ class LifecycleStore(LightningStore):
             update: dict[str, Any] = {"last_heartbeat_time": now}
             if heartbeat_stats is not UNSET:
                 update["heartbeat_stats"] = as_json_value(heartbeat_stats, "heartbeat stats")
-            worker = worker.model_copy(update=update)
+            worker = replace(worker, update)
             self._save_worker(worker)
             if worker.current_attempt_id is not None:
                 attempt = self._get_attempt(worker.current_attempt_id)

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from agl.core.store.base import Page, StoreStatistics
-from agl.core.store.lifecycle import DEFAULT_MAX_SPAN_BYTES, LifecycleStore
+from agl.core.store.lifecycle import DEFAULT_MAX_SPAN_BYTES, LifecycleStore, replace
 from agl.core.store.query import check_query, sort_and_page
 from agl.core.types import Attempt, ResourcesUpdate, Rollout, RolloutConfig, Span, Worker
 from agl.core.types.rollouts import ACTIVE_ATTEMPT_STATUSES, ATTEMPT_STATUSES, ROLLOUT_STATUSES
@@ -31,8 +31,11 @@ class InMemoryLightningStore(LifecycleStore):
         super().__init__(watchdog_interval=watchdog_interval, max_span_bytes=max_span_bytes, **kwargs)
         self._lock = threading.RLock()
         self._rollouts: dict[str, Rollout] = {}
-        self._queue: deque[str] = deque()
-        self._queued: set[str] = set()  # ids in _queue that are still waiting; others are skipped
+        # FIFO of (ticket, rollout id); an entry is live while _tickets maps its id to its ticket,
+        # so taking a rollout out of the middle of the queue is O(1) and leaves a stale entry.
+        self._queue: deque[tuple[int, str]] = deque()
+        self._tickets: dict[str, int] = {}
+        self._next_ticket = 0
         self._attempts: dict[str, Attempt] = {}
         self._attempts_by_rollout: dict[str, list[str]] = {}
         self._active: set[str] = set()
@@ -54,23 +57,26 @@ class InMemoryLightningStore(LifecycleStore):
     def _get_rollout(self, rollout_id: str) -> Rollout | None:
         return self._rollouts.get(rollout_id)
 
-    def _insert_rollout(self, rollout: Rollout, queued: bool) -> None:
-        self._save_rollout(rollout, queued)
+    def _insert_rollouts(self, rollouts: Sequence[Rollout], queued: bool) -> None:
+        for rollout in rollouts:
+            self._save_rollout(rollout, queued)
 
     def _save_rollout(self, rollout: Rollout, queued: bool | None) -> None:
-        self._rollouts[rollout.rollout_id] = rollout
+        rollout_id = rollout.rollout_id
+        self._rollouts[rollout_id] = rollout
         if queued:
-            self._queue.append(rollout.rollout_id)
-            self._queued.add(rollout.rollout_id)
+            self._next_ticket += 1
+            self._tickets[rollout_id] = self._next_ticket
+            self._queue.append((self._next_ticket, rollout_id))
         elif queued is False:
-            self._queued.discard(rollout.rollout_id)
+            self._tickets.pop(rollout_id, None)
 
-    def _claim_next_queued(self) -> Rollout | None:
+    def _next_queued(self) -> Rollout | None:
         while self._queue:
-            rollout_id = self._queue.popleft()
-            if rollout_id in self._queued:
-                self._queued.discard(rollout_id)
+            ticket, rollout_id = self._queue[0]
+            if self._tickets.get(rollout_id) == ticket:
                 return self._rollouts[rollout_id]
+            self._queue.popleft()
         return None
 
     # --- attempts -------------------------------------------------------------------------
@@ -99,7 +105,7 @@ class InMemoryLightningStore(LifecycleStore):
             self._next_sequence_id[attempt_id] = next_sequence_id
         if heartbeat is not None:
             attempt = self._attempts[attempt_id]
-            self._attempts[attempt_id] = attempt.model_copy(update={"last_heartbeat_time": heartbeat})
+            self._attempts[attempt_id] = replace(attempt, {"last_heartbeat_time": heartbeat})
 
     def _reserve_span_sequence_id(self, attempt_id: str) -> int:
         sequence_id = self._next_sequence_id[attempt_id]

@@ -26,9 +26,9 @@ MIGRATIONS: list[tuple[str, str]] = [
             config       TEXT NOT NULL,      -- JSON
             metadata     TEXT NOT NULL       -- JSON
         );
+        -- Only the queue is indexed: every index costs each write a page, and filtering or
+        -- sorting the rollouts of one machine's store by status or time is a fast scan.
         CREATE UNIQUE INDEX rollouts_queue ON rollouts (queue_seq) WHERE queue_seq IS NOT NULL;
-        CREATE INDEX rollouts_status ON rollouts (status);
-        CREATE INDEX rollouts_start ON rollouts (start_time);
 
         CREATE TABLE attempts (
             attempt_id          TEXT PRIMARY KEY,
@@ -54,9 +54,8 @@ MIGRATIONS: list[tuple[str, str]] = [
             start_time  REAL,
             end_time    REAL,
             data        BLOB NOT NULL,       -- the whole span as JSON
-            UNIQUE (attempt_id, span_id)
+            UNIQUE (rollout_id, attempt_id, span_id)  -- identity, and the index for per-rollout reads
         );
-        CREATE INDEX spans_rollout ON spans (rollout_id, attempt_id, sequence_id);
 
         CREATE TABLE resources (
             resources_id TEXT PRIMARY KEY,
