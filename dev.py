@@ -25,7 +25,7 @@ PYTHON = VENV / "bin" / "python"
 STAMP = VENV / ".agl-installed"
 
 PACKAGES = ["packages/agl-core[test]"]
-TOOLS = ["ruff>=0.6"]
+TOOLS = ["ruff==0.17.6"]
 
 
 def run(*command: str | Path, **kwargs: object) -> None:
