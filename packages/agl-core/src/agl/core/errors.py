@@ -22,6 +22,10 @@ class StoreUrlError(InvalidInput):
         self.url = url
 
 
+class StoreUnavailable(AglError):
+    """The store server could not be reached or kept failing within the retry budget."""
+
+
 class NotFound(AglError, LookupError):
     """An id that names nothing in the store."""
 

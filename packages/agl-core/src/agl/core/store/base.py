@@ -8,7 +8,7 @@ Every ``query_*`` method filters, sorts and paginates, and returns a `Page`.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar, overload
 
@@ -125,8 +125,12 @@ class LightningStore(abc.ABC):
         config: RolloutConfig | None = None,
         metadata: dict[str, Any] | None = None,
         worker_id: str | None = None,
+        rollout_id: str | None = None,
     ) -> AttemptedRollout:
-        """Create a rollout that skips the queue, with its first attempt already started."""
+        """Create a rollout that skips the queue, with its first attempt already started.
+
+        A client-chosen ``rollout_id`` that exists already returns that rollout with its latest
+        attempt (idempotent)."""
 
     @abc.abstractmethod
     async def start_attempt(self, rollout_id: str, worker_id: str | None = None) -> AttemptedRollout:
@@ -208,10 +212,27 @@ class LightningStore(abc.ABC):
         """Store spans in one transaction: all or none."""
 
     @abc.abstractmethod
+    async def add_observed_spans(
+        self, spans: Sequence[Span], *, new_rollout_metadata: Mapping[str, dict[str, Any]] | None = None
+    ) -> list[Span]:
+        """Store spans of runs nobody queued (plain OpenTelemetry apps), in one transaction.
+
+        A span naming a rollout that does not exist creates it as an *observed* rollout: no
+        input, status running, metadata ``{"observed": True, **new_rollout_metadata[id]}``, with
+        an attempt of the span's ``attempt_id``. Spans sent with ``sequence_id`` 0 get the
+        attempt's next ids, in start-time order. An observed rollout whose metadata has a
+        ``trace_id`` ends when that trace's root span arrives: ``failed`` if the root span's
+        status is ERROR, else ``succeeded``.
+        """
+
     async def add_otel_span(
         self, rollout_id: str, attempt_id: str, readable_span: Any, sequence_id: int | None = None
     ) -> Span:
         """Convert and store an OpenTelemetry SDK span, allocating a sequence id if none is given."""
+        if sequence_id is None:
+            sequence_id = await self.get_next_span_sequence_id(rollout_id, attempt_id)
+        span = Span.from_otel(readable_span, rollout_id=rollout_id, attempt_id=attempt_id, sequence_id=sequence_id)
+        return await self.add_span(span)
 
     @abc.abstractmethod
     async def get_next_span_sequence_id(self, rollout_id: str, attempt_id: str) -> int:
@@ -272,6 +293,13 @@ class LightningStore(abc.ABC):
     ) -> Page[Worker]: ...
 
     # --- the store itself -----------------------------------------------------------------
+    @abc.abstractmethod
+    async def check_deadlines(self) -> int:
+        """Time out or mark unresponsive every overdue attempt now; returns how many.
+
+        A background watchdog does this on its own; call it to act at a chosen moment (tests
+        with a manual clock do)."""
+
     @abc.abstractmethod
     async def statistics(self) -> StoreStatistics: ...
 

@@ -12,7 +12,7 @@ import abc
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -424,12 +424,25 @@ class LifecycleStore(LightningStore):
         config: RolloutConfig | None = None,
         metadata: dict[str, Any] | None = None,
         worker_id: str | None = None,
+        rollout_id: str | None = None,
     ) -> AttemptedRollout:
         request = validate(
-            RolloutRequest, input=input, mode=mode, resources_id=resources_id, config=config, metadata=metadata
+            RolloutRequest,
+            input=input,
+            mode=mode,
+            resources_id=resources_id,
+            config=config,
+            metadata=metadata,
+            rollout_id=rollout_id,
         )
         with self._write():
             now = self._clock()
+            existing = None if rollout_id is None else self._get_rollout(rollout_id)
+            if existing is not None:
+                latest = self._latest_attempt(rollout_id)  # type: ignore[arg-type]
+                if latest is not None:
+                    return AttemptedRollout(**existing.__dict__, attempt=latest)
+                raise InvalidTransition("rollout", existing.rollout_id, existing.status, "preparing")
             rollout = self._new_rollout(request, "preparing", now)
             self._insert_rollouts([rollout], queued=False)
             return self._begin_attempt(rollout, worker_id, now, first=True)
@@ -572,13 +585,75 @@ class LifecycleStore(LightningStore):
                 self._note_spans(attempt, max_sequence_id, now)
         return checked
 
-    async def add_otel_span(
-        self, rollout_id: str, attempt_id: str, readable_span: Any, sequence_id: int | None = None
-    ) -> Span:
-        if sequence_id is None:
-            sequence_id = await self.get_next_span_sequence_id(rollout_id, attempt_id)
-        span = Span.from_otel(readable_span, rollout_id=rollout_id, attempt_id=attempt_id, sequence_id=sequence_id)
-        return await self.add_span(span)
+    async def add_observed_spans(
+        self, spans: Sequence[Span], *, new_rollout_metadata: Mapping[str, dict[str, Any]] | None = None
+    ) -> list[Span]:
+        checked = sorted((coerce_span(span) for span in spans), key=lambda s: s.start_time or 0.0)
+        metadata = {
+            key: as_json_value(value, "rollout metadata") for key, value in (new_rollout_metadata or {}).items()
+        }
+        with self._write():
+            now = self._clock()
+            attempts: dict[tuple[str, str], Attempt] = {}
+            stored: list[tuple[Span, bytes]] = []
+            for span in checked:
+                key = (span.rollout_id, span.attempt_id)
+                if key not in attempts:
+                    attempts[key] = self._observed_attempt(span, metadata.get(span.rollout_id, {}), now)
+                if span.sequence_id == 0:
+                    span = replace(span, {"sequence_id": self._reserve_span_sequence_id(span.attempt_id)})
+                stored.append((span, self._encode_span(span)))
+            self._save_spans(stored)
+            highest: dict[tuple[str, str], int] = {}
+            for span, _ in stored:
+                key = (span.rollout_id, span.attempt_id)
+                highest[key] = max(highest.get(key, 0), span.sequence_id)
+            for key, max_sequence_id in highest.items():
+                self._note_spans(attempts[key], max_sequence_id, now)
+            self._finish_observed_traces([span for span, _ in stored], now)
+            return [span for span, _ in stored]
+
+    def _observed_attempt(self, span: Span, metadata: dict[str, Any], now: float) -> Attempt:
+        """The span's attempt, created (with its observed rollout if need be) when missing."""
+        attempt = self._get_attempt(span.attempt_id)
+        if attempt is not None:
+            if attempt.rollout_id != span.rollout_id:
+                raise AttemptNotFound(span.attempt_id)
+            return attempt
+        rollout = self._get_rollout(span.rollout_id)
+        if rollout is None:
+            rollout = Rollout(
+                rollout_id=span.rollout_id,
+                input=None,
+                status="running",
+                metadata={"observed": True, **metadata},
+                start_time=span.start_time or now,
+            )
+            self._insert_rollouts([rollout], queued=False)
+        elif not rollout.metadata.get("observed"):
+            raise AttemptNotFound(span.attempt_id)  # queued rollouts get attempts only by dequeue/start
+        latest = self._latest_attempt(rollout.rollout_id)
+        attempt = Attempt(
+            rollout_id=rollout.rollout_id,
+            attempt_id=span.attempt_id,
+            sequence_id=latest.sequence_id + 1 if latest else 1,
+            status="running",
+            start_time=span.start_time or now,
+            last_heartbeat_time=now,
+        )
+        self._save_attempt(attempt)
+        return attempt
+
+    def _finish_observed_traces(self, spans: Sequence[Span], now: float) -> None:
+        for span in spans:
+            if span.parent_id is not None:
+                continue
+            rollout = self._get_rollout(span.rollout_id)
+            if rollout is None or rollout.is_terminal or rollout.metadata.get("trace_id") != span.trace_id:
+                continue
+            attempt = self._get_attempt(span.attempt_id)
+            if attempt is not None and not attempt.is_terminal:
+                self._set_attempt_status(attempt, "failed" if span.status.status_code == "ERROR" else "succeeded", now)
 
     async def get_next_span_sequence_id(self, rollout_id: str, attempt_id: str) -> int:
         with self._write():
@@ -647,11 +722,7 @@ class LifecycleStore(LightningStore):
         return due
 
     async def check_deadlines(self) -> int:
-        """Time out or mark unresponsive every overdue attempt; returns how many were.
-
-        The watchdog thread calls this (synchronously) every ``watchdog_interval`` seconds;
-        tests with a manual clock call it directly.
-        """
+        # The watchdog thread calls _enforce_deadlines every ``watchdog_interval`` seconds.
         return self._enforce_deadlines()
 
     def _enforce_deadlines(self) -> int:

@@ -55,9 +55,19 @@ def _open_sqlite(url: str, path: str, options: dict[str, str], **kwargs: Any) ->
     return SqliteLightningStore(Path(file_path), **settings, **kwargs)
 
 
+def _open_http(url: str, path: str, options: dict[str, str], **kwargs: Any) -> LightningStore:
+    from agl.core.store.http import HttpLightningStore
+
+    if options:
+        raise StoreUrlError(url, "http(s):// takes no options; pass the token in AGL_STORE_TOKEN")
+    return HttpLightningStore(url.split("?", 1)[0], **kwargs)
+
+
 BACKENDS: dict[str, Callable[..., LightningStore]] = {
     "memory": _open_memory,
     "sqlite": _open_sqlite,
+    "http": _open_http,
+    "https": _open_http,
 }
 
 
@@ -76,8 +86,10 @@ def open_store(url: str | None = None, **kwargs: Any) -> LightningStore:
     opener = BACKENDS.get(parts.scheme)
     if opener is None:
         raise StoreUrlError(url, f"unknown scheme {parts.scheme!r}; expected one of {', '.join(BACKENDS)}")
-    if parts.scheme != "memory" and parts.netloc:
+    if parts.scheme == "sqlite" and parts.netloc:
         raise StoreUrlError(url, f"unexpected host {parts.netloc!r}; use three slashes: {parts.scheme}:///path")
+    if parts.scheme in ("http", "https") and not parts.hostname:
+        raise StoreUrlError(url, "needs a host, as in http://127.0.0.1:4747")
     try:
         options = dict(parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query)))
     except ValueError:

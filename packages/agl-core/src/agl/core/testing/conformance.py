@@ -111,6 +111,12 @@ class StoreConformance:
         assert (started.status, started.attempt.status, started.attempt.sequence_id) == ("preparing", "preparing", 1)
         assert await store.dequeue_rollout() is None
 
+    async def test_start_rollout_with_a_chosen_id_is_idempotent(self, store: LightningStore) -> None:
+        first = await store.start_rollout({"q": 1}, rollout_id="ro-chosen", worker_id="w1")
+        again = await store.start_rollout({"q": 2}, rollout_id="ro-chosen", worker_id="w1")
+        assert again.attempt == first.attempt and again.input == {"q": 1}
+        assert len(await store.query_attempts("ro-chosen")) == 1
+
     async def test_start_attempt_needs_an_unfinished_rollout_without_an_active_attempt(
         self, store: LightningStore
     ) -> None:
@@ -429,6 +435,75 @@ class StoreConformance:
         assert stored_child.end_time >= stored_child.start_time
         assert list(await store.query_spans(rollout_id)) == [stored_parent, stored_child]
         provider.shutdown()
+
+    # --- observed runs (spans nobody queued) ----------------------------------------------
+    def _observed(self, name: str, start: float, *, span_id: str, parent: str | None = None, **fields: Any) -> Span:
+        values: dict[str, Any] = {
+            "rollout_id": "ro-trace-1",
+            "attempt_id": "at-trace-1",
+            "sequence_id": 0,
+            "trace_id": "ab" * 16,
+            "span_id": span_id,
+            "parent_id": parent,
+            "name": name,
+            "start_time": start,
+            "end_time": start + 1,
+        }
+        return Span(**(values | fields))
+
+    async def test_observed_spans_create_their_rollout_and_number_in_start_order(self, store: LightningStore) -> None:
+        child = self._observed("llm", 2.0, span_id="c" * 16, parent="a" * 16)
+        late = self._observed("tool", 3.0, span_id="d" * 16, parent="a" * 16, sequence_id=9)
+        first = self._observed("step", 1.0, span_id="b" * 16, parent="a" * 16)
+        stored = await store.add_observed_spans([child, late, first], new_rollout_metadata={"ro-trace-1": {"k": 1}})
+        assert [(s.name, s.sequence_id) for s in stored] == [("step", 1), ("llm", 2), ("tool", 9)]
+        rollout = await store.get_rollout_by_id("ro-trace-1")
+        assert rollout is not None and (rollout.status, rollout.input) == ("running", None)
+        assert rollout.metadata == {"observed": True, "k": 1}
+        attempt = await store.get_latest_attempt("ro-trace-1")
+        assert attempt is not None and (attempt.attempt_id, attempt.status) == ("at-trace-1", "running")
+        assert await store.get_next_span_sequence_id("ro-trace-1", "at-trace-1") == 10
+        assert await store.dequeue_rollout() is None  # observed runs never enter the queue
+
+    async def test_a_trace_rollout_ends_with_its_root_span(self, store: LightningStore) -> None:
+        metadata = {"ro-trace-1": {"trace_id": "ab" * 16}}
+        await store.add_observed_spans(
+            [self._observed("llm", 2.0, span_id="c" * 16, parent="a" * 16)], new_rollout_metadata=metadata
+        )
+        assert (await store.get_rollout_by_id("ro-trace-1")).status == "running"  # type: ignore[union-attr]
+        await store.add_observed_spans([self._observed("agent", 1.0, span_id="a" * 16)], new_rollout_metadata=metadata)
+        assert (await store.get_rollout_by_id("ro-trace-1")).status == "succeeded"  # type: ignore[union-attr]
+        failing = self._observed(
+            "agent",
+            1.0,
+            span_id="e" * 16,
+            rollout_id="ro-trace-2",
+            attempt_id="at-trace-2",
+            status={"status_code": "ERROR"},
+        )
+        finished = await store.add_observed_spans(
+            [failing], new_rollout_metadata={"ro-trace-2": {"trace_id": "ab" * 16}}
+        )
+        assert finished[0].sequence_id == 1
+        assert (await store.get_rollout_by_id("ro-trace-2")).status == "failed"  # type: ignore[union-attr]
+        # Without a trace_id the observed rollout is left for its owner to finish.
+        await store.add_observed_spans(
+            [self._observed("agent", 1.0, span_id="f" * 16, rollout_id="ro-p", attempt_id="at-p")]
+        )
+        assert (await store.get_rollout_by_id("ro-p")).status == "running"  # type: ignore[union-attr]
+
+    async def test_observed_spans_join_existing_attempts_and_refuse_strangers(self, store: LightningStore) -> None:
+        rollout_id, attempt_id = await self._running(store)
+        joined = await store.add_observed_spans(
+            [self._observed("tool", 1.0, span_id="a" * 16, rollout_id=rollout_id, attempt_id=attempt_id)]
+        )
+        assert joined[0].sequence_id == 1 and len(await store.query_spans(rollout_id)) == 1
+        stranger = self._observed("tool", 1.0, span_id="b" * 16, rollout_id=rollout_id, attempt_id="at-unknown")
+        with pytest.raises(AttemptNotFound):  # a queued rollout gets attempts only by dequeue or start
+            await store.add_observed_spans([stranger])
+        with pytest.raises(AttemptNotFound):  # an attempt of another rollout
+            await store.add_observed_spans([self._observed("x", 1.0, span_id="c" * 16, attempt_id=attempt_id)])
+        assert len(await store.query_spans(rollout_id)) == 1
 
     # --- bad input ------------------------------------------------------------------------
     async def test_oversized_span_is_refused_and_nothing_is_stored(self, make_store: StoreFactory) -> None:

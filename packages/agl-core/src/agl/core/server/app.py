@@ -1,0 +1,45 @@
+"""`create_app(settings, store)`: the FastAPI app over any `LightningStore`."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from agl.core.server.deps import AuthDep
+from agl.core.server.errors import install_error_handlers
+from agl.core.server.limits import BodyLimit
+from agl.core.server.metrics import Metrics, MetricsMiddleware
+from agl.core.server.routes import admin, attempts, health, resources, rollouts, spans, workers
+from agl.core.server.settings import ServerSettings
+from agl.core.store.base import LightningStore
+from agl.core.store.wire import API_PREFIX
+from agl.core.version import __version__
+
+
+def create_app(settings: ServerSettings, store: LightningStore) -> FastAPI:
+    """The caller owns the store: it is neither opened nor closed here."""
+    app = FastAPI(
+        title="agl store",
+        version=__version__,
+        summary="Rollouts, attempts, spans, resources and workers of an agl store, and OTLP/HTTP trace ingest.",
+        docs_url=None,  # no pages pulling scripts from a CDN; the spec is at /openapi.json
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.store = store
+    app.state.metrics = Metrics()
+
+    api = APIRouter(prefix=API_PREFIX, dependencies=[AuthDep])
+    for module in (rollouts, attempts, spans, resources, workers, admin):
+        api.include_router(module.router)
+    app.include_router(api)
+    app.include_router(health.router)
+
+    install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["*"], allow_headers=["*"]
+        )
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    return app

@@ -1,0 +1,82 @@
+"""Every error leaves the server as a short JSON `ErrorBody` with a 4xx status; a bug is a 500
+with no traceback in the body (the traceback goes to the server log)."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from agl.core.errors import AglError, InvalidInput, InvalidTransition, NotFound
+from agl.core.store.wire import ErrorBody, error_body
+
+logger = logging.getLogger("agl.server")
+
+
+class Unauthorized(AglError):
+    """No token, or the wrong one."""
+
+
+class BodyTooLarge(AglError):
+    """A request body (or its decompressed form) over the configured limit."""
+
+
+def _respond(status: int, body: ErrorBody, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+def _status_of(error: AglError) -> int:
+    if isinstance(error, NotFound):
+        return 404
+    if isinstance(error, InvalidTransition):
+        return 409
+    if isinstance(error, Unauthorized):
+        return 401
+    if isinstance(error, BodyTooLarge):
+        return 413
+    if isinstance(error, InvalidInput):
+        return 422
+    return 400
+
+
+async def _agl_error(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, AglError)
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(error, Unauthorized) else None
+    return _respond(_status_of(error), error_body(error), headers)
+
+
+def _describe(error: dict) -> str:
+    where = ".".join(str(part) for part in error.get("loc", ())) or "request"
+    given = repr(error.get("input"))
+    given = given if len(given) <= 60 else given[:57] + "..."
+    return f"{where}: {error.get('msg', 'invalid')} (got {given})"
+
+
+async def _validation_error(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, RequestValidationError)
+    problems = error.errors()
+    message = "; ".join(_describe(e) for e in problems[:3]) + (
+        f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
+    )
+    return _respond(422, ErrorBody(error="InvalidInput", message=f"invalid request: {message}"))
+
+
+async def _http_error(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, HTTPException)
+    message = f"{request.method} {request.url.path}: {error.detail}"
+    return _respond(error.status_code, ErrorBody(error="HTTPError", message=message), error.headers)
+
+
+async def _unexpected(request: Request, error: Exception) -> JSONResponse:
+    logger.exception("unexpected error serving %s %s", request.method, request.url.path)
+    return _respond(500, ErrorBody(error="InternalError", message="internal server error; see the server log"))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(AglError, _agl_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)
