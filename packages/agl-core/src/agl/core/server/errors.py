@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from agl.core.errors import AglError, InvalidInput, InvalidTransition, NotFound
+from agl.core.errors import AglError, InvalidInput, InvalidTransition, NotFound, StoreUnavailable
 from agl.core.store.wire import ErrorBody, error_body
 
 logger = logging.getLogger("agl.server")
@@ -37,6 +37,8 @@ def _status_of(error: AglError) -> int:
         return 401
     if isinstance(error, BodyTooLarge):
         return 413
+    if isinstance(error, StoreUnavailable):
+        return 503
     if isinstance(error, InvalidInput):
         return 422
     return 400

@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from pydantic_core import from_json, to_json
 
-from agl.core.errors import AglError, InvalidInput
+from agl.core.errors import AglError, InvalidInput, StoreUnavailable
 from agl.core.store.base import Page, StoreStatistics
 from agl.core.store.lifecycle import DEFAULT_MAX_SPAN_BYTES, LifecycleStore
 from agl.core.store.query import check_query
@@ -138,10 +138,12 @@ class SqliteLightningStore(LifecycleStore):
             if self._closed:
                 raise AglError(f"the store at {self.path} is closed")
             outermost = self._depth == 0
-            self._conn.execute("BEGIN IMMEDIATE" if outermost else "SAVEPOINT nested")
+            with _unavailable_on_failure(self.path):
+                self._conn.execute("BEGIN IMMEDIATE" if outermost else "SAVEPOINT nested")
             self._depth += 1
             try:
-                yield
+                with _unavailable_on_failure(self.path):
+                    yield
             except BaseException:
                 self._conn.execute("ROLLBACK" if outermost else "ROLLBACK TO nested")
                 if not outermost:
@@ -161,10 +163,12 @@ class SqliteLightningStore(LifecycleStore):
             if self._depth:
                 yield
                 return
-            self._conn.execute("BEGIN")
+            with _unavailable_on_failure(self.path):
+                self._conn.execute("BEGIN")
             self._depth += 1
             try:
-                yield
+                with _unavailable_on_failure(self.path):
+                    yield
             finally:
                 self._depth -= 1
                 self._conn.execute("COMMIT")
@@ -484,6 +488,20 @@ class SqliteLightningStore(LifecycleStore):
             params.append(_json_text(list(status_in)))
         rows, total = self._page("data", "workers", where, params, sort_by, sort_order, limit, offset)
         return Page(items=[Worker.model_validate_json(row[0]) for row in rows], total=total, offset=offset, limit=limit)
+
+
+@contextmanager
+def _unavailable_on_failure(path: Path) -> Iterator[None]:
+    """The file failing under us (locked past busy_timeout, disk full, not a database) is
+    `StoreUnavailable`; constraint violations are bugs and stay as they are."""
+    try:
+        yield
+    except sqlite3.IntegrityError:
+        raise
+    except (sqlite3.OperationalError, sqlite3.DatabaseError) as error:
+        if type(error) not in (sqlite3.OperationalError, sqlite3.DatabaseError):
+            raise
+        raise StoreUnavailable(f"store at {path}: {error}") from None
 
 
 def _statements(script: str) -> Iterator[str]:

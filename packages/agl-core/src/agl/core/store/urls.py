@@ -24,7 +24,7 @@ def default_store_url() -> str:
     return os.environ.get(STORE_URL_ENV) or DEFAULT_STORE_URL
 
 
-def _open_memory(url: str, path: str, options: dict[str, str], **kwargs: Any) -> LightningStore:
+def _open_memory(url: str, path: str, options: dict[str, str], read_only: bool, **kwargs: Any) -> LightningStore:
     from agl.core.store.memory import InMemoryLightningStore
 
     if path or options:
@@ -32,7 +32,7 @@ def _open_memory(url: str, path: str, options: dict[str, str], **kwargs: Any) ->
     return InMemoryLightningStore(**kwargs)
 
 
-def _open_sqlite(url: str, path: str, options: dict[str, str], **kwargs: Any) -> LightningStore:
+def _open_sqlite(url: str, path: str, options: dict[str, str], read_only: bool, **kwargs: Any) -> LightningStore:
     from agl.core.store.sqlite import SqliteLightningStore
 
     # sqlite:///rel.db -> "/rel.db" after urlsplit; one leading slash belongs to the URL syntax.
@@ -52,10 +52,14 @@ def _open_sqlite(url: str, path: str, options: dict[str, str], **kwargs: Any) ->
                 raise StoreUrlError(url, f"busy_timeout must be a number of seconds, not {value!r}") from None
         else:
             raise StoreUrlError(url, f"unknown option {key!r} (known: synchronous, busy_timeout)")
+    if read_only:
+        if not Path(file_path).is_file():
+            raise StoreUrlError(url, f"no store at {file_path}")
+        kwargs.setdefault("watchdog_interval", None)  # reading must not change anything
     return SqliteLightningStore(Path(file_path), **settings, **kwargs)
 
 
-def _open_http(url: str, path: str, options: dict[str, str], **kwargs: Any) -> LightningStore:
+def _open_http(url: str, path: str, options: dict[str, str], read_only: bool, **kwargs: Any) -> LightningStore:
     from agl.core.store.http import HttpLightningStore
 
     if options:
@@ -71,10 +75,12 @@ BACKENDS: dict[str, Callable[..., LightningStore]] = {
 }
 
 
-def open_store(url: str | None = None, **kwargs: Any) -> LightningStore:
+def open_store(url: str | None = None, *, read_only: bool = False, **kwargs: Any) -> LightningStore:
     """Open the store named by ``url`` (default: ``$AGL_STORE``, else ``sqlite:///.agl/store.db``).
 
-    Extra keyword arguments (``clock``, ``watchdog_interval``…) go to the backend.
+    ``read_only`` is for inspection: a SQLite file must exist already and no watchdog runs, so
+    looking changes nothing. Extra keyword arguments (``clock``, ``watchdog_interval``…) go to
+    the backend.
     """
     url = url or default_store_url()
     try:
@@ -95,4 +101,4 @@ def open_store(url: str | None = None, **kwargs: Any) -> LightningStore:
     except ValueError:
         raise StoreUrlError(url, f"malformed query string {parts.query!r}") from None
     path = parts.netloc + parts.path if parts.scheme == "memory" else parts.path
-    return opener(url, path, options, **kwargs)
+    return opener(url, path, options, read_only, **kwargs)

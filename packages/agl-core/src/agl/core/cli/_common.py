@@ -1,0 +1,129 @@
+"""Pieces every `agl` command shares: the ``--store`` option, the store session that turns errors
+into one line, the console, and the formatting of times, durations and statuses."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from agl.core.errors import AglError
+from agl.core.store import LightningStore, default_store_url, open_store
+
+T = TypeVar("T")
+
+StoreUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        help="Store URL: sqlite:///path.db, memory://, http://host:port. Default: $AGL_STORE, else sqlite:///.agl/store.db.",
+        envvar="AGL_STORE",
+        show_default=False,
+        show_envvar=False,
+    ),
+]
+JsonOutput = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of text.")]
+
+STATUS_STYLES = {
+    "succeeded": "green",
+    "failed": "red",
+    "cancelled": "yellow",
+    "timeout": "red",
+    "unresponsive": "red",
+    "running": "cyan",
+    "preparing": "cyan",
+    "queuing": "blue",
+    "requeuing": "blue",
+}
+
+
+def with_store(url: str | None, action: Callable[[LightningStore], Awaitable[T]]) -> T:
+    """Open the store, run one async action on it and always close it.
+
+    Any `AglError` (unknown ids, bad input, a malformed URL) becomes one line on stderr and exit
+    status 1: a person at a terminal wants the reason, not a traceback.
+    """
+
+    async def session() -> T:
+        store = open_store(url or default_store_url(), read_only=True)
+        try:
+            return await action(store)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(session())
+    except AglError as error:
+        typer.echo(f"error: {' '.join(str(error).split())}", err=True)
+        raise typer.Exit(1) from None
+
+
+def console() -> Console:
+    """A console for this command: colour on a terminal, plain text otherwise (80 or $COLUMNS wide).
+
+    Created per command, not at import, so it sees the stdout and $COLUMNS in effect now.
+    Markup and emoji codes are off: names and prompts are user data, printed as they are.
+    """
+    return Console(markup=False, emoji=False, highlight=False)
+
+
+def table() -> Table:
+    """The house table: a rule under the header, two spaces between columns, nothing at the edges."""
+    return Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
+
+
+def print_json(data: Any) -> None:
+    """Print straight to stdout, never through rich, so no line is ever wrapped."""
+    typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def status_text(status: str) -> Text:
+    return Text(status, style=STATUS_STYLES.get(status, ""))
+
+
+def format_time(timestamp: float | None, *, year: bool = True) -> str:
+    """Local time to the second; ``-`` when unknown. Without the year where a table needs the room."""
+    if timestamp is None:
+        return "-"
+    return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S" if year else "%m-%d %H:%M:%S")
+
+
+def format_duration(seconds: float | None) -> str:
+    """Short and human: ``850ms``, ``12.3s``, ``4m05s``, ``2h03m``; ``-`` when unknown."""
+    if seconds is None:
+        return "-"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def elapsed(start: float | None, end: float | None) -> str:
+    return format_duration(end - start if start is not None and end is not None else None)
+
+
+def format_ago(timestamp: float | None, now: float) -> str:
+    return "-" if timestamp is None else f"{format_duration(max(now - timestamp, 0.0))} ago"
+
+
+def short_json(value: Any, limit: int = 200) -> str:
+    """Compact JSON, cut at ``limit`` characters: inputs can be whole conversations."""
+    text = json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def plural(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"

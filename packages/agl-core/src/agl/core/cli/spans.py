@@ -1,0 +1,165 @@
+"""`agl spans ROLLOUT_ID`: an attempt's spans as a tree, with rewards, LLM calls and errors picked out.
+
+The tree follows ``parent_id`` within one attempt; a span whose parent is not among the
+attempt's spans (its parent was never exported, or lives in another process) is a root.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Annotated
+
+import typer
+from rich.text import Text
+from rich.tree import Tree
+
+from agl.core.cli._common import JsonOutput, StoreUrl, console, plural, print_json, status_text, with_store
+from agl.core.errors import AttemptNotFound, RolloutNotFound
+from agl.core.store import LightningStore
+from agl.core.types import Attempt, Rollout, Span
+
+REWARD = "agl.reward"
+LLM_CALL = "agl.llm.call"
+
+
+def rewards(span: Span) -> dict[str, float]:
+    """The span's numeric rewards: the scalar ``agl.reward`` under ``""``, each ``agl.reward.<name>`` under its name."""
+    found: dict[str, float] = {}
+    for key, value in span.attributes.items():
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            continue
+        if key == REWARD:
+            found[""] = float(value)
+        elif key.startswith(REWARD + "."):
+            found[key.removeprefix(REWARD + ".")] = float(value)
+    return found
+
+
+def total_rewards(spans: Sequence[Span]) -> dict[str, float]:
+    """Rewards summed per dimension over the spans."""
+    totals: dict[str, float] = {}
+    for span in spans:
+        for name, value in rewards(span).items():
+            totals[name] = totals.get(name, 0.0) + value
+    return totals
+
+
+def format_rewards(values: dict[str, float]) -> str:
+    """``0.75``, ``correct=1, short=0.5`` or ``0.75 (correct=1)``."""
+    scalar = f"{values['']:g}" if "" in values else ""
+    dimensions = ", ".join(f"{name}={value:g}" for name, value in values.items() if name)
+    return f"{scalar} ({dimensions})" if scalar and dimensions else scalar or dimensions
+
+
+def llm_call(span: Span) -> str | None:
+    """``LLM <model> (<in> in, <out> out tokens)`` for a model call, else ``None``."""
+    attributes = span.attributes
+    model = attributes.get("gen_ai.request.model") or attributes.get("gen_ai.response.model")
+    if not model and attributes.get(LLM_CALL) is not True:
+        return None
+    text = f"LLM {model}" if model else "LLM call"
+    usage = [attributes.get("gen_ai.usage.input_tokens"), attributes.get("gen_ai.usage.output_tokens")]
+    if any(count is not None for count in usage):
+        tokens_in, tokens_out = ("?" if count is None else count for count in usage)
+        text += f" ({tokens_in} in, {tokens_out} out tokens)"
+    return text
+
+
+def spans(
+    rollout_id: Annotated[str, typer.Argument(help="The rollout (ro-…).", show_default=False)],
+    attempt: Annotated[str, typer.Option(help="latest, all, or an attempt id (at-…).")] = "latest",
+    json_output: JsonOutput = False,
+    store: StoreUrl = None,
+) -> None:
+    """Show a rollout's spans as a tree: durations, rewards, LLM calls, errors."""
+
+    async def load(backend: LightningStore) -> tuple[Rollout, list[Attempt], list[Span]]:
+        rollout = await backend.get_rollout_by_id(rollout_id)
+        if rollout is None:
+            raise RolloutNotFound(rollout_id)
+        attempts = list(await backend.query_attempts(rollout_id))
+        if attempt == "all":
+            chosen = attempts
+        elif attempt == "latest":
+            chosen = attempts[-1:]
+        else:
+            chosen = [a for a in attempts if a.attempt_id == attempt]
+            if not chosen:
+                raise AttemptNotFound(attempt)
+        if not chosen:
+            return rollout, [], []
+        only = None if attempt == "all" else chosen[0].attempt_id
+        return rollout, chosen, list(await backend.query_spans(rollout_id, only))
+
+    rollout, attempts, found = with_store(store, load)
+    if json_output:
+        print_json([span.model_dump(mode="json") for span in found])
+        return
+    out = console()
+    if not attempts:
+        out.print(f"{rollout_id} has no attempts yet (status {rollout.status}).")
+        return
+    by_attempt: dict[str, list[Span]] = defaultdict(list)
+    for span in found:
+        by_attempt[span.attempt_id].append(span)
+    if len(attempts) == 1:
+        tree = Tree(_attempt_label(rollout_id, attempts[0]))
+        _add_spans(tree, by_attempt[attempts[0].attempt_id])
+    else:
+        tree = Tree(Text.assemble(rollout_id, " · ", status_text(rollout.status)))
+        for each in attempts:
+            _add_spans(tree.add(_attempt_label(None, each)), by_attempt[each.attempt_id])
+    out.print(tree)
+    out.print(_summary(found))
+
+
+def _attempt_label(rollout_id: str | None, attempt: Attempt) -> Text:
+    parts: list[str | Text] = [f"{rollout_id} · "] if rollout_id else []
+    parts += [f"attempt {attempt.sequence_id} ({attempt.attempt_id}) · ", status_text(attempt.status)]
+    return Text.assemble(*parts)
+
+
+def _add_spans(node: Tree, attempt_spans: list[Span]) -> None:
+    """Hang one attempt's spans under ``node``, siblings in ``sequence_id`` order."""
+    ordered = sorted(attempt_spans, key=lambda s: s.sequence_id)
+    ids = {span.span_id for span in ordered}
+    children: dict[str, list[Span]] = defaultdict(list)
+    for span in ordered:
+        if span.parent_id in ids:
+            children[span.parent_id].append(span)
+    roots = [span for span in ordered if span.parent_id not in ids]
+    seen: set[str] = set()
+    # Roots first; then anything left over, which only a cycle of parent ids can leave unreached.
+    for span in [*roots, *ordered]:
+        if span.span_id not in seen:
+            _attach(node, span, children, seen)
+
+
+def _attach(node: Tree, span: Span, children: dict[str, list[Span]], seen: set[str]) -> None:
+    seen.add(span.span_id)
+    branch = node.add(_span_label(span))
+    for child in children[span.span_id]:
+        if child.span_id not in seen:
+            _attach(branch, child, children, seen)
+
+
+def _span_label(span: Span) -> Text:
+    label = Text(span.name, style="bold", no_wrap=True, overflow="ellipsis")
+    if span.start_time is not None and span.end_time is not None:
+        milliseconds = (span.end_time - span.start_time) * 1000
+        decimals = 1 if milliseconds < 9.95 else 0  # 4.2 ms, 812 ms; 9.96 rounds to "10", not "10.0"
+        label.append(f"  {milliseconds:,.{decimals}f} ms", style="dim")
+    if reward := rewards(span):
+        label.append(f"  reward {format_rewards(reward)}", style="green")
+    if llm := llm_call(span):
+        label.append(f"  {llm}", style="magenta")
+    if span.status.status_code == "ERROR":
+        label.append(f"  ERROR {span.status.description or ''}".rstrip(), style="red")
+    return label
+
+
+def _summary(found: list[Span]) -> str:
+    calls = sum(llm_call(span) is not None for span in found)
+    reward = format_rewards(total_rewards(found)) or "-"
+    return f"{plural(len(found), 'span')} · {plural(calls, 'LLM call')} · reward {reward}"

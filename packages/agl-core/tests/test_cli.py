@@ -1,0 +1,435 @@
+"""The `agl` inspection CLI against a real SQLite store file, read at 80 columns.
+
+The store is filled once through the store API (as workers would), then every command is run
+with `CliRunner` and its text, its ``--json`` and its errors are checked against the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from agl.core import LLM, PromptTemplate, RolloutConfig, RolloutRequest, Span, open_store
+from agl.core.cli import app
+from agl.core.cli._common import format_duration, format_time
+
+WIDTH = 80
+T0 = 1_700_000_000.0
+LONG_NAME = "orphan whose parent was never exported " + "x" * 80
+
+
+@dataclass(frozen=True)
+class Filled:
+    url: str
+    retried: str
+    """Attempt 1 failed with a full span tree, attempt 2 succeeded: rollout succeeded."""
+    first_attempt: str
+    second_attempt: str
+    waiting: str
+    """Claimed by worker-3, no spans yet: preparing."""
+    queued: list[str]
+    resources_id: str
+    """Two versions; not the latest id."""
+    latest_resources_id: str
+
+
+def span(rollout_id: str, attempt_id: str, seq: int, parent: int | None, name: str, **fields: Any) -> Span:
+    duration = fields.pop("duration", 0.01)
+    return Span(
+        rollout_id=rollout_id,
+        attempt_id=attempt_id,
+        sequence_id=seq,
+        trace_id="ab" * 16,
+        span_id=f"{seq:016x}",
+        parent_id=None if parent is None else f"{parent:016x}",
+        name=name,
+        start_time=T0 + seq,
+        end_time=T0 + seq + duration,
+        **fields,
+    )
+
+
+async def fill(url: str) -> Filled:
+    store = open_store(url)
+    llm = LLM(endpoint="http://llm.local/v1", model="qwen-7b", api_key="sk-secret", sampling_parameters={"top_p": 0.9})
+    resources = await store.add_resources({"llm": llm, "prompt": PromptTemplate(template="Solve {task}.")})
+    await store.update_resources(
+        resources.resources_id,
+        {"llm": llm, "prompt": PromptTemplate(template="Solve {task} [step] by step.\nAnswer briefly.")},
+    )
+    latest = await store.add_resources({"greeting": PromptTemplate(template="Hello {name}")})
+
+    retried = await store.enqueue_rollout(
+        {"task": "2+2"},
+        mode="train",
+        resources_id=resources.resources_id,
+        config=RolloutConfig(timeout_seconds=600, max_attempts=2, retry_condition=("failed",)),
+        metadata={"batch": "b1"},
+    )
+    waiting = await store.enqueue_rollout({"task": "3*3"}, mode="val")
+    queued = await store.enqueue_many_rollouts([RolloutRequest(input={"task": i}, mode="train") for i in range(5)])
+
+    first = await store.dequeue_rollout(worker_id="worker-1")
+    assert first is not None and first.rollout_id == retried.rollout_id
+    r, a = retried.rollout_id, first.attempt.attempt_id
+    llm_attributes = {
+        "gen_ai.request.model": "qwen-7b",
+        "gen_ai.usage.input_tokens": 812,
+        "gen_ai.usage.output_tokens": 64,
+        "agl.llm.call": True,
+    }
+    await store.add_many_spans(
+        [
+            span(r, a, 1, None, "agent.run", duration=1.52),
+            span(r, a, 2, 1, "chat qwen-7b", attributes=llm_attributes, duration=0.812),
+            span(r, a, 3, 2, "http.post", duration=0.0042),
+            span(r, a, 4, 1, "tool.search", status={"status_code": "ERROR", "description": "index down"}),
+            span(r, a, 5, 1, "reward", attributes={"agl.reward": 0.25}),
+            span(r, a, 6, 999, LONG_NAME),
+        ]
+    )
+    await store.update_attempt(r, a, status="failed")  # retried: back in the queue
+
+    second = await store.start_attempt(r, worker_id="worker-2")
+    b = second.attempt.attempt_id
+    rewards = {"agl.reward": 1.0, "agl.reward.correct": 1, "agl.reward.brief": 0.5}
+    # The same span ids as attempt 1: the tree is built per attempt.
+    await store.add_many_spans([span(r, b, 1, None, "agent.run"), span(r, b, 2, 1, "score", attributes=rewards)])
+    await store.update_attempt(r, b, status="succeeded")
+
+    claimed = await store.dequeue_rollout(worker_id="worker-3")
+    assert claimed is not None and claimed.rollout_id == waiting.rollout_id
+    await store.close()
+    return Filled(
+        url=url,
+        retried=r,
+        first_attempt=a,
+        second_attempt=b,
+        waiting=waiting.rollout_id,
+        queued=[q.rollout_id for q in queued],
+        resources_id=resources.resources_id,
+        latest_resources_id=latest.resources_id,
+    )
+
+
+@pytest.fixture(scope="module")
+def filled(tmp_path_factory: pytest.TempPathFactory) -> Filled:
+    path = tmp_path_factory.mktemp("cli") / "store.db"
+    return asyncio.run(fill(f"sqlite:///{path}"))
+
+
+def query(url: str, method: str, *args: Any, **kwargs: Any) -> Any:
+    """Ask the store directly, to compare with what the CLI printed."""
+
+    async def ask() -> Any:
+        store = open_store(url)
+        try:
+            return await getattr(store, method)(*args, **kwargs)
+        finally:
+            await store.close()
+
+    return asyncio.run(ask())
+
+
+def agl(filled: Filled, *args: str, store: str | None = None) -> Result:
+    return CliRunner().invoke(app, [*args, "--store", store or filled.url], env={"COLUMNS": str(WIDTH)})
+
+
+def ok(filled: Filled, *args: str) -> str:
+    result = agl(filled, *args)
+    assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
+    assert "\x1b[" not in result.stdout, "not a terminal: plain text, no colour codes"
+    return result.stdout
+
+
+def assert_one_line_error(result: Result, *fragments: str) -> None:
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit), f"escaped as {result.exception!r}"
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr
+
+
+def lines_with(output: str, *words: str) -> list[str]:
+    return [line for line in output.splitlines() if all(word in line for word in words)]
+
+
+# --- rollouts list --------------------------------------------------------------------------
+
+
+def test_rollouts_list_shows_each_rollout_with_status_mode_attempts_and_a_footer(filled: Filled) -> None:
+    out = ok(filled, "rollouts", "list")
+    assert out.splitlines()[0].split() == ["rollout", "status", "mode", "attempts", "started", "duration"]
+    (retried,) = lines_with(out, filled.retried)
+    assert retried.split()[1:4] == ["succeeded", "train", "2"]
+    assert retried.split()[-1] == format_duration(
+        query(filled.url, "get_rollout_by_id", filled.retried).end_time
+        - query(filled.url, "get_rollout_by_id", filled.retried).start_time
+    )
+    (waiting,) = lines_with(out, filled.waiting)
+    assert waiting.split()[1:4] == ["preparing", "val", "1"]
+    for rollout_id in filled.queued:
+        (line,) = lines_with(out, rollout_id)
+        assert line.split()[1:4] == ["queuing", "train", "0"] and line.rstrip().endswith("-")
+    started = query(filled.url, "get_rollout_by_id", filled.waiting).start_time
+    assert format_time(started) in waiting
+    assert out.splitlines()[-1] == "showing 1\N{EN DASH}7 of 7"
+
+
+def test_rollouts_list_filters_by_status_and_mode(filled: Filled) -> None:
+    queued = ok(filled, "rollouts", "list", "--status", "queuing")
+    assert sorted(re.findall(r"ro-[0-9a-f]{16}", queued)) == sorted(filled.queued)
+    assert queued.splitlines()[-1] == "showing 1\N{EN DASH}5 of 5"
+    two = ok(filled, "rollouts", "list", "--status", "succeeded", "--status", "preparing")
+    assert sorted(re.findall(r"ro-[0-9a-f]{16}", two)) == sorted([filled.retried, filled.waiting])
+    val = ok(filled, "rollouts", "list", "--mode", "val")
+    assert re.findall(r"ro-[0-9a-f]{16}", val) == [filled.waiting]
+    nothing = ok(filled, "rollouts", "list", "--status", "cancelled")
+    assert nothing.strip() == "showing 0 of 0"
+
+
+def test_rollouts_list_pages_and_sorts_like_the_store(filled: Filled) -> None:
+    expected = query(filled.url, "query_rollouts", sort_by="rollout_id", sort_order="desc", limit=3, offset=2)
+    out = ok(filled, "rollouts", "list", "--sort-by", "rollout_id", "--desc", "--limit", "3", "--offset", "2")
+    assert re.findall(r"ro-[0-9a-f]{16}", out) == [r.rollout_id for r in expected]
+    assert out.splitlines()[-1] == "showing 3\N{EN DASH}5 of 7"
+    beyond = ok(filled, "rollouts", "list", "--offset", "50")
+    assert beyond.strip() == "showing 0 of 7"
+
+
+def test_rollouts_list_json_is_the_store_page(filled: Filled) -> None:
+    data = json.loads(ok(filled, "rollouts", "list", "--status", "queuing", "--limit", "2", "--json"))
+    expected = query(filled.url, "query_rollouts", status_in=["queuing"], limit=2)
+    assert data == {
+        "total": 5,
+        "offset": 0,
+        "limit": 2,
+        "items": [rollout.model_dump(mode="json") for rollout in expected],
+    }
+
+
+def test_rollouts_list_rejects_bad_filters_in_one_line(filled: Filled) -> None:
+    assert_one_line_error(agl(filled, "rollouts", "list", "--status", "done"), "'done'", "queuing")
+    assert_one_line_error(agl(filled, "rollouts", "list", "--mode", "prod"), "'prod'", "train")
+    assert_one_line_error(agl(filled, "rollouts", "list", "--sort-by", "input"), "'input'", "start_time")
+    assert_one_line_error(agl(filled, "rollouts", "list", "--limit", "-1"), "limit")
+
+
+# --- rollouts show --------------------------------------------------------------------------
+
+
+def test_rollouts_show_gives_fields_config_attempts_spans_and_reward(filled: Filled) -> None:
+    out = ok(filled, "rollouts", "show", filled.retried)
+    field = {line.split(None, 1)[0]: line.split(None, 1)[1].rstrip() for line in out.splitlines()[:12]}
+    assert field["rollout"] == filled.retried
+    assert field["status"] == "succeeded"
+    assert field["mode"] == "train"
+    assert field["resources"] == filled.resources_id
+    assert field["input"] == '{"task": "2+2"}'
+    assert field["config"] == "timeout 10m00s · max 2 attempts · retry on failed"
+    assert field["metadata"] == '{"batch": "b1"}'
+    assert field["spans"] == "8 (all attempts)"
+    assert field["reward"] == "1 (correct=1, brief=0.5) in the latest attempt"
+    assert "2 attempts" in out
+    (first,) = lines_with(out, filled.first_attempt)
+    assert first.split()[:4] == ["1", filled.first_attempt, "failed", "worker-1"]
+    (second,) = lines_with(out, filled.second_attempt)
+    assert second.split()[:4] == ["2", filled.second_attempt, "succeeded", "worker-2"]
+    assert second.rstrip().endswith("ago")
+
+
+def test_rollouts_show_a_rollout_without_attempts(filled: Filled) -> None:
+    out = ok(filled, "rollouts", "show", filled.queued[0])
+    assert "queuing" in out and "no attempts yet" in out
+    assert lines_with(out, "reward")[0].split() == ["reward", "-"]
+
+
+def test_rollouts_show_json_matches_the_store(filled: Filled) -> None:
+    data = json.loads(ok(filled, "rollouts", "show", filled.retried, "--json"))
+    assert data["rollout"] == query(filled.url, "get_rollout_by_id", filled.retried).model_dump(mode="json")
+    attempts = query(filled.url, "query_attempts", filled.retried)
+    assert data["attempts"] == [attempt.model_dump(mode="json") for attempt in attempts]
+    assert data["spans"] == 8
+    assert data["reward"] == 1.0 and data["reward_dimensions"] == {"correct": 1.0, "brief": 0.5}
+
+
+def test_an_unknown_rollout_is_one_line_and_exit_1(filled: Filled) -> None:
+    assert_one_line_error(agl(filled, "rollouts", "show", "ro-missing"), "rollout 'ro-missing' not found")
+    assert_one_line_error(agl(filled, "spans", "ro-missing"), "rollout 'ro-missing' not found")
+    assert_one_line_error(agl(filled, "spans", "ro-missing", "--json"), "not found")
+
+
+# --- spans ----------------------------------------------------------------------------------
+
+
+def test_spans_tree_nests_by_parent_in_sequence_order_with_highlights(filled: Filled) -> None:
+    out = ok(filled, "spans", filled.retried, "--attempt", filled.first_attempt)
+    lines = out.splitlines()
+    assert lines[0] == f"{filled.retried} · attempt 1 ({filled.first_attempt}) · failed"
+    names = ["agent.run", "chat qwen-7b", "http.post", "tool.search", "reward", "orphan"]
+    rows = [next(i for i, line in enumerate(lines) if f"── {name}" in line) for name in names]
+    assert rows == sorted(rows) == list(range(1, 7)), out
+    depth = {name: lines[row].index(name) // 4 for name, row in zip(names, rows, strict=True)}
+    assert depth == {"agent.run": 1, "chat qwen-7b": 2, "http.post": 3, "tool.search": 2, "reward": 2, "orphan": 1}
+    assert lines[1] == "├── agent.run  1,520 ms"
+    assert "812 ms  LLM qwen-7b (812 in, 64 out tokens)" in lines[rows[1]]
+    assert "4.2 ms" in lines[rows[2]]
+    assert "ERROR index down" in lines[rows[3]]
+    assert "reward 0.25" in lines[rows[4]]
+    assert lines[rows[5]].startswith("└── orphan whose parent") and lines[rows[5]].endswith("…")
+    assert lines[-1] == "6 spans · 1 LLM call · reward 0.25"
+
+
+def test_spans_default_to_the_latest_attempt(filled: Filled) -> None:
+    out = ok(filled, "spans", filled.retried)
+    assert out.splitlines() == [
+        f"{filled.retried} · attempt 2 ({filled.second_attempt}) · succeeded",
+        "└── agent.run  10 ms",
+        "    └── score  10 ms  reward 1 (correct=1, brief=0.5)",
+        "2 spans · 0 LLM calls · reward 1 (correct=1, brief=0.5)",
+    ]
+
+
+def test_spans_of_all_attempts_hang_under_each_attempt(filled: Filled) -> None:
+    lines = ok(filled, "spans", filled.retried, "--attempt", "all").splitlines()
+    assert lines[0] == f"{filled.retried} · succeeded"
+    first = lines.index(f"├── attempt 1 ({filled.first_attempt}) · failed")
+    second = lines.index(f"└── attempt 2 ({filled.second_attempt}) · succeeded")
+    assert first == 1 and second == 8
+    assert lines[first + 1] == "│   ├── agent.run  1,520 ms"
+    assert lines[second + 1 :] == [
+        "    └── agent.run  10 ms",
+        "        └── score  10 ms  reward 1 (correct=1, brief=0.5)",
+        "8 spans · 1 LLM call · reward 1.25 (correct=1, brief=0.5)",
+    ]
+
+
+def test_spans_json_is_the_stored_spans(filled: Filled) -> None:
+    data = json.loads(ok(filled, "spans", filled.retried, "--attempt", filled.first_attempt, "--json"))
+    expected = query(filled.url, "query_spans", filled.retried, filled.first_attempt)
+    assert data == [s.model_dump(mode="json") for s in expected] and len(data) == 6
+    everything = json.loads(ok(filled, "spans", filled.retried, "--attempt", "all", "--json"))
+    assert len(everything) == 8
+
+
+def test_spans_of_a_rollout_not_yet_attempted(filled: Filled) -> None:
+    assert ok(filled, "spans", filled.queued[0]).strip() == f"{filled.queued[0]} has no attempts yet (status queuing)."
+    assert json.loads(ok(filled, "spans", filled.queued[0], "--json")) == []
+
+
+def test_spans_of_an_unknown_attempt(filled: Filled) -> None:
+    assert_one_line_error(agl(filled, "spans", filled.retried, "--attempt", "at-nope"), "attempt 'at-nope' not found")
+
+
+# --- resources and stats --------------------------------------------------------------------
+
+
+def test_resources_list_marks_the_latest(filled: Filled) -> None:
+    lines = ok(filled, "resources").splitlines()
+    assert lines[0].split() == ["resources", "version", "updated", "contents"]
+    rows = " ".join(lines[2:-1]).split()  # the contents column wraps: read the rows as one text
+    older, latest = rows.index(filled.resources_id), rows.index(filled.latest_resources_id)
+    assert rows[older + 1] == "2" and rows[older + 4 : latest] == ["llm", "(llm),", "prompt", "(prompt_template)"]
+    assert rows[latest + 1] == "1" and rows[latest + 4 :] == ["greeting", "(prompt_template)"]
+    assert lines[-1] == f"latest: {filled.latest_resources_id}"
+
+
+def test_resources_show_the_llm_and_the_prompt_text_but_never_the_key(filled: Filled) -> None:
+    out = ok(filled, "resources", filled.resources_id)
+    assert out.splitlines()[0].startswith(f"{filled.resources_id} · version 2 · updated ")
+    assert lines_with(out, "endpoint")[0].split() == ["endpoint", "http://llm.local/v1"]
+    assert lines_with(out, "model")[0].split() == ["model", "qwen-7b"]
+    assert lines_with(out, "top_p")[0].split() == ["top_p", "0.9"]
+    assert "  Solve {task} [step] by step." in out and "  Answer briefly." in out  # not read as markup
+    assert "sk-secret" not in out and "set (hidden)" in out
+
+
+def test_resources_json(filled: Filled) -> None:
+    listing = json.loads(ok(filled, "resources", "--json"))
+    assert listing["latest"] == filled.latest_resources_id
+    assert [item["resources_id"] for item in listing["items"]] == [filled.resources_id, filled.latest_resources_id]
+    one = json.loads(ok(filled, "resources", filled.resources_id, "--json"))
+    stored = query(filled.url, "get_resources_by_id", filled.resources_id).model_dump(mode="json")
+    assert one["resources"]["llm"]["api_key"] == "<hidden>"
+    stored["resources"]["llm"]["api_key"] = "<hidden>"
+    assert one == stored
+    assert_one_line_error(agl(filled, "resources", "rs-nope"), "resources 'rs-nope' not found")
+
+
+def test_stats(filled: Filled) -> None:
+    rows = {line.split()[0]: line.split()[1:] for line in ok(filled, "stats").splitlines()}
+    assert rows["rollouts"] == ["7", "queuing", "5", "·", "preparing", "1", "·", "succeeded", "1"]
+    assert rows["attempts"] == ["3", "preparing", "1", "·", "succeeded", "1", "·", "failed", "1"]
+    assert rows["spans"] == ["8"] and rows["resources"] == ["2"] and rows["workers"] == ["3"]
+    data = json.loads(ok(filled, "stats", "--json"))
+    assert data["rollouts"] == 7 and data["attempts"] == 3 and data["spans"] == 8
+    assert data["rollouts_by_status"] == query(filled.url, "statistics").rollouts_by_status
+
+
+def test_an_empty_memory_store(filled: Filled) -> None:
+    for args, expected in [
+        (("rollouts", "list"), "showing 0 of 0"),
+        (("resources",), "no resources yet"),
+    ]:
+        result = agl(filled, *args, store="memory://")
+        assert result.exit_code == 0 and result.stdout.strip() == expected
+
+
+# --- the edges ------------------------------------------------------------------------------
+
+
+def test_agl_alone_lists_the_commands() -> None:
+    out = CliRunner().invoke(app, [], env={"COLUMNS": str(WIDTH)}).stdout
+    assert "Usage: agl" in out and all(command in out for command in ("rollouts", "spans", "resources", "stats"))
+
+
+@pytest.mark.parametrize("url", ["postgres://db/agl", "store.db", "sqlite://", "memory://somewhere"])
+def test_a_malformed_store_url_is_one_line_and_exit_1(filled: Filled, url: str) -> None:
+    assert_one_line_error(agl(filled, "stats", store=url), "invalid store URL", repr(url))
+
+
+def test_agl_store_environment_variable_names_the_store(filled: Filled) -> None:
+    result = CliRunner().invoke(app, ["stats", "--json"], env={"AGL_STORE": filled.url})
+    assert result.exit_code == 0 and json.loads(result.stdout)["rollouts"] == 7
+
+
+def test_every_human_output_fits_in_80_columns(filled: Filled) -> None:
+    outputs = [
+        ok(filled, "rollouts", "list"),
+        ok(filled, "rollouts", "show", filled.retried),
+        ok(filled, "rollouts", "show", filled.waiting),
+        ok(filled, "spans", filled.retried, "--attempt", "all"),
+        ok(filled, "resources"),
+        ok(filled, "resources", filled.resources_id),
+        ok(filled, "stats"),
+    ]
+    for output in outputs:
+        too_wide = [line for line in output.splitlines() if len(line) > WIDTH]
+        assert not too_wide, too_wide
+
+
+def test_the_installed_console_script(filled: Filled) -> None:
+    script = Path(sys.executable).with_name("agl")
+    assert script.exists(), f"no console script next to {sys.executable}"
+    env = {"COLUMNS": str(WIDTH), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(
+        [script, "rollouts", "list", "--store", filled.url], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert filled.retried in done.stdout and done.stdout.splitlines()[-1] == "showing 1\N{EN DASH}7 of 7"
+    bad = subprocess.run(
+        [script, "stats", "--store", "nowhere://x"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert bad.returncode == 1 and bad.stdout == ""
+    assert bad.stderr.startswith("error: invalid store URL") and bad.stderr.count("\n") == 1
