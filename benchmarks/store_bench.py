@@ -1,8 +1,10 @@
 """Store throughput: ops/s per operation and backend, spans shaped like real LLM spans.
 
     python benchmarks/store_bench.py [--runs 5] [--n 2000] [--backends memory,sqlite,sqlite-full] [--json]
+    python benchmarks/store_bench.py --backends http+sqlite,http+memory
 
-Each operation is timed on its own over ``--n`` calls (one sequential caller, in process),
+Each operation is timed on its own over ``--n`` calls (one sequential caller; ``http+X`` backends
+go through the store server, run as a separate process serving backend X),
 ``--runs`` times on a fresh store; the table shows min / median / max ops/s. The workload
 (span shape, operation mix) is defined once in `workload.py` and shared with the anchor's
 benchmark, so ratios compare like with like.
@@ -12,12 +14,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -25,16 +30,38 @@ sys.path.insert(0, str(Path(__file__).parent))
 from workload import BATCH, QUERY_SPANS_PER_ROLLOUT, SPANS_PER_ROLLOUT, llm_attributes, task_input
 
 from agl.core.store import InMemoryLightningStore, LightningStore, SqliteLightningStore
+from agl.core.store.http import HttpLightningStore
 from agl.core.types import RolloutRequest, Span
 
 OPERATIONS = ("enqueue", "enqueue_many", "dequeue", "update_attempt", "add_span", "add_many_spans", "query_spans")
 
 
-def make_store(backend: str, folder: Path) -> LightningStore:
-    if backend == "memory":
-        return InMemoryLightningStore()
-    synchronous = "full" if backend == "sqlite-full" else "normal"
-    return SqliteLightningStore(folder / f"{backend}.db", synchronous=synchronous)
+@contextlib.contextmanager
+def make_store(backend: str, folder: Path) -> Iterator[LightningStore]:
+    """A fresh store; ``http+X`` serves backend X from an ``agl store serve`` process of its own."""
+    if backend.startswith("http+"):
+        with serving(backend.removeprefix("http+"), folder) as url:
+            yield HttpLightningStore(url)
+    elif backend == "memory":
+        yield InMemoryLightningStore()
+    else:
+        synchronous = "full" if backend == "sqlite-full" else "normal"
+        yield SqliteLightningStore(folder / f"{backend}.db", synchronous=synchronous)
+
+
+@contextlib.contextmanager
+def serving(backend: str, folder: Path) -> Iterator[str]:
+    store_url = "memory://" if backend == "memory" else f"sqlite:///{folder}/served.db"
+    with socket.socket() as probe:  # a free port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "agl.core.cli", "store", "serve", "--store", store_url, "--port", str(port)]
+    server = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+    try:
+        yield f"http://127.0.0.1:{port}"  # the client retries until the server listens
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def spans_for(rollout_id: str, attempt_id: str, first_sequence_id: int, count: int) -> list[Span]:
@@ -62,8 +89,13 @@ async def timed(n: int, body: Callable[[], Awaitable[None]]) -> float:
 
 
 async def run_once(backend: str, n: int, folder: Path) -> dict[str, float]:
-    store = make_store(backend, folder)
+    with make_store(backend, folder) as store:
+        return await measure(store, n)
+
+
+async def measure(store: LightningStore, n: int) -> dict[str, float]:
     results: dict[str, float] = {}
+    await store.statistics()  # warm up: a served store may still be starting
 
     async def enqueue() -> None:
         for i in range(n):

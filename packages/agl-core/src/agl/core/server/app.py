@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from agl.core.server.deps import AuthDep
+from agl.core.server.auth import TokenAuth, document_bearer_auth
 from agl.core.server.errors import install_error_handlers
 from agl.core.server.limits import BodyLimit
 from agl.core.server.metrics import Metrics, MetricsMiddleware
@@ -17,7 +17,8 @@ from agl.core.version import __version__
 
 
 def create_app(settings: ServerSettings, store: LightningStore) -> FastAPI:
-    """The caller owns the store: it is neither opened nor closed here."""
+    """Routers are built around ``store`` (no per-request dependency lookups). The caller owns
+    the store: it is neither opened nor closed here."""
     app = FastAPI(
         title="agl store",
         version=__version__,
@@ -26,14 +27,21 @@ def create_app(settings: ServerSettings, store: LightningStore) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
-    app.state.store = store
-    app.state.metrics = Metrics()
+    metrics = app.state.metrics = Metrics()
 
-    api = APIRouter(prefix=API_PREFIX, dependencies=[AuthDep])
-    for module in (rollouts, attempts, spans, resources, workers, admin):
-        api.include_router(module.router)
+    api = APIRouter(prefix=API_PREFIX)
+    # The busiest routes first: Starlette tries routes in order.
+    for router in (
+        spans.build(store, metrics),
+        attempts.build(store),
+        rollouts.build(store),
+        resources.build(store),
+        workers.build(store),
+        admin.build(store),
+    ):
+        api.include_router(router)
     app.include_router(api)
-    app.include_router(health.router)
+    app.include_router(health.build(store, metrics))
 
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
@@ -41,5 +49,8 @@ def create_app(settings: ServerSettings, store: LightningStore) -> FastAPI:
         app.add_middleware(
             CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["*"], allow_headers=["*"]
         )
-    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    if settings.token is not None:
+        app.add_middleware(TokenAuth, token=settings.token.get_secret_value())
+        document_bearer_auth(app)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

@@ -16,10 +16,6 @@ from agl.core.store.wire import ErrorBody, error_body
 logger = logging.getLogger("agl.server")
 
 
-class Unauthorized(AglError):
-    """No token, or the wrong one."""
-
-
 class BodyTooLarge(AglError):
     """A request body (or its decompressed form) over the configured limit."""
 
@@ -33,8 +29,6 @@ def _status_of(error: AglError) -> int:
         return 404
     if isinstance(error, InvalidTransition):
         return 409
-    if isinstance(error, Unauthorized):
-        return 401
     if isinstance(error, BodyTooLarge):
         return 413
     if isinstance(error, StoreUnavailable):
@@ -46,8 +40,7 @@ def _status_of(error: AglError) -> int:
 
 async def _agl_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, AglError)
-    headers = {"WWW-Authenticate": "Bearer"} if isinstance(error, Unauthorized) else None
-    return _respond(_status_of(error), error_body(error), headers)
+    return _respond(_status_of(error), error_body(error))
 
 
 def _describe(error: dict) -> str:

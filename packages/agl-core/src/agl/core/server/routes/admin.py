@@ -4,20 +4,21 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from agl.core.server.deps import StoreDep
 from agl.core.server.encoding import JsonBytes, respond
-from agl.core.store.base import StoreStatistics
+from agl.core.store.base import LightningStore, StoreStatistics
 from agl.core.store.wire import DeadlinesBody
 
-router = APIRouter(tags=["store"])
 
+def build(store: LightningStore) -> APIRouter:
+    router = APIRouter(tags=["store"])
 
-@router.get("/statistics", response_model=StoreStatistics)
-async def statistics(store: StoreDep) -> JsonBytes:
-    return respond(await store.statistics(), StoreStatistics)
+    @router.get("/statistics", response_model=StoreStatistics)
+    async def statistics() -> JsonBytes:
+        return respond(await store.statistics(), StoreStatistics)
 
+    @router.post("/deadlines", response_model=DeadlinesBody)
+    async def check_deadlines() -> JsonBytes:
+        """Enforce timeouts now (the watchdog does it on its own every second)."""
+        return respond(DeadlinesBody(enforced=await store.check_deadlines()), DeadlinesBody)
 
-@router.post("/deadlines", response_model=DeadlinesBody)
-async def check_deadlines(store: StoreDep) -> JsonBytes:
-    """Enforce timeouts now (the watchdog does it on its own every second)."""
-    return respond(DeadlinesBody(enforced=await store.check_deadlines()), DeadlinesBody)
+    return router

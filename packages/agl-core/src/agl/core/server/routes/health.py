@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from agl.core.server.deps import AuthDep, StoreDep
-
-router = APIRouter(tags=["health"])
-
-
-@router.get("/health")
-async def health() -> dict[str, str]:
-    return {"status": "ok"}
+from agl.core.server.metrics import Metrics
+from agl.core.store.base import LightningStore
 
 
-@router.get("/metrics", dependencies=[AuthDep], response_class=Response)
-async def metrics(request: Request, store: StoreDep) -> Response:
-    registry = request.app.state.metrics
-    registry.observe_store(await store.statistics())
-    return Response(generate_latest(registry.registry), media_type=CONTENT_TYPE_LATEST)
+def build(store: LightningStore, metrics: Metrics) -> APIRouter:
+    router = APIRouter(tags=["health"])
+
+    @router.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/metrics", response_class=Response)
+    async def prometheus_metrics() -> Response:
+        metrics.observe_store(await store.statistics())
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return router

@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from agl.core.errors import RolloutNotFound
-from agl.core.server.deps import StoreDep
 from agl.core.server.encoding import JsonBytes, respond, respond_page
+from agl.core.store.base import LightningStore
 from agl.core.store.wire import (
     LONG_POLL_MAX_SECONDS,
     DequeueBody,
@@ -20,51 +20,47 @@ from agl.core.store.wire import (
 )
 from agl.core.types import AttemptedRollout, Rollout, RolloutRequest
 
-router = APIRouter(tags=["rollouts"])
 
+def build(store: LightningStore) -> APIRouter:
+    router = APIRouter(tags=["rollouts"])
 
-@router.post("/rollouts", response_model=Rollout)
-async def enqueue_rollout(body: RolloutRequest, store: StoreDep) -> JsonBytes:
-    """Queue a task. Sending a ``rollout_id`` that exists returns that rollout (safe to retry)."""
-    return respond(await store.enqueue_rollout(**sent_fields(body)), Rollout)
+    @router.post("/rollouts", response_model=Rollout)
+    async def enqueue_rollout(body: RolloutRequest) -> JsonBytes:
+        """Queue a task. Sending a ``rollout_id`` that exists returns that rollout (safe to retry)."""
+        return respond(await store.enqueue_rollout(**sent_fields(body)), Rollout)
 
+    @router.post("/rollouts/batch", response_model=list[Rollout])
+    async def enqueue_many_rollouts(body: EnqueueManyBody) -> JsonBytes:
+        return respond(await store.enqueue_many_rollouts(body.requests), list[Rollout])
 
-@router.post("/rollouts/batch", response_model=list[Rollout])
-async def enqueue_many_rollouts(body: EnqueueManyBody, store: StoreDep) -> JsonBytes:
-    return respond(await store.enqueue_many_rollouts(body.requests), list[Rollout])
+    @router.post("/rollouts/start", response_model=AttemptedRollout)
+    async def start_rollout(body: StartRolloutBody) -> JsonBytes:
+        return respond(await store.start_rollout(**sent_fields(body)), AttemptedRollout)
 
+    @router.post("/rollouts/query", response_model=PageBody[Rollout])
+    async def query_rollouts(body: QueryRolloutsBody) -> JsonBytes:
+        return respond_page(await store.query_rollouts(**body.model_dump()), Rollout)
 
-@router.post("/rollouts/start", response_model=AttemptedRollout)
-async def start_rollout(body: StartRolloutBody, store: StoreDep) -> JsonBytes:
-    return respond(await store.start_rollout(**sent_fields(body)), AttemptedRollout)
+    @router.post("/rollouts/wait", response_model=list[Rollout])
+    async def wait_for_rollouts(body: WaitBody) -> JsonBytes:
+        """Long poll: answers when all are finished or after min(timeout, the server's cap) seconds."""
+        timeout = LONG_POLL_MAX_SECONDS if body.timeout is None else min(body.timeout, LONG_POLL_MAX_SECONDS)
+        return respond(await store.wait_for_rollouts(body.rollout_ids, timeout), list[Rollout])
 
+    @router.post("/dequeue", response_model=AttemptedRollout | None)
+    async def dequeue_rollout(body: DequeueBody) -> JsonBytes:
+        return respond(await store.dequeue_rollout(body.worker_id), AttemptedRollout | None)
 
-@router.post("/rollouts/query", response_model=PageBody[Rollout])
-async def query_rollouts(body: QueryRolloutsBody, store: StoreDep) -> JsonBytes:
-    return respond_page(await store.query_rollouts(**body.model_dump()), Rollout)
+    @router.get("/rollouts/{rollout_id}", response_model=Rollout)
+    async def get_rollout(rollout_id: str) -> JsonBytes:
+        rollout = await store.get_rollout_by_id(rollout_id)
+        if rollout is None:
+            raise RolloutNotFound(rollout_id)
+        return respond(rollout, Rollout)
 
+    @router.patch("/rollouts/{rollout_id}", response_model=Rollout)
+    async def update_rollout(rollout_id: str, body: RolloutUpdateBody) -> JsonBytes:
+        """Change the fields sent; a terminal status also ends the active attempt."""
+        return respond(await store.update_rollout(rollout_id, **sent_fields(body)), Rollout)
 
-@router.post("/rollouts/wait", response_model=list[Rollout])
-async def wait_for_rollouts(body: WaitBody, store: StoreDep) -> JsonBytes:
-    """Long poll: answers when all are finished or after min(timeout, the server's cap) seconds."""
-    timeout = LONG_POLL_MAX_SECONDS if body.timeout is None else min(body.timeout, LONG_POLL_MAX_SECONDS)
-    return respond(await store.wait_for_rollouts(body.rollout_ids, timeout), list[Rollout])
-
-
-@router.post("/dequeue", response_model=AttemptedRollout | None)
-async def dequeue_rollout(body: DequeueBody, store: StoreDep) -> JsonBytes:
-    return respond(await store.dequeue_rollout(body.worker_id), AttemptedRollout | None)
-
-
-@router.get("/rollouts/{rollout_id}", response_model=Rollout)
-async def get_rollout(rollout_id: str, store: StoreDep) -> JsonBytes:
-    rollout = await store.get_rollout_by_id(rollout_id)
-    if rollout is None:
-        raise RolloutNotFound(rollout_id)
-    return respond(rollout, Rollout)
-
-
-@router.patch("/rollouts/{rollout_id}", response_model=Rollout)
-async def update_rollout(rollout_id: str, body: RolloutUpdateBody, store: StoreDep) -> JsonBytes:
-    """Change the fields sent; a terminal status also ends the active attempt."""
-    return respond(await store.update_rollout(rollout_id, **sent_fields(body)), Rollout)
+    return router

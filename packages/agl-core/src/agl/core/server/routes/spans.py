@@ -2,57 +2,57 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
-from agl.core.server.deps import StoreDep
 from agl.core.server.encoding import JsonBytes, respond, respond_page
+from agl.core.server.metrics import Metrics
+from agl.core.store.base import LightningStore
 from agl.core.store.wire import ObservedSpansBody, PageBody, SpanBatchBody
 from agl.core.types import Span
 
-router = APIRouter(tags=["spans"])
 
+def build(store: LightningStore, metrics: Metrics) -> APIRouter:
+    router = APIRouter(tags=["spans"])
 
-@router.post("/spans", response_model=Span)
-async def add_span(body: Span, store: StoreDep, request: Request) -> JsonBytes:
-    span = await store.add_span(body)
-    request.app.state.metrics.spans.labels("rest").inc()
-    return respond(span, Span)
+    @router.post("/spans", response_model=Span)
+    async def add_span(body: Span) -> JsonBytes:
+        span = await store.add_span(body)
+        metrics.spans.labels("rest").inc()
+        return respond(span, Span)
 
+    @router.post("/spans/batch", response_model=list[Span])
+    async def add_many_spans(body: SpanBatchBody) -> JsonBytes:
+        spans = await store.add_many_spans(body.spans)
+        metrics.spans.labels("rest").inc(len(spans))
+        return respond(spans, list[Span])
 
-@router.post("/spans/batch", response_model=list[Span])
-async def add_many_spans(body: SpanBatchBody, store: StoreDep, request: Request) -> JsonBytes:
-    spans = await store.add_many_spans(body.spans)
-    request.app.state.metrics.spans.labels("rest").inc(len(spans))
-    return respond(spans, list[Span])
+    @router.post("/spans/observed", response_model=list[Span])
+    async def add_observed_spans(body: ObservedSpansBody) -> JsonBytes:
+        """Spans of runs nobody queued; missing rollouts are created as observed ones."""
+        spans = await store.add_observed_spans(body.spans, new_rollout_metadata=body.new_rollout_metadata)
+        metrics.spans.labels("rest").inc(len(spans))
+        return respond(spans, list[Span])
 
+    @router.get("/rollouts/{rollout_id}/spans", response_model=PageBody[Span])
+    async def query_spans(
+        rollout_id: str,
+        attempt_id: str | None = None,
+        name: str | None = None,
+        sort_by: str = "sequence_id",
+        sort_order: str = "asc",
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> JsonBytes:
+        """``attempt_id`` may be an id, ``latest``, or absent for every attempt."""
+        page = await store.query_spans(
+            rollout_id,
+            attempt_id,
+            name=name,
+            sort_by=sort_by,
+            sort_order=sort_order,
+            limit=limit,
+            offset=offset,  # type: ignore[arg-type]
+        )
+        return respond_page(page, Span)
 
-@router.post("/spans/observed", response_model=list[Span])
-async def add_observed_spans(body: ObservedSpansBody, store: StoreDep, request: Request) -> JsonBytes:
-    """Spans of runs nobody queued; missing rollouts are created as observed ones."""
-    spans = await store.add_observed_spans(body.spans, new_rollout_metadata=body.new_rollout_metadata)
-    request.app.state.metrics.spans.labels("rest").inc(len(spans))
-    return respond(spans, list[Span])
-
-
-@router.get("/rollouts/{rollout_id}/spans", response_model=PageBody[Span])
-async def query_spans(
-    rollout_id: str,
-    store: StoreDep,
-    attempt_id: str | None = None,
-    name: str | None = None,
-    sort_by: str = "sequence_id",
-    sort_order: str = "asc",
-    limit: int | None = None,
-    offset: int = 0,
-) -> JsonBytes:
-    """``attempt_id`` may be an id, ``latest``, or absent for every attempt."""
-    page = await store.query_spans(
-        rollout_id,
-        attempt_id,
-        name=name,
-        sort_by=sort_by,
-        sort_order=sort_order,
-        limit=limit,
-        offset=offset,  # type: ignore[arg-type]
-    )
-    return respond_page(page, Span)
+    return router

@@ -1,0 +1,3 @@
+from agl.core.cli import main
+
+main()
