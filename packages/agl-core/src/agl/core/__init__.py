@@ -12,6 +12,7 @@ from agl.core.errors import (
     NotFound,
     ResourcesNotFound,
     RolloutNotFound,
+    StoreUnavailable,
     StoreUrlError,
 )
 from agl.core.store import LightningStore, Page, open_store
@@ -29,6 +30,7 @@ __all__ = [
     "Page",
     "ResourcesNotFound",
     "RolloutNotFound",
+    "StoreUnavailable",
     "StoreUrlError",
     "__version__",
     "open_store",

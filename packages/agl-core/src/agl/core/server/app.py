@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, FastAPI
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from agl.core.server.auth import TokenAuth, document_bearer_auth
@@ -12,7 +12,6 @@ from agl.core.server.metrics import Metrics, MetricsMiddleware
 from agl.core.server.routes import admin, attempts, health, resources, rollouts, spans, workers
 from agl.core.server.settings import ServerSettings
 from agl.core.store.base import LightningStore
-from agl.core.store.wire import API_PREFIX
 from agl.core.version import __version__
 
 
@@ -29,7 +28,6 @@ def create_app(settings: ServerSettings, store: LightningStore) -> FastAPI:
     app.state.settings = settings
     metrics = app.state.metrics = Metrics()
 
-    api = APIRouter(prefix=API_PREFIX)
     # The busiest routes first: Starlette tries routes in order.
     for router in (
         spans.build(store, metrics),
@@ -39,8 +37,7 @@ def create_app(settings: ServerSettings, store: LightningStore) -> FastAPI:
         workers.build(store),
         admin.build(store),
     ):
-        api.include_router(router)
-    app.include_router(api)
+        app.include_router(router)
     app.include_router(health.build(store, metrics))
 
     install_error_handlers(app)

@@ -16,8 +16,18 @@ from agl.core.store.wire import ErrorBody, error_body
 logger = logging.getLogger("agl.server")
 
 
-class BodyTooLarge(AglError):
-    """A request body (or its decompressed form) over the configured limit."""
+ERROR_RESPONSES: dict[int | str, dict] = {
+    status: {"model": ErrorBody, "description": description}
+    for status, description in {
+        401: "Missing or wrong bearer token (when the server has one)",
+        404: "Unknown rollout, attempt, resources or worker",
+        409: "A status change the state machine forbids",
+        413: "Request body over the limit",
+        422: "Malformed or invalid request",
+        503: "The store's database is unavailable",
+    }.items()
+}
+"""Documented on every route of the API, so the OpenAPI spec lists what a client must handle."""
 
 
 def _respond(status: int, body: ErrorBody, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -29,8 +39,6 @@ def _status_of(error: AglError) -> int:
         return 404
     if isinstance(error, InvalidTransition):
         return 409
-    if isinstance(error, BodyTooLarge):
-        return 413
     if isinstance(error, StoreUnavailable):
         return 503
     if isinstance(error, InvalidInput):

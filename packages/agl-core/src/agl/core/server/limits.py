@@ -1,11 +1,13 @@
 """Request-size limit as pure ASGI middleware: refuses by Content-Length before reading, and
-counts streamed (chunked) bodies as they arrive, so an oversized body is never held whole."""
+counts streamed (chunked) bodies as they arrive, so an oversized body is never held whole.
+
+When a streamed body crosses the limit, the app is told the client went away (so it stops
+reading), whatever it then tries to send is dropped, and the client gets a 413.
+"""
 
 from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from agl.core.server.errors import BodyTooLarge
 
 
 class BodyLimit:
@@ -19,23 +21,37 @@ class BodyLimit:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(send)
+            await refuse_too_large(send, self.max_bytes)
             return
         received = 0
+        exceeded = False
 
         async def limited() -> Message:
-            nonlocal received
+            nonlocal received, exceeded
+            if exceeded:
+                return {"type": "http.disconnect"}
             message = await receive()
             received += len(message.get("body", b""))
             if received > self.max_bytes:
-                # Raised inside the endpoint's body read; the app's AglError handler answers 413.
-                raise BodyTooLarge(f"request body exceeds {self.max_bytes} bytes")
+                exceeded = True
+                return {"type": "http.disconnect"}
             return message
 
-        await self.app(scope, limited, send)
+        async def unless_exceeded(message: Message) -> None:
+            if not exceeded:
+                await send(message)
 
-    async def _refuse(self, send: Send) -> None:
-        body = b'{"error":"BodyTooLarge","message":"request body exceeds %d bytes","detail":{}}' % self.max_bytes
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        try:
+            await self.app(scope, limited, unless_exceeded)
+        except Exception:
+            if not exceeded:
+                raise
+        if exceeded:
+            await refuse_too_large(send, self.max_bytes)
+
+
+async def refuse_too_large(send: Send, limit: int) -> None:
+    body = b'{"error":"BodyTooLarge","message":"request body exceeds %d bytes","detail":{}}' % limit
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 413, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -5,12 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from agl.core.server.encoding import JsonBytes, respond
+from agl.core.server.errors import ERROR_RESPONSES
 from agl.core.store.base import LightningStore, StoreStatistics
-from agl.core.store.wire import DeadlinesBody
+from agl.core.store.wire import API_PREFIX, DeadlinesBody
 
 
 def build(store: LightningStore) -> APIRouter:
-    router = APIRouter(tags=["store"])
+    router = APIRouter(prefix=API_PREFIX, tags=["store"], responses=ERROR_RESPONSES)
 
     @router.get("/statistics", response_model=StoreStatistics)
     async def statistics() -> JsonBytes:

@@ -8,13 +8,14 @@ from fastapi import APIRouter, Query
 
 from agl.core.errors import AttemptNotFound
 from agl.core.server.encoding import JsonBytes, respond, respond_page
+from agl.core.server.errors import ERROR_RESPONSES
 from agl.core.store.base import LightningStore
-from agl.core.store.wire import AttemptUpdateBody, PageBody, SequenceIdBody, StartAttemptBody, sent_fields
+from agl.core.store.wire import API_PREFIX, AttemptUpdateBody, PageBody, SequenceIdBody, StartAttemptBody, sent_fields
 from agl.core.types import Attempt, AttemptedRollout, AttemptStatus
 
 
 def build(store: LightningStore) -> APIRouter:
-    router = APIRouter(tags=["attempts"])
+    router = APIRouter(prefix=API_PREFIX, tags=["attempts"], responses=ERROR_RESPONSES)
 
     @router.post("/rollouts/{rollout_id}/attempts", response_model=AttemptedRollout)
     async def start_attempt(rollout_id: str, body: StartAttemptBody) -> JsonBytes:

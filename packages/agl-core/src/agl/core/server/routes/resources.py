@@ -6,13 +6,14 @@ from fastapi import APIRouter
 
 from agl.core.errors import ResourcesNotFound
 from agl.core.server.encoding import JsonBytes, respond, respond_page
+from agl.core.server.errors import ERROR_RESPONSES
 from agl.core.store.base import LightningStore
-from agl.core.store.wire import PageBody, ResourcesBody
+from agl.core.store.wire import API_PREFIX, PageBody, ResourcesBody
 from agl.core.types import ResourcesUpdate
 
 
 def build(store: LightningStore) -> APIRouter:
-    router = APIRouter(tags=["resources"])
+    router = APIRouter(prefix=API_PREFIX, tags=["resources"], responses=ERROR_RESPONSES)
 
     @router.post("/resources", response_model=ResourcesUpdate)
     async def add_resources(body: ResourcesBody) -> JsonBytes:

@@ -6,8 +6,10 @@ from fastapi import APIRouter
 
 from agl.core.errors import RolloutNotFound
 from agl.core.server.encoding import JsonBytes, respond, respond_page
+from agl.core.server.errors import ERROR_RESPONSES
 from agl.core.store.base import LightningStore
 from agl.core.store.wire import (
+    API_PREFIX,
     LONG_POLL_MAX_SECONDS,
     DequeueBody,
     EnqueueManyBody,
@@ -22,7 +24,7 @@ from agl.core.types import AttemptedRollout, Rollout, RolloutRequest
 
 
 def build(store: LightningStore) -> APIRouter:
-    router = APIRouter(tags=["rollouts"])
+    router = APIRouter(prefix=API_PREFIX, tags=["rollouts"], responses=ERROR_RESPONSES)
 
     @router.post("/rollouts", response_model=Rollout)
     async def enqueue_rollout(body: RolloutRequest) -> JsonBytes:

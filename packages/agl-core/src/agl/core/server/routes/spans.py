@@ -5,14 +5,15 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from agl.core.server.encoding import JsonBytes, respond, respond_page
+from agl.core.server.errors import ERROR_RESPONSES
 from agl.core.server.metrics import Metrics
 from agl.core.store.base import LightningStore
-from agl.core.store.wire import ObservedSpansBody, PageBody, SpanBatchBody
+from agl.core.store.wire import API_PREFIX, ObservedSpansBody, PageBody, SpanBatchBody
 from agl.core.types import Span
 
 
 def build(store: LightningStore, metrics: Metrics) -> APIRouter:
-    router = APIRouter(tags=["spans"])
+    router = APIRouter(prefix=API_PREFIX, tags=["spans"], responses=ERROR_RESPONSES)
 
     @router.post("/spans", response_model=Span)
     async def add_span(body: Span) -> JsonBytes:

@@ -7,13 +7,14 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from agl.core.server.encoding import JsonBytes, respond, respond_page
+from agl.core.server.errors import ERROR_RESPONSES
 from agl.core.store.base import LightningStore
-from agl.core.store.wire import PageBody, WorkerHeartbeatBody, sent_fields
+from agl.core.store.wire import API_PREFIX, PageBody, WorkerHeartbeatBody, sent_fields
 from agl.core.types import Worker, WorkerStatus
 
 
 def build(store: LightningStore) -> APIRouter:
-    router = APIRouter(tags=["workers"])
+    router = APIRouter(prefix=API_PREFIX, tags=["workers"], responses=ERROR_RESPONSES)
 
     @router.put("/workers/{worker_id}", response_model=Worker)
     async def update_worker(worker_id: str, body: WorkerHeartbeatBody) -> JsonBytes:

@@ -1,0 +1,113 @@
+"""OTLP/HTTP trace decoding throughput: spans/s of `agl.core.otlp`, protobuf and JSON bodies.
+
+    python benchmarks/otlp_decode_bench.py [--spans 100,512,1000] [--runs 7]
+
+The batch is what a Python worker exports: spans recorded with the OpenTelemetry SDK carrying
+the shared workload's 30 LLM-call attributes (two of them a few KB), one resource, one scope,
+encoded by the official OTLP encoder; the JSON body is the OTLP/JSON form of the same request.
+Each cell is the best of ``--runs`` timings of the whole batch (the machine may be shared, and
+the best run is the one least disturbed), one thread, in process:
+``decode`` is `decode_traces` alone, ``+to_span`` adds building the store's `Span` models,
+``gzip+decode`` adds `decompress` of a gzip body first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import gzip
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from google.protobuf.json_format import MessageToDict
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from workload import llm_attributes
+
+from agl.core.otlp import decode_traces, decompress, to_span
+
+CAP = 64 * 2**20
+
+
+def sdk_spans(count: int) -> tuple[ReadableSpan, ...]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "bench-agent", "agl.rollout.id": "ro-bench"}))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("agl.bench", "1.0")
+    with tracer.start_as_current_span("rollout"):
+        for i in range(count - 1):
+            with tracer.start_as_current_span("chat bench-model", attributes=llm_attributes(i)) as span:  # type: ignore[arg-type]
+                span.set_attribute("agl.attempt.id", "at-bench")
+    return exporter.get_finished_spans()
+
+
+def otlp_json(message: Any) -> bytes:
+    """proto3 JSON of the request with OTLP/JSON's deviations: hex ids, integer enums."""
+    document = MessageToDict(message, use_integers_for_enums=True)
+
+    def hexify(node: Any) -> None:
+        if isinstance(node, list):
+            for item in node:
+                hexify(item)
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                if key in ("traceId", "spanId", "parentSpanId"):
+                    node[key] = base64.b64decode(value).hex()
+                else:
+                    hexify(value)
+
+    hexify(document)
+    return json.dumps(document).encode()
+
+
+def spans_per_second(runs: int, count: int, work: Callable[[], object]) -> float:
+    timings = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        work()
+        timings.append(time.perf_counter() - start)
+    return count / min(timings)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--spans", default="100,512,1000", help="batch sizes, comma-separated")
+    parser.add_argument("--runs", type=int, default=9)
+    args = parser.parse_args()
+    header = ("body", "spans", "KiB", "gzip KiB", "decode", "+to_span", "gzip+decode")
+    print(f"{header[0]:<9} {header[1]:>5} {header[2]:>6} {header[3]:>8} {header[4]:>9} {header[5]:>9} {header[6]:>11}")
+    for count in (int(n) for n in args.spans.split(",")):
+        request = encode_spans(sdk_spans(count))
+        for label, content_type, body in (
+            ("protobuf", "application/x-protobuf", request.SerializeToString()),
+            ("json", "application/json", otlp_json(request)),
+        ):
+            zipped = gzip.compress(body, compresslevel=6)
+            assert len(decode_traces(body, content_type)) == count
+
+            def convert(body: bytes = body, content_type: str = content_type) -> None:
+                for i, span in enumerate(decode_traces(body, content_type)):
+                    to_span(span, rollout_id="ro-bench", attempt_id="at-bench", sequence_id=i)
+
+            decode = spans_per_second(args.runs, count, lambda b=body, t=content_type: decode_traces(b, t))
+            full = spans_per_second(args.runs, count, convert)
+            unzip = spans_per_second(
+                args.runs, count, lambda z=zipped, t=content_type: decode_traces(decompress(z, "gzip", CAP), t)
+            )
+            print(
+                f"{label:<9} {count:>5} {len(body) / 1024:>6.0f} {len(zipped) / 1024:>8.0f}"
+                f" {decode:>9,.0f} {full:>9,.0f} {unzip:>11,.0f}"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,668 @@
+"""Decoding of OTLP/HTTP trace export bodies (``POST /v1/traces``) into plain, frozen spans.
+
+Pure functions, bytes in and dataclasses out, so the store server's route stays thin and the
+decoder is tested without HTTP. Anything malformed is one `OtlpDecodeError` (an `InvalidInput`)
+whose one-line message names the problem and, inside the body, the field path. OTLP/HTTP wants
+400 for bad data and 413 for a body over the limit (`OtlpBodyTooLarge`); an unknown media type
+or encoding is `OtlpUnsupportedMediaType` (HTTP's 415).
+
+Protobuf goes through the official ``opentelemetry-proto`` classes (the ``server`` extra; they
+are imported on first use, so the rest of this module works without them). JSON follows the
+OTLP/JSON encoding, which differs from protobuf's standard JSON mapping: ids are hex (in either
+case), enums are integers only, and keys are lowerCamelCase only; unknown keys are ignored and
+``null`` means "absent", as the specification requires.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pydantic_core import from_json
+
+from agl.core.errors import InvalidInput
+from agl.core.types.spans import Attributes, Span, SpanKind, StatusCode
+
+ROLLOUT_ID_ATTRIBUTE = "agl.rollout.id"
+ATTEMPT_ID_ATTRIBUTE = "agl.attempt.id"
+SCOPE_NAME_ATTRIBUTE = "otel.scope.name"
+SCOPE_VERSION_ATTRIBUTE = "otel.scope.version"
+
+# Indexed by the OTLP enum value. SPAN_KIND_UNSPECIFIED (0) may be read as INTERNAL (trace.proto).
+_KINDS: tuple[SpanKind, ...] = ("INTERNAL", "INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER")
+_STATUS_CODES: tuple[StatusCode, ...] = ("UNSET", "OK", "ERROR")
+
+_T = TypeVar("_T")
+
+
+class OtlpDecodeError(InvalidInput):
+    """An OTLP body that cannot be decoded; the message names the problem in one line."""
+
+
+class OtlpBodyTooLarge(OtlpDecodeError):
+    """The body exceeds the cap once decompressed (OTLP/HTTP answers 413, and the client must not retry)."""
+
+    def __init__(self, message: str, limit: int) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+class OtlpUnsupportedMediaType(OtlpDecodeError):
+    """A content type or content encoding this decoder does not speak (HTTP 415)."""
+
+
+@dataclass(frozen=True, slots=True)
+class OtlpEvent:
+    name: str
+    time: float | None
+    attributes: Attributes
+
+
+@dataclass(frozen=True, slots=True)
+class OtlpLink:
+    trace_id: str
+    span_id: str
+    attributes: Attributes
+
+
+@dataclass(frozen=True, slots=True)
+class OtlpSpan:
+    """One decoded span with its resource and scope flattened in; ids are lowercase hex, times seconds.
+
+    Spans of one resource share its ``resource_attributes`` dict: treat it as read-only.
+    """
+
+    trace_id: str
+    span_id: str
+    parent_id: str | None
+    name: str
+    kind: SpanKind
+    status_code: StatusCode
+    status_description: str | None
+    attributes: Attributes
+    events: tuple[OtlpEvent, ...]
+    links: tuple[OtlpLink, ...]
+    start_time: float | None
+    end_time: float | None
+    resource_attributes: Attributes
+    resource_schema_url: str
+    scope_name: str
+    scope_version: str
+
+
+# ---------------------------------------------------------------------------------------------
+# Content-Encoding
+
+
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+def decompress(body: bytes, content_encoding: str | None, max_decompressed_bytes: int) -> bytes:
+    """Undo ``Content-Encoding`` (identity, gzip, deflate) without ever holding more than the cap.
+
+    Inflating stops one byte past ``max_decompressed_bytes``, so a gzip bomb costs the cap in
+    memory and time, not its full size. ``deflate`` is the zlib format, as HTTP (and the Python
+    OTLP exporter) use it; gzip may have several members, as RFC 1952 allows.
+    """
+    encoding = (content_encoding or "identity").strip().lower()
+    if encoding in ("identity", "none", ""):
+        if len(body) > max_decompressed_bytes:
+            raise OtlpBodyTooLarge(f"body exceeds {max_decompressed_bytes} bytes", max_decompressed_bytes)
+        return body
+    wbits = _WBITS.get(encoding)
+    if wbits is None:
+        raise OtlpUnsupportedMediaType(
+            f"unsupported content encoding {content_encoding!r}: expected gzip, deflate or identity"
+        )
+    return _inflate(body, encoding, wbits, max_decompressed_bytes)
+
+
+def _inflate(body: bytes, encoding: str, wbits: int, limit: int) -> bytes:
+    parts: list[bytes] = []
+    room = limit
+    data = body
+    while True:
+        inflater = zlib.decompressobj(wbits)
+        try:
+            part = inflater.decompress(data, room + 1)
+        except zlib.error as error:
+            raise OtlpDecodeError(f"{encoding} body is corrupt: {error}") from None
+        if len(part) > room:
+            raise OtlpBodyTooLarge(f"decompressed body exceeds {limit} bytes", limit)
+        if not inflater.eof:
+            raise OtlpDecodeError(f"{encoding} body is truncated")
+        parts.append(part)
+        room -= len(part)
+        data = inflater.unused_data
+        if not data:
+            return b"".join(parts)
+        if wbits == zlib.MAX_WBITS:
+            raise OtlpDecodeError(f"{encoding} body is corrupt: data after the end of the stream")
+
+
+# ---------------------------------------------------------------------------------------------
+# Content-Type
+
+
+def decode_traces(body: bytes, content_type: str) -> list[OtlpSpan]:
+    """Decode an ``ExportTraceServiceRequest`` (already decompressed) by its media type.
+
+    An empty request (no resource spans) is valid and gives no spans, as OTLP/HTTP asks.
+    """
+    media_type = content_type.partition(";")[0].strip().lower()
+    if media_type == "application/x-protobuf":
+        return _decode_protobuf(body)
+    if media_type == "application/json":
+        return _decode_json(body)
+    raise OtlpUnsupportedMediaType(
+        f"unsupported content type {content_type!r}: expected application/x-protobuf or application/json"
+    )
+
+
+class _Invalid(Exception):
+    """A problem deep inside a body. Each enclosing level adds its path segment while the error
+    travels up, so the happy path never builds a path string."""
+
+    def __init__(self, problem: str, *path: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.path = list(path)  # innermost first
+
+    def within(self, *segments: str) -> _Invalid:
+        self.path.extend(segments)
+        return self
+
+    def message(self, encoding: str) -> str:
+        return f"{encoding} body: {'.'.join(reversed(self.path))} {self.problem}"
+
+
+def _seconds(nanoseconds: int) -> float | None:
+    """OTLP's 0 means "unknown", which our model says with None; same arithmetic as `Span.from_otel`."""
+    return nanoseconds / 1e9 if nanoseconds else None
+
+
+def _kind(value: int, field: str) -> SpanKind:
+    if 0 <= value < len(_KINDS):
+        return _KINDS[value]
+    raise _Invalid(f"{value} is not a SpanKind (0-5)", field)
+
+
+def _status_code(value: int, field: str) -> StatusCode:
+    if 0 <= value < len(_STATUS_CODES):
+        return _STATUS_CODES[value]
+    raise _Invalid(f"{value} is not a StatusCode (0-2)", field)
+
+
+# ---------------------------------------------------------------------------------------------
+# Protobuf: the official classes parse (in C with upb); we only walk the parsed message.
+
+
+def _decode_protobuf(body: bytes) -> list[OtlpSpan]:
+    from google.protobuf.message import DecodeError
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    request = ExportTraceServiceRequest()
+    try:
+        request.ParseFromString(body)
+    except DecodeError as error:
+        reason = str(error).rpartition("': ")[2]  # after "Error parsing message with type '…'"
+        raise OtlpDecodeError(f"protobuf body is malformed: {reason}") from None
+    spans: list[OtlpSpan] = []
+    for r, resource_spans in enumerate(request.resource_spans):
+        resource_attributes = _pb_attributes(resource_spans.resource.attributes)
+        schema_url = resource_spans.schema_url
+        for s, scope_spans in enumerate(resource_spans.scope_spans):
+            scope = scope_spans.scope
+            for p, span in enumerate(scope_spans.spans):
+                try:
+                    spans.append(_pb_span(span, resource_attributes, schema_url, scope.name, scope.version))
+                except _Invalid as error:
+                    error.within(f"spans[{p}]", f"scope_spans[{s}]", f"resource_spans[{r}]")
+                    raise OtlpDecodeError(error.message("protobuf")) from None
+    return spans
+
+
+def _pb_span(
+    span: Any, resource_attributes: Attributes, schema_url: str, scope_name: str, scope_version: str
+) -> OtlpSpan:
+    status = span.status
+    return OtlpSpan(
+        trace_id=_pb_id(span.trace_id, 16, "trace_id"),
+        span_id=_pb_id(span.span_id, 8, "span_id"),
+        parent_id=_pb_parent_id(span.parent_span_id),
+        name=span.name,
+        kind=_kind(span.kind, "kind"),
+        status_code=_status_code(status.code, "status.code"),
+        status_description=status.message or None,
+        attributes=_pb_attributes(span.attributes),
+        events=_pb_events(span.events),
+        links=_pb_links(span.links),
+        start_time=_seconds(span.start_time_unix_nano),
+        end_time=_seconds(span.end_time_unix_nano),
+        resource_attributes=resource_attributes,
+        resource_schema_url=schema_url,
+        scope_name=scope_name,
+        scope_version=scope_version,
+    )
+
+
+def _pb_events(events: Any) -> tuple[OtlpEvent, ...]:
+    if not events:
+        return ()
+    return tuple(
+        OtlpEvent(name=e.name, time=_seconds(e.time_unix_nano), attributes=_pb_attributes(e.attributes)) for e in events
+    )
+
+
+def _pb_links(links: Any) -> tuple[OtlpLink, ...]:
+    if not links:
+        return ()
+    decoded: list[OtlpLink] = []
+    for index, link in enumerate(links):
+        try:
+            decoded.append(
+                OtlpLink(
+                    trace_id=_pb_id(link.trace_id, 16, "trace_id"),
+                    span_id=_pb_id(link.span_id, 8, "span_id"),
+                    attributes=_pb_attributes(link.attributes),
+                )
+            )
+        except _Invalid as error:
+            raise error.within(f"links[{index}]") from None
+    return tuple(decoded)
+
+
+def _pb_id(raw: bytes, size: int, field: str) -> str:
+    if len(raw) != size:
+        raise _Invalid(f"must be {size} bytes, got {len(raw)}", field)
+    if not raw.strip(b"\0"):
+        raise _Invalid("must not be all zeros", field)
+    return raw.hex()
+
+
+def _pb_parent_id(raw: bytes) -> str | None:
+    """Empty for a root span; all zeros is read as a root too, as some converters send it."""
+    return _pb_id(raw, 8, "parent_span_id") if raw.strip(b"\0") else None
+
+
+def _pb_attributes(key_values: Any) -> Attributes:
+    attributes: Attributes = {}
+    for kv in key_values:
+        value = kv.value
+        text = value.string_value  # most values are strings: one read instead of WhichOneof and a read
+        attributes[kv.key] = text if text else _pb_value(value)
+    return attributes
+
+
+def _pb_value(value: Any) -> Any:
+    """AnyValue → JSON value: arrays become lists, kvlists dicts, bytes base64; empty is None."""
+    field = value.WhichOneof("value")
+    if field in _PB_SCALARS:
+        return getattr(value, field)
+    if field is None:
+        return None
+    if field == "array_value":
+        return [_pb_value(v) for v in value.array_value.values]
+    if field == "kvlist_value":
+        return _pb_attributes(value.kvlist_value.values)
+    return base64.b64encode(value.bytes_value).decode("ascii")
+
+
+_PB_SCALARS = frozenset({"string_value", "int_value", "double_value", "bool_value"})
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON: parsed by pydantic-core (faster than the standard library, and it refuses lone surrogates,
+# which could not be stored as UTF-8), then walked with explicit checks.
+
+_INT64 = (-(2**63), 2**63 - 1)
+_UINT64 = (0, 2**64 - 1)
+
+
+def _decode_json(body: bytes) -> list[OtlpSpan]:
+    try:
+        document = from_json(body)
+    except ValueError as error:
+        raise OtlpDecodeError(f"JSON body is malformed: {error}") from None
+    if type(document) is not dict:
+        raise OtlpDecodeError(f"JSON body must be an object (an ExportTraceServiceRequest), got {_json_type(document)}")
+    try:
+        return [span for spans in _json_list(document, "resourceSpans", _json_resource_spans) for span in spans]
+    except _Invalid as error:
+        raise OtlpDecodeError(error.message("JSON")) from None
+
+
+def _json_list(parent: dict[str, Any], key: str, decode: Callable[[Any], _T]) -> list[_T]:
+    items = parent.get(key)
+    if items is None:
+        return []
+    if type(items) is not list:
+        raise _Invalid(f"must be an array, got {_json_type(items)}", key)
+    decoded: list[_T] = []
+    for index, item in enumerate(items):
+        try:
+            decoded.append(decode(item))
+        except _Invalid as error:
+            raise error.within(f"{key}[{index}]") from None
+    return decoded
+
+
+def _json_object(value: Any) -> dict[str, Any]:
+    """A message; ``null`` is an absent one, i.e. all defaults."""
+    if type(value) is dict:
+        return value
+    if value is None:
+        return {}
+    raise _Invalid(f"must be an object, got {_json_type(value)}")
+
+
+def _json_message(parent: dict[str, Any], key: str, decode: Callable[[dict[str, Any]], _T]) -> _T:
+    try:
+        return decode(_json_object(parent.get(key)))
+    except _Invalid as error:
+        raise error.within(key) from None
+
+
+def _json_resource_spans(item: Any) -> list[OtlpSpan]:
+    resource_spans = _json_object(item)
+    resource_attributes = _json_message(resource_spans, "resource", lambda r: _json_attributes(r, "attributes"))
+    schema_url = _json_string(resource_spans, "schemaUrl")
+
+    def scope_spans(item: Any) -> list[OtlpSpan]:
+        scope_spans = _json_object(item)
+        name, version = _json_message(
+            scope_spans, "scope", lambda s: (_json_string(s, "name"), _json_string(s, "version"))
+        )
+        return _json_list(
+            scope_spans, "spans", lambda span: _json_span(span, resource_attributes, schema_url, name, version)
+        )
+
+    return [span for spans in _json_list(resource_spans, "scopeSpans", scope_spans) for span in spans]
+
+
+def _json_span(
+    item: Any, resource_attributes: Attributes, schema_url: str, scope_name: str, scope_version: str
+) -> OtlpSpan:
+    span = _json_object(item)
+    status_code, status_description = _json_message(span, "status", _json_status)
+    return OtlpSpan(
+        trace_id=_json_id(span, "traceId", 16),
+        span_id=_json_id(span, "spanId", 8),
+        parent_id=_json_parent_id(span),
+        name=_json_string(span, "name"),
+        kind=_kind(_json_enum(span, "kind"), "kind"),
+        status_code=status_code,
+        status_description=status_description,
+        attributes=_json_attributes(span, "attributes"),
+        events=tuple(_json_list(span, "events", _json_event)),
+        links=tuple(_json_list(span, "links", _json_link)),
+        start_time=_seconds(_json_integer(span, "startTimeUnixNano", _UINT64)),
+        end_time=_seconds(_json_integer(span, "endTimeUnixNano", _UINT64)),
+        resource_attributes=resource_attributes,
+        resource_schema_url=schema_url,
+        scope_name=scope_name,
+        scope_version=scope_version,
+    )
+
+
+def _json_status(status: dict[str, Any]) -> tuple[StatusCode, str | None]:
+    return _status_code(_json_enum(status, "code"), "code"), _json_string(status, "message") or None
+
+
+def _json_event(item: Any) -> OtlpEvent:
+    event = _json_object(item)
+    return OtlpEvent(
+        name=_json_string(event, "name"),
+        time=_seconds(_json_integer(event, "timeUnixNano", _UINT64)),
+        attributes=_json_attributes(event, "attributes"),
+    )
+
+
+def _json_link(item: Any) -> OtlpLink:
+    link = _json_object(item)
+    return OtlpLink(
+        trace_id=_json_id(link, "traceId", 16),
+        span_id=_json_id(link, "spanId", 8),
+        attributes=_json_attributes(link, "attributes"),
+    )
+
+
+def _json_id(parent: dict[str, Any], key: str, size: int) -> str:
+    """Hex in either case (OTLP/JSON), returned lowercase; absent, empty or all zeros is invalid."""
+    value = parent.get(key)
+    if type(value) is str and len(value) == 2 * size and value.isalnum():
+        try:
+            raw = bytes.fromhex(value)
+        except ValueError:
+            pass
+        else:
+            if raw.count(0) == size:
+                raise _Invalid("must not be all zeros", key)
+            return raw.hex()
+    if not value:
+        raise _Invalid(f"is missing{_snake_case_hint(parent, key)}", key)
+    raise _Invalid(f"must be {2 * size} hex characters, got {_json_type(value)}", key)
+
+
+def _json_parent_id(span: dict[str, Any]) -> str | None:
+    """Empty or absent for a root span; all zeros is read as a root too, as some converters send it."""
+    value = span.get("parentSpanId")
+    if not value or (type(value) is str and not value.strip("0")):
+        return None
+    return _json_id(span, "parentSpanId", 8)
+
+
+def _snake_case_hint(parent: dict[str, Any], key: str) -> str:
+    """Original proto field names are not OTLP/JSON (so they are ignored); say so when one is why a field is missing."""
+    snake = re.sub("[A-Z]", lambda upper: "_" + upper[0].lower(), key)
+    return f" (found {snake!r}: OTLP/JSON keys are lowerCamelCase)" if snake in parent else ""
+
+
+def _json_string(parent: dict[str, Any], key: str) -> str:
+    value = parent.get(key)
+    if type(value) is str:
+        return value
+    if value is None:
+        return ""
+    raise _Invalid(f"must be a string, got {_json_type(value)}", key)
+
+
+def _json_enum(parent: dict[str, Any], key: str) -> int:
+    value = parent.get(key)
+    if type(value) is int:
+        return value
+    if value is None:
+        return 0
+    raise _Invalid(f"must be an integer (OTLP/JSON enums are numbers), got {_json_type(value)}", key)
+
+
+def _json_integer(parent: dict[str, Any], key: str, bounds: tuple[int, int]) -> int:
+    value = parent.get(key)
+    return 0 if value is None else _to_integer(value, key, bounds)
+
+
+def _to_integer(value: Any, field: str, bounds: tuple[int, int]) -> int:
+    """A 64-bit integer: proto3 JSON writes a decimal string and accepts a number too."""
+    if type(value) is str:
+        digits = value[1:] if value[:1] == "-" else value
+        number = int(value) if digits.isascii() and digits.isdigit() else None
+    elif type(value) is int:
+        number = value
+    elif type(value) is float and value.is_integer():
+        number = int(value)
+    else:
+        number = None
+    if number is None:
+        raise _Invalid(f"must be an integer (a number or a decimal string), got {_json_type(value)}", field)
+    if not bounds[0] <= number <= bounds[1]:
+        raise _Invalid(f"{number} is out of range", field)
+    return number
+
+
+def _json_attributes(parent: dict[str, Any], key: str) -> Attributes:
+    items = parent.get(key)
+    if items is None:
+        return {}
+    if type(items) is not list:
+        raise _Invalid(f"must be an array, got {_json_type(items)}", key)
+    attributes: Attributes = {}
+    for index, item in enumerate(items):
+        value = item.get("value") if type(item) is dict else None
+        text = value.get("stringValue") if type(value) is dict else None
+        name = item.get("key") if type(text) is str else None
+        if type(name) is str:  # the common case, a string attribute, without a call
+            attributes[name] = text
+            continue
+        try:
+            name, decoded = _json_key_value(item)
+        except _Invalid as error:
+            raise error.within(f"{key}[{index}]") from None
+        attributes[name] = decoded
+    return attributes
+
+
+def _json_key_value(item: Any) -> tuple[str, Any]:
+    key_value = _json_object(item)
+    name = key_value.get("key")
+    if type(name) is not str:
+        raise _Invalid(f"must be a string, got {_json_type(name)}", "key")
+    try:
+        return name, _json_value(key_value.get("value"))
+    except _Invalid as error:
+        raise error.within("value") from None
+
+
+def _json_value(value: Any) -> Any:
+    """AnyValue → JSON value; the first known, non-null field wins (unknown ones are ignored)."""
+    for field, raw in _json_object(value).items():
+        decode = _JSON_VALUES.get(field)
+        if decode is not None and raw is not None:
+            return decode(raw, field)
+    return None
+
+
+def _json_scalar(expected: type, name: str) -> Callable[[Any, str], Any]:
+    def decode(raw: Any, field: str) -> Any:
+        if type(raw) is expected:
+            return raw
+        raise _Invalid(f"must be {name}, got {_json_type(raw)}", field)
+
+    return decode
+
+
+def _json_double(raw: Any, field: str) -> float:
+    """A number, or a string such as "NaN", "Infinity" or "1.5" (proto3 JSON)."""
+    if type(raw) is float or type(raw) is int:
+        return float(raw)
+    if type(raw) is str:
+        try:
+            return float(raw)
+        except ValueError:
+            pass
+    raise _Invalid(f"must be a number, got {_json_type(raw)}", field)
+
+
+def _json_bytes(raw: Any, field: str) -> str:
+    """Base64, standard or URL-safe, padded or not (proto3 JSON); returned standard and padded, as from protobuf."""
+    if type(raw) is str:
+        padded = raw.replace("-", "+").replace("_", "/") + "=" * (-len(raw) % 4)
+        try:
+            return base64.b64encode(base64.b64decode(padded, validate=True)).decode("ascii")
+        except binascii.Error:
+            pass
+    raise _Invalid(f"must be base64, got {_json_type(raw)}", field)
+
+
+def _json_array(raw: Any, field: str) -> list[Any]:
+    try:
+        return _json_list(_json_object(raw), "values", _json_value)
+    except _Invalid as error:
+        raise error.within(field) from None
+
+
+def _json_kvlist(raw: Any, field: str) -> Attributes:
+    try:
+        return _json_attributes(_json_object(raw), "values")
+    except _Invalid as error:
+        raise error.within(field) from None
+
+
+_JSON_VALUES: dict[str, Callable[[Any, str], Any]] = {
+    "stringValue": _json_scalar(str, "a string"),
+    "boolValue": _json_scalar(bool, "a boolean"),
+    "intValue": lambda raw, field: _to_integer(raw, field, _INT64),
+    "doubleValue": _json_double,
+    "arrayValue": _json_array,
+    "kvlistValue": _json_kvlist,
+    "bytesValue": _json_bytes,
+}
+
+
+def _json_type(value: Any) -> str:
+    """How a bad value is named in an error: its JSON type, and the value itself when short."""
+    if value is None or isinstance(value, dict | list):
+        return {dict: "an object", list: "an array"}.get(type(value), "null")
+    if type(value) is str:
+        return f"a string {json.dumps(value)}" if len(value) <= 40 else f"a string of {len(value)} characters"
+    return f"{'a boolean' if type(value) is bool else 'a number'} {json.dumps(value)}"
+
+
+# ---------------------------------------------------------------------------------------------
+# From a decoded span to the store's Span
+
+
+def rollout_identity(span: OtlpSpan) -> tuple[str | None, str | None]:
+    """``(agl.rollout.id, agl.attempt.id)``, each from the span's attributes, else its resource's.
+
+    A worker stamps spans (one process, many rollouts); a process that runs a single attempt may
+    set them once as resource attributes (e.g. ``OTEL_RESOURCE_ATTRIBUTES``). Non-strings count as absent.
+    """
+    return _identity(span, ROLLOUT_ID_ATTRIBUTE), _identity(span, ATTEMPT_ID_ATTRIBUTE)
+
+
+def _identity(span: OtlpSpan, key: str) -> str | None:
+    for attributes in (span.attributes, span.resource_attributes):
+        value = attributes.get(key)
+        if type(value) is str and value:
+            return value
+    return None
+
+
+def to_span(span: OtlpSpan, *, rollout_id: str, attempt_id: str, sequence_id: int) -> Span:
+    """Build the store's `Span`. It has no field for the instrumentation scope, so the scope's name and
+    version become ``otel.scope.name`` / ``otel.scope.version`` attributes (the names OTel's non-OTLP
+    exporters use), unless the span carries those attributes itself."""
+    attributes = span.attributes
+    scope = {
+        key: value
+        for key, value in ((SCOPE_NAME_ATTRIBUTE, span.scope_name), (SCOPE_VERSION_ATTRIBUTE, span.scope_version))
+        if value and key not in attributes
+    }
+    return Span.model_validate(
+        {
+            "rollout_id": rollout_id,
+            "attempt_id": attempt_id,
+            "sequence_id": sequence_id,
+            "trace_id": span.trace_id,
+            "span_id": span.span_id,
+            "parent_id": span.parent_id,
+            "name": span.name,
+            "kind": span.kind,
+            "status": {"status_code": span.status_code, "description": span.status_description},
+            "attributes": {**attributes, **scope} if scope else attributes,
+            "events": [{"name": e.name, "timestamp": e.time, "attributes": e.attributes} for e in span.events],
+            "links": [
+                {"trace_id": link.trace_id, "span_id": link.span_id, "attributes": link.attributes}
+                for link in span.links
+            ],
+            "start_time": span.start_time,
+            "end_time": span.end_time,
+            "resource": {"attributes": span.resource_attributes, "schema_url": span.resource_schema_url},
+        }
+    )
