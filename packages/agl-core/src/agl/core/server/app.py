@@ -9,7 +9,7 @@ from agl.core.server.auth import TokenAuth, document_bearer_auth
 from agl.core.server.errors import install_error_handlers
 from agl.core.server.limits import BodyLimit
 from agl.core.server.metrics import Metrics, MetricsMiddleware
-from agl.core.server.routes import admin, attempts, health, resources, rollouts, spans, workers
+from agl.core.server.routes import admin, attempts, health, otlp, resources, rollouts, spans, workers
 from agl.core.server.settings import ServerSettings
 from agl.core.store.base import LightningStore
 from agl.core.version import __version__
@@ -38,6 +38,7 @@ def create_app(settings: ServerSettings, store: LightningStore) -> FastAPI:
         admin.build(store),
     ):
         app.include_router(router)
+    app.include_router(otlp.build(store, metrics, settings))
     app.include_router(health.build(store, metrics))
 
     install_error_handlers(app)

@@ -176,6 +176,12 @@ def error_from_body(body: ErrorBody) -> AglError:
         return _NOT_FOUND[body.error](body.detail["object_id"])
     if body.error == "InvalidTransition" and {"kind", "object_id", "current", "requested"} <= body.detail.keys():
         return InvalidTransition(**body.detail)
-    if body.error in ("InvalidInput", "StoreUrlError", "OtlpDecodeError"):
+    if body.error in (
+        "InvalidInput",
+        "StoreUrlError",
+        "OtlpDecodeError",
+        "OtlpBodyTooLarge",
+        "OtlpUnsupportedMediaType",
+    ):
         return InvalidInput(body.message)
     return AglError(body.message)

@@ -1,0 +1,165 @@
+"""OTLP/HTTP ingest end to end: the OpenTelemetry SDK's own exporter pointed at a live server."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from opentelemetry.exporter.otlp.proto.http import Compression
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.trace import Status, StatusCode
+from pydantic import SecretStr
+
+from agl.core.server import ServerSettings, create_app
+from agl.core.store import SqliteLightningStore
+from agl.core.testing.server import ServingThread
+
+TOKEN = "otlp-token"
+
+
+@pytest.fixture
+def backing(tmp_path: Path) -> Iterator[SqliteLightningStore]:
+    store = SqliteLightningStore(tmp_path / "otlp.db", watchdog_interval=None)
+    yield store
+    asyncio.run(store.close())
+
+
+@pytest.fixture
+def server(backing: SqliteLightningStore) -> Iterator[ServingThread]:
+    settings = ServerSettings(
+        token=SecretStr(TOKEN), max_body_bytes=2 * 1024 * 1024, max_decompressed_bytes=4 * 1024 * 1024
+    )
+    with ServingThread(create_app(settings, backing)) as running:
+        yield running
+
+
+def provider_for(server: ServingThread, resource: dict[str, str], compression: Compression) -> TracerProvider:
+    exporter = OTLPSpanExporter(
+        endpoint=f"{server.url}/v1/traces", headers={"Authorization": f"Bearer {TOKEN}"}, compression=compression
+    )
+    provider = TracerProvider(resource=Resource.create(resource))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+@pytest.mark.parametrize("compression", [Compression.NoCompression, Compression.Gzip, Compression.Deflate])
+def test_plain_otel_app_traces_become_observed_rollouts(
+    server: ServingThread, backing: SqliteLightningStore, compression: Compression
+) -> None:
+    provider = provider_for(server, {"service.name": "quiz-bot"}, compression)
+    tracer = provider.get_tracer("app")
+    with tracer.start_as_current_span("agent") as root:
+        with tracer.start_as_current_span("chat tiny", attributes={"gen_ai.request.model": "tiny"}):
+            pass
+        with tracer.start_as_current_span("tool lookup"):
+            pass
+    with tracer.start_as_current_span("second run") as failing:
+        failing.set_status(Status(StatusCode.ERROR, "boom"))
+    provider.shutdown()
+
+    trace_id = format(root.get_span_context().trace_id, "032x")
+    rollout = run(backing.get_rollout_by_id(f"ro-trace-{trace_id}"))
+    assert rollout is not None
+    assert (rollout.status, rollout.metadata) == (
+        "succeeded",
+        {"observed": True, "trace_id": trace_id, "service": "quiz-bot"},
+    )
+    spans = run(backing.query_spans(rollout.rollout_id))
+    # Exported child-first, one span per request; numbered by start time, the parent comes first.
+    assert [s.name for s in spans] == ["agent", "chat tiny", "tool lookup"]
+    assert spans[1].parent_id == spans[0].span_id and spans[1].attributes["gen_ai.request.model"] == "tiny"
+    assert spans[0].resource.attributes["service.name"] == "quiz-bot"
+    other = run(backing.get_rollout_by_id(f"ro-trace-{format(failing.get_span_context().trace_id, '032x')}"))
+    assert other is not None and other.status == "failed"
+
+
+def test_spans_naming_a_rollout_join_it(server: ServingThread, backing: SqliteLightningStore) -> None:
+    started = run(backing.start_rollout({"q": 1}))
+    resource = {"agl.rollout.id": started.rollout_id, "agl.attempt.id": started.attempt.attempt_id}
+    provider = provider_for(server, resource, Compression.Gzip)
+    with provider.get_tracer("agent").start_as_current_span("step", attributes={"agl.sequence_id": 7}):
+        pass
+    provider.shutdown()
+    (span,) = run(backing.query_spans(started.rollout_id))
+    assert (span.name, span.sequence_id, span.attempt_id) == ("step", 7, started.attempt.attempt_id)
+    assert run(backing.get_latest_attempt(started.rollout_id)).status == "running"  # type: ignore[union-attr]
+
+
+def otlp_json(trace_id: str, spans: list[dict]) -> bytes:
+    return json.dumps(
+        {"resourceSpans": [{"resource": {"attributes": []}, "scopeSpans": [{"scope": {"name": "t"}, "spans": spans}]}]}
+    ).encode()
+
+
+def json_span(trace_id: str, span_id: str, name: str, parent: str = "", **attributes: str) -> dict:
+    return {
+        "traceId": trace_id,
+        "spanId": span_id,
+        "parentSpanId": parent,
+        "name": name,
+        "kind": 1,
+        "startTimeUnixNano": "1000000000",
+        "endTimeUnixNano": "2000000000",
+        "attributes": [{"key": k, "value": {"stringValue": v}} for k, v in attributes.items()],
+    }
+
+
+def post(server: ServingThread, body: bytes, content_type: str = "application/json", **headers: str) -> httpx.Response:
+    return httpx.post(
+        f"{server.url}/v1/traces",
+        content=body,
+        headers={"content-type": content_type, "authorization": f"Bearer {TOKEN}", **headers},
+    )
+
+
+def test_json_bodies_and_one_transaction_per_batch(server: ServingThread, backing: SqliteLightningStore) -> None:
+    trace = "ab" * 16
+    ok = post(
+        server, gzip.compress(otlp_json(trace, [json_span(trace, "1" * 16, "root")])), **{"content-encoding": "gzip"}
+    )
+    assert (ok.status_code, ok.json()) == (200, {})
+    assert run(backing.get_rollout_by_id(f"ro-trace-{trace}")).status == "succeeded"  # type: ignore[union-attr]
+
+    queued = run(backing.enqueue_rollout("queued"))
+    # One span claims an attempt the queued rollout never had: the whole batch is refused.
+    batch = [
+        json_span("cd" * 16, "2" * 16, "fine"),
+        json_span("cd" * 16, "3" * 16, "stray", **{"agl.rollout.id": queued.rollout_id, "agl.attempt.id": "at-bogus"}),
+    ]
+    refused = post(server, otlp_json("cd" * 16, batch))
+    assert refused.status_code == 404 and refused.json()["error"] == "AttemptNotFound"
+    assert run(backing.get_rollout_by_id(f"ro-trace-{'cd' * 16}")) is None
+    assert run(backing.statistics()).spans == 1
+
+
+def test_bad_bodies_are_4xx_and_change_nothing(server: ServingThread, backing: SqliteLightningStore) -> None:
+    bomb = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    zeros = b"\0" * (1024 * 1024)
+    compressed = b"".join(bomb.compress(zeros) for _ in range(256)) + bomb.flush()  # 256 MiB of zeros
+    cases = [
+        (post(server, compressed, **{"content-encoding": "gzip"}), 413),
+        (post(server, b"\x0a\xff\xff\xff", "application/x-protobuf"), 400),
+        (post(server, b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "xyz"}]}]}]}'), 400),
+        (post(server, b"hello", "text/plain"), 415),
+        (post(server, b"{}", **{"content-encoding": "br"}), 415),
+        (post(server, b"x" * (3 * 1024 * 1024), "application/x-protobuf"), 413),
+    ]
+    for response, status in cases:
+        assert response.status_code == status, response.text
+        assert "\n" not in response.json()["message"]
+    assert httpx.post(f"{server.url}/v1/traces", content=b"{}").status_code == 401
+    assert run(backing.statistics()).spans == 0
+    assert httpx.get(f"{server.url}/health").status_code == 200
