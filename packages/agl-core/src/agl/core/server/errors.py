@@ -19,6 +19,7 @@ logger = logging.getLogger("agl.server")
 ERROR_RESPONSES: dict[int | str, dict] = {
     status: {"model": ErrorBody, "description": description}
     for status, description in {
+        400: "The request body could not be parsed",
         401: "Missing or wrong bearer token (when the server has one)",
         404: "Unknown rollout, attempt, resources or worker",
         409: "A status change the state machine forbids",

@@ -270,7 +270,7 @@ class HttpLightningStore(LightningStore):
             mode=mode,
             resources_id=resources_id,
             status=status,
-            config=config if config is UNSET else RolloutConfig.model_validate(config).model_dump(mode="json"),
+            config=config.model_dump(mode="json") if isinstance(config, RolloutConfig) else config,
             metadata=metadata if metadata is UNSET else as_json_value(metadata, "rollout metadata"),
         )
         return _decode(await self._call("PATCH", f"/rollouts/{rollout_id}", body=body, idempotent=True), Rollout)

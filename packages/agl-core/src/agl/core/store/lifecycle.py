@@ -89,6 +89,14 @@ def replace(model: M, changes: dict[str, Any]) -> M:
         raise InvalidInput(describe_validation_error(type(model).__name__, error)) from None
 
 
+def as_json_object(value: Any, what: str) -> dict[str, Any]:
+    """Like `as_json_value`, for values that must be a JSON object (metadata, stats)."""
+    plain = as_json_value(value, what)
+    if not isinstance(plain, dict):
+        raise InvalidInput(f"{what} must be an object, got {type(plain).__name__}")
+    return plain
+
+
 def coerce_span(span: Span | dict[str, Any]) -> Span:
     if isinstance(span, Span):
         return span
@@ -478,12 +486,17 @@ class LifecycleStore(LightningStore):
         if resources_id is not UNSET:
             changes["resources_id"] = resources_id
         if config is not UNSET:
-            changes["config"] = config if isinstance(config, RolloutConfig) else validate(RolloutConfig, **config)
+            if isinstance(config, RolloutConfig):
+                changes["config"] = config
+            elif isinstance(config, dict):
+                changes["config"] = validate(RolloutConfig, **config)
+            else:
+                raise InvalidInput(f"rollout config must be an object, got {type(config).__name__}")
         with self._write():
             now = self._clock()
             rollout = self._require_rollout(rollout_id)
             if metadata is not UNSET:
-                changes["metadata"] = {**rollout.metadata, **as_json_value(metadata, "rollout metadata")}
+                changes["metadata"] = {**rollout.metadata, **as_json_object(metadata, "rollout metadata")}
             rollout = replace(rollout, changes)
             if status is UNSET or status == rollout.status:
                 self._save_rollout(rollout, queued=None)
@@ -550,7 +563,7 @@ class LifecycleStore(LightningStore):
             if last_heartbeat_time is not UNSET:
                 changes["last_heartbeat_time"] = last_heartbeat_time
             if metadata is not UNSET:
-                changes["metadata"] = {**attempt.metadata, **as_json_value(metadata, "attempt metadata")}
+                changes["metadata"] = {**attempt.metadata, **as_json_object(metadata, "attempt metadata")}
             attempt = replace(attempt, changes)
             if status is not UNSET and status != attempt.status:
                 attempt = self._set_attempt_status(attempt, status, now)
@@ -700,7 +713,7 @@ class LifecycleStore(LightningStore):
             worker = self._get_worker(worker_id) or Worker(worker_id=worker_id, status="idle")
             update: dict[str, Any] = {"last_heartbeat_time": now}
             if heartbeat_stats is not UNSET:
-                update["heartbeat_stats"] = as_json_value(heartbeat_stats, "heartbeat stats")
+                update["heartbeat_stats"] = as_json_object(heartbeat_stats, "heartbeat stats")
             worker = replace(worker, update)
             self._save_worker(worker)
             if worker.current_attempt_id is not None:

@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 from agl.core.errors import InvalidInput
 from agl.core.store.base import Page
+from agl.core.types.spans import MAX_INT64
 
 T = TypeVar("T")
 
@@ -26,10 +27,10 @@ def check_query(kind: str, sort_by: str, sort_order: str, limit: int | None, off
         raise InvalidInput(f"cannot sort {kind} by {sort_by!r}; expected one of {', '.join(allowed)}")
     if sort_order not in ("asc", "desc"):
         raise InvalidInput(f"invalid sort_order {sort_order!r}; expected 'asc' or 'desc'")
-    if limit is not None and limit < 0:
-        raise InvalidInput(f"limit must be >= 0, got {limit}")
-    if offset < 0:
-        raise InvalidInput(f"offset must be >= 0, got {offset}")
+    if limit is not None and not 0 <= limit <= MAX_INT64:
+        raise InvalidInput(f"limit must be between 0 and {MAX_INT64}, got {limit}")
+    if not 0 <= offset <= MAX_INT64:
+        raise InvalidInput(f"offset must be between 0 and {MAX_INT64}, got {offset}")
 
 
 def sort_and_page(

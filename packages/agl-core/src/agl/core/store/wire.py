@@ -21,6 +21,7 @@ from agl.core.errors import (
     RolloutNotFound,
     WorkerNotFound,
 )
+from agl.core.ids import Id
 from agl.core.store.base import UNSET
 from agl.core.types import (
     AttemptStatus,
@@ -54,7 +55,7 @@ class StartRolloutBody(_Body):
     config: RolloutConfig | None = None
     metadata: dict[str, Any] | None = None
     worker_id: str | None = None
-    rollout_id: str | None = None
+    rollout_id: Id | None = None
 
 
 class DequeueBody(_Body):

@@ -531,6 +531,12 @@ class StoreConformance:
             await store.update_attempt(rollout_id, attempt_id, metadata={"f": object()})
         with pytest.raises(InvalidInput, match="mode"):
             await store.enqueue_rollout("x", mode="training")  # type: ignore[arg-type]
+        with pytest.raises(InvalidInput, match="metadata must be an object"):
+            await store.update_attempt(rollout_id, attempt_id, metadata=None)  # type: ignore[arg-type]
+        with pytest.raises(InvalidInput, match="config must be an object"):
+            await store.update_rollout(rollout_id, config=None)  # type: ignore[arg-type]
+        with pytest.raises(InvalidInput, match="sequence_id"):
+            await store.add_span(make_span(rollout_id, attempt_id, 1).model_dump() | {"sequence_id": 2**64})  # type: ignore[arg-type]
         assert len(await store.query_spans(rollout_id)) == 0
         assert (await store.statistics()).rollouts == 1
 

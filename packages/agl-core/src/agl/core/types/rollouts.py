@@ -12,6 +12,7 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field
 
 from agl.core.errors import InvalidInput, InvalidTransition
+from agl.core.ids import Id
 
 RolloutStatus = Literal["queuing", "preparing", "running", "succeeded", "failed", "cancelled", "requeuing"]
 AttemptStatus = Literal["preparing", "running", "succeeded", "failed", "timeout", "unresponsive"]
@@ -70,7 +71,7 @@ class RolloutConfig(BaseModel):
     """An attempt running longer than this (from its start) is marked ``timeout``."""
     unresponsive_seconds: float | None = Field(default=None, gt=0)
     """An attempt with no heartbeat or span for this long is marked ``unresponsive``."""
-    max_attempts: int = Field(default=1, ge=1)
+    max_attempts: int = Field(default=1, ge=1, le=1_000_000)
     retry_condition: tuple[AttemptStatus, ...] = ()
     """Attempt end states that requeue the rollout while attempts remain."""
 
@@ -102,7 +103,7 @@ class Attempt(BaseModel):
 
     rollout_id: str
     attempt_id: str
-    sequence_id: int = Field(ge=1)
+    sequence_id: int = Field(ge=1, le=2**63 - 1)
     status: AttemptStatus = "preparing"
     worker_id: str | None = None
     start_time: float
@@ -131,7 +132,7 @@ class RolloutRequest(BaseModel):
     resources_id: str | None = None
     config: RolloutConfig | None = None
     metadata: dict[str, Any] | None = None
-    rollout_id: str | None = None
+    rollout_id: Id | None = None
     """Client-chosen id: enqueueing the same id twice returns the first rollout (idempotent)."""
 
 

@@ -12,10 +12,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
+from agl.core.ids import Id
+
 SpanKind = Literal["INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER"]
 StatusCode = Literal["UNSET", "OK", "ERROR"]
 
 Attributes = dict[str, JsonValue]
+MAX_INT64 = 2**63 - 1
+"""Integers that are stored in database columns fit in 64 bits."""
 
 
 class SpanStatus(BaseModel):
@@ -51,11 +55,11 @@ class SpanResource(BaseModel):
 class Span(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    rollout_id: str
-    attempt_id: str
-    sequence_id: int = Field(ge=0)
-    trace_id: str
-    span_id: str
+    rollout_id: Id
+    attempt_id: Id
+    sequence_id: int = Field(ge=0, le=MAX_INT64)
+    trace_id: Id
+    span_id: Id
     parent_id: str | None = None
     name: str
     kind: SpanKind = "INTERNAL"
