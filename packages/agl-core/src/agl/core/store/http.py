@@ -23,9 +23,9 @@ from typing import Any, Literal, TypeVar
 
 import aiohttp
 from pydantic import BaseModel, TypeAdapter, ValidationError
-from pydantic_core import to_json
+from pydantic_core import PydanticSerializationError, to_json
 
-from agl.core.errors import AglError, AttemptNotFound, NotFound, StoreUnavailable
+from agl.core.errors import AglError, AttemptNotFound, InvalidInput, NotFound, StoreUnavailable
 from agl.core.ids import new_rollout_id
 from agl.core.store.base import UNSET, LightningStore, Page, StoreStatistics
 from agl.core.store.lifecycle import as_json_value, coerce_span, validate
@@ -64,7 +64,11 @@ def _decode(payload: bytes, kind: Any) -> Any:
 
 
 def _encode(body: Any) -> bytes:
-    return body.__pydantic_serializer__.to_json(body) if isinstance(body, BaseModel) else to_json(body)
+    """A request body as JSON; what cannot be JSON is the caller's `InvalidInput`, not a crash."""
+    try:
+        return body.__pydantic_serializer__.to_json(body) if isinstance(body, BaseModel) else to_json(body)
+    except PydanticSerializationError as error:
+        raise InvalidInput(f"request is not JSON-serialisable (span attributes?): {error}") from None
 
 
 def _params(**values: Any) -> list[tuple[str, str]]:

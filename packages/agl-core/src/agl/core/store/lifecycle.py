@@ -97,6 +97,14 @@ def as_json_object(value: Any, what: str) -> dict[str, Any]:
     return plain
 
 
+def encode_span(span: Span) -> bytes:
+    """The span as JSON; a value that is not JSON-serialisable is `InvalidInput` naming the span."""
+    try:
+        return span.__pydantic_serializer__.to_json(span)
+    except PydanticSerializationError as error:
+        raise InvalidInput(f"span {span.span_id!r} ({span.name!r}) has attributes that are not JSON: {error}") from None
+
+
 def coerce_span(span: Span | dict[str, Any]) -> Span:
     if isinstance(span, Span):
         return span
@@ -244,7 +252,7 @@ class LifecycleStore(LightningStore):
         return attempt
 
     def _encode_span(self, span: Span) -> bytes:
-        data = span.__pydantic_serializer__.to_json(span)
+        data = encode_span(span)
         if len(data) > self.max_span_bytes:
             raise InvalidInput(
                 f"span {span.span_id!r} ({span.name!r}) is {len(data)} bytes; the limit is {self.max_span_bytes}"

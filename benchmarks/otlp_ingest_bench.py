@@ -1,0 +1,116 @@
+"""OTLP/HTTP ingest into the store server, end to end: spans/s written to SQLite.
+
+    python benchmarks/otlp_ingest_bench.py [--runs 5] [--batches 20] [--batch-size 512] [--gzip]
+
+The server runs as its own process (``agl store serve``, SQLite, durable). Bodies are built the
+way OpenTelemetry exporters build them (SDK spans with the workload's 30 LLM attributes, encoded
+by the official OTLP encoder) and posted one after another over one keep-alive connection; the
+clock stops when the last response arrives, i.e. when every span is committed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import http.client
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from workload import llm_attributes
+
+
+def make_bodies(batches: int, batch_size: int, compress: bool) -> list[bytes]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "bench-agent"}))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("bench")
+    bodies = []
+    for batch in range(batches):
+        exporter.clear()
+        with tracer.start_as_current_span(f"agent {batch}"):
+            for i in range(batch_size - 1):
+                with tracer.start_as_current_span("chat bench-model", attributes=llm_attributes(i)):
+                    pass
+        body = encode_spans(exporter.get_finished_spans()).SerializeToString()
+        bodies.append(gzip.compress(body, compresslevel=1) if compress else body)
+    provider.shutdown()
+    return bodies
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def ingest_once(bodies: list[bytes], batch_size: int, compress: bool) -> float:
+    with tempfile.TemporaryDirectory() as folder:
+        port = free_port()
+        server = subprocess.Popen(
+            [sys.executable, "-m", "agl.core.cli", "store", "serve", "--port", str(port), "--store",
+             f"sqlite:///{folder}/otlp.db", "--max-body-mb", "64"],
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            connection = wait_for(port)
+            headers = {"content-type": "application/x-protobuf"} | ({"content-encoding": "gzip"} if compress else {})
+            started = time.perf_counter()
+            for body in bodies:
+                connection.request("POST", "/v1/traces", body, headers)
+                response = connection.getresponse()
+                response.read()
+                assert response.status == 200, response.status
+            return len(bodies) * batch_size / (time.perf_counter() - started)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+
+def wait_for(port: int) -> http.client.HTTPConnection:
+    """Poll /health until the server process answers (start-up is not measured)."""
+    deadline = time.monotonic() + 30
+    while True:
+        connection = http.client.HTTPConnection("127.0.0.1", port)
+        try:
+            connection.request("GET", "/health")
+            connection.getresponse().read()
+            return connection
+        except OSError:
+            connection.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--gzip", action="store_true", help="gzip the bodies, as exporters do by default")
+    args = parser.parse_args()
+    bodies = make_bodies(args.batches, args.batch_size, args.gzip)
+    figures = [ingest_once(bodies, args.batch_size, args.gzip) for _ in range(args.runs)]
+    body_kb = sum(map(len, bodies)) / len(bodies) / 1024
+    print(
+        f"OTLP ingest into SQLite, {args.batches} batches of {args.batch_size} spans ({body_kb:.0f} KiB each"
+        f"{', gzip' if args.gzip else ''}), spans/s min / median / max over {args.runs} runs:"
+        f" {min(figures):,.0f} / {statistics.median(figures):,.0f} / {max(figures):,.0f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
