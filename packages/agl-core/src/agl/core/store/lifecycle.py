@@ -54,6 +54,7 @@ WATCHDOG_PERIOD = 0.1
 """Seconds between watchdog ticks. A tick is cheap (no query unless something can be due)."""
 
 _DEFAULT_CONFIG = RolloutConfig()
+_rollout_list: TypeAdapter[list[Rollout]] = TypeAdapter(list[Rollout])
 M = TypeVar("M", bound=BaseModel)
 _resources_adapter: TypeAdapter[NamedResources] = TypeAdapter(NamedResources)
 
@@ -259,37 +260,43 @@ class LifecycleStore(LightningStore):
             )
         return data
 
-    def _new_rollout(self, request: RolloutRequest, status: str, now: float) -> Rollout:
-        return Rollout(
-            rollout_id=request.rollout_id or new_rollout_id(),
-            input=as_json_value(request.input, "rollout input"),
-            mode=request.mode,
-            resources_id=request.resources_id,
-            status=status,
-            config=request.config or _DEFAULT_CONFIG,
-            metadata=as_json_value(request.metadata, "rollout metadata") if request.metadata else {},
-            start_time=now,
+    def _new_rollouts(self, requests: Sequence[RolloutRequest], status: str, now: float) -> list[Rollout]:
+        """Build rollouts in bulk: one JSON round trip and one validator call for the whole batch."""
+        inputs = as_json_value([request.input for request in requests], "rollout input")
+        return _rollout_list.validate_python(
+            [
+                {
+                    "rollout_id": request.rollout_id or new_rollout_id(),
+                    "input": value,
+                    "mode": request.mode,
+                    "resources_id": request.resources_id,
+                    "status": status,
+                    "config": request.config or _DEFAULT_CONFIG,
+                    "metadata": as_json_object(request.metadata, "rollout metadata") if request.metadata else {},
+                    "start_time": now,
+                }
+                for request, value in zip(requests, inputs, strict=True)
+            ]
         )
 
     def _enqueue(self, requests: Sequence[RolloutRequest], now: float) -> list[Rollout]:
         """Queue new rollouts in one write; a client-chosen id seen before returns the earlier rollout."""
-        result: list[Rollout] = []
-        fresh: list[Rollout] = []
-        chosen: dict[str, Rollout] = {}
+        chosen: dict[str, Rollout | None] = {}  # client-chosen id -> its rollout (None until built)
+        to_create: list[RolloutRequest] = []
         for request in requests:
             rollout_id = request.rollout_id
-            if rollout_id is not None:
-                existing = chosen.get(rollout_id) or self._get_rollout(rollout_id)
-                if existing is not None:
-                    result.append(existing)
-                    continue
-            rollout = self._new_rollout(request, "queuing", now)
-            if rollout_id is not None:
-                chosen[rollout_id] = rollout
-            fresh.append(rollout)
-            result.append(rollout)
+            if rollout_id is None:
+                to_create.append(request)
+            elif rollout_id not in chosen:
+                chosen[rollout_id] = self._get_rollout(rollout_id)
+                if chosen[rollout_id] is None:
+                    to_create.append(request)
+        fresh = self._new_rollouts(to_create, "queuing", now)
         self._insert_rollouts(fresh, queued=True)
-        return result
+        built = list(zip(to_create, fresh, strict=True))
+        anonymous = iter([rollout for request, rollout in built if request.rollout_id is None])
+        chosen.update({request.rollout_id: rollout for request, rollout in built if request.rollout_id is not None})
+        return [chosen[r.rollout_id] if r.rollout_id is not None else next(anonymous) for r in requests]  # type: ignore[misc]
 
     def _begin_attempt(
         self, rollout: Rollout, worker_id: str | None, now: float, *, first: bool = False
@@ -459,7 +466,7 @@ class LifecycleStore(LightningStore):
                 if latest is not None:
                     return AttemptedRollout(**existing.__dict__, attempt=latest)
                 raise InvalidTransition("rollout", existing.rollout_id, existing.status, "preparing")
-            rollout = self._new_rollout(request, "preparing", now)
+            (rollout,) = self._new_rollouts([request], "preparing", now)
             self._insert_rollouts([rollout], queued=False)
             return self._begin_attempt(rollout, worker_id, now, first=True)
 

@@ -219,6 +219,8 @@ class SqliteLightningStore(LifecycleStore):
         )
 
     def _insert_rollouts(self, rollouts: Sequence[Rollout], queued: bool) -> None:
+        if not rollouts:
+            return
         last = self._conn.execute("SELECT coalesce(max(queue_seq), 0) FROM rollouts WHERE queue_seq IS NOT NULL")
         first_seq = last.fetchone()[0] + 1
         self._conn.executemany(
