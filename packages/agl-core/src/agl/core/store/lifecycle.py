@@ -181,8 +181,11 @@ class LifecycleStore(LightningStore):
     def _latest_attempt(self, rollout_id: str) -> Attempt | None: ...
 
     @abc.abstractmethod
+    def _insert_attempt(self, attempt: Attempt) -> None: ...
+
+    @abc.abstractmethod
     def _save_attempt(self, attempt: Attempt) -> None:
-        """Insert or replace an attempt."""
+        """Replace an attempt that exists."""
 
     @abc.abstractmethod
     def _active_attempts(self) -> list[tuple[Attempt, RolloutConfig]]:
@@ -310,7 +313,7 @@ class LifecycleStore(LightningStore):
             worker_id=worker_id,
             start_time=now,
         )
-        self._save_attempt(attempt)
+        self._insert_attempt(attempt)
         rollout = replace(rollout, {"status": "preparing"})
         self._save_rollout(rollout, queued=False)
         if worker_id is not None:
@@ -669,7 +672,7 @@ class LifecycleStore(LightningStore):
             start_time=span.start_time or now,
             last_heartbeat_time=now,
         )
-        self._save_attempt(attempt)
+        self._insert_attempt(attempt)
         return attempt
 
     def _finish_observed_traces(self, spans: Sequence[Span], now: float) -> None:

@@ -87,10 +87,12 @@ class InMemoryLightningStore(LifecycleStore):
         ids = self._attempts_by_rollout.get(rollout_id)
         return self._attempts[ids[-1]] if ids else None
 
+    def _insert_attempt(self, attempt: Attempt) -> None:
+        self._attempts_by_rollout.setdefault(attempt.rollout_id, []).append(attempt.attempt_id)
+        self._next_sequence_id[attempt.attempt_id] = 1
+        self._save_attempt(attempt)
+
     def _save_attempt(self, attempt: Attempt) -> None:
-        if attempt.attempt_id not in self._attempts:
-            self._attempts_by_rollout.setdefault(attempt.rollout_id, []).append(attempt.attempt_id)
-            self._next_sequence_id[attempt.attempt_id] = 1
         self._attempts[attempt.attempt_id] = attempt
         if attempt.status in ACTIVE_ATTEMPT_STATUSES:
             self._active.add(attempt.attempt_id)

@@ -258,12 +258,9 @@ class SqliteLightningStore(LifecycleStore):
         ).fetchone()
         return None if row is None else _attempt(row)
 
-    def _save_attempt(self, attempt: Attempt) -> None:
+    def _insert_attempt(self, attempt: Attempt) -> None:
         self._conn.execute(
-            f"INSERT INTO attempts ({_ATTEMPT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (attempt_id) DO UPDATE SET status = excluded.status, worker_id = excluded.worker_id,"
-            " end_time = excluded.end_time, last_heartbeat_time = excluded.last_heartbeat_time,"
-            " metadata = excluded.metadata",
+            f"INSERT INTO attempts ({_ATTEMPT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 attempt.rollout_id,
                 attempt.attempt_id,
@@ -274,6 +271,20 @@ class SqliteLightningStore(LifecycleStore):
                 attempt.end_time,
                 attempt.last_heartbeat_time,
                 _json_text(attempt.metadata),
+            ),
+        )
+
+    def _save_attempt(self, attempt: Attempt) -> None:
+        self._conn.execute(
+            "UPDATE attempts SET status = ?, worker_id = ?, end_time = ?, last_heartbeat_time = ?, metadata = ?"
+            " WHERE attempt_id = ?",
+            (
+                attempt.status,
+                attempt.worker_id,
+                attempt.end_time,
+                attempt.last_heartbeat_time,
+                _json_text(attempt.metadata),
+                attempt.attempt_id,
             ),
         )
 
