@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import uvicorn
+from fastapi import FastAPI
 
 from agl.core.server.app import create_app
 from agl.core.server.settings import ServerSettings, check_exposure
@@ -18,9 +21,21 @@ def serve(settings: ServerSettings, store_url: str | None = None) -> None:
     """Serve ``store_url`` (default ``$AGL_STORE``) until interrupted; closes the store on the way out."""
     check_exposure(settings)
     store = open_store(store_url)
+    app = create_app(settings, store)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # uvicorn ends a SIGTERM by re-raising the signal, so the finally below never runs then;
+        # the lifespan's shutdown does, before the signal is re-raised.
+        try:
+            yield
+        finally:
+            await store.close()
+
+    app.router.lifespan_context = lifespan
     try:
         config = uvicorn.Config(
-            create_app(settings, store),
+            app,
             host=settings.host,
             port=settings.port,
             log_level="warning",
