@@ -1,11 +1,18 @@
 """agl's stores against the anchor's (Agent Lightning 0.3.0 in-memory), same workload, same run.
 
     python3 benchmarks/compare_stores.py [--runs 5] [--n 2000] [--agl-python .venv/bin/python]
+        [--in-process] [--http]
+
+Two comparisons, both by default: ``--in-process`` puts agl's stores called in process next to the
+anchor's ``InMemoryLightningStore``; ``--http`` puts agl's store server (``http+memory``,
+``http+sqlite``) next to the anchor's store server, each in a process of its own and driven by
+its project's own client.
 
 Stdlib only, so any python can drive it. The anchor lives in its own venv (``.venvs/anchor``, made
 here on first use with ``pip install agentlightning==0.3.0``) because it cannot share one with agl.
 Runs `anchor_store_bench.py` there and `store_bench.py` in agl's venv, one after the other, then
-prints markdown tables for the docs. A ratio is agl's median ops/s over the anchor's: above 1, agl is faster.
+prints markdown tables for the docs, a pair per comparison. A ratio is agl's median ops/s over the
+anchor's: above 1, agl is faster.
 """
 
 from __future__ import annotations
@@ -17,12 +24,32 @@ import platform
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 ANCHOR_VENV = ROOT / ".venvs" / "anchor"
 ANCHOR_REQUIREMENT = ("agentlightning", "0.3.0")
-ANCHOR_BACKEND = "anchor-memory"
-AGL_BACKENDS = ("memory", "sqlite", "sqlite-full")
+
+
+class Comparison(NamedTuple):
+    """One anchor backend against the agl backends that play the same part."""
+
+    title: str
+    anchor_backend: str
+    anchor_label: str
+    agl_backends: tuple[str, ...]
+
+
+# Flag -> comparison; agl backends in table order.
+COMPARISONS = {
+    "in_process": Comparison("In process", "anchor-memory", "anchor in-memory", ("memory", "sqlite", "sqlite-full")),
+    "http": Comparison(
+        "Over HTTP (store server in its own process, one sequential client)",
+        "anchor-http",
+        "anchor server",
+        ("http+memory", "http+sqlite"),
+    ),
+}
 OPERATIONS = ("enqueue", "enqueue_many", "dequeue", "update_attempt", "add_span", "add_many_spans", "query_spans")
 
 Report = dict[str, dict[str, dict[str, float | None]]]
@@ -73,26 +100,27 @@ def ratio(agl: float | None, anchor: float | None) -> str:
     return "n/a" if agl is None or not anchor else f"{agl / anchor:.2f}x"
 
 
-def medians_table(report: Report) -> list[str]:
+def medians_table(report: Report, comparison: Comparison) -> list[str]:
     """operation | anchor median | then per agl backend: median | ratio to the anchor."""
-    header = ["operation", "anchor in-memory ops/s (median)"]
-    for backend in AGL_BACKENDS:
+    header = ["operation", f"{comparison.anchor_label} ops/s (median)"]
+    for backend in comparison.agl_backends:
         header += [f"agl {backend}", "ratio"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for op in OPERATIONS:
-        anchor = report[ANCHOR_BACKEND][op]["median"]
+        anchor = report[comparison.anchor_backend][op]["median"]
         cells = [op, ops(anchor)]
-        for backend in AGL_BACKENDS:
+        for backend in comparison.agl_backends:
             agl = report[backend][op]["median"]
             cells += [ops(agl), ratio(agl, anchor)]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
-def spread_table(report: Report) -> list[str]:
+def spread_table(report: Report, comparison: Comparison) -> list[str]:
     """min / median / max ops/s of every backend, anchor first."""
-    backends = (ANCHOR_BACKEND, *AGL_BACKENDS)
-    header = ["operation", *(f"{b if b == ANCHOR_BACKEND else 'agl ' + b} min / median / max" for b in backends)]
+    backends = (comparison.anchor_backend, *comparison.agl_backends)
+    header = ["operation", comparison.anchor_label + " min / median / max"]
+    header += [f"agl {b} min / median / max" for b in comparison.agl_backends]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for op in OPERATIONS:
         cells = [op]
@@ -108,20 +136,28 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--agl-python", type=Path, default=ROOT / ".venv" / "bin" / "python")
+    parser.add_argument("--in-process", action="store_true", help="compare stores called in process")
+    parser.add_argument("--http", action="store_true", help="compare store servers over HTTP")
     args = parser.parse_args()
+    chosen = [c for flag, c in COMPARISONS.items() if getattr(args, flag)] or list(COMPARISONS.values())
     agl_python = args.agl_python if args.agl_python.is_absolute() else ROOT / args.agl_python
     anchor_python = ensure_anchor_venv()
     sizes = ["--runs", str(args.runs), "--n", str(args.n)]
     here = Path(__file__).resolve().parent
-    report: Report = json.loads(run([anchor_python, here / "anchor_store_bench.py", "--json", *sizes]))
-    backends = ["--backends", ",".join(AGL_BACKENDS)]
+    anchor_backends = ["--backends", ",".join(c.anchor_backend for c in chosen)]
+    report: Report = json.loads(
+        run([anchor_python, here / "anchor_store_bench.py", "--json", *sizes, *anchor_backends])
+    )
+    backends = ["--backends", ",".join(b for c in chosen for b in c.agl_backends)]
     report.update(json.loads(run([agl_python, here / "store_bench.py", "--json", *sizes, *backends])))
 
     print(f"Store throughput, ops/s: {args.runs} runs of {args.n} operations each, one sequential caller.")
-    print("Ratio = agl median / anchor median (above 1: agl is faster).\n")
-    print("\n".join(medians_table(report)))
-    print("\nmin / median / max ops/s over the runs:\n")
-    print("\n".join(spread_table(report)))
+    print("Ratio = agl median / anchor median (above 1: agl is faster).")
+    for comparison in chosen:
+        print(f"\n### {comparison.title}\n")
+        print("\n".join(medians_table(report, comparison)))
+        print("\nmin / median / max ops/s over the runs:\n")
+        print("\n".join(spread_table(report, comparison)))
     print(
         f"\nMachine: {cpu_count()} CPUs (nproc), {platform.machine()}, {platform.system()} {platform.release()}; "
         f"python {python_version(anchor_python)} (anchor venv), {python_version(agl_python)} (agl venv)"
