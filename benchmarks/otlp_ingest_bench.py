@@ -1,6 +1,10 @@
 """OTLP/HTTP ingest into the store server, end to end: spans/s written to SQLite.
 
-    python benchmarks/otlp_ingest_bench.py [--runs 5] [--batches 20] [--batch-size 512] [--gzip]
+    python benchmarks/otlp_ingest_bench.py [--runs 5] [--batches 20] [--batch-size 512] [--gzip] [--shape llm|agent]
+
+Two span shapes: ``llm`` (every span an LLM call: 30 attributes, two of them a few KB of
+messages, ~4 KB of JSON) and ``agent`` (what an agent's trace holds: each LLM-call span among
+three small spans, an agent step, a tool call and an HTTP client call, of ~8 short attributes).
 
 The server runs as its own process (``agl store serve``, SQLite, durable). Bodies are built the
 way OpenTelemetry exporters build them (SDK spans with the workload's 30 LLM attributes, encoded
@@ -31,8 +35,23 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from workload import llm_attributes
 
+SMALL_SPANS = ("agent step", "tool lookup", "POST")
 
-def make_bodies(batches: int, batch_size: int, compress: bool) -> list[bytes]:
+
+def small_attributes(i: int) -> dict[str, object]:
+    return {
+        "agl.agent.name": "tutor",
+        "gen_ai.tool.name": "lookup",
+        "gen_ai.tool.call.arguments": f'{{"query": "capital {i}"}}',
+        "gen_ai.tool.call.result": "Ottawa",
+        "http.request.method": "POST",
+        "server.address": "127.0.0.1",
+        "server.port": 8000,
+        "http.response.status_code": 200,
+    }
+
+
+def make_bodies(batches: int, batch_size: int, compress: bool, shape: str = "llm") -> list[bytes]:
     exporter = InMemorySpanExporter()
     provider = TracerProvider(resource=Resource.create({"service.name": "bench-agent"}))
     provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -42,7 +61,9 @@ def make_bodies(batches: int, batch_size: int, compress: bool) -> list[bytes]:
         exporter.clear()
         with tracer.start_as_current_span(f"agent {batch}"):
             for i in range(batch_size - 1):
-                with tracer.start_as_current_span("chat bench-model", attributes=llm_attributes(i)):
+                small = shape == "agent" and i % 4 != 0
+                name = SMALL_SPANS[i % 4 - 1] if small else "chat bench-model"
+                with tracer.start_as_current_span(name, attributes=small_attributes(i) if small else llm_attributes(i)):
                     pass
         body = encode_spans(exporter.get_finished_spans()).SerializeToString()
         bodies.append(gzip.compress(body, compresslevel=1) if compress else body)
@@ -101,12 +122,14 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--gzip", action="store_true", help="gzip the bodies, as exporters do by default")
+    parser.add_argument("--shape", choices=["llm", "agent"], default="llm", help="span shape (see above)")
     args = parser.parse_args()
-    bodies = make_bodies(args.batches, args.batch_size, args.gzip)
+    bodies = make_bodies(args.batches, args.batch_size, args.gzip, args.shape)
     figures = [ingest_once(bodies, args.batch_size, args.gzip) for _ in range(args.runs)]
     body_kb = sum(map(len, bodies)) / len(bodies) / 1024
     print(
-        f"OTLP ingest into SQLite, {args.batches} batches of {args.batch_size} spans ({body_kb:.0f} KiB each"
+        f"OTLP ingest into SQLite, {args.shape} spans, {args.batches} batches of {args.batch_size}"
+        f" ({body_kb:.0f} KiB each"
         f"{', gzip' if args.gzip else ''}), spans/s min / median / max over {args.runs} runs:"
         f" {min(figures):,.0f} / {statistics.median(figures):,.0f} / {max(figures):,.0f}"
     )

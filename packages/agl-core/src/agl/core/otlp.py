@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 from pydantic_core import from_json
 
 from agl.core.errors import InvalidInput
-from agl.core.types.spans import Attributes, Span, SpanKind, StatusCode
+from agl.core.types.spans import Attributes, Span, SpanKind, SpanResource, SpanStatus, StatusCode
 
 ROLLOUT_ID_ATTRIBUTE = "agl.rollout.id"
 ATTEMPT_ID_ATTRIBUTE = "agl.attempt.id"
@@ -634,10 +634,18 @@ def _identity(span: OtlpSpan, key: str) -> str | None:
     return None
 
 
-def to_span(span: OtlpSpan, *, rollout_id: str, attempt_id: str, sequence_id: int) -> Span:
+def span_resource(span: OtlpSpan) -> SpanResource:
+    """The span's resource as a model; spans of one resource can share it (see `to_span`)."""
+    return SpanResource(attributes=span.resource_attributes, schema_url=span.resource_schema_url)
+
+
+def to_span(
+    span: OtlpSpan, *, rollout_id: str, attempt_id: str, sequence_id: int, resource: SpanResource | None = None
+) -> Span:
     """Build the store's `Span`. It has no field for the instrumentation scope, so the scope's name and
     version become ``otel.scope.name`` / ``otel.scope.version`` attributes (the names OTel's non-OTLP
-    exporters use), unless the span carries those attributes itself."""
+    exporters use), unless the span carries those attributes itself. ``resource``, when given, must
+    be `span_resource` of this span: a batch builds it once per resource instead of once per span."""
     attributes = span.attributes
     scope = {
         key: value
@@ -654,7 +662,7 @@ def to_span(span: OtlpSpan, *, rollout_id: str, attempt_id: str, sequence_id: in
             "parent_id": span.parent_id,
             "name": span.name,
             "kind": span.kind,
-            "status": {"status_code": span.status_code, "description": span.status_description},
+            "status": _status(span.status_code, span.status_description),
             "attributes": {**attributes, **scope} if scope else attributes,
             "events": [{"name": e.name, "timestamp": e.time, "attributes": e.attributes} for e in span.events],
             "links": [
@@ -663,6 +671,14 @@ def to_span(span: OtlpSpan, *, rollout_id: str, attempt_id: str, sequence_id: in
             ],
             "start_time": span.start_time,
             "end_time": span.end_time,
-            "resource": {"attributes": span.resource_attributes, "schema_url": span.resource_schema_url},
+            "resource": resource or span_resource(span),
         }
     )
+
+
+_STATUSES = {code: SpanStatus(status_code=code) for code in ("UNSET", "OK", "ERROR")}
+
+
+def _status(code: StatusCode, description: str | None) -> SpanStatus:
+    """Most spans share a status with no description: one frozen instance, not one per span."""
+    return _STATUSES[code] if description is None else SpanStatus(status_code=code, description=description)

@@ -22,13 +22,14 @@ from agl.core.otlp import (
     decode_traces,
     decompress,
     rollout_identity,
+    span_resource,
     to_span,
 )
 from agl.core.server.metrics import Metrics
 from agl.core.server.settings import ServerSettings
 from agl.core.store.base import LightningStore
 from agl.core.store.wire import error_body
-from agl.core.types import Span
+from agl.core.types import Span, SpanResource
 
 SEQUENCE_ID_ATTRIBUTE = "agl.sequence_id"
 PROTOBUF = "application/x-protobuf"
@@ -82,6 +83,7 @@ async def _file(store: LightningStore, decoded: list[OtlpSpan]) -> tuple[list[Sp
     spans: list[Span] = []
     new_rollouts: dict[str, dict[str, str]] = {}
     latest_attempts: dict[str, str] = {}
+    resources: dict[int, SpanResource] = {}  # spans of one resource share its attribute dict
     for span in decoded:
         rollout_id, attempt_id = rollout_identity(span)
         if rollout_id is None:
@@ -97,5 +99,10 @@ async def _file(store: LightningStore, decoded: list[OtlpSpan]) -> tuple[list[Sp
         sequence_id = span.attributes.get(SEQUENCE_ID_ATTRIBUTE)
         if not isinstance(sequence_id, int) or isinstance(sequence_id, bool) or sequence_id < 0:
             sequence_id = round(span.start_time * 1e6) if span.start_time else 0  # 0: the store numbers it
-        spans.append(to_span(span, rollout_id=rollout_id, attempt_id=attempt_id, sequence_id=sequence_id))
+        resource = resources.get(id(span.resource_attributes))
+        if resource is None:
+            resource = resources[id(span.resource_attributes)] = span_resource(span)
+        spans.append(
+            to_span(span, rollout_id=rollout_id, attempt_id=attempt_id, sequence_id=sequence_id, resource=resource)
+        )
     return spans, new_rollouts
