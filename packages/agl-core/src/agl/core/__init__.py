@@ -1,38 +1,106 @@
-"""agl core: the data model, the stores and (soon) the tracing runtime.
+"""agl core: the data model, the stores, the tracing runtime.
 
-from agl.core import open_store
-store = open_store()            # $AGL_STORE, else sqlite:///.agl/store.db
+    from agl.core import open_store
+    store = open_store()            # $AGL_STORE, else sqlite:///.agl/store.db
+
+Names are imported on first use (PEP 562), so importing a submodule (the tracing runtime at
+interpreter start-up, say) does not pay for pydantic models and stores it does not use.
 """
 
-from agl.core.errors import (
-    AglError,
-    AttemptNotFound,
-    InvalidInput,
-    InvalidTransition,
-    NotFound,
-    ResourcesNotFound,
-    RolloutNotFound,
-    StoreUnavailable,
-    StoreUrlError,
-)
-from agl.core.store import LightningStore, Page, open_store
-from agl.core.types import *  # noqa: F403
-from agl.core.types import __all__ as _types
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from agl.core.version import __version__
 
-__all__ = [
+_ERRORS = (
     "AglError",
     "AttemptNotFound",
     "InvalidInput",
     "InvalidTransition",
-    "LightningStore",
     "NotFound",
-    "Page",
     "ResourcesNotFound",
     "RolloutNotFound",
     "StoreUnavailable",
     "StoreUrlError",
-    "__version__",
-    "open_store",
-    *_types,
-]
+)
+_STORE = ("LightningStore", "Page", "open_store")
+_TYPES = (
+    "LLM",
+    "Attempt",
+    "AttemptStatus",
+    "AttemptedRollout",
+    "NamedResources",
+    "PromptTemplate",
+    "ProxyLLM",
+    "Resource",
+    "ResourcesUpdate",
+    "Rollout",
+    "RolloutConfig",
+    "RolloutMode",
+    "RolloutRequest",
+    "RolloutStatus",
+    "Span",
+    "SpanEvent",
+    "SpanLink",
+    "SpanResource",
+    "SpanStatus",
+    "Triplet",
+    "Worker",
+    "WorkerStatus",
+)
+_EXPORTS = {
+    **dict.fromkeys(_ERRORS, "agl.core.errors"),
+    **dict.fromkeys(_STORE, "agl.core.store"),
+    **dict.fromkeys(_TYPES, "agl.core.types"),
+}
+__all__ = ["__version__", *_ERRORS, *_STORE, *_TYPES]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'agl.core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+if TYPE_CHECKING:  # the names for type checkers and IDEs; at run time __getattr__ serves them
+    from agl.core.errors import (
+        AglError,
+        AttemptNotFound,
+        InvalidInput,
+        InvalidTransition,
+        NotFound,
+        ResourcesNotFound,
+        RolloutNotFound,
+        StoreUnavailable,
+        StoreUrlError,
+    )
+    from agl.core.store import LightningStore, Page, open_store
+    from agl.core.types import (
+        LLM,
+        Attempt,
+        AttemptedRollout,
+        AttemptStatus,
+        NamedResources,
+        PromptTemplate,
+        ProxyLLM,
+        Resource,
+        ResourcesUpdate,
+        Rollout,
+        RolloutConfig,
+        RolloutMode,
+        RolloutRequest,
+        RolloutStatus,
+        Span,
+        SpanEvent,
+        SpanLink,
+        SpanResource,
+        SpanStatus,
+        Triplet,
+        Worker,
+        WorkerStatus,
+    )
