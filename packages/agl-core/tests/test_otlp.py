@@ -52,9 +52,9 @@ from agl.core.otlp import (
     OtlpUnsupportedMediaType,
     decode_traces,
     decompress,
-    rollout_identity,
     to_span,
 )
+from agl.core.tracing.identity import file_span
 from agl.core.types import Span
 
 PROTOBUF = "application/x-protobuf"
@@ -347,12 +347,18 @@ def test_json_all_zero_and_absent_parent_mean_root() -> None:
 # --- identity and conversion -----------------------------------------------------------------
 
 
+def rollout_identity(span: OtlpSpan) -> tuple[str, str | None]:
+    filing = file_span(span.attributes, span.resource_attributes, span.trace_id, span.start_time)
+    return filing.rollout_id, filing.attempt_id
+
+
 def test_rollout_identity_prefers_span_attributes_then_resource(sdk_spans: tuple[ReadableSpan, ...]) -> None:
     spans = {span.name: span for span in decode_traces(protobuf_body(sdk_spans), PROTOBUF)}
     assert rollout_identity(spans["rollout"]) == ("ro-span", "at-resource")
     assert rollout_identity(spans["chat model"]) == ("ro-resource", "at-span")
     assert rollout_identity(spans["producer"]) == ("ro-resource", "at-resource")
-    assert rollout_identity(spans["linked"]) == (None, None)
+    trace = spans["linked"].trace_id
+    assert rollout_identity(spans["linked"]) == (f"ro-trace-{trace}", f"at-trace-{trace}")
 
 
 def test_rollout_identity_ignores_non_string_values() -> None:

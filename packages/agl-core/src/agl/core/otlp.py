@@ -29,8 +29,6 @@ from pydantic_core import from_json
 from agl.core.errors import InvalidInput
 from agl.core.types.spans import Attributes, Span, SpanKind, SpanResource, SpanStatus, StatusCode
 
-ROLLOUT_ID_ATTRIBUTE = "agl.rollout.id"
-ATTEMPT_ID_ATTRIBUTE = "agl.attempt.id"
 SCOPE_NAME_ATTRIBUTE = "otel.scope.name"
 SCOPE_VERSION_ATTRIBUTE = "otel.scope.version"
 
@@ -615,23 +613,6 @@ def _json_type(value: Any) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # From a decoded span to the store's Span
-
-
-def rollout_identity(span: OtlpSpan) -> tuple[str | None, str | None]:
-    """``(agl.rollout.id, agl.attempt.id)``, each from the span's attributes, else its resource's.
-
-    A worker stamps spans (one process, many rollouts); a process that runs a single attempt may
-    set them once as resource attributes (e.g. ``OTEL_RESOURCE_ATTRIBUTES``). Non-strings count as absent.
-    """
-    return _identity(span, ROLLOUT_ID_ATTRIBUTE), _identity(span, ATTEMPT_ID_ATTRIBUTE)
-
-
-def _identity(span: OtlpSpan, key: str) -> str | None:
-    for attributes in (span.attributes, span.resource_attributes):
-        value = attributes.get(key)
-        if type(value) is str and value:
-            return value
-    return None
 
 
 def span_resource(span: OtlpSpan) -> SpanResource:

@@ -1,15 +1,13 @@
 """OTLP/HTTP trace ingest (``POST /v1/traces``): any OpenTelemetry exporter can point here.
 
-Each span is filed under ``agl.rollout.id``/``agl.attempt.id`` (span attributes, then resource
-attributes). Spans without them are kept, not dropped: each trace becomes an observed rollout
-(``ro-trace-<trace id>``), which ends when the trace's root span arrives. A span that carries an
-``agl.sequence_id`` (set at span start by agl's tracing runtime) keeps it; the others are
-numbered by their start time in microseconds: exporters send a span when it *ends*, children
-before parents and often in separate batches, so only the start time orders a parent first.
-One request is one transaction.
+Each span is filed as `agl.core.tracing.identity.file_span` says: under its
+``agl.rollout.id``/``agl.attempt.id``, else under a per-trace observed rollout that ends when the
+trace's root span arrives. One request is one transaction.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
@@ -21,7 +19,6 @@ from agl.core.otlp import (
     OtlpUnsupportedMediaType,
     decode_traces,
     decompress,
-    rollout_identity,
     span_resource,
     to_span,
 )
@@ -29,9 +26,9 @@ from agl.core.server.metrics import Metrics
 from agl.core.server.settings import ServerSettings
 from agl.core.store.base import LightningStore
 from agl.core.store.wire import error_body
+from agl.core.tracing.identity import file_span
 from agl.core.types import Span, SpanResource
 
-SEQUENCE_ID_ATTRIBUTE = "agl.sequence_id"
 PROTOBUF = "application/x-protobuf"
 
 
@@ -78,31 +75,32 @@ def _status_of(error: OtlpDecodeError) -> int:
     return 400  # OTLP/HTTP: bad data is 400, and the exporter must not retry it
 
 
-async def _file(store: LightningStore, decoded: list[OtlpSpan]) -> tuple[list[Span], dict[str, dict[str, str]]]:
+async def _file(store: LightningStore, decoded: list[OtlpSpan]) -> tuple[list[Span], dict[str, dict[str, Any]]]:
     """Give every span its rollout and attempt; describe the per-trace rollouts to create."""
     spans: list[Span] = []
-    new_rollouts: dict[str, dict[str, str]] = {}
+    new_rollouts: dict[str, dict[str, Any]] = {}
     latest_attempts: dict[str, str] = {}
     resources: dict[int, SpanResource] = {}  # spans of one resource share its attribute dict
     for span in decoded:
-        rollout_id, attempt_id = rollout_identity(span)
-        if rollout_id is None:
-            rollout_id = f"ro-trace-{span.trace_id}"
-            attempt_id = attempt_id or f"at-trace-{span.trace_id}"
-            service = span.resource_attributes.get("service.name")
-            new_rollouts[rollout_id] = {"trace_id": span.trace_id, **({"service": service} if service else {})}
-        elif attempt_id is None:
-            if rollout_id not in latest_attempts:
-                latest = await store.get_latest_attempt(rollout_id)
-                latest_attempts[rollout_id] = latest.attempt_id if latest else f"at-{rollout_id.removeprefix('ro-')}"
-            attempt_id = latest_attempts[rollout_id]
-        sequence_id = span.attributes.get(SEQUENCE_ID_ATTRIBUTE)
-        if not isinstance(sequence_id, int) or isinstance(sequence_id, bool) or sequence_id < 0:
-            sequence_id = round(span.start_time * 1e6) if span.start_time else 0  # 0: the store numbers it
+        filing = file_span(span.attributes, span.resource_attributes, span.trace_id, span.start_time)
+        attempt_id = filing.attempt_id
+        if attempt_id is None:  # only the rollout is named: its latest attempt
+            if filing.rollout_id not in latest_attempts:
+                latest = await store.get_latest_attempt(filing.rollout_id)
+                latest_attempts[filing.rollout_id] = latest.attempt_id if latest else f"at-{filing.rollout_id[3:]}"
+            attempt_id = latest_attempts[filing.rollout_id]
+        if filing.new_rollout_metadata is not None:
+            new_rollouts[filing.rollout_id] = filing.new_rollout_metadata
         resource = resources.get(id(span.resource_attributes))
         if resource is None:
             resource = resources[id(span.resource_attributes)] = span_resource(span)
         spans.append(
-            to_span(span, rollout_id=rollout_id, attempt_id=attempt_id, sequence_id=sequence_id, resource=resource)
+            to_span(
+                span,
+                rollout_id=filing.rollout_id,
+                attempt_id=attempt_id,
+                sequence_id=filing.sequence_id,
+                resource=resource,
+            )
         )
     return spans, new_rollouts

@@ -1,0 +1,52 @@
+"""A synchronous handle on an async store, for code that runs outside any event loop (the
+OpenTelemetry exporter thread, atexit handlers). One private loop thread serves all calls, so an
+HTTP store keeps its keep-alive session and SQLite its one connection."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:  # not at run time: this module loads at interpreter start-up
+    from agl.core.store.base import LightningStore
+
+T = TypeVar("T")
+
+
+class StoreBridge:
+    """``store`` is either a store the caller owns (left open) or a function that opens one (closed here)."""
+
+    def __init__(self, store: LightningStore | Callable[[], LightningStore]) -> None:
+        self._owned = callable(store) and not hasattr(store, "add_span")
+        self._open_store = store if self._owned else (lambda: store)  # type: ignore[assignment,return-value]
+        self._store: LightningStore | None = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="agl-store-bridge", daemon=True)
+        self._thread.start()
+        self._lock = threading.Lock()
+
+    def call(self, action: Callable[[LightningStore], Coroutine[Any, Any, T]], timeout: float = 60.0) -> T:
+        """Run ``action(store)`` on the bridge's loop and wait for it; the store opens on first use."""
+
+        async def run() -> T:
+            if self._store is None:
+                self._store = self._open_store()
+            return await action(self._store)
+
+        with self._lock:
+            if self._loop.is_closed():
+                raise RuntimeError("the store bridge is closed")
+            future = asyncio.run_coroutine_threadsafe(run(), self._loop)
+        return future.result(timeout)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._loop.is_closed():
+                return
+            if self._store is not None and self._owned:
+                asyncio.run_coroutine_threadsafe(self._store.close(), self._loop).result(30)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(30)
+            self._loop.close()

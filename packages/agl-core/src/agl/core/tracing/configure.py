@@ -1,0 +1,107 @@
+"""Zero-code set-up. ``opentelemetry-instrument python my_agent.py`` loads the ``agl`` distro
+(defaults, each only if the user has not set it) and the ``agl`` configurator (the SDK's own
+set-up plus agl's span processor); the SDK then exports through ``agl_store``. Programs that set
+up tracing themselves (the runner) call `setup_tracing`.
+
+A program not launched for a rollout gets one *observed* rollout of its own; it is marked
+succeeded when the program exits, or failed after an uncaught exception.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.instrumentation.distro import BaseDistro
+from opentelemetry.sdk._configuration import _OTelSDKConfigurator
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+from agl.core.tracing.observed import process_rollout
+from agl.core.tracing.processor import RolloutSpanProcessor
+
+logger = logging.getLogger(__name__)
+
+DEFAULTS = {
+    "OTEL_TRACES_EXPORTER": "agl_store",
+    "OTEL_METRICS_EXPORTER": "none",
+    "OTEL_LOGS_EXPORTER": "none",
+    # Conversations are training data: never let the SDK drop attributes or events.
+    "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT": "100000",
+    "OTEL_SPAN_EVENT_COUNT_LIMIT": "100000",
+    "OTEL_EVENT_ATTRIBUTE_COUNT_LIMIT": "10000",
+    # A killed process loses at most half a second of spans.
+    "OTEL_BSP_SCHEDULE_DELAY": "500",
+}
+
+
+class AglDistro(BaseDistro):
+    def _configure(self, **kwargs: Any) -> None:
+        for key, value in DEFAULTS.items():
+            os.environ.setdefault(key, value)
+
+
+class AglConfigurator(_OTelSDKConfigurator):
+    def _configure(self, **kwargs: Any) -> None:
+        processor = RolloutSpanProcessor(process_rollout().active)
+        kwargs["span_processors"] = [*kwargs.get("span_processors", ()), processor]
+        super()._configure(**kwargs)
+        _finish_at_exit(trace.get_tracer_provider())
+
+
+def setup_tracing(store_url: str | None = None, *, store: Any = None) -> TracerProvider:
+    """Trace into ``store`` (an open store, e.g. the runner's) or the store at ``store_url``
+    (default ``$AGL_STORE``), for programs not started by ``opentelemetry-instrument``. An SDK
+    provider already in place only gets agl's processor added."""
+    from agl.core.tracing.exporter import StoreSpanExporter
+
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, TracerProvider):
+        if not getattr(provider, "_agl_configured", False):
+            provider.add_span_processor(RolloutSpanProcessor(process_rollout().active))
+            provider._agl_configured = True  # type: ignore[attr-defined]
+        return provider
+    for key, value in DEFAULTS.items():
+        if key.startswith("OTEL_SPAN") or key.startswith("OTEL_EVENT") or key == "OTEL_BSP_SCHEDULE_DELAY":
+            os.environ.setdefault(key, value)
+    provider = TracerProvider()
+    provider.add_span_processor(RolloutSpanProcessor(process_rollout().active))
+    exporter = StoreSpanExporter(store_url, store=store)
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    provider._agl_configured = True  # type: ignore[attr-defined]
+    trace.set_tracer_provider(provider)
+    _finish_at_exit(provider, store_url if store is None else store)
+    return provider
+
+
+def flush_spans(timeout_millis: int = 30000) -> bool:
+    """Export every finished span now (the runner does this at the end of each rollout)."""
+    provider = trace.get_tracer_provider()
+    return bool(getattr(provider, "force_flush", lambda _: True)(timeout_millis))
+
+
+def _finish_at_exit(provider: Any, store: Any = None) -> None:
+    """Registered after the provider's own exit hook, so it runs first: flush, then end the rollout."""
+
+    def finish() -> None:
+        state = process_rollout()
+        if not state.active.used:
+            return
+        getattr(provider, "force_flush", lambda: None)()
+        from agl.core.tracing.bridge import StoreBridge
+
+        status = "failed" if state.crashed else "succeeded"
+        from agl.core.store import open_store
+
+        bridge = StoreBridge(store if store is not None and not isinstance(store, str) else lambda: open_store(store))
+        try:
+            bridge.call(lambda store: store.update_rollout(state.active.rollout_id, status=status), timeout=30)
+        except Exception as error:  # the program is exiting: report, never raise
+            logger.warning("agl could not mark %s %s: %s", state.active.rollout_id, status, error)
+        finally:
+            bridge.close()
+
+    atexit.register(finish)

@@ -1,0 +1,74 @@
+"""``agl_store``: an OpenTelemetry span exporter that writes into an agl store (``$AGL_STORE``:
+SQLite by default, a store server when it is an ``http://`` URL).
+
+Each batch goes in with one `add_observed_spans` call (one transaction). The exporter never
+raises into the program it observes: a failed write is logged and reported as FAILURE.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+from agl.core.tracing.bridge import StoreBridge
+from agl.core.tracing.identity import file_span
+from agl.core.tracing.observed import process_rollout
+
+if TYPE_CHECKING:
+    from agl.core.store.base import LightningStore
+
+logger = logging.getLogger(__name__)
+
+
+class StoreSpanExporter(SpanExporter):
+    def __init__(self, store_url: str | None = None, *, store: LightningStore | None = None) -> None:
+        """Writes to ``store`` when given (a store this process already has open, left open),
+        else opens ``store_url`` (default ``$AGL_STORE``) on the first export."""
+        from agl.core.store import open_store  # here, not at import: start-up stays light
+
+        self.bridge = StoreBridge(store if store is not None else lambda: open_store(store_url))
+        process = process_rollout()
+        # Sent with every batch, in case this batch is the one that creates the process's rollout.
+        self.new_rollout_metadata = {process.active.rollout_id: process.metadata}
+        self._warned = False
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            converted, metadata = self._convert(spans)
+            self.bridge.call(lambda store: store.add_observed_spans(converted, new_rollout_metadata=metadata))
+        except Exception as error:  # the observed program must never see our failure
+            if not self._warned:
+                logger.warning("agl could not store %d spans: %s", len(spans), error)
+                self._warned = True
+            return SpanExportResult.FAILURE
+        return SpanExportResult.SUCCESS
+
+    def _convert(self, spans: Sequence[ReadableSpan]) -> tuple[list[Any], dict[str, dict[str, Any]]]:
+        from agl.core.types import Span
+
+        converted = []
+        metadata = dict(self.new_rollout_metadata)
+        for span in spans:
+            context = span.get_span_context()
+            resource = span.resource.attributes if span.resource is not None else {}
+            start = span.start_time / 1e9 if span.start_time else None
+            filing = file_span(span.attributes or {}, resource, format(context.trace_id, "032x"), start)
+            if filing.new_rollout_metadata is not None:
+                metadata[filing.rollout_id] = filing.new_rollout_metadata
+            attempt_id = filing.attempt_id or f"at-{filing.rollout_id.removeprefix('ro-')}"
+            converted.append(
+                Span.from_otel(
+                    span, rollout_id=filing.rollout_id, attempt_id=attempt_id, sequence_id=filing.sequence_id
+                )
+            )
+        return converted, metadata
+
+    def shutdown(self) -> None:
+        self.bridge.close()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True

@@ -1,0 +1,169 @@
+"""The canonical LLM-call span, shared by every instrumentor: one span per physical model call.
+
+"Outermost wins": when a framework's model call (a LangChain chat model, say) already opened the
+LLM span and the openai client underneath makes the actual request, the inner layer joins that
+span instead of opening a second one. It may add what the outer layer could not know (the exact
+messages sent if none were recorded, token ids, logprobs, usage, the response id) and leaves the
+rest as the outer layer wrote it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+from agl.core.tracing import semconv
+
+TRACER_NAME = "agl"
+# What only the wire knows: the layer that makes the request always records these.
+_FROM_THE_WIRE = frozenset(
+    {
+        semconv.PROMPT_TOKEN_IDS,
+        semconv.RESPONSE_TOKEN_IDS,
+        semconv.RESPONSE_LOGPROBS,
+        semconv.RESPONSE_ID,
+        semconv.USAGE_INPUT_TOKENS,
+        semconv.USAGE_OUTPUT_TOKENS,
+    }
+)
+
+
+def open_llm_span() -> Span | None:
+    """The LLM-call span of the current context, if one is open (and recording)."""
+    span = trace.get_current_span()
+    attributes = getattr(span, "attributes", None)
+    if span.is_recording() and attributes and attributes.get(semconv.LLM_CALL):
+        return span
+    return None
+
+
+class LlmCall:
+    """One model call's span; ``owner`` says whether this layer opened it (and must end it)."""
+
+    def __init__(self, span: Span, owner: bool) -> None:
+        self.span = span
+        self.owner = owner
+
+    def record(self, attributes: Mapping[str, Any]) -> None:
+        """Set attributes (None values skipped; lists of dicts stored as JSON). A layer that joined
+        another's span only fills in what is missing, plus what only the wire knows."""
+        present = getattr(self.span, "attributes", None) or {}
+        for key, value in attributes.items():
+            if value is None:
+                continue
+            if not self.owner and key in present and key not in _FROM_THE_WIRE:
+                continue
+            self.span.set_attribute(key, _attribute_value(value))
+
+    def record_request(
+        self,
+        messages: Sequence[Any] | None,
+        *,
+        tools: Sequence[Any] | None = None,
+        parameters: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.record(
+            {
+                semconv.INPUT_MESSAGES: list(messages) if messages is not None else None,
+                semconv.TOOL_DEFINITIONS: list(tools) if tools else None,
+                **{semconv.REQUEST_PREFIX + name: value for name, value in (parameters or {}).items()},
+            }
+        )
+
+    def record_response(
+        self,
+        messages: Sequence[Any] | None,
+        *,
+        model: str | None = None,
+        response_id: str | None = None,
+        finish_reasons: Sequence[str] | None = None,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+    ) -> None:
+        self.record(
+            {
+                semconv.OUTPUT_MESSAGES: list(messages) if messages is not None else None,
+                semconv.RESPONSE_MODEL: model,
+                semconv.RESPONSE_ID: response_id,
+                semconv.FINISH_REASONS: list(finish_reasons) if finish_reasons else None,
+                semconv.USAGE_INPUT_TOKENS: input_tokens,
+                semconv.USAGE_OUTPUT_TOKENS: output_tokens,
+            }
+        )
+
+    def record_token_ids(
+        self,
+        prompt_token_ids: Sequence[int] | None,
+        response_token_ids: Sequence[int] | None,
+        response_logprobs: Sequence[float] | None = None,
+    ) -> None:
+        self.record(
+            {
+                semconv.PROMPT_TOKEN_IDS: list(prompt_token_ids) if prompt_token_ids else None,
+                semconv.RESPONSE_TOKEN_IDS: list(response_token_ids) if response_token_ids else None,
+                semconv.RESPONSE_LOGPROBS: list(response_logprobs) if response_logprobs else None,
+            }
+        )
+
+    def end(self, error: BaseException | None = None) -> None:
+        """End the span if this layer opened it; record the error either way."""
+        if error is not None:
+            self.span.record_exception(error)
+            self.span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+        if self.owner:
+            self.span.end()
+
+
+def start_llm_call(
+    model: str, *, provider: str | None = None, agent_name: str | None = None, tracer: trace.Tracer | None = None
+) -> LlmCall:
+    """Join the open LLM span or start one ("chat {model}", not made current); call `LlmCall.end`.
+
+    For streams, whose span outlives the call that started it. Use `llm_call` otherwise."""
+    joined = open_llm_span()
+    if joined is not None:
+        return LlmCall(joined, owner=False)
+    tracer = tracer or trace.get_tracer(TRACER_NAME)
+    attributes: dict[str, Any] = {semconv.LLM_CALL: True, semconv.OPERATION_NAME: "chat", semconv.REQUEST_MODEL: model}
+    if provider:
+        attributes[semconv.PROVIDER_NAME] = provider
+    if agent_name:
+        attributes[semconv.AGENT_NAME] = agent_name
+    span = tracer.start_span(f"chat {model}", kind=SpanKind.CLIENT, attributes=attributes)
+    return LlmCall(span, owner=True)
+
+
+@contextmanager
+def llm_call(
+    model: str, *, provider: str | None = None, agent_name: str | None = None, tracer: trace.Tracer | None = None
+) -> Iterator[LlmCall]:
+    """The LLM-call span around a block, current inside it (so a layer below joins it)."""
+    call = start_llm_call(model, provider=provider, agent_name=agent_name, tracer=tracer)
+    token = otel_context.attach(trace.set_span_in_context(call.span)) if call.owner else None
+    try:
+        yield call
+    except BaseException as error:
+        call.end(error)
+        raise
+    else:
+        call.end()
+    finally:
+        if token is not None:
+            otel_context.detach(token)
+
+
+def _attribute_value(value: Any) -> Any:
+    """OpenTelemetry holds scalars and lists of scalars; anything richer is stored as JSON text."""
+    if isinstance(value, str | bool | int | float):
+        return value
+    if isinstance(value, list | tuple) and all(isinstance(v, str | bool | int | float) for v in value):
+        types = {type(v) for v in value}
+        if len(types) <= 1:
+            return list(value)
+    return json.dumps(value, ensure_ascii=False, default=str)

@@ -1,0 +1,38 @@
+"""Attribute names agl reads and writes. ``agl.*`` for what OpenTelemetry's GenAI conventions
+lack; ``gen_ai.*`` for the rest. Structured values (message lists, tool definitions) are stored as
+one JSON string each, since OpenTelemetry attributes hold only scalars and scalar lists."""
+
+# Which rollout, attempt and position a span belongs to (stamped when the span starts).
+ROLLOUT_ID = "agl.rollout.id"
+ATTEMPT_ID = "agl.attempt.id"
+SEQUENCE_ID = "agl.sequence_id"
+
+# The canonical LLM-call span: one per physical model call, named "chat {model}".
+LLM_CALL = "agl.llm.call"
+PROMPT_TOKEN_IDS = "agl.llm.prompt_token_ids"
+RESPONSE_TOKEN_IDS = "agl.llm.response_token_ids"
+RESPONSE_LOGPROBS = "agl.llm.response_logprobs"
+AGENT_NAME = "agl.agent.name"
+
+# Emitted signals.
+SPAN_KIND = "agl.span.kind"  # reward | message | object | exception | annotation | operation
+REWARD = "agl.reward"  # a scalar reward; named dimensions are "agl.reward.<name>"
+REWARD_PREFIX = "agl.reward."
+
+# OpenTelemetry GenAI conventions.
+OPERATION_NAME = "gen_ai.operation.name"
+PROVIDER_NAME = "gen_ai.provider.name"
+REQUEST_MODEL = "gen_ai.request.model"
+RESPONSE_MODEL = "gen_ai.response.model"
+RESPONSE_ID = "gen_ai.response.id"
+FINISH_REASONS = "gen_ai.response.finish_reasons"
+INPUT_MESSAGES = "gen_ai.input.messages"
+OUTPUT_MESSAGES = "gen_ai.output.messages"
+TOOL_DEFINITIONS = "gen_ai.tool.definitions"
+USAGE_INPUT_TOKENS = "gen_ai.usage.input_tokens"
+USAGE_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
+REQUEST_PREFIX = "gen_ai.request."  # + temperature, top_p, max_tokens, seed, ...
+TOOL_NAME = "gen_ai.tool.name"
+TOOL_CALL_ID = "gen_ai.tool.call.id"
+TOOL_CALL_ARGUMENTS = "gen_ai.tool.call.arguments"
+TOOL_CALL_RESULT = "gen_ai.tool.call.result"
