@@ -91,6 +91,8 @@ def _finish_at_exit(provider: Any, store: Any = None) -> None:
         if not state.active.used:
             return
         getattr(provider, "force_flush", lambda: None)()
+        if not state.stored:  # spans went elsewhere (another exporter), or nowhere
+            return
         from agl.core.tracing.bridge import StoreBridge
 
         status = "failed" if state.crashed else "succeeded"

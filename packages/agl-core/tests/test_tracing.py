@@ -1,0 +1,241 @@
+"""The tracing runtime: identity stamping, the store exporter, the LLM-call span, and zero-code
+capture through real ``opentelemetry-instrument`` subprocesses."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from agl.core.store import InMemoryLightningStore, SqliteLightningStore
+from agl.core.tracing import llm_call, rollout_context, run_in_context, semconv
+from agl.core.tracing.configure import DEFAULTS, AglDistro
+from agl.core.tracing.context import ActiveRollout
+from agl.core.tracing.exporter import StoreSpanExporter
+from agl.core.tracing.processor import RolloutSpanProcessor
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def traced() -> Iterator[tuple[TracerProvider, InMemorySpanExporter]]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(RolloutSpanProcessor(ActiveRollout("ro-process", "at-process")))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield provider, exporter
+    provider.shutdown()
+
+
+def test_distro_sets_defaults_but_the_user_environment_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in DEFAULTS:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
+    AglDistro().configure()
+    assert os.environ["OTEL_TRACES_EXPORTER"] == "console"
+    assert os.environ["OTEL_METRICS_EXPORTER"] == "none"
+    assert int(os.environ["OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT"]) >= 10_000
+
+
+def test_spans_are_stamped_with_their_rollout_and_numbered_at_start(
+    traced: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    provider, exporter = traced
+    tracer = provider.get_tracer("test")
+    with rollout_context("ro-1", "at-1"), tracer.start_as_current_span("agent"):
+        with tracer.start_as_current_span("step 1"):
+            pass
+        worker = threading.Thread(target=run_in_context(lambda: tracer.start_span("in a thread").end()))
+        worker.start()
+        worker.join()
+    with tracer.start_as_current_span("outside"):
+        pass
+    stamped = {
+        s.name: (s.attributes[semconv.ROLLOUT_ID], s.attributes[semconv.SEQUENCE_ID])
+        for s in exporter.get_finished_spans()
+    }
+    # The parent ends last but was numbered first: sequence ids follow start order.
+    assert stamped == {
+        "agent": ("ro-1", 1),
+        "step 1": ("ro-1", 2),
+        "in a thread": ("ro-1", 3),
+        "outside": ("ro-process", 1),
+    }
+
+
+def test_a_program_launched_for_a_rollout_files_everything_under_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGL_ROLLOUT_ID", "ro-launched")
+    monkeypatch.setenv("AGL_ATTEMPT_ID", "at-launched")
+    processor = RolloutSpanProcessor(ActiveRollout("ro-process", "at-process"))
+    assert (processor.fallback.rollout_id, processor.fallback.attempt_id) == ("ro-launched", "at-launched")
+
+
+async def test_the_exporter_files_batches_in_the_store_and_never_raises(
+    traced: tuple[TracerProvider, InMemorySpanExporter], tmp_path: Path
+) -> None:
+    provider, finished = traced
+    store = InMemoryLightningStore(watchdog_interval=None)
+    started = await store.start_rollout({"q": 1})
+    tracer = provider.get_tracer("test")
+    with (
+        rollout_context(started.rollout_id, started.attempt.attempt_id),
+        tracer.start_as_current_span("agent"),
+        tracer.start_as_current_span("tool"),
+    ):
+        pass
+    exporter = StoreSpanExporter(store=store)
+    assert exporter.export(finished.get_finished_spans()).name == "SUCCESS"
+    spans = await store.query_spans(started.rollout_id)
+    assert [(s.name, s.sequence_id) for s in spans] == [("agent", 1), ("tool", 2)]
+    exporter.shutdown()
+
+    broken = SqliteLightningStore(tmp_path / "closed.db")
+    await broken.close()
+    failing = StoreSpanExporter(store=broken)
+    assert failing.export(finished.get_finished_spans()).name == "FAILURE"  # logged, not raised
+    failing.shutdown()
+
+
+def test_the_outermost_layer_owns_the_llm_span(traced: tuple[TracerProvider, InMemorySpanExporter]) -> None:
+    provider, exporter = traced
+    tracer = provider.get_tracer("test")
+    with llm_call("tiny", provider="framework", tracer=tracer) as outer:
+        outer.record_request([{"role": "user", "content": "from the framework"}], parameters={"temperature": 0.5})
+        with llm_call("tiny", tracer=tracer) as inner:  # the client underneath joins
+            assert not inner.owner and inner.span is outer.span
+            inner.record_request([{"role": "user", "content": "as sent on the wire"}])
+            inner.record_token_ids([1, 2, 3], [4, 5], [-0.1, -0.2])
+            inner.record_response([{"role": "assistant", "content": "hi"}], response_id="r-1", output_tokens=2)
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "chat tiny" and span.attributes[semconv.LLM_CALL] is True
+    assert json.loads(span.attributes[semconv.INPUT_MESSAGES]) == [{"role": "user", "content": "from the framework"}]
+    assert span.attributes["gen_ai.request.temperature"] == 0.5
+    assert list(span.attributes[semconv.PROMPT_TOKEN_IDS]) == [1, 2, 3]
+    assert list(span.attributes[semconv.RESPONSE_LOGPROBS]) == [-0.1, -0.2]
+    assert span.attributes[semconv.RESPONSE_ID] == "r-1"
+
+
+def test_a_failed_llm_call_is_recorded_and_raised(traced: tuple[TracerProvider, InMemorySpanExporter]) -> None:
+    provider, exporter = traced
+    with pytest.raises(TimeoutError), llm_call("tiny", tracer=provider.get_tracer("test")):
+        raise TimeoutError("model too slow")
+    (span,) = exporter.get_finished_spans()
+    assert span.status.status_code.name == "ERROR" and span.events[0].name == "exception"
+
+
+# --- zero code: real opentelemetry-instrument subprocesses ----------------------------------
+
+
+def instrumented(script: str, store_url: str, **env: str) -> subprocess.Popen[str]:
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    environment = {**inherited, "AGL_STORE": store_url, **env}
+    return subprocess.Popen(
+        [str(BIN / "opentelemetry-instrument"), sys.executable, "-c", textwrap.dedent(script)],
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+PLAIN_APP = """
+    import sys
+    from opentelemetry import trace
+    tracer = trace.get_tracer("app")
+    with tracer.start_as_current_span("agent"):
+        with tracer.start_as_current_span("step", attributes={"n": 1}):
+            pass
+    if sys.argv[1:] == ["crash"]:
+        raise RuntimeError("the agent crashed")
+"""
+
+
+def run_store(coroutine):
+    return asyncio.run(coroutine)
+
+
+@pytest.mark.parametrize("crash", [False, True])
+def test_a_plain_program_becomes_an_observed_rollout(tmp_path: Path, crash: bool) -> None:
+    url = f"sqlite:///{tmp_path}/store.db"
+    script = PLAIN_APP.replace('sys.argv[1:] == ["crash"]', str(crash))
+    process = instrumented(script, url)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == (1 if crash else 0), err
+    store = SqliteLightningStore(tmp_path / "store.db", watchdog_interval=None)
+    (rollout,) = run_store(store.query_rollouts())
+    assert rollout.rollout_id.startswith("ro-proc-") and rollout.metadata["observed"] is True
+    assert rollout.status == ("failed" if crash else "succeeded")
+    spans = run_store(store.query_spans(rollout.rollout_id))
+    assert [(s.name, s.sequence_id) for s in spans] == [("agent", 1), ("step", 2)]
+    assert spans[1].parent_id == spans[0].span_id
+    run_store(store.close())
+
+
+def test_the_user_exporter_choice_wins(tmp_path: Path) -> None:
+    process = instrumented(PLAIN_APP, f"sqlite:///{tmp_path}/store.db", OTEL_TRACES_EXPORTER="console")
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    assert '"name": "agent"' in out  # the console exporter printed it
+    assert not (tmp_path / "store.db").exists()  # and agl's exporter never opened the store
+
+
+def test_a_launched_program_and_a_long_conversation(tmp_path: Path) -> None:
+    store = SqliteLightningStore(tmp_path / "store.db", watchdog_interval=None)
+    started = run_store(store.start_rollout({"q": 1}))
+    # 200 messages flattened the way some instrumentors do (3 attributes each): all must survive.
+    script = """
+        from opentelemetry import trace
+        with trace.get_tracer("app").start_as_current_span("chat") as span:
+            for i in range(200):
+                span.set_attribute(f"llm.input_messages.{i}.message.role", "user")
+                span.set_attribute(f"llm.input_messages.{i}.message.content", "m" * 100 + str(i))
+                span.set_attribute(f"llm.input_messages.{i}.message.index", i)
+    """
+    process = instrumented(
+        script,
+        f"sqlite:///{tmp_path}/store.db",
+        AGL_ROLLOUT_ID=started.rollout_id,
+        AGL_ATTEMPT_ID=started.attempt.attempt_id,
+    )
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    (span,) = run_store(store.query_spans(started.rollout_id))
+    kept = [key for key in span.attributes if key.startswith("llm.input_messages.")]
+    assert len(kept) == 600 and span.attributes["llm.input_messages.199.message.content"].endswith("199")
+    assert run_store(store.get_latest_attempt(started.rollout_id)).status == "running"  # type: ignore[union-attr]
+    run_store(store.close())
+
+
+def test_a_killed_program_loses_at_most_its_unflushed_tail(tmp_path: Path) -> None:
+    script = """
+        from opentelemetry import trace
+        from agl.core.tracing import flush_spans
+        tracer = trace.get_tracer("app")
+        for i in range(100):
+            tracer.start_span(f"span {i}").end()
+        flush_spans()
+        print("flushed", flush=True)
+        while True:
+            tracer.start_span("tail").end()
+    """
+    process = instrumented(script, f"sqlite:///{tmp_path}/store.db")
+    assert process.stdout is not None and process.stdout.readline().strip() == "flushed"
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    store = SqliteLightningStore(tmp_path / "store.db", watchdog_interval=None)
+    (rollout,) = run_store(store.query_rollouts())
+    names = {s.name for s in run_store(store.query_spans(rollout.rollout_id))}
+    assert {f"span {i}" for i in range(100)} <= names
+    run_store(store.close())
