@@ -3,12 +3,6 @@
 from __future__ import annotations
 
 import os
-from typing import Annotated
-
-from pydantic import Field
-
-Id = Annotated[str, Field(min_length=1, max_length=256)]
-"""Any id a client may choose: not empty, and short enough to index."""
 
 
 def new_id(prefix: str) -> str:

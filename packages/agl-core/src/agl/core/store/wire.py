@@ -21,7 +21,6 @@ from agl.core.errors import (
     RolloutNotFound,
     WorkerNotFound,
 )
-from agl.core.ids import Id
 from agl.core.store.base import UNSET
 from agl.core.types import (
     AttemptStatus,
@@ -32,6 +31,7 @@ from agl.core.types import (
     RolloutStatus,
     Span,
 )
+from agl.core.types.fields import Id
 
 API_PREFIX = "/v1/agl"
 LONG_POLL_MAX_SECONDS = 20.0
