@@ -8,15 +8,29 @@ nothing heavy; the store is opened only when the first spans are exported.
 """
 
 from agl.core.tracing.context import ActiveRollout, current_rollout, rollout_context, run_in_context
+from agl.core.tracing.emitters import (
+    emit_annotation,
+    emit_exception,
+    emit_message,
+    emit_object,
+    emit_reward,
+    operation,
+)
 from agl.core.tracing.llm import LlmCall, llm_call, open_llm_span, start_llm_call
 
 __all__ = [
     "ActiveRollout",
     "LlmCall",
     "current_rollout",
+    "emit_annotation",
+    "emit_exception",
+    "emit_message",
+    "emit_object",
+    "emit_reward",
     "flush_spans",
     "llm_call",
     "open_llm_span",
+    "operation",
     "rollout_context",
     "run_in_context",
     "setup_tracing",

@@ -18,6 +18,11 @@ AGENT_NAME = "agl.agent.name"
 SPAN_KIND = "agl.span.kind"  # reward | message | object | exception | annotation | operation
 REWARD = "agl.reward"  # a scalar reward; named dimensions are "agl.reward.<name>"
 REWARD_PREFIX = "agl.reward."
+MESSAGE = "agl.message"
+MESSAGE_ROLE = "agl.message.role"
+OBJECT = "agl.object"
+OPERATION_INPUT = "agl.operation.input"
+OPERATION_OUTPUT = "agl.operation.output"
 
 # OpenTelemetry GenAI conventions.
 OPERATION_NAME = "gen_ai.operation.name"

@@ -1,0 +1,130 @@
+"""Spans of one attempt → training triplets: what the model saw, what it said, what it earned.
+
+Token ids and logprobs are taken from the LLM-call spans exactly as the serving engine returned
+them, never re-tokenised: text re-tokenised gives other ids than the model sampled, and RL on
+ids the model never produced trains the wrong thing.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from agl.core.adapters._calls import Call, in_order, llm_calls
+from agl.core.errors import InvalidInput
+from agl.core.tracing import semconv
+from agl.core.types.spans import Span
+from agl.core.types.triplets import Triplet
+
+RewardRule = Literal["final", "matched"]
+
+
+def spans_to_triplets(
+    spans: Sequence[Span], *, agent_match: str | None = None, merge: bool = True, reward: RewardRule = "final"
+) -> list[Triplet]:
+    """One triplet per LLM call of one attempt (per merged run of calls with ``merge``), in order.
+
+    - ``agent_match``: keep only calls of agents whose name this regex finds (``re.search``); a
+      call's agent is its own ``agl.agent.name``, else its nearest named ancestor's.
+    - ``merge``: a call whose prompt token ids start with the previous call's prompt + response ids
+      extends that triplet: its response then covers everything after the first prompt, with
+      ``response_mask`` 1 for generated tokens and 0 for inserted ones (tool output,
+      the next user turn), whose logprobs are 0.0. Calls without token ids are never merged.
+    - ``reward``: only reward spans with a primary ``agl.reward`` value count. "final" puts the
+      last one on the last triplet (the others get None); "matched" gives each triplet the first
+      reward emitted after its first call and before the next triplet's first call.
+
+    Every triplet with response ids carries ``response_mask`` (all ones unless merged).
+    """
+    if reward not in ("final", "matched"):
+        raise InvalidInput(f"reward must be 'final' or 'matched', not {reward!r}")
+    ordered = in_order(spans)
+    runs: list[_Run] = []
+    for call in llm_calls(ordered, agent_match):
+        if not (merge and runs and runs[-1].extend(call)):
+            runs.append(_Run(call))
+    rewards = [(span.sequence_id, value) for span in ordered if (value := _reward_of(span)) is not None]
+    if reward == "final":
+        final = rewards[-1][1] if rewards else None
+        return [run.triplet(final if index == len(runs) - 1 else None) for index, run in enumerate(runs)]
+    starts = [run.calls[0].span.sequence_id for run in runs]
+    ends: list[int | None] = [*starts[1:], None]
+    return [
+        run.triplet(next((value for at, value in rewards if start < at and (end is None or at < end)), None))
+        for run, start, end in zip(runs, starts, ends, strict=True)
+    ]
+
+
+@dataclass(frozen=True)
+class TraceTripletAdapter:
+    """`spans_to_triplets` with its options fixed, for an algorithm to hold and apply per attempt."""
+
+    agent_match: str | None = None
+    merge: bool = True
+    reward: RewardRule = "final"
+
+    def adapt(self, spans: Sequence[Span]) -> list[Triplet]:
+        return spans_to_triplets(spans, agent_match=self.agent_match, merge=self.merge, reward=self.reward)
+
+
+class _Run:
+    """Consecutive calls whose token ids continue exactly, as one growing token sequence."""
+
+    def __init__(self, call: Call) -> None:
+        self.calls = [call]
+        self.tokens: list[int] | None = None  # prompt + response so far; None: cannot be extended
+        if call.prompt_token_ids is not None and call.response_token_ids is not None:
+            self.tokens = call.prompt_token_ids + call.response_token_ids
+        self.mask = [1] * len(call.response_token_ids or [])
+        self.logprobs = call.response_logprobs
+
+    def extend(self, call: Call) -> bool:
+        """Take ``call`` if its prompt ids start with the whole sequence so far."""
+        prompt, generated = call.prompt_token_ids, call.response_token_ids
+        if self.tokens is None or prompt is None or generated is None or prompt[: len(self.tokens)] != self.tokens:
+            return False
+        inserted = prompt[len(self.tokens) :]
+        # Merged logprobs only where every call has one per generated token: a guessed value is worse than none.
+        aligned = self.logprobs is not None and len(self.logprobs) == len(self.mask)
+        if aligned and call.response_logprobs is not None and len(call.response_logprobs) == len(generated):
+            self.logprobs = [*(self.logprobs or []), *[0.0] * len(inserted), *call.response_logprobs]
+        else:
+            self.logprobs = None
+        self.tokens += inserted + generated
+        self.mask += [0] * len(inserted) + [1] * len(generated)
+        self.calls.append(call)
+        return True
+
+    def triplet(self, reward: float | None) -> Triplet:
+        first, last = self.calls[0], self.calls[-1]
+        metadata: dict[str, Any] = {
+            "rollout_id": first.span.rollout_id,
+            "attempt_id": first.span.attempt_id,
+            "span_ids": [call.span.span_id for call in self.calls],
+            "agent_name": first.agent_name,
+        }
+        response, response_ids = first.response, first.response_token_ids
+        if len(self.calls) > 1 and self.tokens is not None and first.prompt_token_ids is not None:
+            # The messages after the first prompt: what later prompts added, then the last answer.
+            response = (last.prompt or [])[len(first.prompt or []) :] + (last.response or [])
+            response_ids = self.tokens[len(first.prompt_token_ids) :]
+        return Triplet(
+            prompt=first.prompt,
+            response=response,
+            reward=reward,
+            prompt_token_ids=first.prompt_token_ids,
+            response_token_ids=response_ids,
+            response_logprobs=self.logprobs,
+            response_mask=self.mask if first.response_token_ids is not None else None,
+            metadata=metadata,
+        )
+
+
+def _reward_of(span: Span) -> float | None:
+    """The primary reward a span carries: reward spans write it in ``agl.reward``."""
+    value = span.attributes.get(semconv.REWARD)
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    return None
