@@ -19,6 +19,7 @@ _ERRORS = (
     "AttemptNotFound",
     "InvalidInput",
     "InvalidTransition",
+    "MissingResource",
     "NotFound",
     "ResourcesNotFound",
     "RolloutNotFound",
@@ -26,6 +27,7 @@ _ERRORS = (
     "StoreUrlError",
 )
 _STORE = ("LightningStore", "Page", "open_store")
+_AGENTS = ("LitAgent", "rollout")
 _TYPES = (
     "LLM",
     "Attempt",
@@ -54,8 +56,10 @@ _EXPORTS = {
     **dict.fromkeys(_ERRORS, "agl.core.errors"),
     **dict.fromkeys(_STORE, "agl.core.store"),
     **dict.fromkeys(_TYPES, "agl.core.types"),
+    **dict.fromkeys(_AGENTS, "agl.core.agent"),
+    "Runner": "agl.core.runner",
 }
-__all__ = ["__version__", *_ERRORS, *_STORE, *_TYPES]
+__all__ = ["__version__", *_ERRORS, *_STORE, *_TYPES, *_AGENTS, "Runner"]
 
 
 def __getattr__(name: str) -> Any:
@@ -68,17 +72,20 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:  # the names for type checkers and IDEs; at run time __getattr__ serves them
+    from agl.core.agent import LitAgent, rollout
     from agl.core.errors import (
         AglError,
         AttemptNotFound,
         InvalidInput,
         InvalidTransition,
+        MissingResource,
         NotFound,
         ResourcesNotFound,
         RolloutNotFound,
         StoreUnavailable,
         StoreUrlError,
     )
+    from agl.core.runner import Runner
     from agl.core.store import LightningStore, Page, open_store
     from agl.core.types import (
         LLM,

@@ -52,6 +52,10 @@ class WorkerNotFound(NotFound):
     kind = "worker"
 
 
+class MissingResource(AglError, LookupError):
+    """An agent asked (by parameter name) for a resource the rollout's resources do not hold."""
+
+
 class InvalidTransition(AglError):
     """A status change the state machine forbids, such as leaving a terminal state."""
 

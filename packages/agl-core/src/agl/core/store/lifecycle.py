@@ -383,9 +383,21 @@ class LifecycleStore(LightningStore):
             )
         )
 
+    def _active_attempts_of(self, worker_id: str) -> list[Attempt]:
+        return [attempt for attempt, _ in self._active_attempts() if attempt.worker_id == worker_id]
+
     def _worker_released(self, worker_id: str, attempt: Attempt, now: float) -> None:
+        """The worker stays busy (with another of its attempts as current) until its last one ends."""
         worker = self._get_worker(worker_id)
-        if worker is not None and worker.current_attempt_id == attempt.attempt_id:
+        if worker is None or worker.current_attempt_id != attempt.attempt_id:
+            return
+        others = [a for a in self._active_attempts_of(worker_id) if a.attempt_id != attempt.attempt_id]
+        if others:
+            latest = max(others, key=lambda a: a.start_time)
+            self._save_worker(
+                replace(worker, {"current_rollout_id": latest.rollout_id, "current_attempt_id": latest.attempt_id})
+            )
+        else:
             self._save_worker(
                 replace(
                     worker,
@@ -734,10 +746,8 @@ class LifecycleStore(LightningStore):
                 update["heartbeat_stats"] = as_json_object(heartbeat_stats, "heartbeat stats")
             worker = replace(worker, update)
             self._save_worker(worker)
-            if worker.current_attempt_id is not None:
-                attempt = self._get_attempt(worker.current_attempt_id)
-                if attempt is not None and not attempt.is_terminal:
-                    self._record_activity(attempt.attempt_id, now, 0)
+            for attempt in self._active_attempts_of(worker_id):  # a runner may hold several at once
+                self._record_activity(attempt.attempt_id, now, 0)
             return worker
 
     # --- deadlines ------------------------------------------------------------------------

@@ -660,6 +660,24 @@ class StoreConformance:
         assert [w.worker_id for w in workers] == ["w2", "w1"]
         assert len(await store.query_workers(status_in=["busy"])) == 0
 
+    async def test_a_worker_heartbeat_covers_all_its_attempts(self, store: LightningStore, clock: ManualClock) -> None:
+        config = RolloutConfig(unresponsive_seconds=10)
+        for _ in range(2):
+            await store.enqueue_rollout("x", config=config)
+        first = await store.dequeue_rollout(worker_id="w1")
+        second = await store.dequeue_rollout(worker_id="w1")  # one runner, two rollouts at once
+        assert first is not None and second is not None
+        clock.advance(8)
+        await store.update_worker("w1")
+        clock.advance(8)
+        assert await store.check_deadlines() == 0  # type: ignore[attr-defined]
+        await store.update_attempt(second.rollout_id, "latest", status="succeeded")
+        (worker,) = await store.query_workers()
+        assert (worker.status, worker.current_attempt_id) == ("busy", first.attempt.attempt_id)
+        await store.update_attempt(first.rollout_id, "latest", status="succeeded")
+        (worker,) = await store.query_workers()
+        assert (worker.status, worker.current_attempt_id) == ("idle", None)
+
     # --- concurrency ----------------------------------------------------------------------
     async def test_concurrent_workers_claim_each_rollout_once(self, store: LightningStore) -> None:
         await store.enqueue_many_rollouts([RolloutRequest(input=i) for i in range(60)])

@@ -1,0 +1,135 @@
+"""Agents a runner can run: subclass `LitAgent`, or decorate a function with `@rollout`.
+
+An agent gets one task, the resources of the rollout (model endpoints, prompts) and the rollout
+itself, and returns a reward (``float``) or ``None`` when it reports rewards itself. The runner,
+not the agent, deals with the store, tracing context, timeouts and attempt status.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any, overload
+
+from agl.core.errors import MissingResource
+from agl.core.types import LLM, AttemptedRollout, NamedResources, PromptTemplate, ProxyLLM
+
+AgentFunction = Callable[..., Any]
+"""A function whose parameters are named ``task``, ``llm``, ``prompt_template``, ``rollout``,
+``resources`` or a resource key; it returns ``float | None`` (or an awaitable of one)."""
+
+
+class LitAgent:
+    """Override `rollout` (sync: the runner calls it in a worker thread) or `rollout_async`.
+
+    ``resources`` are exactly what the store holds: a `ProxyLLM` there is a template, so pass it
+    through `resolve_llm` to get the endpoint routed to this rollout and attempt.
+    """
+
+    def __init__(self, name: str | None = None) -> None:
+        if not self.is_async and type(self).rollout is LitAgent.rollout:
+            raise TypeError(f"{type(self).__name__} must override rollout() or rollout_async()")
+        self.name = name or type(self).__name__
+
+    @property
+    def is_async(self) -> bool:
+        """Whether the runner awaits `rollout_async` (several may run at once on its loop)."""
+        return type(self).rollout_async is not LitAgent.rollout_async
+
+    def rollout(self, task: Any, resources: NamedResources, rollout: AttemptedRollout) -> float | None:
+        raise NotImplementedError
+
+    async def rollout_async(self, task: Any, resources: NamedResources, rollout: AttemptedRollout) -> float | None:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+
+def resolve_llm(llm: LLM, rollout: AttemptedRollout) -> LLM:
+    """A `ProxyLLM` as a plain `LLM` whose endpoint routes (and attributes) calls to this attempt."""
+    if not isinstance(llm, ProxyLLM):
+        return llm
+    return LLM(
+        endpoint=llm.base_url(rollout.rollout_id, rollout.attempt.attempt_id),
+        model=llm.model,
+        api_key=llm.api_key,
+        sampling_parameters=llm.sampling_parameters,
+    )
+
+
+class FunctionAgent(LitAgent):
+    """A function as an agent; its arguments are chosen by parameter name (see `rollout`)."""
+
+    def __init__(self, function: AgentFunction, name: str | None = None) -> None:
+        self.function = function
+        self.parameters = _check_parameters(function)
+        self._is_async = inspect.iscoroutinefunction(function)
+        super().__init__(name or getattr(function, "__name__", None))
+
+    @property
+    def is_async(self) -> bool:
+        return self._is_async
+
+    def rollout(self, task: Any, resources: NamedResources, rollout: AttemptedRollout) -> float | None:
+        result: float | None = self.function(**self._arguments(task, resources, rollout))
+        return result
+
+    async def rollout_async(self, task: Any, resources: NamedResources, rollout: AttemptedRollout) -> float | None:
+        result: float | None = await self.function(**self._arguments(task, resources, rollout))
+        return result
+
+    def _arguments(self, task: Any, resources: NamedResources, rollout: AttemptedRollout) -> dict[str, Any]:
+        resolved = {
+            key: resolve_llm(value, rollout) if isinstance(value, LLM) else value for key, value in resources.items()
+        }
+        available: dict[str, Any] = {"task": task, "rollout": rollout, "resources": resolved}
+        for name, kind in (("llm", LLM), ("prompt_template", PromptTemplate)):
+            chosen = resolved.get(name)
+            if not isinstance(chosen, kind):
+                chosen = next((value for value in resolved.values() if isinstance(value, kind)), None)
+            if chosen is not None:
+                available[name] = chosen
+        arguments = {}
+        for parameter in self.parameters:
+            if parameter.name in available:
+                arguments[parameter.name] = available[parameter.name]
+            elif parameter.name in resolved:
+                arguments[parameter.name] = resolved[parameter.name]
+            elif parameter.default is inspect.Parameter.empty:
+                raise MissingResource(
+                    f"agent {self.name!r} parameter {parameter.name!r} needs a resource that this rollout's "
+                    f"resources do not have (they have: {', '.join(resources) or 'nothing'})"
+                )
+        return arguments
+
+
+def _check_parameters(function: AgentFunction) -> list[inspect.Parameter]:
+    """Arguments are passed by name, so every parameter must be nameable."""
+    parameters = list(inspect.signature(function).parameters.values())
+    for parameter in parameters:
+        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD, parameter.POSITIONAL_ONLY):
+            raise TypeError(f"agent parameter {parameter.name!r} must be passable by name (no *args, **kwargs or /)")
+    return parameters
+
+
+@overload
+def rollout(function: AgentFunction, /) -> FunctionAgent: ...
+@overload
+def rollout(*, name: str | None = None) -> Callable[[AgentFunction], FunctionAgent]: ...
+def rollout(
+    function: AgentFunction | None = None, /, *, name: str | None = None
+) -> FunctionAgent | Callable[[AgentFunction], FunctionAgent]:
+    """Turn a sync or async function into a `LitAgent`; use as ``@rollout`` or ``@rollout(name=...)``.
+
+    Each parameter is filled by its name: ``task`` (the rollout's input), ``rollout`` (the
+    `AttemptedRollout`), ``resources`` (all of them), ``llm`` (the resource named ``llm``, else
+    the first model endpoint; a `ProxyLLM` arrives routed to this attempt), ``prompt_template``
+    (likewise for prompts), or any resource key. A required parameter with nothing to fill it
+    fails the rollout with an error naming it; one with a default keeps its default.
+    """
+
+    def decorate(function: AgentFunction) -> FunctionAgent:
+        return FunctionAgent(function, name)
+
+    return decorate(function) if function is not None else decorate

@@ -1,0 +1,275 @@
+"""The runner: takes rollouts from a store and runs an agent on each, reporting back to the store.
+
+For each rollout: dequeue, fetch its resources, mark the attempt running, run the agent inside
+the rollout's tracing context under one root span, record a returned float as the final reward
+(or the exception), flush the spans, and only then set the attempt's final status, so whoever
+sees the rollout finished also sees all of its spans. A background task heartbeats meanwhile.
+
+Timeouts (``RolloutConfig.timeout_seconds``, counted from the dequeue, which is when the store
+starts the attempt) are enforced by cancelling. An async agent is cancelled and given
+`CANCEL_GRACE_SECONDS` to unwind. A sync agent runs in a daemon thread, and a thread cannot be
+killed: the runner stops waiting, marks the attempt ``timeout`` and moves on, while the thread
+runs to its end (its later spans still land under the attempt; its result is dropped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import numbers
+import threading
+from collections.abc import Callable
+from contextlib import suppress
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
+
+from agl.core.agent import LitAgent
+from agl.core.errors import InvalidTransition, ResourcesNotFound
+from agl.core.ids import new_id
+from agl.core.store.base import LightningStore
+from agl.core.tracing import rollout_context, run_in_context, semconv
+from agl.core.tracing.configure import flush_spans, setup_tracing
+from agl.core.tracing.emitters import emit_exception, emit_reward
+from agl.core.types import AttemptedRollout, AttemptStatus, NamedResources
+
+logger = logging.getLogger(__name__)
+
+ROOT_SPAN = "agent.rollout"
+"""Name of the span around each agent run; every span of the attempt nests under it."""
+CANCEL_GRACE_SECONDS = 5.0
+"""How long a cancelled async agent may take to unwind before the runner stops waiting for it."""
+STOPPED = "the runner stopped before the rollout finished"
+
+
+class Runner:
+    """Runs ``agent`` on rollouts from ``store``; up to ``max_concurrency`` at once.
+
+    Async agents share the runner's event loop; sync agents each get a thread. ``poll_seconds``
+    is how long the runner idles when the queue is empty before asking again.
+    """
+
+    def __init__(
+        self,
+        agent: LitAgent,
+        store: LightningStore,
+        *,
+        worker_id: str | None = None,
+        max_concurrency: int = 1,
+        heartbeat_seconds: float = 5.0,
+        poll_seconds: float = 1.0,
+    ) -> None:
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be at least 1, not {max_concurrency}")
+        if heartbeat_seconds <= 0 or poll_seconds <= 0:
+            raise ValueError("heartbeat_seconds and poll_seconds must be positive")
+        self.agent = agent
+        self.store = store
+        self.worker_id = worker_id or new_id("wk")
+        self.max_concurrency = max_concurrency
+        self.heartbeat_seconds = heartbeat_seconds
+        self.poll_seconds = poll_seconds
+        self._active: dict[str, AttemptedRollout] = {}  # by attempt id: claimed and not yet finished
+        self._finished = 0
+
+    async def run(
+        self, *, max_rollouts: int | None = None, until_empty: bool = False, stop: asyncio.Event | None = None
+    ) -> int:
+        """Run rollouts until ``max_rollouts`` were taken, the queue is empty (``until_empty``;
+        rollouts in flight may requeue, so they finish first) or ``stop`` is set; returns how many
+        were taken. On ``stop``, or if this call is cancelled, rollouts in flight are cancelled and
+        their attempts marked failed."""
+        setup_tracing(store=self.store)
+        stopped = asyncio.ensure_future((stop or asyncio.Event()).wait())
+        heartbeat = asyncio.ensure_future(self._heartbeat())
+        tasks: set[asyncio.Task[None]] = set()
+        taken = 0
+        loop = asyncio.get_running_loop()
+        try:
+            while not stopped.done() and (max_rollouts is None or taken < max_rollouts):
+                if len(tasks) >= self.max_concurrency:
+                    await _first_of({*tasks, stopped})
+                    continue
+                attempted = await self.store.dequeue_rollout(self.worker_id)
+                if attempted is None:
+                    if until_empty and not tasks:
+                        break
+                    await _first_of({*tasks, stopped}, timeout=self.poll_seconds)
+                    continue
+                taken += 1
+                timeout = attempted.config.timeout_seconds
+                deadline = None if timeout is None else loop.time() + timeout
+                self._active[attempted.attempt.attempt_id] = attempted
+                task = asyncio.create_task(self._run_one(attempted, deadline))
+                tasks.add(task)
+                task.add_done_callback(lambda done: _forget(tasks, done))
+            while tasks and not stopped.done():
+                await _first_of({*tasks, stopped})
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for attempted in list(self._active.values()):  # cancelled before it started: nobody finished it
+                await self._finish(attempted, "failed", STOPPED)
+            heartbeat.cancel()
+            stopped.cancel()
+            await asyncio.gather(heartbeat, stopped, return_exceptions=True)
+        return taken
+
+    async def _run_one(self, attempted: AttemptedRollout, deadline: float | None) -> None:
+        try:
+            await self._attempt(attempted, deadline)
+        except BaseException as error:  # cancelled (the runner stops) or a bug: never leave the attempt open
+            reason = STOPPED if isinstance(error, asyncio.CancelledError) else f"runner error: {_describe(error)}"
+            await self._finish(attempted, "failed", reason)
+            raise
+
+    async def _attempt(self, attempted: AttemptedRollout, deadline: float | None) -> None:
+        try:
+            resources = await self._fetch_resources(attempted)
+        except Exception as error:
+            await self._finish(attempted, "failed", f"could not fetch resources: {error}")
+            return
+        try:
+            await self.store.update_attempt(attempted.rollout_id, attempted.attempt.attempt_id, status="running")
+        except InvalidTransition as error:  # the watchdog or a cancel got there first
+            logger.info("attempt %s ended before its agent started: %s", attempted.attempt.attempt_id, error)
+            self._active.pop(attempted.attempt.attempt_id, None)
+            return
+        status, reason = await self._execute(attempted, resources, deadline)
+        await self._finish(attempted, status, reason)
+
+    async def _fetch_resources(self, attempted: AttemptedRollout) -> NamedResources:
+        """The rollout's own resources if it names them, else the latest (none at all is fine)."""
+        if attempted.resources_id is None:
+            latest = await self.store.get_latest_resources()
+            return dict(latest.resources) if latest is not None else {}
+        update = await self.store.get_resources_by_id(attempted.resources_id)
+        if update is None:
+            raise ResourcesNotFound(attempted.resources_id)
+        return dict(update.resources)
+
+    async def _execute(
+        self, attempted: AttemptedRollout, resources: NamedResources, deadline: float | None
+    ) -> tuple[AttemptStatus, str | None]:
+        """Run the agent under the root span; returns the attempt's status and, if it failed, why."""
+        tracer = trace.get_tracer("agl")
+        with (
+            rollout_context(attempted.rollout_id, attempted.attempt.attempt_id),
+            tracer.start_as_current_span(ROOT_SPAN, attributes={semconv.AGENT_NAME: self.agent.name}) as span,
+        ):
+            work = self._start_agent(attempted, resources)  # inside the context: the agent's spans nest
+            loop = asyncio.get_running_loop()
+            try:
+                done, _ = await asyncio.wait({work}, timeout=None if deadline is None else deadline - loop.time())
+            except asyncio.CancelledError:  # the runner stops
+                await _abandon(work)
+                span.set_status(Status(StatusCode.ERROR, STOPPED))
+                raise
+            if not done:
+                await _abandon(work)
+                reason = f"timed out after {attempted.config.timeout_seconds} s"
+                emit_exception(TimeoutError(reason))
+                span.set_status(Status(StatusCode.ERROR, reason))
+                return "timeout", reason
+            try:
+                reward = _as_reward(work.result())
+            except Exception as error:
+                emit_exception(error)
+                span.set_status(Status(StatusCode.ERROR, _describe(error)))
+                return "failed", _describe(error)
+            if reward is not None:
+                emit_reward(reward)
+            return "succeeded", None
+
+    def _start_agent(self, attempted: AttemptedRollout, resources: NamedResources) -> asyncio.Future[Any]:
+        if self.agent.is_async:
+            return asyncio.ensure_future(self.agent.rollout_async(attempted.input, resources, attempted))
+        return _in_thread(run_in_context(self.agent.rollout), attempted.input, resources, attempted)
+
+    async def _finish(self, attempted: AttemptedRollout, status: AttemptStatus, reason: str | None) -> None:
+        """Flush spans, then set the final status; a store that already ended the attempt wins."""
+        attempt_id = attempted.attempt.attempt_id
+        try:
+            await asyncio.to_thread(flush_spans)
+            await self.store.update_attempt(
+                attempted.rollout_id, attempt_id, status=status, metadata={"error": reason} if reason else {}
+            )
+        except InvalidTransition as error:
+            logger.info("attempt %s was already over when the runner tried to end it: %s", attempt_id, error)
+        except Exception as error:
+            logger.error("could not set attempt %s to %s: %s", attempt_id, status, error)
+        finally:
+            if self._active.pop(attempt_id, None) is not None:
+                self._finished += 1
+
+    async def _heartbeat(self) -> None:
+        """Every ``heartbeat_seconds``: the worker; the store heartbeats every attempt it holds."""
+        while True:
+            try:
+                await self._beat()
+            except Exception as error:
+                logger.warning("heartbeat of worker %s failed: %s", self.worker_id, error)
+            await asyncio.sleep(self.heartbeat_seconds)
+
+    async def _beat(self) -> None:
+        stats = {"in_flight": len(self._active), "finished": self._finished}
+        await self.store.update_worker(self.worker_id, heartbeat_stats=stats)
+
+
+async def _first_of(waitables: set[asyncio.Future[Any]], timeout: float | None = None) -> None:
+    await asyncio.wait(waitables, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+
+
+def _in_thread(function: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+    """Run ``function`` in a daemon thread (a stuck agent must not block interpreter exit)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def deliver(setter: Callable[[Any], None], value: Any) -> None:
+        def settle() -> None:
+            if not future.done():  # not abandoned after a timeout
+                setter(value)
+
+        with suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+            loop.call_soon_threadsafe(settle)
+
+    def target() -> None:
+        try:
+            result = function(*args)
+        except BaseException as error:
+            deliver(future.set_exception, error)
+        else:
+            deliver(future.set_result, result)
+
+    threading.Thread(target=target, name="agl-agent", daemon=True).start()
+    return future
+
+
+async def _abandon(work: asyncio.Future[Any]) -> None:
+    """Cancel the agent; an async one gets a grace period to unwind, a thread cannot be stopped."""
+    work.cancel()
+    if isinstance(work, asyncio.Task):
+        await asyncio.wait({work}, timeout=CANCEL_GRACE_SECONDS)
+        if not work.done():
+            logger.warning("agent task ignored cancellation for %s s; leaving it behind", CANCEL_GRACE_SECONDS)
+        work.add_done_callback(lambda task: task.cancelled() or task.exception())  # never "never retrieved"
+
+
+def _as_reward(result: object) -> float | None:
+    if result is None:
+        return None
+    if not isinstance(result, numbers.Real):  # numpy scalars too, as `emit_reward` takes them
+        raise TypeError(f"the agent returned {type(result).__name__}; expected a float reward or None")
+    return float(result)
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
+def _forget(tasks: set[asyncio.Task[None]], task: asyncio.Task[None]) -> None:
+    tasks.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("rollout task failed", exc_info=task.exception())
