@@ -4,21 +4,16 @@ tracing runtime writes."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from agl.core.adapters import TraceMessagesAdapter, TraceTripletAdapter, spans_to_messages, spans_to_triplets
 from agl.core.errors import InvalidInput
 from agl.core.tracing import llm_call, rollout_context, semconv
-from agl.core.tracing.context import ActiveRollout
 from agl.core.tracing.emitters import emit_message, emit_reward, operation
-from agl.core.tracing.processor import RolloutSpanProcessor
 from agl.core.types import Span
 
 
@@ -275,19 +270,8 @@ def test_messages_are_the_last_calls_prompt_and_answer() -> None:
 # --- real spans from the tracing runtime ------------------------------------------------------
 
 
-@pytest.fixture
-def exporter(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemorySpanExporter]:
-    monkeypatch.delenv("AGL_ROLLOUT_ID", raising=False)
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(RolloutSpanProcessor(ActiveRollout("ro-process", "at-process")))
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    monkeypatch.setattr(trace, "_TRACER_PROVIDER", provider)  # global for this test only
-    yield exporter
-    provider.shutdown()
-
-
-def test_spans_written_by_the_runtime_adapt_as_written(exporter: InMemorySpanExporter) -> None:
+def test_spans_written_by_the_runtime_adapt_as_written(captured_spans: InMemorySpanExporter) -> None:
+    exporter = captured_spans
     first_prompt = [user("2+2?")]
     second_prompt = [*first_prompt, bot("call calc"), tool("4")]
     with (

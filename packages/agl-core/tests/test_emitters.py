@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 
 import pytest
 from opentelemetry import trace
@@ -15,7 +14,6 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from agl.core.tracing import emitters, rollout_context, semconv
 from agl.core.tracing.configure import setup_tracing
-from agl.core.tracing.context import ActiveRollout
 from agl.core.tracing.emitters import (
     emit_annotation,
     emit_exception,
@@ -24,7 +22,6 @@ from agl.core.tracing.emitters import (
     emit_reward,
     operation,
 )
-from agl.core.tracing.processor import RolloutSpanProcessor
 
 
 def install(monkeypatch: pytest.MonkeyPatch, provider: trace.TracerProvider) -> None:
@@ -40,14 +37,8 @@ def fresh_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def exporter(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(RolloutSpanProcessor(ActiveRollout("ro-process", "at-process")))
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    install(monkeypatch, provider)
-    yield exporter
-    provider.shutdown()
+def exporter(captured_spans: InMemorySpanExporter) -> InMemorySpanExporter:
+    return captured_spans
 
 
 def span_id(span: ReadableSpan) -> int:

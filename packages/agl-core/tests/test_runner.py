@@ -24,13 +24,13 @@ from typing import Any
 
 import pytest
 from opentelemetry import trace
-from opentelemetry.util._once import Once
 
 from agl.core import open_store
 from agl.core.agent import LitAgent, resolve_llm, rollout
 from agl.core.errors import StoreUnavailable
 from agl.core.runner import ROOT_SPAN, STOPPED, Runner
 from agl.core.store.base import LightningStore
+from agl.core.testing.tracing import fresh_global_tracer_provider
 from agl.core.tracing import semconv
 from agl.core.tracing.configure import flush_spans, setup_tracing
 from agl.core.types import LLM, AttemptedRollout, NamedResources, PromptTemplate, ProxyLLM, RolloutConfig, Span
@@ -50,16 +50,11 @@ class SpanRouter:
             raise RuntimeError(f"{len(spans)} spans arrived between tests")
         return await self.target.add_observed_spans(spans, **options)
 
-    async def add_span(self, span: Span) -> Span:  # marks this as a store, not a store factory
-        raise NotImplementedError
-
 
 @pytest.fixture(scope="module")
 def span_router() -> Iterator[SpanRouter]:
     router = SpanRouter()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(trace, "_TRACER_PROVIDER", None)
-        patch.setattr(trace, "_TRACER_PROVIDER_SET_ONCE", Once())
+    with fresh_global_tracer_provider():
         provider = setup_tracing(store=router)
         yield router
         provider.shutdown()

@@ -16,11 +16,16 @@ T = TypeVar("T")
 
 
 class StoreBridge:
-    """``store`` is either a store the caller owns (left open) or a function that opens one (closed here)."""
+    """Either ``store``, one the caller owns (left open), or ``opener``, called on first use to open
+    one that the bridge owns (closed with it)."""
 
-    def __init__(self, store: LightningStore | Callable[[], LightningStore]) -> None:
-        self._owned = callable(store) and not hasattr(store, "add_span")
-        self._open_store = store if self._owned else (lambda: store)  # type: ignore[assignment,return-value]
+    def __init__(
+        self, store: LightningStore | None = None, *, opener: Callable[[], LightningStore] | None = None
+    ) -> None:
+        if (store is None) == (opener is None):
+            raise ValueError("give the bridge a store or an opener, not both or neither")
+        self._owned = opener is not None
+        self._open_store: Callable[[], LightningStore] = opener or (lambda: store)  # type: ignore[assignment,return-value]
         self._store: LightningStore | None = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="agl-store-bridge", daemon=True)

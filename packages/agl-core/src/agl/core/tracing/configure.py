@@ -131,7 +131,10 @@ def _finish_at_exit(provider: Any, store: Any = None) -> None:
         status = "failed" if state.crashed else "succeeded"
         from agl.core.store import open_store
 
-        bridge = StoreBridge(store if store is not None and not isinstance(store, str) else lambda: open_store(store))
+        if store is None or isinstance(store, str):
+            bridge = StoreBridge(opener=lambda: open_store(store))
+        else:
+            bridge = StoreBridge(store)
         try:
             bridge.call(lambda store: store.update_rollout(state.active.rollout_id, status=status), timeout=30)
         except Exception as error:  # the program is exiting: report, never raise

@@ -30,7 +30,7 @@ class StoreSpanExporter(SpanExporter):
         else opens ``store_url`` (default ``$AGL_STORE``) on the first export."""
         from agl.core.store import open_store  # here, not at import: start-up stays light
 
-        self.bridge = StoreBridge(store if store is not None else lambda: open_store(store_url))
+        self.bridge = StoreBridge(store) if store is not None else StoreBridge(opener=lambda: open_store(store_url))
         self.process = process_rollout()
         # Sent with every batch, in case this batch is the one that creates the process's rollout.
         self.new_rollout_metadata = {self.process.active.rollout_id: self.process.metadata}
