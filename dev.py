@@ -24,7 +24,7 @@ VENV = ROOT / ".venv"
 PYTHON = VENV / "bin" / "python"
 STAMP = VENV / ".agl-installed"
 
-PACKAGES = ["packages/agl-core[server,test]"]
+PACKAGES = ["packages/agl-core[server,test]", "packages/agl-instrument-openai[instruments]"]
 TOOLS = ["ruff==0.17.6"]
 
 

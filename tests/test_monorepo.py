@@ -29,3 +29,19 @@ def test_ci_runs_the_readme_test_command() -> None:
     readme = (ROOT / "README.md").read_text()
     assert "python3 dev.py test" in readme and "python3 dev.py demo" in readme
     assert "python3 dev.py test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_each_instrumentor_declares_its_framework_range_once() -> None:
+    """The `instruments` extra must equal `instrumentation_dependencies()`: the auto-loader trusts
+    the extra, so a drift silently disables the instrumentor."""
+    import importlib
+
+    for package in PACKAGES:
+        if not package.name.startswith("agl-instrument-"):
+            continue
+        project = tomllib.loads((package / "pyproject.toml").read_text())["project"]
+        module = package.name.removeprefix("agl-instrument-").replace("-", "_")
+        declared = importlib.import_module(f"agl.instrument.{module}.package")._instruments
+        assert tuple(project["optional-dependencies"]["instruments"]) == tuple(declared), package.name
+        (entry_point,) = project["entry-points"]["opentelemetry_instrumentor"].items()
+        assert entry_point[0] == f"agl_{module}", package.name

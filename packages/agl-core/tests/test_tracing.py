@@ -178,8 +178,9 @@ def test_a_plain_program_becomes_an_observed_rollout(tmp_path: Path, crash: bool
     assert rollout.rollout_id.startswith("ro-proc-") and rollout.metadata["observed"] is True
     assert rollout.status == ("failed" if crash else "succeeded")
     spans = run_store(store.query_spans(rollout.rollout_id))
-    assert [(s.name, s.sequence_id) for s in spans] == [("agent", 1), ("step", 2)]
+    assert [(s.name, s.sequence_id) for s in spans] == [("agent", 1), ("step", 2), (semconv.PROCESS_EXIT_SPAN, 3)]
     assert spans[1].parent_id == spans[0].span_id
+    assert spans[2].attributes[semconv.PROCESS_OUTCOME] == ("failed" if crash else "succeeded")
     run_store(store.close())
 
 
@@ -238,4 +239,5 @@ def test_a_killed_program_loses_at_most_its_unflushed_tail(tmp_path: Path) -> No
     (rollout,) = run_store(store.query_rollouts())
     names = {s.name for s in run_store(store.query_spans(rollout.rollout_id))}
     assert {f"span {i}" for i in range(100)} <= names
+    assert rollout.status == "running"  # killed: no exit span; the rollout is left as it was
     run_store(store.close())

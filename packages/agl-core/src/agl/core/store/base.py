@@ -222,7 +222,8 @@ class LightningStore(abc.ABC):
         an attempt of the span's ``attempt_id``. Spans sent with ``sequence_id`` 0 get the
         attempt's next ids, in start-time order. An observed rollout whose metadata has a
         ``trace_id`` ends when that trace's root span arrives: ``failed`` if the root span's
-        status is ERROR, else ``succeeded``.
+        status is ERROR, else ``succeeded``; any observed rollout ends when an ``agl.process.exit``
+        root span arrives, with its ``agl.process.outcome``.
         """
 
     async def add_otel_span(

@@ -24,6 +24,7 @@ from agl.core.errors import AttemptNotFound, InvalidInput, InvalidTransition, Ro
 from agl.core.ids import new_attempt_id, new_resources_id, new_rollout_id
 from agl.core.store.base import UNSET, LightningStore, StoreStatistics
 from agl.core.store.watchdog import Watchdog
+from agl.core.tracing.semconv import PROCESS_EXIT_SPAN, PROCESS_OUTCOME
 from agl.core.types import (
     Attempt,
     AttemptedRollout,
@@ -688,15 +689,23 @@ class LifecycleStore(LightningStore):
         return attempt
 
     def _finish_observed_traces(self, spans: Sequence[Span], now: float) -> None:
+        """End observed rollouts whose end arrived: a per-trace one with its root span, a per-process
+        one with the program's exit span (which carries the outcome)."""
         for span in spans:
             if span.parent_id is not None:
                 continue
             rollout = self._get_rollout(span.rollout_id)
-            if rollout is None or rollout.is_terminal or rollout.metadata.get("trace_id") != span.trace_id:
+            if rollout is None or rollout.is_terminal or not rollout.metadata.get("observed"):
+                continue
+            if span.name == PROCESS_EXIT_SPAN:
+                outcome = "failed" if span.attributes.get(PROCESS_OUTCOME) == "failed" else "succeeded"
+            elif rollout.metadata.get("trace_id") == span.trace_id:
+                outcome = "failed" if span.status.status_code == "ERROR" else "succeeded"
+            else:
                 continue
             attempt = self._get_attempt(span.attempt_id)
             if attempt is not None and not attempt.is_terminal:
-                self._set_attempt_status(attempt, "failed" if span.status.status_code == "ERROR" else "succeeded", now)
+                self._set_attempt_status(attempt, outcome, now)
 
     async def get_next_span_sequence_id(self, rollout_id: str, attempt_id: str) -> int:
         with self._write():

@@ -492,6 +492,32 @@ class StoreConformance:
         )
         assert (await store.get_rollout_by_id("ro-p")).status == "running"  # type: ignore[union-attr]
 
+    async def test_a_process_rollout_ends_with_its_exit_span(self, store: LightningStore) -> None:
+        await store.add_observed_spans(
+            [self._observed("agent", 1.0, span_id="a" * 16, rollout_id="ro-p", attempt_id="at-p")]
+        )
+        assert (await store.get_rollout_by_id("ro-p")).status == "running"  # type: ignore[union-attr]
+        exit_span = self._observed(
+            "agl.process.exit",
+            2.0,
+            span_id="b" * 16,
+            rollout_id="ro-p",
+            attempt_id="at-p",
+            attributes={"agl.process.outcome": "failed"},
+        )
+        await store.add_observed_spans([exit_span])
+        assert (await store.get_rollout_by_id("ro-p")).status == "failed"  # type: ignore[union-attr]
+        started = await store.start_rollout("queued by a runner")  # not observed: only its runner ends it
+        mine = self._observed(
+            "agl.process.exit",
+            3.0,
+            span_id="c" * 16,
+            rollout_id=started.rollout_id,
+            attempt_id=started.attempt.attempt_id,
+        )
+        await store.add_observed_spans([mine])
+        assert (await store.get_rollout_by_id(started.rollout_id)).status == "running"  # type: ignore[union-attr]
+
     async def test_observed_spans_join_existing_attempts_and_refuse_strangers(self, store: LightningStore) -> None:
         rollout_id, attempt_id = await self._running(store)
         joined = await store.add_observed_spans(

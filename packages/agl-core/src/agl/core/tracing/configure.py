@@ -21,8 +21,10 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+from agl.core.tracing.llm import TRACER_NAME
 from agl.core.tracing.observed import process_rollout
 from agl.core.tracing.processor import RolloutSpanProcessor
+from agl.core.tracing.semconv import PROCESS_EXIT_SPAN, PROCESS_OUTCOME
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +67,12 @@ class AglConfigurator:
         _finish_at_exit(trace.get_tracer_provider())
 
 
+def _otlp_flavour() -> str:
+    """``otlp`` means the gRPC or the HTTP exporter, by protocol, as in the SDK."""
+    protocol = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+    return "otlp_proto_http" if (protocol or "grpc").strip().startswith("http") else "otlp_proto_grpc"
+
+
 def _wants_more_than_traces() -> bool:
     wanted = [os.environ.get(key, "none").strip().lower() for key in ("OTEL_METRICS_EXPORTER", "OTEL_LOGS_EXPORTER")]
     return any(value not in ("", "none") for value in wanted) or bool(os.environ.get("OTEL_CONFIG_FILE"))
@@ -75,7 +83,7 @@ def _trace_exporters() -> list[Any]:
     names = [n.strip() for n in os.environ.get("OTEL_TRACES_EXPORTER", "agl_store").split(",") if n.strip()]
     available = {ep.name: ep for ep in entry_points(group="opentelemetry_traces_exporter")}
     exporters = []
-    for name in names:
+    for name in (_otlp_flavour() if n == "otlp" else n for n in names):
         if name == "none":
             continue
         if name not in available:
@@ -106,7 +114,7 @@ def setup_tracing(store_url: str | None = None, *, store: Any = None) -> TracerP
     provider.add_span_processor(BatchSpanProcessor(exporter))
     provider._agl_configured = True  # type: ignore[attr-defined]
     trace.set_tracer_provider(provider)
-    _finish_at_exit(provider, store_url if store is None else store)
+    _finish_at_exit(provider)
     return provider
 
 
@@ -116,30 +124,17 @@ def flush_spans(timeout_millis: int = 30000) -> bool:
     return bool(getattr(provider, "force_flush", lambda _: True)(timeout_millis))
 
 
-def _finish_at_exit(provider: Any, store: Any = None) -> None:
-    """Registered after the provider's own exit hook, so it runs first: flush, then end the rollout."""
+def _finish_at_exit(provider: Any) -> None:
+    """At exit, a program that ran as its own observed rollout sends one last span with its outcome;
+    the store ends the rollout when it arrives (over agl's exporter or plain OTLP alike).
+    Registered after the provider's own exit hook, so it runs first, while exporters still work."""
 
     def finish() -> None:
         state = process_rollout()
         if not state.active.used:
             return
+        outcome = "failed" if state.crashed else "succeeded"
+        provider.get_tracer(TRACER_NAME).start_span(PROCESS_EXIT_SPAN, attributes={PROCESS_OUTCOME: outcome}).end()
         getattr(provider, "force_flush", lambda: None)()
-        if not state.stored:  # spans went elsewhere (another exporter), or nowhere
-            return
-        from agl.core.tracing.bridge import StoreBridge
-
-        status = "failed" if state.crashed else "succeeded"
-        from agl.core.store import open_store
-
-        if store is None or isinstance(store, str):
-            bridge = StoreBridge(opener=lambda: open_store(store))
-        else:
-            bridge = StoreBridge(store)
-        try:
-            bridge.call(lambda store: store.update_rollout(state.active.rollout_id, status=status), timeout=30)
-        except Exception as error:  # the program is exiting: report, never raise
-            logger.warning("agl could not mark %s %s: %s", state.active.rollout_id, status, error)
-        finally:
-            bridge.close()
 
     atexit.register(finish)

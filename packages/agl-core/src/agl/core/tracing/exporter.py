@@ -31,17 +31,15 @@ class StoreSpanExporter(SpanExporter):
         from agl.core.store import open_store  # here, not at import: start-up stays light
 
         self.bridge = StoreBridge(store) if store is not None else StoreBridge(opener=lambda: open_store(store_url))
-        self.process = process_rollout()
+        process = process_rollout()
         # Sent with every batch, in case this batch is the one that creates the process's rollout.
-        self.new_rollout_metadata = {self.process.active.rollout_id: self.process.metadata}
+        self.new_rollout_metadata = {process.active.rollout_id: process.metadata}
         self._warned = False
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         try:
             converted, metadata = self._convert(spans)
             self.bridge.call(lambda store: store.add_observed_spans(converted, new_rollout_metadata=metadata))
-            if not self.process.stored:
-                self.process.stored = any(s.rollout_id == self.process.active.rollout_id for s in converted)
         except Exception as error:  # the observed program must never see our failure
             if not self._warned:
                 logger.warning("agl could not store %d spans: %s", len(spans), error)

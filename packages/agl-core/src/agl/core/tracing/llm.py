@@ -112,10 +112,12 @@ class LlmCall:
         )
 
     def end(self, error: BaseException | None = None) -> None:
-        """End the span if this layer opened it; record the error either way."""
+        """End the span if this layer opened it. An error is recorded either way, but only the
+        owner marks the span failed: the layer above may retry and succeed."""
         if error is not None:
             self.span.record_exception(error)
-            self.span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+            if self.owner:
+                self.span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
         if self.owner:
             self.span.end()
 

@@ -17,8 +17,6 @@ class ProcessRollout:
         self.active = ActiveRollout(f"ro-proc-{suffix}", f"at-proc-{suffix}")
         self.metadata: dict[str, Any] = {"process": {"pid": os.getpid(), "argv": sys.argv[:20]}}
         self.crashed = False
-        self.stored = False
-        """Set by the exporter once a span of this rollout is in the store (the rollout exists)."""
         previous_hook = sys.excepthook
 
         def note_crash(*exc_info: Any) -> None:

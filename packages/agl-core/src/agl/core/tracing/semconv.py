@@ -14,6 +14,11 @@ RESPONSE_TOKEN_IDS = "agl.llm.response_token_ids"
 RESPONSE_LOGPROBS = "agl.llm.response_logprobs"
 AGENT_NAME = "agl.agent.name"
 
+# The last span of a program that ran as its own observed rollout: the store ends the rollout
+# with this outcome ("succeeded" or "failed") when the span arrives, whatever carried it there.
+PROCESS_EXIT_SPAN = "agl.process.exit"
+PROCESS_OUTCOME = "agl.process.outcome"
+
 # Emitted signals.
 SPAN_KIND = "agl.span.kind"  # reward | message | object | exception | annotation | operation
 REWARD = "agl.reward"  # a scalar reward; named dimensions are "agl.reward.<name>"

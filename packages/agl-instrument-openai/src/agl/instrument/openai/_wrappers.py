@@ -1,0 +1,672 @@
+"""The patches, listed once in `PATCHES` (applied by `activate`, removed by `deactivate`), and
+what each patched call records on the canonical LLM span.
+
+Every wrapper keeps the user's call intact: recording errors are logged and swallowed, the
+user's own exceptions pass through unchanged (and are recorded on the span), and a wrapper left
+in place after `deactivate` (because another library wrapped it over ours) only passes through.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import wrapt
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
+from agl.core.tracing.llm import LlmCall, start_llm_call
+
+logger = logging.getLogger("agl.instrument.openai")
+
+PROVIDER = "openai"
+UNKNOWN_MODEL = "unknown"
+# The vLLM request field that makes its OpenAI server return token ids (see `_ChatApi.request_token_ids`).
+RETURN_TOKEN_IDS = "return_token_ids"
+# Reasoning text that OpenAI-compatible servers (vLLM, DeepSeek) add to messages and deltas.
+_REASONING_KEYS = ("reasoning_content", "reasoning")
+
+
+@dataclass
+class _Config:
+    active: bool = False
+    tracer: trace.Tracer | None = None
+    capture_token_ids: bool = False
+
+
+_config = _Config()
+
+
+# --- what a call records ---------------------------------------------------------------------
+
+
+def _is_given(value: Any) -> bool:
+    """False for openai's "not sent" sentinels (``NOT_GIVEN``, ``omit``), by name: they moved between versions."""
+    return value is not None and type(value).__name__ not in ("NotGiven", "Omit")
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as the client sends it: sentinels dropped, pydantic models dumped as openai dumps them."""
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items() if _is_given(item)}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        return dump(mode="json", exclude_unset=True, exclude=getattr(value, "__api_exclude__", None))
+    return value
+
+
+def _materialized(kwargs: dict[str, Any], keys: Iterable[str]) -> dict[str, Any]:
+    """A copy of ``kwargs`` with one-shot iterables (generators) turned into lists, so that
+    recording them does not consume what the client must send."""
+    prepared = dict(kwargs)
+    for key in keys:
+        value = prepared.get(key)
+        if (
+            _is_given(value)
+            and isinstance(value, Iterable)
+            and not isinstance(value, list | tuple | str | bytes | Mapping)
+        ):
+            prepared[key] = list(value)
+    return prepared
+
+
+def _parameters(kwargs: Mapping[str, Any], names: Mapping[str, str]) -> dict[str, Any]:
+    """Sampling parameters under their ``gen_ai.request.*`` names (the first of synonyms wins);
+    ``top_k`` also from ``extra_body``, where vLLM clients put it."""
+    found: dict[str, Any] = {}
+    for argument, name in names.items():
+        value = kwargs.get(argument)
+        if _is_given(value) and name not in found:
+            found[name] = [value] if name == "stop_sequences" and isinstance(value, str) else value
+    extra = kwargs.get("extra_body")
+    if isinstance(extra, Mapping) and isinstance(extra.get("top_k"), int):
+        found.setdefault("top_k", extra["top_k"])
+    return found
+
+
+def _int_list(value: Any) -> list[int] | None:
+    if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return value
+    return None
+
+
+def _chat_logprobs(logprobs: Any) -> list[float]:
+    """The sampled tokens' logprobs of a chat choice (``logprobs.content[*].logprob``)."""
+    content = getattr(logprobs, "content", None) or ()
+    return [float(entry.logprob) for entry in content]
+
+
+def _tool_call(call: Any) -> dict[str, Any]:
+    """A function tool call as a chat message carries it (without ``parse()``'s ``parsed_arguments``)."""
+    function = getattr(call, "function", None)
+    if function is None:  # another kind of tool call (custom tools): as the server sent it
+        return _plain(call)  # type: ignore[no-any-return]
+    return {"id": call.id, "type": "function", "function": {"name": function.name, "arguments": function.arguments}}
+
+
+def _assistant_message(message: Any) -> dict[str, Any]:
+    """A chat completion's message in the chat shape: role, content, tool calls, reasoning."""
+    result: dict[str, Any] = {"role": getattr(message, "role", None) or "assistant", "content": message.content}
+    tool_calls = [_tool_call(call) for call in getattr(message, "tool_calls", None) or ()]
+    if tool_calls:
+        result["tool_calls"] = tool_calls
+    for key in _REASONING_KEYS:
+        value = getattr(message, key, None)
+        if isinstance(value, str) and value:
+            result[key] = value
+    return result
+
+
+class _ChatApi:
+    """``chat.completions.create`` and ``.parse`` (``.stream()`` goes through ``create``)."""
+
+    parameters = {
+        "temperature": "temperature",
+        "top_p": "top_p",
+        "max_completion_tokens": "max_tokens",
+        "max_tokens": "max_tokens",
+        "seed": "seed",
+        "stop": "stop_sequences",
+        "frequency_penalty": "frequency_penalty",
+        "presence_penalty": "presence_penalty",
+        "n": "choice.count",
+    }
+
+    def prepare(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        return _materialized(kwargs, ("messages", "tools"))
+
+    def request_token_ids(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Ask a vLLM server for the exact token ids (and the sampled tokens' logprobs), keeping
+        whatever the caller chose."""
+        extra = kwargs.get("extra_body")
+        if _is_given(extra) and not isinstance(extra, Mapping):
+            return kwargs
+        requested = {**kwargs, "extra_body": {RETURN_TOKEN_IDS: True, **(extra or {})}}
+        if not _is_given(kwargs.get("logprobs")):
+            requested["logprobs"] = True
+        return requested
+
+    def record_request(self, call: LlmCall, kwargs: Mapping[str, Any]) -> None:
+        tools = kwargs.get("tools")
+        call.record_request(
+            _plain(kwargs.get("messages")) if _is_given(kwargs.get("messages")) else None,
+            tools=_plain(tools) if _is_given(tools) else None,
+            parameters=_parameters(kwargs, self.parameters),
+        )
+
+    def record_result(self, call: LlmCall, completion: Any) -> None:
+        choices = list(completion.choices or ())
+        usage = getattr(completion, "usage", None)
+        call.record_response(
+            [_assistant_message(choice.message) for choice in choices],
+            model=getattr(completion, "model", None),
+            response_id=getattr(completion, "id", None),
+            finish_reasons=[choice.finish_reason for choice in choices if choice.finish_reason],
+            input_tokens=getattr(usage, "prompt_tokens", None),
+            output_tokens=getattr(usage, "completion_tokens", None),
+        )
+        first = choices[0] if choices else None
+        call.record_token_ids(
+            _int_list(getattr(completion, "prompt_token_ids", None)),
+            _int_list(getattr(first, "token_ids", None)),
+            _chat_logprobs(getattr(first, "logprobs", None)),
+        )
+
+    def accumulator(self) -> _ChatStream:
+        return _ChatStream()
+
+
+@dataclass
+class _ChoiceDraft:
+    """One choice of a chat stream, put together from its deltas."""
+
+    content: list[str] = field(default_factory=list)
+    reasoning: dict[str, list[str]] = field(default_factory=dict)
+    tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
+    finish_reason: str | None = None
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+
+    def add(self, choice: Any) -> None:
+        delta = getattr(choice, "delta", None)
+        if delta is not None:
+            if delta.content:
+                self.content.append(delta.content)
+            for key in _REASONING_KEYS:
+                value = getattr(delta, key, None)
+                if isinstance(value, str) and value:
+                    self.reasoning.setdefault(key, []).append(value)
+            for call in delta.tool_calls or ():
+                draft = self.tool_calls.setdefault(
+                    call.index, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
+                )
+                draft["id"] = call.id or draft["id"]
+                draft["type"] = call.type or draft["type"]
+                if call.function is not None:
+                    draft["function"]["name"] += call.function.name or ""
+                    draft["function"]["arguments"] += call.function.arguments or ""
+        self.finish_reason = choice.finish_reason or self.finish_reason
+        self.token_ids += _int_list(getattr(choice, "token_ids", None)) or []
+        self.logprobs += _chat_logprobs(getattr(choice, "logprobs", None))
+
+    def message(self) -> dict[str, Any]:
+        result: dict[str, Any] = {"role": "assistant", "content": "".join(self.content) if self.content else None}
+        if self.tool_calls:
+            result["tool_calls"] = [self.tool_calls[index] for index in sorted(self.tool_calls)]
+        result.update({key: "".join(parts) for key, parts in self.reasoning.items()})
+        return result
+
+
+@dataclass
+class _ChatStream:
+    """A chat completion put together from its chunks: content, tool-call deltas, token ids
+    (the prompt's on the first chunk, the reply's a delta at a time) and logprobs."""
+
+    response_id: str | None = None
+    model: str | None = None
+    usage: Any = None
+    prompt_token_ids: list[int] | None = None
+    choices: dict[int, _ChoiceDraft] = field(default_factory=dict)
+
+    def add(self, chunk: Any) -> None:
+        self.response_id = self.response_id or getattr(chunk, "id", None)
+        self.model = self.model or getattr(chunk, "model", None)
+        self.usage = getattr(chunk, "usage", None) or self.usage
+        self.prompt_token_ids = _int_list(getattr(chunk, "prompt_token_ids", None)) or self.prompt_token_ids
+        for choice in getattr(chunk, "choices", None) or ():
+            self.choices.setdefault(choice.index, _ChoiceDraft()).add(choice)
+
+    def record(self, call: LlmCall) -> None:
+        drafts = [self.choices[index] for index in sorted(self.choices)]
+        call.record_response(
+            [draft.message() for draft in drafts] or None,
+            model=self.model,
+            response_id=self.response_id,
+            finish_reasons=[draft.finish_reason for draft in drafts if draft.finish_reason],
+            input_tokens=getattr(self.usage, "prompt_tokens", None),
+            output_tokens=getattr(self.usage, "completion_tokens", None),
+        )
+        first = drafts[0] if drafts else _ChoiceDraft()
+        call.record_token_ids(self.prompt_token_ids, first.token_ids, first.logprobs)
+
+
+class _ResponsesApi:
+    """``responses.create`` and ``.parse`` (``.stream()`` goes through ``create``). The input is
+    recorded as sent, after a system message holding ``instructions``; the output as one
+    assistant message in the chat shape (text, then function calls as ``tool_calls``)."""
+
+    parameters = {"temperature": "temperature", "top_p": "top_p", "max_output_tokens": "max_tokens"}
+
+    def prepare(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        return _materialized(kwargs, ("input", "tools"))
+
+    def request_token_ids(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        return kwargs  # vLLM returns token ids on chat completions, not on responses
+
+    def record_request(self, call: LlmCall, kwargs: Mapping[str, Any]) -> None:
+        instructions, given = kwargs.get("instructions"), kwargs.get("input")
+        messages: list[Any] = [{"role": "system", "content": instructions}] if _is_given(instructions) else []
+        if isinstance(given, str):
+            messages.append({"role": "user", "content": given})
+        elif _is_given(given):
+            messages += _plain(given)
+        tools = kwargs.get("tools")
+        call.record_request(
+            messages or None,
+            tools=_plain(tools) if _is_given(tools) else None,
+            parameters=_parameters(kwargs, self.parameters),
+        )
+
+    def record_result(self, call: LlmCall, response: Any) -> None:
+        texts: list[str] = []
+        tool_calls: list[dict[str, Any]] = []
+        for item in getattr(response, "output", None) or ():
+            kind = getattr(item, "type", None)
+            if kind == "message":
+                texts += [part.text for part in item.content if getattr(part, "type", None) == "output_text"]
+            elif kind == "function_call":
+                function = {"name": item.name, "arguments": item.arguments}
+                tool_calls.append({"id": item.call_id, "type": "function", "function": function})
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts else None}
+        if tool_calls:
+            message["tool_calls"] = tool_calls
+        status = getattr(response, "status", None)
+        incomplete = getattr(getattr(response, "incomplete_details", None), "reason", None)
+        finish = "tool_calls" if tool_calls else "stop" if status == "completed" else incomplete or status
+        usage = getattr(response, "usage", None)
+        call.record_response(
+            [message],
+            model=getattr(response, "model", None),
+            response_id=getattr(response, "id", None),
+            finish_reasons=[finish] if finish else None,
+            input_tokens=getattr(usage, "input_tokens", None),
+            output_tokens=getattr(usage, "output_tokens", None),
+        )
+
+    def accumulator(self) -> _ResponsesStream:
+        return _ResponsesStream()
+
+
+_FINAL_EVENTS = ("response.completed", "response.incomplete", "response.failed")
+
+
+@dataclass
+class _ResponsesStream:
+    """A streamed response: the final event carries the whole response; until it arrives, the
+    text deltas stand in for it (a stream closed early)."""
+
+    final: Any = None
+    response_id: str | None = None
+    model: str | None = None
+    text: list[str] = field(default_factory=list)
+
+    def add(self, event: Any) -> None:
+        kind = getattr(event, "type", None)
+        response = getattr(event, "response", None)
+        if response is not None:
+            self.response_id = getattr(response, "id", None) or self.response_id
+            self.model = getattr(response, "model", None) or self.model
+            if kind in _FINAL_EVENTS:
+                self.final = response
+        if kind == "response.output_text.delta":
+            self.text.append(event.delta)
+
+    def record(self, call: LlmCall) -> None:
+        if self.final is not None:
+            RESPONSES.record_result(call, self.final)
+            return
+        messages = [{"role": "assistant", "content": "".join(self.text)}] if self.text else None
+        call.record_response(messages, model=self.model, response_id=self.response_id)
+
+
+CHAT = _ChatApi()
+RESPONSES = _ResponsesApi()
+_Api = _ChatApi | _ResponsesApi
+
+
+# --- one call's life ------------------------------------------------------------------------
+
+_warned = False
+
+
+def _recording_failed(what: str) -> None:
+    """Log and carry on: the user's call matters more than its record. A warning the first time, then debug."""
+    global _warned
+    logger.log(logging.DEBUG if _warned else logging.WARNING, "agl could not record %s", what, exc_info=True)
+    _warned = True
+
+
+def _start(api: _Api, kwargs: dict[str, Any]) -> tuple[LlmCall | None, dict[str, Any]]:
+    """The call's span (joined or opened) and the arguments to send. Materializing a generator of
+    messages is the only step allowed to raise: it raises what the client itself would."""
+    prepared = api.prepare(kwargs)
+    try:
+        to_send = api.request_token_ids(prepared) if _config.capture_token_ids else prepared
+        model = prepared.get("model")
+        call = start_llm_call(
+            str(model) if _is_given(model) else UNKNOWN_MODEL, provider=PROVIDER, tracer=_config.tracer
+        )
+    except Exception:
+        _recording_failed("the start of an openai call")
+        return None, prepared
+    try:
+        api.record_request(call, to_send)
+    except Exception:
+        _recording_failed("an openai request")
+    return call, to_send
+
+
+def _attach(call: LlmCall) -> object | None:
+    """Make the span current while the request runs (a layer below joins it; HTTP spans nest)."""
+    return otel_context.attach(trace.set_span_in_context(call.span)) if call.owner else None
+
+
+def _detach(token: object | None) -> None:
+    if token is not None:
+        otel_context.detach(token)  # type: ignore[arg-type]
+
+
+def _finish(call: LlmCall, record: Callable[[LlmCall], None] | None, error: BaseException | None = None) -> None:
+    if record is not None:
+        try:
+            record(call)
+        except Exception:
+            _recording_failed("an openai response")
+    try:
+        call.end(error)
+    except Exception:
+        _recording_failed("the end of an openai call")
+
+
+def _observe(api: _Api, call: LlmCall, result: Any) -> Any:
+    """Record a whole response and end the span now; hand back a stream or raw response wrapped,
+    so that the span ends when it is consumed."""
+    try:
+        from openai import AsyncStream, Stream
+
+        if isinstance(result, Stream):
+            return _ObservedStream(result, call, api.accumulator())
+        if isinstance(result, AsyncStream):
+            return _ObservedAsyncStream(result, call, api.accumulator())
+        if hasattr(result, "http_response") and hasattr(result, "parse"):  # with_raw_response / with_streaming_response
+            return _ObservedRawResponse(result, call, api)
+    except Exception:
+        _recording_failed("an openai stream")
+        _finish(call, None)
+        return result
+    _finish(call, lambda span: api.record_result(span, result))
+    return result
+
+
+class _ObservedStreamBase(wrapt.ObjectProxy):  # type: ignore[misc]
+    """A stream that feeds each chunk to the accumulator; the span ends when the stream is
+    exhausted, fails, is closed, or is dropped unfinished."""
+
+    def __init__(self, stream: Any, call: LlmCall, accumulator: _ChatStream | _ResponsesStream) -> None:
+        super().__init__(stream)
+        self._self_call = call
+        self._self_accumulator = accumulator
+        self._self_done = False
+
+    def _self_finish(self, error: BaseException | None = None) -> None:
+        if getattr(self, "_self_done", True):
+            return
+        self._self_done = True
+        _finish(self._self_call, self._self_accumulator.record, error)
+
+    def _self_add(self, chunk: Any) -> None:
+        try:
+            self._self_accumulator.add(chunk)
+        except Exception:
+            _recording_failed("an openai stream chunk")
+
+    def __del__(self) -> None:
+        self._self_finish()
+
+
+class _ObservedStream(_ObservedStreamBase):
+    def __iter__(self) -> _ObservedStream:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            chunk = next(self.__wrapped__)
+        except StopIteration:
+            self._self_finish()
+            raise
+        except BaseException as error:
+            self._self_finish(error)
+            raise
+        self._self_add(chunk)
+        return chunk
+
+    def __enter__(self) -> _ObservedStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> Any:
+        try:
+            return self.__wrapped__.__exit__(*exc_info)
+        finally:
+            self._self_finish()
+
+    def close(self) -> None:
+        try:
+            self.__wrapped__.close()
+        finally:
+            self._self_finish()
+
+
+class _ObservedAsyncStream(_ObservedStreamBase):
+    def __aiter__(self) -> _ObservedAsyncStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            chunk = await self.__wrapped__.__anext__()
+        except StopAsyncIteration:
+            self._self_finish()
+            raise
+        except BaseException as error:
+            self._self_finish(error)
+            raise
+        self._self_add(chunk)
+        return chunk
+
+    async def __aenter__(self) -> _ObservedAsyncStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> Any:
+        try:
+            return await self.__wrapped__.__aexit__(*exc_info)
+        finally:
+            self._self_finish()
+
+    async def close(self) -> None:
+        try:
+            await self.__wrapped__.close()
+        finally:
+            self._self_finish()
+
+    async def aclose(self) -> None:
+        await self.close()
+
+
+class _ObservedRawResponse(wrapt.ObjectProxy):  # type: ignore[misc]
+    """A raw HTTP response (``with_raw_response``, which LiteLLM uses, or ``with_streaming_response``):
+    the call is recorded when the caller parses it; the first parse's result is kept, so parsing
+    again returns the same observed stream."""
+
+    def __init__(self, response: Any, call: LlmCall, api: _Api) -> None:
+        super().__init__(response)
+        self._self_call = call
+        self._self_api = api
+        self._self_parsed: list[Any] = []
+
+    def parse(self, *args: Any, **kwargs: Any) -> Any:
+        if self._self_parsed and not args and not kwargs:
+            parsed = self._self_parsed[0]
+            return _already(parsed) if inspect.iscoroutinefunction(self.__wrapped__.parse) else parsed
+        parsed = self.__wrapped__.parse(*args, **kwargs)
+        if self._self_parsed:
+            return parsed
+        if inspect.isawaitable(parsed):
+            return self._self_observe_later(parsed)
+        return self._self_observe(parsed)
+
+    async def _self_observe_later(self, parsing: Any) -> Any:
+        return self._self_observe(await parsing)
+
+    def _self_observe(self, parsed: Any) -> Any:
+        observed = _observe(self._self_api, self._self_call, parsed)
+        self._self_parsed.append(observed)
+        return observed
+
+    def __del__(self) -> None:
+        if not getattr(self, "_self_parsed", True):  # never parsed: the request is all there is to record
+            self._self_parsed.append(None)
+            _finish(self._self_call, None)
+
+
+async def _already(value: Any) -> Any:
+    return value
+
+
+def _sync_wrapper(api: _Api) -> Callable[..., Any]:
+    def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if not _config.active:
+            return wrapped(*args, **kwargs)
+        call, kwargs = _start(api, kwargs)
+        if call is None:
+            return wrapped(*args, **kwargs)
+        token = _attach(call)
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as error:
+            _finish(call, None, error)
+            raise
+        finally:
+            _detach(token)
+        return _observe(api, call, result)
+
+    return wrapper
+
+
+def _async_wrapper(api: _Api) -> Callable[..., Any]:
+    async def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if not _config.active:
+            return await wrapped(*args, **kwargs)
+        call, kwargs = _start(api, kwargs)
+        if call is None:
+            return await wrapped(*args, **kwargs)
+        token = _attach(call)
+        try:
+            result = await wrapped(*args, **kwargs)
+        except BaseException as error:
+            _finish(call, None, error)
+            raise
+        finally:
+            _detach(token)
+        return _observe(api, call, result)
+
+    return wrapper
+
+
+# --- the patches ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Patch:
+    module: str
+    """Patched when this module is imported (or at once, if it is)."""
+    owner: str
+    """The class, an attribute of ``module``."""
+    method: str
+    wrapper: Callable[..., Any]
+
+
+_CHAT = "openai.resources.chat.completions"  # a module up to openai 1.5x, a package after: both export the classes
+_BETA_CHAT = "openai.resources.beta.chat.completions"  # where ``parse`` lived before it left beta
+_RESPONSES = "openai.resources.responses"
+
+PATCHES: tuple[Patch, ...] = (
+    Patch(_CHAT, "Completions", "create", _sync_wrapper(CHAT)),
+    Patch(_CHAT, "AsyncCompletions", "create", _async_wrapper(CHAT)),
+    Patch(_CHAT, "Completions", "parse", _sync_wrapper(CHAT)),
+    Patch(_CHAT, "AsyncCompletions", "parse", _async_wrapper(CHAT)),
+    Patch(_BETA_CHAT, "Completions", "parse", _sync_wrapper(CHAT)),
+    Patch(_BETA_CHAT, "AsyncCompletions", "parse", _async_wrapper(CHAT)),
+    Patch(_RESPONSES, "Responses", "create", _sync_wrapper(RESPONSES)),
+    Patch(_RESPONSES, "AsyncResponses", "create", _async_wrapper(RESPONSES)),
+    Patch(_RESPONSES, "Responses", "parse", _sync_wrapper(RESPONSES)),
+    Patch(_RESPONSES, "AsyncResponses", "parse", _async_wrapper(RESPONSES)),
+)
+
+_applied: dict[tuple[type, str], tuple[Any, Any]] = {}
+"""(class, method) -> (original, our wrapper), for every patch in place."""
+_hooked: set[str] = set()
+
+
+def activate(tracer: trace.Tracer, capture_token_ids: bool) -> None:
+    """Patch every module of `PATCHES` already imported, and each other one when it is imported:
+    openai itself is not imported here."""
+    _config.tracer, _config.capture_token_ids, _config.active = tracer, capture_token_ids, True
+    for module in dict.fromkeys(patch.module for patch in PATCHES):
+        if module in sys.modules:
+            _apply(sys.modules[module])
+        elif module not in _hooked:  # a post-import hook cannot be removed: register each one once
+            _hooked.add(module)
+            wrapt.register_post_import_hook(_apply, module)
+
+
+def _apply(module: ModuleType) -> None:
+    if not _config.active:
+        return
+    for patch in PATCHES:
+        if patch.module != module.__name__:
+            continue
+        try:
+            owner = getattr(module, patch.owner)
+            if (owner, patch.method) in _applied:
+                continue
+            original = owner.__dict__[patch.method]
+            wrapper = wrapt.FunctionWrapper(original, patch.wrapper)
+            setattr(owner, patch.method, wrapper)
+            _applied[(owner, patch.method)] = (original, wrapper)
+        except Exception:  # another openai version: this patch does not apply, the others still do
+            logger.debug("agl could not patch %s.%s.%s", patch.module, patch.owner, patch.method, exc_info=True)
+
+
+def deactivate() -> None:
+    """Put every original back. A wrapper that another library has wrapped over stays, passing through."""
+    _config.active = False
+    for (owner, method), (original, wrapper) in list(_applied.items()):
+        if owner.__dict__.get(method) is wrapper:
+            setattr(owner, method, original)
+            del _applied[(owner, method)]

@@ -1,0 +1,505 @@
+"""The openai instrumentor against the real client: the scripted chat server over real HTTP on
+127.0.0.1, and an httpx2 mock transport where a server would be more work (the responses API,
+broken answers)."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import httpx2
+import openai
+import pytest
+import wrapt
+from openai.resources.chat.completions import AsyncCompletions, Completions
+from openai.resources.responses import AsyncResponses, Responses
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import SpanKind, StatusCode
+from pydantic import BaseModel
+
+from agl.core.testing.chat_server import IM_END, Reply, ToolCall, chat_prompt_token_ids, encode, token_logprob
+from agl.core.tracing import llm_call, open_llm_span, semconv
+from agl.instrument.openai import CAPTURE_TOKEN_IDS_ENV, _wrappers
+
+MODEL = "agl-toy"
+ASK = [{"role": "user", "content": "What is 2 + 3?"}]
+TOOLS: list[Any] = [{"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}]
+PATCHED = [
+    (cls, method)
+    for cls in (Completions, AsyncCompletions, Responses, AsyncResponses)
+    for method in ("create", "parse")
+]
+TOKEN_ATTRIBUTES = (semconv.PROMPT_TOKEN_IDS, semconv.RESPONSE_TOKEN_IDS, semconv.RESPONSE_LOGPROBS)
+
+
+def the_span(spans: list[ReadableSpan]) -> ReadableSpan:
+    (span,) = spans
+    assert span.name == f"chat {MODEL}" and span.attributes is not None
+    assert span.attributes[semconv.LLM_CALL] is True and span.kind is SpanKind.CLIENT
+    return span
+
+
+def attribute(span: ReadableSpan, key: str) -> Any:
+    """An attribute as Python values: JSON documents decoded, sequences as lists."""
+    assert span.attributes is not None
+    value = span.attributes[key]
+    return (
+        json.loads(value)
+        if key in (semconv.INPUT_MESSAGES, semconv.OUTPUT_MESSAGES, semconv.TOOL_DEFINITIONS)
+        else (list(value) if isinstance(value, tuple) else value)
+    )
+
+
+def mock_client(handler: Callable[[httpx2.Request], httpx2.Response]) -> openai.OpenAI:
+    transport = httpx2.MockTransport(handler)
+    return openai.OpenAI(
+        base_url="http://model.test/v1", api_key="test", max_retries=0, http_client=httpx2.Client(transport=transport)
+    )
+
+
+# --- chat completions over the scripted server ----------------------------------------------
+
+
+def test_a_chat_call_records_messages_parameters_usage_and_exact_token_ids(traced, instrument, serve) -> None:
+    instrument(capture_token_ids=True)
+    served = serve(["Hello, wörld!"])
+    completion = served.client.chat.completions.create(
+        model=MODEL, messages=ASK, temperature=0.5, max_completion_tokens=64, seed=7, stop="\n"
+    )
+    assert completion.choices[0].message.content == "Hello, wörld!"  # the caller gets the real response
+    (request,), (sent,) = served.log.requests, served.log.replies
+    assert request["return_token_ids"] is True and request["logprobs"] is True
+    span = the_span(traced.spans())
+    assert attribute(span, semconv.INPUT_MESSAGES) == request["messages"] == ASK
+    assert attribute(span, semconv.OUTPUT_MESSAGES) == [{"role": "assistant", "content": "Hello, wörld!"}]
+    assert attribute(span, semconv.PROMPT_TOKEN_IDS) == sent.prompt_token_ids == chat_prompt_token_ids(ASK)
+    assert attribute(span, semconv.RESPONSE_TOKEN_IDS) == sent.token_ids == [*encode("Hello, wörld!"), IM_END]
+    assert attribute(span, semconv.RESPONSE_LOGPROBS) == [token_logprob(t) for t in sent.token_ids]
+    assert {key: attribute(span, key) for key in span.attributes or {} if key.startswith("gen_ai.request.")} == {
+        "gen_ai.request.model": MODEL,
+        "gen_ai.request.temperature": 0.5,
+        "gen_ai.request.max_tokens": 64,
+        "gen_ai.request.seed": 7,
+        "gen_ai.request.stop_sequences": ["\n"],
+    }
+    assert attribute(span, semconv.RESPONSE_ID) == completion.id and attribute(span, semconv.RESPONSE_MODEL) == MODEL
+    assert attribute(span, semconv.FINISH_REASONS) == ["stop"]
+    assert attribute(span, semconv.USAGE_INPUT_TOKENS) == len(sent.prompt_token_ids)
+    assert attribute(span, semconv.USAGE_OUTPUT_TOKENS) == len(sent.token_ids)
+    assert attribute(span, semconv.PROVIDER_NAME) == "openai" and attribute(span, semconv.ROLLOUT_ID) == "ro-test"
+    assert span.status.status_code is StatusCode.UNSET
+
+
+def test_without_token_ids_from_the_server_none_are_recorded(traced, instrument, serve) -> None:
+    instrument()
+    served = serve(["plain"])
+    served.client.chat.completions.create(model=MODEL, messages=ASK)
+    assert "return_token_ids" not in served.log.requests[0] and "logprobs" not in served.log.requests[0]
+    span = the_span(traced.spans())
+    assert not set(TOKEN_ATTRIBUTES) & set(span.attributes or {})
+    assert attribute(span, semconv.OUTPUT_MESSAGES) == [{"role": "assistant", "content": "plain"}]
+
+
+def test_the_capture_setting_keeps_what_the_caller_chose(traced, instrument, serve, monkeypatch) -> None:
+    monkeypatch.setenv(CAPTURE_TOKEN_IDS_ENV, "1")
+    instrument()
+    served = serve(["ok"])
+    served.client.chat.completions.create(model=MODEL, messages=ASK, logprobs=False, extra_body={"top_k": 3})
+    request = served.log.requests[0]
+    assert (request["return_token_ids"], request["top_k"], request["logprobs"]) == (True, 3, False)
+    span = the_span(traced.spans())
+    assert attribute(span, "gen_ai.request.top_k") == 3
+    assert attribute(span, semconv.RESPONSE_TOKEN_IDS) == served.log.replies[0].token_ids
+    assert semconv.RESPONSE_LOGPROBS not in (span.attributes or {})  # the caller said no logprobs
+
+
+def test_streams_are_put_together_from_content_tool_call_deltas_and_token_ids(traced, instrument, serve) -> None:
+    instrument(capture_token_ids=True)
+    calls = [ToolCall("add", {"a": 2, "b": 3}, id="call-a"), ToolCall("add", {"a": 10, "b": 20}, id="call-b")]
+    served = serve([Reply("Adding.", calls), "Plain stream."])
+    stream = served.client.chat.completions.create(model=MODEL, messages=ASK, tools=TOOLS, stream=True)
+    assert isinstance(stream, openai.Stream)  # still what the caller expects
+    assert not traced.spans()  # open until the stream is consumed
+    chunks = list(stream)
+    with served.client.chat.completions.stream(model=MODEL, messages=ASK) as helper:  # the helper calls create
+        final = helper.get_final_completion()
+    assert final.choices[0].message.content == "Plain stream." and len(chunks) > 10
+    tool_span, helper_span = traced.spans()
+    assert attribute(tool_span, semconv.OUTPUT_MESSAGES) == [
+        {
+            "role": "assistant",
+            "content": "Adding.",
+            "tool_calls": [
+                {"id": "call-a", "type": "function", "function": {"name": "add", "arguments": '{"a": 2, "b": 3}'}},
+                {"id": "call-b", "type": "function", "function": {"name": "add", "arguments": '{"a": 10, "b": 20}'}},
+            ],
+        }
+    ]
+    assert attribute(tool_span, semconv.TOOL_DEFINITIONS) == TOOLS
+    assert attribute(tool_span, semconv.FINISH_REASONS) == ["tool_calls"]
+    for span, sent in zip((tool_span, helper_span), served.log.replies, strict=True):
+        assert attribute(span, semconv.PROMPT_TOKEN_IDS) == sent.prompt_token_ids
+        assert attribute(span, semconv.RESPONSE_TOKEN_IDS) == sent.token_ids
+        assert attribute(span, semconv.RESPONSE_LOGPROBS) == sent.logprobs
+    assert attribute(helper_span, semconv.OUTPUT_MESSAGES) == [{"role": "assistant", "content": "Plain stream."}]
+
+
+def test_a_stream_closed_early_or_dropped_still_ends_its_span(traced, instrument, serve) -> None:
+    instrument()
+    served = serve(["abcdef", "ghijkl"])
+    stream = served.client.chat.completions.create(model=MODEL, messages=ASK, stream=True)
+    next(stream), next(stream)  # the role chunk, then "a"
+    stream.close()
+    dropped = served.client.chat.completions.create(model=MODEL, messages=ASK, stream=True)
+    next(dropped)
+    del dropped
+    gc.collect()
+    closed, collected = traced.spans()
+    assert attribute(closed, semconv.OUTPUT_MESSAGES) == [{"role": "assistant", "content": "a"}]
+    assert attribute(collected, semconv.OUTPUT_MESSAGES) == [
+        {"role": "assistant", "content": None}
+    ]  # only the role came
+    assert collected.end_time is not None
+
+
+async def test_async_calls_and_streams(traced, instrument, serve) -> None:
+    instrument(capture_token_ids=True)
+    served = serve(["whole", Reply(tool_calls=[ToolCall("add", {"a": 1, "b": 2})])])
+    async with openai.AsyncOpenAI(base_url=served.url, api_key="test", max_retries=0) as client:
+        whole = await client.chat.completions.create(model=MODEL, messages=ASK)
+        stream = await client.chat.completions.create(model=MODEL, messages=ASK, tools=TOOLS, stream=True)
+        assert isinstance(stream, openai.AsyncStream)
+        async with stream:
+            chunks = [chunk async for chunk in stream]
+    deltas = [d for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or ()]
+    assert whole.choices[0].message.content == "whole" and [
+        d.function.name for d in deltas if d.function and d.function.name
+    ] == ["add"]
+    whole_span, stream_span = traced.spans()
+    assert attribute(whole_span, semconv.RESPONSE_TOKEN_IDS) == served.log.replies[0].token_ids
+    assert attribute(stream_span, semconv.RESPONSE_TOKEN_IDS) == served.log.replies[1].token_ids
+    (message,) = attribute(stream_span, semconv.OUTPUT_MESSAGES)
+    assert message["tool_calls"][0]["function"] == {"name": "add", "arguments": '{"a": 1, "b": 2}'}
+
+
+def test_a_tool_round_trip_records_what_was_sent_each_time(traced, instrument, serve) -> None:
+    instrument(capture_token_ids=True)
+    served = serve([Reply(tool_calls=[ToolCall("add", {"a": 2, "b": 3})]), "5"])
+    with traced.provider.get_tracer("agent").start_as_current_span("agent"):
+        first = served.client.chat.completions.create(model=MODEL, messages=iter(ASK), tools=TOOLS)  # one-shot
+        call = first.choices[0].message.tool_calls[0]  # type: ignore[index]
+        tool_result = {"role": "tool", "tool_call_id": call.id, "content": "5"}
+        served.client.chat.completions.create(
+            model=MODEL, messages=[*ASK, first.choices[0].message, tool_result], tools=TOOLS
+        )
+    *spans, agent = traced.spans()
+    assert [span.parent.span_id for span in spans if span.parent] == [agent.context.span_id] * 2
+    assert [attribute(span, semconv.SEQUENCE_ID) for span in (agent, *spans)] == [1, 2, 3]  # numbered at start
+    assert [attribute(span, semconv.INPUT_MESSAGES) for span in spans] == [r["messages"] for r in served.log.requests]
+    assert served.log.requests[0]["messages"] == ASK  # recording did not consume the iterable
+    assert attribute(spans[1], semconv.INPUT_MESSAGES)[1]["tool_calls"][0]["id"] == call.id
+    continued = attribute(spans[0], semconv.PROMPT_TOKEN_IDS) + attribute(spans[0], semconv.RESPONSE_TOKEN_IDS)
+    assert attribute(spans[1], semconv.PROMPT_TOKEN_IDS)[: len(continued)] == continued
+
+
+def test_an_outer_llm_span_is_joined_and_enriched_not_duplicated(traced, instrument, serve) -> None:
+    instrument(capture_token_ids=True)
+    served = serve(["joined"])
+    framework_view = [{"role": "user", "content": "as the framework saw it"}]
+    with llm_call(MODEL, provider="framework", tracer=traced.provider.get_tracer("framework")) as outer:
+        outer.record_request(framework_view)
+        served.client.chat.completions.create(model=MODEL, messages=ASK)
+    span = the_span(traced.spans())
+    assert span.context.span_id == outer.span.get_span_context().span_id
+    assert attribute(span, semconv.PROVIDER_NAME) == "framework"  # the outer layer's own account stands
+    assert attribute(span, semconv.INPUT_MESSAGES) == framework_view
+    assert attribute(span, semconv.RESPONSE_TOKEN_IDS) == served.log.replies[0].token_ids  # only the wire knows
+    assert attribute(span, semconv.OUTPUT_MESSAGES) == [{"role": "assistant", "content": "joined"}]
+
+
+def test_raw_responses_are_recorded_when_parsed(traced, instrument, serve) -> None:
+    """``with_raw_response`` is how LiteLLM calls openai: parse() is where the answer appears."""
+    instrument(capture_token_ids=True)
+    served = serve(["raw", "raw stream"])
+    raw = served.client.chat.completions.with_raw_response.create(model=MODEL, messages=ASK)
+    assert raw.headers["content-type"].startswith("application/json")
+    assert raw.parse().choices[0].message.content == "raw" and raw.parse() is raw.parse()
+    raw_stream = served.client.chat.completions.with_raw_response.create(model=MODEL, messages=ASK, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in raw_stream.parse() if c.choices) == "raw stream"
+    for span, sent in zip(traced.spans(), served.log.replies, strict=True):
+        assert attribute(span, semconv.RESPONSE_TOKEN_IDS) == sent.token_ids
+        assert attribute(span, semconv.OUTPUT_MESSAGES) == [{"role": "assistant", "content": sent.content}]
+
+
+async def test_async_streaming_responses_are_recorded_when_parsed(traced, instrument, serve) -> None:
+    instrument(capture_token_ids=True)
+    served = serve(["streamed raw"])
+    client = openai.AsyncOpenAI(base_url=served.url, api_key="test", max_retries=0)
+    async with client, client.chat.completions.with_streaming_response.create(model=MODEL, messages=ASK) as response:
+        parsed = await response.parse()
+        assert await response.parse() is parsed
+    assert parsed.choices[0].message.content == "streamed raw"
+    span = the_span(traced.spans())
+    assert attribute(span, semconv.RESPONSE_TOKEN_IDS) == served.log.replies[0].token_ids
+
+
+def test_parse_is_recorded_like_create(traced, instrument, serve) -> None:
+    class Sum(BaseModel):
+        total: int
+
+    instrument(capture_token_ids=True)
+    served = serve(['{"total": 5}', Reply(tool_calls=[ToolCall("add", {"total": 5})])])
+    parsed = served.client.chat.completions.parse(model=MODEL, messages=ASK, response_format=Sum)
+    tool = served.client.chat.completions.parse(
+        model=MODEL, messages=ASK, tools=[openai.pydantic_function_tool(Sum, name="add")]
+    )
+    assert parsed.choices[0].message.parsed == Sum(total=5)
+    assert tool.choices[0].message.tool_calls[0].function.parsed_arguments == Sum(total=5)  # type: ignore[index]
+    text_span, tool_span = traced.spans()
+    assert attribute(text_span, semconv.OUTPUT_MESSAGES) == [{"role": "assistant", "content": '{"total": 5}'}]
+    call = {"id": "call-2", "type": "function", "function": {"name": "add", "arguments": '{"total": 5}'}}
+    assert attribute(tool_span, semconv.OUTPUT_MESSAGES) == [
+        {"role": "assistant", "content": None, "tool_calls": [call]}
+    ]
+    for span, sent in zip((text_span, tool_span), served.log.replies, strict=True):
+        assert attribute(span, semconv.RESPONSE_TOKEN_IDS) == sent.token_ids
+
+
+def test_the_span_is_current_while_the_request_runs(traced, instrument) -> None:
+    """So that a layer below (an HTTP instrumentor, a proxy client) nests under it or joins it."""
+    instrument()
+    seen: list[Any] = []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        seen.append(open_llm_span())
+        return httpx2.Response(200, json={"id": "c-1", "model": MODEL, "choices": []})
+
+    with mock_client(handler) as client:
+        client.chat.completions.create(model=MODEL, messages=ASK)
+    span = the_span(traced.spans())
+    assert [joined.get_span_context().span_id for joined in seen] == [span.context.span_id]
+
+
+# --- the responses API over a mock transport --------------------------------------------------
+
+RESPONSE = {
+    "id": "resp-1",
+    "object": "response",
+    "created_at": 0,
+    "model": MODEL,
+    "status": "completed",
+    "output": [
+        {
+            "type": "message",
+            "id": "m-1",
+            "role": "assistant",
+            "status": "completed",
+            "content": [{"type": "output_text", "text": "Let me add.", "annotations": []}],
+        },
+        {
+            "type": "function_call",
+            "id": "f-1",
+            "call_id": "call-1",
+            "name": "add",
+            "arguments": '{"a": 2}',
+            "status": "completed",
+        },
+    ],
+    "usage": {"input_tokens": 12, "output_tokens": 7, "total_tokens": 19},
+}
+RESPONSE_MESSAGE = {
+    "role": "assistant",
+    "content": "Let me add.",
+    "tool_calls": [{"id": "call-1", "type": "function", "function": {"name": "add", "arguments": '{"a": 2}'}}],
+}
+
+
+def responses_handler(request: httpx2.Request) -> httpx2.Response:
+    assert request.url.path == "/v1/responses"
+    if not json.loads(request.content).get("stream"):
+        return httpx2.Response(200, json=RESPONSE)
+    events = [
+        {
+            "type": "response.created",
+            "sequence_number": 0,
+            "response": {**RESPONSE, "status": "in_progress", "output": []},
+        },
+        {
+            "type": "response.output_text.delta",
+            "sequence_number": 1,
+            "item_id": "m-1",
+            "output_index": 0,
+            "content_index": 0,
+            "delta": "Let me",
+            "logprobs": [],
+        },
+        {"type": "response.completed", "sequence_number": 2, "response": RESPONSE},
+    ]
+    body = "".join(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n" for event in events)
+    return httpx2.Response(200, content=body.encode(), headers={"content-type": "text/event-stream"})
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_responses_api_is_recorded_in_the_chat_shape(traced, instrument, stream: bool) -> None:
+    instrument()
+    with mock_client(responses_handler) as client:
+        result = client.responses.create(
+            model=MODEL,
+            instructions="Be brief.",
+            input="What is 2 + 3?",
+            tools=[{"type": "function", "name": "add", "parameters": {}}],
+            temperature=0.2,
+            max_output_tokens=50,
+            stream=stream,
+        )
+        if stream:
+            assert [event.type for event in result][-1] == "response.completed"  # type: ignore[union-attr]
+    span = the_span(traced.spans())
+    assert attribute(span, semconv.INPUT_MESSAGES) == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What is 2 + 3?"},
+    ]
+    assert attribute(span, semconv.OUTPUT_MESSAGES) == [RESPONSE_MESSAGE]
+    assert (
+        attribute(span, semconv.FINISH_REASONS) == ["tool_calls"] and attribute(span, semconv.RESPONSE_ID) == "resp-1"
+    )
+    assert (attribute(span, semconv.USAGE_INPUT_TOKENS), attribute(span, semconv.USAGE_OUTPUT_TOKENS)) == (12, 7)
+    assert (attribute(span, "gen_ai.request.temperature"), attribute(span, "gen_ai.request.max_tokens")) == (0.2, 50)
+
+
+async def test_the_async_responses_api(traced, instrument) -> None:
+    instrument()
+    transport = httpx2.MockTransport(responses_handler)
+    async with openai.AsyncOpenAI(
+        base_url="http://model.test/v1", api_key="test", http_client=httpx2.AsyncClient(transport=transport)
+    ) as client:
+        items = [{"role": "user", "content": "What is 2 + 3?"}]
+        await client.responses.create(model=MODEL, input=items)  # type: ignore[arg-type]
+    span = the_span(traced.spans())
+    assert attribute(span, semconv.INPUT_MESSAGES) == items
+    assert attribute(span, semconv.OUTPUT_MESSAGES) == [RESPONSE_MESSAGE]
+
+
+# --- never in the caller's way ----------------------------------------------------------------
+
+
+def test_the_callers_errors_pass_through_unchanged_and_are_recorded(traced, instrument, serve) -> None:
+    instrument()
+    served = serve(["never sent"])
+    with pytest.raises(openai.BadRequestError) as refused:
+        served.client.chat.completions.create(model=MODEL, messages=[])
+    mistake = ValueError("a broken message generator")
+
+    def broken_messages() -> Any:
+        yield ASK[0]
+        raise mistake
+
+    with pytest.raises(ValueError) as raised:
+        served.client.chat.completions.create(model=MODEL, messages=broken_messages())
+    assert raised.value is mistake and refused.value.status_code == 400
+    span = the_span(traced.spans())  # the generator failed before any call began
+    assert span.status.status_code is StatusCode.ERROR and "BadRequestError" in (span.status.description or "")
+    assert (
+        span.events[0].name == "exception" and span.events[0].attributes["exception.type"] == "openai.BadRequestError"
+    )  # type: ignore[index]
+
+
+def test_recording_failures_never_reach_the_caller(traced, instrument, monkeypatch) -> None:
+    instrument(capture_token_ids=True)
+
+    def broken(request: httpx2.Request) -> httpx2.Response:
+        if json.loads(request.content).get("stream"):
+            body = 'data: {"id": "s", "choices": [{"index": 0, "delta": 5}]}\n\ndata: [DONE]\n\n'
+            return httpx2.Response(200, content=body.encode(), headers={"content-type": "text/event-stream"})
+        return httpx2.Response(
+            200, json={"id": "odd", "model": MODEL, "choices": "not a list", "prompt_token_ids": "x"}
+        )
+
+    with mock_client(broken) as client:
+        odd = client.chat.completions.create(model=MODEL, messages=ASK)
+        chunks = list(client.chat.completions.create(model=MODEL, messages=ASK, stream=True))
+        monkeypatch.setattr(_wrappers, "start_llm_call", lambda *a, **k: 1 / 0)
+        unrecorded = client.chat.completions.create(model=MODEL, messages=ASK)
+    assert odd.id == unrecorded.id == "odd" and len(chunks) == 1
+    whole, streamed = traced.spans()  # no span for the last call: its span could not even start
+    for span in (whole, streamed):
+        assert span.status.status_code is StatusCode.UNSET and attribute(span, semconv.INPUT_MESSAGES) == ASK
+        assert semconv.PROMPT_TOKEN_IDS not in (span.attributes or {})
+
+
+# --- patching ----------------------------------------------------------------------------------
+
+
+def test_uninstrument_restores_every_original_and_instrument_twice_is_a_no_op(traced, instrument, serve) -> None:
+    originals = {(cls, method): cls.__dict__[method] for cls, method in PATCHED}
+    instrumentor = instrument()
+    wrappers = {key: key[0].__dict__[key[1]] for key in PATCHED}
+    assert all(isinstance(w, wrapt.FunctionWrapper) and w.__wrapped__ is originals[k] for k, w in wrappers.items())
+    instrument()
+    assert all(key[0].__dict__[key[1]] is wrappers[key] for key in PATCHED)  # not wrapped twice
+    served = serve(["one", "two"])
+    served.client.chat.completions.create(model=MODEL, messages=ASK)
+    assert len(traced.spans()) == 1  # one span per call, not one per instrument()
+    instrumentor.uninstrument()
+    assert all(cls.__dict__[method] is originals[(cls, method)] for cls, method in PATCHED)
+    served.client.chat.completions.create(model=MODEL, messages=ASK)
+    assert len(traced.spans()) == 1
+
+
+def test_a_wrapper_wrapped_by_another_library_stays_inert_after_uninstrument(traced, instrument, serve) -> None:
+    original = Completions.__dict__["create"]
+    instrumentor = instrument()
+    ours = Completions.__dict__["create"]
+    wrapt.wrap_function_wrapper(Completions, "create", lambda wrapped, instance, args, kwargs: wrapped(*args, **kwargs))
+    theirs = Completions.__dict__["create"]
+    try:
+        instrumentor.uninstrument()
+        assert Completions.__dict__["create"] is theirs and theirs.__wrapped__ is ours  # theirs is left alone
+        served = serve(["inert", "active again"])
+        served.client.chat.completions.create(model=MODEL, messages=ASK)
+        assert traced.spans() == []  # ours passes through
+        instrument()
+        assert Completions.__dict__["create"] is theirs  # not wrapped a second time
+        served.client.chat.completions.create(model=MODEL, messages=ASK)
+        assert len(traced.spans()) == 1
+    finally:
+        Completions.create = original  # type: ignore[method-assign]
+        _wrappers._applied.pop((Completions, "create"), None)
+
+
+LAZY = """
+import json, sys
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from agl.instrument.openai import OpenAIInstrumentor
+
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+OpenAIInstrumentor().instrument(tracer_provider=provider, capture_token_ids=True)
+imported = sorted(name for name in sys.modules if name.split(".")[0] == "openai")
+
+import openai
+
+with openai.OpenAI(base_url=sys.argv[1], api_key="test") as client:
+    client.chat.completions.create(model="agl-toy", messages=[{"role": "user", "content": "hi"}])
+(span,) = exporter.get_finished_spans()
+print(json.dumps({"imported": imported, "name": span.name, "ids": list(span.attributes["agl.llm.response_token_ids"])}))
+"""
+
+
+def test_instrumenting_before_openai_is_imported_patches_it_on_import(serve) -> None:
+    served = serve(["lazy"])
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "AGL_"))}
+    done = subprocess.run(
+        [sys.executable, "-c", LAZY, served.url], env=environment, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report == {"imported": [], "name": f"chat {MODEL}", "ids": served.log.replies[0].token_ids}
