@@ -28,9 +28,7 @@ class StoreSpanExporter(SpanExporter):
     def __init__(self, store_url: str | None = None, *, store: LightningStore | None = None) -> None:
         """Writes to ``store`` when given (a store this process already has open, left open),
         else opens ``store_url`` (default ``$AGL_STORE``) on the first export."""
-        from agl.core.store import open_store  # here, not at import: start-up stays light
-
-        self.bridge = StoreBridge(store) if store is not None else StoreBridge(opener=lambda: open_store(store_url))
+        self.bridge = StoreBridge(store) if store is not None else StoreBridge(opener=lambda: _open(store_url))
         process = process_rollout()
         # Sent with every batch, in case this batch is the one that creates the process's rollout.
         self.new_rollout_metadata = {process.active.rollout_id: process.metadata}
@@ -72,3 +70,11 @@ class StoreSpanExporter(SpanExporter):
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return True
+
+
+def _open(store_url: str | None) -> LightningStore:
+    """Imported and opened at the first export, on the bridge's thread: the exporter is created
+    while the program starts, and the store's modules cost more than the rest of agl together."""
+    from agl.core.store import open_store
+
+    return open_store(store_url)

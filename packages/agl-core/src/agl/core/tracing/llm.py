@@ -160,12 +160,17 @@ def llm_call(
             otel_context.detach(token)
 
 
+_SCALARS = (str, bool, int, float)
+
+
 def _attribute_value(value: Any) -> Any:
-    """OpenTelemetry holds scalars and lists of scalars; anything richer is stored as JSON text."""
-    if isinstance(value, str | bool | int | float):
+    """OpenTelemetry holds scalars and lists of one scalar type; anything richer is stored as JSON text."""
+    if isinstance(value, _SCALARS):
         return value
-    if isinstance(value, list | tuple) and all(isinstance(v, str | bool | int | float) for v in value):
-        types = {type(v) for v in value}
-        if len(types) <= 1:
+    if isinstance(value, list | tuple):
+        if not value:
+            return []
+        kind = type(value[0])
+        if kind in _SCALARS and all(type(v) is kind for v in value):  # one cheap pass: lists of token ids are long
             return list(value)
     return json.dumps(value, ensure_ascii=False, default=str)

@@ -92,7 +92,7 @@ def _parameters(kwargs: Mapping[str, Any], names: Mapping[str, str]) -> dict[str
 
 
 def _int_list(value: Any) -> list[int] | None:
-    if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+    if isinstance(value, list) and all(type(v) is int for v in value):  # exact type: no bools, one fast pass
         return value
     return None
 
