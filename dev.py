@@ -60,6 +60,7 @@ def ensure_env() -> None:
 def demo() -> None:
     ensure_env()
     run(PYTHON, "examples/batch_rollouts.py")
+    run(PYTHON, "examples/agent_to_triplets.py")
 
 
 def test() -> None:

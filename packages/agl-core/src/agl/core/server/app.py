@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
@@ -15,6 +18,14 @@ from agl.core.store.base import LightningStore
 from agl.core.version import __version__
 
 
+def without_native_telemetry() -> dict[str, Any]:
+    """FastAPI's own OpenTelemetry spans off: the store must not trace its own requests into itself
+    (newer FastAPI traces by default; older versions have no such option)."""
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters:
+        return {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+    return {}
+
+
 def create_app(settings: ServerSettings, store: LightningStore) -> FastAPI:
     """Routers are built around ``store`` (no per-request dependency lookups). The caller owns
     the store: it is neither opened nor closed here."""
@@ -24,6 +35,7 @@ def create_app(settings: ServerSettings, store: LightningStore) -> FastAPI:
         summary="Rollouts, attempts, spans, resources and workers of an agl store, and OTLP/HTTP trace ingest.",
         docs_url=None,  # no pages pulling scripts from a CDN; the spec is at /openapi.json
         redoc_url=None,
+        **without_native_telemetry(),
     )
     app.state.settings = settings
     metrics = app.state.metrics = Metrics()

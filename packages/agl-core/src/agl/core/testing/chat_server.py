@@ -44,6 +44,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from agl.core.server.app import without_native_telemetry
+
 IM_START = 1
 IM_END = 2
 BYTE_OFFSET = 10
@@ -173,7 +175,7 @@ class _ScriptError(Exception):
 
 def chat_server_app(script: Script, *, models: Sequence[str] = DEFAULT_MODELS) -> FastAPI:
     """An app answering from ``script``; `chat_log` of it tells what it received and sent."""
-    app = FastAPI(title="agl scripted chat server", docs_url=None, redoc_url=None)
+    app = FastAPI(title="agl scripted chat server", docs_url=None, redoc_url=None, **without_native_telemetry())
     log = app.state.chat_log = ChatLog()
     next_reply = _script_reader(script)
     counter = itertools.count(1)
