@@ -79,7 +79,8 @@ def test_a_program_launched_for_a_rollout_files_everything_under_it(monkeypatch:
     monkeypatch.setenv("AGL_ROLLOUT_ID", "ro-launched")
     monkeypatch.setenv("AGL_ATTEMPT_ID", "at-launched")
     processor = RolloutSpanProcessor(ActiveRollout("ro-process", "at-process"))
-    assert (processor.fallback.rollout_id, processor.fallback.attempt_id) == ("ro-launched", "at-launched")
+    assert processor.launched is not None
+    assert (processor.launched.rollout_id, processor.launched.attempt_id) == ("ro-launched", "at-launched")
 
 
 async def test_the_exporter_files_batches_in_the_store_and_never_raises(
@@ -216,6 +217,19 @@ def test_a_launched_program_and_a_long_conversation(tmp_path: Path) -> None:
     kept = [key for key in span.attributes if key.startswith("llm.input_messages.")]
     assert len(kept) == 600 and span.attributes["llm.input_messages.199.message.content"].endswith("199")
     assert run_store(store.get_latest_attempt(started.rollout_id)).status == "running"  # type: ignore[union-attr]
+    run_store(store.close())
+
+
+def test_identity_from_otel_resource_attributes(tmp_path: Path) -> None:
+    store = SqliteLightningStore(tmp_path / "store.db", watchdog_interval=None)
+    started = run_store(store.start_rollout({"q": 1}))
+    resource = f"service.name=bot,agl.rollout.id={started.rollout_id},agl.attempt.id={started.attempt.attempt_id}"
+    process = instrumented(PLAIN_APP, f"sqlite:///{tmp_path}/store.db", OTEL_RESOURCE_ATTRIBUTES=resource)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    spans = run_store(store.query_spans(started.rollout_id))
+    assert [(s.name, s.sequence_id) for s in spans] == [("agent", 1), ("step", 2)]
+    assert run_store(store.query_rollouts()).total == 1  # no observed rollout of its own
     run_store(store.close())
 
 

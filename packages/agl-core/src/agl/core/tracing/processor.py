@@ -2,7 +2,8 @@
 
 The rollout comes from the in-process context (`rollout_context`, set by the runner), else from
 ``AGL_ROLLOUT_ID``/``AGL_ATTEMPT_ID`` (a program run by a runner as a subprocess), else from the
-process's own observed rollout. Numbering at start, not at export, is what puts a parent before
+span's resource (``agl.rollout.id``/``agl.attempt.id`` in ``OTEL_RESOURCE_ATTRIBUTES``), else
+from the process's own observed rollout. Numbering at start, not at export, is what puts a parent before
 its children.
 """
 
@@ -23,15 +24,25 @@ ATTEMPT_ENV = "AGL_ATTEMPT_ID"
 class RolloutSpanProcessor(SpanProcessor):
     def __init__(self, process_rollout: ActiveRollout) -> None:
         rollout_id, attempt_id = os.environ.get(ROLLOUT_ENV), os.environ.get(ATTEMPT_ENV)
-        # A program launched for a rollout files everything under it; any other program gets one
-        # observed rollout of its own.
-        self.fallback = ActiveRollout(rollout_id, attempt_id) if rollout_id and attempt_id else process_rollout
+        self.launched = ActiveRollout(rollout_id, attempt_id) if rollout_id and attempt_id else None
+        self.process = process_rollout
+        self._by_resource: dict[tuple[str, str], ActiveRollout] = {}
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        active = current_rollout() or self.fallback
+        active = current_rollout() or self.launched or self._from_resource(span) or self.process
         span.set_attributes(
             {ROLLOUT_ID: active.rollout_id, ATTEMPT_ID: active.attempt_id, SEQUENCE_ID: active.next_sequence_id()}
         )
+
+    def _from_resource(self, span: Span) -> ActiveRollout | None:
+        attributes = span.resource.attributes if span.resource is not None else {}
+        rollout_id, attempt_id = attributes.get(ROLLOUT_ID), attributes.get(ATTEMPT_ID)
+        if not (isinstance(rollout_id, str) and isinstance(attempt_id, str) and rollout_id and attempt_id):
+            return None
+        key = (rollout_id, attempt_id)
+        if key not in self._by_resource:  # one numbering per attempt, shared by every span
+            self._by_resource[key] = ActiveRollout(rollout_id, attempt_id)
+        return self._by_resource[key]
 
     def on_end(self, span: ReadableSpan) -> None:
         pass
