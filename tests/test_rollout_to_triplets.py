@@ -4,13 +4,10 @@ exactly the token ids the server sent (never re-tokenised text) and the agent's 
 
 from __future__ import annotations
 
-import re
+import importlib.util
 from pathlib import Path
-from typing import Any
 
-import openai
-
-from agl.core import LLM, RolloutRequest, Runner, rollout
+from agl.core import LLM, RolloutRequest, Runner
 from agl.core.adapters import spans_to_triplets
 from agl.core.store import SqliteLightningStore
 from agl.core.testing.chat_server import chat_log, chat_prompt_token_ids, chat_server_app
@@ -19,23 +16,17 @@ from agl.core.testing.tracing import fresh_global_tracer_provider
 from agl.core.tracing import setup_tracing
 from agl.instrument.openai import OpenAIInstrumentor
 
-
-def arithmetic(messages: list[dict[str, Any]]) -> str:
-    """The model: right on even sums, wrong on odd ones, so rewards differ."""
-    a, b = map(int, re.findall(r"\d+", messages[-1]["content"]))
-    return f"The answer is {a + b if (a + b) % 2 == 0 else a + b + 1}."
-
-
-@rollout
-async def solver(task: dict[str, int], llm: LLM) -> float:
-    client = openai.AsyncOpenAI(base_url=llm.endpoint, api_key="unused")
-    question = [{"role": "user", "content": f"What is {task['a']} + {task['b']}?"}]
-    reply = await client.chat.completions.create(model=llm.model, messages=question)  # type: ignore[arg-type]
-    return float(str(task["a"] + task["b"]) in (reply.choices[0].message.content or ""))
+# The demo's agent and scripted model, shared so the test checks what the demo shows.
+_spec = importlib.util.spec_from_file_location(
+    "agent_to_triplets", Path(__file__).parents[1] / "examples/agent_to_triplets.py"
+)
+assert _spec is not None and _spec.loader is not None
+demo = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(demo)
 
 
 async def test_a_runner_run_yields_triplets_with_the_servers_token_ids(tmp_path: Path) -> None:
-    app = chat_server_app(arithmetic)
+    app = chat_server_app(demo.scripted_model)
     instrumentor = OpenAIInstrumentor()
     store = SqliteLightningStore(tmp_path / "store.db", watchdog_interval=None)
     with ServingThread(app) as server, fresh_global_tracer_provider():
@@ -47,7 +38,7 @@ async def test_a_runner_run_yields_triplets_with_the_servers_token_ids(tmp_path:
             queued = await store.enqueue_many_rollouts(
                 [RolloutRequest(input=task, resources_id=resources.resources_id) for task in tasks]
             )
-            assert await Runner(solver, store, max_concurrency=3).run(until_empty=True) == len(tasks)
+            assert await Runner(demo.solver, store, max_concurrency=3).run(until_empty=True) == len(tasks)
         finally:
             instrumentor.uninstrument()
             provider.shutdown()
