@@ -6,8 +6,12 @@ but Python 3.11 and pip:
     python3 dev.py test     every check CI runs: lint, format, the whole test suite
     python3 dev.py bench    the benchmarks recorded in docs/benchmarks.md
 
-Each command creates (or refreshes, when a pyproject.toml changed) the virtual environment it
-needs under ./.venv and runs there.
+Every package under packages/ is installed editable, with whichever of its extras ``server``,
+``test`` and ``instruments`` it has, into the ``main`` environment (./.venv) — unless its
+pyproject says ``[tool.agl] test-environment = "NAME"``: frameworks whose pins clash with the
+others (CrewAI caps openai<3 and pydantic<2.13) get an environment of their own (./.venvs/NAME),
+with agl-core and agl-instrument-openai beside them. Environments are created, or refreshed when a
+pyproject.toml changes, on first use.
 """
 
 from __future__ import annotations
@@ -16,63 +20,91 @@ import hashlib
 import os
 import subprocess
 import sys
+import tomllib
 import venv
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-VENV = ROOT / ".venv"
-PYTHON = VENV / "bin" / "python"
-STAMP = VENV / ".agl-installed"
-
-PACKAGES = ["packages/agl-core[server,test]", "packages/agl-instrument-openai[instruments]"]
 TOOLS = ["ruff==0.17.6"]
+SHARED = ("agl-core", "agl-instrument-openai")  # installed into every environment
+EXTRAS = ("server", "test", "instruments")
 
 
-def run(*command: str | Path, **kwargs: object) -> None:
+def run(*command: str | Path) -> None:
     print("+", " ".join(str(c) for c in command), flush=True)
-    result = subprocess.run([str(c) for c in command], cwd=ROOT, **kwargs)  # type: ignore[call-overload]
+    result = subprocess.run([str(c) for c in command], cwd=ROOT)
     if result.returncode:
         sys.exit(result.returncode)
 
 
-def requirements_fingerprint() -> str:
-    digest = hashlib.sha256()
-    for spec in (*PACKAGES, *TOOLS):
-        digest.update(spec.encode())
+def environments() -> dict[str, list[Path]]:
+    """Each environment's own packages (the SHARED ones are added to every environment on install)."""
+    found: dict[str, list[Path]] = {"main": []}
     for pyproject in sorted(ROOT.glob("packages/*/pyproject.toml")):
-        digest.update(pyproject.read_bytes())
-    return digest.hexdigest()
+        settings = tomllib.loads(pyproject.read_text())
+        name = settings.get("tool", {}).get("agl", {}).get("test-environment", "main")
+        found.setdefault(name, []).append(pyproject.parent)
+    return found
 
 
-def ensure_env() -> None:
-    """Create .venv and install every package editable, once per change of requirements."""
-    fingerprint = requirements_fingerprint()
-    if STAMP.exists() and STAMP.read_text() == fingerprint:
-        return
-    if not PYTHON.exists():
-        print(f"creating {VENV.relative_to(ROOT)}", flush=True)
-        venv.EnvBuilder(with_pip=True).create(VENV)
-    editable = [arg for spec in PACKAGES for arg in ("-e", spec)]
-    run(PYTHON, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *editable, *TOOLS)
-    STAMP.write_text(fingerprint)
+def python_of(environment: str) -> Path:
+    folder = ROOT / ".venv" if environment == "main" else ROOT / ".venvs" / environment
+    return folder / "bin" / "python"
+
+
+def requirement(package: Path) -> str:
+    declared = tomllib.loads((package / "pyproject.toml").read_text())["project"].get("optional-dependencies", {})
+    extras = [extra for extra in EXTRAS if extra in declared]
+    return f"{package.relative_to(ROOT)}[{','.join(extras)}]" if extras else str(package.relative_to(ROOT))
+
+
+def ensure(environment: str, own: list[Path]) -> Path:
+    """Create or refresh one environment; one pip call, so local packages satisfy each other."""
+    shared = [ROOT / "packages" / name for name in SHARED]
+    packages = list(dict.fromkeys([*shared, *own]))
+    specs = [requirement(package) for package in packages]
+    digest = hashlib.sha256("\n".join([*specs, *TOOLS]).encode())
+    for package in packages:
+        digest.update((package / "pyproject.toml").read_bytes())
+    python = python_of(environment)
+    stamp = python.parent.parent / ".agl-installed"
+    if stamp.exists() and stamp.read_text() == digest.hexdigest():
+        return python
+    if not python.exists():
+        print(f"creating {python.parent.parent.relative_to(ROOT)}", flush=True)
+        venv.EnvBuilder(with_pip=True).create(python.parent.parent)
+    editable = [arg for spec in specs for arg in ("-e", spec)]
+    run(python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *editable, *TOOLS)
+    stamp.write_text(digest.hexdigest())
+    return python
+
+
+def main_python() -> Path:
+    return ensure("main", environments()["main"])
 
 
 def demo() -> None:
-    ensure_env()
-    run(PYTHON, "examples/batch_rollouts.py")
-    run(PYTHON, "examples/agent_to_triplets.py")
+    python = main_python()
+    run(python, "examples/batch_rollouts.py")
+    run(python, "examples/agent_to_triplets.py")
 
 
 def test() -> None:
-    ensure_env()
-    run(PYTHON, "-m", "ruff", "check", ".")
-    run(PYTHON, "-m", "ruff", "format", "--check", ".")
-    run(PYTHON, "-m", "pytest", *sys.argv[2:])
+    envs = environments()
+    python = ensure("main", envs["main"])
+    run(python, "-m", "ruff", "check", ".")
+    run(python, "-m", "ruff", "format", "--check", ".")
+    elsewhere = [
+        f"--ignore={package.relative_to(ROOT)}" for name, own in envs.items() if name != "main" for package in own
+    ]
+    run(python, "-m", "pytest", *elsewhere, *sys.argv[2:])
+    for name, own in envs.items():
+        if name != "main" and own:
+            run(ensure(name, own), "-m", "pytest", *(str(p.relative_to(ROOT)) for p in own), *sys.argv[2:])
 
 
 def bench() -> None:
-    ensure_env()
-    run(PYTHON, "benchmarks/store_bench.py", *sys.argv[2:])
+    run(main_python(), "benchmarks/store_bench.py", *sys.argv[2:])
 
 
 COMMANDS = {"demo": demo, "test": test, "bench": bench}
