@@ -42,7 +42,15 @@ TOOL_DEFINITIONS = "gen_ai.tool.definitions"
 USAGE_INPUT_TOKENS = "gen_ai.usage.input_tokens"
 USAGE_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
 REQUEST_PREFIX = "gen_ai.request."  # + temperature, top_p, max_tokens, seed, ...
+GEN_AI_AGENT_NAME = "gen_ai.agent.name"
 TOOL_NAME = "gen_ai.tool.name"
 TOOL_CALL_ID = "gen_ai.tool.call.id"
 TOOL_CALL_ARGUMENTS = "gen_ai.tool.call.arguments"
 TOOL_CALL_RESULT = "gen_ai.tool.call.result"
+
+# Span names and operations every framework instrumentor uses, so traces read the same whatever
+# produced them: "invoke_agent {agent}", "execute_tool {tool}", "invoke_workflow {team/crew/graph}",
+# and the LLM-call span "chat {model}" (agl.core.tracing.llm).
+INVOKE_AGENT = "invoke_agent"
+EXECUTE_TOOL = "execute_tool"
+INVOKE_WORKFLOW = "invoke_workflow"
