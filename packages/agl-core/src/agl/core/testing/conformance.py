@@ -44,6 +44,18 @@ def make_span(rollout_id: str, attempt_id: str, sequence_id: int, name: str = "s
     )
 
 
+async def rollout_status(store: LightningStore, rollout_id: str) -> str:
+    rollout = await store.get_rollout_by_id(rollout_id)
+    assert rollout is not None, rollout_id
+    return rollout.status
+
+
+async def attempt_status(store: LightningStore, rollout_id: str) -> str:
+    attempt = await store.get_latest_attempt(rollout_id)
+    assert attempt is not None, rollout_id
+    return attempt.status
+
+
 class StoreConformance:
     """Every test here runs against each backend that subclasses this class."""
 
@@ -91,7 +103,7 @@ class StoreConformance:
         assert attempt.attempt_id.startswith("at-")
         assert (attempt.sequence_id, attempt.status, attempt.worker_id) == (1, "preparing", "w1")
         assert await store.get_latest_attempt(rollout.rollout_id) == attempt
-        assert (await store.get_rollout_by_id(rollout.rollout_id)).status == "preparing"  # type: ignore[union-attr]
+        assert await rollout_status(store, rollout.rollout_id) == "preparing"
 
     async def test_enqueue_many_keeps_order_in_one_call(self, store: LightningStore) -> None:
         made = await store.enqueue_many_rollouts([RolloutRequest(input=i, mode="val") for i in range(4)])
@@ -124,7 +136,7 @@ class StoreConformance:
         with pytest.raises(InvalidTransition):
             await store.start_attempt(rollout_id)
         await store.update_attempt(rollout_id, attempt_id, status="failed")
-        assert (await store.get_rollout_by_id(rollout_id)).status == "requeuing"  # type: ignore[union-attr]
+        assert await rollout_status(store, rollout_id) == "requeuing"
         second = await store.start_attempt(rollout_id)
         assert second.attempt.sequence_id == 2
         assert await store.dequeue_rollout() is None  # taken out of the queue
@@ -174,7 +186,7 @@ class StoreConformance:
 
         other_id, _ = await self._running(store)
         await store.update_rollout(other_id, status="cancelled")
-        assert (await store.get_latest_attempt(other_id)).status == "failed"  # type: ignore[union-attr]
+        assert await attempt_status(store, other_id) == "failed"
 
     async def test_requeuing_a_running_rollout_fails_its_attempt_and_queues_it_again(
         self, store: LightningStore
@@ -194,7 +206,7 @@ class StoreConformance:
         assert claimed is not None
         running = await store.update_attempt(rollout.rollout_id, "latest", status="running")
         assert running.status == "running"
-        assert (await store.get_rollout_by_id(rollout.rollout_id)).status == "running"  # type: ignore[union-attr]
+        assert await rollout_status(store, rollout.rollout_id) == "running"
         clock.advance(2)
         done = await store.update_attempt(rollout.rollout_id, claimed.attempt.attempt_id, status="succeeded")
         assert (done.status, done.end_time) == ("succeeded", clock())
@@ -204,11 +216,11 @@ class StoreConformance:
     async def test_terminal_states_are_sticky(self, store: LightningStore, clock: ManualClock) -> None:
         rollout_id, attempt_id = await self._running(store, timeout_seconds=5)
         clock.advance(6)
-        assert await store.check_deadlines() == 1  # type: ignore[attr-defined]
+        assert await store.check_deadlines() == 1
         with pytest.raises(InvalidTransition, match="timeout"):
             await store.update_attempt(rollout_id, attempt_id, status="succeeded")
-        assert (await store.get_latest_attempt(rollout_id)).status == "timeout"  # type: ignore[union-attr]
-        assert (await store.get_rollout_by_id(rollout_id)).status == "failed"  # type: ignore[union-attr]
+        assert await attempt_status(store, rollout_id) == "timeout"
+        assert await rollout_status(store, rollout_id) == "failed"
         # Repeating the state it is in is not a change, so it is allowed.
         assert (await store.update_attempt(rollout_id, attempt_id, status="timeout")).status == "timeout"
         with pytest.raises(InvalidTransition):
@@ -241,17 +253,17 @@ class StoreConformance:
     async def test_failed_attempts_are_retried_up_to_max_attempts(self, store: LightningStore) -> None:
         rollout_id, attempt_id = await self._running(store, max_attempts=2, retry_condition=("failed",))
         await store.update_attempt(rollout_id, attempt_id, status="failed")
-        assert (await store.get_rollout_by_id(rollout_id)).status == "requeuing"  # type: ignore[union-attr]
+        assert await rollout_status(store, rollout_id) == "requeuing"
         retry = await store.dequeue_rollout()
         assert retry is not None and (retry.rollout_id, retry.attempt.sequence_id) == (rollout_id, 2)
         await store.update_attempt(rollout_id, retry.attempt.attempt_id, status="failed")
-        assert (await store.get_rollout_by_id(rollout_id)).status == "failed"  # type: ignore[union-attr]
+        assert await rollout_status(store, rollout_id) == "failed"
         assert await store.dequeue_rollout() is None
 
     async def test_a_status_outside_retry_condition_fails_the_rollout(self, store: LightningStore) -> None:
         rollout_id, attempt_id = await self._running(store, max_attempts=5, retry_condition=("timeout",))
         await store.update_attempt(rollout_id, attempt_id, status="failed")
-        assert (await store.get_rollout_by_id(rollout_id)).status == "failed"  # type: ignore[union-attr]
+        assert await rollout_status(store, rollout_id) == "failed"
 
     async def test_requeued_rollouts_go_to_the_back_of_the_queue(self, store: LightningStore) -> None:
         rollout_id, attempt_id = await self._running(store, max_attempts=2, retry_condition=("failed",))
@@ -279,12 +291,12 @@ class StoreConformance:
             store, timeout_seconds=10, max_attempts=2, retry_condition=("timeout",)
         )
         clock.advance(9)
-        assert await store.check_deadlines() == 0  # type: ignore[attr-defined]
+        assert await store.check_deadlines() == 0
         clock.advance(2)
-        assert await store.check_deadlines() == 1  # type: ignore[attr-defined]
+        assert await store.check_deadlines() == 1
         attempt = await store.get_latest_attempt(rollout_id)
         assert attempt is not None and (attempt.attempt_id, attempt.status) == (attempt_id, "timeout")
-        assert (await store.get_rollout_by_id(rollout_id)).status == "requeuing"  # type: ignore[union-attr]
+        assert await rollout_status(store, rollout_id) == "requeuing"
         retry = await store.dequeue_rollout()
         assert retry is not None and retry.attempt.sequence_id == 2
 
@@ -299,11 +311,11 @@ class StoreConformance:
         clock.advance(8)
         await store.update_worker("w1")  # the worker heartbeat covers its current attempt
         clock.advance(8)
-        assert await store.check_deadlines() == 0  # type: ignore[attr-defined]
+        assert await store.check_deadlines() == 0
         clock.advance(3)
-        assert await store.check_deadlines() == 1  # type: ignore[attr-defined]
-        assert (await store.get_latest_attempt(rollout_id)).status == "unresponsive"  # type: ignore[union-attr]
-        assert (await store.get_rollout_by_id(rollout_id)).status == "failed"  # type: ignore[union-attr]
+        assert await store.check_deadlines() == 1
+        assert await attempt_status(store, rollout_id) == "unresponsive"
+        assert await rollout_status(store, rollout_id) == "failed"
 
     async def test_an_attempt_never_heard_from_becomes_unresponsive(
         self, store: LightningStore, clock: ManualClock
@@ -311,8 +323,8 @@ class StoreConformance:
         rollout = await store.enqueue_rollout("x", config=RolloutConfig(unresponsive_seconds=5))
         await store.dequeue_rollout()  # stays "preparing": the worker died before it said anything
         clock.advance(6)
-        assert await store.check_deadlines() == 1  # type: ignore[attr-defined]
-        assert (await store.get_latest_attempt(rollout.rollout_id)).status == "unresponsive"  # type: ignore[union-attr]
+        assert await store.check_deadlines() == 1
+        assert await attempt_status(store, rollout.rollout_id) == "unresponsive"
 
     async def test_watchdog_thread_enforces_deadlines_without_calls(self, make_store: StoreFactory) -> None:
         store = make_store(watchdog_interval=0.05)
@@ -322,7 +334,7 @@ class StoreConformance:
             # wait_for_rollouts only reads; the status can only change through the watchdog.
             finished = await asyncio.wait_for(store.wait_for_rollouts([rollout.rollout_id]), timeout=20)
             assert [r.status for r in finished] == ["failed"]
-            assert (await store.get_latest_attempt(rollout.rollout_id)).status == "timeout"  # type: ignore[union-attr]
+            assert await attempt_status(store, rollout.rollout_id) == "timeout"
         finally:
             await store.close()
 
@@ -337,7 +349,7 @@ class StoreConformance:
         await store.add_span(make_span(rollout.rollout_id, claimed.attempt.attempt_id, 1))
         attempt = await store.get_latest_attempt(rollout.rollout_id)
         assert attempt is not None and (attempt.status, attempt.last_heartbeat_time) == ("running", clock())
-        assert (await store.get_rollout_by_id(rollout.rollout_id)).status == "running"  # type: ignore[union-attr]
+        assert await rollout_status(store, rollout.rollout_id) == "running"
 
     async def test_query_spans_filters_sorts_and_pages(self, store: LightningStore) -> None:
         rollout_id, attempt_id = await self._running(store, max_attempts=2, retry_condition=("failed",))
@@ -397,7 +409,7 @@ class StoreConformance:
         await store.update_attempt(rollout_id, attempt_id, status="failed")
         await store.add_span(make_span(rollout_id, attempt_id, 1))
         assert len(await store.query_spans(rollout_id)) == 1
-        assert (await store.get_latest_attempt(rollout_id)).status == "failed"  # type: ignore[union-attr]
+        assert await attempt_status(store, rollout_id) == "failed"
 
     async def test_span_for_an_unknown_rollout_or_attempt_is_refused(self, store: LightningStore) -> None:
         rollout_id, _ = await self._running(store)
@@ -470,9 +482,9 @@ class StoreConformance:
         await store.add_observed_spans(
             [self._observed("llm", 2.0, span_id="c" * 16, parent="a" * 16)], new_rollout_metadata=metadata
         )
-        assert (await store.get_rollout_by_id("ro-trace-1")).status == "running"  # type: ignore[union-attr]
+        assert await rollout_status(store, "ro-trace-1") == "running"
         await store.add_observed_spans([self._observed("agent", 1.0, span_id="a" * 16)], new_rollout_metadata=metadata)
-        assert (await store.get_rollout_by_id("ro-trace-1")).status == "succeeded"  # type: ignore[union-attr]
+        assert await rollout_status(store, "ro-trace-1") == "succeeded"
         failing = self._observed(
             "agent",
             1.0,
@@ -485,18 +497,18 @@ class StoreConformance:
             [failing], new_rollout_metadata={"ro-trace-2": {"trace_id": "ab" * 16}}
         )
         assert finished[0].sequence_id == 1
-        assert (await store.get_rollout_by_id("ro-trace-2")).status == "failed"  # type: ignore[union-attr]
+        assert await rollout_status(store, "ro-trace-2") == "failed"
         # Without a trace_id the observed rollout is left for its owner to finish.
         await store.add_observed_spans(
             [self._observed("agent", 1.0, span_id="f" * 16, rollout_id="ro-p", attempt_id="at-p")]
         )
-        assert (await store.get_rollout_by_id("ro-p")).status == "running"  # type: ignore[union-attr]
+        assert await rollout_status(store, "ro-p") == "running"
 
     async def test_a_process_rollout_ends_with_its_exit_span(self, store: LightningStore) -> None:
         await store.add_observed_spans(
             [self._observed("agent", 1.0, span_id="a" * 16, rollout_id="ro-p", attempt_id="at-p")]
         )
-        assert (await store.get_rollout_by_id("ro-p")).status == "running"  # type: ignore[union-attr]
+        assert await rollout_status(store, "ro-p") == "running"
         exit_span = self._observed(
             "agl.process.exit",
             2.0,
@@ -506,7 +518,7 @@ class StoreConformance:
             attributes={"agl.process.outcome": "failed"},
         )
         await store.add_observed_spans([exit_span])
-        assert (await store.get_rollout_by_id("ro-p")).status == "failed"  # type: ignore[union-attr]
+        assert await rollout_status(store, "ro-p") == "failed"
         started = await store.start_rollout("queued by a runner")  # not observed: only its runner ends it
         mine = self._observed(
             "agl.process.exit",
@@ -516,7 +528,7 @@ class StoreConformance:
             attempt_id=started.attempt.attempt_id,
         )
         await store.add_observed_spans([mine])
-        assert (await store.get_rollout_by_id(started.rollout_id)).status == "running"  # type: ignore[union-attr]
+        assert await rollout_status(store, started.rollout_id) == "running"
 
     async def test_observed_spans_join_existing_attempts_and_refuse_strangers(self, store: LightningStore) -> None:
         rollout_id, attempt_id = await self._running(store)
@@ -696,7 +708,7 @@ class StoreConformance:
         clock.advance(8)
         await store.update_worker("w1")
         clock.advance(8)
-        assert await store.check_deadlines() == 0  # type: ignore[attr-defined]
+        assert await store.check_deadlines() == 0
         await store.update_attempt(second.rollout_id, "latest", status="succeeded")
         (worker,) = await store.query_workers()
         assert (worker.status, worker.current_attempt_id) == ("busy", first.attempt.attempt_id)

@@ -23,7 +23,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from agl.core.tracing.llm import TRACER_NAME
 from agl.core.tracing.observed import process_rollout
-from agl.core.tracing.processor import RolloutSpanProcessor
+from agl.core.tracing.processor import RolloutSpanProcessor, has_rollout_processor
 from agl.core.tracing.semconv import PROCESS_EXIT_SPAN, PROCESS_OUTCOME
 
 logger = logging.getLogger(__name__)
@@ -101,9 +101,8 @@ def setup_tracing(store_url: str | None = None, *, store: Any = None) -> TracerP
 
     provider = trace.get_tracer_provider()
     if isinstance(provider, TracerProvider):
-        if not getattr(provider, "_agl_configured", False):
+        if not has_rollout_processor(provider):
             provider.add_span_processor(RolloutSpanProcessor(process_rollout().active))
-            provider._agl_configured = True  # type: ignore[attr-defined]
         return provider
     for key, value in DEFAULTS.items():
         if key.startswith("OTEL_SPAN") or key.startswith("OTEL_EVENT") or key == "OTEL_BSP_SCHEDULE_DELAY":
@@ -112,7 +111,6 @@ def setup_tracing(store_url: str | None = None, *, store: Any = None) -> TracerP
     provider.add_span_processor(RolloutSpanProcessor(process_rollout().active))
     exporter = StoreSpanExporter(store_url, store=store)
     provider.add_span_processor(BatchSpanProcessor(exporter))
-    provider._agl_configured = True  # type: ignore[attr-defined]
     trace.set_tracer_provider(provider)
     _finish_at_exit(provider)
     return provider

@@ -184,19 +184,10 @@ def agl_tracing_active() -> bool:
         return False
     from opentelemetry.sdk.trace import TracerProvider
 
-    from agl.core.tracing.processor import RolloutSpanProcessor
+    from agl.core.tracing.processor import has_rollout_processor
 
     provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        return False
-    # The SDK keeps its processors in a multi-processor; walk nested ones too.
-    pending: list[Any] = [getattr(provider, "_active_span_processor", None)]
-    while pending:
-        processor = pending.pop()
-        if isinstance(processor, RolloutSpanProcessor):
-            return True
-        pending.extend(getattr(processor, "_span_processors", ()))
-    return False
+    return isinstance(provider, TracerProvider) and has_rollout_processor(provider)
 
 
 def _tracer(emitter: str) -> trace.Tracer | None:

@@ -52,3 +52,15 @@ class RolloutSpanProcessor(SpanProcessor):
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return True
+
+
+def has_rollout_processor(provider: object) -> bool:
+    """Whether an SDK tracer provider already runs agl's processor, however it was added."""
+    # The SDK keeps its processors in a multi-processor; walk nested ones too.
+    pending: list[object] = [getattr(provider, "_active_span_processor", None)]
+    while pending:
+        processor = pending.pop()
+        if isinstance(processor, RolloutSpanProcessor):
+            return True
+        pending.extend(getattr(processor, "_span_processors", ()))
+    return False
