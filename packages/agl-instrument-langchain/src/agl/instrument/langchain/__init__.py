@@ -1,0 +1,78 @@
+"""agl instrumentation for LangChain and LangGraph: agent, tool, retriever, chain and workflow
+spans, and one canonical LLM-call span per model call, whatever the model (``ChatOpenAI``, another
+provider, a custom or fake ``BaseChatModel``).
+
+Zero code: ``pip install 'agl-instrument-langchain[instruments]'`` and run the unchanged program
+under ``opentelemetry-instrument python my_agent.py``; the entry point ``agl_langchain`` loads it.
+In code::
+
+    from agl.instrument.langchain import LangChainInstrumentor
+
+    LangChainInstrumentor().instrument()  # optional: tracer_provider=...
+
+What is instrumented (patching is lazy: each class is patched when its module is imported, so
+``instrument()`` imports nothing and may come before or after ``import langchain_core``;
+``instrument()`` twice is a no-op; ``uninstrument()`` puts every original back):
+
+- Chat models, at LangChain's own model-call boundary (``BaseChatModel._generate_with_cache``,
+  ``_agenerate_with_cache``, ``stream``, ``astream``): the span ``chat {model}`` of
+  `agl.core.tracing.llm` with the messages the model saw in OpenAI chat format, tool definitions,
+  sampling parameters, the reply messages (tool calls included), finish reasons and usage, and
+  ``agl.agent.name`` of the enclosing agent. The span is current while the model runs, so the
+  openai instrumentor (``agl_openai``) under ``ChatOpenAI`` joins it ("outermost wins") and adds
+  what only the wire knows: exact token ids, logprobs, the response id.
+- Tools (``BaseTool.run``/``arun``): ``execute_tool {tool}`` with ``gen_ai.tool.name``,
+  ``gen_ai.tool.call.id``, ``gen_ai.tool.call.arguments`` (JSON) and ``gen_ai.tool.call.result``.
+- Retrievers (``BaseRetriever.invoke``/``ainvoke``): ``retrieve {name}`` with the query and the
+  documents (``agl.operation.input``/``output``).
+- Chains (``RunnableSequence.invoke``/``ainvoke``, what ``a | b`` builds): ``chain {name}``.
+- LangGraph graphs (``Pregel.stream``/``astream``, which ``invoke`` uses):
+  ``invoke_workflow {graph name}``; each node run: ``invoke_agent {agent}`` with
+  ``agl.agent.name``/``gen_ai.agent.name``. The agent is the node's name, except for the model
+  node of an agent made by ``create_react_agent``/``create_agent`` in a graph given a ``name``,
+  whose agent is that name. LangGraph's own nodes (``__start__``…) and tool nodes get no agent
+  span; their tools get their own spans.
+
+Parentage holds across LangGraph's executor threads, LangChain's ``run_in_executor`` and asyncio
+tasks: spans are current around the work they cover, and streams make theirs current around each
+step only. Recording never raises into the caller: a failure is logged (logger
+``agl.instrument.langchain``) and the call goes on; the caller's own exceptions are recorded on
+the span and reach it unchanged.
+
+Settings: ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=agl_langchain`` leaves LangChain alone under
+``opentelemetry-instrument``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
+
+from agl.instrument.langchain import _wrappers
+from agl.instrument.langchain.package import _instruments
+from agl.instrument.langchain.version import __version__
+
+__all__ = ["LangChainInstrumentor", "__version__"]
+
+logger = logging.getLogger(__name__)
+
+
+class LangChainInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+    """Instruments LangChain and LangGraph; see the module's documentation."""
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return _instruments
+
+    def _instrument(self, **kwargs: Any) -> None:
+        """Never raises: under ``opentelemetry-instrument`` one raising instrumentor stops the rest."""
+        try:
+            _wrappers.activate(trace.get_tracer(__name__, __version__, kwargs.get("tracer_provider")))
+        except Exception:
+            logger.exception("agl could not instrument langchain")
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        _wrappers.deactivate()

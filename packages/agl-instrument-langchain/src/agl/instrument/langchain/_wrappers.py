@@ -1,0 +1,829 @@
+"""The patches, listed once in `PATCHES` (applied by `activate`, removed by `deactivate`), and
+what each patched call records.
+
+Every wrapper keeps the user's call intact: recording errors are logged and swallowed, the
+user's own exceptions pass through unchanged (and are recorded on the span), and a wrapper left
+in place after `deactivate` (because another library wrapped it over ours) only passes through.
+
+Spans are made current around the work they cover, and streams attach their span around each
+step only (never across a ``yield``), so contexts copied into threads and tasks (LangChain's
+``run_in_executor``, LangGraph's executors, ``asyncio`` tasks) carry the right parent.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import json
+import logging
+import operator
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import wrapt
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Span, Status, StatusCode
+
+from agl.core.tracing import semconv
+from agl.core.tracing.llm import LlmCall, start_llm_call
+
+logger = logging.getLogger("agl.instrument.langchain")
+
+UNKNOWN_MODEL = "unknown"
+DEFAULT_GRAPH_NAME = "LangGraph"
+# Modules whose model node is an agent made by a factory (``create_react_agent``, ``create_agent``):
+# such a node's agent is the graph's name, not the node's generic one ("agent", "model").
+_PREBUILT_AGENT_MODULES = ("langgraph.prebuilt", "langchain.agents")
+
+
+@dataclass
+class _Config:
+    active: bool = False
+    tracer: trace.Tracer | None = None
+
+
+_config = _Config()
+
+# The enclosing LangGraph graph and agent, for the spans started below them.
+_graph: contextvars.ContextVar[str | None] = contextvars.ContextVar("agl_langchain_graph", default=None)
+_agent: contextvars.ContextVar[str | None] = contextvars.ContextVar("agl_langchain_agent", default=None)
+
+
+# --- recording helpers ----------------------------------------------------------------------
+
+_warned = False
+
+
+def _recording_failed(what: str) -> None:
+    """Log and carry on: the user's call matters more than its record. A warning the first time, then debug."""
+    global _warned
+    logger.log(logging.DEBUG if _warned else logging.WARNING, "agl could not record %s", what, exc_info=True)
+    _warned = True
+
+
+def _json(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, default=_dump)
+
+
+def _dump(value: Any) -> Any:
+    dump = getattr(value, "model_dump", None)
+    return dump(mode="json") if callable(dump) else str(value)
+
+
+def _tracer() -> trace.Tracer:
+    return _config.tracer or trace.get_tracer("agl.instrument.langchain")
+
+
+def _end(span: Span, error: BaseException | None = None) -> None:
+    try:
+        if error is not None:
+            span.record_exception(error)
+            span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+        span.end()
+    except Exception:
+        _recording_failed("the end of a span")
+
+
+@dataclass
+class _Scope:
+    """A span current for a while, with the graph and agent it stands for (each may be None)."""
+
+    span: Span
+    graph: str | None = None
+    agent: str | None = None
+
+    def enter(self) -> tuple[object, object | None, object | None]:
+        tokens = (
+            otel_context.attach(trace.set_span_in_context(self.span)),
+            _graph.set(self.graph) if self.graph is not None else None,
+            _agent.set(self.agent) if self.agent is not None else None,
+        )
+        return tokens
+
+    @staticmethod
+    def leave(tokens: tuple[object, object | None, object | None]) -> None:
+        span_token, graph_token, agent_token = tokens
+        if agent_token is not None:
+            _agent.reset(agent_token)  # type: ignore[arg-type]
+        if graph_token is not None:
+            _graph.reset(graph_token)  # type: ignore[arg-type]
+        otel_context.detach(span_token)  # type: ignore[arg-type]
+
+
+def _run_in(scope: _Scope | None, wrapped: Callable[..., Any], args: Any, kwargs: Any, record: Any = None) -> Any:
+    """``wrapped(*args, **kwargs)`` with ``scope`` current; the span ends with the call."""
+    if scope is None:
+        return wrapped(*args, **kwargs)
+    tokens = scope.enter()
+    try:
+        result = wrapped(*args, **kwargs)
+    except BaseException as error:
+        _end(scope.span, error)
+        raise
+    finally:
+        _Scope.leave(tokens)
+    _record_then_end(scope.span, record, result)
+    return result
+
+
+async def _arun_in(
+    scope: _Scope | None, wrapped: Callable[..., Any], args: Any, kwargs: Any, record: Any = None
+) -> Any:
+    if scope is None:
+        return await wrapped(*args, **kwargs)
+    tokens = scope.enter()
+    try:
+        result = await wrapped(*args, **kwargs)
+    except BaseException as error:
+        _end(scope.span, error)
+        raise
+    finally:
+        _Scope.leave(tokens)
+    _record_then_end(scope.span, record, result)
+    return result
+
+
+def _record_then_end(span: Span, record: Callable[[Span, Any], None] | None, result: Any) -> None:
+    if record is not None:
+        try:
+            record(span, result)
+        except Exception:
+            _recording_failed("a result")
+    _end(span)
+
+
+def _traced_iterator(
+    scope: _Scope | None, iterator: Iterator[Any], on_end: Callable[[list[Any]], None]
+) -> Iterator[Any]:
+    """Each step of ``iterator`` with ``scope`` current (never across a yield); ``on_end(items)``
+    when it is exhausted, fails or is closed."""
+    if scope is None:
+        yield from iterator
+        return
+    items: list[Any] = []
+    try:
+        while True:
+            tokens = scope.enter()
+            try:
+                item = next(iterator)
+            except StopIteration:
+                break
+            finally:
+                _Scope.leave(tokens)
+            items.append(item)
+            yield item
+    except GeneratorExit:
+        _close(iterator)
+        on_end(items)
+        _end(scope.span)
+        raise
+    except BaseException as error:
+        on_end(items)
+        _end(scope.span, error)
+        raise
+    on_end(items)
+    _end(scope.span)
+
+
+async def _traced_async_iterator(
+    scope: _Scope | None, iterator: AsyncIterator[Any], on_end: Callable[[list[Any]], None]
+) -> AsyncIterator[Any]:
+    if scope is None:
+        async for item in iterator:
+            yield item
+        return
+    items: list[Any] = []
+    try:
+        while True:
+            tokens = scope.enter()
+            try:
+                item = await iterator.__anext__()
+            except StopAsyncIteration:
+                break
+            finally:
+                _Scope.leave(tokens)
+            items.append(item)
+            yield item
+    except GeneratorExit:
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        on_end(items)
+        _end(scope.span)
+        raise
+    except BaseException as error:
+        on_end(items)
+        _end(scope.span, error)
+        raise
+    on_end(items)
+    _end(scope.span)
+
+
+def _close(iterator: Iterator[Any]) -> None:
+    close = getattr(iterator, "close", None)
+    if close is not None:
+        close()
+
+
+# --- chat models ----------------------------------------------------------------------------
+
+# Invocation parameters under their ``gen_ai.request.*`` names (the first of synonyms wins).
+_PARAMETERS = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "max_tokens": "max_tokens",
+    "max_completion_tokens": "max_tokens",
+    "max_output_tokens": "max_tokens",
+    "seed": "seed",
+    "stop": "stop_sequences",
+    "frequency_penalty": "frequency_penalty",
+    "presence_penalty": "presence_penalty",
+    "n": "choice.count",
+}
+
+
+def _openai_messages(messages: Any) -> list[dict[str, Any]]:
+    from langchain_core.messages import convert_to_openai_messages
+
+    converted = convert_to_openai_messages(list(messages))
+    return [converted] if isinstance(converted, dict) else list(converted)
+
+
+def _tool_definitions(tools: Any) -> list[Any] | None:
+    if not tools:
+        return None
+    from langchain_core.utils.function_calling import convert_to_openai_tool
+
+    definitions: list[Any] = []
+    for tool in tools:
+        if isinstance(tool, Mapping) and tool.get("type") == "function" and "function" in tool:
+            definitions.append(tool)  # already in OpenAI's format (``bind_tools`` converts): as sent
+            continue
+        try:
+            definitions.append(convert_to_openai_tool(tool))
+        except Exception:  # a provider-specific tool (a built-in search tool): as given
+            definitions.append(tool if isinstance(tool, Mapping) else str(tool))
+    return definitions
+
+
+def _model_of(model: Any, ls_params: Mapping[str, Any]) -> str:
+    for name in (ls_params.get("ls_model_name"), getattr(model, "model_name", None), getattr(model, "model", None)):
+        if isinstance(name, str) and name:
+            return name
+    try:
+        return str(model._llm_type)
+    except Exception:
+        return UNKNOWN_MODEL
+
+
+def _start_chat(model: Any, messages: Any, stop: Any, kwargs: Mapping[str, Any]) -> LlmCall | None:
+    """The call's span (joined or opened), with the request recorded; None if that failed."""
+    options = {key: value for key, value in kwargs.items() if key != "run_manager"}
+    try:
+        try:
+            ls_params = model._get_ls_params(stop=stop, **options)
+        except Exception:
+            ls_params = {}
+        call = start_llm_call(
+            _model_of(model, ls_params),
+            provider=ls_params.get("ls_provider"),
+            agent_name=_agent.get(),
+            tracer=_config.tracer,
+        )
+    except Exception:
+        _recording_failed("the start of a chat model call")
+        return None
+    try:
+        try:
+            invocation = model._get_invocation_params(stop=stop, **options)
+        except Exception:
+            invocation = {}
+        parameters: dict[str, Any] = {}
+        for argument, name in _PARAMETERS.items():
+            value = options.get(argument, invocation.get(argument))
+            if argument == "stop":
+                value = stop or value
+            if value is not None and name not in parameters:
+                parameters[name] = [value] if name == "stop_sequences" and isinstance(value, str) else value
+        if "temperature" not in parameters and isinstance(ls_params.get("ls_temperature"), int | float):
+            parameters["temperature"] = ls_params["ls_temperature"]
+        if "max_tokens" not in parameters and isinstance(ls_params.get("ls_max_tokens"), int):
+            parameters["max_tokens"] = ls_params["ls_max_tokens"]
+        call.record_request(
+            _openai_messages(messages), tools=_tool_definitions(options.get("tools")), parameters=parameters
+        )
+    except Exception:
+        _recording_failed("a chat model request")
+    return call
+
+
+def _record_messages(call: LlmCall, messages: list[Any], generation_info: list[Mapping[str, Any]]) -> None:
+    """The reply messages (AIMessages) of one call: content, tool calls, model, usage, finish reason."""
+    first = messages[0] if messages else None
+    metadata: Mapping[str, Any] = getattr(first, "response_metadata", None) or {}
+    usage: Mapping[str, Any] = getattr(first, "usage_metadata", None) or {}
+    finish = [info.get("finish_reason") for info in generation_info if info.get("finish_reason")]
+    finish = finish or [m.response_metadata["finish_reason"] for m in messages if _finish_reason(m)]
+    call.record_response(
+        _openai_messages(messages) if messages else None,
+        model=metadata.get("model_name") or metadata.get("model"),
+        finish_reasons=[str(reason) for reason in finish],
+        input_tokens=usage.get("input_tokens"),
+        output_tokens=usage.get("output_tokens"),
+    )
+
+
+def _finish_reason(message: Any) -> Any:
+    return (getattr(message, "response_metadata", None) or {}).get("finish_reason")
+
+
+def _record_chat_result(call: LlmCall, result: Any) -> None:
+    generations = list(getattr(result, "generations", None) or ())
+    _record_messages(
+        call,
+        [generation.message for generation in generations],
+        [generation.generation_info or {} for generation in generations],
+    )
+
+
+def _record_chunks(call: LlmCall, chunks: list[Any]) -> None:
+    if not chunks:
+        return
+    merged = functools.reduce(operator.add, chunks)
+    _record_messages(call, [merged], [])
+
+
+def _finish_call(call: LlmCall, record: Callable[[], None] | None, error: BaseException | None = None) -> None:
+    if record is not None:
+        try:
+            record()
+        except Exception:
+            _recording_failed("a chat model response")
+    try:
+        call.end(error)
+    except Exception:
+        _recording_failed("the end of a chat model call")
+
+
+def _messages_and_stop(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
+    """``_generate_with_cache(messages, stop=None, run_manager=None, **kwargs)``'s arguments."""
+    rest = dict(kwargs)
+    messages = args[0] if args else rest.pop("messages", None)
+    stop = args[1] if len(args) > 1 else rest.pop("stop", None)
+    return messages, stop, rest
+
+
+def _attach_call(call: LlmCall) -> object | None:
+    return otel_context.attach(trace.set_span_in_context(call.span)) if call.owner else None
+
+
+def _detach(token: object | None) -> None:
+    if token is not None:
+        otel_context.detach(token)  # type: ignore[arg-type]
+
+
+def _generate(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if not _config.active:
+        return wrapped(*args, **kwargs)
+    messages, stop, options = _messages_and_stop(args, kwargs)
+    call = _start_chat(instance, messages, stop, options)
+    if call is None:
+        return wrapped(*args, **kwargs)
+    token = _attach_call(call)
+    try:
+        result = wrapped(*args, **kwargs)
+    except BaseException as error:
+        _finish_call(call, None, error)
+        raise
+    finally:
+        _detach(token)
+    _finish_call(call, lambda: _record_chat_result(call, result))
+    return result
+
+
+async def _agenerate(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if not _config.active:
+        return await wrapped(*args, **kwargs)
+    messages, stop, options = _messages_and_stop(args, kwargs)
+    call = _start_chat(instance, messages, stop, options)
+    if call is None:
+        return await wrapped(*args, **kwargs)
+    token = _attach_call(call)
+    try:
+        result = await wrapped(*args, **kwargs)
+    except BaseException as error:
+        _finish_call(call, None, error)
+        raise
+    finally:
+        _detach(token)
+    _finish_call(call, lambda: _record_chat_result(call, result))
+    return result
+
+
+def _stream_request(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> LlmCall | None:
+    """``stream(input, config=None, *, stop=None, **kwargs)``: the span, started with the request."""
+    try:
+        given = args[0] if args else kwargs.get("input")
+        messages = instance._convert_input(given).to_messages()
+        options = {key: value for key, value in kwargs.items() if key not in ("input", "config", "stop")}
+    except Exception:
+        _recording_failed("a chat model stream's input")
+        return None
+    return _start_chat(instance, messages, kwargs.get("stop"), options)
+
+
+class _CallScope(_Scope):
+    """An LLM call's span as a scope: current only if this layer opened it."""
+
+    def __init__(self, call: LlmCall) -> None:
+        super().__init__(call.span)
+        self.call = call
+
+    def enter(self) -> tuple[object, object | None, object | None]:
+        if self.call.owner:
+            return super().enter()
+        return (None, None, None)
+
+    @staticmethod
+    def leave(tokens: tuple[object, object | None, object | None]) -> None:
+        if tokens[0] is not None:
+            _Scope.leave(tokens)
+
+
+def _call_stream(call: LlmCall, iterator: Iterator[Any]) -> Iterator[Any]:
+    scope = _CallScope(call)
+    items: list[Any] = []
+    try:
+        while True:
+            tokens = scope.enter()
+            try:
+                item = next(iterator)
+            except StopIteration:
+                break
+            finally:
+                scope.leave(tokens)
+            items.append(item)
+            yield item
+    except GeneratorExit:
+        _close(iterator)
+        _finish_call(call, lambda: _record_chunks(call, items))
+        raise
+    except BaseException as error:
+        _finish_call(call, lambda: _record_chunks(call, items), error)
+        raise
+    _finish_call(call, lambda: _record_chunks(call, items))
+
+
+async def _call_astream(call: LlmCall, iterator: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    scope = _CallScope(call)
+    items: list[Any] = []
+    try:
+        while True:
+            tokens = scope.enter()
+            try:
+                item = await iterator.__anext__()
+            except StopAsyncIteration:
+                break
+            finally:
+                scope.leave(tokens)
+            items.append(item)
+            yield item
+    except GeneratorExit:
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        _finish_call(call, lambda: _record_chunks(call, items))
+        raise
+    except BaseException as error:
+        _finish_call(call, lambda: _record_chunks(call, items), error)
+        raise
+    _finish_call(call, lambda: _record_chunks(call, items))
+
+
+def _stream(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if not _config.active:
+        return wrapped(*args, **kwargs)
+    return _lazy_stream(wrapped, instance, args, kwargs)
+
+
+def _lazy_stream(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The span starts when the stream is first iterated, as the model call does."""
+    call = _stream_request(instance, args, kwargs)
+    if call is None:
+        yield from wrapped(*args, **kwargs)
+        return
+    yield from _call_stream(call, wrapped(*args, **kwargs))
+
+
+def _astream(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if not _config.active:
+        return wrapped(*args, **kwargs)
+    return _lazy_astream(wrapped, instance, args, kwargs)
+
+
+async def _lazy_astream(
+    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> AsyncIterator[Any]:
+    call = _stream_request(instance, args, kwargs)
+    if call is None:
+        async for item in wrapped(*args, **kwargs):
+            yield item
+        return
+    async for item in _call_astream(call, wrapped(*args, **kwargs)):
+        yield item
+
+
+# --- tools, retrievers, chains --------------------------------------------------------------
+
+
+def _start_span(
+    name: str, attributes: Mapping[str, Any], *, graph: str | None = None, agent: str | None = None
+) -> _Scope | None:
+    try:
+        return _Scope(_tracer().start_span(name, attributes=attributes), graph, agent)
+    except Exception:
+        _recording_failed(f"the start of {name}")
+        return None
+
+
+def _tool_scope(tool: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> _Scope | None:
+    """``BaseTool.run(tool_input, ..., tool_call_id=None, ...)``: "execute_tool {name}"."""
+    try:
+        name = str(tool.name)
+        attributes: dict[str, Any] = {semconv.OPERATION_NAME: semconv.EXECUTE_TOOL, semconv.TOOL_NAME: name}
+        tool_input = args[0] if args else kwargs.get("tool_input")
+        if tool_input is not None:
+            attributes[semconv.TOOL_CALL_ARGUMENTS] = _json(tool_input)
+        call_id = kwargs.get("tool_call_id")
+        if call_id:
+            attributes[semconv.TOOL_CALL_ID] = str(call_id)
+        agent = _agent.get()
+        if agent:
+            attributes[semconv.AGENT_NAME] = agent
+        description = getattr(tool, "description", None)
+        if isinstance(description, str) and description:
+            attributes["gen_ai.tool.description"] = description
+    except Exception:
+        _recording_failed("a tool call")
+        return None
+    return _start_span(f"{semconv.EXECUTE_TOOL} {name}", attributes)
+
+
+def _record_tool_result(span: Span, result: Any) -> None:
+    content = getattr(result, "content", result) if type(result).__name__ in ("ToolMessage", "Command") else result
+    span.set_attribute(semconv.TOOL_CALL_RESULT, _json(content))
+    if getattr(result, "status", None) == "error":
+        span.set_status(Status(StatusCode.ERROR, _json(content)[:200]))
+
+
+def _tool(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if not _config.active:
+        return wrapped(*args, **kwargs)
+    return _run_in(_tool_scope(instance, args, kwargs), wrapped, args, kwargs, _record_tool_result)
+
+
+async def _atool(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if not _config.active:
+        return await wrapped(*args, **kwargs)
+    return await _arun_in(_tool_scope(instance, args, kwargs), wrapped, args, kwargs, _record_tool_result)
+
+
+RETRIEVE = "retrieve"
+
+
+def _retriever_scope(retriever: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> _Scope | None:
+    """``BaseRetriever.invoke(input, config=None, **kwargs)``: "retrieve {name}"."""
+    try:
+        name = retriever.get_name()
+        query = args[0] if args else kwargs.get("input")
+        attributes: dict[str, Any] = {semconv.OPERATION_NAME: RETRIEVE, semconv.OPERATION_INPUT: _json(query)}
+    except Exception:
+        _recording_failed("a retriever call")
+        return None
+    return _start_span(f"{RETRIEVE} {name}", attributes)
+
+
+def _record_documents(span: Span, documents: Any) -> None:
+    found = [{"page_content": d.page_content, "metadata": d.metadata} for d in documents or ()]
+    span.set_attribute(semconv.OPERATION_OUTPUT, _json(found))
+
+
+def _retriever(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if not _config.active:
+        return wrapped(*args, **kwargs)
+    return _run_in(_retriever_scope(instance, args, kwargs), wrapped, args, kwargs, _record_documents)
+
+
+async def _aretriever(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if not _config.active:
+        return await wrapped(*args, **kwargs)
+    return await _arun_in(_retriever_scope(instance, args, kwargs), wrapped, args, kwargs, _record_documents)
+
+
+CHAIN = "chain"
+
+
+def _chain_scope(chain: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> _Scope | None:
+    """``RunnableSequence.invoke(input, config=None, **kwargs)``: "chain {name}"."""
+    try:
+        config = args[1] if len(args) > 1 else kwargs.get("config")
+        name = (config or {}).get("run_name") or chain.get_name()
+    except Exception:
+        _recording_failed("a chain call")
+        return None
+    return _start_span(f"{CHAIN} {name}", {semconv.OPERATION_NAME: CHAIN})
+
+
+def _chain(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if not _config.active:
+        return wrapped(*args, **kwargs)
+    return _run_in(_chain_scope(instance, args, kwargs), wrapped, args, kwargs)
+
+
+async def _achain(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if not _config.active:
+        return await wrapped(*args, **kwargs)
+    return await _arun_in(_chain_scope(instance, args, kwargs), wrapped, args, kwargs)
+
+
+# --- LangGraph ------------------------------------------------------------------------------
+
+
+def _graph_scope(graph: Any) -> _Scope | None:
+    """``Pregel.stream``/``astream`` (``invoke`` goes through them): "invoke_workflow {name}"."""
+    try:
+        name = str(getattr(graph, "name", None) or DEFAULT_GRAPH_NAME)
+    except Exception:
+        _recording_failed("a graph run")
+        return None
+    return _start_span(
+        f"{semconv.INVOKE_WORKFLOW} {name}", {semconv.OPERATION_NAME: semconv.INVOKE_WORKFLOW}, graph=name
+    )
+
+
+def _graph_stream(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if not _config.active:
+        return wrapped(*args, **kwargs)
+    return _lazy_graph_stream(wrapped, instance, args, kwargs)
+
+
+def _ignore(items: list[Any]) -> None:
+    return None
+
+
+def _lazy_graph_stream(
+    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    yield from _traced_iterator(_graph_scope(instance), wrapped(*args, **kwargs), _ignore)
+
+
+def _graph_astream(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if not _config.active:
+        return wrapped(*args, **kwargs)
+    return _lazy_graph_astream(wrapped, instance, args, kwargs)
+
+
+async def _lazy_graph_astream(
+    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> AsyncIterator[Any]:
+    async for item in _traced_async_iterator(_graph_scope(instance), wrapped(*args, **kwargs), _ignore):
+        yield item
+
+
+def _node_agent(task: Any) -> str | None:
+    """The agent a LangGraph task (one node run) stands for, or None for nodes that are not
+    agents: LangGraph's own (``__start__``…) and tool nodes (their tools get their own spans)."""
+    name = str(task.name)
+    if name.startswith("__"):
+        return None
+    steps = getattr(task.proc, "steps", None) or [task.proc]
+    bound = steps[0]
+    if type(bound).__name__ == "ToolNode":
+        return None
+    graph = _graph.get()
+    function = getattr(bound, "func", None) or getattr(bound, "afunc", None)
+    if (
+        graph
+        and graph != DEFAULT_GRAPH_NAME
+        and str(getattr(function, "__module__", "")).startswith(_PREBUILT_AGENT_MODULES)
+    ):
+        return graph
+    return name
+
+
+def _node_scope(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> _Scope | None:
+    try:
+        task = args[0] if args else kwargs["task"]
+        agent = _node_agent(task)
+        if agent is None:
+            return None
+        attributes = {
+            semconv.OPERATION_NAME: semconv.INVOKE_AGENT,
+            semconv.AGENT_NAME: agent,
+            semconv.GEN_AI_AGENT_NAME: agent,
+            "langgraph.node": str(task.name),
+        }
+    except Exception:
+        _recording_failed("a graph node")
+        return None
+    return _start_span(f"{semconv.INVOKE_AGENT} {agent}", attributes, agent=agent)
+
+
+def _node(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if not _config.active:
+        return wrapped(*args, **kwargs)
+    return _run_in(_node_scope(args, kwargs), wrapped, args, kwargs)
+
+
+async def _anode(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if not _config.active:
+        return await wrapped(*args, **kwargs)
+    return await _arun_in(_node_scope(args, kwargs), wrapped, args, kwargs)
+
+
+# --- the patches ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Patch:
+    module: str
+    """Patched when this module is imported (or at once, if it is)."""
+    owner: str | None
+    """The class, an attribute of ``module``; None for a function of the module itself."""
+    method: str
+    wrapper: Callable[..., Any]
+
+
+_CHAT = "langchain_core.language_models.chat_models"
+_TOOLS = "langchain_core.tools.base"
+_RETRIEVERS = "langchain_core.retrievers"
+_RUNNABLES = "langchain_core.runnables.base"
+_PREGEL = "langgraph.pregel.main"
+_RUNNER = "langgraph.pregel._runner"  # calls run_with_retry by its global name, once per node run
+
+PATCHES: tuple[Patch, ...] = (
+    Patch(_CHAT, "BaseChatModel", "_generate_with_cache", _generate),
+    Patch(_CHAT, "BaseChatModel", "_agenerate_with_cache", _agenerate),
+    Patch(_CHAT, "BaseChatModel", "stream", _stream),
+    Patch(_CHAT, "BaseChatModel", "astream", _astream),
+    Patch(_TOOLS, "BaseTool", "run", _tool),
+    Patch(_TOOLS, "BaseTool", "arun", _atool),
+    Patch(_RETRIEVERS, "BaseRetriever", "invoke", _retriever),
+    Patch(_RETRIEVERS, "BaseRetriever", "ainvoke", _aretriever),
+    Patch(_RUNNABLES, "RunnableSequence", "invoke", _chain),
+    Patch(_RUNNABLES, "RunnableSequence", "ainvoke", _achain),
+    Patch(_PREGEL, "Pregel", "stream", _graph_stream),
+    Patch(_PREGEL, "Pregel", "astream", _graph_astream),
+    Patch(_RUNNER, None, "run_with_retry", _node),
+    Patch(_RUNNER, None, "arun_with_retry", _anode),
+)
+
+_applied: dict[tuple[Any, str], tuple[Any, Any]] = {}
+"""(class or module, name) -> (original, our wrapper), for every patch in place."""
+_hooked: set[str] = set()
+
+
+def activate(tracer: trace.Tracer) -> None:
+    """Patch every module of `PATCHES` already imported, and each other one when it is imported:
+    LangChain and LangGraph are not imported here."""
+    _config.tracer, _config.active = tracer, True
+    for module in dict.fromkeys(patch.module for patch in PATCHES):
+        if module in sys.modules:
+            _apply(sys.modules[module])
+        elif module not in _hooked:  # a post-import hook cannot be removed: register each one once
+            _hooked.add(module)
+            wrapt.register_post_import_hook(_apply, module)
+
+
+def _apply(module: ModuleType) -> None:
+    if not _config.active:
+        return
+    for patch in PATCHES:
+        if patch.module != module.__name__:
+            continue
+        try:
+            owner = module if patch.owner is None else getattr(module, patch.owner)
+            if (owner, patch.method) in _applied:
+                continue
+            original = owner.__dict__[patch.method]
+            wrapper = wrapt.FunctionWrapper(original, patch.wrapper)
+            setattr(owner, patch.method, wrapper)
+            _applied[(owner, patch.method)] = (original, wrapper)
+        except Exception:  # another version: this patch does not apply, the others still do
+            logger.debug("agl could not patch %s.%s.%s", patch.module, patch.owner, patch.method, exc_info=True)
+
+
+def deactivate() -> None:
+    """Put every original back. A wrapper that another library has wrapped over stays, passing through."""
+    _config.active = False
+    for (owner, method), (original, wrapper) in list(_applied.items()):
+        if owner.__dict__.get(method) is wrapper:
+            setattr(owner, method, original)
+            del _applied[(owner, method)]
