@@ -1,0 +1,692 @@
+"""The patches, listed once in `PATCHES` (applied by `activate`, removed by `deactivate`), and
+what each patched call records.
+
+Three kinds of patch:
+
+- a method of one class (`Patch`): ``BaseGroupChat.run_stream``, ``BaseTool.run_json``,
+  ``FunctionTool.run``;
+- a method of a whole class family (`FamilyPatch`): ``create``/``create_stream`` of every
+  ``ChatCompletionClient`` and ``on_messages``/``on_messages_stream`` of every ``BaseChatAgent``,
+  wherever a class defines them: the classes that exist when the module is patched, and every
+  subclass defined later (through ``__init_subclass__``), so custom clients and agents count;
+- a module-level function (`FunctionPatch`): AutoGen's own ``trace_tool_span`` in
+  ``autogen_core.tools._base``, so that a tool call makes one ``execute_tool`` span, not two.
+
+Every wrapper keeps the user's call intact: recording errors are logged and swallowed, the user's
+own exceptions pass through unchanged (and are recorded on the span), and a wrapper left in place
+after `deactivate` (another library wrapped over it) only passes through.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+import logging
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import wrapt
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
+
+from agl.core.tracing import semconv
+from agl.core.tracing.context import run_in_context
+from agl.core.tracing.llm import LlmCall, llm_call, start_llm_call
+
+logger = logging.getLogger("agl.instrument.autogen")
+
+
+@dataclass
+class _Config:
+    active: bool = False
+    tracer: trace.Tracer | None = None
+
+
+_config = _Config()
+
+# Carried in the OpenTelemetry context: the agent whose turn is running (its name labels the LLM
+# calls made inside), the agent or team object (so a nested call of the same object opens no
+# second span), and the tool span whose ``trace_tool_span`` AutoGen is about to open.
+_AGENT_NAME = otel_context.create_key("agl-autogen-agent-name")
+_RUNNING = otel_context.create_key("agl-autogen-running")
+_TOOL_SPAN = otel_context.create_key("agl-autogen-tool-span")
+
+_warned = False
+
+
+def _recording_failed(what: str) -> None:
+    """Log and carry on: the user's call matters more than its record. A warning the first time, then debug."""
+    global _warned
+    logger.log(logging.DEBUG if _warned else logging.WARNING, "agl could not record %s", what, exc_info=True)
+    _warned = True
+
+
+def _tracer() -> trace.Tracer:
+    return _config.tracer or trace.get_tracer("agl.instrument.autogen")
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+# --- AutoGen's model types in the OpenAI chat shape ------------------------------------------
+
+
+def _function_call(call: Any) -> dict[str, Any]:
+    return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+
+
+def _user_content(content: Any) -> Any:
+    if isinstance(content, str):
+        return content
+    parts: list[dict[str, Any]] = []
+    for part in content:
+        if isinstance(part, str):
+            parts.append({"type": "text", "text": part})
+        else:  # an autogen_core.Image
+            parts.append({"type": "image_url", "image_url": {"url": getattr(part, "data_uri", str(part))}})
+    return parts
+
+
+def chat_messages(messages: Sequence[Any]) -> list[dict[str, Any]]:
+    """AutoGen's ``LLMMessage`` list as OpenAI chat messages (what an OpenAI-compatible server sees;
+    a function-execution result becomes one ``tool`` message per result)."""
+    converted: list[dict[str, Any]] = []
+    for message in messages:
+        kind = getattr(message, "type", None)
+        if kind == "SystemMessage":
+            converted.append({"role": "system", "content": message.content})
+        elif kind == "UserMessage":
+            converted.append({"role": "user", "content": _user_content(message.content), "name": message.source})
+        elif kind == "AssistantMessage":
+            if isinstance(message.content, str):
+                converted.append({"role": "assistant", "content": message.content})
+            else:
+                calls = [_function_call(call) for call in message.content]
+                converted.append({"role": "assistant", "content": message.thought, "tool_calls": calls})
+        elif kind == "FunctionExecutionResultMessage":
+            converted += [
+                {"role": "tool", "tool_call_id": result.call_id, "content": result.content}
+                for result in message.content
+            ]
+        else:  # an unknown message type: as pydantic dumps it
+            dump = getattr(message, "model_dump", None)
+            converted.append(dump(mode="json") if callable(dump) else {"content": str(message)})
+    return converted
+
+
+def chat_tools(tools: Sequence[Any]) -> list[dict[str, Any]]:
+    """AutoGen tools (``Tool`` objects or ``ToolSchema`` dicts) as OpenAI function tools."""
+    converted = []
+    for tool in tools:
+        schema = tool if isinstance(tool, Mapping) else tool.schema
+        function = {"name": schema["name"], "description": schema.get("description", "")}
+        function["parameters"] = schema.get("parameters", {})
+        converted.append({"type": "function", "function": function})
+    return converted
+
+
+def assistant_message(result: Any) -> dict[str, Any]:
+    """A ``CreateResult`` as the assistant message of a chat completion."""
+    content = result.content
+    if isinstance(content, str):
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+    else:
+        message = {"role": "assistant", "content": None, "tool_calls": [_function_call(call) for call in content]}
+    if getattr(result, "thought", None):
+        message["reasoning_content"] = result.thought
+    return message
+
+
+_PARAMETERS = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "max_completion_tokens": "max_tokens",
+    "max_tokens": "max_tokens",
+    "seed": "seed",
+    "stop": "stop_sequences",
+    "frequency_penalty": "frequency_penalty",
+    "presence_penalty": "presence_penalty",
+    "n": "choice.count",
+}
+
+
+def _client_settings(client: Any) -> Mapping[str, Any]:
+    """The create arguments a client was configured with (autogen-ext's clients keep them here)."""
+    settings = getattr(client, "_create_args", None)
+    return settings if isinstance(settings, Mapping) else {}
+
+
+def model_name(client: Any) -> str:
+    """The model a client talks to: its configured ``model``, else its class name."""
+    model = _client_settings(client).get("model")
+    return model if isinstance(model, str) and model else type(client).__name__
+
+
+def provider_name(client: Any) -> str | None:
+    """``autogen_ext.models.<provider>``'s clients are named after their module; others have none."""
+    parts = type(client).__module__.split(".")
+    return parts[2] if parts[:2] == ["autogen_ext", "models"] and len(parts) > 2 else None
+
+
+def _fill(call: LlmCall, attributes: Mapping[str, Any]) -> None:
+    """Record only what no layer recorded yet: the openai client underneath, when instrumented,
+    has written the messages exactly as they went over the wire, and those win."""
+    present = getattr(call.span, "attributes", None) or {}
+    call.record({key: value for key, value in attributes.items() if key not in present})
+
+
+def _record_request(call: LlmCall, client: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+    messages = args[0] if args else kwargs.get("messages", ())
+    settings = {**_client_settings(client), **(kwargs.get("extra_create_args") or {})}
+    parameters = {}
+    for argument, name in _PARAMETERS.items():
+        value = settings.get(argument)
+        if value is not None and name not in parameters:
+            parameters[name] = [value] if name == "stop_sequences" and isinstance(value, str) else value
+    tools = kwargs.get("tools") or ()
+    _fill(
+        call,
+        {
+            semconv.INPUT_MESSAGES: chat_messages(messages),
+            semconv.TOOL_DEFINITIONS: chat_tools(tools) if tools else None,
+            **{semconv.REQUEST_PREFIX + name: value for name, value in parameters.items()},
+        },
+    )
+
+
+def _record_result(call: LlmCall, result: Any) -> None:
+    usage = getattr(result, "usage", None)
+    finish = getattr(result, "finish_reason", None)
+    logprobs = getattr(result, "logprobs", None) or ()
+    _fill(
+        call,
+        {
+            semconv.OUTPUT_MESSAGES: [assistant_message(result)],
+            semconv.FINISH_REASONS: [finish] if finish else None,
+            semconv.USAGE_INPUT_TOKENS: getattr(usage, "prompt_tokens", None),
+            semconv.USAGE_OUTPUT_TOKENS: getattr(usage, "completion_tokens", None),
+            semconv.RESPONSE_LOGPROBS: [float(entry.logprob) for entry in logprobs] or None,
+        },
+    )
+
+
+def _safely(what: str, record: Callable[..., None], *args: Any) -> None:
+    try:
+        record(*args)
+    except Exception:
+        _recording_failed(what)
+
+
+# --- model clients ----------------------------------------------------------------------------
+
+
+def _agent_name() -> str | None:
+    name = otel_context.get_value(_AGENT_NAME)
+    return name if isinstance(name, str) else None
+
+
+async def _create(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``ChatCompletionClient.create``: one canonical LLM span (joined by the openai layer below)."""
+    if not _config.active:
+        return await wrapped(*args, **kwargs)
+    try:
+        scope = llm_call(
+            model_name(instance), provider=provider_name(instance), agent_name=_agent_name(), tracer=_config.tracer
+        )
+        call = scope.__enter__()
+    except Exception:
+        _recording_failed("the start of an AutoGen model call")
+        return await wrapped(*args, **kwargs)
+    try:
+        result = await wrapped(*args, **kwargs)
+    except BaseException as error:
+        _safely("an AutoGen model request", _record_request, call, instance, args, kwargs)
+        scope.__exit__(type(error), error, error.__traceback__)  # records the error and ends the span
+        raise
+    _safely("an AutoGen model request", _record_request, call, instance, args, kwargs)
+    _safely("an AutoGen model result", _record_result, call, result)
+    try:
+        scope.__exit__(None, None, None)
+    except Exception:
+        _recording_failed("the end of an AutoGen model call")
+    return result
+
+
+def _create_stream(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``ChatCompletionClient.create_stream``: the span lasts until the stream ends, fails or is closed."""
+    if not _config.active:
+        return wrapped(*args, **kwargs)
+    try:
+        call = start_llm_call(
+            model_name(instance), provider=provider_name(instance), agent_name=_agent_name(), tracer=_config.tracer
+        )
+    except Exception:
+        _recording_failed("the start of an AutoGen model stream")
+        return wrapped(*args, **kwargs)
+    context = trace.set_span_in_context(call.span) if call.owner else otel_context.get_current()
+
+    def on_item(item: Any) -> None:
+        if type(item).__name__ == "CreateResult":
+            _safely("an AutoGen model result", _record_result, call, item)
+
+    def on_end(error: BaseException | None) -> None:
+        _safely("an AutoGen model request", _record_request, call, instance, args, kwargs)
+        _safely("the end of an AutoGen model stream", call.end, error)
+
+    return _stepped(wrapped(*args, **kwargs), context, on_item, on_end)
+
+
+async def _stepped(
+    stream: Any,
+    context: otel_context.Context,
+    on_item: Callable[[Any], None] | None = None,
+    on_end: Callable[[BaseException | None], None] | None = None,
+) -> AsyncIterator[Any]:
+    """Iterate ``stream`` with ``context`` current while it computes each item, and only then: the
+    consumer between items keeps its own context (an async generator otherwise leaks its span into
+    the caller, or detaches a token in the wrong context). ``on_end`` gets the stream's error, if
+    any, once the stream is exhausted, fails or is closed."""
+    iterator = stream.__aiter__()
+    error: BaseException | None = None
+    try:
+        while True:
+            token = otel_context.attach(context)
+            try:
+                item = await iterator.__anext__()
+            except StopAsyncIteration:
+                return
+            except BaseException as raised:
+                error = raised
+                raise
+            finally:
+                otel_context.detach(token)
+            if on_item is not None:
+                on_item(item)
+            yield item
+    finally:
+        close = getattr(iterator, "aclose", None)
+        if close is not None and error is None:
+            token = otel_context.attach(context)
+            try:
+                await close()
+            finally:
+                otel_context.detach(token)
+        if on_end is not None:
+            on_end(error)
+
+
+# --- agents and teams -------------------------------------------------------------------------
+
+
+def _span_failed(span: trace.Span, error: BaseException) -> None:
+    span.record_exception(error)
+    span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+
+
+@dataclass
+class _Scope:
+    """The span of one agent turn or team run: opened here, or AutoGen's own joined."""
+
+    span: trace.Span | None
+    owner: bool
+    context: otel_context.Context
+
+    def end(self, error: BaseException | None) -> None:
+        if self.span is None:
+            return
+        try:
+            if error is not None and self.owner:
+                _span_failed(self.span, error)
+            if self.owner:
+                self.span.end()
+        except Exception:
+            _recording_failed("the end of an AutoGen span")
+
+
+def _agent_scope(agent: Any) -> _Scope | None:
+    """The span of ``agent``'s turn: None when this very agent's turn is already traced (its
+    ``on_messages`` calls its ``on_messages_stream``). AutoGen's own ``invoke_agent`` span (its
+    ``run`` and team containers open one when a global tracer provider is set) is joined and
+    labelled rather than doubled."""
+    current = otel_context.get_current()
+    if otel_context.get_value(_RUNNING, current) is agent:
+        return None
+    try:
+        name = str(agent.name)
+        parent = trace.get_current_span(current)
+        attributes = getattr(parent, "attributes", None) or {}
+        native = (
+            parent.is_recording()
+            and attributes.get(semconv.OPERATION_NAME) == semconv.INVOKE_AGENT
+            and attributes.get(semconv.GEN_AI_AGENT_NAME) == name
+            and semconv.AGENT_NAME not in attributes
+        )
+        if native:
+            parent.set_attribute(semconv.AGENT_NAME, name)
+            span, owner = parent, False
+        else:
+            span = _tracer().start_span(
+                f"{semconv.INVOKE_AGENT} {name}",
+                context=current,
+                attributes={
+                    semconv.OPERATION_NAME: semconv.INVOKE_AGENT,
+                    semconv.AGENT_NAME: name,
+                    semconv.GEN_AI_AGENT_NAME: name,
+                },
+            )
+            owner = True
+        context = trace.set_span_in_context(span, current) if owner else current
+        context = otel_context.set_value(_AGENT_NAME, name, context)
+        return _Scope(span, owner, otel_context.set_value(_RUNNING, agent, context))
+    except Exception:
+        _recording_failed("the start of an AutoGen agent turn")
+        return _Scope(None, False, otel_context.set_value(_RUNNING, agent, current))
+
+
+def _team_scope(team: Any) -> _Scope | None:
+    current = otel_context.get_current()
+    if otel_context.get_value(_RUNNING, current) is team:
+        return None
+    try:
+        name = str(getattr(team, "name", None) or type(team).__name__)
+        span = _tracer().start_span(
+            f"{semconv.INVOKE_WORKFLOW} {name}",
+            context=current,
+            attributes={semconv.OPERATION_NAME: semconv.INVOKE_WORKFLOW},
+        )
+        context = otel_context.set_value(_RUNNING, team, trace.set_span_in_context(span, current))
+        return _Scope(span, True, context)
+    except Exception:
+        _recording_failed("the start of an AutoGen team run")
+        return None
+
+
+async def _in_scope(scope: _Scope, run: Callable[[], Any]) -> Any:
+    token = otel_context.attach(scope.context)
+    try:
+        result = await run()
+    except BaseException as error:
+        scope.end(error)
+        raise
+    finally:
+        otel_context.detach(token)
+    scope.end(None)
+    return result
+
+
+async def _on_messages(
+    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    scope = _agent_scope(instance) if _config.active else None
+    if scope is None:
+        return await wrapped(*args, **kwargs)
+    return await _in_scope(scope, lambda: wrapped(*args, **kwargs))
+
+
+def _on_messages_stream(
+    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """Decided when called (AutoGen iterates a turn's stream where it asks for it): the turn's
+    span, or nothing when this agent's turn is traced already (its ``on_messages`` calls this)."""
+    scope = _agent_scope(instance) if _config.active else None
+    if scope is None:
+        return wrapped(*args, **kwargs)
+    return _stepped(wrapped(*args, **kwargs), scope.context, None, scope.end)
+
+
+def _run_stream(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``BaseGroupChat.run_stream`` (``run`` goes through it)."""
+    scope = _team_scope(instance) if _config.active else None
+    if scope is None:
+        return wrapped(*args, **kwargs)
+    return _stepped(wrapped(*args, **kwargs), scope.context, None, scope.end)
+
+
+# --- tools ------------------------------------------------------------------------------------
+
+
+async def _run_json(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``BaseTool.run_json(args, cancellation_token, call_id=None)``: the ``execute_tool`` span,
+    with the arguments and the result as text; current while the tool runs."""
+    if not _config.active:
+        return await wrapped(*args, **kwargs)
+    try:
+        arguments = args[0] if args else kwargs.get("args")
+        call_id = kwargs.get("call_id", args[2] if len(args) > 2 else None)
+        name = str(instance.name)
+        attributes: dict[str, Any] = {
+            semconv.OPERATION_NAME: semconv.EXECUTE_TOOL,
+            semconv.TOOL_NAME: name,
+            semconv.TOOL_CALL_ARGUMENTS: _json(dict(arguments) if isinstance(arguments, Mapping) else arguments),
+        }
+        if call_id is not None:
+            attributes[semconv.TOOL_CALL_ID] = str(call_id)
+        span = _tracer().start_span(f"{semconv.EXECUTE_TOOL} {name}", attributes=attributes)
+        context = otel_context.set_value(_TOOL_SPAN, (span, name), trace.set_span_in_context(span))
+    except Exception:
+        _recording_failed("the start of an AutoGen tool call")
+        return await wrapped(*args, **kwargs)
+    scope = _Scope(span, True, context)
+
+    async def run() -> Any:
+        result = await wrapped(*args, **kwargs)
+        try:
+            span.set_attribute(semconv.TOOL_CALL_RESULT, instance.return_value_as_string(result))
+        except Exception:
+            _recording_failed("an AutoGen tool result")
+        return result
+
+    return await _in_scope(scope, run)
+
+
+def _trace_tool_span(original: Callable[..., Any]) -> Callable[..., Any]:
+    """AutoGen's ``trace_tool_span``, which yields the ``execute_tool`` span that `_run_json` just
+    opened for the same call instead of opening a second one."""
+
+    @contextmanager
+    def trace_tool_span(tool_name: str, **kwargs: Any) -> Iterator[trace.Span]:
+        ours = otel_context.get_value(_TOOL_SPAN) if _config.active else None
+        if isinstance(ours, tuple) and ours == (trace.get_current_span(), tool_name):
+            yield ours[0]
+            return
+        with original(tool_name, **kwargs) as span:
+            yield span
+
+    return trace_tool_span
+
+
+async def _function_tool_run(
+    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """``FunctionTool.run`` runs a sync function with ``loop.run_in_executor``, which does not
+    carry context variables to the worker thread: spans opened inside the tool would lose their
+    parent (and their rollout). Run it on a copy of the tool whose function is bound to the
+    caller's context."""
+    function = getattr(instance, "_func", None)
+    if not _config.active or function is None or _is_async(function):
+        return await wrapped(*args, **kwargs)
+    try:
+        bound = copy.copy(instance)
+        bound._func = run_in_context(function)
+        original = _applied[(_function_tool_class(), "run")][0]  # the function itself
+    except Exception:
+        _recording_failed("the context of an AutoGen tool")
+        return await wrapped(*args, **kwargs)
+    return await original(bound, *args, **kwargs)
+
+
+def _is_async(function: Any) -> bool:
+    return inspect.iscoroutinefunction(function)
+
+
+def _function_tool_class() -> type:
+    from autogen_core.tools import FunctionTool
+
+    return FunctionTool
+
+
+# --- the patches ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Patch:
+    """A method of one class."""
+
+    module: str
+    owner: str
+    method: str
+    wrapper: Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class FamilyPatch:
+    """Methods of a class and of all its subclasses, present and future, wherever one defines them."""
+
+    module: str
+    owner: str
+    methods: Mapping[str, Callable[..., Any]]
+
+
+@dataclass(frozen=True)
+class FunctionPatch:
+    """A module-level function, replaced by ``make(original)``."""
+
+    module: str
+    name: str
+    make: Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+PATCHES: tuple[Patch | FamilyPatch | FunctionPatch, ...] = (
+    FamilyPatch(
+        "autogen_core.models._model_client",
+        "ChatCompletionClient",
+        {"create": _create, "create_stream": _create_stream},
+    ),
+    FamilyPatch(
+        "autogen_agentchat.agents._base_chat_agent",
+        "BaseChatAgent",
+        {"on_messages": _on_messages, "on_messages_stream": _on_messages_stream},
+    ),
+    Patch("autogen_agentchat.teams._group_chat._base_group_chat", "BaseGroupChat", "run_stream", _run_stream),
+    Patch("autogen_core.tools._base", "BaseTool", "run_json", _run_json),
+    FunctionPatch("autogen_core.tools._base", "trace_tool_span", _trace_tool_span),
+    Patch("autogen_core.tools._function_tool", "FunctionTool", "run", _function_tool_run),
+)
+
+_applied: dict[tuple[Any, str], tuple[Any, Any, Any]] = {}
+"""(class or module, attribute) -> (original, ours, the foreign wrapper holding ours or None), per patch in place."""
+_families: dict[type, tuple[FamilyPatch, Any]] = {}
+"""base class -> (its patch, the ``__init_subclass__`` it had in its own namespace, or None)."""
+_hooked: set[str] = set()
+_MISSING = object()
+# wrapt 2's wrappers derive from BaseObjectProxy (its ObjectProxy is a subclass); wrapt 1 has only ObjectProxy.
+_PROXIES = (getattr(wrapt, "BaseObjectProxy", wrapt.ObjectProxy), wrapt.FunctionWrapper)
+
+
+def activate(tracer: trace.Tracer) -> None:
+    """Patch every module of `PATCHES` already imported, and each other one when it is imported:
+    AutoGen itself is not imported here."""
+    _config.tracer, _config.active = tracer, True
+    for module in dict.fromkeys(patch.module for patch in PATCHES):
+        if module in sys.modules:
+            _apply(sys.modules[module])
+        elif module not in _hooked:  # a post-import hook cannot be removed: register each one once
+            _hooked.add(module)
+            wrapt.register_post_import_hook(_apply, module)
+
+
+def _apply(module: ModuleType) -> None:
+    if not _config.active:
+        return
+    for patch in PATCHES:
+        if patch.module != module.__name__:
+            continue
+        try:
+            if isinstance(patch, Patch):
+                _wrap_method(getattr(module, patch.owner), patch.method, patch.wrapper)
+            elif isinstance(patch, FamilyPatch):
+                _patch_family(getattr(module, patch.owner), patch)
+            elif (module, patch.name) not in _applied:
+                original = module.__dict__[patch.name]
+                replacement = patch.make(original)
+                setattr(module, patch.name, replacement)
+                _applied[(module, patch.name)] = (original, replacement, None)
+        except Exception:  # another AutoGen version: this patch does not apply, the others still do
+            logger.debug("agl could not patch %s: %r", module.__name__, patch, exc_info=True)
+
+
+def _wrap_method(owner: type, method: str, wrapper: Callable[..., Any]) -> None:
+    """Wrap ``owner.method``. Where another library (OpenInference) wrapped it already, ours goes
+    inside theirs, next to the original: their span then encloses ours, so the openai layer
+    below finds agl's LLM span current and joins it instead of opening a second one."""
+    if (owner, method) in _applied:
+        return
+    holder, original = None, owner.__dict__[method]
+    while isinstance(original, _PROXIES) and hasattr(original, "__wrapped__"):
+        holder, original = original, original.__wrapped__
+    if getattr(original, "__isabstractmethod__", False):
+        return
+    replacement = wrapt.FunctionWrapper(original, wrapper)
+    if holder is None:
+        setattr(owner, method, replacement)
+    else:
+        holder.__wrapped__ = replacement
+    _applied[(owner, method)] = (original, replacement, holder)
+
+
+def _patch_class(cls: type, patch: FamilyPatch) -> None:
+    for method, wrapper in patch.methods.items():
+        if method in cls.__dict__:
+            try:
+                _wrap_method(cls, method, wrapper)
+            except Exception:
+                logger.debug("agl could not patch %s.%s", cls.__qualname__, method, exc_info=True)
+
+
+def _patch_family(base: type, patch: FamilyPatch) -> None:
+    if base in _families:
+        return
+    pending = [base]
+    while pending:
+        cls = pending.pop()
+        _patch_class(cls, patch)
+        pending.extend(cls.__subclasses__())
+    own = base.__dict__.get("__init_subclass__", _MISSING)
+
+    def __init_subclass__(cls: type, **kwargs: Any) -> None:
+        if own is _MISSING:
+            super(base, cls).__init_subclass__(**kwargs)
+        else:
+            own.__get__(None, cls)(**kwargs)
+        if _config.active:
+            _patch_class(cls, patch)
+
+    base.__init_subclass__ = classmethod(__init_subclass__)  # type: ignore[assignment]
+    _families[base] = (patch, own)
+
+
+def deactivate() -> None:
+    """Put every original back. A wrapper that another library has wrapped over stays, passing through."""
+    _config.active = False
+    for base, (_patch, own) in list(_families.items()):
+        if own is _MISSING:
+            del base.__init_subclass__
+        else:
+            base.__init_subclass__ = own  # type: ignore[assignment]
+        del _families[base]
+    for (owner, name), (original, replacement, holder) in list(_applied.items()):
+        if holder is not None and getattr(holder, "__wrapped__", None) is replacement:
+            holder.__wrapped__ = original
+        elif owner.__dict__.get(name) is replacement:
+            setattr(owner, name, original)
+        else:
+            continue
+        del _applied[(owner, name)]

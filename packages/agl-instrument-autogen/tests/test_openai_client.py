@@ -1,0 +1,88 @@
+"""AutoGen's OpenAI client over agl's scripted chat server (real HTTP on 127.0.0.1) with agl's
+openai instrumentor underneath: one canonical LLM span per physical call, carrying the server's
+token ids; and the same with OpenInference's AutoGen instrumentor installed beside agl's."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from autogen_agentchat.agents import AssistantAgent
+from autogen_ext.models.openai import OpenAIChatCompletionClient
+from openinference.instrumentation.autogen_agentchat import AutogenAgentChatInstrumentor
+
+from agl.core.testing.chat_server import Reply, ToolCall
+from agl.core.tracing import rollout_context, semconv
+
+from .conftest import MODEL_INFO
+
+MODEL = "agl-toy"
+SCRIPT = [Reply(tool_calls=[ToolCall("add", {"a": 17, "b": 25})]), "17 + 25 = 42."]
+
+
+def add(a: int, b: int) -> int:
+    """Add two numbers."""
+    return a + b
+
+
+def without_nulls(messages: list[dict]) -> list[dict]:
+    return [{key: value for key, value in message.items() if value is not None} for message in messages]
+
+
+@pytest.fixture
+def openinference():
+    instrumentor = AutogenAgentChatInstrumentor()
+    yield instrumentor
+    if instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.uninstrument()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["create", "create_stream"])
+@pytest.mark.parametrize("openinference_order", [None, "before", "after"], ids=["agl", "oi-first", "oi-last"])
+async def test_one_llm_span_per_call_with_the_servers_token_ids(
+    traced, instrument, serve, openinference, stream: bool, openinference_order: str | None
+) -> None:
+    """With OpenInference's AutoGen instrumentor too (instrumented before or after agl's; its span
+    around the client's ``create`` sits between agl's LLM span and the openai layer or outside
+    it), there are still exactly as many canonical LLM spans as requests."""
+    if openinference_order == "before":
+        openinference.instrument()
+    instrument(openai=True)
+    if openinference_order == "after":
+        openinference.instrument()
+    served = serve(SCRIPT)
+    client = OpenAIChatCompletionClient(
+        model=MODEL, base_url=served.url, api_key="test", model_info=MODEL_INFO, max_retries=0
+    )
+    agent = AssistantAgent(
+        "calculator", model_client=client, tools=[add], reflect_on_tool_use=True, model_client_stream=stream
+    )
+    with rollout_context("ro-test", "at-test"):
+        result = await agent.run(task="What is 17 + 25?")
+    await client.close()
+    assert result.messages[-1].content == "17 + 25 = 42."
+
+    spans = traced.ours()
+    calls = [span for span in spans if (span.attributes or {}).get(semconv.LLM_CALL)]
+    assert len(calls) == len(served.log.requests) == 2  # the tool call and the reflection
+    by_id = {span.context.span_id: span for span in traced.spans()}
+    for span, request, sent in zip(calls, served.log.requests, served.log.replies, strict=True):
+        attributes = span.attributes or {}
+        assert span.name == f"chat {MODEL}" and attributes[semconv.PROVIDER_NAME] == "openai"
+        assert attributes[semconv.AGENT_NAME] == "calculator"
+        # As sent on the wire (agl_openai records them, leaving out keys whose value is null).
+        assert json.loads(attributes[semconv.INPUT_MESSAGES]) == without_nulls(request["messages"])
+        assert list(attributes[semconv.PROMPT_TOKEN_IDS]) == sent.prompt_token_ids
+        assert list(attributes[semconv.RESPONSE_TOKEN_IDS]) == sent.token_ids
+        assert list(attributes[semconv.RESPONSE_LOGPROBS]) == sent.logprobs
+        (message,) = json.loads(attributes[semconv.OUTPUT_MESSAGES])
+        assert (message["content"], message.get("tool_calls", [])) == (sent.content, sent.tool_calls)
+        ancestors = []
+        while span.parent is not None and span.parent.span_id in by_id:
+            span = by_id[span.parent.span_id]
+            ancestors.append(span.name)
+        if openinference_order is None:  # (OpenInference's spans may end after the test looks)
+            assert ancestors[0] == "invoke_agent calculator"
+    scopes = {span.instrumentation_scope.name for span in spans}
+    assert ("openinference.instrumentation.autogen_agentchat" in scopes) is (openinference_order is not None)
+    assert [span.name for span in spans].count("execute_tool add") == 1
