@@ -34,8 +34,16 @@ _FROM_THE_WIRE = frozenset(
 )
 
 
+_OPEN_CALL = otel_context.create_key("agl-llm-call")
+
+
 def open_llm_span() -> Span | None:
-    """The LLM-call span of the current context, if one is open (and recording)."""
+    """The LLM-call span this code runs under, if one is open: the one its owner made current (found
+    through a context key, so even with other projects' spans opened in between), else a current
+    span marked as an LLM call."""
+    owned = otel_context.get_value(_OPEN_CALL)
+    if isinstance(owned, Span) and owned.is_recording():
+        return owned
     span = trace.get_current_span()
     attributes = getattr(span, "attributes", None)
     if span.is_recording() and attributes and attributes.get(semconv.LLM_CALL):
@@ -111,6 +119,14 @@ class LlmCall:
             }
         )
 
+    def context(self, base: otel_context.Context | None = None) -> otel_context.Context:
+        """The context to make current while the model call runs: the span, marked as the open LLM
+        call so every layer below joins it. A joining layer gets ``base`` (or the current one) back."""
+        base = base if base is not None else otel_context.get_current()
+        if not self.owner:
+            return base
+        return otel_context.set_value(_OPEN_CALL, self.span, trace.set_span_in_context(self.span, base))
+
     def end(self, error: BaseException | None = None) -> None:
         """End the span if this layer opened it. An error is recorded either way, but only the
         owner marks the span failed: the layer above may retry and succeed."""
@@ -147,7 +163,7 @@ def llm_call(
 ) -> Iterator[LlmCall]:
     """The LLM-call span around a block, current inside it (so a layer below joins it)."""
     call = start_llm_call(model, provider=provider, agent_name=agent_name, tracer=tracer)
-    token = otel_context.attach(trace.set_span_in_context(call.span)) if call.owner else None
+    token = otel_context.attach(call.context()) if call.owner else None
     try:
         yield call
     except BaseException as error:

@@ -271,7 +271,7 @@ def _create_stream(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, 
     except Exception:
         _recording_failed("the start of an AutoGen model stream")
         return wrapped(*args, **kwargs)
-    context = trace.set_span_in_context(call.span) if call.owner else otel_context.get_current()
+    context = call.context()
 
     def on_item(item: Any) -> None:
         if type(item).__name__ == "CreateResult":

@@ -381,7 +381,7 @@ def _messages_and_stop(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[A
 
 
 def _attach_call(call: LlmCall) -> object | None:
-    return otel_context.attach(trace.set_span_in_context(call.span)) if call.owner else None
+    return otel_context.attach(call.context()) if call.owner else None
 
 
 def _detach(token: object | None) -> None:

@@ -385,7 +385,7 @@ def _start(api: _Api, kwargs: dict[str, Any]) -> tuple[LlmCall | None, dict[str,
 
 def _attach(call: LlmCall) -> object | None:
     """Make the span current while the request runs (a layer below joins it; HTTP spans nest)."""
-    return otel_context.attach(trace.set_span_in_context(call.span)) if call.owner else None
+    return otel_context.attach(call.context()) if call.owner else None
 
 
 def _detach(token: object | None) -> None:

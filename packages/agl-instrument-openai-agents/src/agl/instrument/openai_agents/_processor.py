@@ -1,0 +1,223 @@
+"""The Agents SDK tracing processor that turns the SDK's traces and spans into OpenTelemetry spans.
+
+The SDK calls a processor synchronously, in the caller's context, when a trace or span starts and
+ends, so each OpenTelemetry span starts and ends at the SDK span's own moments. Its parent is the
+current OpenTelemetry span when that one belongs to the same trace (so spans the user opened in
+between keep their place), else the OpenTelemetry span of the SDK parent (the nearest mapped
+ancestor: kinds we do not map, such as the SDK's own model spans, are passed through).
+
+Mapped kinds: the trace (``invoke_workflow {name}``), ``agent`` (``invoke_agent {name}``),
+``function`` (``execute_tool {name}``), ``handoff`` (``handoff {from} -> {to}``), ``guardrail``
+(``guardrail {name}``), ``custom`` (its own name) and ``mcp_tools`` (``mcp_list_tools {server}``).
+Not mapped: ``generation`` and ``response`` (the canonical LLM span comes from the `Model`
+boundary instead, see `_wrappers`), ``task`` and ``turn`` (the trace and the agent span already
+say it), and the voice kinds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
+
+from agl.core.tracing import semconv
+
+logger = logging.getLogger("agl.instrument.openai_agents")
+
+HANDOFF = "handoff"
+GUARDRAIL = "guardrail"
+GUARDRAIL_TRIGGERED = "agl.guardrail.triggered"
+HANDOFF_FROM = "agl.handoff.from_agent"
+HANDOFF_TO = "agl.handoff.to_agent"
+SDK_SPAN_TYPE = "agl.openai_agents.span_type"
+CUSTOM_DATA = "agl.openai_agents.data"
+MAPPED = frozenset({"agent", "function", "handoff", "guardrail", "custom", "mcp_tools"})
+
+
+@dataclass
+class Node:
+    """What we keep of one open SDK trace or span."""
+
+    span: trace.Span | None
+    """Its OpenTelemetry span; None for a kind that is not mapped."""
+    agent: str | None
+    """The name of the agent it runs in (its own name for an agent span)."""
+    parent: Node | None
+    kind: str
+    token: object | None = None
+    """The OpenTelemetry context token while the SDK holds the span as its current one."""
+
+    def nearest_span(self) -> trace.Span | None:
+        node: Node | None = self
+        while node is not None:
+            if node.span is not None:
+                return node.span
+            node = node.parent
+        return None
+
+
+_warned = False
+
+
+def recording_failed(what: str) -> None:
+    """Log and carry on: the agent matters more than its record. A warning the first time, then debug."""
+    global _warned
+    logger.log(logging.DEBUG if _warned else logging.WARNING, "agl could not record %s", what, exc_info=True)
+    _warned = True
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value, ensure_ascii=False, default=str)
+    except Exception:
+        return str(value)
+
+
+class AglTracingProcessor:
+    """An Agents SDK ``TracingProcessor`` (duck-typed, so this module does not import the SDK).
+
+    ``nodes`` maps SDK trace and span ids to what was opened for them; the `_wrappers` hooks read
+    it to make the span current and to find the agent of a model call."""
+
+    def __init__(self, tracer: trace.Tracer) -> None:
+        self.tracer = tracer
+        self.active = True
+        self.nodes: dict[str, Node] = {}
+
+    # --- traces ---
+
+    def on_trace_start(self, sdk_trace: Any) -> None:
+        if not self.active:
+            return
+        try:
+            name = getattr(sdk_trace, "name", None) or "workflow"
+            attributes: dict[str, Any] = {semconv.OPERATION_NAME: semconv.INVOKE_WORKFLOW}
+            group_id = getattr(sdk_trace, "group_id", None)
+            if group_id:
+                attributes["gen_ai.conversation.id"] = str(group_id)
+            span = self.tracer.start_span(f"{semconv.INVOKE_WORKFLOW} {name}", attributes=attributes)
+            self.nodes[sdk_trace.trace_id] = Node(span, None, None, "trace")
+        except Exception:
+            recording_failed("the start of an Agents SDK trace")
+
+    def on_trace_end(self, sdk_trace: Any) -> None:
+        try:
+            node = self.nodes.pop(sdk_trace.trace_id, None)
+            if node is not None and node.span is not None:
+                node.span.end()
+        except Exception:
+            recording_failed("the end of an Agents SDK trace")
+
+    # --- spans ---
+
+    def on_span_start(self, sdk_span: Any) -> None:
+        if not self.active:
+            return
+        try:
+            data = sdk_span.span_data
+            kind = data.type
+            parent = self.nodes.get(sdk_span.parent_id or sdk_span.trace_id)
+            agent = parent.agent if parent is not None else None
+            if kind == "turn":  # a turn names its agent itself
+                agent = getattr(data, "agent_name", None) or agent
+            if kind not in MAPPED:
+                self.nodes[sdk_span.span_id] = Node(None, agent, parent, kind)
+                return
+            name, attributes = self._opening(kind, data, agent)
+            if kind == "agent":
+                agent = data.name
+            span = self.tracer.start_span(name, context=self._parent_context(parent), attributes=attributes)
+            self.nodes[sdk_span.span_id] = Node(span, agent, parent, kind)
+        except Exception:
+            recording_failed("the start of an Agents SDK span")
+
+    def on_span_end(self, sdk_span: Any) -> None:
+        try:
+            node = self.nodes.pop(sdk_span.span_id, None)
+            if node is None or node.span is None:
+                return
+            try:
+                self._closing(node, sdk_span)
+            finally:
+                node.span.end()
+        except Exception:
+            recording_failed("the end of an Agents SDK span")
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self) -> None:
+        pass
+
+    # --- mapping ---
+
+    def _parent_context(self, parent: Node | None) -> otel_context.Context | None:
+        """The current context when its span is in the SDK parent's trace (spans opened in between
+        stay in place), else the SDK parent's span; the current context if there is no parent."""
+        parent_span = parent.nearest_span() if parent is not None else None
+        if parent_span is None:
+            return None
+        current = trace.get_current_span()
+        if current.is_recording() and current.get_span_context().trace_id == parent_span.get_span_context().trace_id:
+            return None
+        return trace.set_span_in_context(parent_span)
+
+    @staticmethod
+    def _opening(kind: str, data: Any, agent: str | None) -> tuple[str, dict[str, Any]]:
+        attributes: dict[str, Any] = {SDK_SPAN_TYPE: kind}
+        if kind == "agent":
+            attributes |= {
+                semconv.OPERATION_NAME: semconv.INVOKE_AGENT,
+                semconv.AGENT_NAME: data.name,
+                semconv.GEN_AI_AGENT_NAME: data.name,
+            }
+            return f"{semconv.INVOKE_AGENT} {data.name}", attributes
+        if agent is not None:
+            attributes[semconv.AGENT_NAME] = agent
+        if kind == "function":
+            attributes |= {semconv.OPERATION_NAME: semconv.EXECUTE_TOOL, semconv.TOOL_NAME: data.name}
+            return f"{semconv.EXECUTE_TOOL} {data.name}", attributes
+        if kind == "handoff":
+            attributes[semconv.OPERATION_NAME] = HANDOFF
+            if data.from_agent:
+                attributes[HANDOFF_FROM] = data.from_agent
+            return f"{HANDOFF} {data.from_agent} -> {data.to_agent}", attributes
+        if kind == "guardrail":
+            attributes[semconv.OPERATION_NAME] = GUARDRAIL
+            return f"{GUARDRAIL} {data.name}", attributes
+        if kind == "mcp_tools":
+            return f"mcp_list_tools {data.server}", attributes
+        return str(data.name), attributes  # custom
+
+    @staticmethod
+    def _closing(node: Node, sdk_span: Any) -> None:
+        """What is known only at the end: tool arguments and result, the handoff's target, whether a
+        guardrail tripped, the error."""
+        data, span = sdk_span.span_data, node.span
+        assert span is not None
+        if node.kind == "function":
+            if data.input is not None:
+                span.set_attribute(semconv.TOOL_CALL_ARGUMENTS, _text(data.input))
+            if data.output is not None:
+                span.set_attribute(semconv.TOOL_CALL_RESULT, _text(data.output))
+        elif node.kind == "handoff":
+            if data.to_agent:
+                span.set_attribute(HANDOFF_TO, data.to_agent)
+            span.update_name(f"{HANDOFF} {data.from_agent} -> {data.to_agent}")
+        elif node.kind == "guardrail":
+            span.set_attribute(GUARDRAIL_TRIGGERED, bool(data.triggered))
+        elif node.kind == "custom" and data.data:
+            span.set_attribute(CUSTOM_DATA, _text(data.data))
+        error = getattr(sdk_span, "error", None)
+        if error:
+            message = error.get("message") if isinstance(error, dict) else str(error)
+            span.set_status(Status(StatusCode.ERROR, str(message)))
+            if isinstance(error, dict) and error.get("data") is not None:
+                span.set_attribute("agl.error.data", _text(error["data"]))

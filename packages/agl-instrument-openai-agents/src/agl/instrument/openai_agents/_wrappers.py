@@ -1,0 +1,532 @@
+"""The patches, listed once in `PATCHES` (applied by `activate`, removed by `deactivate`), the
+`Model` boundary that records the canonical LLM span, and the registration of the processor.
+
+- ``SpanImpl.start``/``finish`` and ``TraceImpl.start``/``finish``: when the SDK makes one of its
+  spans (or traces) current, the matching OpenTelemetry span becomes current too, in the same
+  context, and stops being current when the SDK resets it. So spans opened inside a tool body, a
+  guardrail or a handoff callback (``emit_reward``, an openai call, a nested agent) nest under the
+  right span.
+- ``ToolContext.from_agent_context``: made inside the SDK's function span; gives the tool call id.
+- every `Model` subclass's ``get_response`` and ``stream_response`` (those defined before
+  instrumenting, found through ``__subclasses__``, and later ones, through a
+  ``Model.__init_subclass__`` hook): one `llm_call` per physical call.
+
+Every wrapper keeps the user's call intact: recording errors are logged and swallowed, the
+user's own exceptions pass through unchanged (and are recorded on the span).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import sys
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import wrapt
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
+from agl.core.tracing import semconv
+from agl.core.tracing.llm import LlmCall, start_llm_call
+from agl.instrument.openai_agents._processor import AglTracingProcessor, Node, logger, recording_failed
+
+UNKNOWN_MODEL = "unknown"
+
+
+@dataclass
+class _Config:
+    active: bool = False
+    tracer: trace.Tracer | None = None
+    processor: AglTracingProcessor | None = None
+
+
+_config = _Config()
+_current_call: contextvars.ContextVar[LlmCall | None] = contextvars.ContextVar("agl_openai_agents_call", default=None)
+
+
+def _nodes() -> dict[str, Node]:
+    processor = _config.processor
+    return processor.nodes if processor is not None else {}
+
+
+# --- OpenTelemetry context follows the SDK's current span ---------------------------------------
+
+
+def _flag(args: tuple[Any, ...], kwargs: dict[str, Any], name: str) -> bool:
+    return bool(kwargs[name] if name in kwargs else args[0] if args else False)
+
+
+def _sdk_delivers(instance: Any) -> bool:
+    """Whether the SDK hands this span's events to our processor itself. It may not: OpenInference's
+    instrumentor replaces every registered processor with its own by default, and a user may call
+    ``set_trace_processors``; the start and finish hooks then deliver them, so agl keeps recording."""
+    registered = getattr(getattr(instance, "_processor", None), "_processors", None)
+    return registered is None or any(p is _config.processor for p in registered)
+
+
+def _start_wrapper(key: str) -> Callable[..., Any]:
+    def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if not _config.active:
+            return wrapped(*args, **kwargs)
+        was_started = getattr(instance, "started_at" if key == "span_id" else "_started", None)
+        result = wrapped(*args, **kwargs)
+        processor = _config.processor
+        if was_started or processor is None:
+            return result
+        try:
+            if not _sdk_delivers(instance):
+                (processor.on_span_start if key == "span_id" else processor.on_trace_start)(instance)
+            node = processor.nodes.get(getattr(instance, key))
+            current = _current_span_for(node)
+            if _flag(args, kwargs, "mark_as_current") and node is not None and current is not None:
+                node.token = otel_context.attach(trace.set_span_in_context(current))
+        except Exception:
+            recording_failed("the current span")
+        return result
+
+    return wrapper
+
+
+def _current_span_for(node: Node | None) -> trace.Span | None:
+    """The span to make current with an SDK span: its own, or for a kind we do not map its nearest
+    mapped ancestor's (inside our model call, the SDK's model spans get the LLM span). Re-attaching
+    matters beside another processor that makes its own spans current (OpenInference's): our tree
+    stays the current one, and the openai call below still finds and joins the LLM span."""
+    if node is None:
+        return None
+    if node.span is None and node.kind in ("generation", "response"):
+        call = _current_call.get()
+        if call is not None:
+            return call.span
+    return node.nearest_span()
+
+
+def _finish_wrapper(key: str) -> Callable[..., Any]:
+    def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        node = _nodes().get(getattr(instance, key, None) or "")
+        if node is not None and node.token is not None:  # first: our context sits on top of any other processor's
+            token, node.token = node.token, None
+            try:
+                otel_context.detach(token)  # type: ignore[arg-type]
+            except Exception:
+                recording_failed("the current span")
+        try:
+            return wrapped(*args, **kwargs)
+        finally:
+            processor = _config.processor
+            if node is not None and processor is not None:
+                try:
+                    if not _sdk_delivers(instance) and getattr(instance, key) in processor.nodes:
+                        (processor.on_span_end if key == "span_id" else processor.on_trace_end)(instance)
+                except Exception:
+                    recording_failed("the end of an Agents SDK span")
+
+    return wrapper
+
+
+def _tool_context_wrapper(
+    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    tool_context = wrapped(*args, **kwargs)
+    if _config.active:
+        try:
+            from agents.tracing.scope import Scope
+
+            current = Scope.get_current_span()
+            node = _nodes().get(getattr(current, "span_id", None) or "")
+            call_id = getattr(tool_context, "tool_call_id", None)
+            if node is not None and node.kind == "function" and node.span is not None and call_id:
+                node.span.set_attribute(semconv.TOOL_CALL_ID, str(call_id))
+        except Exception:
+            recording_failed("a tool call id")
+    return tool_context
+
+
+# --- the Model boundary: the canonical LLM span ----------------------------------------------
+
+
+_REQUEST = ("system_instructions", "input", "model_settings", "tools", "output_schema", "handoffs")
+_SETTINGS = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "max_tokens": "max_tokens",
+    "frequency_penalty": "frequency_penalty",
+    "presence_penalty": "presence_penalty",
+}
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready: pydantic models dumped, iterables as lists, openai's "not given" sentinels dropped."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items() if type(v).__name__ not in ("NotGiven", "Omit")}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        return dump(mode="json", exclude_none=True)
+    if isinstance(value, Iterable) and not isinstance(value, str | bytes):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _model_name(model: Any) -> str:
+    name = getattr(model, "model", None)
+    return name if isinstance(name, str) and name else type(model).__name__ or UNKNOWN_MODEL
+
+
+def _provider(model: Any) -> str | None:
+    module = type(model).__module__
+    if module.startswith("agents.models.openai"):
+        return "openai"
+    if module.startswith("agents.extensions.models.litellm"):
+        return "litellm"
+    return None
+
+
+def _current_agent() -> str | None:
+    """The agent whose turn calls the model: the SDK's current span's agent (a ``turn`` or ``agent`` span)."""
+    from agents.tracing.scope import Scope
+
+    current = Scope.get_current_span()
+    if current is None:
+        return None
+    node = _nodes().get(getattr(current, "span_id", None) or "")
+    if node is not None:
+        return node.agent
+    # No node: tracing is disabled (a no-op span still carries its data) or its start failed to record.
+    data = getattr(current, "span_data", None)
+    return getattr(data, "name", None) if getattr(data, "type", None) == "agent" else getattr(data, "agent_name", None)
+
+
+def _request(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    found = dict(zip(_REQUEST, args, strict=False))
+    found.update((k, v) for k, v in kwargs.items() if k in _REQUEST)
+    return found
+
+
+def _messages(system: str | None, items: Any) -> list[Any]:
+    """The conversation in the chat format, as `OpenAIChatCompletionsModel` renders it."""
+    from agents.models.chatcmpl_converter import Converter
+
+    messages: list[Any] = list(Converter.items_to_messages(items))
+    if system:
+        messages.insert(0, {"role": "system", "content": system})
+    return _plain(messages)  # type: ignore[no-any-return]
+
+
+_definitions: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+"""Tool or handoff -> its chat tool definition: an agent sends the same tools on every call."""
+
+
+def _definition(tool: Any, handoff: bool) -> Any:
+    try:
+        return _definitions[tool]
+    except (KeyError, TypeError):
+        pass
+    from agents.models.chatcmpl_converter import Converter
+
+    if handoff:
+        definition = _plain(Converter.convert_handoff_tool(tool))
+    else:
+        try:
+            definition = _plain(Converter.tool_to_openai(tool))
+        except Exception:  # a hosted tool has no chat-completions form
+            definition = {"type": getattr(tool, "type", None) or type(tool).__name__, "name": tool.name}
+    with contextlib.suppress(TypeError):  # not weakly referenceable: converted each time
+        _definitions[tool] = definition
+    return definition
+
+
+def _tool_definitions(tools: Any, handoffs: Any) -> list[Any]:
+    return [_definition(tool, False) for tool in tools or ()] + [_definition(h, True) for h in handoffs or ()]
+
+
+def _fill(call: LlmCall, attributes: Mapping[str, Any]) -> None:
+    """Record what the layer below (the openai client's instrumentor, which saw the wire) left unset."""
+    present = getattr(call.span, "attributes", None) or {}
+    call.record({key: value for key, value in attributes.items() if key not in present})
+
+
+def _record_request(call: LlmCall, request: Mapping[str, Any]) -> None:
+    settings = request.get("model_settings")
+    attributes: dict[str, Any] = {
+        semconv.INPUT_MESSAGES: _messages(request.get("system_instructions"), request.get("input") or []),
+        semconv.TOOL_DEFINITIONS: _tool_definitions(request.get("tools"), request.get("handoffs")) or None,
+    }
+    for name, key in _SETTINGS.items():
+        attributes[semconv.REQUEST_PREFIX + key] = getattr(settings, name, None)
+    _fill(call, attributes)
+
+
+def _record_output(call: LlmCall, items: list[Any], usage: Any, response_id: Any) -> None:
+    from agents.models.chatcmpl_converter import Converter
+
+    messages = _plain(Converter.items_to_messages(items)) if items else []
+    for message in messages:
+        message.setdefault("content", None)
+    tool_calls = any(message.get("tool_calls") for message in messages)
+    _fill(
+        call,
+        {
+            semconv.OUTPUT_MESSAGES: messages,
+            semconv.FINISH_REASONS: ["tool_calls" if tool_calls else "stop"],
+            semconv.RESPONSE_ID: response_id if isinstance(response_id, str) else None,
+            semconv.USAGE_INPUT_TOKENS: getattr(usage, "input_tokens", None) or None,
+            semconv.USAGE_OUTPUT_TOKENS: getattr(usage, "output_tokens", None) or None,
+        },
+    )
+
+
+def _start(model: Any) -> LlmCall | None:
+    try:
+        return start_llm_call(
+            _model_name(model), provider=_provider(model), agent_name=_current_agent(), tracer=_config.tracer
+        )
+    except Exception:
+        recording_failed("the start of a model call")
+        return None
+
+
+def _end(call: LlmCall, request: Mapping[str, Any], error: BaseException | None, record: Callable[[], None]) -> None:
+    for step in (lambda: _record_request(call, request), record):
+        try:
+            step()
+        except Exception:
+            recording_failed("a model call")
+    try:
+        call.end(error)
+    except Exception:
+        recording_failed("the end of a model call")
+
+
+async def _get_response(
+    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    if not _config.active:
+        return await wrapped(*args, **kwargs)
+    call = _start(instance)
+    if call is None:
+        return await wrapped(*args, **kwargs)
+    request = _request(args, kwargs)
+    token = otel_context.attach(call.context()) if call.owner else None
+    current = _current_call.set(call)
+    try:
+        response = await wrapped(*args, **kwargs)
+    except BaseException as error:
+        _end(call, request, error, lambda: None)
+        raise
+    finally:
+        _current_call.reset(current)
+        if token is not None:
+            otel_context.detach(token)
+    _end(
+        call,
+        request,
+        None,
+        lambda: _record_output(call, response.to_input_items(), response.usage, response.response_id),
+    )
+    return response
+
+
+def _stream_response(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if not _config.active:
+        return wrapped(*args, **kwargs)
+    return _observed_stream(wrapped, instance, args, kwargs)
+
+
+async def _observed_stream(
+    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> AsyncIterator[Any]:
+    """The model's events, passed on; the span is current only while the model works on the next
+    event (never while the consumer holds one), and ends with the stream."""
+    stream = wrapped(*args, **kwargs)
+    call = _start(instance)
+    if call is None:
+        async for event in stream:
+            yield event
+        return
+    request = _request(args, kwargs)
+    final: list[Any] = []
+    error: BaseException | None = None
+    try:
+        while True:
+            token = otel_context.attach(call.context()) if call.owner else None
+            current = _current_call.set(call)
+            try:
+                event = await stream.__anext__()
+            except StopAsyncIteration:
+                break
+            finally:
+                _current_call.reset(current)
+                if token is not None:
+                    otel_context.detach(token)
+            if getattr(event, "type", None) in ("response.completed", "response.incomplete", "response.failed"):
+                final[:] = [event.response]
+            yield event
+    except GeneratorExit:
+        raise
+    except BaseException as caught:
+        error = caught
+        raise
+    finally:
+        closer = getattr(stream, "aclose", None)
+        if closer is not None and error is None:
+            try:
+                await closer()
+            except Exception:
+                recording_failed("the close of a model stream")
+
+        def record() -> None:
+            if final:
+                response = final[0]
+                items = [item.model_dump(mode="json", exclude_none=True) for item in response.output or ()]
+                _record_output(call, items, getattr(response, "usage", None), getattr(response, "id", None))
+
+        _end(call, request, error, record)
+
+
+# --- the patches ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Patch:
+    module: str
+    """Patched when this module is imported (or at once, if it is)."""
+    owner: str
+    """The class, an attribute of ``module``."""
+    method: str
+    wrapper: Callable[..., Any]
+
+
+_SPANS = "agents.tracing.spans"
+_TRACES = "agents.tracing.traces"
+
+PATCHES: tuple[Patch, ...] = (
+    Patch(_SPANS, "SpanImpl", "start", _start_wrapper("span_id")),
+    Patch(_SPANS, "SpanImpl", "finish", _finish_wrapper("span_id")),
+    Patch(_TRACES, "TraceImpl", "start", _start_wrapper("trace_id")),
+    Patch(_TRACES, "TraceImpl", "finish", _finish_wrapper("trace_id")),
+    Patch("agents.tool_context", "ToolContext", "from_agent_context", _tool_context_wrapper),
+)
+MODEL_MODULE = "agents.models.interface"
+MODEL_METHODS = {"get_response": _get_response, "stream_response": _stream_response}
+TRACING_MODULE = "agents.tracing"
+
+_applied: dict[tuple[type, str], tuple[Any, Any]] = {}
+"""(class, method) -> (original, our wrapper), for every patch in place (model classes included)."""
+_hooked: set[str] = set()
+_registered: list[Any] = []
+"""The trace provider our processor was added to."""
+
+
+def activate(tracer: trace.Tracer) -> None:
+    """Patch every module already imported, and each other one when it is imported: the SDK itself
+    is not imported here."""
+    _config.tracer = tracer
+    _config.processor = AglTracingProcessor(tracer)
+    _config.active = True
+    modules = [*dict.fromkeys(patch.module for patch in PATCHES), MODEL_MODULE, TRACING_MODULE]
+    for module in modules:
+        if module in sys.modules:
+            _apply(sys.modules[module])
+        elif module not in _hooked:  # a post-import hook cannot be removed: register each one once
+            _hooked.add(module)
+            wrapt.register_post_import_hook(_apply, module)
+
+
+def _apply(module: ModuleType) -> None:
+    if not _config.active:
+        return
+    if module.__name__ == MODEL_MODULE:
+        _hook_models(module)
+    if module.__name__ == TRACING_MODULE:
+        _register_processor(module)
+    for patch in PATCHES:
+        if patch.module == module.__name__:
+            try:
+                _wrap(getattr(module, patch.owner), patch.method, patch.wrapper)
+            except Exception:  # another SDK version: this patch does not apply, the others still do
+                logger.debug("agl could not patch %s.%s.%s", patch.module, patch.owner, patch.method, exc_info=True)
+
+
+def _wrap(owner: type, method: str, wrapper: Callable[..., Any]) -> None:
+    if (owner, method) in _applied or method not in owner.__dict__:
+        return
+    original = owner.__dict__[method]
+    wrapped = wrapt.FunctionWrapper(original, wrapper)
+    setattr(owner, method, wrapped)
+    _applied[(owner, method)] = (original, wrapped)
+
+
+def _register_processor(module: ModuleType) -> None:
+    """Add ours beside the user's processors (never in place of them)."""
+    try:
+        if _config.processor is not None and not _registered:
+            module.add_trace_processor(_config.processor)
+            _registered.append(module.get_trace_provider())
+    except Exception:
+        logger.warning("agl could not add its Agents SDK trace processor", exc_info=True)
+
+
+def _wrap_model_class(cls: type) -> None:
+    for method, wrapper in MODEL_METHODS.items():
+        try:
+            _wrap(cls, method, wrapper)
+        except Exception:
+            logger.debug("agl could not patch %s.%s", cls.__qualname__, method, exc_info=True)
+
+
+def _subclasses(cls: type) -> list[type]:
+    found: list[type] = []
+    for sub in cls.__subclasses__():
+        found += [sub, *_subclasses(sub)]
+    return found
+
+
+def _hook_models(module: ModuleType) -> None:
+    """Wrap every `Model` implementation there is, and each one defined later."""
+    try:
+        model = module.Model
+        if "__init_subclass__" not in model.__dict__:
+
+            def __init_subclass__(cls: type, **kwargs: Any) -> None:
+                super(model, cls).__init_subclass__(**kwargs)
+                if _config.active:
+                    _wrap_model_class(cls)
+
+            __init_subclass__.__agl__ = True  # type: ignore[attr-defined]
+            model.__init_subclass__ = classmethod(__init_subclass__)
+        for cls in _subclasses(model):
+            _wrap_model_class(cls)
+    except Exception:
+        logger.warning("agl could not hook the Agents SDK's models", exc_info=True)
+
+
+def deactivate() -> None:
+    """Remove our processor, the subclass hook and every patch. A wrapper that another library
+    has wrapped over stays, passing through."""
+    _config.active = False
+    processor = _config.processor
+    if processor is not None:
+        processor.active = False
+    for provider in _registered:
+        try:
+            multi = provider._multi_processor
+            with multi._lock:
+                multi._processors = tuple(p for p in multi._processors if p is not processor)
+        except Exception:
+            logger.warning("agl could not remove its Agents SDK trace processor", exc_info=True)
+    _registered.clear()
+    interface = sys.modules.get(MODEL_MODULE)
+    model = getattr(interface, "Model", None)
+    hook = model.__dict__.get("__init_subclass__") if model is not None else None
+    if hook is not None and getattr(hook.__func__, "__agl__", False):
+        del model.__init_subclass__  # type: ignore[union-attr]
+    for (owner, method), (original, wrapper) in list(_applied.items()):
+        if owner.__dict__.get(method) is wrapper:
+            setattr(owner, method, original)
+            del _applied[(owner, method)]

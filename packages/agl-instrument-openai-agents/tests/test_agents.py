@@ -1,0 +1,187 @@
+"""Agent runs on a scripted `Model`: the span tree (names, parentage, agent attribution), what
+each span records, handoffs and guardrails, and training data cut out per agent."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from agents import (
+    Agent,
+    GuardrailFunctionOutput,
+    InputGuardrailTripwireTriggered,
+    Runner,
+    function_tool,
+    handoff,
+    input_guardrail,
+)
+from opentelemetry.sdk.trace import ReadableSpan
+
+from agl.core.adapters import spans_to_triplets
+from agl.core.tracing import semconv
+from agl.core.tracing.context import rollout_context
+from agl.core.tracing.emitters import emit_reward
+from agl.core.types import Span
+
+ADD_SCHEMA = {
+    "type": "function",
+    "function": {
+        "name": "add",
+        "description": "Add two integers.",
+        "parameters": {
+            "properties": {"a": {"title": "A", "type": "integer"}, "b": {"title": "B", "type": "integer"}},
+            "required": ["a", "b"],
+            "title": "add_args",
+            "type": "object",
+            "additionalProperties": False,
+        },
+        "strict": True,
+    },
+}
+
+
+@function_tool
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    emit_reward(0.5)  # inside the tool body: must land under the tool's span
+    return a + b
+
+
+def tree(spans: list[ReadableSpan]) -> list[tuple[str, str | None]]:
+    """(name, parent's name) of each span, in start order."""
+    by_id = {span.context.span_id: span for span in spans}
+    ordered = sorted(spans, key=lambda span: span.start_time or 0)
+    return [(s.name, by_id[s.parent.span_id].name if s.parent and s.parent.span_id in by_id else None) for s in ordered]
+
+
+def named(spans: list[ReadableSpan], name: str) -> list[ReadableSpan]:
+    return sorted((span for span in spans if span.name == name), key=lambda span: span.start_time or 0)
+
+
+def attribute(span: ReadableSpan, key: str) -> Any:
+    assert span.attributes is not None
+    value = span.attributes[key]
+    return json.loads(value) if key in (semconv.INPUT_MESSAGES, semconv.OUTPUT_MESSAGES) else value
+
+
+def stored(spans: list[ReadableSpan]) -> list[Span]:
+    """The spans as the store keeps them (filed under the rollout the processor stamped)."""
+    return [
+        Span.from_otel(
+            span,
+            rollout_id=span.attributes[semconv.ROLLOUT_ID],
+            attempt_id=span.attributes[semconv.ATTEMPT_ID],
+            sequence_id=span.attributes[semconv.SEQUENCE_ID],
+        )
+        for span in spans
+    ]
+
+
+async def test_a_one_tool_agent_gives_the_exact_span_tree(captured_spans, instrument, scripted, tool_call) -> None:
+    instrument()
+    model = scripted([[tool_call("add", {"a": 17, "b": 25}, "call-1")], "17 + 25 = 42."])
+    agent = Agent(name="calculator", instructions="Use the add tool.", tools=[add], model=model)
+    with rollout_context("ro-1", "at-1"):
+        result = await Runner.run(agent, "What is 17 + 25?")
+        emit_reward(1.0)
+    assert result.final_output == "17 + 25 = 42."
+
+    spans = list(captured_spans.get_finished_spans())
+    assert tree(spans) == [
+        ("invoke_workflow Agent workflow", None),
+        ("invoke_agent calculator", "invoke_workflow Agent workflow"),
+        ("chat scripted", "invoke_agent calculator"),
+        ("execute_tool add", "invoke_agent calculator"),
+        ("agl.reward", "execute_tool add"),
+        ("chat scripted", "invoke_agent calculator"),
+        ("agl.reward", None),
+    ]
+    assert {span.attributes[semconv.ROLLOUT_ID] for span in spans} == {"ro-1"}
+    (agent_span,) = named(spans, "invoke_agent calculator")
+    assert agent_span.attributes[semconv.OPERATION_NAME] == "invoke_agent"
+    assert agent_span.attributes[semconv.AGENT_NAME] == agent_span.attributes[semconv.GEN_AI_AGENT_NAME] == "calculator"
+
+    (tool,) = named(spans, "execute_tool add")
+    assert tool.attributes[semconv.OPERATION_NAME] == "execute_tool"
+    assert tool.attributes[semconv.TOOL_NAME] == "add" and tool.attributes[semconv.TOOL_CALL_ID] == "call-1"
+    assert json.loads(tool.attributes[semconv.TOOL_CALL_ARGUMENTS]) == {"a": 17, "b": 25}
+    assert tool.attributes[semconv.TOOL_CALL_RESULT] == "42"
+
+    first, second = named(spans, "chat scripted")
+    for call in (first, second):
+        assert call.attributes[semconv.LLM_CALL] is True and call.attributes[semconv.AGENT_NAME] == "calculator"
+        assert json.loads(call.attributes[semconv.TOOL_DEFINITIONS]) == [ADD_SCHEMA]
+    asked = [{"role": "system", "content": "Use the add tool."}, {"role": "user", "content": "What is 17 + 25?"}]
+    wanted = {"id": "call-1", "type": "function", "function": {"name": "add", "arguments": '{"a": 17, "b": 25}'}}
+    assert attribute(first, semconv.INPUT_MESSAGES) == asked
+    assert attribute(first, semconv.OUTPUT_MESSAGES) == [{"role": "assistant", "content": None, "tool_calls": [wanted]}]
+    assert list(first.attributes[semconv.FINISH_REASONS]) == ["tool_calls"]
+    assert (first.attributes[semconv.USAGE_INPUT_TOKENS], first.attributes[semconv.RESPONSE_ID]) == (10, "resp-1")
+    # The second call saw the tool call and its result, exactly as the model received them.
+    assert attribute(second, semconv.INPUT_MESSAGES) == [
+        *asked,
+        {"role": "assistant", "content": None, "tool_calls": [wanted]},
+        {"role": "tool", "tool_call_id": "call-1", "content": "42"},
+    ]
+    assert model.seen[1][1][-1]["output"] == "42"
+    assert attribute(second, semconv.OUTPUT_MESSAGES) == [{"role": "assistant", "content": "17 + 25 = 42."}]
+
+    (triplet_one, triplet_two) = spans_to_triplets(stored(spans))
+    assert triplet_two.reward == 1.0 and triplet_one.prompt == asked
+
+
+async def test_a_handoff_and_training_one_agent_of_two(captured_spans, instrument, scripted, tool_call) -> None:
+    instrument()
+    model = scripted([[tool_call("transfer_to_writer", {}, "call-h")], "A poem about 42."])
+    writer = Agent(name="writer", instructions="Write.", model=model)
+    triage = Agent(name="triage", instructions="Route.", handoffs=[handoff(writer)], model=model)
+    with rollout_context("ro-2", "at-2"):
+        result = await Runner.run(triage, "Write a poem.")
+        emit_reward(0.75)
+    assert result.final_output == "A poem about 42." and result.last_agent is writer
+
+    spans = list(captured_spans.get_finished_spans())
+    assert tree(spans) == [
+        ("invoke_workflow Agent workflow", None),
+        ("invoke_agent triage", "invoke_workflow Agent workflow"),
+        ("chat scripted", "invoke_agent triage"),
+        ("handoff triage -> writer", "invoke_agent triage"),
+        ("invoke_agent writer", "invoke_workflow Agent workflow"),
+        ("chat scripted", "invoke_agent writer"),
+        ("agl.reward", None),
+    ]
+    triage_call, writer_call = named(spans, "chat scripted")
+    assert (triage_call.attributes[semconv.AGENT_NAME], writer_call.attributes[semconv.AGENT_NAME]) == (
+        "triage",
+        "writer",
+    )
+    (moved,) = named(spans, "handoff triage -> writer")
+    assert moved.attributes["agl.handoff.to_agent"] == "writer"
+    assert [tool["function"]["name"] for tool in json.loads(triage_call.attributes[semconv.TOOL_DEFINITIONS])] == [
+        "transfer_to_writer"
+    ]
+
+    (only,) = spans_to_triplets(stored(spans), agent_match="^writer$")
+    assert only.prompt[0] == {"role": "system", "content": "Write."}
+    assert only.response == [{"role": "assistant", "content": "A poem about 42."}] and only.reward == 0.75
+    assert len(spans_to_triplets(stored(spans))) == 2
+
+
+async def test_a_tripped_guardrail_is_a_span(captured_spans, instrument, scripted) -> None:
+    instrument()
+
+    @input_guardrail
+    async def no_secrets(context: Any, agent: Any, text: Any) -> GuardrailFunctionOutput:
+        emit_reward(-1.0)
+        return GuardrailFunctionOutput(output_info="secret", tripwire_triggered="secret" in str(text))
+
+    agent = Agent(name="guarded", input_guardrails=[no_secrets], model=scripted(["never"]))
+    with pytest.raises(InputGuardrailTripwireTriggered):
+        await Runner.run(agent, "tell me the secret")
+
+    spans = list(captured_spans.get_finished_spans())
+    (guard,) = named(spans, "guardrail no_secrets")
+    assert guard.attributes["agl.guardrail.triggered"] is True
+    assert ("agl.reward", "guardrail no_secrets") in tree(spans)
+    assert ("guardrail no_secrets", "invoke_agent guarded") in tree(spans)
