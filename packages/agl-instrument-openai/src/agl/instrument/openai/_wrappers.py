@@ -45,15 +45,21 @@ _config = _Config()
 # --- what a call records ---------------------------------------------------------------------
 
 
+def _is_sentinel(value: Any) -> bool:
+    """openai's "not sent" markers (``NOT_GIVEN``, ``omit``), by name: they moved between versions."""
+    return type(value).__name__ in ("NotGiven", "Omit")
+
+
 def _is_given(value: Any) -> bool:
-    """False for openai's "not sent" sentinels (``NOT_GIVEN``, ``omit``), by name: they moved between versions."""
-    return value is not None and type(value).__name__ not in ("NotGiven", "Omit")
+    """A parameter the caller set (neither a sentinel nor None)."""
+    return value is not None and not _is_sentinel(value)
 
 
 def _plain(value: Any) -> Any:
-    """``value`` as the client sends it: sentinels dropped, pydantic models dumped as openai dumps them."""
+    """``value`` as the client sends it: sentinels dropped (nulls kept: they go on the wire), pydantic
+    models dumped as openai dumps them."""
     if isinstance(value, Mapping):
-        return {str(key): _plain(item) for key, item in value.items() if _is_given(item)}
+        return {str(key): _plain(item) for key, item in value.items() if not _is_sentinel(item)}
     if isinstance(value, list | tuple):
         return [_plain(item) for item in value]
     dump = getattr(value, "model_dump", None)

@@ -1,0 +1,79 @@
+"""agl instrumentation for CrewAI: one span per crew run, task, agent turn and tool call, and one
+canonical LLM-call span per model call, attributed to the agent (its ``role``) that made it.
+
+Zero code: ``pip install 'agl-instrument-crewai[instruments]'`` and run the unchanged program
+under ``opentelemetry-instrument python my_crew.py``; the entry point ``agl_crewai`` loads it.
+In code::
+
+    from agl.instrument.crewai import CrewAIInstrumentor
+
+    CrewAIInstrumentor().instrument()  # optional: tracer_provider=...
+
+What is instrumented, and the span each call opens:
+
+- ``Crew.kickoff``/``akickoff`` (``kickoff_async`` and ``kickoff_for_each`` go through them):
+  ``invoke_workflow {crew name}``, with ``crewai.crew.inputs`` and ``crewai.crew.output``.
+- ``Task`` execution, sync, async or in its own thread: ``task {task name, else the first line of
+  its description, shortened to 48 characters}``, ``gen_ai.operation.name=task``, with the
+  description, expected output, the agent's role (``crewai.task.agent``) and the output.
+- ``Agent.execute_task``/``aexecute_task`` and standalone ``Agent.kickoff``/``akickoff``:
+  ``invoke_agent {role}``, with ``gen_ai.operation.name=invoke_agent`` and ``agl.agent.name`` =
+  ``gen_ai.agent.name`` = the role.
+- Tools, by CrewAI's text format (``CrewStructuredTool.invoke``) or native function calling
+  (``BaseTool.run``): ``execute_tool {tool}``, with ``gen_ai.tool.name``,
+  ``gen_ai.tool.call.arguments`` (JSON) and ``gen_ai.tool.call.result``.
+- Every model call, at the ``BaseLLM`` boundary: the ``call``/``acall`` of each ``BaseLLM``
+  subclass, CrewAI's own providers and yours alike (subclasses defined after instrumenting are
+  wrapped as they are defined). The span is `agl.core.tracing.llm`'s ``chat {model}``
+  (``agl.llm.call=true``, ``agl.agent.name`` = the calling agent's role) with the messages in the
+  chat shape, the tool definitions, the LLM's sampling parameters and the reply (text, or native
+  tool calls). When the model is reached through the openai client and ``agl_openai`` is on too,
+  the client joins this span ("outermost wins"): what went over the wire (messages as sent,
+  reply, usage, token ids) is what the span holds, and this layer fills in only what is missing.
+
+Patching is lazy: classes are patched when CrewAI's modules are imported, so ``instrument()``
+imports nothing and may come before or after ``import crewai``. ``instrument()`` twice is a
+no-op; ``uninstrument()`` puts every original method back. Recording never raises into the
+caller: a failure to record is logged (logger ``agl.instrument.crewai``) and the call goes on.
+
+Settings:
+
+- ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=agl_crewai``: leave CrewAI alone under
+  ``opentelemetry-instrument`` (``crewai`` is OpenInference's instrumentor, if installed).
+- CrewAI's own telemetry is separate: ``CREWAI_DISABLE_TELEMETRY=true`` turns it off. Do not use
+  ``OTEL_SDK_DISABLED`` for that: it turns off every OpenTelemetry SDK tracer, agl's included.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
+
+from agl.instrument.crewai import _wrappers
+from agl.instrument.crewai.package import _instruments
+from agl.instrument.crewai.version import __version__
+
+__all__ = ["CrewAIInstrumentor", "__version__"]
+
+logger = logging.getLogger(__name__)
+
+
+class CrewAIInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+    """Instruments CrewAI; see the module's documentation."""
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return _instruments
+
+    def _instrument(self, **kwargs: Any) -> None:
+        """Never raises: under ``opentelemetry-instrument`` one raising instrumentor stops the rest."""
+        try:
+            _wrappers.activate(trace.get_tracer(__name__, __version__, kwargs.get("tracer_provider")))
+        except Exception:
+            logger.exception("agl could not instrument CrewAI")
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        _wrappers.deactivate()

@@ -1,0 +1,594 @@
+"""The patches, listed once in `PATCHES` (applied by `activate`, removed by `deactivate`), and
+what each patched call records.
+
+Crews, tasks, agents and tools are plain methods patched on their classes. Model calls are
+different: every `BaseLLM` subclass (CrewAI's own providers and the user's) defines its own
+``call``/``acall``, so each subclass's methods are wrapped, those already defined when CrewAI is
+imported and those defined later (through ``BaseLLM.__init_subclass__``).
+
+Every wrapper keeps the user's call intact: recording errors are logged and swallowed, the
+user's own exceptions pass through unchanged (and are recorded on the span), and a wrapper left
+in place after `deactivate` (because another library wrapped it over ours) only passes through.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import wrapt
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Span, Status, StatusCode
+
+from agl.core.tracing import semconv
+from agl.core.tracing.llm import LlmCall, start_llm_call
+
+logger = logging.getLogger("agl.instrument.crewai")
+
+UNKNOWN_MODEL = "unknown"
+TASK_SPAN = "task"
+# Attributes of CrewAI's own objects, which the GenAI conventions do not name.
+CREW_NAME = "crewai.crew.name"
+CREW_INPUTS = "crewai.crew.inputs"
+CREW_OUTPUT = "crewai.crew.output"
+TASK_NAME = "crewai.task.name"
+TASK_DESCRIPTION = "crewai.task.description"
+TASK_EXPECTED_OUTPUT = "crewai.task.expected_output"
+TASK_AGENT = "crewai.task.agent"
+TASK_OUTPUT = "crewai.task.output"
+AGENT_GOAL = "crewai.agent.goal"
+AGENT_OUTPUT = "crewai.agent.output"
+TASK_NAME_LENGTH = 48  # characters of a task's description in its span name
+_CHAT_KEYS = ("role", "content", "name", "tool_calls", "tool_call_id")
+
+
+@dataclass
+class _Config:
+    active: bool = False
+    tracer: trace.Tracer | None = None
+
+
+_config = _Config()
+
+# The spans this instrumentor has open in this context, so that a method calling another patched
+# one for the same object (Tool.run -> BaseTool.run, akickoff -> kickoff) opens one span, not two.
+_open: contextvars.ContextVar[frozenset[tuple[str, Any]]] = contextvars.ContextVar(
+    "agl_crewai_open", default=frozenset()
+)
+# The role of the agent running now: the LLM span's agent when CrewAI does not pass ``from_agent``.
+_agent_role: contextvars.ContextVar[str | None] = contextvars.ContextVar("agl_crewai_agent", default=None)
+
+
+def _recording_failed(what: str) -> None:
+    logger.warning("agl could not record %s", what, exc_info=True)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(_plain(value), ensure_ascii=False, default=str)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON-ready data: mappings and sequences walked, pydantic models dumped."""
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    dump = getattr(value, "model_dump", None)
+    if callable(dump) and not isinstance(value, type):
+        try:
+            return dump(mode="json")
+        except Exception:
+            return str(value)
+    return value
+
+
+def _text(value: Any) -> str:
+    """A result as text: strings as they are, CrewAI's outputs by their ``raw`` text, the rest as JSON."""
+    if isinstance(value, str):
+        return value
+    raw = getattr(value, "raw", None)
+    if isinstance(raw, str):
+        return raw
+    return _json(value)
+
+
+def _has_text(value: Any) -> bool:
+    """A string, or one of CrewAI's outputs (``CrewOutput``, ``TaskOutput``, ``LiteAgentOutput``) with its text."""
+    return isinstance(value, str) or isinstance(getattr(value, "raw", None), str)
+
+
+def _argument(args: tuple[Any, ...], kwargs: Mapping[str, Any], index: int, name: str) -> Any:
+    """A call's argument given by position (``index`` after ``self``) or by name."""
+    if name in kwargs:
+        return kwargs[name]
+    return args[index] if len(args) > index else None
+
+
+# --- crews, tasks, agents, tools -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Opening:
+    """What a patched call's span starts with."""
+
+    name: str
+    attributes: dict[str, Any]
+    key: tuple[str, Any]
+    """Identifies the span among the open ones (see `_open`)."""
+    agent_role: str | None = None
+    """Set as the running agent while the span is open."""
+
+
+class _Kind:
+    """One kind of span (crew, task, agent, tool): how it opens and what its result adds."""
+
+    def opening(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Opening:
+        raise NotImplementedError
+
+    def result(self, span: Span, result: Any) -> None:
+        pass
+
+
+class _Crew(_Kind):
+    def opening(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Opening:
+        name = getattr(instance, "name", None) or "crew"
+        attributes: dict[str, Any] = {semconv.OPERATION_NAME: semconv.INVOKE_WORKFLOW, CREW_NAME: name}
+        inputs = _argument(args, kwargs, 0, "inputs")
+        if inputs:
+            attributes[CREW_INPUTS] = _json(inputs)
+        return Opening(f"{semconv.INVOKE_WORKFLOW} {name}", attributes, ("crew", id(instance)))
+
+    def result(self, span: Span, result: Any) -> None:
+        if _has_text(result):  # not a streaming output, whose text comes later
+            span.set_attribute(CREW_OUTPUT, _text(result))
+
+
+def task_title(task: Any) -> str:
+    """A task's span name: ``task {name}``, else ``task {first line of the description}``, shortened."""
+    title = getattr(task, "name", None) or (getattr(task, "description", None) or "").strip().split("\n")[0]
+    if len(title) > TASK_NAME_LENGTH:
+        title = title[: TASK_NAME_LENGTH - 1].rstrip() + "…"
+    return f"{TASK_SPAN} {title}" if title else TASK_SPAN
+
+
+class _Task(_Kind):
+    def opening(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Opening:
+        agent = _argument(args, kwargs, 0, "agent") or getattr(instance, "agent", None)
+        attributes: dict[str, Any] = {
+            semconv.OPERATION_NAME: TASK_SPAN,
+            TASK_DESCRIPTION: getattr(instance, "description", None) or "",
+            TASK_EXPECTED_OUTPUT: getattr(instance, "expected_output", None) or "",
+        }
+        if getattr(instance, "name", None):
+            attributes[TASK_NAME] = instance.name
+        role = getattr(agent, "role", None)
+        if isinstance(role, str):
+            attributes[TASK_AGENT] = role
+        return Opening(task_title(instance), attributes, ("task", id(instance)))
+
+    def result(self, span: Span, result: Any) -> None:
+        if _has_text(result):
+            span.set_attribute(TASK_OUTPUT, _text(result))
+
+
+class _Agent(_Kind):
+    def opening(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Opening:
+        role = str(getattr(instance, "role", None) or "agent")
+        attributes: dict[str, Any] = {
+            semconv.OPERATION_NAME: semconv.INVOKE_AGENT,
+            semconv.AGENT_NAME: role,
+            semconv.GEN_AI_AGENT_NAME: role,
+        }
+        goal = getattr(instance, "goal", None)
+        if isinstance(goal, str):
+            attributes[AGENT_GOAL] = goal
+        return Opening(f"{semconv.INVOKE_AGENT} {role}", attributes, ("agent", id(instance)), agent_role=role)
+
+    def result(self, span: Span, result: Any) -> None:
+        if _has_text(result):  # not the coroutine that ``kickoff`` returns inside a flow
+            span.set_attribute(AGENT_OUTPUT, _text(result))
+
+
+class _Tool(_Kind):
+    """``BaseTool.run``/``arun`` (native tool calls, direct use) and ``CrewStructuredTool.invoke``/
+    ``ainvoke`` (CrewAI's text tool calls): the tool's name, its arguments as JSON, its result."""
+
+    def __init__(self, structured: bool) -> None:
+        self.structured = structured
+
+    def opening(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Opening:
+        name = str(getattr(instance, "name", None) or type(instance).__name__)
+        if self.structured:
+            arguments: Any = _argument(args, kwargs, 0, "input")  # a dict, or the model's JSON text
+        else:
+            arguments = dict(kwargs) if not args else {"args": list(args), **kwargs}
+        attributes = {
+            semconv.OPERATION_NAME: semconv.EXECUTE_TOOL,
+            semconv.TOOL_NAME: name,
+            semconv.TOOL_CALL_ARGUMENTS: arguments if isinstance(arguments, str) else _json(arguments or {}),
+        }
+        return Opening(f"{semconv.EXECUTE_TOOL} {name}", attributes, ("tool", name))
+
+    def result(self, span: Span, result: Any) -> None:
+        span.set_attribute(semconv.TOOL_CALL_RESULT, _text(result))
+
+
+def _start(kind: _Kind, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Span, list[Any]] | None:
+    """Open ``kind``'s span and make it current; None when it is already open or cannot be recorded."""
+    try:
+        opening = kind.opening(instance, args, kwargs)
+        open_now = _open.get()
+        if opening.key in open_now or _config.tracer is None:
+            return None
+        span = _config.tracer.start_span(opening.name, attributes=opening.attributes)
+        tokens: list[Any] = [
+            otel_context.attach(trace.set_span_in_context(span)),
+            _open.set(open_now | {opening.key}),
+        ]
+        if opening.agent_role is not None:
+            tokens.append(_agent_role.set(opening.agent_role))
+        return span, tokens
+    except Exception:
+        _recording_failed("the start of a CrewAI call")
+        return None
+
+
+def _end(kind: _Kind, started: tuple[Span, list[Any]], result: Any, error: BaseException | None) -> None:
+    span, tokens = started
+    try:
+        if len(tokens) > 2:
+            _agent_role.reset(tokens[2])
+        _open.reset(tokens[1])
+        otel_context.detach(tokens[0])
+    except Exception:
+        _recording_failed("the context of a CrewAI call")
+    try:
+        if error is not None:
+            span.record_exception(error)
+            span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+        else:
+            kind.result(span, result)
+    except Exception:
+        _recording_failed("the result of a CrewAI call")
+    finally:
+        span.end()
+
+
+def _sync_wrapper(kind: _Kind) -> Callable[..., Any]:
+    def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if not _config.active:
+            return wrapped(*args, **kwargs)
+        started = _start(kind, instance, args, kwargs)
+        if started is None:
+            return wrapped(*args, **kwargs)
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as error:
+            _end(kind, started, None, error)
+            raise
+        _end(kind, started, result, None)
+        return result
+
+    return wrapper
+
+
+def _async_wrapper(kind: _Kind) -> Callable[..., Any]:
+    async def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if not _config.active:
+            return await wrapped(*args, **kwargs)
+        started = _start(kind, instance, args, kwargs)
+        if started is None:
+            return await wrapped(*args, **kwargs)
+        try:
+            result = await wrapped(*args, **kwargs)
+        except BaseException as error:
+            _end(kind, started, None, error)
+            raise
+        _end(kind, started, result, None)
+        return result
+
+    return wrapper
+
+
+# --- model calls -----------------------------------------------------------------------------
+
+_PARAMETERS = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "max_tokens": "max_tokens",
+    "seed": "seed",
+    "frequency_penalty": "frequency_penalty",
+    "presence_penalty": "presence_penalty",
+    "n": "choice.count",
+}
+
+
+def _chat_messages(messages: Any) -> list[Any] | None:
+    """The messages of a ``BaseLLM.call`` in the chat shape (a string is one user message), copied
+    now: CrewAI goes on appending to the list it passed."""
+    if isinstance(messages, str):
+        return [{"role": "user", "content": messages}]
+    if not isinstance(messages, list | tuple):
+        return None
+    copied: list[Any] = []
+    for message in messages:
+        if isinstance(message, Mapping):
+            copied.append({key: _plain(message[key]) for key in _CHAT_KEYS if key in message})
+        else:
+            copied.append(_plain(message))
+    return copied
+
+
+def _tool_call(call: Any) -> dict[str, Any]:
+    """A native tool call (a dict in OpenAI's shape, or a provider's object) as a chat message carries it."""
+    if isinstance(call, Mapping):
+        function = call.get("function") or {}
+        name, arguments, call_id = function.get("name"), function.get("arguments"), call.get("id")
+    else:
+        function = getattr(call, "function", None)
+        name, arguments, call_id = getattr(function, "name", None), getattr(function, "arguments", None), call.id
+    if not isinstance(arguments, str):
+        arguments = _json(arguments or {})
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def _is_tool_call(value: Any) -> bool:
+    function = value.get("function") if isinstance(value, Mapping) else getattr(value, "function", None)
+    return function is not None
+
+
+def _assistant_message(result: Any) -> dict[str, Any]:
+    """What ``call`` returned as an assistant message: text, native tool calls, or a structured output as JSON."""
+    if isinstance(result, list) and result and all(_is_tool_call(item) for item in result):
+        return {"role": "assistant", "content": None, "tool_calls": [_tool_call(item) for item in result]}
+    return {"role": "assistant", "content": result if isinstance(result, str) or result is None else _text(result)}
+
+
+def _provider(llm: Any) -> str | None:
+    """CrewAI's provider for its own LLM classes, or when set by hand: ``provider`` defaults to
+    "openai", which a custom model that never set it is not."""
+    provider = getattr(llm, "provider", None)
+    own = type(llm).__module__.startswith("crewai.")
+    if isinstance(provider, str) and (own or provider in (getattr(llm, "model_fields_set", None) or ())):
+        return provider
+    return None
+
+
+@dataclass
+class _ModelRequest:
+    """A model call's request, taken when it starts, recorded when it ends where the layer below
+    (the openai client, which knows what went over the wire) recorded nothing."""
+
+    messages: list[Any] | None
+    tools: list[Any] | None
+    parameters: dict[str, Any]
+
+
+def _request(llm: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> _ModelRequest:
+    parameters = {name: getattr(llm, field, None) for field, name in _PARAMETERS.items()}
+    try:
+        stop = llm.stop_sequences  # CrewAI's per-call override, else the LLM's own list
+    except Exception:
+        stop = getattr(llm, "stop", None)
+    if stop:
+        parameters["stop_sequences"] = list(stop)
+    tools = _argument(args, kwargs, 1, "tools")
+    return _ModelRequest(
+        _chat_messages(_argument(args, kwargs, 0, "messages")),
+        _plain(tools) if isinstance(tools, list | tuple) and tools else None,
+        {name: value for name, value in parameters.items() if value is not None},
+    )
+
+
+def _start_model_call(llm: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[LlmCall, Any, Any] | None:
+    """Start (or join) the LLM span; None inside this LLM's own call already (a subclass calling
+    ``super().call``), whose span is the outer call's."""
+    try:
+        open_now = _open.get()
+        key = ("model", id(llm))
+        if key in open_now:
+            return None
+        request = _request(llm, args, kwargs)  # first: a failure here leaves no span open
+        agent = _argument(args, kwargs, 5, "from_agent")
+        role = getattr(agent, "role", None)
+        model = getattr(llm, "model", None)
+        call = start_llm_call(
+            model if isinstance(model, str) and model else UNKNOWN_MODEL,
+            provider=_provider(llm),
+            agent_name=role if isinstance(role, str) else _agent_role.get(),
+            tracer=_config.tracer,
+        )
+        tokens = [otel_context.attach(call.context())] if call.owner else []
+        return call, request, [*tokens, _open.set(open_now | {key})]
+    except Exception:
+        _recording_failed("the start of a CrewAI model call")
+        return None
+
+
+def _end_model_call(started: tuple[LlmCall, Any, Any], result: Any, error: BaseException | None) -> None:
+    call, request, tokens = started
+    try:
+        _open.reset(tokens[-1])
+        if len(tokens) > 1:
+            otel_context.detach(tokens[0])
+    except Exception:
+        _recording_failed("the context of a CrewAI model call")
+    try:
+        present = getattr(call.span, "attributes", None) or {}
+        attributes: dict[str, Any] = {}
+        if semconv.INPUT_MESSAGES not in present:  # else the request as sent is there, parameters included
+            attributes[semconv.INPUT_MESSAGES] = request.messages
+            attributes[semconv.TOOL_DEFINITIONS] = request.tools
+            attributes.update({semconv.REQUEST_PREFIX + name: value for name, value in request.parameters.items()})
+        if error is None and semconv.OUTPUT_MESSAGES not in present:
+            attributes[semconv.OUTPUT_MESSAGES] = [_assistant_message(result)]
+        call.record(attributes)
+    except Exception:
+        _recording_failed("a CrewAI model call")
+    try:
+        call.end(error)
+    except Exception:
+        _recording_failed("the end of a CrewAI model call")
+
+
+def _model_call(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if not _config.active:
+        return wrapped(*args, **kwargs)
+    started = _start_model_call(instance, args, kwargs)
+    if started is None:
+        return wrapped(*args, **kwargs)
+    try:
+        result = wrapped(*args, **kwargs)
+    except BaseException as error:
+        _end_model_call(started, None, error)
+        raise
+    _end_model_call(started, result, None)
+    return result
+
+
+async def _async_model_call(
+    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    if not _config.active:
+        return await wrapped(*args, **kwargs)
+    started = _start_model_call(instance, args, kwargs)
+    if started is None:
+        return await wrapped(*args, **kwargs)
+    try:
+        result = await wrapped(*args, **kwargs)
+    except BaseException as error:
+        _end_model_call(started, None, error)
+        raise
+    _end_model_call(started, result, None)
+    return result
+
+
+MODEL_METHODS: dict[str, Callable[..., Any]] = {"call": _model_call, "acall": _async_model_call}
+
+
+# --- the patches ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Patch:
+    module: str
+    """Patched when this module is imported (or at once, if it is)."""
+    owner: str
+    """The class, an attribute of ``module``."""
+    method: str
+    wrapper: Callable[..., Any]
+
+
+PATCHES: tuple[Patch, ...] = (
+    Patch("crewai.crew", "Crew", "kickoff", _sync_wrapper(_Crew())),
+    Patch("crewai.crew", "Crew", "akickoff", _async_wrapper(_Crew())),
+    Patch("crewai.task", "Task", "_execute_core", _sync_wrapper(_Task())),
+    Patch("crewai.task", "Task", "_aexecute_core", _async_wrapper(_Task())),
+    Patch("crewai.agent.core", "Agent", "execute_task", _sync_wrapper(_Agent())),
+    Patch("crewai.agent.core", "Agent", "aexecute_task", _async_wrapper(_Agent())),
+    Patch("crewai.agent.core", "Agent", "kickoff", _sync_wrapper(_Agent())),
+    Patch("crewai.agent.core", "Agent", "akickoff", _async_wrapper(_Agent())),
+    Patch("crewai.tools.base_tool", "BaseTool", "run", _sync_wrapper(_Tool(structured=False))),
+    Patch("crewai.tools.base_tool", "BaseTool", "arun", _async_wrapper(_Tool(structured=False))),
+    Patch("crewai.tools.base_tool", "Tool", "run", _sync_wrapper(_Tool(structured=False))),
+    Patch("crewai.tools.base_tool", "Tool", "arun", _async_wrapper(_Tool(structured=False))),
+    Patch("crewai.tools.structured_tool", "CrewStructuredTool", "invoke", _sync_wrapper(_Tool(structured=True))),
+    Patch("crewai.tools.structured_tool", "CrewStructuredTool", "ainvoke", _async_wrapper(_Tool(structured=True))),
+)
+LLM_MODULE = "crewai.llms.base_llm"
+"""Where `BaseLLM` lives: its subclasses' ``call``/``acall`` (`MODEL_METHODS`) are wrapped."""
+
+_applied: dict[tuple[type, str], tuple[Any, Any]] = {}
+"""(class, method) -> (original, our wrapper), for every patch in place."""
+_hooked: set[str] = set()
+
+
+def activate(tracer: trace.Tracer) -> None:
+    """Patch every module of `PATCHES` already imported, and each other one when it is imported:
+    CrewAI itself is not imported here."""
+    _config.tracer, _config.active = tracer, True
+    for name in dict.fromkeys([*(patch.module for patch in PATCHES), LLM_MODULE]):
+        if name in sys.modules:
+            _apply(name, sys.modules[name])
+        elif name not in _hooked:  # a post-import hook cannot be removed: register each one once
+            _hooked.add(name)
+            wrapt.register_post_import_hook(functools.partial(_apply, name), name)
+
+
+def _replace(owner: type, method: str, wrapper: Callable[..., Any]) -> None:
+    if (owner, method) in _applied:
+        return
+    original = owner.__dict__[method]
+    wrapped = wrapt.FunctionWrapper(original, wrapper)
+    setattr(owner, method, wrapped)
+    _applied[(owner, method)] = (original, wrapped)
+
+
+def _apply(name: str, module: ModuleType) -> None:
+    """Apply the patches of module ``name``: by the name it was imported under, since CrewAI
+    overwrites the ``__name__`` of some of its modules (``crewai.crew`` says it is ``base_agent``)."""
+    if not _config.active:
+        return
+    for patch in PATCHES:
+        if patch.module != name:
+            continue
+        try:
+            _replace(getattr(module, patch.owner), patch.method, patch.wrapper)
+        except Exception:  # another CrewAI version: this patch does not apply, the others still do
+            logger.debug("agl could not patch %s.%s.%s", patch.module, patch.owner, patch.method, exc_info=True)
+    if name == LLM_MODULE:
+        try:
+            _patch_models(module.BaseLLM)
+        except Exception:
+            logger.debug("agl could not patch CrewAI's BaseLLM", exc_info=True)
+
+
+def _patch_model_class(cls: type) -> None:
+    for method, wrapper in MODEL_METHODS.items():
+        if method in cls.__dict__:
+            try:
+                _replace(cls, method, wrapper)
+            except Exception:
+                logger.debug("agl could not patch %s.%s", cls.__qualname__, method, exc_info=True)
+
+
+def _patch_models(base: type) -> None:
+    """Wrap ``call``/``acall`` of every `BaseLLM` subclass defined so far, and of each one defined
+    later: ``BaseLLM.__init_subclass__`` is wrapped to do it."""
+    pending = list(base.__subclasses__())
+    while pending:
+        cls = pending.pop()
+        _patch_model_class(cls)
+        pending.extend(cls.__subclasses__())
+    if (base, "__init_subclass__") in _applied:
+        return
+    original = base.__dict__["__init_subclass__"]  # a classmethod
+
+    def init_subclass(cls: type, **kwargs: Any) -> None:
+        original.__func__(cls, **kwargs)
+        if _config.active:
+            _patch_model_class(cls)
+
+    hook = classmethod(init_subclass)
+    type.__setattr__(base, "__init_subclass__", hook)
+    _applied[(base, "__init_subclass__")] = (original, hook)
+
+
+def deactivate() -> None:
+    """Put every original back. A wrapper that another library has wrapped over stays, passing through."""
+    _config.active = False
+    for (owner, method), (original, wrapper) in list(_applied.items()):
+        current = owner.__dict__.get(method)
+        # Ours, or ours as bound by ``getattr(cls, name)``: what OpenInference puts back when it
+        # uninstruments after us, having saved the method that way.
+        if current is wrapper or getattr(current, "_self_parent", None) is wrapper:
+            type.__setattr__(owner, method, original)
+            del _applied[(owner, method)]
