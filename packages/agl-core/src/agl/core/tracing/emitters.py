@@ -32,7 +32,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
 from agl.core.tracing import semconv
-from agl.core.tracing.llm import TRACER_NAME
+from agl.core.tracing.llm import agl_tracer
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -192,7 +192,7 @@ def agl_tracing_active() -> bool:
 
 def _tracer(emitter: str) -> trace.Tracer | None:
     if agl_tracing_active():
-        return trace.get_tracer(TRACER_NAME)
+        return agl_tracer()
     with _warned_lock:
         if emitter in _warned:
             return None

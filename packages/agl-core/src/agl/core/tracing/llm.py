@@ -35,6 +35,18 @@ _FROM_THE_WIRE = frozenset(
 
 
 _OPEN_CALL = otel_context.create_key("agl-llm-call")
+_tracer_for: tuple[object, trace.Tracer] | None = None
+
+
+def agl_tracer() -> trace.Tracer:
+    """agl's tracer from the global provider, built once per provider (the SDK builds a new one on
+    every ``get_tracer`` call, a cost paid on each model call otherwise)."""
+    global _tracer_for
+    provider = trace.get_tracer_provider()
+    cached = _tracer_for
+    if cached is None or cached[0] is not provider:
+        cached = _tracer_for = (provider, provider.get_tracer(TRACER_NAME))
+    return cached[1]
 
 
 def open_llm_span() -> Span | None:
@@ -147,7 +159,7 @@ def start_llm_call(
     joined = open_llm_span()
     if joined is not None:
         return LlmCall(joined, owner=False)
-    tracer = tracer or trace.get_tracer(TRACER_NAME)
+    tracer = tracer or agl_tracer()
     attributes: dict[str, Any] = {semconv.LLM_CALL: True, semconv.OPERATION_NAME: "chat", semconv.REQUEST_MODEL: model}
     if provider:
         attributes[semconv.PROVIDER_NAME] = provider
