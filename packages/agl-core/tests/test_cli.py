@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import typer
 from typer.testing import CliRunner, Result
 
 from agl.core import LLM, PromptTemplate, RolloutConfig, RolloutRequest, Span, open_store
@@ -433,3 +434,32 @@ def test_the_installed_console_script(filled: Filled) -> None:
     )
     assert bad.returncode == 1 and bad.stdout == ""
     assert bad.stderr.startswith("error: invalid store URL") and bad.stderr.count("\n") == 1
+
+
+def test_installed_packages_add_commands_through_entry_points(monkeypatch: pytest.MonkeyPatch) -> None:
+    import agl.core.cli as cli_module
+
+    @dataclass
+    class FakeEntryPoint:
+        name: str
+        value: str
+        target: Any
+
+        def load(self) -> Any:
+            if isinstance(self.target, Exception):
+                raise self.target
+            return self.target
+
+    def hello(root: typer.Typer) -> None:
+        root.command("hello")(lambda: typer.echo("hello from a plugin"))
+
+    plugins = [
+        FakeEntryPoint("broken", "agl.nowhere:add", ModuleNotFoundError("No module named 'agl.nowhere'")),
+        FakeEntryPoint("hello", "plugin:add", hello),
+    ]
+    monkeypatch.setattr(cli_module, "entry_points", lambda group: plugins)
+    root = typer.Typer(no_args_is_help=True)
+    root.command("stats")(lambda: None)
+    assert cli_module.add_plugin_commands(root) == ["broken"]  # reported, not fatal
+    result = CliRunner().invoke(root, ["hello"])
+    assert result.exit_code == 0 and "hello from a plugin" in result.output
