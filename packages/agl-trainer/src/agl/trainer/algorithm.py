@@ -1,0 +1,106 @@
+"""The algorithm contract: an `Algorithm` gets an `AlgorithmContext` and trains through the store.
+
+An algorithm never runs agents itself. It publishes resources (prompts, model endpoints), queues
+tasks as rollouts, waits for the runners to finish them, reads their rewards and spans (through
+the context's adapter), reports metrics per step, and publishes better resources.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+from agl.core.adapters import TraceMessagesAdapter
+from agl.core.store.base import LightningStore
+from agl.core.types import NamedResources, ResourcesUpdate, Rollout, RolloutMode, RolloutRequest
+
+if TYPE_CHECKING:
+    from agl.trainer.trainer import Trainer
+
+REWARD = "agl.reward"
+
+
+class Algorithm(abc.ABC):
+    """Subclass and implement `run`; register a factory for it with ``agl_register_algorithms``."""
+
+    name: str = ""
+
+    @abc.abstractmethod
+    async def run(self, context: AlgorithmContext) -> Any:
+        """Train; what it returns is what `Trainer.fit` returns (and ``agl_fit_end`` gets)."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name or type(self).__name__!r}>"
+
+
+class RolloutsIncomplete(RuntimeError):
+    """`AlgorithmContext.enqueue_and_wait` timed out before every rollout finished."""
+
+
+@dataclass
+class AlgorithmContext:
+    """What an algorithm works with; built by the `Trainer` for one `fit`."""
+
+    store: LightningStore
+    train_dataset: Sequence[Any]
+    val_dataset: Sequence[Any] | None
+    initial_resources: NamedResources | None
+    resources_id: str | None
+    """Id under which the initial resources were published (``None`` when there were none)."""
+    hooks: pluggy.HookRelay
+    trainer: Trainer
+    adapter: Any = field(default_factory=TraceMessagesAdapter)
+    """Turns one attempt's spans into training data (``adapter.adapt(spans)``)."""
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("agl.trainer.algorithm"))
+
+    async def enqueue_and_wait(
+        self,
+        tasks: Sequence[Any],
+        mode: RolloutMode | None = "train",
+        resources_id: str | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> list[Rollout]:
+        """Queue one rollout per task, wait until all are finished, and return them in task order.
+
+        ``resources_id`` pins the resources the runners give the agent (default: the latest).
+        Calls ``agl_rollout_end`` for each. Raises `RolloutsIncomplete` after ``timeout`` seconds.
+        """
+        requests = [RolloutRequest(input=task, mode=mode, resources_id=resources_id) for task in tasks]
+        queued = await self.store.enqueue_many_rollouts(requests)
+        ids = [rollout.rollout_id for rollout in queued]
+        finished = {rollout.rollout_id: rollout for rollout in await self.store.wait_for_rollouts(ids, timeout)}
+        if len(finished) < len(ids):
+            raise RolloutsIncomplete(f"{len(ids) - len(finished)} of {len(ids)} rollouts unfinished after {timeout} s")
+        ordered = [finished[rollout_id] for rollout_id in ids]
+        for rollout in ordered:
+            self.hooks.agl_rollout_end(trainer=self.trainer, rollout=rollout)
+        return ordered
+
+    async def reward(self, rollout: Rollout) -> float | None:
+        """The final reward of the rollout's latest attempt: the last ``agl.reward`` among its spans."""
+        spans = await self.store.query_spans(rollout.rollout_id, "latest")
+        rewards = [span.attributes[REWARD] for span in spans if _is_number(span.attributes.get(REWARD))]
+        return float(rewards[-1]) if rewards else None
+
+    async def publish_resources(self, resources: NamedResources) -> ResourcesUpdate:
+        """Publish ``resources`` as the next version of this fit's resources (they become the latest)."""
+        if self.resources_id is None:
+            update = await self.store.add_resources(resources)
+            self.resources_id = update.resources_id
+            return update
+        return await self.store.update_resources(self.resources_id, resources)
+
+    def log_step(self, step: int, metrics: dict[str, float]) -> None:
+        """Report one step's metrics: logged, and passed to every ``agl_step_end`` hook."""
+        self.logger.info("step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        self.hooks.agl_step_end(trainer=self.trainer, step=step, metrics=dict(metrics))
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

@@ -1,0 +1,12 @@
+"""The built-in algorithms, registered through the ``agl.trainer`` entry point ``builtin``,
+exactly as a third-party plugin registers its own."""
+
+from __future__ import annotations
+
+from agl.trainer.algorithms.baseline import Baseline
+from agl.trainer.hookspecs import RegisterAlgorithm, hookimpl
+
+
+@hookimpl
+def agl_register_algorithms(register: RegisterAlgorithm) -> None:
+    register("baseline", Baseline)

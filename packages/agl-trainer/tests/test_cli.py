@@ -1,0 +1,66 @@
+"""`agl algorithms` and `agl train` on the real root app, with the trainer's commands added as
+the `agl` script adds them (through the `agl.cli` entry point)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from importlib.metadata import EntryPoint
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from agl.core.cli import add_plugin_commands, app
+from agl.trainer import plugins as plugins_module
+
+
+@pytest.fixture(scope="module")
+def cli() -> CliRunner:
+    assert add_plugin_commands(app) == []
+    return CliRunner()
+
+
+def test_algorithms_lists_the_builtin_and_its_distribution(cli: CliRunner) -> None:
+    result = cli.invoke(app, ["algorithms"])
+    assert result.exit_code == 0, result.output
+    assert any(line.split() == ["baseline", "agl-trainer"] for line in result.output.splitlines())
+    as_json = json.loads(cli.invoke(app, ["algorithms", "--json"]).output)
+    assert {"name": "baseline", "provided_by": "agl-trainer"} in as_json["algorithms"]
+    assert as_json["failed"] == []
+
+
+def test_algorithms_lists_a_broken_plugin_with_its_error(cli: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = plugins_module.entry_points(group="agl.trainer")
+    broken = EntryPoint("broken", "agl_no_such_module_for_tests", "agl.trainer")
+    monkeypatch.setattr(plugins_module, "entry_points", lambda group: [*real, broken])
+    result = cli.invoke(app, ["algorithms"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "baseline" in result.output
+    assert "broken" in result.output and "agl_no_such_module_for_tests" in result.output
+
+
+def test_train_runs_an_agent_module_over_a_jsonl_dataset(
+    cli: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tracing: None
+) -> None:
+    (tmp_path / "cli_agent_for_tests.py").write_text(
+        "from agl.core.agent import rollout\n\n@rollout\ndef agent(task):\n    return task['x']\n"
+    )
+    (tmp_path / "train.jsonl").write_text('{"x": 1}\n\n{"x": 0}\n')
+    (tmp_path / "val.jsonl").write_text('{"x": 0.5}\n')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])
+    args = ["train", "--algorithm", "baseline", "--agent", "cli_agent_for_tests:agent", "--store", "memory://"]
+    result = cli.invoke(app, [*args, "--dataset", "train.jsonl", "--val", "val.jsonl", "--runners", "2"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)
+    assert metrics["train/reward_mean"] == 0.5 and metrics["val/reward_mean"] == 0.5
+    assert metrics["train/rollouts"] == 2.0
+
+
+def test_train_reports_a_bad_agent_in_one_line(cli: CliRunner, tmp_path: Path) -> None:
+    (tmp_path / "train.jsonl").write_text("{}\n")
+    args = ["train", "--algorithm", "nope", "--agent", "agl.core.agent:LitAgent", "--store", "memory://"]
+    result = cli.invoke(app, [*args, "--dataset", str(tmp_path / "train.jsonl")])
+    assert result.exit_code == 1
+    assert "error:" in result.output and "not an agent" in result.output and "Traceback" not in result.output

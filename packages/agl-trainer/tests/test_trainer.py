@@ -1,0 +1,155 @@
+"""The trainer with real runners, a memory store and real tracing: hooks, baseline, clean stops."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from agl.core.agent import rollout
+from agl.core.store.base import LightningStore
+from agl.core.types import PromptTemplate, Rollout
+from agl.trainer import Algorithm, AlgorithmContext, Trainer, UnknownAlgorithm, hookimpl, plugin_manager
+
+LIMIT = 30.0
+
+
+@rollout
+def reward_is_x(task: dict[str, Any]) -> float:
+    return float(task["x"])
+
+
+class Recorder:
+    """Observes every run hook, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[Any, ...]] = []
+
+    @hookimpl
+    def agl_fit_start(self, trainer: Trainer) -> None:
+        self.events.append(("fit_start", trainer))
+
+    @hookimpl
+    def agl_rollout_end(self, rollout: Rollout) -> None:  # a hook may take only the arguments it needs
+        self.events.append(("rollout_end", rollout.input["x"], rollout.status))
+
+    @hookimpl
+    def agl_step_end(self, step: int, metrics: dict[str, float]) -> None:
+        self.events.append(("step_end", step, metrics))
+
+    @hookimpl
+    def agl_fit_end(self, trainer: Trainer, result: Any) -> None:
+        self.events.append(("fit_end", result, [task.done() for task in asyncio.all_tasks() if _is_runner(task)]))
+
+
+def _is_runner(task: asyncio.Task[Any]) -> bool:
+    return task.get_name().startswith("agl-runner-")
+
+
+async def test_baseline_reports_mean_reward_per_mode_and_leaves_rollouts_in_the_store(store: LightningStore) -> None:
+    trainer = Trainer("baseline", store=store, n_runners=2)
+    train = [{"x": 1}, {"x": 0}, {"x": 0.5}]
+    metrics = await trainer.fit_async(reward_is_x, train, [{"x": 1}, {"x": 0.25}])
+    assert metrics == {
+        "train/rollouts": 3.0,
+        "train/succeeded": 3.0,
+        "train/reward_mean": pytest.approx(0.5),
+        "val/rollouts": 2.0,
+        "val/succeeded": 2.0,
+        "val/reward_mean": pytest.approx(0.625),
+    }
+    rollouts = await store.query_rollouts()
+    assert sorted((r.mode, r.input["x"], r.status) for r in rollouts) == [
+        ("train", 0, "succeeded"),
+        ("train", 0.5, "succeeded"),
+        ("train", 1, "succeeded"),
+        ("val", 0.25, "succeeded"),
+        ("val", 1, "succeeded"),
+    ]
+    spans = await store.query_spans(rollouts[0].rollout_id)
+    assert any(span.name == "agent.rollout" for span in spans)
+
+
+async def test_failed_rollouts_count_but_have_no_reward(store: LightningStore) -> None:
+    @rollout
+    def picky(task: dict[str, Any]) -> float:
+        if task["x"] < 0:
+            raise ValueError("negative")
+        return float(task["x"])
+
+    metrics = await Trainer("baseline", store=store).fit_async(picky, [{"x": 1}, {"x": -1}, {"x": 0}])
+    assert metrics["train/rollouts"] == 3.0
+    assert metrics["train/succeeded"] == 2.0
+    assert metrics["train/reward_mean"] == pytest.approx(0.5)
+
+
+async def test_the_run_hooks_are_called_in_order(store: LightningStore) -> None:
+    recorder = Recorder()
+    trainer = Trainer("baseline", store=store, plugins=[recorder])
+    metrics = await trainer.fit_async(reward_is_x, [{"x": 1}, {"x": 0}])
+    names = [event[0] for event in recorder.events]
+    assert names == ["fit_start", "rollout_end", "rollout_end", "step_end", "fit_end"]
+    assert recorder.events[0] == ("fit_start", trainer)
+    assert recorder.events[1:3] == [("rollout_end", 1, "succeeded"), ("rollout_end", 0, "succeeded")]
+    assert recorder.events[3] == ("step_end", 0, metrics)
+    assert recorder.events[4] == ("fit_end", metrics, [])  # the runner tasks are gone by then
+
+
+async def test_an_algorithm_error_still_stops_the_runners_and_ends_the_fit(store: LightningStore) -> None:
+    class Crashes(Algorithm):
+        async def run(self, context: AlgorithmContext) -> None:
+            await context.enqueue_and_wait([{"x": 1}], timeout=LIMIT)
+            raise RuntimeError("algorithm bug")
+
+    recorder = Recorder()
+    trainer = Trainer(Crashes(), store=store, plugins=[recorder])
+    with pytest.raises(RuntimeError, match="algorithm bug"):
+        await trainer.fit_async(reward_is_x, [])
+    kind, result, runners_left = recorder.events[-1]
+    assert kind == "fit_end" and isinstance(result, RuntimeError) and runners_left == []
+    assert [r.status for r in await store.query_rollouts()] == ["succeeded"]
+
+
+async def test_a_named_algorithm_gets_its_options_and_a_context(store: LightningStore) -> None:
+    seen: dict[str, Any] = {}
+
+    class Probe(Algorithm):
+        def __init__(self, *, answer: int) -> None:
+            self.answer = answer
+
+        async def run(self, context: AlgorithmContext) -> int:
+            seen["latest"] = await context.store.get_latest_resources()
+            seen["context"] = context
+            update = await context.publish_resources({"prompt": PromptTemplate(template="better {x}")})
+            seen["published"] = update
+            return self.answer
+
+    class Registers:
+        @hookimpl
+        def agl_register_algorithms(self, register: Any) -> None:
+            register("probe", Probe)
+
+    manager = plugin_manager([Registers()], load_entrypoints=False)
+    trainer = Trainer("probe", store=store, plugins=manager, algorithm_options={"answer": 42})
+    initial = {"prompt": PromptTemplate(template="{x}")}
+    assert await trainer.fit_async(reward_is_x, [{"x": 1}], [{"x": 2}], initial) == 42
+    context = seen["context"]
+    assert context.train_dataset == [{"x": 1}] and context.val_dataset == [{"x": 2}]
+    assert seen["latest"].resources == initial and seen["latest"].resources_id == context.resources_id
+    assert seen["published"].resources_id == context.resources_id and seen["published"].version == 2
+
+
+def test_an_unknown_algorithm_names_the_installed_ones() -> None:
+    with pytest.raises(UnknownAlgorithm, match=r"'nope'.*baseline"):
+        Trainer("nope", store=object())  # type: ignore[arg-type]
+
+
+def test_fit_and_dev_run_synchronously(tracing: None) -> None:
+    from agl.core import open_store
+
+    store = open_store("memory://", watchdog_interval=None)
+    trainer = Trainer("baseline", store=store, agent=reward_is_x)
+    metrics = trainer.dev(dataset=[{"x": 1}] * 6 + [{"x": 0}])
+    assert metrics["train/rollouts"] == 4.0  # the first few tasks only
+    assert metrics["train/reward_mean"] == 1.0
