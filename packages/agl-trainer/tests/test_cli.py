@@ -56,6 +56,10 @@ def test_train_runs_an_agent_module_over_a_jsonl_dataset(
     metrics = json.loads(result.stdout)
     assert metrics["train/reward_mean"] == 0.5 and metrics["val/reward_mean"] == 0.5
     assert metrics["train/rollouts"] == 2.0
+    [run_dir] = (tmp_path / "agl-runs").iterdir()  # the default output directory, one per run
+    assert f"metrics: {Path('agl-runs', run_dir.name, 'metrics.jsonl')}" in result.stderr
+    [step] = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert step["step"] == 0 and step["val/reward_mean"] == 0.5
 
 
 def test_train_reports_a_bad_agent_in_one_line(cli: CliRunner, tmp_path: Path) -> None:

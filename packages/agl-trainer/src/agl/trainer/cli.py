@@ -6,6 +6,7 @@ import asyncio
 import importlib
 import json
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,9 +19,13 @@ from agl.core.cli._common import JsonOutput, StoreUrl, console, print_json, tabl
 from agl.core.errors import AglError
 from agl.core.store import open_store
 from agl.core.types import NamedResources
+from agl.trainer.metrics import METRICS_FILE
 from agl.trainer.plugins import algorithms as registered_algorithms
 from agl.trainer.plugins import plugin_manager
 from agl.trainer.trainer import Trainer, UnknownAlgorithm
+
+RUNS_DIR = Path("agl-runs")
+"""Where `agl train` writes each run's metrics by default: ``agl-runs/<UTC time>`` in the current directory."""
 
 
 def add_commands(root: typer.Typer) -> None:
@@ -74,8 +79,15 @@ def train(
     ] = None,
     runners: Annotated[int, typer.Option(help="Runners (asyncio tasks in this process).", min=1)] = 1,
     store: StoreUrl = None,
+    output_dir: Annotated[
+        Path | None,
+        typer.Option(help="Where to write metrics.jsonl and reward.png [default: agl-runs/<UTC time>]."),
+    ] = None,
 ) -> None:
-    """Train an agent on a dataset with an installed algorithm; prints the algorithm's result."""
+    """Train an agent on a dataset with an installed algorithm; prints the algorithm's result.
+
+    Shows finished rollouts and steps on stderr when it is a terminal.
+    """
     try:
         lit_agent = _load_agent(agent)
         train_tasks = _read_jsonl(dataset)
@@ -83,7 +95,15 @@ def train(
         initial = _read_resources(resources) if resources is not None else None
         options = dict(_parse_option(text) for text in option or [])
         backend = open_store(store)
-        trainer = Trainer(algorithm, store=backend, n_runners=runners, algorithm_options=options)
+        run_dir = output_dir or RUNS_DIR / datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+        trainer = Trainer(
+            algorithm,
+            store=backend,
+            n_runners=runners,
+            algorithm_options=options,
+            output_dir=run_dir,
+            progress=sys.stderr.isatty(),
+        )
 
         async def session() -> Any:
             try:
@@ -95,6 +115,7 @@ def train(
     except (AglError, UnknownAlgorithm, ValueError, TypeError, OSError, ImportError, AttributeError) as error:
         typer.echo(f"error: {' '.join(str(error).split())}", err=True)
         raise typer.Exit(1) from None
+    typer.echo(f"metrics: {run_dir / METRICS_FILE}", err=True)
     print_json(_jsonable(result))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from agl.core.agent import LitAgent
@@ -18,6 +19,7 @@ from agl.core.store import LightningStore, open_store
 from agl.core.tracing.configure import flush_spans, setup_tracing
 from agl.core.types import NamedResources
 from agl.trainer.algorithm import Algorithm, AlgorithmContext
+from agl.trainer.metrics import MetricsWriter
 from agl.trainer.plugins import PluginManager, algorithms, plugin_manager
 
 logger = logging.getLogger(__name__)
@@ -40,6 +42,8 @@ class Trainer:
     top of the installed ones (observers of the hooks, or algorithms of your own), or a ready
     `PluginManager` (tests build one with `plugin_manager`).
     ``algorithm_options`` go to the factory of a named algorithm.
+    ``output_dir``: where each fit writes ``metrics.jsonl`` and ``reward.png`` (default: nowhere).
+    ``progress``: show finished rollouts and steps on stderr while fitting.
     """
 
     def __init__(
@@ -51,6 +55,8 @@ class Trainer:
         agent: LitAgent | None = None,
         plugins: Iterable[Any] | PluginManager | None = None,
         algorithm_options: dict[str, Any] | None = None,
+        output_dir: str | Path | None = None,
+        progress: bool = False,
     ) -> None:
         if n_runners < 1:
             raise ValueError(f"n_runners must be at least 1, not {n_runners}")
@@ -59,6 +65,8 @@ class Trainer:
         self.store = store if store is not None else open_store()
         self.n_runners = n_runners
         self.agent = agent
+        self.output_dir = Path(output_dir) if output_dir is not None else None
+        self.progress = progress
         self.runners: list[Runner] = []
 
     def _resolve(self, algorithm: str | Algorithm, options: dict[str, Any]) -> Algorithm:
@@ -112,6 +120,9 @@ class Trainer:
         runs = [
             asyncio.create_task(runner.run(stop=stop), name=f"agl-runner-{i}") for i, runner in enumerate(self.runners)
         ]
+        observers = self._observers()
+        for observer in observers:
+            self.plugins.register(observer)
         result: Any = None
         try:
             self.plugins.hook.agl_fit_start(trainer=self)
@@ -124,14 +135,35 @@ class Trainer:
             stop.set()
             await asyncio.gather(*runs, return_exceptions=True)
             await asyncio.to_thread(flush_spans)
-            self.plugins.hook.agl_fit_end(trainer=self, result=result)
+            try:
+                self.plugins.hook.agl_fit_end(trainer=self, result=result)
+            finally:
+                for observer in observers:
+                    self.plugins.unregister(observer)
+
+    def _observers(self) -> list[Any]:
+        """The built-in observers this fit asked for: plugins of the same hooks as anyone's, registered
+        for the fit only, so a `PluginManager` shared between trainers does not collect them."""
+        observers: list[Any] = []
+        if self.output_dir is not None:
+            observers.append(MetricsWriter(self.output_dir))
+        if self.progress:
+            from agl.trainer.progress import ProgressDisplay  # rich only when a display is asked for
+
+            observers.append(ProgressDisplay())
+        return observers
 
     def dev(
         self, agent: LitAgent | None = None, dataset: Sequence[Any] = (), resources: NamedResources | None = None
     ) -> Any:
         """A quick check that the agent runs: the ``baseline`` algorithm over the first few tasks."""
         quick = Trainer(
-            "baseline", store=self.store, n_runners=self.n_runners, agent=agent or self.agent, plugins=self.plugins
+            "baseline",
+            store=self.store,
+            n_runners=self.n_runners,
+            agent=agent or self.agent,
+            plugins=self.plugins,
+            progress=self.progress,
         )
         return quick.fit(train_dataset=list(dataset)[:DEV_TASKS], resources=resources)
 

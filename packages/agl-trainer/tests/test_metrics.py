@@ -1,0 +1,117 @@
+"""Metrics of a fit: metrics.jsonl and reward.png in the output directory, written by the trainer's
+built-in observer through the same hooks a third-party plugin observes."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from agl.core.agent import rollout
+from agl.core.store.base import LightningStore
+from agl.trainer import Algorithm, AlgorithmContext, Trainer, hookimpl
+from agl.trainer.progress import ProgressDisplay
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@rollout
+def reward_is_x(task: dict[str, Any]) -> float:
+    return float(task["x"])
+
+
+class ThreeSteps(Algorithm):
+    """Runs the train and val datasets three times, a step each, so the chart has a line to draw."""
+
+    async def run(self, context: AlgorithmContext) -> None:
+        for step in range(3):
+            metrics: dict[str, float] = {}
+            for mode, dataset in (("train", context.train_dataset), ("val", context.val_dataset or [])):
+                rollouts = await context.enqueue_and_wait(dataset, mode)
+                rewards = [await context.reward(r) or 0.0 for r in rollouts]
+                metrics[f"{mode}/reward_mean"] = sum(rewards) / len(rewards) + step
+            context.log_step(step, metrics)
+
+
+class StepRecorder:
+    def __init__(self) -> None:
+        self.steps: list[tuple[int, dict[str, float]]] = []
+
+    @hookimpl
+    def agl_step_end(self, step: int, metrics: dict[str, float]) -> None:
+        self.steps.append((step, metrics))
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+async def test_baseline_writes_its_step_and_a_reward_chart(store: LightningStore, tmp_path: Path) -> None:
+    trainer = Trainer("baseline", store=store, output_dir=tmp_path / "run")
+    await trainer.fit_async(reward_is_x, [{"x": 1}, {"x": 0}], [{"x": 0.5}])
+    [record] = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert isinstance(record.pop("time"), float)
+    assert record == {
+        "step": 0,
+        "train/rollouts": 2.0,
+        "train/succeeded": 2.0,
+        "train/reward_mean": 0.5,
+        "val/rollouts": 1.0,
+        "val/succeeded": 1.0,
+        "val/reward_mean": 0.5,
+    }
+    assert (tmp_path / "run" / "reward.png").read_bytes().startswith(PNG_SIGNATURE)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["metrics.jsonl", "reward.png"]
+
+
+async def test_a_plugin_sees_the_steps_in_order_as_metrics_jsonl_has_them(
+    store: LightningStore, tmp_path: Path
+) -> None:
+    recorder = StepRecorder()
+    trainer = Trainer(ThreeSteps(), store=store, plugins=[recorder], output_dir=tmp_path)
+    await trainer.fit_async(reward_is_x, [{"x": 1}, {"x": 0}], [{"x": 0.25}])
+    assert recorder.steps == [
+        (0, {"train/reward_mean": 0.5, "val/reward_mean": 0.25}),
+        (1, {"train/reward_mean": 1.5, "val/reward_mean": 1.25}),
+        (2, {"train/reward_mean": 2.5, "val/reward_mean": 2.25}),
+    ]
+    written = read_metrics(tmp_path / "metrics.jsonl")
+    assert [(r["step"], {k: v for k, v in r.items() if k.endswith("reward_mean")}) for r in written] == recorder.steps
+    assert (tmp_path / "reward.png").read_bytes().startswith(PNG_SIGNATURE)
+    assert trainer.plugins.get_plugins() >= {recorder}  # the built-in observer was for this fit only
+    assert not any(type(p).__name__ == "MetricsWriter" for p in trainer.plugins.get_plugins())
+
+
+async def test_without_an_output_dir_nothing_is_written(
+    store: LightningStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    await Trainer("baseline", store=store).fit_async(reward_is_x, [{"x": 1}])
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_without_matplotlib_the_chart_is_skipped_with_one_line(
+    store: LightningStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    for name in ["matplotlib", *(m for m in sys.modules if m.startswith("matplotlib."))]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed: importing it raises ImportError
+    with caplog.at_level(logging.INFO, logger="agl.trainer.metrics"):
+        await Trainer("baseline", store=store, output_dir=tmp_path).fit_async(reward_is_x, [{"x": 1}])
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]
+    assert [r.message for r in caplog.records if r.name == "agl.trainer.metrics"] == [
+        "matplotlib is not installed (pip install 'agl-trainer[charts]'): no reward chart"
+    ]
+
+
+async def test_the_progress_display_counts_rollouts_and_steps(store: LightningStore) -> None:
+    display = ProgressDisplay(Console(file=io.StringIO()))
+    await Trainer(ThreeSteps(), store=store, plugins=[display]).fit_async(reward_is_x, [{"x": 1}], [{"x": 0}])
+    rollouts, steps = display.progress.tasks
+    assert (rollouts.completed, steps.completed) == (6, 3)
+    assert display.progress.live.is_started is False
