@@ -3,6 +3,7 @@ exactly as a third-party plugin registers its own."""
 
 from __future__ import annotations
 
+from agl.trainer.algorithms.apo import APO
 from agl.trainer.algorithms.baseline import Baseline
 from agl.trainer.hookspecs import RegisterAlgorithm, hookimpl
 
@@ -10,3 +11,4 @@ from agl.trainer.hookspecs import RegisterAlgorithm, hookimpl
 @hookimpl
 def agl_register_algorithms(register: RegisterAlgorithm) -> None:
     register("baseline", Baseline)
+    register("apo", APO)
