@@ -495,3 +495,14 @@ def test_runner_options_are_checked() -> None:
         Runner(rollout(lambda task: 1.0), store, max_concurrency=0)
     with pytest.raises(ValueError, match="positive"):
         Runner(rollout(lambda task: 1.0), store, poll_seconds=0)
+
+
+async def test_an_idle_runner_woken_dequeues_at_once_instead_of_at_its_next_poll(store: Any) -> None:
+    runner = Runner(rollout(lambda task: 1.0), store, worker_id="wk-idle", poll_seconds=3600)
+    running = asyncio.create_task(run(runner, max_rollouts=1))
+    while not await store.query_workers():  # the runner found the queue empty and is idling
+        await asyncio.sleep(0)
+    [rollout_id] = await enqueue(store, [{"x": 1}])
+    runner.wake()
+    assert await running == 1  # within LIMIT, not after an hour
+    assert (await store.get_rollout_by_id(rollout_id)).status == "succeeded"

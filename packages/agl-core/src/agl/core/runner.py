@@ -47,7 +47,8 @@ class Runner:
     """Runs ``agent`` on rollouts from ``store``; up to ``max_concurrency`` at once.
 
     Async agents share the runner's event loop; sync agents each get a thread. ``poll_seconds``
-    is how long the runner idles when the queue is empty before asking again.
+    is how long the runner idles when the queue is empty before asking again, unless `wake` is
+    called first.
     """
 
     def __init__(
@@ -72,6 +73,12 @@ class Runner:
         self.poll_seconds = poll_seconds
         self._active: dict[str, AttemptedRollout] = {}  # by attempt id: claimed and not yet finished
         self._finished = 0
+        self._woken = asyncio.Event()
+
+    def wake(self) -> None:
+        """Ask the store for work now instead of after ``poll_seconds``: code in this event loop
+        that has just queued rollouts (the trainer) calls it, so idle runners start at once."""
+        self._woken.set()
 
     async def run(
         self, *, max_rollouts: int | None = None, until_empty: bool = False, stop: asyncio.Event | None = None
@@ -95,7 +102,10 @@ class Runner:
                 if attempted is None:
                     if until_empty and not tasks:
                         break
-                    await _first_of({*tasks, stopped}, timeout=self.poll_seconds)
+                    woken = asyncio.ensure_future(self._woken.wait())
+                    await _first_of({*tasks, stopped, woken}, timeout=self.poll_seconds)
+                    woken.cancel()
+                    self._woken.clear()
                     continue
                 taken += 1
                 timeout = attempted.config.timeout_seconds

@@ -73,6 +73,7 @@ class AlgorithmContext:
         """
         requests = [RolloutRequest(input=task, mode=mode, resources_id=resources_id) for task in tasks]
         queued = await self.store.enqueue_many_rollouts(requests)
+        self.trainer.wake_runners()
         ids = [rollout.rollout_id for rollout in queued]
         finished = {rollout.rollout_id: rollout for rollout in await self.store.wait_for_rollouts(ids, timeout)}
         if len(finished) < len(ids):

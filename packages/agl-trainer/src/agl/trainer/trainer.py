@@ -153,6 +153,12 @@ class Trainer:
             observers.append(ProgressDisplay())
         return observers
 
+    def wake_runners(self) -> None:
+        """Let idle runners dequeue now: rollouts were just queued (they would otherwise find
+        them only at their next poll)."""
+        for runner in self.runners:
+            runner.wake()
+
     def dev(
         self, agent: LitAgent | None = None, dataset: Sequence[Any] = (), resources: NamedResources | None = None
     ) -> Any:
