@@ -92,7 +92,7 @@ def main() -> None:
     anchor_run = subprocess.run(
         [
             str(ANCHOR_PYTHON),
-            __file__,
+            str(Path(__file__).resolve()),
             "--anchor",
             f"--rollouts={n}",
             f"--runners={args.runners}",
@@ -102,6 +102,7 @@ def main() -> None:
         check=True,
         capture_output=True,
         text=True,
+        cwd=tempfile.gettempdir(),  # it writes agentops.log into its working directory
     )
     anchor = {int(k): v for k, v in json.loads(anchor_run.stdout.strip().splitlines()[-1]).items()}
     with tempfile.TemporaryDirectory() as folder:
