@@ -12,7 +12,7 @@ import agl.trainer.algorithms
 from agl.trainer import hookimpl, plugin_manager
 from agl.trainer import plugins as plugins_module
 from agl.trainer.algorithms.baseline import Baseline
-from agl.trainer.plugins import algorithms
+from agl.trainer.plugins import algorithms, model_servers
 
 
 class Registers:
@@ -110,3 +110,22 @@ def test_a_bad_registration_is_reported() -> None:
     manager = plugin_manager([NotCallable()], load_entrypoints=False)
     assert algorithms(manager) == {}
     assert "not callable" in manager.failures[0].error
+
+
+class ServesModels:
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+
+    @hookimpl
+    def agl_register_model_servers(self, register: Any) -> None:
+        register("engine", lambda: self.tag)
+
+
+def test_model_servers_register_like_algorithms_and_a_taken_name_is_reported() -> None:
+    first, second = ServesModels("first"), ServesModels("second")
+    manager = plugin_manager([first, second], load_entrypoints=False)
+    found = model_servers(manager)
+    assert found["engine"][0]() == "second"
+    (failure,) = manager.failures
+    assert failure.name == manager.get_name(first)
+    assert failure.error.startswith("model server 'engine' is already registered")

@@ -85,21 +85,20 @@ def algorithms(manager: PluginManager) -> dict[str, tuple[AlgorithmFactory, str]
 
     Each plugin's ``agl_register_algorithms`` is called in pluggy's order; a plugin whose hook
     raises, or that registers a name already taken, is added to ``manager.failures``."""
-    found: dict[str, tuple[AlgorithmFactory, str]] = {}
-    for name, factory, plugin_name in _registrations(manager, "agl_register_algorithms"):
-        if name in found:
-            _fail(manager, plugin_name, f"algorithm {name!r} is already registered by {found[name][1]}")
-            continue
-        found[name] = (factory, manager.provider(plugin_name))
-    return found
+    return _registry(manager, "agl_register_algorithms", "algorithm")
 
 
 def model_servers(manager: PluginManager) -> dict[str, tuple[Callable[..., Any], str]]:
     """Every registered model server: name -> (factory, providing distribution or plugin name)."""
+    return _registry(manager, "agl_register_model_servers", "model server")
+
+
+def _registry(manager: PluginManager, hook_name: str, kind: str) -> dict[str, tuple[Callable[..., Any], str]]:
+    """Name -> (factory, provider) from one registration hook; the first registration of a name wins."""
     found: dict[str, tuple[Callable[..., Any], str]] = {}
-    for name, factory, plugin_name in _registrations(manager, "agl_register_model_servers"):
+    for name, factory, plugin_name in _registrations(manager, hook_name):
         if name in found:
-            _fail(manager, plugin_name, f"model server {name!r} is already registered by {found[name][1]}")
+            _fail(manager, plugin_name, f"{kind} {name!r} is already registered by {found[name][1]}")
             continue
         found[name] = (factory, manager.provider(plugin_name))
     return found
