@@ -39,16 +39,22 @@ def in_order(spans: Sequence[Span]) -> list[Span]:
 def llm_calls(ordered: Sequence[Span], agent_match: str | None) -> list[Call]:
     """The LLM-call spans in order, only those of agents whose name matches ``agent_match`` (a
     regex, searched) when given. A call's agent is its own ``agl.agent.name``, else that of the
-    nearest ancestor having one: frameworks name the agent on an outer span, not on each call."""
+    nearest ancestor having one: frameworks name the agent on an outer span, not on each call.
+
+    One physical call recorded twice (the agent's client-side instrumentor and the LLM proxy both
+    saw it) is one call: records sharing ``gen_ai.response.id`` are merged (see `_physical_calls`).
+    """
     pattern = re.compile(agent_match) if agent_match is not None else None
     by_id = {span.span_id: span for span in ordered}
+    records = [span for span in ordered if span.attributes.get(semconv.LLM_CALL) is True]
     calls = []
-    for span in ordered:
-        if span.attributes.get(semconv.LLM_CALL) is not True:
-            continue
-        agent_name = _agent_name(span, by_id)
+    for anchor, kept, group in _physical_calls(records):
+        agent_name = next((name for span in (anchor, kept, *group) if (name := _agent_name(span, by_id))), None)
         if pattern is not None and (agent_name is None or not pattern.search(agent_name)):
             continue
+        span = kept
+        if kept.sequence_id != anchor.sequence_id:
+            span = kept.model_copy(update={"sequence_id": anchor.sequence_id})
         attributes = span.attributes
         calls.append(
             Call(
@@ -62,6 +68,55 @@ def llm_calls(ordered: Sequence[Span], agent_match: str | None) -> list[Call]:
             )
         )
     return calls
+
+
+def _physical_calls(records: Sequence[Span]) -> list[tuple[Span, Span, list[Span]]]:
+    """Group the records of each physical call: ``(anchor, kept, group)`` in the anchors' order.
+
+    Records are the same call when they share a response id and their token ids agree wherever
+    both have them; a group holds at most one record without response token ids, so a server that
+    reuses one response id for different calls does not merge the agent's own records. ``kept``
+    is the record with token ids (the proxy's, from the wire), else the first. ``anchor`` places
+    the call: the record without token ids (the agent's client-side one, numbered with the
+    agent's other spans, so rewards still fall after the call they follow), else the first; the
+    kept record takes the anchor's sequence id.
+    """
+    groups: list[list[Span]] = []
+    open_groups: dict[str, list[list[Span]]] = {}
+    for span in records:
+        response_id = span.attributes.get(semconv.RESPONSE_ID)
+        group = None
+        if isinstance(response_id, str) and response_id:
+            group = next((g for g in open_groups.get(response_id, ()) if _same_call(g, span)), None)
+        if group is None:
+            group = []
+            groups.append(group)
+            if isinstance(response_id, str) and response_id:
+                open_groups.setdefault(response_id, []).append(group)
+        group.append(span)
+    result = []
+    for group in groups:
+        kept = next((span for span in group if _ids(span, semconv.RESPONSE_TOKEN_IDS) is not None), group[0])
+        anchor = next((span for span in group if _ids(span, semconv.RESPONSE_TOKEN_IDS) is None), group[0])
+        result.append((anchor, kept, group))
+    result.sort(key=lambda entry: (entry[0].sequence_id, entry[0].start_time or 0.0))
+    return result
+
+
+def _same_call(group: list[Span], span: Span) -> bool:
+    has_ids = _ids(span, semconv.RESPONSE_TOKEN_IDS) is not None
+    for member in group:
+        if not has_ids and _ids(member, semconv.RESPONSE_TOKEN_IDS) is None:
+            return False
+        for key in (semconv.PROMPT_TOKEN_IDS, semconv.RESPONSE_TOKEN_IDS):
+            mine, theirs = _ids(span, key), _ids(member, key)
+            if mine is not None and theirs is not None and mine != theirs:
+                return False
+    return True
+
+
+def _ids(span: Span, key: str) -> list[int] | None:
+    return _ints(span.attributes.get(key))
 
 
 def _agent_name(span: Span, by_id: dict[str, Span]) -> str | None:
