@@ -1,0 +1,303 @@
+"""The proxy's HTTP app: OpenAI-compatible routes under ``/rollout/{rollout_id}/attempt/{attempt_id}/v1``.
+
+Each call is checked (token, ids, JSON), numbered in its attempt by the store (an unknown rollout
+or attempt is refused before the engine spends anything on it), forwarded to the rollout's engine
+asking for token ids and logprobs, and recorded as one LLM-call span, which is in the store before
+the agent has the whole reply. Errors are OpenAI's JSON shape with a one-line message, so an
+openai client raises its usual typed exceptions: 400 bad ids or body, 401 token, 404 unknown
+rollout/attempt or route, 413 body too large, 502 no engine answered (or answered nonsense), 503
+the store is unavailable; what the engine itself answered (a 4xx, a 500) is passed on as it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from agl.core.errors import AglError, NotFound
+from agl.core.server.app import without_native_telemetry
+from agl.core.server.limits import BodyLimit
+from agl.core.store.base import LightningStore
+from agl.trainer.proxy.forward import DEFAULT_RETRY, Forwarder, NoEngineAnswered, RetryPolicy, Sent, new_client
+from agl.trainer.proxy.routing import Upstreams
+from agl.trainer.proxy.shape import PATHS, Asked, Endpoint, asked, reshape, upstream_body
+from agl.trainer.proxy.spans import CallRecord
+
+logger = logging.getLogger("agl.trainer.proxy")
+
+PREFIX = "/rollout/{rollout_id}/attempt/{attempt_id}/v1"
+MAX_BODY_BYTES = 32 * 1024 * 1024
+MAX_ID_LENGTH = 256
+OPEN_PATHS = frozenset({"/health"})
+_JSON = "application/json"
+
+
+def create_proxy_app(
+    store: LightningStore,
+    upstreams: Upstreams,
+    *,
+    token: str | None = None,
+    upstream_token: str | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    retry: RetryPolicy = DEFAULT_RETRY,
+    timeout: httpx.Timeout | float | None = None,
+    on_startup: Callable[[], None] | None = None,
+) -> FastAPI:
+    """The app around ``store`` and ``upstreams`` (both owned by the caller). Its HTTP client is
+    made on the serving event loop at start-up and closed at shutdown; ``on_startup`` is called
+    once it is ready."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with new_client(timeout) as client:
+            calls.forwarder = Forwarder(client, upstreams, retry=retry, upstream_token=upstream_token)
+            if on_startup is not None:
+                on_startup()
+            yield
+
+    app = FastAPI(title="agl LLM proxy", docs_url=None, redoc_url=None, lifespan=lifespan, **without_native_telemetry())
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    calls = _Calls(store, token)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> Response:
+        message = "no such route; calls go to /rollout/{rollout_id}/attempt/{attempt_id}/v1/..."
+        return _error(error.status_code, message if error.status_code == 404 else str(error.detail))
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post(PREFIX + "/chat/completions", response_model=None)
+    async def chat_completions(request: Request, rollout_id: str, attempt_id: str) -> Response:
+        return await calls.handle("chat", request, rollout_id, attempt_id)
+
+    @app.post(PREFIX + "/completions", response_model=None)
+    async def completions(request: Request, rollout_id: str, attempt_id: str) -> Response:
+        return await calls.handle("completions", request, rollout_id, attempt_id)
+
+    @app.get(PREFIX + "/models", response_model=None)
+    async def rollout_models(request: Request, rollout_id: str, attempt_id: str) -> Response:
+        return await calls.models(request, rollout_id)
+
+    @app.get("/v1/models", response_model=None)
+    async def models(request: Request) -> Response:
+        return await calls.models(request, "")
+
+    return app
+
+
+class _Calls:
+    """The handlers' shared state and steps."""
+
+    def __init__(self, store: LightningStore, token: str | None) -> None:
+        self.store = store
+        self.forwarder: Forwarder | None = None
+        self._expected = f"Bearer {token}".encode() if token else None
+
+    def refuse_unauthorized(self, request: Request) -> Response | None:
+        if self._expected is None:
+            return None
+        given = (request.headers.get("authorization") or "").encode()
+        if hmac.compare_digest(given, self._expected):  # constant time: no timing oracle
+            return None
+        return _error(401, "missing or wrong bearer token", headers={"www-authenticate": "Bearer"})
+
+    async def models(self, request: Request, rollout_id: str) -> Response:
+        refusal = self.refuse_unauthorized(request)
+        if refusal is not None:
+            return refusal
+        assert self.forwarder is not None
+        try:
+            sent = await self.forwarder.send(rollout_id, "GET", "/models")
+        except NoEngineAnswered as error:
+            return _error(502, str(error))
+        try:
+            payload = await sent.response.aread()
+        except httpx.HTTPError as error:
+            return _error(502, f"the engine's reply broke off: {type(error).__name__}")
+        finally:
+            await sent.close()
+        return Response(payload, sent.response.status_code, media_type=_content_type(sent.response))
+
+    async def handle(self, endpoint: Endpoint, request: Request, rollout_id: str, attempt_id: str) -> Response:
+        refusal = self.refuse_unauthorized(request)
+        if refusal is not None:
+            return refusal
+        for name, value in (("rollout id", rollout_id), ("attempt id", attempt_id)):
+            if not _valid_id(value):
+                return _error(400, f"malformed {name} {value[:80]!r}")
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            return _error(400, "the request body is not JSON")
+        if not isinstance(body, dict):
+            return _error(400, "the request body must be a JSON object")
+        try:
+            sequence_id = await self.store.get_next_span_sequence_id(rollout_id, attempt_id)
+        except NotFound as error:
+            return _error(404, _one_line(str(error)))
+        except AglError as error:
+            return _error(503, f"the store is unavailable: {_one_line(str(error))}")
+        record = CallRecord(
+            endpoint,
+            body,
+            rollout_id=rollout_id,
+            attempt_id=attempt_id,
+            sequence_id=sequence_id,
+            traceparent=request.headers.get("traceparent"),
+        )
+        agent = asked(endpoint, body)
+        content = json.dumps(upstream_body(endpoint, body, agent), ensure_ascii=False).encode()
+        assert self.forwarder is not None
+        try:
+            sent = await self.forwarder.send(rollout_id, "POST", PATHS[endpoint], content)
+        except NoEngineAnswered as error:
+            record.fail(type(error).__name__, str(error))
+            await self.save(record)
+            return _error(502, str(error))
+        record.upstream = sent.url
+        if sent.response.status_code == 200 and _content_type(sent.response).startswith("text/event-stream"):
+            relay = _Relay(endpoint, sent, record, agent, self.save)
+            return StreamingResponse(relay.events(), media_type="text/event-stream")
+        try:
+            payload = await sent.response.aread()
+        except httpx.HTTPError as error:
+            record.fail(type(error).__name__, f"the engine's reply broke off: {error}")
+            await self.save(record)
+            return _error(502, f"the engine's reply broke off: {type(error).__name__}")
+        finally:
+            await sent.close()
+        status = sent.response.status_code
+        if status != 200:
+            answer = _one_line(payload.decode(errors="replace"))
+            record.fail(f"http.{status}", f"the engine answered {status}: {answer}")
+            await self.save(record)
+            return Response(payload, status, media_type=_content_type(sent.response))
+        try:
+            data = json.loads(payload)
+            if not isinstance(data, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            record.fail("invalid_reply", "the engine's reply is not a JSON object")
+            await self.save(record)
+            return _error(502, "the engine's reply is not a JSON object")
+        record.add_reply(data)
+        await self.save(record)
+        if not agent.everything:
+            payload = json.dumps(reshape(endpoint, data, agent), ensure_ascii=False).encode()
+        return Response(payload, 200, media_type=_JSON)
+
+    async def save(self, record: CallRecord) -> None:
+        """Store the call's span. The agent's call matters more than its record: a failure is logged."""
+        try:
+            await self.store.add_span(record.span())
+        except Exception:
+            where = f"{record.rollout_id}/{record.attempt_id}"
+            logger.warning("could not record the LLM call of %s", where, exc_info=True)
+
+
+class _Relay:
+    """An engine's event stream passed to the agent as it arrives, each chunk also recorded; the
+    span is stored before the stream's last event (``[DONE]``) goes out, so an agent that has read
+    the whole stream finds its call in the store."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        sent: Sent,
+        record: CallRecord,
+        agent: Asked,
+        save: Callable[[CallRecord], Awaitable[None]],
+    ) -> None:
+        self.endpoint, self.sent, self.record, self.agent, self.save = endpoint, sent, record, agent, save
+        self.saved = False
+
+    async def events(self) -> AsyncIterator[bytes]:
+        pending = b""
+        try:
+            async for data in self.sent.response.aiter_bytes():
+                pending += data.replace(b"\r\n", b"\n")
+                *events, pending = pending.split(b"\n\n")
+                if events:
+                    out, done = self._relay(events)
+                    if done:
+                        await self._save()
+                    yield out
+            if pending.strip():
+                out, _ = self._relay([pending])
+                yield out
+        except httpx.HTTPError as error:
+            self.record.fail(type(error).__name__, f"the engine's stream broke off: {error}")
+        except asyncio.CancelledError:
+            self.record.fail("cancelled", "the agent closed the stream before its end")
+            raise
+        finally:
+            await self.sent.close()
+            if not self.saved:
+                await asyncio.shield(self._save())
+
+    def _relay(self, events: list[bytes]) -> tuple[bytes, bool]:
+        """The bytes to send for complete events, and whether the last one (``[DONE]``) is among them."""
+        out: list[bytes] = []
+        done = False
+        for event in events:
+            payload = _data_of(event)
+            if payload is None or payload == b"[DONE]":
+                done = done or payload == b"[DONE]"
+                out.append(event + b"\n\n")
+                continue
+            try:
+                chunk = json.loads(payload)
+            except ValueError:
+                out.append(event + b"\n\n")
+                continue
+            if not isinstance(chunk, dict):
+                out.append(event + b"\n\n")
+                continue
+            self.record.add_chunk(chunk)
+            if self.agent.everything:
+                out.append(event + b"\n\n")
+            else:
+                out.append(b"data: " + json.dumps(reshape(self.endpoint, chunk, self.agent)).encode() + b"\n\n")
+        return b"".join(out), done
+
+    async def _save(self) -> None:
+        self.saved = True
+        await self.save(self.record)
+
+
+def _data_of(event: bytes) -> bytes | None:
+    """The data of one server-sent event (its ``data:`` lines joined), None for a comment-only event."""
+    lines = [line[5:].removeprefix(b" ") for line in event.split(b"\n") if line.startswith(b"data:")]
+    return b"\n".join(lines) if lines else None
+
+
+def _valid_id(value: str) -> bool:
+    return 0 < len(value) <= MAX_ID_LENGTH and value.isprintable() and not any(c.isspace() for c in value)
+
+
+def _content_type(response: httpx.Response) -> str:
+    return response.headers.get("content-type", _JSON)
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _error(status: int, message: str, *, headers: dict[str, str] | None = None) -> JSONResponse:
+    """OpenAI's error shape, which openai clients turn into their typed exceptions."""
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    body: dict[str, Any] = {"error": {"message": _one_line(message), "type": kind, "param": None, "code": None}}
+    return JSONResponse(body, status, headers=headers)

@@ -1,0 +1,273 @@
+"""The canonical LLM-call span of one proxied call, built from the request and the engine's reply.
+
+The same attributes `agl.core.tracing.llm` writes (so adapters, the CLI and the dedupe of
+`agl.core.adapters` read proxy spans and instrumented spans alike): messages as JSON text, the
+engine's exact token ids and logprobs, usage, response id and model, the rollout and attempt.
+The span is built as a stored `Span` and written to the store directly, not through an
+OpenTelemetry provider, so the proxy records the same way in any process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from agl.core.tracing import semconv
+from agl.core.types.spans import Span, SpanResource, SpanStatus
+from agl.trainer.proxy.shape import Endpoint
+
+UPSTREAM = "agl.proxy.upstream"
+"""The engine base URL that answered (or last failed)."""
+ERROR_TYPE = "error.type"
+SERVICE = SpanResource(attributes={"service.name": "agl-llm-proxy"})
+UNKNOWN_MODEL = "unknown"
+_REASONING_KEYS = ("reasoning_content", "reasoning")
+_PARAMETERS = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "max_completion_tokens": "max_tokens",
+    "max_tokens": "max_tokens",
+    "seed": "seed",
+    "stop": "stop_sequences",
+    "frequency_penalty": "frequency_penalty",
+    "presence_penalty": "presence_penalty",
+    "n": "choice.count",
+}
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
+
+
+@dataclass
+class _Choice:
+    """One choice, whole or put together from stream deltas."""
+
+    content: list[str] = field(default_factory=list)
+    reasoning: dict[str, list[str]] = field(default_factory=dict)
+    tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
+    finish_reason: str | None = None
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] | None = field(default_factory=list)  # None once a token came without one
+
+    def add_logprobs(self, endpoint: Endpoint, logprobs: Any, tokens: int) -> None:
+        """Chat: ``logprobs.content[*].logprob``; completions: ``logprobs.token_logprobs``."""
+        if self.logprobs is None:
+            return
+        if endpoint == "chat":
+            entries = logprobs.get("content") if isinstance(logprobs, dict) else None
+            values = [entry.get("logprob") for entry in entries or () if isinstance(entry, dict)]
+        else:
+            values = list(logprobs.get("token_logprobs") or ()) if isinstance(logprobs, dict) else []
+        if len(values) != tokens or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            self.logprobs = None if tokens or values else self.logprobs
+            return
+        self.logprobs += [float(v) for v in values]
+
+    def add_delta(self, delta: dict[str, Any]) -> None:
+        if isinstance(delta.get("content"), str):
+            self.content.append(delta["content"])
+        for key in _REASONING_KEYS:
+            if isinstance(delta.get(key), str) and delta[key]:
+                self.reasoning.setdefault(key, []).append(delta[key])
+        for call in delta.get("tool_calls") or ():
+            if not isinstance(call, dict):
+                continue
+            draft = self.tool_calls.setdefault(
+                call.get("index", len(self.tool_calls)),
+                {"id": None, "type": "function", "function": {"name": "", "arguments": ""}},
+            )
+            draft["id"] = call.get("id") or draft["id"]
+            draft["type"] = call.get("type") or draft["type"]
+            function = call.get("function") or {}
+            draft["function"]["name"] += function.get("name") or ""
+            draft["function"]["arguments"] += function.get("arguments") or ""
+
+    def message(self) -> dict[str, Any]:
+        """The chat shape the openai instrumentor records: role, content, tool calls, reasoning."""
+        result: dict[str, Any] = {"role": "assistant", "content": "".join(self.content) if self.content else None}
+        if self.tool_calls:
+            result["tool_calls"] = [self.tool_calls[index] for index in sorted(self.tool_calls)]
+        result.update({key: "".join(parts) for key, parts in self.reasoning.items()})
+        return result
+
+
+class CallRecord:
+    """One proxied call on its way to becoming a span: the request now, the reply as it arrives."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        body: dict[str, Any],
+        *,
+        rollout_id: str,
+        attempt_id: str,
+        sequence_id: int,
+        traceparent: str | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.body = body
+        self.rollout_id, self.attempt_id, self.sequence_id = rollout_id, attempt_id, sequence_id
+        self.start_time = time.time()
+        self.upstream: str | None = None
+        self.response_id: str | None = None
+        self.model: str | None = None
+        self.prompt_token_ids: list[int] | None = None
+        self.usage: dict[str, Any] | None = None
+        self.choices: dict[int, _Choice] = {}
+        self.error: tuple[str, str] | None = None  # (type, one-line message)
+        parent = _TRACEPARENT.match(traceparent or "")
+        self.trace_id = parent.group(1) if parent else os.urandom(16).hex()
+        self.parent_id = parent.group(2) if parent else None
+
+    # --- the reply ------------------------------------------------------------------------
+    def add_reply(self, data: dict[str, Any]) -> None:
+        """A whole (non-streamed) reply."""
+        self._add_head(data)
+        for position, choice in enumerate(data.get("choices") or ()):
+            if not isinstance(choice, dict):
+                continue
+            draft = self.choices.setdefault(_index(choice, position), _Choice())
+            if self.endpoint == "chat":
+                message = choice.get("message") or {}
+                draft.add_delta({key: value for key, value in message.items() if key != "tool_calls"})
+                for index, call in enumerate(message.get("tool_calls") or ()):
+                    if isinstance(call, dict):
+                        draft.add_delta({"tool_calls": [{**call, "index": index}]})
+            elif isinstance(choice.get("text"), str):
+                draft.content.append(choice["text"])
+            self._add_ids_and_finish(draft, choice)
+
+    def add_chunk(self, data: dict[str, Any]) -> None:
+        """One streamed chunk: deltas, each chunk's own token ids and logprobs."""
+        self._add_head(data)
+        for position, choice in enumerate(data.get("choices") or ()):
+            if not isinstance(choice, dict):
+                continue
+            draft = self.choices.setdefault(_index(choice, position), _Choice())
+            if self.endpoint == "chat":
+                delta = choice.get("delta")
+                if isinstance(delta, dict):
+                    draft.add_delta(delta)
+            elif isinstance(choice.get("text"), str):
+                draft.content.append(choice["text"])
+            self._add_ids_and_finish(draft, choice)
+
+    def fail(self, error_type: str, message: str) -> None:
+        self.error = (error_type, message)
+
+    def _add_head(self, data: dict[str, Any]) -> None:
+        self.response_id = self.response_id or _str(data.get("id"))
+        self.model = self.model or _str(data.get("model"))
+        if isinstance(data.get("usage"), dict):
+            self.usage = data["usage"]
+        self.prompt_token_ids = self.prompt_token_ids or _int_list(data.get("prompt_token_ids"))
+
+    def _add_ids_and_finish(self, draft: _Choice, choice: dict[str, Any]) -> None:
+        # vLLM's completions carry the prompt's ids on the choice; chat, at the top level
+        self.prompt_token_ids = self.prompt_token_ids or _int_list(choice.get("prompt_token_ids"))
+        token_ids = _int_list(choice.get("token_ids")) or []
+        draft.token_ids += token_ids
+        if choice.get("logprobs") is not None or token_ids:
+            draft.add_logprobs(self.endpoint, choice.get("logprobs"), len(token_ids))
+        draft.finish_reason = _str(choice.get("finish_reason")) or draft.finish_reason
+
+    # --- the span -------------------------------------------------------------------------
+    def span(self) -> Span:
+        requested_model = _str(self.body.get("model")) or UNKNOWN_MODEL
+        operation = "chat" if self.endpoint == "chat" else "text_completion"
+        attributes: dict[str, Any] = {
+            semconv.LLM_CALL: True,
+            semconv.OPERATION_NAME: operation,
+            semconv.REQUEST_MODEL: requested_model,
+            semconv.ROLLOUT_ID: self.rollout_id,
+            semconv.ATTEMPT_ID: self.attempt_id,
+            semconv.SEQUENCE_ID: self.sequence_id,
+        }
+        messages = self._input_messages()
+        if messages is not None:
+            attributes[semconv.INPUT_MESSAGES] = _json(messages)
+        if self.body.get("tools"):
+            attributes[semconv.TOOL_DEFINITIONS] = _json(self.body["tools"])
+        for argument, name in _PARAMETERS.items():
+            value = self.body.get(argument)
+            key = semconv.REQUEST_PREFIX + name
+            if value is not None and key not in attributes:
+                attributes[key] = [value] if name == "stop_sequences" and isinstance(value, str) else value
+        if self.upstream:
+            attributes[UPSTREAM] = self.upstream
+        drafts = [self.choices[index] for index in sorted(self.choices)]
+        if drafts:
+            attributes[semconv.OUTPUT_MESSAGES] = _json([draft.message() for draft in drafts])
+            finish = [draft.finish_reason for draft in drafts if draft.finish_reason]
+            if finish:
+                attributes[semconv.FINISH_REASONS] = finish
+        if self.response_id:
+            attributes[semconv.RESPONSE_ID] = self.response_id
+        if self.model:
+            attributes[semconv.RESPONSE_MODEL] = self.model
+        first = drafts[0] if drafts else None
+        prompt_ids = self.prompt_token_ids or _int_list(self.body.get("prompt"))
+        if prompt_ids:
+            attributes[semconv.PROMPT_TOKEN_IDS] = prompt_ids
+        if first is not None and first.token_ids:
+            attributes[semconv.RESPONSE_TOKEN_IDS] = first.token_ids
+            if first.logprobs and len(first.logprobs) == len(first.token_ids):
+                attributes[semconv.RESPONSE_LOGPROBS] = first.logprobs
+        usage = self.usage or {}
+        input_tokens = usage.get("prompt_tokens", len(prompt_ids) if prompt_ids else None)
+        output_tokens = usage.get("completion_tokens", len(first.token_ids) if first and first.token_ids else None)
+        if isinstance(input_tokens, int):
+            attributes[semconv.USAGE_INPUT_TOKENS] = input_tokens
+        if isinstance(output_tokens, int):
+            attributes[semconv.USAGE_OUTPUT_TOKENS] = output_tokens
+        status = SpanStatus(status_code="OK")
+        if self.error is not None:
+            attributes[ERROR_TYPE] = self.error[0]
+            status = SpanStatus(status_code="ERROR", description=self.error[1])
+        return Span(
+            rollout_id=self.rollout_id,
+            attempt_id=self.attempt_id,
+            sequence_id=self.sequence_id,
+            trace_id=self.trace_id,
+            span_id=os.urandom(8).hex(),
+            parent_id=self.parent_id,
+            name=f"{operation} {requested_model}",
+            kind="CLIENT",
+            status=status,
+            attributes=attributes,
+            start_time=self.start_time,
+            end_time=time.time(),
+            resource=SERVICE,
+        )
+
+    def _input_messages(self) -> list[Any] | None:
+        """The messages the model saw: chat messages as sent; a text prompt as one user message."""
+        if self.endpoint == "chat":
+            messages = self.body.get("messages")
+            return messages if isinstance(messages, list) else None
+        prompt = self.body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+            prompt = prompt[0]
+        return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else None
+
+
+def _index(choice: dict[str, Any], position: int) -> int:
+    index = choice.get("index")
+    return index if isinstance(index, int) else position
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _int_list(value: Any) -> list[int] | None:
+    if isinstance(value, list) and value and all(type(v) is int for v in value):
+        return value
+    return None
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str)
