@@ -1,0 +1,94 @@
+"""``agl serve MODEL``: an OpenAI-compatible server (with token ids) for a model, by any registered engine.
+
+Added to the ``agl`` command through the ``agl.cli`` entry point ``serving``. The engine is looked
+up among the model servers that plugins register (``agl_register_model_servers``): "transformers"
+(embedded, CPU or GPU) and "vllm" when installed. Prints the base URL once requests are answered;
+Ctrl-C (or SIGTERM) stops it cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from typing import Annotated, Any
+
+import typer
+
+from agl.trainer.plugins import model_servers, plugin_manager
+
+
+def add_commands(root: typer.Typer) -> None:
+    """The ``agl.cli`` entry point: add ``agl serve`` to the root ``agl`` app."""
+    root.command("serve")(serve)
+
+
+def serve(
+    model: Annotated[str, typer.Argument(help="A model folder or a .gguf file (what the engine accepts).")],
+    engine: Annotated[str, typer.Option(help="Registered model server: transformers, vllm, ...")] = "transformers",
+    host: Annotated[str, typer.Option(help="Address to bind; anything but loopback needs a token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0: a free one).")] = 8000,
+    token: Annotated[
+        str | None,
+        typer.Option(help="Bearer token required on every route but /health.", envvar="AGL_SERVE_TOKEN"),
+    ] = None,
+    insecure: Annotated[bool, typer.Option(help="Allow a non-loopback host without a token.")] = False,
+    served_model_name: Annotated[str | None, typer.Option(help="The model's name in the API.")] = None,
+    option: Annotated[
+        list[str] | None, typer.Option(help="An engine option KEY=JSON (repeatable), e.g. device='\"cuda\"'.")
+    ] = None,
+) -> None:
+    """Serve MODEL over an OpenAI-compatible API (/v1/chat/completions, /v1/completions) with token ids."""
+    from agl.core.server.settings import is_loopback
+
+    if not is_loopback(host) and not token and not insecure:
+        typer.echo(
+            f"error: refusing to listen on {host} without a token: set --token (or AGL_SERVE_TOKEN), "
+            "or pass --insecure to expose the model unauthenticated",
+            err=True,
+        )
+        raise typer.Exit(1)
+    found = model_servers(plugin_manager())
+    if engine not in found:
+        names = ", ".join(sorted(found)) or "none"
+        typer.echo(f"error: no model server named {engine!r} (installed: {names})", err=True)
+        raise typer.Exit(1)
+    try:
+        options = dict(_parse_option(text) for text in option or [])
+        if served_model_name:
+            options["model_name"] = served_model_name
+        factory, _ = found[engine]
+        server = factory(model, host=host, port=port, token=token or None, **options)
+        stopping = _stop_signal()
+        base_url = server.start()
+    except (ValueError, TypeError, OSError, ImportError, RuntimeError) as error:
+        typer.echo(f"error: {' '.join(str(error).split())}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"serving {server.model_name} at {base_url}")
+    try:
+        stopping.wait()
+    finally:
+        server.stop()
+    typer.echo("stopped", err=True)
+
+
+def _stop_signal() -> threading.Event:
+    """An event set by SIGINT or SIGTERM, so the main thread can stop the server in order."""
+    stopping = threading.Event()
+
+    def handle(signum: int, frame: Any) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGINT, handle)
+    signal.signal(signal.SIGTERM, handle)
+    return stopping
+
+
+def _parse_option(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--option must be KEY=JSON, not {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value  # a bare string

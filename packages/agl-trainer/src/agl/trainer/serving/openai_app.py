@@ -1,0 +1,251 @@
+"""An OpenAI-compatible FastAPI app over any `Engine`, with vLLM's token-id extensions.
+
+    app = create_openai_app(engine, token="secret")
+
+Routes: ``POST /v1/chat/completions`` (the model's chat template; streaming or not),
+``POST /v1/completions`` (a string or a list of token ids), ``GET /v1/models``, ``GET /health``.
+With ``"return_token_ids": true`` a chat completion carries ``prompt_token_ids`` at the top level
+(in a stream, on the first chunk) and ``token_ids`` on its choice (in a stream, each chunk's ids,
+which add up to the whole); a completion carries both on its choice. ``"logprobs": true`` (chat) or
+``"logprobs": N`` (completions) adds the sampled tokens' logprobs; top alternatives are not
+computed (``top_logprobs`` come back empty). One choice per request (``n=1``).
+
+Replies are text: tool definitions reach the chat template, and the model's tool-call markup
+comes back as content, unparsed. A bearer token (when set) guards every route but ``/health``;
+bodies over ``max_body_bytes`` get a 413; bad bodies a 400 with a one-line message; an engine
+failure a 500 saying only "internal server error" (the traceback goes to the log).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from agl.core.server.app import without_native_telemetry
+from agl.core.server.auth import TokenAuth
+from agl.core.server.limits import BodyLimit
+from agl.trainer.serving import openai_wire as wire
+from agl.trainer.serving.engine import Engine, Generation, SamplingParams
+from agl.trainer.serving.text_stream import TextStream
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_TOKENS = 1024
+MAX_BODY_BYTES = 16 * 1024 * 1024
+
+
+def create_openai_app(
+    engine: Engine,
+    *,
+    token: str | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    default_max_tokens: int = DEFAULT_MAX_TOKENS,
+) -> FastAPI:
+    """The app; the caller owns ``engine`` (it is neither started nor closed here)."""
+    app = FastAPI(title="agl model server", docs_url=None, redoc_url=None, **without_native_telemetry())
+
+    @app.exception_handler(wire.WireError)
+    async def refused(request: Request, error: wire.WireError) -> JSONResponse:
+        return JSONResponse(wire.error_body(str(error), error.status), error.status)
+
+    @app.exception_handler(ValueError)
+    async def bad_value(request: Request, error: ValueError) -> JSONResponse:  # e.g. the engine's PromptError
+        return JSONResponse(wire.error_body(" ".join(str(error).split()), 400), 400)
+
+    @app.exception_handler(Exception)
+    async def failed(request: Request, error: Exception) -> JSONResponse:
+        logger.exception("model server: %s %s failed", request.method, request.url.path)
+        return JSONResponse(wire.error_body("internal server error", 500), 500)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        entry = {"id": engine.model_name, "object": "model", "created": int(time.time()), "owned_by": "agl"}
+        return {"object": "list", "data": [entry]}
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(request: Request) -> Response:
+        body: wire.ChatRequest = wire.parse(wire.ChatRequest, await request.body())
+        prompt = engine.chat_prompt_token_ids(body.messages, body.tools)
+        answer = _Chat(engine, body, prompt, body.sampling(default_max_tokens))
+        if body.stream:
+            return _event_stream(answer.chunks())
+        return JSONResponse(await answer.whole())
+
+    @app.post("/v1/completions", response_model=None)
+    async def completions(request: Request) -> Response:
+        body: wire.CompletionRequest = wire.parse(wire.CompletionRequest, await request.body())
+        answer = _Completion(engine, body, body.prompt_ids(engine.encode), body.sampling(default_max_tokens))
+        if body.stream:
+            return _event_stream(answer.chunks())
+        return JSONResponse(await answer.whole())
+
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    if token:
+        app.add_middleware(TokenAuth, token=token)  # added last: runs first, before reading any body
+    return app
+
+
+def _event_stream(chunks: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
+    """Server-sent events; a failure mid-stream ends it with an error event (the status is already sent)."""
+
+    async def events() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in chunks:
+                yield f"data: {json.dumps(chunk)}\n\n".encode()
+        except ValueError as error:
+            yield f"data: {json.dumps(wire.error_body(' '.join(str(error).split()), 400))}\n\n".encode()
+        except Exception:
+            logger.exception("model server: stream failed")
+            yield f"data: {json.dumps(wire.error_body('internal server error', 500))}\n\n".encode()
+        yield b"data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+async def _steps(
+    engine: Engine, prompt: list[int], params: SamplingParams
+) -> AsyncIterator[tuple[int, float] | Generation]:
+    """Each sampled token as it comes, then the generation; engines without ``stream`` give it all at the end."""
+    stream = getattr(engine, "stream", None)
+    if stream is None:
+        generation = await engine.generate(prompt, params)
+        for pair in zip(generation.token_ids, generation.logprobs, strict=True):
+            yield pair
+        yield generation
+        return
+    async for item in stream(prompt, params):
+        yield item if isinstance(item, Generation) else (item.token_id, item.logprob)
+
+
+class _Answer:
+    """What chat and text completions share: the request, the sampled tokens, the logprob names."""
+
+    kind = ""
+
+    def __init__(self, engine: Engine, body: Any, prompt: list[int], params: SamplingParams) -> None:
+        self.engine, self.body, self.prompt, self.params = engine, body, prompt, params
+        self.head = {"id": f"{self.kind}-{uuid.uuid4().hex}", "created": int(time.time()), "model": engine.model_name}
+
+    def token_name(self, token_id: int) -> str:
+        return f"token_id:{token_id}" if self.body.return_tokens_as_token_ids else self.engine.decode([token_id])
+
+
+class _Chat(_Answer):
+    kind = "chatcmpl"
+
+    def _logprobs(self, token_ids: Sequence[int], logprobs: Sequence[float]) -> dict[str, Any] | None:
+        if not self.body.logprobs:
+            return None
+        content = []
+        for token_id, logprob in zip(token_ids, logprobs, strict=True):
+            name = self.token_name(token_id)
+            content.append({"token": name, "logprob": logprob, "bytes": list(name.encode()), "top_logprobs": []})
+        return {"content": content}
+
+    async def whole(self) -> dict[str, Any]:
+        generation = await self.engine.generate(self.prompt, self.params)
+        choice: dict[str, Any] = {
+            "index": 0,
+            "message": {"role": "assistant", "content": generation.text},
+            "logprobs": self._logprobs(generation.token_ids, generation.logprobs),
+            "finish_reason": generation.finish_reason,
+        }
+        answer: dict[str, Any] = {**self.head, "object": "chat.completion", "choices": [choice]}
+        answer["usage"] = wire.usage(self.prompt, generation.token_ids)
+        if self.body.return_token_ids:
+            choice["token_ids"] = generation.token_ids
+            answer["prompt_token_ids"] = self.prompt
+        return answer
+
+    def _chunk(
+        self, delta: dict[str, Any], ids: list[int], logprobs: list[float], finish: str | None
+    ) -> dict[str, Any]:
+        choice: dict[str, Any] = {
+            "index": 0,
+            "delta": delta,
+            "logprobs": self._logprobs(ids, logprobs),
+            "finish_reason": finish,
+        }
+        if self.body.return_token_ids:
+            choice["token_ids"] = ids
+        return {**self.head, "object": "chat.completion.chunk", "choices": [choice]}
+
+    async def chunks(self) -> AsyncIterator[dict[str, Any]]:
+        """The role (with the prompt's ids), a chunk per sampled token, the finish; usage if asked."""
+        first: dict[str, Any] = {**self.head, "object": "chat.completion.chunk"}
+        first["choices"] = [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
+        if self.body.return_token_ids:
+            first["prompt_token_ids"] = self.prompt
+        yield first
+        text = TextStream(self.engine.decode, self.params.stop)
+        ids: list[int] = []
+        async for step in _steps(self.engine, self.prompt, self.params):
+            if isinstance(step, Generation):
+                rest = text.finish(step.text)
+                yield self._chunk({"content": rest} if rest else {}, [], [], step.finish_reason)
+                if self.body.include_usage:
+                    usage = wire.usage(self.prompt, step.token_ids)
+                    yield {**self.head, "object": "chat.completion.chunk", "choices": [], "usage": usage}
+                return
+            ids.append(step[0])
+            yield self._chunk({"content": text.delta(ids)}, [step[0]], [step[1]], None)
+
+
+class _Completion(_Answer):
+    kind = "cmpl"
+
+    def _choice(self, text: str, ids: list[int], logprobs: list[float], offset: int, finish: str | None) -> dict:
+        choice: dict[str, Any] = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+        if self.body.logprobs is not None:
+            names = [self.token_name(token_id) for token_id in ids]
+            offsets = []
+            for name in names:
+                offsets.append(offset)
+                offset += len(name)
+            choice["logprobs"] = {
+                "tokens": names,
+                "token_logprobs": list(logprobs),
+                "top_logprobs": None,
+                "text_offset": offsets,
+            }
+        if self.body.return_token_ids:
+            choice["token_ids"] = ids
+        return choice
+
+    async def whole(self) -> dict[str, Any]:
+        generation = await self.engine.generate(self.prompt, self.params)
+        choice = self._choice(generation.text, generation.token_ids, generation.logprobs, 0, generation.finish_reason)
+        if self.body.return_token_ids:
+            choice["prompt_token_ids"] = self.prompt
+        usage = wire.usage(self.prompt, generation.token_ids)
+        return {**self.head, "object": "text_completion", "choices": [choice], "usage": usage}
+
+    async def chunks(self) -> AsyncIterator[dict[str, Any]]:
+        """A chunk per sampled token (the first also carries the prompt's ids), then the finish."""
+        text = TextStream(self.engine.decode, self.params.stop)
+        ids: list[int] = []
+        head = {**self.head, "object": "text_completion"}
+        async for step in _steps(self.engine, self.prompt, self.params):
+            if isinstance(step, Generation):
+                rest = text.finish(step.text)
+                yield {**head, "choices": [self._choice(rest, [], [], len(text.sent) - len(rest), step.finish_reason)]}
+                if self.body.include_usage:
+                    yield {**head, "choices": [], "usage": wire.usage(self.prompt, step.token_ids)}
+                return
+            before = len(text.sent)
+            ids.append(step[0])
+            choice = self._choice(text.delta(ids), [step[0]], [step[1]], before, None)
+            if len(ids) == 1 and self.body.return_token_ids:
+                choice["prompt_token_ids"] = self.prompt
+            yield {**head, "choices": [choice]}
