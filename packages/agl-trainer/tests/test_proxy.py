@@ -1,0 +1,390 @@
+"""The LLM proxy end to end: a SQLite store file, real HTTP on 127.0.0.1, the scripted chat server
+of agl-core as the engine (its token ids are known exactly), and the openai client as the agent."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from agl.core import open_store
+from agl.core.adapters import spans_to_triplets
+from agl.core.store.base import LightningStore
+from agl.core.testing.chat_server import (
+    ChatLog,
+    Reply,
+    Script,
+    ToolCall,
+    chat_log,
+    chat_server_app,
+    token_logprob,
+)
+from agl.core.testing.server import ServingThread
+from agl.core.tracing import semconv
+from agl.core.types import AttemptedRollout, ProxyLLM, Span
+from agl.trainer.proxy import LlmProxy, RetryPolicy
+
+MODEL = "agl-toy"
+HI = [{"role": "user", "content": "hi"}]
+FAST_RETRY = RetryPolicy(tries_per_engine=2, first_delay=0.001, max_delay=0.001)
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[LightningStore]:
+    store = open_store(f"sqlite:///{tmp_path / 'store.db'}", watchdog_interval=None)
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+async def attempt(sqlite_store: LightningStore) -> AttemptedRollout:
+    return await sqlite_store.start_rollout({"task": "say hi"})
+
+
+class FailFirst:
+    """An engine that answers its first ``failures`` POSTs with ``status`` (a restarting server)."""
+
+    def __init__(self, app: ASGIApp, failures: int, status: int = 503) -> None:
+        self.app, self.failures, self.status = app, failures, status
+        self.refused = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and self.refused < self.failures:
+            self.refused += 1
+            body = b'{"error": {"message": "warming up", "type": "server_error"}}'
+            await send({"type": "http.response.start", "status": self.status, "headers": []})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)
+
+
+@dataclass
+class Engine:
+    url: str
+    log: ChatLog
+
+
+@pytest.fixture
+def engines() -> Iterator[Callable[..., Engine]]:
+    """``engines(script, failures=0)``: a scripted engine on 127.0.0.1, optionally failing first."""
+    with ExitStack() as stack:
+
+        def start(script: Script, *, failures: int = 0) -> Engine:
+            app = chat_server_app(script)
+            served: Any = FailFirst(app, failures) if failures else app
+            server = stack.enter_context(ServingThread(served))
+            return Engine(f"{server.url}/v1", chat_log(app))
+
+        yield start
+
+
+@pytest.fixture
+def proxies(sqlite_store: LightningStore) -> Iterator[Callable[..., LlmProxy]]:
+    with ExitStack() as stack:
+
+        def start(upstreams: list[str], **options: Any) -> LlmProxy:
+            options.setdefault("model", MODEL)
+            options.setdefault("retry", FAST_RETRY)
+            return stack.enter_context(LlmProxy(sqlite_store, upstreams, **options))
+
+        yield start
+
+
+def agent_client(llm: ProxyLLM, attempt: AttemptedRollout) -> openai.AsyncOpenAI:
+    """The agent's client, configured from the published resource only."""
+    base_url = llm.base_url(attempt.rollout_id, attempt.attempt.attempt_id)
+    return openai.AsyncOpenAI(base_url=base_url, api_key=llm.api_key or "none", max_retries=0)
+
+
+async def llm_spans(store: LightningStore, attempt: AttemptedRollout) -> list[Span]:
+    spans = await store.query_spans(attempt.rollout_id, attempt.attempt.attempt_id)
+    return [span for span in spans if span.attributes.get(semconv.LLM_CALL)]
+
+
+# --- one call, one span ---------------------------------------------------------------------
+
+
+async def test_one_call_is_one_span_with_the_engines_exact_token_ids(
+    sqlite_store: LightningStore, attempt: AttemptedRollout, engines: Callable[..., Engine], proxies: Callable[..., Any]
+) -> None:
+    engine = engines(["Hello!"])
+    llm = proxies([engine.url]).resource
+    completion = await agent_client(llm, attempt).chat.completions.create(model=llm.model, messages=HI)
+    assert completion.choices[0].message.content == "Hello!"
+
+    [span] = await llm_spans(sqlite_store, attempt)
+    sent = engine.log.replies[0]
+    attributes = span.attributes
+    assert span.name == f"chat {MODEL}"
+    assert span.status.status_code == "OK"
+    assert attributes[semconv.PROMPT_TOKEN_IDS] == sent.prompt_token_ids
+    assert attributes[semconv.RESPONSE_TOKEN_IDS] == sent.token_ids
+    assert attributes[semconv.RESPONSE_LOGPROBS] == sent.logprobs
+    assert json.loads(attributes[semconv.INPUT_MESSAGES]) == HI
+    assert json.loads(attributes[semconv.OUTPUT_MESSAGES]) == [{"role": "assistant", "content": "Hello!"}]
+    assert attributes[semconv.RESPONSE_ID] == completion.id
+    assert attributes[semconv.RESPONSE_MODEL] == MODEL
+    assert attributes[semconv.USAGE_INPUT_TOKENS] == len(sent.prompt_token_ids)
+    assert attributes[semconv.USAGE_OUTPUT_TOKENS] == len(sent.token_ids)
+    assert (attributes[semconv.ROLLOUT_ID], attributes[semconv.ATTEMPT_ID]) == (
+        attempt.rollout_id,
+        attempt.attempt.attempt_id,
+    )
+    assert span.sequence_id == 1
+
+
+async def test_the_agent_gets_the_shape_it_asked_for(
+    attempt: AttemptedRollout, engines: Callable[..., Engine], proxies: Callable[..., Any]
+) -> None:
+    """The engine is always asked for ids and logprobs; the agent sees them only if it asked."""
+    engine = engines(["one", "two"])
+    llm = proxies([engine.url]).resource
+    client = agent_client(llm, attempt)
+    plain = await client.chat.completions.create(model=llm.model, messages=HI)
+    assert plain.choices[0].logprobs is None
+    assert "prompt_token_ids" not in (plain.model_extra or {})
+    assert "token_ids" not in (plain.choices[0].model_extra or {})
+    full = await client.chat.completions.create(
+        model=llm.model, messages=HI, logprobs=True, extra_body={"return_token_ids": True}
+    )
+    assert (full.model_extra or {})["prompt_token_ids"] == engine.log.replies[1].prompt_token_ids
+    assert (full.choices[0].model_extra or {})["token_ids"] == engine.log.replies[1].token_ids
+    assert full.choices[0].logprobs is not None
+    assert [entry.logprob for entry in full.choices[0].logprobs.content or ()] == engine.log.replies[1].logprobs
+    assert all(request["return_token_ids"] is True and request["logprobs"] is True for request in engine.log.requests)
+
+
+async def test_a_stream_records_the_same_token_ids_as_a_whole_reply(
+    sqlite_store: LightningStore, attempt: AttemptedRollout, engines: Callable[..., Engine], proxies: Callable[..., Any]
+) -> None:
+    reply = Reply("Let me add.", tool_calls=[ToolCall("add", {"a": 1, "b": 2}, id="call-1")])
+    engine = engines([reply, reply])
+    llm = proxies([engine.url]).resource
+    client = agent_client(llm, attempt)
+    whole = await client.chat.completions.create(model=llm.model, messages=HI)
+    stream = await client.chat.completions.create(model=llm.model, messages=HI, stream=True)
+    chunks = [chunk async for chunk in stream]
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices) == "Let me add."
+    assert all("token_ids" not in (chunk.choices[0].model_extra or {}) for chunk in chunks if chunk.choices)
+
+    first, second = await llm_spans(sqlite_store, attempt)  # in the store once the stream has ended
+    assert first.attributes[semconv.RESPONSE_ID] == whole.id and second.attributes[semconv.RESPONSE_ID] == chunks[0].id
+    for key in (semconv.PROMPT_TOKEN_IDS, semconv.RESPONSE_TOKEN_IDS, semconv.RESPONSE_LOGPROBS):
+        assert second.attributes[key] == first.attributes[key]
+    assert second.attributes[semconv.RESPONSE_TOKEN_IDS] == engine.log.replies[1].token_ids
+    assert json.loads(second.attributes[semconv.OUTPUT_MESSAGES]) == json.loads(
+        first.attributes[semconv.OUTPUT_MESSAGES]
+    )
+    assert second.attributes[semconv.FINISH_REASONS] == ["tool_calls"]
+
+
+async def test_text_completions_whole_and_streamed(
+    sqlite_store: LightningStore, attempt: AttemptedRollout, engines: Callable[..., Engine], proxies: Callable[..., Any]
+) -> None:
+    engine = engines(["abc", "abc"])
+    llm = proxies([engine.url]).resource
+    client = agent_client(llm, attempt)
+    whole = await client.completions.create(model=llm.model, prompt="say abc")
+    assert whole.choices[0].text == "abc" and whole.choices[0].logprobs is None
+    streamed = [
+        chunk async for chunk in await client.completions.create(model=llm.model, prompt="say abc", stream=True)
+    ]
+    assert "".join(chunk.choices[0].text for chunk in streamed if chunk.choices) == "abc"
+    first, second = await llm_spans(sqlite_store, attempt)
+    assert first.name == f"text_completion {MODEL}"
+    for span, sent in zip((first, second), engine.log.replies, strict=True):
+        assert span.attributes[semconv.PROMPT_TOKEN_IDS] == sent.prompt_token_ids
+        assert span.attributes[semconv.RESPONSE_TOKEN_IDS] == sent.token_ids
+        assert span.attributes[semconv.RESPONSE_LOGPROBS] == [token_logprob(t) for t in sent.token_ids]
+
+
+async def test_triplets_carry_the_engines_ids_and_merge_continuing_turns(
+    sqlite_store: LightningStore, attempt: AttemptedRollout, engines: Callable[..., Engine], proxies: Callable[..., Any]
+) -> None:
+    engine = engines(["Hi! What is 1+2?", "3"])
+    llm = proxies([engine.url]).resource
+    client = agent_client(llm, attempt)
+    first = await client.chat.completions.create(model=llm.model, messages=HI)
+    history = [
+        *HI,
+        {"role": "assistant", "content": first.choices[0].message.content},
+        {"role": "user", "content": "?"},
+    ]
+    await client.chat.completions.create(model=llm.model, messages=history)
+
+    spans = await sqlite_store.query_spans(attempt.rollout_id, attempt.attempt.attempt_id)
+    [separate_1, separate_2] = spans_to_triplets(spans, merge=False)
+    sent_1, sent_2 = engine.log.replies
+    assert (separate_1.prompt_token_ids, separate_1.response_token_ids) == (sent_1.prompt_token_ids, sent_1.token_ids)
+    assert (separate_2.prompt_token_ids, separate_2.response_token_ids) == (sent_2.prompt_token_ids, sent_2.token_ids)
+    assert separate_2.response_logprobs == sent_2.logprobs
+    [merged] = spans_to_triplets(spans)  # the second prompt continues the first exactly: one sequence
+    assert merged.prompt_token_ids == sent_1.prompt_token_ids
+    assert merged.prompt_token_ids + (merged.response_token_ids or []) == sent_2.prompt_token_ids + sent_2.token_ids
+
+
+# --- routing, retries, failures --------------------------------------------------------------
+
+
+async def test_each_rollout_sticks_to_one_engine(
+    sqlite_store: LightningStore, engines: Callable[..., Engine], proxies: Callable[..., Any]
+) -> None:
+    first, second = engines(["a"] * 4), engines(["b"] * 4)
+    proxy = proxies([first.url, second.url])
+    rollouts = [await sqlite_store.start_rollout({"task": n}) for n in range(2)]
+    clients = [agent_client(proxy.resource, rollout) for rollout in rollouts]
+    answers = [
+        [(await client.chat.completions.create(model=MODEL, messages=HI)).choices[0].message.content for _ in range(3)]
+        for client in clients
+    ]
+    assert answers == [["a", "a", "a"], ["b", "b", "b"]]  # the second rollout went to the idle engine
+    spans = await llm_spans(sqlite_store, rollouts[0])
+    assert {span.attributes["agl.proxy.upstream"] for span in spans} == {first.url}
+
+    proxy.set_upstreams([second.url])  # the engine of rollout 0 is gone: it moves
+    moved = await clients[0].chat.completions.create(model=MODEL, messages=HI)
+    assert moved.choices[0].message.content == "b"
+
+
+async def test_a_transient_engine_failure_is_retried(
+    sqlite_store: LightningStore, attempt: AttemptedRollout, engines: Callable[..., Engine], proxies: Callable[..., Any]
+) -> None:
+    engine = engines(["after a retry"], failures=1)
+    llm = proxies([engine.url]).resource
+    completion = await agent_client(llm, attempt).chat.completions.create(model=llm.model, messages=HI)
+    assert completion.choices[0].message.content == "after a retry"
+    [span] = await llm_spans(sqlite_store, attempt)
+    assert span.status.status_code == "OK"
+    assert span.attributes[semconv.RESPONSE_TOKEN_IDS] == engine.log.replies[0].token_ids
+
+
+async def test_an_engine_that_stays_down_fails_over_to_the_next(
+    sqlite_store: LightningStore, attempt: AttemptedRollout, engines: Callable[..., Engine], proxies: Callable[..., Any]
+) -> None:
+    down = engines(["never"], failures=10)
+    up = engines(["from the other engine"])
+    llm = proxies([down.url, up.url]).resource
+    completion = await agent_client(llm, attempt).chat.completions.create(model=llm.model, messages=HI)
+    assert completion.choices[0].message.content == "from the other engine"
+    assert down.log.requests == []
+
+
+async def test_the_engines_own_errors_are_passed_on_without_retrying(
+    sqlite_store: LightningStore, attempt: AttemptedRollout, engines: Callable[..., Engine], proxies: Callable[..., Any]
+) -> None:
+    engine = engines(["unused"])
+    llm = proxies([engine.url]).resource
+    with pytest.raises(openai.BadRequestError, match="one choice"):
+        await agent_client(llm, attempt).chat.completions.create(model=llm.model, messages=HI, n=2)
+    assert len(engine.log.requests) == 1
+    [span] = await llm_spans(sqlite_store, attempt)
+    assert span.status.status_code == "ERROR" and "400" in (span.status.description or "")
+    assert span.attributes["error.type"] == "http.400"
+
+
+def closed_port_url() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{probe.getsockname()[1]}/v1"
+
+
+async def test_every_engine_down_is_a_one_line_502_and_an_error_span(
+    sqlite_store: LightningStore, attempt: AttemptedRollout, proxies: Callable[..., Any]
+) -> None:
+    llm = proxies([closed_port_url(), closed_port_url()]).resource
+    async with httpx.AsyncClient() as client:
+        reply = await client.post(
+            llm.base_url(attempt.rollout_id, attempt.attempt.attempt_id) + "/chat/completions",
+            json={"model": MODEL, "messages": HI},
+        )
+    assert reply.status_code == 502
+    message = reply.json()["error"]["message"]
+    assert message.startswith("no engine answered") and "\n" not in message
+    [span] = await llm_spans(sqlite_store, attempt)
+    assert span.status.status_code == "ERROR" and span.attributes["error.type"] == "NoEngineAnswered"
+    assert semconv.RESPONSE_TOKEN_IDS not in span.attributes
+    assert json.loads(span.attributes[semconv.INPUT_MESSAGES]) == HI
+    rollout = await sqlite_store.get_rollout_by_id(attempt.rollout_id)
+    assert rollout is not None and rollout.status == "running"  # the store is untouched otherwise
+
+
+async def test_bad_requests_are_one_line_4xx_and_touch_nothing(
+    sqlite_store: LightningStore, attempt: AttemptedRollout, engines: Callable[..., Engine], proxies: Callable[..., Any]
+) -> None:
+    engine = engines(["unused"])
+    proxy = proxies([engine.url], max_body_bytes=10_000)
+    base = proxy.resource.base_url(attempt.rollout_id, attempt.attempt.attempt_id)
+    async with httpx.AsyncClient() as client:
+        cases = {
+            "not json": (await client.post(base + "/chat/completions", content=b"{nope"), 400),
+            "not an object": (await client.post(base + "/chat/completions", json=[1]), 400),
+            "unknown rollout": (
+                await client.post(proxy.url + "/rollout/ro-nope/attempt/at-nope/v1/chat/completions", json={}),
+                404,
+            ),
+            "malformed id": (
+                await client.post(proxy.url + "/rollout/a%20b/attempt/x/v1/chat/completions", json={}),
+                400,
+            ),
+            "no rollout in the path": (await client.post(proxy.url + "/v1/chat/completions", json={}), 404),
+            "too large": (await client.post(base + "/chat/completions", json={"messages": "x" * 20_000}), 413),
+        }
+    for case, (reply, status) in cases.items():
+        assert reply.status_code == status, case
+        assert "\n" not in reply.text, case
+    assert engine.log.requests == []
+    assert await llm_spans(sqlite_store, attempt) == []
+
+
+async def test_a_token_is_required_when_set(
+    attempt: AttemptedRollout, engines: Callable[..., Engine], proxies: Callable[..., Any]
+) -> None:
+    engine = engines(["with the token"])
+    llm = proxies([engine.url], token="s3cret").resource
+    assert llm.api_key == "s3cret"
+    base = llm.base_url(attempt.rollout_id, attempt.attempt.attempt_id)
+    async with httpx.AsyncClient() as client:
+        refused = await client.post(base + "/chat/completions", json={"model": MODEL, "messages": HI})
+        wrong = await client.get(base + "/models", headers={"authorization": "Bearer nope"})
+    assert (refused.status_code, wrong.status_code) == (401, 401)
+    assert refused.json()["error"]["message"] == "missing or wrong bearer token"
+    completion = await agent_client(llm, attempt).chat.completions.create(model=llm.model, messages=HI)
+    assert completion.choices[0].message.content == "with the token"
+    assert engine.log.requests[0]["messages"] == HI
+
+
+async def test_models_are_listed_and_the_model_name_is_discovered(
+    attempt: AttemptedRollout, engines: Callable[..., Engine], proxies: Callable[..., Any]
+) -> None:
+    engine = engines([])
+    llm = proxies([engine.url], model=None).resource
+    assert llm.model == MODEL
+    models = await agent_client(llm, attempt).models.list()
+    assert [model.id for model in models.data] == [MODEL]
+
+
+def test_a_proxy_beyond_loopback_needs_a_token(sqlite_store: LightningStore) -> None:
+    from agl.core.errors import AglError
+
+    with pytest.raises(AglError, match="without a token"):
+        LlmProxy(sqlite_store, ["http://127.0.0.1:1/v1"], host="0.0.0.0")
+
+
+def test_the_app_is_a_plain_fastapi_app(sqlite_store: LightningStore) -> None:
+    """`create_proxy_app` serves under any ASGI server; `LlmProxy` is only one way to run it."""
+    from agl.trainer.proxy import Upstreams, create_proxy_app
+
+    app = create_proxy_app(sqlite_store, Upstreams(["http://127.0.0.1:1/v1"]))
+    assert isinstance(app, FastAPI)
+    paths = {getattr(route, "path", "") for route in app.routes}
+    assert "/rollout/{rollout_id}/attempt/{attempt_id}/v1/chat/completions" in paths
