@@ -1,8 +1,15 @@
-"""Fixtures of the trainer's tests: a fresh tracing set-up per test, a memory store."""
+"""Fixtures of the trainer's tests: a fresh tracing set-up per test, a memory store.
+
+This folder goes on ``sys.path`` so that agents of the tests are importable by name
+(``agents_for_runner_tests:double``), here and, through the ``PYTHONPATH`` runner modes give
+their children, in child processes and Ray actors.
+"""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 from opentelemetry import trace
@@ -10,6 +17,10 @@ from opentelemetry import trace
 from agl.core import open_store
 from agl.core.store.base import LightningStore
 from agl.core.testing.tracing import fresh_global_tracer_provider
+
+TESTS = str(Path(__file__).parent)
+if TESTS not in sys.path:
+    sys.path.insert(0, TESTS)
 
 
 @pytest.fixture

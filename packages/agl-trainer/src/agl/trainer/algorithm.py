@@ -17,7 +17,7 @@ import pluggy
 
 from agl.core.adapters import TraceMessagesAdapter
 from agl.core.store.base import LightningStore
-from agl.core.types import NamedResources, ResourcesUpdate, Rollout, RolloutMode, RolloutRequest
+from agl.core.types import NamedResources, ResourcesUpdate, Rollout, RolloutConfig, RolloutMode, RolloutRequest
 
 if TYPE_CHECKING:
     from agl.trainer.trainer import Trainer
@@ -57,6 +57,8 @@ class AlgorithmContext:
     adapter: Any = field(default_factory=TraceMessagesAdapter)
     """Turns one attempt's spans into training data (``adapter.adapt(spans)``)."""
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("agl.trainer.algorithm"))
+    rollout_config: RolloutConfig | None = None
+    """The default config of queued rollouts (`Trainer(rollout_config=...)`): timeouts and retries."""
 
     async def enqueue_and_wait(
         self,
@@ -65,13 +67,16 @@ class AlgorithmContext:
         resources_id: str | None = None,
         *,
         timeout: float | None = None,
+        config: RolloutConfig | None = None,
     ) -> list[Rollout]:
         """Queue one rollout per task, wait until all are finished, and return them in task order.
 
         ``resources_id`` pins the resources the runners give the agent (default: the latest).
-        Calls ``agl_rollout_end`` for each. Raises `RolloutsIncomplete` after ``timeout`` seconds.
+        ``config`` (default: ``rollout_config``) sets timeouts and retries. Calls
+        ``agl_rollout_end`` for each. Raises `RolloutsIncomplete` after ``timeout`` seconds.
         """
-        requests = [RolloutRequest(input=task, mode=mode, resources_id=resources_id) for task in tasks]
+        config = config or self.rollout_config
+        requests = [RolloutRequest(input=task, mode=mode, resources_id=resources_id, config=config) for task in tasks]
         queued = await self.store.enqueue_many_rollouts(requests)
         self.trainer.wake_runners()
         ids = [rollout.rollout_id for rollout in queued]
@@ -98,8 +103,11 @@ class AlgorithmContext:
         return await self.store.update_resources(self.resources_id, resources)
 
     def log_step(self, step: int, metrics: dict[str, float]) -> None:
-        """Report one step's metrics: logged, and passed to every ``agl_step_end`` hook."""
+        """Report one step's metrics: logged, recorded in the store as a span of the training run
+        (when the trainer records steps), and passed to every ``agl_step_end`` hook."""
         self.logger.info("step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        if self.trainer.run is not None:
+            self.trainer.run.log_step(step, metrics)
         self.hooks.agl_step_end(trainer=self.trainer, step=step, metrics=dict(metrics))
 
 

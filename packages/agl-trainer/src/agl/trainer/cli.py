@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
+import shlex
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,7 +14,6 @@ import typer
 from pydantic import TypeAdapter, ValidationError
 from rich.text import Text
 
-from agl.core.agent import LitAgent
 from agl.core.cli._common import JsonOutput, StoreUrl, console, print_json, table
 from agl.core.errors import AglError
 from agl.core.store import open_store
@@ -22,6 +21,8 @@ from agl.core.types import NamedResources
 from agl.trainer.metrics import METRICS_FILE
 from agl.trainer.plugins import algorithms as registered_algorithms
 from agl.trainer.plugins import plugin_manager
+from agl.trainer.runners import DEFAULT_MODE, MODES, check_mode
+from agl.trainer.runners.specs import load_agent
 from agl.trainer.trainer import Trainer, UnknownAlgorithm
 
 RUNS_DIR = Path("agl-runs")
@@ -68,8 +69,11 @@ def algorithms(json_output: JsonOutput = False) -> None:
 
 def train(
     algorithm: Annotated[str, typer.Option(help="Name of an installed algorithm (see `agl algorithms`).")],
-    agent: Annotated[str, typer.Option(help="The agent, as module:attribute (a LitAgent or @rollout function).")],
     dataset: Annotated[Path, typer.Option(help="Training tasks: a JSON lines file, one task input per line.")],
+    agent: Annotated[
+        str | None,
+        typer.Option(help="The agent, as module:attribute (a LitAgent or @rollout function); not with a --command."),
+    ] = None,
     val: Annotated[Path | None, typer.Option(help="Validation tasks, as --dataset.")] = None,
     resources: Annotated[
         Path | None, typer.Option(help='Initial resources: a JSON file {"name": {"resource_type": ...}}.')
@@ -77,7 +81,23 @@ def train(
     option: Annotated[
         list[str] | None, typer.Option(help="An algorithm option KEY=JSON (repeatable), e.g. variants='[...]'.")
     ] = None,
-    runners: Annotated[int, typer.Option(help="Runners (asyncio tasks in this process).", min=1)] = 1,
+    runners: Annotated[int, typer.Option(help="How many runners.", min=1)] = 1,
+    runner_mode: Annotated[
+        str, typer.Option(help=f"Where runners run: {', '.join(MODES)} (see agl.trainer.runners).")
+    ] = DEFAULT_MODE,
+    runner_option: Annotated[
+        list[str] | None,
+        typer.Option(help="An option of the runner mode KEY=JSON (repeatable), e.g. heartbeat_seconds=1."),
+    ] = None,
+    command: Annotated[
+        str | None,
+        typer.Option(
+            help="Run this command per rollout (implies --runner-mode command); task and LLM in its environment."
+        ),
+    ] = None,
+    reward: Annotated[
+        str | None, typer.Option(help="With --command: the reward function, module:function(task, output, spans).")
+    ] = None,
     store: StoreUrl = None,
     output_dir: Annotated[
         Path | None,
@@ -89,7 +109,18 @@ def train(
     Shows finished rollouts and steps on stderr when it is a terminal.
     """
     try:
-        lit_agent = _load_agent(agent)
+        if command is not None:
+            runner_mode = "command"
+        check_mode(runner_mode)
+        runner_options = dict(_parse_option(text) for text in runner_option or [])
+        if runner_mode == "command":
+            if command is None or agent is not None:
+                raise ValueError("--runner-mode command takes a --command (and a --reward), not an --agent")
+            runner_options.update(command=shlex.split(command), reward=reward)
+        elif agent is None:
+            raise ValueError("--agent is required (module:attribute)")
+        else:
+            load_agent(agent)  # a bad name fails here, in one line, before anything starts
         train_tasks = _read_jsonl(dataset)
         val_tasks = _read_jsonl(val) if val is not None else None
         initial = _read_resources(resources) if resources is not None else None
@@ -100,6 +131,9 @@ def train(
             algorithm,
             store=backend,
             n_runners=runners,
+            agent=agent,
+            runner_mode=runner_mode,
+            runner_options=runner_options,
             algorithm_options=options,
             output_dir=run_dir,
             progress=sys.stderr.isatty(),
@@ -107,30 +141,19 @@ def train(
 
         async def session() -> Any:
             try:
-                return await trainer.fit_async(lit_agent, train_tasks, val_tasks, initial)
+                return await trainer.fit_async(None, train_tasks, val_tasks, initial)
             finally:
                 await backend.close()
 
         result = asyncio.run(session())
+    except KeyboardInterrupt:
+        typer.echo("interrupted: runners stopped", err=True)
+        raise typer.Exit(130) from None
     except (AglError, UnknownAlgorithm, ValueError, TypeError, OSError, ImportError, AttributeError) as error:
         typer.echo(f"error: {' '.join(str(error).split())}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"metrics: {run_dir / METRICS_FILE}", err=True)
     print_json(_jsonable(result))
-
-
-def _load_agent(spec: str) -> LitAgent:
-    module_name, _, attribute = spec.partition(":")
-    if not module_name or not attribute:
-        raise ValueError(f"--agent must be module:attribute, not {spec!r}")
-    if "" not in sys.path:
-        sys.path.insert(0, "")  # modules of the current directory, as `python -m` finds them
-    found: Any = importlib.import_module(module_name)
-    for part in attribute.split("."):
-        found = getattr(found, part)
-    if not isinstance(found, LitAgent):
-        raise TypeError(f"{spec} is a {type(found).__name__}, not an agent (LitAgent or @rollout function)")
-    return found
 
 
 def _read_jsonl(path: Path) -> list[Any]:

@@ -1,0 +1,40 @@
+"""What the trainer holds, whatever runs its runners: a `RunnerGroup`.
+
+The trainer only starts the group, wakes it when rollouts are queued, watches it while the
+algorithm runs, and stops it. Everything else (where the agent runs, how the store is reached)
+is the mode's business, so a new mode is one module with one class.
+"""
+
+from __future__ import annotations
+
+import abc
+
+
+class RunnerLost(RuntimeError):
+    """Runners stopped while the algorithm still needed them (a bug or a dead machine, not a
+    failed rollout: those are the store's business)."""
+
+
+class RunnerGroup(abc.ABC):
+    """``n`` runners executing one agent against the trainer's store."""
+
+    mode: str = ""
+
+    @abc.abstractmethod
+    async def start(self, n: int) -> None:
+        """Start ``n`` runners; returns once they are launched (not necessarily dequeuing yet)."""
+
+    @abc.abstractmethod
+    def wake(self) -> None:
+        """Rollouts were just queued: let idle runners ask the store now rather than at their next poll.
+        Best effort; a mode that cannot reach its runners quickly may do nothing."""
+
+    @abc.abstractmethod
+    async def watch(self) -> None:
+        """The alive check: wait while the runners are healthy (a mode may replace a lost runner
+        meanwhile); raise `RunnerLost` once they cannot go on. Cancelled when the algorithm ends."""
+
+    @abc.abstractmethod
+    async def stop(self) -> None:
+        """Stop every runner and wait until it is gone; rollouts in flight end as failed attempts.
+        Safe to call after a failed `start` and more than once."""

@@ -1,0 +1,32 @@
+"""Agents of the runner-mode tests, in a module of their own so that child processes and Ray
+actors can import them by name (``agents_for_runner_tests:double``)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from agl.core.agent import rollout
+from agl.core.types import AttemptedRollout
+
+
+@rollout
+def double(task: dict[str, Any]) -> float:
+    """The small job every mode runs: no LLM, a reward computed from the task."""
+    return 2.0 * task["x"]
+
+
+@rollout
+def announce_then_hang(task: dict[str, Any], rollout: AttemptedRollout) -> float:
+    """On attempts up to ``task["hang_attempts"]``: write ``<pid>-<attempt id>`` into the folder
+    ``task["signals"]`` (so a test knows which process runs which attempt), then block until the
+    process is killed or stopped. Later attempts succeed at once."""
+    if rollout.attempt.sequence_id <= task["hang_attempts"]:
+        signals = Path(task["signals"])
+        name = f"{os.getpid()}-{rollout.attempt.attempt_id}"
+        (signals / f".{name}").write_text(rollout.rollout_id)
+        (signals / f".{name}").rename(signals / name)  # appears complete or not at all
+        threading.Event().wait()
+    return 1.0

@@ -1,0 +1,149 @@
+"""Every runner mode runs the same small job; a killed runner process costs one retried attempt;
+Ctrl-C ends `agl train` with every child gone.
+
+Agents come from `agents_for_runner_tests`, a module child processes import by name. Tests
+synchronise on files the agents write (`wait_for_files`), never on sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agl.core import open_store
+from agl.core.store.base import LightningStore
+from agl.core.types import RolloutConfig
+from agl.trainer import Trainer
+from agl.trainer.runners.processes import ProcessRunners
+from agl.trainer.runners.specs import child_python_path
+
+LIMIT = 60.0
+TRAIN = [{"x": 1}, {"x": 2}, {"x": 0}, {"x": 0.5}]
+VAL = [{"x": 3}]
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path: Path, tracing: None) -> AsyncIterator[LightningStore]:
+    opened = open_store(f"sqlite:///{tmp_path}/store.db")
+    yield opened
+    await opened.close()
+
+
+async def wait_for_files(folder: Path, count: int, timeout: float = LIMIT) -> list[Path]:
+    """The first ``count`` files an agent wrote into ``folder`` (checked every 50 ms, up to ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = sorted(path for path in folder.iterdir() if not path.name.startswith("."))
+        if len(found) >= count:
+            return found
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(found)} of {count} files in {folder} after {timeout} s")
+        await asyncio.sleep(0.05)
+
+
+def pid_of(signal_file: Path) -> int:
+    return int(signal_file.name.split("-", 1)[0])
+
+
+def is_gone(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in status  # a zombie has exited; only its entry waits for a reaper
+
+
+async def job_rollouts(store: LightningStore) -> list[Any]:
+    return [r for r in await store.query_rollouts() if r.mode is not None]
+
+
+@pytest.mark.parametrize("mode", ["async", "threads", "processes"])
+async def test_each_mode_completes_the_same_small_job(mode: str, sqlite_store: LightningStore) -> None:
+    trainer = Trainer(
+        "baseline",
+        store=sqlite_store,
+        n_runners=2,
+        agent="agents_for_runner_tests:double",
+        runner_mode=mode,
+        runner_options={"poll_seconds": 0.2} if mode == "processes" else None,
+    )
+    metrics = await asyncio.wait_for(trainer.fit_async(None, TRAIN, VAL), LIMIT)
+    assert metrics["train/succeeded"] == 4.0 and metrics["train/reward_mean"] == pytest.approx(1.75)
+    assert metrics["val/reward_mean"] == 6.0
+    rollouts = await job_rollouts(sqlite_store)
+    assert len(rollouts) == 5 and all(r.status == "succeeded" for r in rollouts)
+    for rollout in rollouts:
+        assert [s.name for s in await sqlite_store.query_spans(rollout.rollout_id) if s.name == "agent.rollout"]
+
+
+async def test_processes_refuse_an_in_memory_store(store: LightningStore) -> None:
+    trainer = Trainer("baseline", store=store, agent="agents_for_runner_tests:double", runner_mode="processes")
+    with pytest.raises(ValueError, match="in-memory store lives in this process only"):
+        await trainer.fit_async(None, TRAIN)
+
+
+async def test_a_module_level_agent_object_is_named_for_the_children(sqlite_store: LightningStore) -> None:
+    import agents_for_runner_tests
+
+    runners = ProcessRunners(sqlite_store, agents_for_runner_tests.double)
+    assert runners.agent_spec == "agents_for_runner_tests:double"
+
+
+async def test_a_killed_runner_process_is_replaced_and_its_rollout_retried(
+    sqlite_store: LightningStore, tmp_path: Path
+) -> None:
+    signals = tmp_path / "signals"
+    signals.mkdir()
+    trainer = Trainer(
+        "baseline",
+        store=sqlite_store,
+        agent="agents_for_runner_tests:announce_then_hang",
+        runner_mode="processes",
+        rollout_config=RolloutConfig(max_attempts=2, retry_condition=("failed", "unresponsive")),
+    )
+    fit = asyncio.ensure_future(trainer.fit_async(None, [{"signals": str(signals), "hang_attempts": 1}]))
+    [hanging] = await wait_for_files(signals, 1)
+    killed = pid_of(hanging)
+    os.kill(killed, signal.SIGKILL)
+    metrics = await asyncio.wait_for(fit, LIMIT)
+
+    assert metrics["train/succeeded"] == 1.0 and metrics["train/reward_mean"] == 1.0
+    [rollout] = await job_rollouts(sqlite_store)
+    first, second = await sqlite_store.query_attempts(rollout.rollout_id)
+    assert first.attempt_id == hanging.name.split("-", 1)[1]
+    assert first.status == "failed" and f"runner process {killed} exited with signal 9" in first.metadata["error"]
+    assert second.status == "succeeded" and second.worker_id != first.worker_id
+    assert isinstance(trainer.runners, ProcessRunners) and trainer.runners.restarts == 1
+
+
+def test_ctrl_c_stops_agl_train_and_every_runner_process(tmp_path: Path) -> None:
+    signals = tmp_path / "signals"
+    signals.mkdir()
+    tasks = [{"signals": str(signals), "hang_attempts": 99}] * 4
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(task) + "\n" for task in tasks))
+    command = [sys.executable, "-m", "agl.core.cli", "train", "--algorithm", "baseline"]
+    command += ["--agent", "agents_for_runner_tests:announce_then_hang", "--dataset", "train.jsonl"]
+    command += ["--runner-mode", "processes", "--runners", "2", "--store", f"sqlite:///{tmp_path}/store.db"]
+    environment = {**os.environ, "PYTHONPATH": child_python_path()}
+    trainer = subprocess.Popen(command, cwd=tmp_path, env=environment, stderr=subprocess.PIPE, text=True)
+    try:
+        running = asyncio.run(wait_for_files(signals, 2))
+        trainer.send_signal(signal.SIGINT)
+        _, stderr = trainer.communicate(timeout=LIMIT)  # a timeout here is the failure: a hang
+    finally:
+        trainer.kill()
+    assert trainer.returncode == 130, stderr
+    assert "interrupted" in stderr
+    runner_pids = {pid_of(path) for path in running}
+    assert len(runner_pids) == 2 and trainer.pid not in runner_pids
+    assert all(is_gone(pid) for pid in runner_pids)
