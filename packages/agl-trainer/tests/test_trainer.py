@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agl.core import open_store
 from agl.core.agent import rollout
 from agl.core.store.base import LightningStore
 from agl.core.types import PromptTemplate, Rollout
@@ -146,10 +148,62 @@ def test_an_unknown_algorithm_names_the_installed_ones() -> None:
 
 
 def test_fit_and_dev_run_synchronously(tracing: None) -> None:
-    from agl.core import open_store
-
     store = open_store("memory://", watchdog_interval=None)
     trainer = Trainer("baseline", store=store, agent=reward_is_x)
     metrics = trainer.dev(dataset=[{"x": 1}] * 6 + [{"x": 0}])
     assert metrics["train/rollouts"] == 4.0  # the first few tasks only
     assert metrics["train/reward_mean"] == 1.0
+
+
+async def test_each_step_is_a_span_of_the_training_run_rollout(store: LightningStore) -> None:
+    class ThreeSteps(Algorithm):
+        async def run(self, context: AlgorithmContext) -> str:
+            context.log_step(0, {"train/reward_mean": 0.5})
+            await asyncio.to_thread(context.log_step, 1, {"train/reward_mean": 0.75, "loss": 2})  # from a thread
+            context.log_step(2, {"train/reward_mean": 1.0})
+            return "done"
+
+    trainer = Trainer(ThreeSteps(), store=store, agent=reward_is_x, record_steps=True)
+    assert await trainer.fit_async(None, []) == "done"
+    [run] = await store.query_rollouts()
+    assert run.mode is None and run.metadata == {"agl.trainer.run": True} and run.status == "succeeded"
+    assert run.input == {"algorithm": "ThreeSteps", "agent": "reward_is_x", "runner_mode": "async", "n_runners": 1}
+    assert trainer.run is not None and trainer.run.rollout_id == run.rollout_id
+    spans = await store.query_spans(run.rollout_id)
+    assert [span.name for span in spans] == ["agl.trainer.step"] * 3
+    assert [span.attributes for span in spans] == [
+        {"agl.trainer.step": 0, "agl.trainer.metric.train/reward_mean": 0.5},
+        {"agl.trainer.step": 1, "agl.trainer.metric.train/reward_mean": 0.75, "agl.trainer.metric.loss": 2.0},
+        {"agl.trainer.step": 2, "agl.trainer.metric.train/reward_mean": 1.0},
+    ]
+
+
+async def test_a_failed_fit_fails_its_training_run(store: LightningStore) -> None:
+    class Crashes(Algorithm):
+        async def run(self, context: AlgorithmContext) -> None:
+            context.log_step(0, {"loss": 1.0})
+            raise RuntimeError("algorithm bug")
+
+    with pytest.raises(RuntimeError, match="algorithm bug"):
+        await Trainer(Crashes(), store=store, agent=reward_is_x, record_steps=True).fit_async(None, [])
+    [run] = await store.query_rollouts()
+    assert run.status == "failed"
+    [attempt] = await store.query_attempts(run.rollout_id)
+    assert attempt.metadata["error"] == "RuntimeError: algorithm bug"
+    assert [span.attributes["agl.trainer.step"] for span in await store.query_spans(run.rollout_id)] == [0]
+
+
+async def test_a_memory_store_keeps_no_training_run_by_default(store: LightningStore) -> None:
+    await Trainer("baseline", store=store).fit_async(reward_is_x, [{"x": 1}])
+    assert [r.mode for r in await store.query_rollouts()] == ["train"]
+
+
+async def test_a_store_on_disk_keeps_the_training_run_by_default(tmp_path: Path, tracing: None) -> None:
+    on_disk = open_store(f"sqlite:///{tmp_path}/store.db", watchdog_interval=None)
+    try:
+        await Trainer("baseline", store=on_disk).fit_async(reward_is_x, [{"x": 1}])
+        [run] = [r for r in await on_disk.query_rollouts() if r.mode is None]
+        [step] = await on_disk.query_spans(run.rollout_id)
+        assert step.attributes["agl.trainer.metric.train/reward_mean"] == 1.0
+    finally:
+        await on_disk.close()
