@@ -14,7 +14,8 @@ from collections.abc import Callable, Sequence
 class TextStream:
     def __init__(self, decode: Callable[[Sequence[int]], str], stop: Sequence[str] = ()) -> None:
         self._decode = decode
-        self._hold = max((len(s) for s in stop), default=1) - 1
+        self._stop = tuple(s for s in stop if s)
+        self._hold = max((len(s) for s in self._stop), default=1) - 1
         self.sent = ""
 
     def delta(self, token_ids: Sequence[int]) -> str:
@@ -22,7 +23,11 @@ class TextStream:
         text = self._decode(token_ids)
         if text.endswith("\ufffd"):
             return ""
-        settled = text[: len(text) - self._hold] if self._hold else text
+        cut = min((i for i in (text.find(s) for s in self._stop) if i >= 0), default=-1)
+        if cut >= 0:  # a stop string arrived (the engine ends the answer there)
+            settled = text[:cut]
+        else:
+            settled = text[: len(text) - self._hold] if self._hold else text
         if not settled.startswith(self.sent) or len(settled) <= len(self.sent):
             return ""
         new, self.sent = settled[len(self.sent) :], settled
