@@ -14,12 +14,12 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from agl.trainer.plugins import model_servers, plugin_manager  # noqa: E402
-from agl.trainer.serving.embedded import EmbeddedModelServer  # noqa: E402
-from agl.trainer.serving.engine import SamplingParams  # noqa: E402
-from agl.trainer.serving.openai_app import create_openai_app  # noqa: E402
-from agl.trainer.serving.transformers_engine import TransformersEngine  # noqa: E402
-from agl.trainer.testing import build_tiny_model  # noqa: E402
+from agl.trainer.plugins import model_servers, plugin_manager
+from agl.trainer.serving.embedded import EmbeddedModelServer
+from agl.trainer.serving.engine import SamplingParams
+from agl.trainer.serving.openai_app import create_openai_app
+from agl.trainer.serving.transformers_engine import TransformersEngine
+from agl.trainer.testing import build_tiny_model
 
 TOKEN = "serving-test-token"
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
@@ -284,7 +284,7 @@ async def test_engine_generate_honours_max_tokens_and_seed(server: EmbeddedModel
 
 
 def test_the_transformers_model_server_is_registered(tiny_dir: Path) -> None:
-    factory, provider = model_servers(plugin_manager())["transformers"]
+    factory, _ = model_servers(plugin_manager())["transformers"]
     server = factory(str(tiny_dir), port=0, model_name="renamed")
     assert isinstance(server, EmbeddedModelServer)
     assert server.model_name == "renamed"
@@ -314,3 +314,17 @@ def test_a_gguf_model_serves_like_model_generate() -> None:
         assert generation.text.strip()
     finally:
         engine.close_sync()
+
+
+def test_text_stream_never_sends_what_a_stop_string_may_cut() -> None:
+    from agl.trainer.serving.text_stream import TextStream
+
+    def decode(ids: list[int]) -> str:
+        return "".join(map(chr, ids))
+
+    text = TextStream(decode, ["xyz"])
+    sent = [text.delta([ord(c) for c in "abxyQ"[:n]]) for n in range(1, 6)]
+    assert sent == ["", "", "a", "b", "x"]  # the last two characters could begin "xyz": held back
+    assert text.delta([ord(c) for c in "abxyQcxyzw"]) == "yQc"  # up to the stop string, never past it
+    assert text.finish("abxyQc") == ""
+    assert TextStream(decode).delta([ord("\ufffd")]) == ""  # half a character is never sent

@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 pytest.importorskip("transformers")
 
-from agl.trainer.serving.cli import add_commands  # noqa: E402
-from agl.trainer.testing import build_tiny_model  # noqa: E402
+from agl.trainer.serving.cli import add_commands
+from agl.trainer.testing import build_tiny_model
 
 AGL = Path(sys.executable).parent / "agl"
 

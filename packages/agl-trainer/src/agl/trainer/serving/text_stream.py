@@ -23,11 +23,9 @@ class TextStream:
         text = self._decode(token_ids)
         if text.endswith("\ufffd"):
             return ""
-        cut = min((i for i in (text.find(s) for s in self._stop) if i >= 0), default=-1)
-        if cut >= 0:  # a stop string arrived (the engine ends the answer there)
-            settled = text[:cut]
-        else:
-            settled = text[: len(text) - self._hold] if self._hold else text
+        # Up to a stop string that arrived (the engine ends the answer there), else all but the held-back tail.
+        cut = min((i for i in (text.find(s) for s in self._stop) if i >= 0), default=max(0, len(text) - self._hold))
+        settled = text[:cut]
         if not settled.startswith(self.sent) or len(settled) <= len(self.sent):
             return ""
         new, self.sent = settled[len(self.sent) :], settled
