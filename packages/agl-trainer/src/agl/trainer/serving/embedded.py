@@ -69,11 +69,13 @@ class EmbeddedModelServer:
         engine: TransformersEngine | None = None,
         **engine_options: Any,
     ) -> None:
-        """``engine``: an engine already loaded (``model`` is then only its description);
-        ``engine_options`` go to `TransformersEngine.load` (device, dtype, seed, model_name...)."""
+        """``engine``: an engine already loaded (``model`` is then only its description), which stays
+        the caller's to close; ``engine_options`` go to `TransformersEngine.load` (device, dtype,
+        seed, model_name...)."""
         self.model = model
         self.host, self.port, self.token = host, port, token
         self._engine = engine
+        self._owns_engine = engine is None
         self._engine_options = engine_options
         self._thread: AppThread | None = None
         self.base_url = ""
@@ -99,7 +101,7 @@ class EmbeddedModelServer:
         if self._thread is not None:
             self._thread.stop()
             self._thread = None
-        if self._engine is not None:
+        if self._engine is not None and self._owns_engine:
             self._engine.close_sync()
 
     def load_weights(self, folder: str | Path) -> None:
