@@ -35,7 +35,7 @@ def serve(
     insecure: Annotated[bool, typer.Option(help="Allow a non-loopback host without a token.")] = False,
     served_model_name: Annotated[str | None, typer.Option(help="The model's name in the API.")] = None,
     option: Annotated[
-        list[str] | None, typer.Option(help="An engine option KEY=JSON (repeatable), e.g. device='\"cuda\"'.")
+        list[str] | None, typer.Option(help="An engine option KEY=JSON (repeatable), e.g. device=cuda.")
     ] = None,
 ) -> None:
     """Serve MODEL over an OpenAI-compatible API (/v1/chat/completions, /v1/completions) with token ids."""
