@@ -1,0 +1,305 @@
+"""``grpo``: group-relative policy optimisation of a small model, in one process, on CPU or GPU.
+
+The model is loaded into the embedded transformers engine, served through the LLM proxy and
+published as the ``llm`` resource, so agents need no change: they call the base URL they are given.
+Each step runs ``n`` rollouts of each of ``tasks_per_step`` training tasks, reads every rollout's
+LLM calls back from the store as triplets (exact engine token ids; calls merged where their ids
+continue), scores each rollout against its task's group (`learning.advantages`), and takes a
+PPO-clipped policy-gradient step on the engine's own logprobs with the loss normalised per
+rollout (`learning.batches`). The engine's module is the one trained, under the engine's lock, so
+the next rollouts sample from the new weights at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from agl.trainer.algorithm import Algorithm, AlgorithmContext
+from agl.trainer.learning.rollouts import FailurePolicy
+
+_COUNTS = ("n", "tasks_per_step", "steps", "max_tokens", "updates_per_step", "micro_batch_size", "max_length")
+
+
+class GRPO(Algorithm):
+    """RL with group-relative advantages on the model at ``model`` (a folder or a ``.gguf`` file).
+
+    Options (defaults in brackets): ``n`` [8] rollouts per task; ``tasks_per_step`` [2]; ``steps``
+    [20]; ``lr`` [5e-5] (AdamW); ``clip`` [0.2] and ``clip_high`` [= clip] bound the ratio to
+    ``[1 - clip, 1 + clip_high]``; ``kl_coef`` [0] weighs the k3 KL to a frozen copy of the initial
+    model (kept only when > 0); ``max_tokens`` [64] and ``temperature`` [1.0] are published in the
+    resource's ``sampling_parameters`` for the agent to pass on (the trainer's logprobs use the same
+    temperature; calls recorded with another are counted in ``train/temperature_mismatch``);
+    ``top_layers`` trains only the last k decoder layers (and the final norm), ``lora_rank`` trains
+    LoRA adapters instead (default: every weight); ``seed`` [0]; ``val_every`` [5] steps (plus
+    before the first and after the last; needs a val dataset); ``updates_per_step`` [1] optimizer
+    steps on each batch (more than one makes the clipping bite); ``micro_batch_size`` [8];
+    ``max_length`` [1024] tokens per triplet (longer ones dropped); ``scale_advantages`` [True]
+    divides by the group's std; ``failed_rollouts`` ["zero"] or "drop_group" (see
+    `learning.rollouts.FailurePolicy`); ``checkpoint_dir`` where the final model is saved (default:
+    ``<trainer output dir>/checkpoint``, else not saved); ``resource`` ["llm"] the resource name;
+    ``timeout`` seconds per batch of rollouts; ``grad_clip`` [1.0].
+
+    Metrics per step: ``train/reward_mean`` (failures count 0), ``val/reward_mean`` when measured,
+    ``loss``, ``policy_loss``, ``kl``, ``clip_fraction``, ``ratio_mean`` (engine vs trainer logprobs
+    before the update: ≈1 when they agree), ``grad_norm``, ``tokens``, ``rollouts``, ``failed``,
+    ``dropped`` (over-long triplets), ``skipped`` (triplets without token ids), ``seconds``.
+    Returns ``{"val_reward_before", "val_reward_after", "train_reward_first", "train_reward_last",
+    "steps", "checkpoint"}``.
+    """
+
+    name = "grpo"
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        n: int = 8,
+        tasks_per_step: int = 2,
+        steps: int = 20,
+        lr: float = 5e-5,
+        clip: float = 0.2,
+        clip_high: float | None = None,
+        kl_coef: float = 0.0,
+        max_tokens: int = 64,
+        temperature: float = 1.0,
+        top_layers: int | None = None,
+        lora_rank: int | None = None,
+        seed: int = 0,
+        val_every: int = 5,
+        updates_per_step: int = 1,
+        micro_batch_size: int = 8,
+        max_length: int = 1024,
+        scale_advantages: bool = True,
+        failed_rollouts: FailurePolicy = "zero",
+        checkpoint_dir: str | None = None,
+        resource: str = "llm",
+        timeout: float | None = None,
+        grad_clip: float = 1.0,
+    ) -> None:
+        if not isinstance(model, str | Path) or not str(model):
+            raise ValueError(f"grpo option model must be a model folder or .gguf path, not {model!r}")
+        values = locals()
+        for option in _COUNTS:
+            _positive_int(option, values[option])
+        if n < 2:
+            raise ValueError(f"grpo option n must be at least 2 (advantages compare rollouts of a task), not {n}")
+        for option in ("lr", "temperature", "grad_clip"):
+            _positive_number(option, values[option])
+        for option in ("clip", "kl_coef"):
+            _non_negative_number(option, values[option])
+        if clip_high is not None:
+            _non_negative_number("clip_high", clip_high)
+        if val_every is not None:
+            _positive_int("val_every", val_every)
+        for option in ("top_layers", "lora_rank"):
+            if values[option] is not None:
+                _positive_int(option, values[option])
+        if top_layers is not None and lora_rank is not None:
+            raise ValueError("grpo options top_layers and lora_rank exclude each other")
+        if failed_rollouts not in ("zero", "drop_group"):
+            raise ValueError(f"grpo option failed_rollouts must be 'zero' or 'drop_group', not {failed_rollouts!r}")
+        if timeout is not None:
+            _positive_number("timeout", timeout)
+        self.model = str(model)
+        self.n, self.tasks_per_step, self.steps = n, tasks_per_step, steps
+        self.lr, self.clip, self.clip_high, self.kl_coef = lr, clip, clip_high, kl_coef
+        self.max_tokens, self.temperature = max_tokens, temperature
+        self.top_layers, self.lora_rank = top_layers, lora_rank
+        self.seed, self.val_every = seed, val_every
+        self.updates_per_step, self.micro_batch_size, self.max_length = updates_per_step, micro_batch_size, max_length
+        self.scale_advantages, self.failed_rollouts = scale_advantages, failed_rollouts
+        self.checkpoint_dir, self.resource, self.timeout, self.grad_clip = checkpoint_dir, resource, timeout, grad_clip
+
+    async def run(self, context: AlgorithmContext) -> dict[str, Any]:
+        import torch
+
+        from agl.trainer.learning.session import ServedPolicy
+
+        if not context.train_dataset:
+            raise ValueError("grpo needs a non-empty train dataset")
+        torch.manual_seed(self.seed)
+        sampling = {"temperature": self.temperature, "max_tokens": self.max_tokens}
+        policy = await asyncio.to_thread(
+            ServedPolicy, self.model, context.store, seed=self.seed, sampling_parameters=sampling
+        )
+        try:
+            return await self._train(context, policy)
+        finally:
+            await asyncio.to_thread(policy.stop)
+
+    async def _train(self, context: AlgorithmContext, policy: Any) -> dict[str, Any]:
+        import torch
+
+        from agl.trainer.learning.model import prepare_trainable, save_checkpoint
+        from agl.trainer.learning.rollouts import apply_failure_policy, mean_reward, run_groups
+
+        reference = copy.deepcopy(policy.model).eval().requires_grad_(False) if self.kl_coef > 0 else None
+        parameters = prepare_trainable(policy.model, top_layers=self.top_layers, lora_rank=self.lora_rank)
+        optimizer = torch.optim.AdamW(parameters, lr=self.lr, weight_decay=0.0)
+        llm = await asyncio.to_thread(policy.start)
+        await context.publish_resources({**(context.initial_resources or {}), self.resource: llm})
+        resources_id = context.resources_id
+
+        val_before = await self._validate(context, resources_id)
+        if val_before is not None:
+            context.log_step(0, {"val/reward_mean": val_before})
+        val_after = val_before
+        train_rewards: list[float] = []
+        tasks = _task_cycle(context.train_dataset, self.seed)
+        for step in range(1, self.steps + 1):
+            started = time.perf_counter()
+            chosen = [next(tasks) for _ in range(self.tasks_per_step)]
+            scored = await run_groups(context, chosen, self.n, "train", resources_id=resources_id, timeout=self.timeout)
+            train_reward = mean_reward(scored)
+            train_rewards.append(train_reward)
+            mismatch = sum(1 for s in scored for t in s.temperatures if abs(t - self.temperature) > 1e-6)
+            kept, failed = apply_failure_policy(scored, self.failed_rollouts)
+            batch = self._batch(kept, policy.pad_token_id)
+            update = await asyncio.to_thread(self._update, policy, optimizer, parameters, batch, reference)
+            metrics = {
+                "train/reward_mean": train_reward,
+                **update,
+                "tokens": float(batch.num_tokens),
+                "rollouts": float(len(scored)),
+                "failed": float(failed),
+                "dropped": float(batch.dropped),
+                "skipped": float(batch.skipped),
+                "train/temperature_mismatch": float(mismatch),
+            }
+            if (self.val_every and step % self.val_every == 0) or step == self.steps:
+                measured = await self._validate(context, resources_id)
+                if measured is not None:
+                    val_after = metrics["val/reward_mean"] = measured
+            metrics["seconds"] = time.perf_counter() - started
+            context.log_step(step, metrics)
+
+        checkpoint = self._checkpoint_dir(context)
+        if checkpoint is not None:
+            with policy.exclusive() as model:
+                await asyncio.to_thread(save_checkpoint, model, policy.tokenizer, checkpoint)
+        return {
+            "val_reward_before": val_before,
+            "val_reward_after": val_after,
+            "train_reward_first": train_rewards[0] if train_rewards else None,
+            "train_reward_last": train_rewards[-1] if train_rewards else None,
+            "steps": self.steps,
+            "checkpoint": str(checkpoint) if checkpoint is not None else None,
+        }
+
+    async def _validate(self, context: AlgorithmContext, resources_id: str | None) -> float | None:
+        """Mean reward over the val dataset, one rollout per task (failures count 0); None without one."""
+        from agl.trainer.learning.rollouts import mean_reward, run_groups
+
+        if not context.val_dataset:
+            return None
+        scored = await run_groups(
+            context, context.val_dataset, 1, "val", resources_id=resources_id, timeout=self.timeout, with_triplets=False
+        )
+        return mean_reward(scored)
+
+    def _batch(self, kept: list[Any], pad_token_id: int) -> Any:
+        from agl.trainer.learning.advantages import group_advantages
+        from agl.trainer.learning.batches import Item, build_batch
+
+        advantages = group_advantages([s.reward for s in kept], [s.group for s in kept], scale=self.scale_advantages)
+        items = [
+            Item(s.rollout.rollout_id, triplet, advantage)
+            for s, advantage in zip(kept, advantages, strict=True)
+            for triplet in s.triplets
+        ]
+        return build_batch(items, max_length=self.max_length, pad_token_id=pad_token_id)
+
+    def _update(
+        self, policy: Any, optimizer: Any, parameters: list[Any], batch: Any, reference: Any
+    ) -> dict[str, float]:
+        """``updates_per_step`` optimizer steps on one batch, holding the engine so no token is sampled
+        from half-updated weights. Returns the metrics averaged over the updates."""
+        import torch
+
+        from agl.trainer.learning.losses import policy_loss
+        from agl.trainer.learning.step import backward, logprobs_of
+
+        if batch.rows == 0 or batch.num_tokens == 0:
+            return {}
+        with policy.exclusive() as model:
+            if not bool(batch.has_old_logprobs.all()):
+                recomputed = logprobs_of(
+                    model, batch, micro_batch_size=self.micro_batch_size, temperature=self.temperature
+                )
+                keep = batch.has_old_logprobs.unsqueeze(-1)
+                batch.old_logprobs = torch.where(keep, batch.old_logprobs, recomputed * batch.loss_mask)
+            if reference is not None:
+                batch.ref_logprobs = logprobs_of(
+                    reference, batch, micro_batch_size=self.micro_batch_size, temperature=self.temperature
+                )
+
+            def loss_of(micro: Any, logprobs: Any) -> tuple[Any, dict[str, float]]:
+                result = policy_loss(
+                    logprobs,
+                    micro.old_logprobs,
+                    micro.advantages,
+                    micro.weights,
+                    clip=self.clip,
+                    clip_high=self.clip_high,
+                    ref_logprobs=micro.ref_logprobs,
+                    kl_coef=self.kl_coef,
+                )
+                return result.loss, {
+                    "policy_loss": result.policy,
+                    "kl": result.kl,
+                    "clip_fraction": result.clip_fraction,
+                    "ratio_mean": result.ratio_mean,
+                }
+
+            totals: dict[str, float] = {}
+            for update in range(self.updates_per_step):
+                optimizer.zero_grad(set_to_none=True)
+                metrics = backward(
+                    model, batch, loss_of, micro_batch_size=self.micro_batch_size, temperature=self.temperature
+                )
+                metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(parameters, self.grad_clip))
+                optimizer.step()
+                if update == 0:
+                    totals["ratio_mean"] = metrics["ratio_mean"]  # before any update: engine vs trainer
+                for name, value in metrics.items():
+                    if name != "ratio_mean":
+                        totals[name] = totals.get(name, 0.0) + value / self.updates_per_step
+            optimizer.zero_grad(set_to_none=True)
+        return totals
+
+    def _checkpoint_dir(self, context: AlgorithmContext) -> Path | None:
+        if self.checkpoint_dir is not None:
+            return Path(self.checkpoint_dir)
+        output = getattr(context.trainer, "output_dir", None)
+        return Path(output) / "checkpoint" if output is not None else None
+
+
+def _task_cycle(tasks: Any, seed: int) -> Iterator[Any]:
+    """Tasks in a seeded random order, reshuffled each pass, forever."""
+    order = list(range(len(tasks)))
+    shuffle = random.Random(seed)
+    while True:
+        shuffle.shuffle(order)
+        for index in order:
+            yield tasks[index]
+
+
+def _positive_int(option: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"grpo option {option} must be a positive integer, not {value!r}")
+
+
+def _positive_number(option: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ValueError(f"grpo option {option} must be a positive number, not {value!r}")
+
+
+def _non_negative_number(option: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ValueError(f"grpo option {option} must be a non-negative number, not {value!r}")

@@ -1,0 +1,87 @@
+"""Run tasks as rollouts and read back what training needs: reward, status and triplets per rollout.
+
+This is the one module of `learning` that talks to the store (through the algorithm's context).
+Triplets come from the latest attempt's spans with `spans_to_triplets` (calls merged where their
+token ids continue exactly), so their ids are those the engine produced and the proxy recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from agl.core.adapters import spans_to_triplets
+from agl.core.tracing import semconv
+from agl.core.types import Rollout, RolloutMode
+from agl.core.types.triplets import Triplet
+from agl.trainer.algorithm import AlgorithmContext
+
+TEMPERATURE = f"{semconv.REQUEST_PREFIX}temperature"
+
+FailurePolicy = Literal["zero", "drop_group"]
+"""What a failed rollout (not succeeded, or no reward) does: ``zero`` scores it 0 and still trains on
+what it generated (a crash is then something to unlearn); ``drop_group`` leaves its whole task
+group out of the step (an infrastructure failure then teaches nothing)."""
+
+
+@dataclass
+class Scored:
+    """One finished rollout: its task's group, its reward (``None`` when it reported none)."""
+
+    rollout: Rollout
+    group: int
+    reward: float | None
+    triplets: list[Triplet] = field(default_factory=list)
+    temperatures: set[float] = field(default_factory=set)
+    """The sampling temperatures its LLM calls asked for (as the proxy recorded them)."""
+
+    @property
+    def failed(self) -> bool:
+        return self.rollout.status != "succeeded" or self.reward is None
+
+
+async def run_groups(
+    context: AlgorithmContext,
+    tasks: Sequence[Any],
+    n: int,
+    mode: RolloutMode,
+    *,
+    resources_id: str | None,
+    timeout: float | None = None,
+    with_triplets: bool = True,
+) -> list[Scored]:
+    """``n`` rollouts of each task (group ``i`` = task ``i``), finished, with rewards and triplets."""
+    queued = [task for task in tasks for _ in range(n)]
+    rollouts = await context.enqueue_and_wait(queued, mode, resources_id, timeout=timeout)
+    scored = []
+    for index, rollout in enumerate(rollouts):
+        spans = await context.store.query_spans(rollout.rollout_id, "latest")
+        reward = await context.reward(rollout)
+        triplets = spans_to_triplets(spans, merge=True) if with_triplets and spans else []
+        temperatures = {
+            float(value)
+            for span in spans
+            if span.attributes.get(semconv.LLM_CALL) is True
+            and isinstance(value := span.attributes.get(TEMPERATURE), int | float)
+        }
+        scored.append(Scored(rollout, index // n, reward, triplets, temperatures))
+    return scored
+
+
+def apply_failure_policy(scored: list[Scored], policy: FailurePolicy) -> tuple[list[Scored], int]:
+    """The rollouts to train on, and how many failed; ``zero`` gives failures reward 0."""
+    if policy not in ("zero", "drop_group"):
+        raise ValueError(f"failure policy must be 'zero' or 'drop_group', not {policy!r}")
+    failed = [s for s in scored if s.failed]
+    if policy == "drop_group":
+        bad_groups = {s.group for s in failed}
+        return [s for s in scored if s.group not in bad_groups], len(failed)
+    for s in failed:
+        s.reward = 0.0
+    return scored, len(failed)
+
+
+def mean_reward(scored: Sequence[Scored]) -> float:
+    """Mean reward, a rollout without one counting 0 (a failure is not left out of the average)."""
+    return sum(s.reward or 0.0 for s in scored) / len(scored) if scored else 0.0
