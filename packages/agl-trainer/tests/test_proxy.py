@@ -292,6 +292,34 @@ async def test_the_engines_own_errors_are_passed_on_without_retrying(
     assert span.attributes["error.type"] == "http.400"
 
 
+async def breaking_engine(scope: Scope, receive: Receive, send: Send) -> None:
+    """An engine whose stream breaks off after its first chunk (a crashed server)."""
+    if scope["type"] != "http":
+        return
+    chunk = {"id": "chatcmpl-x", "model": MODEL, "prompt_token_ids": [1, 2], "choices": [{"index": 0}]}
+    chunk["choices"][0].update(delta={"role": "assistant", "content": "Hel"}, token_ids=[40, 41, 42])
+    headers = [(b"content-type", b"text/event-stream")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": f"data: {json.dumps(chunk)}\n\n".encode(), "more_body": True})
+    raise RuntimeError("the engine crashed")
+
+
+async def test_a_stream_that_breaks_off_is_an_error_for_the_agent_and_in_the_span(
+    sqlite_store: LightningStore, attempt: AttemptedRollout, proxies: Callable[..., Any]
+) -> None:
+    with ServingThread(breaking_engine) as engine:  # type: ignore[arg-type]
+        llm = proxies([f"{engine.url}/v1"]).resource
+        stream = await agent_client(llm, attempt).chat.completions.create(model=MODEL, messages=HI, stream=True)
+        received = []
+        with pytest.raises(openai.APIError, match="broke off"):
+            async for chunk in stream:
+                received.append(chunk.choices[0].delta.content)
+    assert received == ["Hel"]
+    [span] = await llm_spans(sqlite_store, attempt)
+    assert span.status.status_code == "ERROR" and "broke off" in (span.status.description or "")
+    assert span.attributes[semconv.RESPONSE_TOKEN_IDS] == [40, 41, 42]  # what did arrive is kept
+
+
 def closed_port_url() -> str:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -6,7 +6,8 @@ asking for token ids and logprobs, and recorded as one LLM-call span, which is i
 the agent has the whole reply. Errors are OpenAI's JSON shape with a one-line message, so an
 openai client raises its usual typed exceptions: 400 bad ids or body, 401 token, 404 unknown
 rollout/attempt or route, 413 body too large, 502 no engine answered (or answered nonsense), 503
-the store is unavailable; what the engine itself answered (a 4xx, a 500) is passed on as it is.
+the store is unavailable, 504 the engine's reply broke off or stalled. What the engine itself
+answered (a 4xx, a 500) is passed on as it is.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -28,7 +28,16 @@ from agl.core.errors import AglError, NotFound
 from agl.core.server.app import without_native_telemetry
 from agl.core.server.limits import BodyLimit
 from agl.core.store.base import LightningStore
-from agl.trainer.proxy.forward import DEFAULT_RETRY, Forwarder, NoEngineAnswered, RetryPolicy, Sent, new_client
+from agl.trainer.proxy.forward import (
+    DEFAULT_RETRY,
+    DEFAULT_TIMEOUT,
+    BrokenReply,
+    Forwarder,
+    NoEngineAnswered,
+    RetryPolicy,
+    Sent,
+    new_session,
+)
 from agl.trainer.proxy.routing import Upstreams
 from agl.trainer.proxy.shape import PATHS, Asked, Endpoint, asked, reshape, upstream_body
 from agl.trainer.proxy.spans import CallRecord
@@ -50,7 +59,7 @@ def create_proxy_app(
     upstream_token: str | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
     retry: RetryPolicy = DEFAULT_RETRY,
-    timeout: httpx.Timeout | float | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
     on_startup: Callable[[], None] | None = None,
 ) -> FastAPI:
     """The app around ``store`` and ``upstreams`` (both owned by the caller). Its HTTP client is
@@ -59,8 +68,8 @@ def create_proxy_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with new_client(timeout) as client:
-            calls.forwarder = Forwarder(client, upstreams, retry=retry, upstream_token=upstream_token)
+        async with new_session(timeout) as session:
+            calls.forwarder = Forwarder(session, upstreams, retry=retry, upstream_token=upstream_token)
             if on_startup is not None:
                 on_startup()
             yield
@@ -122,13 +131,15 @@ class _Calls:
             sent = await self.forwarder.send(rollout_id, "GET", "/models")
         except NoEngineAnswered as error:
             return _error(502, str(error))
+        except BrokenReply as error:
+            return _error(504, f"the engine's reply broke off: {error}")
         try:
-            payload = await sent.response.aread()
-        except httpx.HTTPError as error:
-            return _error(502, f"the engine's reply broke off: {type(error).__name__}")
+            payload = await sent.read()
+        except BrokenReply as error:
+            return _error(504, f"the engine's reply broke off: {error}")
         finally:
             await sent.close()
-        return Response(payload, sent.response.status_code, media_type=_content_type(sent.response))
+        return Response(payload, sent.status, media_type=sent.content_type)
 
     async def handle(self, endpoint: Endpoint, request: Request, rollout_id: str, attempt_id: str) -> Response:
         refusal = self.refuse_unauthorized(request)
@@ -166,24 +177,28 @@ class _Calls:
             record.fail(type(error).__name__, str(error))
             await self.save(record)
             return _error(502, str(error))
+        except BrokenReply as error:
+            record.fail(type(error).__name__, f"the engine's reply broke off: {error}")
+            await self.save(record)
+            return _error(504, f"the engine's reply broke off: {error}")
         record.upstream = sent.url
-        if sent.response.status_code == 200 and _content_type(sent.response).startswith("text/event-stream"):
+        if sent.status == 200 and sent.content_type.startswith("text/event-stream"):
             relay = _Relay(endpoint, sent, record, agent, self.save)
             return StreamingResponse(relay.events(), media_type="text/event-stream")
         try:
-            payload = await sent.response.aread()
-        except httpx.HTTPError as error:
+            payload = await sent.read()
+        except BrokenReply as error:
             record.fail(type(error).__name__, f"the engine's reply broke off: {error}")
             await self.save(record)
-            return _error(502, f"the engine's reply broke off: {type(error).__name__}")
+            return _error(504, f"the engine's reply broke off: {error}")
         finally:
             await sent.close()
-        status = sent.response.status_code
+        status = sent.status
         if status != 200:
             answer = _one_line(payload.decode(errors="replace"))
             record.fail(f"http.{status}", f"the engine answered {status}: {answer}")
             await self.save(record)
-            return Response(payload, status, media_type=_content_type(sent.response))
+            return Response(payload, status, media_type=sent.content_type)
         try:
             data = json.loads(payload)
             if not isinstance(data, dict):
@@ -226,7 +241,7 @@ class _Relay:
     async def events(self) -> AsyncIterator[bytes]:
         pending = b""
         try:
-            async for data in self.sent.response.aiter_bytes():
+            async for data in self.sent.chunks():
                 pending += data.replace(b"\r\n", b"\n")
                 *events, pending = pending.split(b"\n\n")
                 if events:
@@ -237,8 +252,12 @@ class _Relay:
             if pending.strip():
                 out, _ = self._relay([pending])
                 yield out
-        except httpx.HTTPError as error:
-            self.record.fail(type(error).__name__, f"the engine's stream broke off: {error}")
+        except BrokenReply as error:
+            message = f"the engine's stream broke off: {error}"
+            self.record.fail(type(error).__name__, message)
+            await self._save()  # before the agent hears of it, as for a whole stream
+            # an error event: openai clients raise it, where a stream merely cut short would look complete
+            yield b"data: " + json.dumps(_error_body(502, message)).encode() + b"\n\n"
         except asyncio.CancelledError:
             self.record.fail("cancelled", "the agent closed the stream before its end")
             raise
@@ -287,10 +306,6 @@ def _valid_id(value: str) -> bool:
     return 0 < len(value) <= MAX_ID_LENGTH and value.isprintable() and not any(c.isspace() for c in value)
 
 
-def _content_type(response: httpx.Response) -> str:
-    return response.headers.get("content-type", _JSON)
-
-
 def _one_line(text: str, limit: int = 300) -> str:
     line = " ".join(text.split())
     return line if len(line) <= limit else line[: limit - 1] + "…"
@@ -298,6 +313,9 @@ def _one_line(text: str, limit: int = 300) -> str:
 
 def _error(status: int, message: str, *, headers: dict[str, str] | None = None) -> JSONResponse:
     """OpenAI's error shape, which openai clients turn into their typed exceptions."""
+    return JSONResponse(_error_body(status, message), status, headers=headers)
+
+
+def _error_body(status: int, message: str) -> dict[str, Any]:
     kind = "invalid_request_error" if status < 500 else "server_error"
-    body: dict[str, Any] = {"error": {"message": _one_line(message), "type": kind, "param": None, "code": None}}
-    return JSONResponse(body, status, headers=headers)
+    return {"error": {"message": _one_line(message), "type": kind, "param": None, "code": None}}

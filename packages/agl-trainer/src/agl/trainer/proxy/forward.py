@@ -5,23 +5,34 @@ connection before replying, or answered 502/503/504 (a restarting or overloaded 
 are retried on the same engine with a short, bounded backoff, then the next engine is tried.
 Anything the engine did answer (a 4xx, a 500, a slow reply) is final: a bad request stays bad, and
 a retried generation would only repeat the cost.
+
+The client is aiohttp's (a dependency of agl-core already): in the proxy benchmark httpx's async
+client spent about three quarters of the proxy's own time per call, aiohttp a fraction of that.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
-import httpx
+import aiohttp
 
 from agl.trainer.proxy.routing import Upstreams
 
 logger = logging.getLogger("agl.trainer.proxy")
 
 TRANSIENT_STATUS = frozenset({502, 503, 504})
-_NOT_ANSWERED = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError)
+# The engine did not answer: refused, unreachable in time, or the connection dropped before a reply.
+_NOT_ANSWERED = (
+    aiohttp.ClientConnectorError,
+    aiohttp.ConnectionTimeoutError,
+    aiohttp.ServerDisconnectedError,
+    aiohttp.ClientConnectionResetError,
+)
+DEFAULT_TIMEOUT = 600.0
+CONNECT_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -43,41 +54,71 @@ class NoEngineAnswered(Exception):
     """Every engine failed transiently; the message says how, one line."""
 
 
+class BrokenReply(Exception):
+    """The engine's reply broke off (or stalled past the timeout) after it began."""
+
+
 @dataclass
 class Sent:
-    """The engine's answer, its body not read yet: read or stream it, then `close` it."""
+    """The engine's answer, its body not read yet: `read` or stream (`chunks`) it, then `close` it."""
 
     url: str
-    response: httpx.Response
+    response: aiohttp.ClientResponse
     upstreams: Upstreams
     closed: bool = False
+
+    @property
+    def status(self) -> int:
+        return self.response.status
+
+    @property
+    def content_type(self) -> str:
+        return self.response.headers.get("content-type", "application/json")
+
+    async def read(self) -> bytes:
+        try:
+            return await self.response.read()
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise BrokenReply(_describe(error)) from None
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for data in self.response.content.iter_any():
+                yield data
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise BrokenReply(_describe(error)) from None
 
     async def close(self) -> None:
         if not self.closed:
             self.closed = True
             self.upstreams.release(self.url)
-            await self.response.aclose()
+            if self.response.content.is_eof():
+                self.response.release()  # read to the end: the connection goes back to the pool
+            else:
+                self.response.close()  # abandoned midway: the connection cannot be reused
 
 
-def new_client(timeout: httpx.Timeout | float | None = None) -> httpx.AsyncClient:
-    """The one pooled client of a proxy. Generations can be long, so only connecting is quick to give up."""
-    return httpx.AsyncClient(
-        timeout=timeout if timeout is not None else httpx.Timeout(600.0, connect=5.0),
-        limits=httpx.Limits(max_connections=1024, max_keepalive_connections=256),
+def new_session(timeout: float = DEFAULT_TIMEOUT) -> aiohttp.ClientSession:
+    """The one pooled client of a proxy; make it on the loop that uses it. Generations can be long,
+    so only connecting is quick to give up."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=1024, limit_per_host=0, keepalive_timeout=60),
+        timeout=aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT, sock_read=timeout),
         trust_env=False,  # engines are local or named explicitly: no proxy settings from the environment
+        auto_decompress=True,
     )
 
 
 class Forwarder:
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        session: aiohttp.ClientSession,
         upstreams: Upstreams,
         *,
         retry: RetryPolicy = DEFAULT_RETRY,
         upstream_token: str | None = None,
     ) -> None:
-        self.client = client
+        self.session = session
         self.upstreams = upstreams
         self.retry = retry
         self._headers = {"content-type": "application/json"}
@@ -98,31 +139,36 @@ class Forwarder:
         candidates = self.upstreams.candidates(rollout_id)
         if not candidates:
             raise NoEngineAnswered("no engine is configured")
+        sent_headers = {**self._headers, **(headers or {})}
         for url in candidates:
             failure = "not tried"
             for attempt in range(max(1, self.retry.tries_per_engine)):
                 if attempt:
                     await asyncio.sleep(self.retry.delay(attempt))
-                request = self.client.build_request(
-                    method, url + path, content=content, headers={**self._headers, **(headers or {})}
-                )
                 self.upstreams.acquire(url)
                 try:
-                    response = await self.client.send(request, stream=True)
+                    response = await self.session.request(method, url + path, data=content, headers=sent_headers)
                 except BaseException as error:
                     self.upstreams.release(url)
                     if not isinstance(error, _NOT_ANSWERED):
+                        if isinstance(error, aiohttp.ClientError | TimeoutError):
+                            raise BrokenReply(_describe(error)) from None
                         raise
-                    failure = f"{url}: {type(error).__name__}: {error}".replace("\n", " ")
+                    failure = f"{url}: {_describe(error)}"
                     logger.debug("engine did not answer, %s", failure)
                     continue
-                if response.status_code in TRANSIENT_STATUS:
+                if response.status in TRANSIENT_STATUS:
                     self.upstreams.release(url)
-                    await response.aclose()
-                    failure = f"{url}: HTTP {response.status_code}"
+                    response.release()
+                    failure = f"{url}: HTTP {response.status}"
                     logger.debug("engine answered %s", failure)
                     continue
-                self.upstreams.stick(rollout_id, url)
+                if rollout_id:
+                    self.upstreams.stick(rollout_id, url)
                 return Sent(url, response, self.upstreams)
             failures.append(failure)
         raise NoEngineAnswered("no engine answered: " + "; ".join(failures))
+
+
+def _describe(error: BaseException) -> str:
+    return " ".join(f"{type(error).__name__}: {error}".split())

@@ -7,13 +7,13 @@ port is known at once (``port=0`` picks a free one); `start` returns when the ap
 
 from __future__ import annotations
 
-import asyncio
+import json
 import socket
 import threading
+import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
-import httpx
 import uvicorn
 
 from agl.core.errors import AglError
@@ -21,7 +21,7 @@ from agl.core.server.settings import is_loopback
 from agl.core.store.base import LightningStore
 from agl.core.types.resources import ProxyLLM
 from agl.trainer.proxy.app import MAX_BODY_BYTES, create_proxy_app
-from agl.trainer.proxy.forward import DEFAULT_RETRY, RetryPolicy
+from agl.trainer.proxy.forward import DEFAULT_RETRY, DEFAULT_TIMEOUT, RetryPolicy
 from agl.trainer.proxy.routing import Upstreams
 
 START_TIMEOUT = 30.0
@@ -52,7 +52,7 @@ class LlmProxy:
         insecure: bool = False,
         max_body_bytes: int = MAX_BODY_BYTES,
         retry: RetryPolicy = DEFAULT_RETRY,
-        timeout: httpx.Timeout | float | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         if not is_loopback(host) and not token and not insecure:
             raise AglError(f"refusing to serve the LLM proxy on {host} without a token (or pass insecure=True)")
@@ -130,7 +130,7 @@ class LlmProxy:
     def _run(self, ready: threading.Event) -> None:
         assert self._server is not None and self._socket is not None
         try:
-            asyncio.run(self._server.serve(sockets=[self._socket]))
+            self._server.run(sockets=[self._socket])  # on uvloop when installed (uvicorn's "auto" loop)
         finally:
             ready.set()  # wake `start` if serving ended before it was ready
 
@@ -150,10 +150,11 @@ class LlmProxy:
         failures = []
         for url in self.upstreams.urls:
             try:
-                reply = httpx.get(f"{url}/models", headers=headers, timeout=10.0, trust_env=False)
-                reply.raise_for_status()
-                return str(reply.json()["data"][0]["id"])
-            except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as error:
+                with urllib.request.urlopen(
+                    urllib.request.Request(f"{url}/models", headers=headers), timeout=10
+                ) as reply:
+                    return str(json.load(reply)["data"][0]["id"])
+            except (OSError, ValueError, KeyError, IndexError, TypeError) as error:
                 failures.append(f"{url}: {type(error).__name__}")
         raise AglError(f"no engine named its model ({'; '.join(failures) or 'no engines'}); pass model=...")
 

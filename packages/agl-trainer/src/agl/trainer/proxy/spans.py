@@ -121,6 +121,7 @@ class CallRecord:
         parent = _TRACEPARENT.match(traceparent or "")
         self.trace_id = parent.group(1) if parent else os.urandom(16).hex()
         self.parent_id = parent.group(2) if parent else None
+        self.span_id = os.urandom(8).hex()  # fixed: storing the span again (an error after the end) replaces it
 
     # --- the reply ------------------------------------------------------------------------
     def add_reply(self, data: dict[str, Any]) -> None:
@@ -232,7 +233,7 @@ class CallRecord:
             attempt_id=self.attempt_id,
             sequence_id=self.sequence_id,
             trace_id=self.trace_id,
-            span_id=os.urandom(8).hex(),
+            span_id=self.span_id,
             parent_id=self.parent_id,
             name=f"{operation} {requested_model}",
             kind="CLIENT",
