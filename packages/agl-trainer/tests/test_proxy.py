@@ -3,6 +3,7 @@ of agl-core as the engine (its token ids are known exactly), and the openai clie
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -21,12 +22,14 @@ from agl.core import open_store
 from agl.core.adapters import spans_to_triplets
 from agl.core.store.base import LightningStore
 from agl.core.testing.chat_server import (
+    IM_END,
     ChatLog,
     Reply,
     Script,
     ToolCall,
     chat_log,
     chat_server_app,
+    encode,
     token_logprob,
 )
 from agl.core.testing.server import ServingThread
@@ -231,6 +234,26 @@ async def test_triplets_carry_the_engines_ids_and_merge_continuing_turns(
     [merged] = spans_to_triplets(spans)  # the second prompt continues the first exactly: one sequence
     assert merged.prompt_token_ids == sent_1.prompt_token_ids
     assert merged.prompt_token_ids + (merged.response_token_ids or []) == sent_2.prompt_token_ids + sent_2.token_ids
+
+
+async def test_concurrent_calls_of_one_attempt_are_numbered_apart(
+    sqlite_store: LightningStore, attempt: AttemptedRollout, engines: Callable[..., Engine], proxies: Callable[..., Any]
+) -> None:
+    engine = engines(lambda messages: str(messages[-1]["content"]).upper())
+    llm = proxies([engine.url]).resource
+    client = agent_client(llm, attempt)
+    words = [f"word {n}" for n in range(16)]
+    replies = await asyncio.gather(
+        *(client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": w}]) for w in words)
+    )
+    assert [reply.choices[0].message.content for reply in replies] == [w.upper() for w in words]
+    spans = await llm_spans(sqlite_store, attempt)
+    assert sorted(span.sequence_id for span in spans) == list(range(1, 17))
+    for span in spans:  # each span holds its own call's exchange, ids included
+        [asked_for] = json.loads(span.attributes[semconv.INPUT_MESSAGES])
+        [answer] = json.loads(span.attributes[semconv.OUTPUT_MESSAGES])
+        assert answer["content"] == asked_for["content"].upper()
+        assert span.attributes[semconv.RESPONSE_TOKEN_IDS] == [*encode(answer["content"]), IM_END]
 
 
 # --- routing, retries, failures --------------------------------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import inspect
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -25,8 +26,6 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agl.core.errors import AglError, NotFound
-from agl.core.server.app import without_native_telemetry
-from agl.core.server.limits import BodyLimit
 from agl.core.store.base import LightningStore
 from agl.trainer.proxy.forward import (
     DEFAULT_RETRY,
@@ -74,9 +73,10 @@ def create_proxy_app(
                 on_startup()
             yield
 
-    app = FastAPI(title="agl LLM proxy", docs_url=None, redoc_url=None, lifespan=lifespan, **without_native_telemetry())
-    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
-    calls = _Calls(store, token)
+    app = FastAPI(
+        title="agl LLM proxy", docs_url=None, redoc_url=None, lifespan=lifespan, **_without_native_telemetry()
+    )
+    calls = _Calls(store, token, max_body_bytes)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> Response:
@@ -109,8 +109,9 @@ def create_proxy_app(
 class _Calls:
     """The handlers' shared state and steps."""
 
-    def __init__(self, store: LightningStore, token: str | None) -> None:
+    def __init__(self, store: LightningStore, token: str | None, max_body_bytes: int) -> None:
         self.store = store
+        self.max_body_bytes = max_body_bytes
         self.forwarder: Forwarder | None = None
         self._expected = f"Bearer {token}".encode() if token else None
 
@@ -148,8 +149,11 @@ class _Calls:
         for name, value in (("rollout id", rollout_id), ("attempt id", attempt_id)):
             if not _valid_id(value):
                 return _error(400, f"malformed {name} {value[:80]!r}")
+        raw = await _body_within(request, self.max_body_bytes)
+        if raw is None:
+            return _error(413, f"the request body exceeds {self.max_body_bytes} bytes")
         try:
-            body = json.loads(await request.body())
+            body = json.loads(raw)
         except ValueError:
             return _error(400, "the request body is not JSON")
         if not isinstance(body, dict):
@@ -294,6 +298,30 @@ class _Relay:
     async def _save(self) -> None:
         self.saved = True
         await self.save(self.record)
+
+
+async def _body_within(request: Request, limit: int) -> bytes | None:
+    """The body, or None once it is over ``limit`` bytes (refused by its declared length before
+    reading, else counted as it arrives, so an oversized body is never held whole)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    parts: list[bytes] = []
+    size = 0
+    async for part in request.stream():
+        size += len(part)
+        if size > limit:
+            return None
+        parts.append(part)
+    return b"".join(parts)
+
+
+def _without_native_telemetry() -> dict[str, Any]:
+    """FastAPI's own tracing off (newer versions trace by default): the proxy records its calls
+    itself, and the agent's tracing must not see the proxy's requests as its own."""
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters:
+        return {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+    return {}
 
 
 def _data_of(event: bytes) -> bytes | None:
