@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from agl.core.agent import rollout
-from agl.core.types import AttemptedRollout
+from agl.core.types import AttemptedRollout, Span
 
 
 @rollout
@@ -30,3 +30,12 @@ def announce_then_hang(task: dict[str, Any], rollout: AttemptedRollout) -> float
         (signals / f".{name}").rename(signals / name)  # appears complete or not at all
         threading.Event().wait()
     return 1.0
+
+
+def reward_from_output(task: dict[str, Any], output: str, spans: list[Span]) -> float:
+    """The command mode's reward: the number the program printed, if its own span reached the
+    store with the model it was given (-1 otherwise)."""
+    work = [span for span in spans if span.name == "program.work"]
+    if not work or work[0].attributes.get("program.model") != "toy-model":
+        return -1.0
+    return float(output.strip())

@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +24,20 @@ import pytest
 
 from agl.core import open_store
 from agl.core.store.base import LightningStore
-from agl.core.types import RolloutConfig
+from agl.core.types import LLM, RolloutConfig
 from agl.trainer import Trainer
 from agl.trainer.runners.processes import ProcessRunners
 from agl.trainer.runners.specs import child_python_path
 
 LIMIT = 60.0
+INSTRUMENT = str(Path(sys.executable).parent / "opentelemetry-instrument")
+PROGRAM = str(Path(__file__).parent / "program_for_command_tests.py")
+PROGRAM_COMMAND = [INSTRUMENT, sys.executable, PROGRAM]
+PROGRAM_ENV = {
+    # The program uses the OpenTelemetry API only; importing every installed framework for its
+    # instrumentor would cost seconds per rollout.
+    "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": ",".join(e.name for e in entry_points(group="opentelemetry_instrumentor"))
+}
 TRAIN = [{"x": 1}, {"x": 2}, {"x": 0}, {"x": 0.5}]
 VAL = [{"x": 3}]
 
@@ -126,15 +136,54 @@ async def test_a_killed_runner_process_is_replaced_and_its_rollout_retried(
     assert isinstance(trainer.runners, ProcessRunners) and trainer.runners.restarts == 1
 
 
-def test_ctrl_c_stops_agl_train_and_every_runner_process(tmp_path: Path) -> None:
+@pytest.mark.parametrize("exporter", ["agl_store", "otlp"])
+async def test_command_mode_runs_an_unchanged_program_per_rollout(exporter: str, sqlite_store: LightningStore) -> None:
+    """The same job as a program: the reward function sees its stdout and its spans, which reach
+    the store through agl's exporter or plain OTLP (identity from OTEL_RESOURCE_ATTRIBUTES)."""
+    options = {
+        "command": PROGRAM_COMMAND,
+        "reward": "agents_for_runner_tests:reward_from_output",
+        "env": {**PROGRAM_ENV, "OTEL_TRACES_EXPORTER": exporter},
+    }
+    trainer = Trainer("baseline", store=sqlite_store, n_runners=2, runner_mode="command", runner_options=options)
+    resources = {"llm": LLM(endpoint="http://127.0.0.1:9/v1", model="toy-model", api_key="secret")}
+    metrics = await asyncio.wait_for(trainer.fit_async(None, TRAIN, VAL, resources), LIMIT)
+    assert metrics["train/succeeded"] == 4.0 and metrics["train/reward_mean"] == pytest.approx(1.75)
+    assert metrics["val/reward_mean"] == 6.0
+    rollouts = await job_rollouts(sqlite_store)
+    assert len(rollouts) == 5 and all(r.status == "succeeded" for r in rollouts)
+    spans = await sqlite_store.query_spans(rollouts[0].rollout_id)
+    [work] = [span for span in spans if span.name == "program.work"]
+    assert work.attributes["program.base_url"] == "http://127.0.0.1:9/v1"
+    assert {"agent.rollout", "agl.reward"} <= {span.name for span in spans}
+
+
+async def test_a_program_exiting_non_zero_fails_its_attempt(sqlite_store: LightningStore) -> None:
+    trainer = Trainer(
+        "baseline", store=sqlite_store, runner_mode="command", runner_options={"command": PROGRAM_COMMAND}
+    )
+    metrics = await asyncio.wait_for(trainer.fit_async(None, [{"exit": 3}, {"x": 1}]), LIMIT)
+    assert metrics["train/succeeded"] == 1.0
+    failed = [r for r in await job_rollouts(sqlite_store) if r.status == "failed"]
+    [attempt] = await sqlite_store.query_attempts(failed[0].rollout_id)
+    assert "exited with status 3" in attempt.metadata["error"]
+
+
+@pytest.mark.parametrize("mode", ["processes", "command"])
+def test_ctrl_c_stops_agl_train_and_every_runner_process(mode: str, tmp_path: Path) -> None:
+    """SIGINT once both runners are inside a hanging rollout: `agl train` must exit (a timeout of
+    the wait is the failure) and take every process it started with it."""
     signals = tmp_path / "signals"
     signals.mkdir()
     tasks = [{"signals": str(signals), "hang_attempts": 99}] * 4
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(task) + "\n" for task in tasks))
-    command = [sys.executable, "-m", "agl.core.cli", "train", "--algorithm", "baseline"]
-    command += ["--agent", "agents_for_runner_tests:announce_then_hang", "--dataset", "train.jsonl"]
-    command += ["--runner-mode", "processes", "--runners", "2", "--store", f"sqlite:///{tmp_path}/store.db"]
-    environment = {**os.environ, "PYTHONPATH": child_python_path()}
+    command = [sys.executable, "-m", "agl.core.cli", "train", "--algorithm", "baseline", "--dataset", "train.jsonl"]
+    command += ["--runners", "2", "--store", f"sqlite:///{tmp_path}/store.db"]
+    if mode == "processes":
+        command += ["--runner-mode", "processes", "--agent", "agents_for_runner_tests:announce_then_hang"]
+    else:
+        command += ["--command", shlex.join(PROGRAM_COMMAND)]
+    environment = {**os.environ, **PROGRAM_ENV, "PYTHONPATH": child_python_path()}
     trainer = subprocess.Popen(command, cwd=tmp_path, env=environment, stderr=subprocess.PIPE, text=True)
     try:
         running = asyncio.run(wait_for_files(signals, 2))

@@ -1,0 +1,168 @@
+"""Mode ``command``: an unchanged program per rollout, told its task and model through its environment.
+
+The program is any command line (``opentelemetry-instrument python my_agent.py``). For each
+rollout it gets:
+
+- ``AGL_TASK``: the task as JSON; ``AGL_RESOURCES``: all resources as JSON;
+- ``AGL_ROLLOUT_ID``, ``AGL_ATTEMPT_ID``: which attempt it is (agl's tracing files spans there);
+- ``OPENAI_BASE_URL``, ``OPENAI_API_KEY``, ``OPENAI_MODEL``: the rollout's model (the ``llm``
+  resource, else the first `LLM`; a `ProxyLLM` routed to this attempt), when there is one;
+- ``AGL_STORE`` and ``OTEL_EXPORTER_OTLP_ENDPOINT``: a store server, with ``agl.rollout.id`` and
+  ``agl.attempt.id`` in ``OTEL_RESOURCE_ATTRIBUTES``, so spans from ``opentelemetry-instrument``
+  land in this attempt whether they go through agl's exporter or plain OTLP.
+
+A non-zero exit fails the attempt. The reward is ``reward(task, output, spans)`` (sync or async,
+named ``module:function`` or given as a callable): ``output`` is the program's stdout, ``spans``
+the attempt's spans in the store once the program has exited; without a reward function the
+program reports its own (``agl.reward`` spans) or none. Stopping the runner kills the program's
+whole process group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import os
+import shlex
+import signal
+from collections.abc import Callable, Sequence
+from contextlib import suppress
+from typing import Any
+
+from pydantic import TypeAdapter
+
+from agl.core.agent import LitAgent, resolve_llm
+from agl.core.store.base import LightningStore
+from agl.core.tracing.semconv import ATTEMPT_ID, ROLLOUT_ID
+from agl.core.types import LLM, AttemptedRollout, NamedResources, Span
+from agl.trainer.runners.inprocess import AsyncRunners
+from agl.trainer.runners.specs import load_object
+from agl.trainer.runners.store_server import StoreServer, http_url
+
+STOP_SECONDS = 3.0
+RewardFunction = Callable[[Any, str, list[Span]], Any]
+_resources_adapter: TypeAdapter[NamedResources] = TypeAdapter(NamedResources)
+
+
+class CommandFailed(RuntimeError):
+    """The program exited with a non-zero status."""
+
+
+class CommandAgent(LitAgent):
+    """Runs ``command`` once per rollout (see the module docstring for what it is given)."""
+
+    def __init__(
+        self,
+        command: Sequence[str] | str,
+        *,
+        store: LightningStore,
+        store_url: str,
+        reward: RewardFunction | str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.command = shlex.split(command) if isinstance(command, str) else list(command)
+        if not self.command:
+            raise ValueError("the command is empty")
+        self.store = store
+        self.store_url = store_url
+        self.reward = load_object(reward) if isinstance(reward, str) else reward
+        self.env = dict(env or {})
+        super().__init__(name=os.path.basename(self.command[0]))
+
+    async def rollout_async(self, task: Any, resources: NamedResources, rollout: AttemptedRollout) -> float | None:
+        environment = {**os.environ, **self.env, **self.environment(task, resources, rollout)}
+        process = await asyncio.create_subprocess_exec(
+            *self.command, env=environment, stdout=asyncio.subprocess.PIPE, start_new_session=True
+        )
+        try:
+            stdout, _ = await process.communicate()
+        except BaseException:  # the runner stops or the attempt timed out: the program goes too
+            await asyncio.shield(_end_group(process))
+            raise
+        if process.returncode != 0:
+            raise CommandFailed(f"{shlex.join(self.command)} exited with status {process.returncode}")
+        if self.reward is None:
+            return None
+        spans = list(await self.store.query_spans(rollout.rollout_id, rollout.attempt.attempt_id))
+        value = self.reward(task, stdout.decode(errors="replace"), spans)
+        if inspect.isawaitable(value):
+            value = await value
+        return value  # type: ignore[no-any-return]
+
+    def environment(self, task: Any, resources: NamedResources, rollout: AttemptedRollout) -> dict[str, str]:
+        rollout_id, attempt_id = rollout.rollout_id, rollout.attempt.attempt_id
+        identity = f"{ROLLOUT_ID}={rollout_id},{ATTEMPT_ID}={attempt_id}"
+        inherited = self.env.get("OTEL_RESOURCE_ATTRIBUTES") or os.environ.get("OTEL_RESOURCE_ATTRIBUTES")
+        environment = {
+            "AGL_TASK": json.dumps(task),
+            "AGL_RESOURCES": _resources_adapter.dump_json(resources).decode(),
+            "AGL_ROLLOUT_ID": rollout_id,
+            "AGL_ATTEMPT_ID": attempt_id,
+            "AGL_STORE": self.store_url,
+            "OTEL_EXPORTER_OTLP_ENDPOINT": self.store_url,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "OTEL_RESOURCE_ATTRIBUTES": f"{inherited},{identity}" if inherited else identity,
+        }
+        token = os.environ.get("AGL_STORE_TOKEN")
+        if token:
+            environment["OTEL_EXPORTER_OTLP_HEADERS"] = f"Authorization=Bearer%20{token}"
+        llm = _chosen_llm(resources)
+        if llm is not None:
+            routed = resolve_llm(llm, rollout)
+            environment["OPENAI_BASE_URL"] = routed.endpoint
+            environment["OPENAI_MODEL"] = routed.model
+            environment["OPENAI_API_KEY"] = routed.api_key or os.environ.get("OPENAI_API_KEY") or "none"
+        return environment
+
+
+def _chosen_llm(resources: NamedResources) -> LLM | None:
+    named = resources.get("llm")
+    if isinstance(named, LLM):
+        return named
+    return next((value for value in resources.values() if isinstance(value, LLM)), None)
+
+
+async def _end_group(process: asyncio.subprocess.Process) -> None:
+    """SIGTERM to the program's process group, SIGKILL to whatever is left after `STOP_SECONDS`
+    (within the runner's own grace for a cancelled agent)."""
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    with suppress(TimeoutError):
+        await asyncio.wait_for(process.wait(), STOP_SECONDS)
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    await process.wait()
+
+
+class CommandRunners(AsyncRunners):
+    """Runners on the trainer's loop, each running the command for its rollouts; the store is
+    served over HTTP for the programs' spans unless it is a store server already."""
+
+    mode = "command"
+
+    def __init__(
+        self,
+        store: LightningStore,
+        agent: LitAgent | str | None,
+        *,
+        command: Sequence[str] | str,
+        reward: RewardFunction | str | None = None,
+        env: dict[str, str] | None = None,
+        max_concurrency: int = 1,
+    ) -> None:
+        if agent is not None:
+            raise ValueError("runner_mode='command' runs a command, not an agent: give command=..., not an agent")
+        self._command = CommandAgent(command, store=store, store_url="", reward=reward, env=env)
+        super().__init__(store, self._command, max_concurrency=max_concurrency)
+        self._server: StoreServer | None = None
+
+    async def start(self, n: int) -> None:
+        self._command.store_url, self._server = http_url(self.store)
+        await super().start(n)
+
+    async def stop(self) -> None:
+        await super().stop()
+        if self._server is not None:
+            await asyncio.to_thread(self._server.stop)
+            self._server = None
