@@ -1,0 +1,142 @@
+"""The built-in ``grpo`` end to end on a tiny random model: real engine, proxy, store and runners.
+
+The toy task: reward = the share of digits among the non-space characters of the answer. A
+random 100k-parameter model writes digits rarely (~3%), a policy gradient finds them fast: with
+the test's settings, validation reward rose from 0.024 to 0.62, 0.012 to 0.58 and 0.014 to 0.27
+in 12 steps on seeds 0, 1 and 2 (model and trainer seed); the test fixes seed 0.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from openai import OpenAI
+
+from agl.core.agent import rollout
+from agl.core.store.base import LightningStore
+from agl.core.types import LLM, ProxyLLM
+from agl.trainer import Trainer, hookimpl
+from agl.trainer.algorithms.grpo import GRPO
+from agl.trainer.testing import build_tiny_model
+
+PROMPTS = ["Say something.", "Hello!", "What is the capital of France?", "Two plus two?"]
+TRAIN = [{"prompt": p} for p in PROMPTS]
+VAL = [{"prompt": p} for p in PROMPTS for _ in range(6)]
+
+
+def digit_share(text: str) -> float:
+    chars = [c for c in text if not c.isspace()]
+    return sum(c.isdigit() for c in chars) / len(chars) if chars else 0.0
+
+
+@rollout
+def digits_agent(task: dict[str, Any], llm: LLM) -> float:
+    """An ordinary OpenAI-client agent: it only reads its base URL and sampling parameters."""
+    client = OpenAI(base_url=llm.endpoint, api_key=llm.api_key or "unused", max_retries=0)
+    reply = client.chat.completions.create(
+        model=llm.model, messages=[{"role": "user", "content": task["prompt"]}], **llm.sampling_parameters
+    )
+    return digit_share(reply.choices[0].message.content or "")
+
+
+class Steps:
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, dict[str, float]]] = []
+
+    @hookimpl
+    def agl_step_end(self, step: int, metrics: dict[str, float]) -> None:
+        self.seen.append((step, metrics))
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0)
+
+
+async def test_grpo_raises_validation_reward_training_on_the_engine_token_ids(
+    store: LightningStore, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agl.trainer.learning import batches
+    from agl.trainer.serving.transformers_engine import TransformersEngine
+
+    generated: list[tuple[list[int], list[int], list[float]]] = []
+    trained: list[batches.Item] = []
+    engine_generate, build_batch = TransformersEngine.generate, batches.build_batch
+
+    async def recording_generate(self: TransformersEngine, prompt: list[int], params: Any) -> Any:
+        generation = await engine_generate(self, prompt, params)
+        generated.append((list(generation.prompt_token_ids), list(generation.token_ids), list(generation.logprobs)))
+        return generation
+
+    def recording_build_batch(items: Any, **options: Any) -> Any:
+        trained.extend(items)
+        return build_batch(items, **options)
+
+    monkeypatch.setattr(TransformersEngine, "generate", recording_generate)
+    monkeypatch.setattr(batches, "build_batch", recording_build_batch)
+
+    steps = Steps()
+    options = {
+        "model": str(tiny_model),
+        "n": 8,
+        "tasks_per_step": 2,
+        "steps": 12,
+        "lr": 1e-2,
+        "updates_per_step": 2,
+        "max_tokens": 8,
+        "val_every": 100,
+        "seed": 0,
+        "checkpoint_dir": str(tmp_path / "final"),
+        "timeout": 60.0,
+    }
+    trainer = Trainer("grpo", store=store, n_runners=8, plugins=[steps], algorithm_options=options)
+    result = await trainer.fit_async(digits_agent, TRAIN, VAL)
+
+    before, after = result["val_reward_before"], result["val_reward_after"]
+    assert before < 0.1 and after > before + 0.2, (before, after)
+    assert [step for step, _ in steps.seen] == list(range(13))
+    last = steps.seen[-1][1]
+    assert last["val/reward_mean"] == after and last["rollouts"] == 16 and last["failed"] == 0
+    assert last["dropped"] == 0 and last["skipped"] == 0 and last["train/temperature_mismatch"] == 0
+    # The engine's logprobs and the trainer's agree before the update (ratio 1, up to batching noise);
+    # the second update of each step moves the ratio far enough for the clip to bite.
+    assert all(abs(metrics["ratio_mean"] - 1.0) < 1e-3 for step, metrics in steps.seen if step)
+    assert all(metrics["clip_fraction"] > 0 for step, metrics in steps.seen if step)
+
+    # Every trained triplet is one engine generation, ids and logprobs exactly as sampled.
+    assert len(trained) == 12 * 16
+    by_ids = {(tuple(p), tuple(r)): lp for p, r, lp in generated}
+    for item in trained:
+        key = (tuple(item.triplet.prompt_token_ids or ()), tuple(item.triplet.response_token_ids or ()))
+        assert key in by_ids and item.triplet.response_logprobs == pytest.approx(by_ids[key])
+
+    # The published resource is the proxy; the final checkpoint loads as a plain model.
+    latest = await store.get_latest_resources()
+    assert latest is not None and isinstance(latest.resources["llm"], ProxyLLM)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    assert AutoModelForCausalLM.from_pretrained(result["checkpoint"]) is not None
+    assert AutoTokenizer.from_pretrained(result["checkpoint"]).chat_template
+
+
+@pytest.mark.parametrize(
+    ("bad", "option"),
+    [
+        ({"n": 1}, "n"),
+        ({"steps": 0}, "steps"),
+        ({"lr": 0}, "lr"),
+        ({"clip": -0.1}, "clip"),
+        ({"top_layers": 2, "lora_rank": 4}, "top_layers"),
+        ({"failed_rollouts": "retry"}, "failed_rollouts"),
+        ({"model": ""}, "model"),
+    ],
+)
+def test_bad_options_are_refused_by_name(bad: dict[str, Any], option: str) -> None:
+    with pytest.raises(ValueError, match=option):
+        GRPO(**{"model": "m", **bad})

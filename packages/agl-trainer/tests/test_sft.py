@@ -1,0 +1,122 @@
+"""The built-in ``sft`` end to end on a tiny random model: rejection sampling, training, the new
+checkpoint served to the next rollouts. The toy task is `test_grpo`'s (the share of digits).
+
+Validation reward after two rounds went 0.024 → 0.17, 0.012 → 0.24 and 0.014 → 0.36 on seeds 0, 1
+and 2 (model and trainer seed); the test fixes seed 0."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from openai import OpenAI
+
+from agl.core.agent import rollout
+from agl.core.store.base import LightningStore
+from agl.core.types import LLM
+from agl.trainer import Trainer, hookimpl
+from agl.trainer.algorithms.sft import SFT
+from agl.trainer.testing import build_tiny_model
+
+PROMPTS = ["Say something.", "Hello!", "What is the capital of France?", "Two plus two?"]
+TRAIN = [{"prompt": p} for p in PROMPTS]
+VAL = [{"prompt": p} for p in PROMPTS for _ in range(6)]
+
+
+@rollout
+def digits_agent(task: dict[str, Any], llm: LLM) -> float:
+    """Reward: the share of digits among the answer's non-space characters."""
+    client = OpenAI(base_url=llm.endpoint, api_key=llm.api_key or "unused", max_retries=0)
+    reply = client.chat.completions.create(
+        model=llm.model, messages=[{"role": "user", "content": task["prompt"]}], **llm.sampling_parameters
+    )
+    chars = [c for c in reply.choices[0].message.content or "" if not c.isspace()]
+    return sum(c.isdigit() for c in chars) / len(chars) if chars else 0.0
+
+
+class Steps:
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, dict[str, float]]] = []
+
+    @hookimpl
+    def agl_step_end(self, step: int, metrics: dict[str, float]) -> None:
+        self.seen.append((step, metrics))
+
+
+def logprobs_under(folder: Path, prompt: list[int], response: list[int]) -> list[float]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from agl.trainer.learning.losses import token_logprobs
+
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    ids = torch.tensor([prompt + response])
+    with torch.no_grad():
+        return token_logprobs(model, ids, torch.ones_like(ids))[0, len(prompt) :].tolist()
+
+
+async def test_sft_trains_on_the_best_rollouts_and_serves_each_new_checkpoint(
+    store: LightningStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agl.trainer.serving.transformers_engine import TransformersEngine
+
+    initial = build_tiny_model(tmp_path / "tiny", seed=0)
+    loaded: list[Path] = []
+    generated: list[tuple[int, list[int], list[int], list[float]]] = []  # (checkpoints loaded, prompt, ids, logprobs)
+    engine_generate, engine_load = TransformersEngine.generate, TransformersEngine.load_weights_sync
+
+    async def recording_generate(self: TransformersEngine, prompt: list[int], params: Any) -> Any:
+        version = len(loaded)
+        generation = await engine_generate(self, prompt, params)
+        generated.append((version, list(prompt), list(generation.token_ids), list(generation.logprobs)))
+        return generation
+
+    def recording_load(self: TransformersEngine, folder: str | Path) -> None:
+        engine_load(self, folder)
+        loaded.append(Path(folder))
+
+    monkeypatch.setattr(TransformersEngine, "generate", recording_generate)
+    monkeypatch.setattr(TransformersEngine, "load_weights_sync", recording_load)
+
+    steps = Steps()
+    options = {
+        "model": str(initial),
+        "rounds": 2,
+        "n": 8,
+        "top_fraction": 0.25,
+        "epochs": 3,
+        "batch_size": 4,
+        "lr": 1e-2,
+        "max_tokens": 8,
+        "checkpoint_dir": str(tmp_path / "sft"),
+        "timeout": 60.0,
+    }
+    trainer = Trainer("sft", store=store, n_runners=8, plugins=[steps], algorithm_options=options)
+    result = await trainer.fit_async(digits_agent, TRAIN, VAL)
+
+    # Loss falls over the epochs of a round; the served model gets better at the task.
+    losses = result["losses"]
+    assert len(losses) == 6 and losses[2] < losses[0] and losses[5] < losses[3], losses
+    assert result["val_reward_after"] > result["val_reward_before"] + 0.1, result
+    summaries = [metrics for _, metrics in steps.seen if "kept" in metrics]
+    assert [m["kept"] for m in summaries] == [8.0, 8.0] and all("loss" in m for m in summaries)
+    assert steps.seen[0] == (0, {"val/reward_mean": result["val_reward_before"]})
+
+    # Each round's checkpoint was handed to the server, and what came after sampled from it:
+    # the engine's logprobs of a later generation are the checkpoint's own, not the initial model's.
+    assert loaded == [tmp_path / "sft" / "round-1", tmp_path / "sft" / "round-2"]
+    assert result["checkpoint"] == str(loaded[-1])
+    _, prompt, ids, logprobs = next(g for g in generated if g[0] == 1)
+    assert logprobs == pytest.approx(logprobs_under(loaded[0], prompt, ids), abs=1e-3)
+    assert max(abs(a - b) for a, b in zip(logprobs, logprobs_under(initial, prompt, ids), strict=True)) > 1e-2
+
+
+def test_bad_options_are_refused_by_name() -> None:
+    for bad, option in [({"rounds": 0}, "rounds"), ({"top_fraction": 0}, "top_fraction"), ({"lr": -1}, "lr")]:
+        with pytest.raises(ValueError, match=option):
+            SFT(**{"model": "m", **bad})
