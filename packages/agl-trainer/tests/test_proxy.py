@@ -146,6 +146,23 @@ async def test_one_call_is_one_span_with_the_engines_exact_token_ids(
     assert span.sequence_id == 1
 
 
+async def test_a_w3c_traceparent_puts_the_span_under_the_callers_span(
+    sqlite_store: LightningStore, attempt: AttemptedRollout, engines: Callable[..., Engine], proxies: Callable[..., Any]
+) -> None:
+    engine = engines(["traced"])
+    llm = proxies([engine.url]).resource
+    trace_id, parent_id = "ab" * 16, "cd" * 8
+    async with httpx.AsyncClient() as client:
+        reply = await client.post(
+            llm.base_url(attempt.rollout_id, attempt.attempt.attempt_id) + "/chat/completions",
+            json={"model": MODEL, "messages": HI},
+            headers={"traceparent": f"00-{trace_id}-{parent_id}-01"},
+        )
+    assert reply.status_code == 200
+    [span] = await llm_spans(sqlite_store, attempt)
+    assert (span.trace_id, span.parent_id) == (trace_id, parent_id)
+
+
 async def test_the_agent_gets_the_shape_it_asked_for(
     attempt: AttemptedRollout, engines: Callable[..., Engine], proxies: Callable[..., Any]
 ) -> None:

@@ -46,7 +46,6 @@ logger = logging.getLogger("agl.trainer.proxy")
 PREFIX = "/rollout/{rollout_id}/attempt/{attempt_id}/v1"
 MAX_BODY_BYTES = 32 * 1024 * 1024
 MAX_ID_LENGTH = 256
-OPEN_PATHS = frozenset({"/health"})
 _JSON = "application/json"
 
 
