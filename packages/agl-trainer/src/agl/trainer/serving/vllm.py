@@ -168,6 +168,9 @@ class VllmServer:
         _signal_group(process.pid, signal.SIGKILL)
         if process.poll() is None:
             process.wait(timeout=grace)
+        deadline = time.monotonic() + grace
+        while _group_alive(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)  # SIGKILL is delivered asynchronously; bounded wait for the kernel to finish
         self.base_url = ""
 
     def __enter__(self) -> VllmServer:
@@ -336,6 +339,26 @@ def _url_host(host: str) -> str:
     if host == "::":
         return "[::1]"
     return f"[{host}]" if ":" in host else host
+
+
+def _group_alive(group: int) -> bool:
+    """Whether a process of ``group`` still lives (zombies, dead but not yet reaped, do not count)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for entry in proc.iterdir():
+        if entry.name.isdigit():
+            try:
+                state, _parent, member_of = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:3]
+            except (OSError, ValueError):
+                continue
+            if int(member_of) == group and state not in ("Z", "X"):
+                return True
+    return False
 
 
 def _signal_group(pid: int, signum: int) -> None:

