@@ -1,0 +1,140 @@
+"""Mode ``ray``: each runner is a Ray actor, so runners spread over a cluster's machines.
+
+Actors reach the store over HTTP (they may run anywhere): the trainer's store if it is a store
+server client already, else the store served from a thread of the trainer on 127.0.0.1, which
+only actors on this machine can reach (for a real cluster, run ``agl store serve`` where every
+node can reach it and give the trainer that URL). The agent crosses as ``module:object``; the
+actors get the trainer's ``sys.path`` so that a module beside the trainer's script imports there.
+
+Ray is the ``ray`` extra. If Ray is not initialised yet, `start` connects with
+``ray.init(address=address)`` (``None``: a local cluster, or ``$RAY_ADDRESS``) and `stop`
+disconnects again; a caller that initialised Ray keeps its session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from contextlib import suppress
+from typing import Any
+
+from agl.core.agent import LitAgent
+from agl.core.ids import new_id
+from agl.core.runner import Runner
+from agl.core.store import open_store
+from agl.core.store.base import LightningStore
+from agl.trainer.runners.base import RunnerGroup, RunnerLost
+from agl.trainer.runners.specs import agent_spec, child_python_path, load_agent
+from agl.trainer.runners.store_server import StoreServer, http_url
+
+
+class RunnerActor:
+    """One runner inside a Ray actor process (an async actor: `stop` and `wake` run on the same
+    loop as `run`, between its awaits)."""
+
+    def __init__(self, store_url: str, agent: str, worker_id: str, python_path: str, options: dict[str, Any]) -> None:
+        sys.path[:0] = [entry for entry in python_path.split(os.pathsep) if entry not in sys.path]
+        self.store = open_store(store_url)
+        self.runner = Runner(load_agent(agent), self.store, worker_id=worker_id, **options)
+        self.stopped = asyncio.Event()
+
+    async def run(self) -> int:
+        try:
+            return await self.runner.run(stop=self.stopped)
+        finally:
+            await self.store.close()
+
+    async def stop(self) -> None:
+        self.stopped.set()
+
+    async def wake(self) -> None:
+        self.runner.wake()
+
+
+class RayRunners(RunnerGroup):
+    """``address``: the cluster to connect to when Ray is not initialised. ``actor_options``: given
+    to ``.options()`` of every actor (``num_cpus``, ``resources``, ``runtime_env``…).
+    ``stop_seconds``: how long actors may take to stop before they are killed."""
+
+    mode = "ray"
+
+    def __init__(
+        self,
+        store: LightningStore,
+        agent: LitAgent | str | None,
+        *,
+        address: str | None = None,
+        actor_options: dict[str, Any] | None = None,
+        max_concurrency: int = 1,
+        heartbeat_seconds: float = 5.0,
+        poll_seconds: float = 1.0,
+        stop_seconds: float = 10.0,
+    ) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise ImportError("runner_mode='ray' needs Ray: pip install 'agl-trainer[ray]'") from None
+        if agent is None:
+            raise ValueError("runner_mode='ray' needs an agent, as 'module:object' or a module-level agent")
+        if isinstance(agent, str):
+            load_agent(agent)  # an import error here rather than in every actor
+        self._ray = ray
+        self.store = store
+        self.agent_spec = agent_spec(agent)
+        self.address = address
+        self.actor_options = dict(actor_options or {})
+        self.runner_options = {
+            "max_concurrency": max_concurrency,
+            "heartbeat_seconds": heartbeat_seconds,
+            "poll_seconds": poll_seconds,
+        }
+        self.stop_seconds = stop_seconds
+        self.actors: list[Any] = []
+        self._runs: list[asyncio.Future[int]] = []
+        self._server: StoreServer | None = None
+        self._connected_here = False
+
+    async def start(self, n: int) -> None:
+        ray = self._ray
+        if not ray.is_initialized():
+            ray.init(address=self.address)
+            self._connected_here = True
+        url, self._server = http_url(self.store)
+        actor_class = ray.remote(RunnerActor)
+        python_path = child_python_path()
+        for _ in range(n):
+            actor = actor_class.options(**self.actor_options).remote(
+                url, self.agent_spec, new_id("wk"), python_path, self.runner_options
+            )
+            self.actors.append(actor)
+            self._runs.append(asyncio.wrap_future(actor.run.remote().future()))
+
+    def wake(self) -> None:
+        for actor in self.actors:
+            actor.wake.remote()
+
+    async def watch(self) -> None:
+        if not self._runs:
+            raise RunnerLost("no runners were started")
+        done, _ = await asyncio.wait(self._runs, return_when=asyncio.FIRST_COMPLETED)
+        ended = done.pop()
+        raise RunnerLost("a Ray runner actor stopped before the algorithm finished") from ended.exception()
+
+    async def stop(self) -> None:
+        for actor in self.actors:
+            with suppress(Exception):  # a dead actor cannot be told anything
+                actor.stop.remote()
+        if self._runs:
+            await asyncio.wait(self._runs, timeout=self.stop_seconds)
+        for actor in self.actors:
+            with suppress(Exception):
+                self._ray.kill(actor)
+        await asyncio.gather(*self._runs, return_exceptions=True)
+        self.actors, self._runs = [], []
+        if self._server is not None:
+            await asyncio.to_thread(self._server.stop)
+            self._server = None
+        if self._connected_here:
+            self._ray.shutdown()
+            self._connected_here = False
