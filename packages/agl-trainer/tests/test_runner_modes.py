@@ -14,6 +14,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from importlib.metadata import entry_points
@@ -25,7 +26,7 @@ import pytest
 from agl.core import open_store
 from agl.core.store.base import LightningStore
 from agl.core.types import LLM, RolloutConfig
-from agl.trainer import Trainer
+from agl.trainer import Trainer, hookimpl
 from agl.trainer.runners.processes import ProcessRunners
 from agl.trainer.runners.specs import child_python_path
 
@@ -77,8 +78,20 @@ async def job_rollouts(store: LightningStore) -> list[Any]:
     return [r for r in await store.query_rollouts() if r.mode is not None]
 
 
+class ChildWatcher:
+    """Notes the runner processes once they are started (the fit-start hook comes after)."""
+
+    def __init__(self) -> None:
+        self.pids: list[int] = []
+
+    @hookimpl
+    def agl_fit_start(self, trainer: Trainer) -> None:
+        self.pids = list(getattr(trainer.runners, "pids", []))
+
+
 @pytest.mark.parametrize("mode", ["async", "threads", "processes"])
 async def test_each_mode_completes_the_same_small_job(mode: str, sqlite_store: LightningStore) -> None:
+    children = ChildWatcher()
     trainer = Trainer(
         "baseline",
         store=sqlite_store,
@@ -86,6 +99,7 @@ async def test_each_mode_completes_the_same_small_job(mode: str, sqlite_store: L
         agent="agents_for_runner_tests:double",
         runner_mode=mode,
         runner_options={"poll_seconds": 0.2} if mode == "processes" else None,
+        plugins=[children],
     )
     metrics = await asyncio.wait_for(trainer.fit_async(None, TRAIN, VAL), LIMIT)
     assert metrics["train/succeeded"] == 4.0 and metrics["train/reward_mean"] == pytest.approx(1.75)
@@ -94,6 +108,9 @@ async def test_each_mode_completes_the_same_small_job(mode: str, sqlite_store: L
     assert len(rollouts) == 5 and all(r.status == "succeeded" for r in rollouts)
     for rollout in rollouts:
         assert [s.name for s in await sqlite_store.query_spans(rollout.rollout_id) if s.name == "agent.rollout"]
+    assert len(children.pids) == (2 if mode == "processes" else 0)
+    assert all(is_gone(pid) for pid in children.pids)  # the algorithm's end stopped them all
+    assert not [thread for thread in threading.enumerate() if thread.name.startswith("agl-runner-")]
 
 
 async def test_processes_refuse_an_in_memory_store(store: LightningStore) -> None:

@@ -8,6 +8,12 @@ is the mode's business, so a new mode is one module with one class.
 from __future__ import annotations
 
 import abc
+from contextlib import suppress
+
+from agl.core.errors import InvalidTransition
+from agl.core.store.base import LightningStore
+
+ACTIVE = ("preparing", "running")
 
 
 class RunnerLost(RuntimeError):
@@ -38,3 +44,20 @@ class RunnerGroup(abc.ABC):
     async def stop(self) -> None:
         """Stop every runner and wait until it is gone; rollouts in flight end as failed attempts.
         Safe to call after a failed `start` and more than once."""
+
+
+async def fail_attempts_of(store: LightningStore, worker_id: str, reason: str) -> int:
+    """Fail the attempts a runner that is known dead still holds, so the rollouts' retry config
+    acts now rather than after a heartbeat deadline (which only ``unresponsive_seconds`` sets).
+    Returns how many."""
+    failed = 0
+    for rollout in await store.query_rollouts(status_in=ACTIVE):
+        attempt = await store.get_latest_attempt(rollout.rollout_id)
+        if attempt is None or attempt.worker_id != worker_id or attempt.is_terminal:
+            continue
+        with suppress(InvalidTransition):  # a deadline ended it meanwhile
+            await store.update_attempt(
+                rollout.rollout_id, attempt.attempt_id, status="failed", metadata={"error": reason}
+            )
+            failed += 1
+    return failed

@@ -20,16 +20,13 @@ import sys
 from contextlib import suppress
 
 from agl.core.agent import LitAgent
-from agl.core.errors import InvalidTransition
 from agl.core.ids import new_id
 from agl.core.store.base import LightningStore
-from agl.trainer.runners.base import RunnerGroup, RunnerLost
+from agl.trainer.runners.base import RunnerGroup, RunnerLost, fail_attempts_of
 from agl.trainer.runners.specs import agent_spec, child_python_path, load_agent, shared_store_url
 from agl.trainer.runners.worker import WAKE
 
 logger = logging.getLogger(__name__)
-
-ACTIVE = ("preparing", "running")
 
 
 class _Child:
@@ -127,17 +124,8 @@ class ProcessRunners(RunnerGroup):
                 self.children[index] = await self._spawn()
 
     async def _fail_attempts_of(self, child: _Child, code: int | None) -> None:
-        """End the attempts a dead child held: it will never finish them."""
         how = f"signal {-code}" if code is not None and code < 0 else f"status {code}"
-        reason = f"runner process {child.process.pid} exited with {how}"
-        for rollout in await self.store.query_rollouts(status_in=ACTIVE):
-            attempt = await self.store.get_latest_attempt(rollout.rollout_id)
-            if attempt is None or attempt.worker_id != child.worker_id or attempt.is_terminal:
-                continue
-            with suppress(InvalidTransition):  # a deadline ended it meanwhile
-                await self.store.update_attempt(
-                    rollout.rollout_id, attempt.attempt_id, status="failed", metadata={"error": reason}
-                )
+        await fail_attempts_of(self.store, child.worker_id, f"runner process {child.process.pid} exited with {how}")
 
     async def stop(self) -> None:
         for child in self.children:

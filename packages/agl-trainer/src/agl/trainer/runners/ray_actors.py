@@ -24,7 +24,7 @@ from agl.core.ids import new_id
 from agl.core.runner import Runner
 from agl.core.store import open_store
 from agl.core.store.base import LightningStore
-from agl.trainer.runners.base import RunnerGroup, RunnerLost
+from agl.trainer.runners.base import RunnerGroup, RunnerLost, fail_attempts_of
 from agl.trainer.runners.specs import agent_spec, child_python_path, load_agent
 from agl.trainer.runners.store_server import StoreServer, http_url
 
@@ -55,6 +55,8 @@ class RunnerActor:
 class RayRunners(RunnerGroup):
     """``address``: the cluster to connect to when Ray is not initialised. ``actor_options``: given
     to ``.options()`` of every actor (``num_cpus``, ``resources``, ``runtime_env``…).
+    An actor that dies (its node went away, it was killed) is replaced and the attempts it held
+    are failed for the store's retry config, up to ``max_restarts`` times per fit.
     ``stop_seconds``: how long actors may take to stop before they are killed."""
 
     mode = "ray"
@@ -69,6 +71,7 @@ class RayRunners(RunnerGroup):
         max_concurrency: int = 1,
         heartbeat_seconds: float = 5.0,
         poll_seconds: float = 1.0,
+        max_restarts: int = 10,
         stop_seconds: float = 10.0,
     ) -> None:
         try:
@@ -89,9 +92,13 @@ class RayRunners(RunnerGroup):
             "heartbeat_seconds": heartbeat_seconds,
             "poll_seconds": poll_seconds,
         }
+        self.max_restarts = max_restarts
+        self.restarts = 0
         self.stop_seconds = stop_seconds
         self.actors: list[Any] = []
+        self.worker_ids: list[str] = []
         self._runs: list[asyncio.Future[int]] = []
+        self._store_url = ""
         self._server: StoreServer | None = None
         self._connected_here = False
 
@@ -100,15 +107,25 @@ class RayRunners(RunnerGroup):
         if not ray.is_initialized():
             ray.init(address=self.address)
             self._connected_here = True
-        url, self._server = http_url(self.store)
-        actor_class = ray.remote(RunnerActor)
-        python_path = child_python_path()
+        self._store_url, self._server = http_url(self.store)
         for _ in range(n):
-            actor = actor_class.options(**self.actor_options).remote(
-                url, self.agent_spec, new_id("wk"), python_path, self.runner_options
-            )
+            self._launch(None)
+
+    def _launch(self, index: int | None) -> None:
+        """Start an actor in slot ``index`` (a new slot for ``None``)."""
+        worker_id = new_id("wk")
+        actor = (
+            self._ray.remote(RunnerActor)
+            .options(**self.actor_options)
+            .remote(self._store_url, self.agent_spec, worker_id, child_python_path(), self.runner_options)
+        )
+        run = asyncio.wrap_future(actor.run.remote().future())
+        if index is None:
             self.actors.append(actor)
-            self._runs.append(asyncio.wrap_future(actor.run.remote().future()))
+            self.worker_ids.append(worker_id)
+            self._runs.append(run)
+        else:
+            self.actors[index], self.worker_ids[index], self._runs[index] = actor, worker_id, run
 
     def wake(self) -> None:
         for actor in self.actors:
@@ -117,9 +134,18 @@ class RayRunners(RunnerGroup):
     async def watch(self) -> None:
         if not self._runs:
             raise RunnerLost("no runners were started")
-        done, _ = await asyncio.wait(self._runs, return_when=asyncio.FIRST_COMPLETED)
-        ended = done.pop()
-        raise RunnerLost("a Ray runner actor stopped before the algorithm finished") from ended.exception()
+        while True:
+            await asyncio.wait(self._runs, return_when=asyncio.FIRST_COMPLETED)
+            for index, run in enumerate(self._runs):
+                if not run.done():
+                    continue
+                error = run.exception()
+                reason = f"Ray runner actor {self.worker_ids[index]} ended: {type(error).__name__}"
+                await fail_attempts_of(self.store, self.worker_ids[index], reason)
+                if self.restarts >= self.max_restarts:
+                    raise RunnerLost(f"Ray runner actors ended {self.restarts + 1} times") from error
+                self.restarts += 1
+                self._launch(index)
 
     async def stop(self) -> None:
         for actor in self.actors:
@@ -131,7 +157,7 @@ class RayRunners(RunnerGroup):
             with suppress(Exception):
                 self._ray.kill(actor)
         await asyncio.gather(*self._runs, return_exceptions=True)
-        self.actors, self._runs = [], []
+        self.actors, self.worker_ids, self._runs = [], [], []
         if self._server is not None:
             await asyncio.to_thread(self._server.stop)
             self._server = None
