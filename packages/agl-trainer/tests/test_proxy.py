@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agl.core import open_store
 from agl.core.adapters import spans_to_triplets
+from agl.core.errors import AglError
 from agl.core.store.base import LightningStore
 from agl.core.testing.chat_server import (
     IM_END,
@@ -441,11 +442,20 @@ async def test_models_are_listed_and_the_model_name_is_discovered(
     assert [model.id for model in models.data] == [MODEL]
 
 
-def test_a_proxy_beyond_loopback_needs_a_token(sqlite_store: LightningStore) -> None:
-    from agl.core.errors import AglError
-
+def test_start_and_stop_are_idempotent_and_refuse_what_cannot_work(
+    sqlite_store: LightningStore, engines: Callable[..., Engine]
+) -> None:
     with pytest.raises(AglError, match="without a token"):
         LlmProxy(sqlite_store, ["http://127.0.0.1:1/v1"], host="0.0.0.0")
+    with pytest.raises(AglError, match="pass model="):
+        LlmProxy(sqlite_store, [closed_port_url()]).start()
+    proxy = LlmProxy(sqlite_store, [engines([]).url], model=MODEL)
+    first = proxy.start()
+    assert proxy.start() is first and first.endpoint == proxy.url
+    proxy.stop()
+    proxy.stop()
+    with pytest.raises(AglError, match="not started"):
+        proxy.resource  # noqa: B018
 
 
 def test_the_app_is_a_plain_fastapi_app(sqlite_store: LightningStore) -> None:
