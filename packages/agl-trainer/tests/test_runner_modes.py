@@ -153,6 +153,49 @@ async def test_a_killed_runner_process_is_replaced_and_its_rollout_retried(
     assert isinstance(trainer.runners, ProcessRunners) and trainer.runners.restarts == 1
 
 
+class Resumes:
+    """SIGCONTs a frozen process once the rollout it froze in has ended (so it can stop cleanly)."""
+
+    def __init__(self) -> None:
+        self.pid: int | None = None
+
+    @hookimpl
+    def agl_rollout_end(self) -> None:
+        if self.pid is not None:
+            os.kill(self.pid, signal.SIGCONT)
+
+
+async def test_a_frozen_runner_is_found_by_its_missing_heartbeats(sqlite_store: LightningStore, tmp_path: Path) -> None:
+    """The store's own detection, for a runner that is alive but silent (a hung machine): no
+    heartbeat for ``unresponsive_seconds`` makes the attempt unresponsive, and the retry config
+    gives the rollout to the other runner."""
+    signals = tmp_path / "signals"
+    signals.mkdir()
+    resumes = Resumes()
+    trainer = Trainer(
+        "baseline",
+        store=sqlite_store,
+        n_runners=2,
+        agent="agents_for_runner_tests:announce_then_hang",
+        runner_mode="processes",
+        runner_options={"heartbeat_seconds": 0.2, "poll_seconds": 0.2},
+        rollout_config=RolloutConfig(unresponsive_seconds=1.0, max_attempts=2, retry_condition=("unresponsive",)),
+        plugins=[resumes],
+    )
+    fit = asyncio.ensure_future(trainer.fit_async(None, [{"signals": str(signals), "hang_attempts": 1}]))
+    [hanging] = await wait_for_files(signals, 1)
+    resumes.pid = pid_of(hanging)
+    os.kill(resumes.pid, signal.SIGSTOP)
+    metrics = await asyncio.wait_for(fit, LIMIT)
+
+    assert metrics["train/succeeded"] == 1.0
+    [rollout] = await job_rollouts(sqlite_store)
+    first, second = await sqlite_store.query_attempts(rollout.rollout_id)
+    assert first.status == "unresponsive" and second.status == "succeeded"
+    assert second.worker_id != first.worker_id
+    assert isinstance(trainer.runners, ProcessRunners) and trainer.runners.restarts == 0
+
+
 @pytest.mark.parametrize("exporter", ["agl_store", "otlp"])
 async def test_command_mode_runs_an_unchanged_program_per_rollout(exporter: str, sqlite_store: LightningStore) -> None:
     """The same job as a program: the reward function sees its stdout and its spans, which reach
