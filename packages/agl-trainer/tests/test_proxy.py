@@ -147,6 +147,19 @@ async def test_one_call_is_one_span_with_the_engines_exact_token_ids(
     assert span.sequence_id == 1
 
 
+async def test_any_store_backend_works_from_the_proxys_thread(engines: Callable[..., Engine]) -> None:
+    store = open_store("memory://", watchdog_interval=None)
+    try:
+        attempt = await store.start_rollout({"task": "memory"})
+        engine = engines(["in memory"])
+        with LlmProxy(store, [engine.url], model=MODEL) as proxy:
+            await agent_client(proxy.resource, attempt).chat.completions.create(model=MODEL, messages=HI)
+        [span] = await llm_spans(store, attempt)
+        assert span.attributes[semconv.RESPONSE_TOKEN_IDS] == engine.log.replies[0].token_ids
+    finally:
+        await store.close()
+
+
 async def test_a_w3c_traceparent_puts_the_span_under_the_callers_span(
     sqlite_store: LightningStore, attempt: AttemptedRollout, engines: Callable[..., Engine], proxies: Callable[..., Any]
 ) -> None:
