@@ -68,3 +68,35 @@ def test_train_reports_a_bad_agent_in_one_line(cli: CliRunner, tmp_path: Path) -
     result = cli.invoke(app, [*args, "--dataset", str(tmp_path / "train.jsonl")])
     assert result.exit_code == 1
     assert "error:" in result.output and "not an agent" in result.output and "Traceback" not in result.output
+
+
+def test_train_runs_runners_in_the_mode_asked_for(cli: CliRunner, tmp_path: Path, tracing: None) -> None:
+    (tmp_path / "train.jsonl").write_text('{"x": 1}\n{"x": 2}\n')
+    args = ["train", "--algorithm", "baseline", "--agent", "agents_for_runner_tests:double", "--store", "memory://"]
+    args += ["--dataset", str(tmp_path / "train.jsonl"), "--output-dir", str(tmp_path / "run")]
+    result = cli.invoke(
+        app, [*args, "--runner-mode", "threads", "--runners", "2", "--runner-option", "max_concurrency=2"]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["train/reward_mean"] == 3.0
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--runner-mode", "nope"], "unknown runner mode 'nope'"),
+        (["--runner-mode", "command"], "takes a --command"),
+        (["--command", "true", "--agent", "agents_for_runner_tests:double"], "not an --agent"),
+        ([], "--agent is required"),
+        (["--agent", "agents_for_runner_tests:double", "--runner-mode", "processes"], "in-memory store"),
+        (["--agent", "agents_for_runner_tests:double", "--runner-option", "bogus=1"], "unexpected keyword"),
+    ],
+)
+def test_train_reports_bad_runner_settings_in_one_line(
+    cli: CliRunner, tmp_path: Path, extra: list[str], message: str, tracing: None
+) -> None:
+    (tmp_path / "train.jsonl").write_text('{"x": 1}\n')
+    args = ["train", "--algorithm", "baseline", "--store", "memory://", "--dataset", str(tmp_path / "train.jsonl")]
+    result = cli.invoke(app, [*args, "--output-dir", str(tmp_path / "run"), *extra])
+    assert result.exit_code == 1, result.output
+    assert "error:" in result.output and message in result.output and "Traceback" not in result.output
