@@ -21,11 +21,10 @@ import pytest
 from agl.trainer.plugins import model_servers, plugin_manager
 from agl.trainer.serving.model_server import ModelServer
 from agl.trainer.serving.vllm import PYTHON_ENV, VllmServer, VllmServerError, vllm_server
+from agl.trainer.serving.vllm_bench import vllm_tiny_model
 
 TOKEN = "vllm-test-token"
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
-VLLM_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
-"""Attention head sizes vLLM's CPU attention accepts (vllm/v1/attention/backends/cpu_attn.py)."""
 
 
 def _vllm_python() -> tuple[str | None, str]:
@@ -87,23 +86,6 @@ def test_start_without_vllm_fails_with_its_log(tmp_path: Path) -> None:
 
 
 # --- with vLLM ------------------------------------------------------------------------------
-
-
-def vllm_tiny_model(folder: Path, seed: int = 0) -> Path:
-    """`build_tiny_model`, with its attention heads regrouped if vLLM's CPU attention does not take
-    their size (2 heads of 32 instead of 4 of 16): same tokenizer and template, weights from ``seed``."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from agl.trainer.testing import build_tiny_model
-
-    build_tiny_model(folder, seed=seed)
-    config = AutoConfig.from_pretrained(folder)
-    if config.hidden_size // config.num_attention_heads not in VLLM_HEAD_SIZES:
-        config.num_attention_heads, config.num_key_value_heads = config.hidden_size // 32, 1
-        torch.manual_seed(seed)
-        AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(folder)
-    return folder
 
 
 def perturbed_copy(source: Path, folder: Path) -> Path:
@@ -213,6 +195,30 @@ def test_load_weights_changes_answers_without_restart(
         [e["logprob"] for e in before["logprobs"]["content"]], abs=1e-4
     )
     assert server.pid == pid
+
+
+@needs_vllm
+def test_load_weights_merges_an_adapter(
+    server: VllmServer, tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    before = greedy_chat(server)["choices"][0]
+    server.load_weights(lora_adapter(tiny_dir, tmp_path_factory.mktemp("adapter")))
+    assert greedy_chat(server)["choices"][0]["token_ids"] != before["token_ids"]
+    server.load_weights(tiny_dir)
+    assert greedy_chat(server)["choices"][0]["token_ids"] == before["token_ids"]
+
+
+def lora_adapter(base: Path, folder: Path) -> Path:
+    """A peft LoRA adapter for ``base`` with random (not zero) weights, so it changes answers."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(2)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    config = LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(model, config).save_pretrained(folder)
+    return folder
 
 
 @needs_vllm

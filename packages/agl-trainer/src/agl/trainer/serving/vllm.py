@@ -19,8 +19,8 @@ proxy talk to `base_url` directly.
 Weights are reloaded in place through vLLM's development endpoints (``VLLM_SERVER_DEV_MODE=1``):
 generation paused (in-flight requests finish first), ``reload_weights`` from the new folder on
 every worker, prefix cache dropped (its KV entries were computed by the old weights), resumed. vLLM
-leaves those endpoints outside its API-key check, so the server binds 127.0.0.1 by default; pass
-``reloadable=False`` to serve without them.
+leaves those endpoints outside its API-key check, so they are on only for a loopback host unless
+``reloadable=True`` is passed (the default host is 127.0.0.1).
 """
 
 from __future__ import annotations
@@ -72,7 +72,8 @@ class VllmServer:
         dtype: ``"auto"`` is float32 on vLLM's CPU build, the checkpoint's dtype on GPUs.
         kv_cache_bytes: KV cache size; default 1 GiB on CPU, vLLM's memory fraction on GPUs.
         max_model_len: longest prompt plus completion; default the model's.
-        reloadable: run with vLLM's development endpoints, which `load_weights` needs.
+        reloadable: run with vLLM's development endpoints, which `load_weights` needs, and which
+            vLLM serves without the token check; default: only on a loopback ``host``.
         startup_timeout: seconds `start` waits for the server to answer before giving up.
         extra_args: more ``vllm.entrypoints.openai.api_server`` arguments, passed as they are.
         model_name: the name clients ask for; default the folder's (or GGUF file's) name.
@@ -89,7 +90,7 @@ class VllmServer:
         dtype: str = "auto",
         kv_cache_bytes: int | None = None,
         max_model_len: int | None = None,
-        reloadable: bool = True,
+        reloadable: bool | None = None,
         startup_timeout: float = 600.0,
         extra_args: Sequence[str] = (),
         model_name: str | None = None,
@@ -105,7 +106,7 @@ class VllmServer:
         self.dtype = dtype
         self.kv_cache_bytes = kv_cache_bytes
         self.max_model_len = max_model_len
-        self.reloadable = reloadable
+        self.reloadable = _is_loopback(host) if reloadable is None else reloadable
         self.startup_timeout = startup_timeout
         self.extra_args = tuple(extra_args)
         self.base_url = ""
@@ -331,6 +332,10 @@ def _merge_adapter(base: Path, adapter: Path) -> Path:
 def _mkdir(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def _is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def _url_host(host: str) -> str:
