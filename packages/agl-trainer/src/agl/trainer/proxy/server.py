@@ -44,7 +44,10 @@ class LlmProxy:
             await store.add_resources({"llm": proxy.resource})   # agents get per-attempt URLs
 
     Binds 127.0.0.1 by default; another address needs a ``token`` (agents send it as their API
-    key), unless ``insecure``.
+    key), unless ``insecure``. ``model`` is what the resource names (default: the first engine's
+    first model); ``upstream_token`` is sent to the engines; ``timeout`` is the longest wait, in
+    seconds, for an engine's next bytes (a whole reply arrives at once, so it bounds a generation);
+    ``retry`` says how often a transient failure is retried per engine before the next is tried.
     """
 
     def __init__(

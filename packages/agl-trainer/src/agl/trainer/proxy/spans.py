@@ -62,7 +62,8 @@ class _Choice:
         else:
             values = list(logprobs.get("token_logprobs") or ()) if isinstance(logprobs, dict) else []
         if len(values) != tokens or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
-            self.logprobs = None if tokens or values else self.logprobs
+            if tokens or values:  # ids without their logprobs (or the reverse): none are trustworthy
+                self.logprobs = None
             return
         self.logprobs += [float(v) for v in values]
 
