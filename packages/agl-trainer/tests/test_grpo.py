@@ -125,6 +125,68 @@ async def test_grpo_raises_validation_reward_training_on_the_engine_token_ids(
     assert AutoTokenizer.from_pretrained(result["checkpoint"]).chat_template
 
 
+@rollout
+def two_call_agent(task: dict[str, Any], llm: LLM) -> float:
+    """Two calls per rollout, the second continuing the conversation of the first."""
+    client = OpenAI(base_url=llm.endpoint, api_key=llm.api_key or "unused", max_retries=0)
+    messages: list[Any] = [{"role": "user", "content": task["prompt"]}]
+    texts = []
+    for follow_up in ("Again.", None):
+        reply = client.chat.completions.create(model=llm.model, messages=messages, **llm.sampling_parameters)
+        texts.append(reply.choices[0].message.content or "")
+        messages += [{"role": "assistant", "content": texts[-1]}, {"role": "user", "content": follow_up}]
+    return digit_share(" ".join(texts))
+
+
+async def test_grpo_with_lora_kl_and_two_calls_per_rollout_weighs_rollouts_equally(
+    store: LightningStore, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agl.trainer.learning import batches
+
+    built: list[batches.Batch] = []
+    build_batch = batches.build_batch
+
+    def recording_build_batch(items: Any, **options: Any) -> Any:
+        built.append(build_batch(items, **options))
+        return built[-1]
+
+    monkeypatch.setattr(batches, "build_batch", recording_build_batch)
+    steps = Steps()
+    options = {
+        "model": str(tiny_model),
+        "n": 4,
+        "tasks_per_step": 2,
+        "steps": 2,
+        "lr": 1e-2,
+        "updates_per_step": 2,
+        "lora_rank": 4,
+        "kl_coef": 0.1,
+        "max_tokens": 6,
+        "checkpoint_dir": str(tmp_path / "final"),
+        "timeout": 60.0,
+    }
+    trainer = Trainer("grpo", store=store, n_runners=8, plugins=[steps], algorithm_options=options)
+    result = await trainer.fit_async(two_call_agent, TRAIN)
+
+    assert result["val_reward_before"] is None and [step for step, _ in steps.seen] == [1, 2]
+    assert all(metrics["kl"] > 0 for _, metrics in steps.seen)  # the second update has moved off the reference
+    for batch in built:
+        assert batch.num_rollouts == 8 and batch.rows >= 8
+        totals: dict[str, float] = {}
+        for rollout_id, row in zip(batch.rollout_ids, batch.weights, strict=True):
+            totals[rollout_id] = totals.get(rollout_id, 0.0) + float(row.sum())
+        assert list(totals.values()) == pytest.approx([1 / 8] * 8)
+    for finished in await store.query_rollouts():
+        spans = await store.query_spans(finished.rollout_id, "latest")
+        calls = [span for span in spans if span.attributes.get("agl.llm.call")]
+        assert len(calls) == 2
+
+    from transformers import AutoModelForCausalLM
+
+    saved = AutoModelForCausalLM.from_pretrained(result["checkpoint"])
+    assert not any("lora_" in name for name, _ in saved.named_parameters())
+
+
 @pytest.mark.parametrize(
     ("bad", "option"),
     [

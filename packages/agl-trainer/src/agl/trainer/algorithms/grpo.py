@@ -29,28 +29,29 @@ _COUNTS = ("n", "tasks_per_step", "steps", "max_tokens", "updates_per_step", "mi
 class GRPO(Algorithm):
     """RL with group-relative advantages on the model at ``model`` (a folder or a ``.gguf`` file).
 
-    Options (defaults in brackets): ``n`` [8] rollouts per task; ``tasks_per_step`` [2]; ``steps``
-    [20]; ``lr`` [5e-5] (AdamW); ``clip`` [0.2] and ``clip_high`` [= clip] bound the ratio to
-    ``[1 - clip, 1 + clip_high]``; ``kl_coef`` [0] weighs the k3 KL to a frozen copy of the initial
-    model (kept only when > 0); ``max_tokens`` [64] and ``temperature`` [1.0] are published in the
-    resource's ``sampling_parameters`` for the agent to pass on (the trainer's logprobs use the same
-    temperature; calls recorded with another are counted in ``train/temperature_mismatch``);
-    ``top_layers`` trains only the last k decoder layers (and the final norm), ``lora_rank`` trains
-    LoRA adapters instead (default: every weight); ``seed`` [0]; ``val_every`` [5] steps (plus
-    before the first and after the last; needs a val dataset); ``updates_per_step`` [1] optimizer
-    steps on each batch (more than one makes the clipping bite); ``micro_batch_size`` [8];
-    ``max_length`` [1024] tokens per triplet (longer ones dropped); ``scale_advantages`` [True]
-    divides by the group's std; ``failed_rollouts`` ["zero"] or "drop_group" (see
-    `learning.rollouts.FailurePolicy`); ``checkpoint_dir`` where the final model is saved (default:
-    ``<trainer output dir>/checkpoint``, else not saved); ``resource`` ["llm"] the resource name;
-    ``timeout`` seconds per batch of rollouts; ``grad_clip`` [1.0].
+        Options (defaults in brackets): ``n`` [8] rollouts per task; ``tasks_per_step`` [2]; ``steps``
+        [20]; ``lr`` [5e-5] (AdamW); ``clip`` [0.2] and ``clip_high`` [= clip] bound the ratio to
+        ``[1 - clip, 1 + clip_high]``; ``kl_coef`` [0] weighs the k3 KL to a frozen copy of the initial
+        model (kept only when > 0); ``max_tokens`` [64] and ``temperature`` [1.0] are published in the
+        resource's ``sampling_parameters`` for the agent to pass on (the trainer's logprobs use the same
+        temperature; calls recorded with another are counted in ``train/temperature_mismatch``);
+        ``top_layers`` trains only the last k decoder layers (and the final norm), ``lora_rank`` trains
+        LoRA adapters instead (default: every weight); ``seed`` [0]; ``val_every`` [5] steps (plus
+        before the first and after the last; needs a val dataset); ``updates_per_step`` [1] optimizer
+        steps on each batch (more than one makes the clipping bite); ``micro_batch_size`` [8];
+        ``max_length`` [1024] tokens per triplet (longer ones dropped); ``scale_advantages`` [True]
+        divides by the group's std; ``failed_rollouts`` ["zero"] or "drop_group" (see
+        `learning.rollouts.FailurePolicy`); ``checkpoint_dir`` where the final model is saved (default:
+        ``<trainer output dir>/checkpoint``, else not saved); ``resource`` ["llm"] the resource name;
+        ``timeout`` seconds per batch of rollouts; ``grad_clip`` [1.0].
 
-    Metrics per step: ``train/reward_mean`` (failures count 0), ``val/reward_mean`` when measured,
-    ``loss``, ``policy_loss``, ``kl``, ``clip_fraction``, ``ratio_mean`` (engine vs trainer logprobs
-    before the update: ≈1 when they agree), ``grad_norm``, ``tokens``, ``rollouts``, ``failed``,
-    ``dropped`` (over-long triplets), ``skipped`` (triplets without token ids), ``seconds``.
-    Returns ``{"val_reward_before", "val_reward_after", "train_reward_first", "train_reward_last",
-    "steps", "checkpoint"}``.
+        Metrics per step: ``train/reward_mean`` (failures count 0), ``val/reward_mean`` when measured,
+        ``loss``, ``policy_loss``, ``kl``, ``clip_fraction``, ``ratio_mean`` (engine vs trainer logprobs
+        before the update: ≈1 when they agree), ``grad_norm``, ``tokens``, ``rollouts``, ``failed``,
+        ``dropped`` (over-long triplets), ``skipped`` (triplets without token ids), ``seconds`` (the
+    whole step, validation included), ``rollout_seconds`` and ``update_seconds``.
+        Returns ``{"val_reward_before", "val_reward_after", "train_reward_first", "train_reward_last",
+        "steps", "checkpoint"}``.
     """
 
     name = "grpo"
@@ -161,7 +162,9 @@ class GRPO(Algorithm):
             mismatch = sum(1 for s in scored for t in s.temperatures if abs(t - self.temperature) > 1e-6)
             kept, failed = apply_failure_policy(scored, self.failed_rollouts)
             batch = self._batch(kept, policy.pad_token_id)
+            rollouts_done = time.perf_counter()
             update = await asyncio.to_thread(self._update, policy, optimizer, parameters, batch, reference)
+            update_seconds = time.perf_counter() - rollouts_done
             metrics = {
                 "train/reward_mean": train_reward,
                 **update,
@@ -177,6 +180,8 @@ class GRPO(Algorithm):
                 if measured is not None:
                     val_after = metrics["val/reward_mean"] = measured
             metrics["seconds"] = time.perf_counter() - started
+            metrics["rollout_seconds"] = rollouts_done - started
+            metrics["update_seconds"] = update_seconds
             context.log_step(step, metrics)
 
         checkpoint = self._checkpoint_dir(context)
