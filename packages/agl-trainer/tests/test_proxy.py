@@ -445,6 +445,22 @@ async def test_a_token_is_required_when_set(
     assert engine.log.requests[0]["messages"] == HI
 
 
+async def test_the_engines_token_is_the_proxys_to_send(attempt: AttemptedRollout, proxies: Callable[..., Any]) -> None:
+    """The agent's key (the proxy's token) never reaches the engine; the engine's token does."""
+    app = chat_server_app(["ok"])
+    seen: list[bytes | None] = []
+
+    async def engine(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            seen.append(dict(scope["headers"]).get(b"authorization"))
+        await app(scope, receive, send)
+
+    with ServingThread(engine) as served:  # type: ignore[arg-type]
+        llm = proxies([f"{served.url}/v1"], token="for-agents", upstream_token="for-engines").resource
+        await agent_client(llm, attempt).chat.completions.create(model=MODEL, messages=HI)
+    assert seen == [b"Bearer for-engines"]
+
+
 async def test_models_are_listed_and_the_model_name_is_discovered(
     attempt: AttemptedRollout, engines: Callable[..., Engine], proxies: Callable[..., Any]
 ) -> None:
