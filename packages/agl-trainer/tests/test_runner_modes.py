@@ -31,6 +31,8 @@ from agl.trainer.runners.processes import ProcessRunners
 from agl.trainer.runners.specs import child_python_path
 
 LIMIT = 60.0
+NEVER = 3600.0
+"""A poll interval longer than any test: runners that find work anyway were woken."""
 INSTRUMENT = str(Path(sys.executable).parent / "opentelemetry-instrument")
 PROGRAM = str(Path(__file__).parent / "program_for_command_tests.py")
 PROGRAM_COMMAND = [INSTRUMENT, sys.executable, PROGRAM]
@@ -98,7 +100,8 @@ async def test_each_mode_completes_the_same_small_job(mode: str, sqlite_store: L
         n_runners=2,
         agent="agents_for_runner_tests:double",
         runner_mode=mode,
-        runner_options={"poll_seconds": 0.2} if mode == "processes" else None,
+        # Idle runners that never poll again: the val rollouts, queued later, reach them only by a wake-up.
+        runner_options={"poll_seconds": NEVER} if mode == "processes" else None,
         plugins=[children],
     )
     metrics = await asyncio.wait_for(trainer.fit_async(None, TRAIN, VAL), LIMIT)

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_runner_modes import LIMIT, TRAIN, VAL, job_rollouts, wait_for_files
+from test_runner_modes import LIMIT, NEVER, TRAIN, VAL, job_rollouts, wait_for_files
 
 from agl.core import open_store
 from agl.core.types import RolloutConfig
@@ -33,7 +33,7 @@ async def test_ray_actors_complete_the_same_small_job(local_cluster: None, tmp_p
             n_runners=2,
             agent="agents_for_runner_tests:double",
             runner_mode="ray",
-            runner_options={"poll_seconds": 0.2},
+            runner_options={"poll_seconds": NEVER},  # the val rollouts reach idle actors only by a wake-up
         )
         metrics = await asyncio.wait_for(trainer.fit_async(None, TRAIN, VAL), LIMIT)
         assert metrics["train/succeeded"] == 4.0 and metrics["train/reward_mean"] == pytest.approx(1.75)
