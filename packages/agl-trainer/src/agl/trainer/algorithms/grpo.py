@@ -43,7 +43,8 @@ class GRPO(Algorithm):
         divides by the group's std; ``failed_rollouts`` ["zero"] or "drop_group" (see
         `learning.rollouts.FailurePolicy`); ``checkpoint_dir`` where the final model is saved (default:
         ``<trainer output dir>/checkpoint``, else not saved); ``resource`` ["llm"] the resource name;
-        ``timeout`` seconds per batch of rollouts; ``grad_clip`` [1.0].
+        ``timeout`` seconds per batch of rollouts; ``grad_clip`` [1.0]; ``device`` ["cpu"] where the engine
+        (and so the training) runs.
 
         Metrics per step: ``train/reward_mean`` (failures count 0), ``val/reward_mean`` when measured,
         ``loss``, ``policy_loss``, ``kl``, ``clip_fraction``, ``ratio_mean`` (engine vs trainer logprobs
@@ -82,6 +83,7 @@ class GRPO(Algorithm):
         resource: str = "llm",
         timeout: float | None = None,
         grad_clip: float = 1.0,
+        device: str = "cpu",
     ) -> None:
         if not isinstance(model, str | Path) or not str(model):
             raise ValueError(f"grpo option model must be a model folder or .gguf path, not {model!r}")
@@ -107,7 +109,10 @@ class GRPO(Algorithm):
             raise ValueError(f"grpo option failed_rollouts must be 'zero' or 'drop_group', not {failed_rollouts!r}")
         if timeout is not None:
             _positive_number("timeout", timeout)
+        if not isinstance(device, str) or not device:
+            raise ValueError(f"grpo option device must be a torch device name, not {device!r}")
         self.model = str(model)
+        self.device = device
         self.n, self.tasks_per_step, self.steps = n, tasks_per_step, steps
         self.lr, self.clip, self.clip_high, self.kl_coef = lr, clip, clip_high, kl_coef
         self.max_tokens, self.temperature = max_tokens, temperature
@@ -127,7 +132,12 @@ class GRPO(Algorithm):
         torch.manual_seed(self.seed)
         sampling = {"temperature": self.temperature, "max_tokens": self.max_tokens}
         policy = await asyncio.to_thread(
-            ServedPolicy, self.model, context.store, seed=self.seed, sampling_parameters=sampling
+            ServedPolicy,
+            self.model,
+            context.store,
+            seed=self.seed,
+            device=self.device,
+            sampling_parameters=sampling,
         )
         try:
             return await self._train(context, policy)

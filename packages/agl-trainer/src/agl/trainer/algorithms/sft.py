@@ -34,7 +34,8 @@ class SFT(Algorithm):
     [1.0] are published in the resource's ``sampling_parameters``; ``max_length`` [1024] tokens per
     triplet (longer dropped); ``seed`` [0]; ``checkpoint_dir`` holds ``round-K`` folders (default
     ``<trainer output dir>/sft``, else a temporary folder removed at the end); ``resource``
-    ["llm"]; ``timeout`` seconds per batch of rollouts; ``grad_clip`` [1.0].
+    ["llm"]; ``timeout`` seconds per batch of rollouts; ``grad_clip`` [1.0]; ``device`` ["cpu"] where the
+    engine (and so the training) runs.
 
     Metrics: each optimizer step logs ``loss`` (and ``epoch``, ``round``); the last step of a round
     adds ``train/reward_mean`` (of that round's sampled rollouts), ``kept``, ``dropped`` and
@@ -66,6 +67,7 @@ class SFT(Algorithm):
         resource: str = "llm",
         timeout: float | None = None,
         grad_clip: float = 1.0,
+        device: str = "cpu",
     ) -> None:
         if not isinstance(model, str | Path) or not str(model):
             raise ValueError(f"sft option model must be a model folder or .gguf path, not {model!r}")
@@ -85,7 +87,10 @@ class SFT(Algorithm):
             raise ValueError(f"sft option top_fraction must be in (0, 1], not {top_fraction!r}")
         if timeout is not None:
             _check("timeout", timeout, integer=False)
+        if not isinstance(device, str) or not device:
+            raise ValueError(f"sft option device must be a torch device name, not {device!r}")
         self.model = str(model)
+        self.device = device
         self.rounds, self.n, self.threshold, self.top_fraction = rounds, n, threshold, top_fraction
         self.epochs, self.batch_size, self.lr = epochs, batch_size, lr
         self.lora_rank, self.top_layers = lora_rank, top_layers
@@ -102,7 +107,12 @@ class SFT(Algorithm):
         torch.manual_seed(self.seed)
         sampling = {"temperature": self.temperature, "max_tokens": self.max_tokens}
         policy = await asyncio.to_thread(
-            ServedPolicy, self.model, context.store, seed=self.seed, sampling_parameters=sampling
+            ServedPolicy,
+            self.model,
+            context.store,
+            seed=self.seed,
+            device=self.device,
+            sampling_parameters=sampling,
         )
         temporary = None
         root = self._checkpoint_root(context)

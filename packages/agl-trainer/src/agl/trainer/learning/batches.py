@@ -82,6 +82,22 @@ class Batch:
         """Trained tokens in the batch."""
         return int(self.loss_mask.sum().item())
 
+    def to(self, device: torch.device | str) -> Batch:
+        """The same rows with every tensor on ``device`` (the model's)."""
+        return Batch(
+            input_ids=self.input_ids.to(device),
+            attention_mask=self.attention_mask.to(device),
+            loss_mask=self.loss_mask.to(device),
+            old_logprobs=self.old_logprobs.to(device),
+            has_old_logprobs=self.has_old_logprobs.to(device),
+            advantages=self.advantages.to(device),
+            weights=self.weights.to(device),
+            rollout_ids=self.rollout_ids,
+            dropped=self.dropped,
+            skipped=self.skipped,
+            ref_logprobs=None if self.ref_logprobs is None else self.ref_logprobs.to(device),
+        )
+
     def select(self, rows: slice) -> Batch:
         """A micro-batch of consecutive rows, trimmed to its longest row (weights keep their global scale)."""
         width = max(int(self.attention_mask[rows].sum(dim=1).max().item()), 1) if self.rows else 1

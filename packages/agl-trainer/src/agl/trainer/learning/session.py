@@ -31,6 +31,7 @@ class ServedPolicy:
         store: LightningStore,
         *,
         seed: int | None = None,
+        device: str = "cpu",
         sampling_parameters: dict[str, Any] | None = None,
         max_batch_size: int = 8,
     ) -> None:
@@ -38,7 +39,7 @@ class ServedPolicy:
         from agl.trainer.serving.embedded import EmbeddedModelServer
         from agl.trainer.serving.transformers_engine import TransformersEngine
 
-        self.engine = TransformersEngine.load(model, seed=seed, max_batch_size=max_batch_size)
+        self.engine = TransformersEngine.load(model, seed=seed, device=device, max_batch_size=max_batch_size)
         self.server = EmbeddedModelServer(model, engine=self.engine)
         self._proxy_class = LlmProxy
         self.store = store

@@ -23,8 +23,9 @@ def backward(
 ) -> dict[str, float]:
     """Forward and backward every micro-batch; returns each metric summed over them (``loss`` included)."""
     totals: dict[str, float] = {}
+    device = _device(model)
     for start in range(0, batch.rows, micro_batch_size):
-        micro = batch.select(slice(start, start + micro_batch_size))
+        micro = batch.select(slice(start, start + micro_batch_size)).to(device)
         logprobs = token_logprobs(model, micro.input_ids, micro.attention_mask, temperature=temperature)
         loss, metrics = loss_of(micro, logprobs)
         loss.backward()
@@ -40,10 +41,15 @@ def logprobs_of(
     """Logprobs of the whole batch under ``model`` without gradients ([B, L]): a frozen reference's,
     or old logprobs for rows whose triplets carried none."""
     out = torch.zeros(batch.input_ids.shape, dtype=torch.float32)
+    device = _device(model)
     for start in range(0, batch.rows, micro_batch_size):
-        micro = batch.select(slice(start, start + micro_batch_size))
+        micro = batch.select(slice(start, start + micro_batch_size)).to(device)
         width = micro.input_ids.shape[1]
-        out[start : start + micro.rows, :width] = token_logprobs(
-            model, micro.input_ids, micro.attention_mask, temperature=temperature
-        )
+        logprobs = token_logprobs(model, micro.input_ids, micro.attention_mask, temperature=temperature)
+        out[start : start + micro.rows, :width] = logprobs.cpu()
     return out
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    """Where the model's weights are (batches are built on the CPU and moved there per micro-batch)."""
+    return next(model.parameters()).device
