@@ -120,3 +120,38 @@ def test_bad_options_are_refused_by_name() -> None:
     for bad, option in [({"rounds": 0}, "rounds"), ({"top_fraction": 0}, "top_fraction"), ({"lr": -1}, "lr")]:
         with pytest.raises(ValueError, match=option):
             SFT(**{"model": "m", **bad})
+
+
+async def test_sft_with_lora_saves_and_serves_a_merged_checkpoint(
+    store: LightningStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from agl.trainer.serving.transformers_engine import TransformersEngine
+
+    loaded: list[Path] = []
+    engine_load = TransformersEngine.load_weights_sync
+
+    def recording_load(self: TransformersEngine, folder: str | Path) -> None:
+        engine_load(self, folder)
+        loaded.append(Path(folder))
+
+    monkeypatch.setattr(TransformersEngine, "load_weights_sync", recording_load)
+    options = {
+        "model": str(build_tiny_model(tmp_path / "tiny", seed=0)),
+        "rounds": 1,
+        "n": 4,
+        "epochs": 3,
+        "batch_size": 4,
+        "lr": 3e-2,
+        "lora_rank": 8,
+        "max_tokens": 8,
+        "checkpoint_dir": str(tmp_path / "sft"),
+        "timeout": 60.0,
+    }
+    result = await Trainer("sft", store=store, n_runners=8, algorithm_options=options).fit_async(digits_agent, TRAIN)
+
+    assert result["losses"][-1] < result["losses"][0], result["losses"]
+    assert loaded == [tmp_path / "sft" / "round-1"] and result["checkpoint"] == str(loaded[0])
+    saved = AutoModelForCausalLM.from_pretrained(loaded[0])  # a plain model: the adapters were merged
+    assert not any("lora_" in name for name, _ in saved.named_parameters())
