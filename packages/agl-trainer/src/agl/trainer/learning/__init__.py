@@ -1,8 +1,10 @@
-"""The learning side of the trainer's built-in `sft` and `grpo`: triplets → tensors → losses → steps.
+"""The learning side of the trainer's built-in `sft` and `grpo`: rollouts → triplets → tensors → steps.
 
-Each module has one job: `batches` turns triplets (exact engine token ids) into padded tensors with
-per-rollout weights, `advantages` scores rollouts within their task's group, `losses` holds the
-policy-gradient, KL and SFT losses, `model` chooses what trains (top layers or LoRA) and saves a
-servable checkpoint, `step` runs one weighted backward pass in micro-batches. Needs torch (the
-``train`` extra); nothing here talks to the store or the runners.
+One job per module: `rollouts` runs task groups and reads each rollout's reward and triplets back
+from the store (exact engine token ids); `advantages` scores rollouts within their task's group;
+`batches` turns triplets into padded tensors with per-rollout loss weights; `losses` holds the
+clipped policy-gradient, k3 KL and SFT losses; `step` runs one weighted backward pass in
+micro-batches; `model` chooses what trains (top layers or LoRA) and saves a servable checkpoint;
+`session` serves the model being trained through the LLM proxy. All but `rollouts` and `session`
+are plain torch and never touch the store. Needs torch (the ``train`` extra).
 """
