@@ -18,16 +18,33 @@ def double(task: dict[str, Any]) -> float:
     return 2.0 * task["x"]
 
 
+RELEASE = threading.Event()
+"""Set by a test to let `blocks_its_loop` agents return."""
+
+
+def announce(task: dict[str, Any], rollout: AttemptedRollout) -> None:
+    """Write ``<pid>-<attempt id>`` into the folder ``task["signals"]``: which process runs which attempt."""
+    signals = Path(task["signals"])
+    name = f"{os.getpid()}-{rollout.attempt.attempt_id}"
+    (signals / f".{name}").write_text(rollout.rollout_id)
+    (signals / f".{name}").rename(signals / name)  # appears complete or not at all
+
+
+@rollout
+async def blocks_its_loop(task: dict[str, Any], rollout: AttemptedRollout) -> float:
+    """An async agent that makes a blocking call: its runner's event loop is stuck until `RELEASE`."""
+    announce(task, rollout)
+    RELEASE.wait()
+    return 1.0
+
+
 @rollout
 def announce_then_hang(task: dict[str, Any], rollout: AttemptedRollout) -> float:
     """On attempts up to ``task["hang_attempts"]``: write ``<pid>-<attempt id>`` into the folder
     ``task["signals"]`` (so a test knows which process runs which attempt), then block until the
     process is killed or stopped. Later attempts succeed at once."""
     if rollout.attempt.sequence_id <= task["hang_attempts"]:
-        signals = Path(task["signals"])
-        name = f"{os.getpid()}-{rollout.attempt.attempt_id}"
-        (signals / f".{name}").write_text(rollout.rollout_id)
-        (signals / f".{name}").rename(signals / name)  # appears complete or not at all
+        announce(task, rollout)
         threading.Event().wait()
     return 1.0
 

@@ -26,7 +26,7 @@ import pytest
 from agl.core import open_store
 from agl.core.store.base import LightningStore
 from agl.core.types import LLM, RolloutConfig
-from agl.trainer import Trainer, hookimpl
+from agl.trainer import Algorithm, AlgorithmContext, Trainer, hookimpl
 from agl.trainer.runners.processes import ProcessRunners
 from agl.trainer.runners.specs import child_python_path
 
@@ -114,6 +114,37 @@ async def test_each_mode_completes_the_same_small_job(mode: str, sqlite_store: L
     assert len(children.pids) == (2 if mode == "processes" else 0)
     assert all(is_gone(pid) for pid in children.pids)  # the algorithm's end stopped them all
     assert not [thread for thread in threading.enumerate() if thread.name.startswith("agl-runner-")]
+
+
+async def test_a_runner_thread_whose_loop_is_blocked_is_left_behind_not_waited_for(
+    sqlite_store: LightningStore, tmp_path: Path
+) -> None:
+    import agents_for_runner_tests
+
+    signals = tmp_path / "signals"
+    signals.mkdir()
+
+    class StartsOne(Algorithm):
+        async def run(self, context: AlgorithmContext) -> str:
+            await context.store.enqueue_rollout({"signals": str(signals)}, mode="train")
+            context.trainer.wake_runners()
+            await wait_for_files(signals, 1)  # the agent now holds its runner's loop
+            return "ended"
+
+    trainer = Trainer(
+        StartsOne(),
+        store=sqlite_store,
+        agent=agents_for_runner_tests.blocks_its_loop,
+        runner_mode="threads",
+        runner_options={"stop_seconds": 0.5},
+    )
+    try:
+        assert await asyncio.wait_for(trainer.fit_async(None, []), LIMIT) == "ended"
+        [rollout] = await job_rollouts(sqlite_store)
+        [attempt] = await sqlite_store.query_attempts(rollout.rollout_id)
+        assert attempt.status == "failed" and "did not stop" in attempt.metadata["error"]
+    finally:
+        agents_for_runner_tests.RELEASE.set()
 
 
 async def test_processes_refuse_an_in_memory_store(store: LightningStore) -> None:

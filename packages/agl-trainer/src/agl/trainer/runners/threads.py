@@ -8,14 +8,18 @@ shared as an object; every backend is safe across threads.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
+import time
 from contextlib import suppress
 
 from agl.core.agent import LitAgent
 from agl.core.runner import Runner
 from agl.core.store.base import LightningStore
-from agl.trainer.runners.base import RunnerGroup, RunnerLost
+from agl.trainer.runners.base import RunnerGroup, RunnerLost, fail_attempts_of
 from agl.trainer.runners.specs import as_agent
+
+logger = logging.getLogger(__name__)
 
 
 class _RunnerThread:
@@ -66,12 +70,24 @@ class _RunnerThread:
 
 
 class ThreadRunners(RunnerGroup):
+    """``stop_seconds``: how long each runner may take to stop. A thread cannot be killed: one whose
+    loop an agent blocks for longer is left behind (a daemon, it ends with the process) and the
+    attempts it held are failed, so stopping never hangs."""
+
     mode = "threads"
 
-    def __init__(self, store: LightningStore, agent: LitAgent | str | None, *, max_concurrency: int = 1) -> None:
+    def __init__(
+        self,
+        store: LightningStore,
+        agent: LitAgent | str | None,
+        *,
+        max_concurrency: int = 1,
+        stop_seconds: float = 10.0,
+    ) -> None:
         self.store = store
         self.agent = as_agent(agent)
         self.max_concurrency = max_concurrency
+        self.stop_seconds = stop_seconds
         self._threads: list[_RunnerThread] = []
         self._ended: asyncio.Future[str] | None = None
 
@@ -97,6 +113,12 @@ class ThreadRunners(RunnerGroup):
     async def stop(self) -> None:
         for thread in self._threads:
             thread.stop()
+        deadline = time.monotonic() + self.stop_seconds
         for thread in self._threads:
-            await asyncio.to_thread(thread.thread.join)
+            await asyncio.to_thread(thread.thread.join, max(0.0, deadline - time.monotonic()))
+            if thread.thread.is_alive():
+                logger.warning(
+                    "runner thread %s did not stop in %s s; leaving it behind", thread.name, self.stop_seconds
+                )
+                await fail_attempts_of(self.store, thread.runner.worker_id, f"runner thread {thread.name} did not stop")
         self._threads = []
