@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,8 @@ def test_arguments_on_cpu_and_gpu(tmp_path: Path) -> None:
     on_gpu = server._arguments(tmp_path, 8123, on_cpu=False)
     assert on_gpu[on_gpu.index("--dtype") + 1] == "auto"
     assert "--kv-cache-memory-bytes" not in on_gpu
+    assert "--enforce-eager" in on_cpu
+    assert "--enforce-eager" not in on_gpu
 
 
 def test_missing_model_is_refused(tmp_path: Path) -> None:
@@ -195,6 +198,33 @@ def test_load_weights_changes_answers_without_restart(
         [e["logprob"] for e in before["logprobs"]["content"]], abs=1e-4
     )
     assert server.pid == pid
+
+
+@needs_vllm
+def test_a_request_running_during_a_reload_finishes_on_the_old_weights(
+    server: VllmServer, tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    trained = perturbed_copy(tiny_dir, tmp_path_factory.mktemp("trained"))
+    body = {"model": server.model_name, "messages": MESSAGES, "max_tokens": 64, "temperature": 0}
+    body |= {"ignore_eos": True, "return_token_ids": True}
+    old_answer = post(server, "/chat/completions", body)["choices"][0]["token_ids"]
+    streamed: list[int] = []
+    reload = threading.Thread(target=server.load_weights, args=(trained,))
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    with httpx.stream(
+        "POST", f"{server.base_url}/chat/completions", json={**body, "stream": True}, headers=headers, timeout=120
+    ) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                for choice in json.loads(line.removeprefix("data: "))["choices"]:
+                    streamed += choice.get("token_ids") or []
+                if streamed and reload.ident is None:
+                    reload.start()  # the stream is under way: reload now
+    reload.join(timeout=300)
+    assert not reload.is_alive()
+    assert streamed == old_answer
+    assert post(server, "/chat/completions", body)["choices"][0]["token_ids"] != old_answer
+    server.load_weights(tiny_dir)
 
 
 @needs_vllm

@@ -72,6 +72,8 @@ class VllmServer:
         dtype: ``"auto"`` is float32 on vLLM's CPU build, the checkpoint's dtype on GPUs.
         kv_cache_bytes: KV cache size; default 1 GiB on CPU, vLLM's memory fraction on GPUs.
         max_model_len: longest prompt plus completion; default the model's.
+        enforce_eager: skip torch.compile and CUDA graphs; default on CPU only (where compiling needs a
+            C compiler and takes minutes), so GPUs keep vLLM's faster compiled decoding.
         reloadable: run with vLLM's development endpoints, which `load_weights` needs, and which
             vLLM serves without the token check; default: only on a loopback ``host``.
         startup_timeout: seconds `start` waits for the server to answer before giving up.
@@ -90,6 +92,7 @@ class VllmServer:
         dtype: str = "auto",
         kv_cache_bytes: int | None = None,
         max_model_len: int | None = None,
+        enforce_eager: bool | None = None,
         reloadable: bool | None = None,
         startup_timeout: float = 600.0,
         extra_args: Sequence[str] = (),
@@ -106,6 +109,7 @@ class VllmServer:
         self.dtype = dtype
         self.kv_cache_bytes = kv_cache_bytes
         self.max_model_len = max_model_len
+        self.enforce_eager = enforce_eager
         self.reloadable = _is_loopback(host) if reloadable is None else reloadable
         self.startup_timeout = startup_timeout
         self.extra_args = tuple(extra_args)
@@ -220,7 +224,9 @@ class VllmServer:
     def _arguments(self, folder: Path, port: int, on_cpu: bool) -> list[str]:
         dtype = "float32" if self.dtype == "auto" and on_cpu else self.dtype
         arguments = ["--model", str(folder), "--served-model-name", self.model_name, "--dtype", dtype]
-        arguments += ["--host", self.host, "--port", str(port), "--enforce-eager"]
+        arguments += ["--host", self.host, "--port", str(port)]
+        if on_cpu if self.enforce_eager is None else self.enforce_eager:
+            arguments.append("--enforce-eager")
         kv_cache_bytes = self.kv_cache_bytes or (CPU_KV_CACHE_BYTES if on_cpu else None)
         if kv_cache_bytes:
             arguments += ["--kv-cache-memory-bytes", str(kv_cache_bytes)]
