@@ -290,3 +290,17 @@ def test_ctrl_c_stops_agl_train_and_every_runner_process(mode: str, tmp_path: Pa
     runner_pids = {pid_of(path) for path in running}
     assert len(runner_pids) == 2 and trainer.pid not in runner_pids
     assert all(is_gone(pid) for pid in runner_pids)
+    statuses = asyncio.run(rollout_statuses(f"sqlite:///{tmp_path}/store.db"))
+    assert statuses["run"] == ["failed"]  # the training run ends with the interrupted fit
+    assert statuses["train"].count("failed") == 2  # the two in flight; the others never started
+
+
+async def rollout_statuses(url: str) -> dict[str, list[str]]:
+    store = open_store(url, read_only=True)
+    try:
+        statuses: dict[str, list[str]] = {}
+        for rollout in await store.query_rollouts():
+            statuses.setdefault(rollout.mode or "run", []).append(rollout.status)
+        return statuses
+    finally:
+        await store.close()
