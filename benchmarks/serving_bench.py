@@ -41,13 +41,13 @@ from typing import Any
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (see above)
 
-import httpx  # noqa: E402
-import torch  # noqa: E402
+import httpx
+import torch
 
-from agl.trainer.serving.embedded import EmbeddedModelServer  # noqa: E402
-from agl.trainer.serving.engine import SamplingParams  # noqa: E402
-from agl.trainer.serving.transformers_engine import TransformersEngine  # noqa: E402
-from agl.trainer.testing import build_tiny_model  # noqa: E402
+from agl.trainer.serving.embedded import EmbeddedModelServer
+from agl.trainer.serving.engine import SamplingParams
+from agl.trainer.serving.transformers_engine import TransformersEngine
+from agl.trainer.testing import build_tiny_model
 
 QUESTIONS = (
     "What is 17 + 25?",
@@ -178,7 +178,7 @@ def measure(engine: TransformersEngine, args: argparse.Namespace) -> dict[str, A
         rates["http"] = best_rate(args.runs, http_sequential)
         rates["http-concurrent"] = best_rate(args.runs, http_concurrent)
     finally:
-        server.stop()  # leaves the engine, which main closes
+        server.stop()  # closes the engine too (main's close is then a no-op)
     return {
         "prompts": args.prompts,
         "max_tokens": args.max_tokens,

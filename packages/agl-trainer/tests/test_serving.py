@@ -246,9 +246,10 @@ def test_bad_chat_bodies_get_a_one_line_400(client: httpx.Client, body: bytes, s
 
 def test_bad_completion_prompts_get_a_400(client: httpx.Client) -> None:
     for prompt in ([10**9], [], ["a", "b"], 3):
-        response = client.post("/completions", json={"prompt": prompt, "max_tokens": 2})
-        assert response.status_code == 400, (prompt, response.text)
-        assert "\n" not in response.json()["error"]["message"]
+        for streamed in (False, True):  # a stream is refused before it starts
+            response = client.post("/completions", json={"prompt": prompt, "max_tokens": 2, "stream": streamed})
+            assert response.status_code == 400, (prompt, response.text)
+            assert "\n" not in response.json()["error"]["message"]
 
 
 async def test_bodies_over_the_limit_get_a_413(server: EmbeddedModelServer) -> None:

@@ -10,7 +10,7 @@
 Heavy imports (torch, transformers) happen in the modules that need them, not here.
 """
 
-from agl.trainer.serving.engine import Engine, Generation, SamplingParams
+from agl.trainer.serving.engine import Engine, Generation, PromptError, SamplingParams
 from agl.trainer.serving.model_server import ModelServer, ModelServerFactory
 
-__all__ = ["Engine", "Generation", "ModelServer", "ModelServerFactory", "SamplingParams"]
+__all__ = ["Engine", "Generation", "ModelServer", "ModelServerFactory", "PromptError", "SamplingParams"]

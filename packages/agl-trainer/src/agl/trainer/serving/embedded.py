@@ -69,13 +69,12 @@ class EmbeddedModelServer:
         engine: TransformersEngine | None = None,
         **engine_options: Any,
     ) -> None:
-        """``engine``: an engine already loaded (``model`` is then only its description), which stays
-        the caller's to close; ``engine_options`` go to `TransformersEngine.load` (device, dtype,
-        seed, model_name...)."""
+        """``engine``: an engine already loaded (``model`` is then only its description); `stop`
+        closes it too. ``engine_options`` go to `TransformersEngine.load` (device, dtype, seed,
+        model_name...)."""
         self.model = model
         self.host, self.port, self.token = host, port, token
         self._engine = engine
-        self._owns_engine = engine is None
         self._engine_options = engine_options
         self._thread: AppThread | None = None
         self.base_url = ""
@@ -98,10 +97,11 @@ class EmbeddedModelServer:
         return self.base_url
 
     def stop(self) -> None:
+        """Stop serving and close the engine (no more requests can be answered by it)."""
         if self._thread is not None:
             self._thread.stop()
             self._thread = None
-        if self._engine is not None and self._owns_engine:
+        if self._engine is not None:
             self._engine.close_sync()
 
     def load_weights(self, folder: str | Path) -> None:

@@ -14,6 +14,11 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 
+class PromptError(ValueError):
+    """A request an engine cannot take (empty or too long a prompt, ids outside the vocabulary,
+    messages the chat template refuses): the client's mistake, answered with a 400."""
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How to sample one completion. ``temperature == 0`` means greedy; a ``seed`` makes it reproducible."""

@@ -18,6 +18,7 @@ failure a 500 saying only "internal server error" (the traceback goes to the log
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -32,7 +33,7 @@ from agl.core.server.app import without_native_telemetry
 from agl.core.server.auth import TokenAuth
 from agl.core.server.limits import BodyLimit
 from agl.trainer.serving import openai_wire as wire
-from agl.trainer.serving.engine import Engine, Generation, SamplingParams
+from agl.trainer.serving.engine import Engine, Generation, PromptError, SamplingParams
 from agl.trainer.serving.text_stream import TextStream
 
 logger = logging.getLogger(__name__)
@@ -55,8 +56,8 @@ def create_openai_app(
     async def refused(request: Request, error: wire.WireError) -> JSONResponse:
         return JSONResponse(wire.error_body(str(error), error.status), error.status)
 
-    @app.exception_handler(ValueError)
-    async def bad_value(request: Request, error: ValueError) -> JSONResponse:  # e.g. the engine's PromptError
+    @app.exception_handler(PromptError)
+    async def bad_prompt(request: Request, error: PromptError) -> JSONResponse:
         return JSONResponse(wire.error_body(" ".join(str(error).split()), 400), 400)
 
     @app.exception_handler(Exception)
@@ -79,7 +80,7 @@ def create_openai_app(
         prompt = engine.chat_prompt_token_ids(body.messages, body.tools)
         answer = _Chat(engine, body, prompt, body.sampling(default_max_tokens))
         if body.stream:
-            return _event_stream(answer.chunks())
+            return await _event_stream(answer.chunks())
         return JSONResponse(await answer.whole())
 
     @app.post("/v1/completions", response_model=None)
@@ -87,7 +88,7 @@ def create_openai_app(
         body: wire.CompletionRequest = wire.parse(wire.CompletionRequest, await request.body())
         answer = _Completion(engine, body, body.prompt_ids(engine.encode), body.sampling(default_max_tokens))
         if body.stream:
-            return _event_stream(answer.chunks())
+            return await _event_stream(answer.chunks())
         return JSONResponse(await answer.whole())
 
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
@@ -96,18 +97,23 @@ def create_openai_app(
     return app
 
 
-def _event_stream(chunks: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
-    """Server-sent events; a failure mid-stream ends it with an error event (the status is already sent)."""
+async def _event_stream(chunks: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
+    """Server-sent events. The first chunk is made before answering, so a prompt the engine refuses
+    gets a 400; a failure later ends the stream with an error event (the status is already sent)."""
+    first = await anext(chunks)
 
     async def events() -> AsyncIterator[bytes]:
         try:
+            yield f"data: {json.dumps(first)}\n\n".encode()
             async for chunk in chunks:
                 yield f"data: {json.dumps(chunk)}\n\n".encode()
-        except ValueError as error:
+        except PromptError as error:
             yield f"data: {json.dumps(wire.error_body(' '.join(str(error).split()), 400))}\n\n".encode()
         except Exception:
             logger.exception("model server: stream failed")
             yield f"data: {json.dumps(wire.error_body('internal server error', 500))}\n\n".encode()
+        finally:
+            await chunks.aclose()  # a client gone: the engine stops decoding for it
         yield b"data: [DONE]\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream")
@@ -124,8 +130,9 @@ async def _steps(
             yield pair
         yield generation
         return
-    async for item in stream(prompt, params):
-        yield item if isinstance(item, Generation) else (item.token_id, item.logprob)
+    async with contextlib.aclosing(stream(prompt, params)) as items:
+        async for item in items:
+            yield item if isinstance(item, Generation) else (item.token_id, item.logprob)
 
 
 class _Answer:
@@ -183,23 +190,24 @@ class _Chat(_Answer):
 
     async def chunks(self) -> AsyncIterator[dict[str, Any]]:
         """The role (with the prompt's ids), a chunk per sampled token, the finish; usage if asked."""
-        first: dict[str, Any] = {**self.head, "object": "chat.completion.chunk"}
-        first["choices"] = [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
-        if self.body.return_token_ids:
-            first["prompt_token_ids"] = self.prompt
-        yield first
-        text = TextStream(self.engine.decode, self.params.stop)
-        ids: list[int] = []
-        async for step in _steps(self.engine, self.prompt, self.params):
-            if isinstance(step, Generation):
-                rest = text.finish(step.text)
-                yield self._chunk({"content": rest} if rest else {}, [], [], step.finish_reason)
-                if self.body.include_usage:
-                    usage = wire.usage(self.prompt, step.token_ids)
-                    yield {**self.head, "object": "chat.completion.chunk", "choices": [], "usage": usage}
-                return
-            ids.append(step[0])
-            yield self._chunk({"content": text.delta(ids)}, [step[0]], [step[1]], None)
+        async with contextlib.aclosing(_steps(self.engine, self.prompt, self.params)) as steps:
+            step = await anext(steps)  # the engine takes (or refuses) the prompt before anything is sent
+            first: dict[str, Any] = {**self.head, "object": "chat.completion.chunk"}
+            first["choices"] = [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
+            if self.body.return_token_ids:
+                first["prompt_token_ids"] = self.prompt
+            yield first
+            text = TextStream(self.engine.decode, self.params.stop)
+            ids: list[int] = []
+            while not isinstance(step, Generation):
+                ids.append(step[0])
+                yield self._chunk({"content": text.delta(ids)}, [step[0]], [step[1]], None)
+                step = await anext(steps)
+        rest = text.finish(step.text)
+        yield self._chunk({"content": rest} if rest else {}, [], [], step.finish_reason)
+        if self.body.include_usage:
+            usage = wire.usage(self.prompt, step.token_ids)
+            yield {**self.head, "object": "chat.completion.chunk", "choices": [], "usage": usage}
 
 
 class _Completion(_Answer):
@@ -236,16 +244,17 @@ class _Completion(_Answer):
         text = TextStream(self.engine.decode, self.params.stop)
         ids: list[int] = []
         head = {**self.head, "object": "text_completion"}
-        async for step in _steps(self.engine, self.prompt, self.params):
-            if isinstance(step, Generation):
-                rest = text.finish(step.text)
-                yield {**head, "choices": [self._choice(rest, [], [], len(text.sent) - len(rest), step.finish_reason)]}
-                if self.body.include_usage:
-                    yield {**head, "choices": [], "usage": wire.usage(self.prompt, step.token_ids)}
-                return
-            before = len(text.sent)
-            ids.append(step[0])
-            choice = self._choice(text.delta(ids), [step[0]], [step[1]], before, None)
-            if len(ids) == 1 and self.body.return_token_ids:
-                choice["prompt_token_ids"] = self.prompt
-            yield {**head, "choices": [choice]}
+        async with contextlib.aclosing(_steps(self.engine, self.prompt, self.params)) as steps:
+            step = await anext(steps)
+            while not isinstance(step, Generation):
+                before = len(text.sent)
+                ids.append(step[0])
+                choice = self._choice(text.delta(ids), [step[0]], [step[1]], before, None)
+                if len(ids) == 1 and self.body.return_token_ids:
+                    choice["prompt_token_ids"] = self.prompt
+                yield {**head, "choices": [choice]}
+                step = await anext(steps)
+        rest = text.finish(step.text)
+        yield {**head, "choices": [self._choice(rest, [], [], len(text.sent) - len(rest), step.finish_reason)]}
+        if self.body.include_usage:
+            yield {**head, "choices": [], "usage": wire.usage(self.prompt, step.token_ids)}

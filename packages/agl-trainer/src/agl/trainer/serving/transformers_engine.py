@@ -31,12 +31,8 @@ from typing import Any
 import torch
 
 from agl.trainer.serving import checkpoints
-from agl.trainer.serving.engine import Generation, SamplingParams
+from agl.trainer.serving.engine import Generation, PromptError, SamplingParams
 from agl.trainer.serving.sampling import sample
-
-
-class PromptError(ValueError):
-    """A prompt the model cannot take: empty, too long, or with ids outside its vocabulary."""
 
 
 class EngineClosed(RuntimeError):
@@ -241,7 +237,7 @@ class TransformersEngine:
             raise PromptError(f"prompt token ids must be in [0, {self.vocab_size})")
         if params.max_tokens < 1:
             raise PromptError("max_tokens must be at least 1")
-        if params.temperature < 0 or not 0 < params.top_p <= 1:
+        if params.temperature < 0 or not 0 < params.top_p <= 1:  # the app checks these; direct callers too
             raise PromptError("temperature must be >= 0 and top_p in (0, 1]")
 
     def _work(self) -> None:
