@@ -326,7 +326,9 @@ class TransformersEngine:
 
     def load_weights_sync(self, folder: str | Path) -> None:
         """Serve a checkpoint from the next batch on. Full weights replace the model's; a peft adapter
-        is merged into the last full weights (adapters do not stack: each is relative to the base)."""
+        is merged into the last full weights (adapters do not stack: each is relative to the base).
+        Values change in place: ``self.model`` and its parameter tensors stay the same objects, so a
+        trainer's optimizer over them stays valid."""
         folder = Path(folder)
         with self.exclusive():
             if checkpoints.is_adapter(folder):
