@@ -104,6 +104,7 @@ class VllmServer:
         self.model_name = model_name or (self.model.stem if self.model.suffix == ".gguf" else self.model.name)
         self.host = host
         self.port = port
+        self._requested_port = port
         self.token = token
         self.python = str(python or os.environ.get(PYTHON_ENV) or sys.executable)
         self.dtype = dtype
@@ -128,7 +129,7 @@ class VllmServer:
         began = time.monotonic()
         folder = self._model_folder()
         on_cpu = is_cpu_build(self.python)
-        port = self.port or free_port(self.host)
+        port = self._requested_port or free_port(self.host)
         command = [self.python, "-m", "vllm.entrypoints.openai.api_server", *self._arguments(folder, port, on_cpu)]
         environment = dict(os.environ)
         if self.reloadable:
