@@ -187,6 +187,47 @@ async def test_grpo_with_lora_kl_and_two_calls_per_rollout_weighs_rollouts_equal
     assert not any("lora_" in name for name, _ in saved.named_parameters())
 
 
+async def test_grpo_through_a_model_server_pushes_the_weights_after_every_step(
+    store: LightningStore, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The out-of-process path (as with vLLM), through the registered "transformers" server, which
+    runs its own engine: the trainer's copy trains and each step's weights are pushed to it."""
+    from agl.trainer.serving.embedded import EmbeddedModelServer
+
+    pushed: list[Path] = []
+    server_load = EmbeddedModelServer.load_weights
+
+    def recording_load(self: EmbeddedModelServer, folder: str | Path) -> None:
+        server_load(self, folder)
+        pushed.append(Path(folder))
+
+    monkeypatch.setattr(EmbeddedModelServer, "load_weights", recording_load)
+    steps = Steps()
+    options = {
+        "model": str(tiny_model),
+        "model_server": "transformers",
+        "model_server_options": {"seed": 0},
+        "n": 4,
+        "tasks_per_step": 2,
+        "steps": 3,
+        "lr": 1e-2,
+        "max_tokens": 8,
+        "timeout": 60.0,
+    }
+    trainer = Trainer("grpo", store=store, n_runners=8, plugins=[steps], algorithm_options=options)
+    await trainer.fit_async(digits_agent, TRAIN)
+
+    assert [folder.name for folder in pushed] == ["step-1", "step-2", "step-3"]
+    assert not any(folder.exists() for folder in pushed)  # scratch checkpoints are removed
+    # Steps 2 and 3 sampled from the pushed weights: the engine's logprobs equal the trainer's.
+    assert all(abs(metrics["ratio_mean"] - 1.0) < 1e-3 for _, metrics in steps.seen)
+
+    with pytest.raises(ValueError, match="no model server named 'nope'"):
+        await Trainer("grpo", store=store, algorithm_options={**options, "model_server": "nope"}).fit_async(
+            digits_agent, TRAIN
+        )
+
+
 @pytest.mark.parametrize(
     ("bad", "option"),
     [

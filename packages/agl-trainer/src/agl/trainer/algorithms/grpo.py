@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import copy
 import random
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,7 +46,11 @@ class GRPO(Algorithm):
         `learning.rollouts.FailurePolicy`); ``checkpoint_dir`` where the final model is saved (default:
         ``<trainer output dir>/checkpoint``, else not saved); ``resource`` ["llm"] the resource name;
         ``timeout`` seconds per batch of rollouts; ``grad_clip`` [1.0]; ``device`` ["cpu"] where the engine
-        (and so the training) runs.
+        (and so the training) runs. ``model_server`` (a name registered with
+        ``agl_register_model_servers``, e.g. "vllm") serves the model out of process, started with
+        ``model_server_options``: a local copy trains, and after each step its weights are saved and
+        pushed with `ModelServer.load_weights`; by default the embedded engine serves in process and the
+        served module itself trains.
 
         Metrics per step: ``train/reward_mean`` (failures count 0), ``val/reward_mean`` when measured,
         ``loss``, ``policy_loss``, ``kl``, ``clip_fraction``, ``ratio_mean`` (engine vs trainer logprobs
@@ -84,6 +90,8 @@ class GRPO(Algorithm):
         timeout: float | None = None,
         grad_clip: float = 1.0,
         device: str = "cpu",
+        model_server: str | None = None,
+        model_server_options: dict[str, Any] | None = None,
     ) -> None:
         if not isinstance(model, str | Path) or not str(model):
             raise ValueError(f"grpo option model must be a model folder or .gguf path, not {model!r}")
@@ -112,7 +120,13 @@ class GRPO(Algorithm):
         if not isinstance(device, str) or not device:
             raise ValueError(f"grpo option device must be a torch device name, not {device!r}")
         self.model = str(model)
+        if model_server is not None and (not isinstance(model_server, str) or not model_server):
+            raise ValueError(f"grpo option model_server must be a registered model server's name, not {model_server!r}")
+        if model_server_options is not None and not isinstance(model_server_options, dict):
+            raise ValueError(f"grpo option model_server_options must be a mapping, not {model_server_options!r}")
         self.device = device
+        self.model_server, self.model_server_options = model_server, dict(model_server_options or {})
+        self._scratch: tempfile.TemporaryDirectory[str] | None = None
         self.n, self.tasks_per_step, self.steps = n, tasks_per_step, steps
         self.lr, self.clip, self.clip_high, self.kl_coef = lr, clip, clip_high, kl_coef
         self.max_tokens, self.temperature = max_tokens, temperature
@@ -125,7 +139,7 @@ class GRPO(Algorithm):
     async def run(self, context: AlgorithmContext) -> dict[str, Any]:
         import torch
 
-        from agl.trainer.learning.session import ServedPolicy
+        from agl.trainer.learning.session import ServedPolicy, server_factory
 
         if not context.train_dataset:
             raise ValueError("grpo needs a non-empty train dataset")
@@ -138,11 +152,16 @@ class GRPO(Algorithm):
             seed=self.seed,
             device=self.device,
             sampling_parameters=sampling,
+            server_factory=server_factory(context.trainer.plugins, self.model_server),
+            server_options=self.model_server_options,
         )
         try:
             return await self._train(context, policy)
         finally:
             await asyncio.to_thread(policy.stop)
+            if self._scratch is not None:
+                self._scratch.cleanup()
+                self._scratch = None
 
     async def _train(self, context: AlgorithmContext, policy: Any) -> dict[str, Any]:
         import torch
@@ -174,6 +193,8 @@ class GRPO(Algorithm):
             batch = self._batch(kept, policy.pad_token_id)
             rollouts_done = time.perf_counter()
             update = await asyncio.to_thread(self._update, policy, optimizer, parameters, batch, reference)
+            if not policy.in_process and update:
+                await asyncio.to_thread(self._push, policy, step)
             update_seconds = time.perf_counter() - rollouts_done
             metrics = {
                 "train/reward_mean": train_reward,
@@ -287,6 +308,14 @@ class GRPO(Algorithm):
                         totals[name] = totals.get(name, 0.0) + value / self.updates_per_step
             optimizer.zero_grad(set_to_none=True)
         return totals
+
+    def _push(self, policy: Any, step: int) -> None:
+        """Hand the updated weights to an out-of-process server: saved to a scratch folder, loaded, removed."""
+        if self._scratch is None:
+            self._scratch = tempfile.TemporaryDirectory(prefix="agl-grpo-")
+        folder = Path(self._scratch.name) / f"step-{step}"
+        policy.push(folder)
+        shutil.rmtree(folder, ignore_errors=True)
 
     def _checkpoint_dir(self, context: AlgorithmContext) -> Path | None:
         if self.checkpoint_dir is not None:

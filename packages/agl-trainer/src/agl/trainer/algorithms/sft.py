@@ -35,7 +35,9 @@ class SFT(Algorithm):
     triplet (longer dropped); ``seed`` [0]; ``checkpoint_dir`` holds ``round-K`` folders (default
     ``<trainer output dir>/sft``, else a temporary folder removed at the end); ``resource``
     ["llm"]; ``timeout`` seconds per batch of rollouts; ``grad_clip`` [1.0]; ``device`` ["cpu"] where the
-    engine (and so the training) runs.
+    engine (and so the training) runs; ``model_server`` (a name registered with
+    ``agl_register_model_servers``, e.g. "vllm", started with ``model_server_options``) serves the
+    model out of process instead of the embedded engine; each round's checkpoint reaches it the same way.
 
     Metrics: each optimizer step logs ``loss`` (and ``epoch``, ``round``); the last step of a round
     adds ``train/reward_mean`` (of that round's sampled rollouts), ``kept``, ``dropped`` and
@@ -68,6 +70,8 @@ class SFT(Algorithm):
         timeout: float | None = None,
         grad_clip: float = 1.0,
         device: str = "cpu",
+        model_server: str | None = None,
+        model_server_options: dict[str, Any] | None = None,
     ) -> None:
         if not isinstance(model, str | Path) or not str(model):
             raise ValueError(f"sft option model must be a model folder or .gguf path, not {model!r}")
@@ -90,7 +94,12 @@ class SFT(Algorithm):
         if not isinstance(device, str) or not device:
             raise ValueError(f"sft option device must be a torch device name, not {device!r}")
         self.model = str(model)
+        if model_server is not None and (not isinstance(model_server, str) or not model_server):
+            raise ValueError(f"sft option model_server must be a registered model server's name, not {model_server!r}")
+        if model_server_options is not None and not isinstance(model_server_options, dict):
+            raise ValueError(f"sft option model_server_options must be a mapping, not {model_server_options!r}")
         self.device = device
+        self.model_server, self.model_server_options = model_server, dict(model_server_options or {})
         self.rounds, self.n, self.threshold, self.top_fraction = rounds, n, threshold, top_fraction
         self.epochs, self.batch_size, self.lr = epochs, batch_size, lr
         self.lora_rank, self.top_layers = lora_rank, top_layers
@@ -100,7 +109,7 @@ class SFT(Algorithm):
     async def run(self, context: AlgorithmContext) -> dict[str, Any]:
         import torch
 
-        from agl.trainer.learning.session import ServedPolicy
+        from agl.trainer.learning.session import ServedPolicy, server_factory
 
         if not context.train_dataset:
             raise ValueError("sft needs a non-empty train dataset")
@@ -113,6 +122,8 @@ class SFT(Algorithm):
             seed=self.seed,
             device=self.device,
             sampling_parameters=sampling,
+            server_factory=server_factory(context.trainer.plugins, self.model_server),
+            server_options=self.model_server_options,
         )
         temporary = None
         root = self._checkpoint_root(context)
