@@ -7,7 +7,8 @@ LLM calls back from the store as triplets (exact engine token ids; calls merged 
 continue), scores each rollout against its task's group (`learning.advantages`), and takes a
 PPO-clipped policy-gradient step on the engine's own logprobs with the loss normalised per
 rollout (`learning.batches`). The engine's module is the one trained, under the engine's lock, so
-the next rollouts sample from the new weights at once.
+the next rollouts sample from the new weights at once; with ``model_server`` (vLLM on GPUs, say)
+a local copy trains and each step's weights are pushed to the server instead.
 """
 
 from __future__ import annotations
@@ -31,34 +32,38 @@ _COUNTS = ("n", "tasks_per_step", "steps", "max_tokens", "updates_per_step", "mi
 class GRPO(Algorithm):
     """RL with group-relative advantages on the model at ``model`` (a folder or a ``.gguf`` file).
 
-        Options (defaults in brackets): ``n`` [8] rollouts per task; ``tasks_per_step`` [2]; ``steps``
-        [20]; ``lr`` [5e-5] (AdamW); ``clip`` [0.2] and ``clip_high`` [= clip] bound the ratio to
-        ``[1 - clip, 1 + clip_high]``; ``kl_coef`` [0] weighs the k3 KL to a frozen copy of the initial
-        model (kept only when > 0); ``max_tokens`` [64] and ``temperature`` [1.0] are published in the
-        resource's ``sampling_parameters`` for the agent to pass on (the trainer's logprobs use the same
-        temperature; calls recorded with another are counted in ``train/temperature_mismatch``);
-        ``top_layers`` trains only the last k decoder layers (and the final norm), ``lora_rank`` trains
-        LoRA adapters instead (default: every weight); ``seed`` [0]; ``val_every`` [5] steps (plus
-        before the first and after the last; needs a val dataset); ``updates_per_step`` [1] optimizer
-        steps on each batch (more than one makes the clipping bite); ``micro_batch_size`` [8];
-        ``max_length`` [1024] tokens per triplet (longer ones dropped); ``scale_advantages`` [True]
-        divides by the group's std; ``failed_rollouts`` ["zero"] or "drop_group" (see
-        `learning.rollouts.FailurePolicy`); ``checkpoint_dir`` where the final model is saved (default:
-        ``<trainer output dir>/checkpoint``, else not saved); ``resource`` ["llm"] the resource name;
-        ``timeout`` seconds per batch of rollouts; ``grad_clip`` [1.0]; ``device`` ["cpu"] where the engine
-        (and so the training) runs. ``model_server`` (a name registered with
-        ``agl_register_model_servers``, e.g. "vllm") serves the model out of process, started with
-        ``model_server_options``: a local copy trains, and after each step its weights are saved and
-        pushed with `ModelServer.load_weights`; by default the embedded engine serves in process and the
-        served module itself trains.
+    Options (defaults in brackets): ``n`` [8] rollouts per task; ``tasks_per_step`` [2]; ``steps``
+    [20]; ``lr`` [5e-5] (AdamW); ``clip`` [0.2] and ``clip_high`` [= clip] bound the ratio to
+    ``[1 - clip, 1 + clip_high]``; ``kl_coef`` [0] weighs the k3 KL to a frozen copy of the initial
+    model (kept only when > 0); ``max_tokens`` [64] and ``temperature`` [1.0] are published in the
+    resource's ``sampling_parameters`` for the agent to pass on (the trainer's logprobs use the same
+    temperature; calls recorded with another are counted in ``train/temperature_mismatch``);
+    ``top_layers`` trains only the last k decoder layers (and the final norm), ``lora_rank`` trains
+    LoRA adapters instead (default: every weight); ``seed`` [0]; ``val_every`` [5] steps (plus
+    before the first and after the last; needs a val dataset); ``updates_per_step`` [1] optimizer
+    steps on each batch (more than one makes the clipping bite); ``micro_batch_size`` [8];
+    ``max_length`` [1024] tokens per triplet (longer ones dropped); ``scale_advantages`` [True]
+    divides by the group's std; ``failed_rollouts`` ["zero"] or "drop_group" (see
+    `learning.rollouts.FailurePolicy`); ``checkpoint_dir`` where the final model is saved (default:
+    ``<trainer output dir>/checkpoint``, else not saved); ``resource`` ["llm"] the resource name;
+    ``timeout`` seconds per batch of rollouts; ``grad_clip`` [1.0]; ``device`` ["cpu"] where the
+    engine (and so the training) runs. ``model_server`` (a name registered with
+    ``agl_register_model_servers``, e.g. "vllm") serves the model out of process, started with
+    ``model_server_options``: a local copy trains, and after each step its weights are saved and
+    pushed with `ModelServer.load_weights`; by default the embedded engine serves in process and the
+    served module itself trains.
 
-        Metrics per step: ``train/reward_mean`` (failures count 0), ``val/reward_mean`` when measured,
-        ``loss``, ``policy_loss``, ``kl``, ``clip_fraction``, ``ratio_mean`` (engine vs trainer logprobs
-        before the update: ≈1 when they agree), ``grad_norm``, ``tokens``, ``rollouts``, ``failed``,
-        ``dropped`` (over-long triplets), ``skipped`` (triplets without token ids), ``seconds`` (the
-    whole step, validation included), ``rollout_seconds`` and ``update_seconds``.
-        Returns ``{"val_reward_before", "val_reward_after", "train_reward_first", "train_reward_last",
-        "steps", "checkpoint"}``.
+    Validation runs each val task once with the same sampling parameters as training. Rollouts of
+    a step run as concurrently as the trainer has runners (``n_runners`` ≥ ``n * tasks_per_step``
+    lets the engine decode them in batches of up to 8).
+
+    Metrics per step: ``train/reward_mean`` (failures count 0), ``val/reward_mean`` when measured,
+    ``loss``, ``policy_loss``, ``kl``, ``clip_fraction``, ``ratio_mean`` (engine vs trainer logprobs
+    before the update: ≈1 when they agree), ``grad_norm``, ``tokens``, ``rollouts``, ``failed``,
+    ``dropped`` (over-long triplets), ``skipped`` (triplets without token ids), ``seconds`` (the
+    whole step, validation included), ``rollout_seconds`` and ``update_seconds``. Returns
+    ``{"val_reward_before", "val_reward_after", "train_reward_first", "train_reward_last", "steps",
+    "checkpoint"}``.
     """
 
     name = "grpo"
