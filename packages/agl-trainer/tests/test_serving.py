@@ -329,3 +329,10 @@ def test_text_stream_never_sends_what_a_stop_string_may_cut() -> None:
     assert text.delta([ord(c) for c in "abxyQcxyzw"]) == "yQc"  # up to the stop string, never past it
     assert text.finish("abxyQc") == ""
     assert TextStream(decode).delta([ord("\ufffd")]) == ""  # half a character is never sent
+
+
+def test_edge_values_of_seed_and_temperature_are_answered(client: httpx.Client) -> None:
+    greedy = chat(client, max_tokens=6, temperature=0, return_token_ids=True)["choices"][0]["token_ids"]
+    tiny = chat(client, max_tokens=6, temperature=1e-9, seed=-(2**70), return_token_ids=True)
+    assert tiny["choices"][0]["token_ids"] == greedy  # a temperature this small decodes greedily
+    assert chat(client, max_tokens=2, seed=2**80, top_p=1e-9)["choices"][0]["finish_reason"] in ("stop", "length")

@@ -3,7 +3,7 @@
 The log-probability returned is that of the chosen token under the distribution it was actually
 drawn from (temperature applied, top-p mass renormalised), so a trainer's importance ratios start
 from what happened. Greedy decoding (temperature 0) draws from no distribution; it reports the
-model's own log-probability (temperature 1), as vLLM does.
+model's own log-probability (temperature 1), as vLLM does; so does a temperature below 1e-5.
 """
 
 from __future__ import annotations
@@ -12,11 +12,14 @@ import torch
 
 from agl.trainer.serving.engine import SamplingParams
 
+GREEDY_BELOW = 1e-5
+"""Temperatures below this decode greedily (as vLLM does): dividing by them overflows the logits."""
+
 
 def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> tuple[int, float]:
     """One token id and its logprob from one row of logits (shape ``[vocab]``)."""
     logits = logits.float()
-    if params.temperature <= 0:
+    if params.temperature < GREEDY_BELOW:
         token = int(torch.argmax(logits))
         return token, float(torch.log_softmax(logits, dim=-1)[token])
     logprobs = torch.log_softmax(logits / params.temperature, dim=-1)

@@ -68,6 +68,7 @@ class _Row:
         self.logprobs: list[float] = []
         self.finish_reason: str | None = None
         self.text: str | None = None
+        self.error: Exception | None = None
         self.limit = min(request.params.max_tokens, engine.max_positions - len(request.prompt))
 
     def add(self, token: int, logprob: float) -> None:
@@ -87,7 +88,7 @@ class _Row:
 
     @property
     def done(self) -> bool:
-        return self.finish_reason is not None or self.request.cancelled.is_set()
+        return self.finish_reason is not None or self.error is not None or self.request.cancelled.is_set()
 
     def generation(self) -> Generation:
         text = self.text if self.text is not None else self.engine.decode(self.token_ids)
@@ -222,6 +223,7 @@ class TransformersEngine:
     ) -> _Request:
         self._check(prompt, params)
         seed = params.seed if params.seed is not None else int(torch.randint(0, 2**62, (1,), generator=self._seeds))
+        seed %= 2**64  # any integer a client sends is a valid torch seed
         request = _Request([int(token) for token in prompt], params, seed, on_token, on_done)
         self._requests.put(request)
         return request
@@ -262,7 +264,7 @@ class TransformersEngine:
                     request.on_done(error)
                 continue
             for row in rows:
-                row.request.on_done(row.generation())
+                row.request.on_done(row.error if row.error is not None else row.generation())
         while True:  # closed: fail what is still queued
             try:
                 left = self._requests.get_nowait()
@@ -299,12 +301,13 @@ class TransformersEngine:
                     logits = out.logits[:, -1, :]
                     step = []
                     for i, row in enumerate(rows):
-                        if row.done:
-                            step.append(self.pad_token_id)
-                            continue
-                        token, logprob = sample(logits[i], row.request.params, row.generator)
-                        row.add(token, logprob)
-                        step.append(token)
+                        if not row.done:
+                            try:
+                                token, logprob = sample(logits[i], row.request.params, row.generator)
+                                row.add(token, logprob)
+                            except Exception as error:  # fails this request only, not its neighbours
+                                row.error = error
+                        step.append(row.token_ids[-1] if row.token_ids and not row.done else self.pad_token_id)
                     if all(row.done for row in rows):
                         return rows
                     input_ids = torch.tensor(step, device=self.device)[:, None]
