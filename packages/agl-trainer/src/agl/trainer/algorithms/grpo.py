@@ -61,7 +61,8 @@ class GRPO(Algorithm):
     ``loss``, ``policy_loss``, ``kl``, ``clip_fraction``, ``ratio_mean`` (engine vs trainer logprobs
     before the update: ≈1 when they agree), ``grad_norm``, ``tokens``, ``rollouts``, ``failed``,
     ``dropped`` (over-long triplets), ``skipped`` (triplets without token ids), ``seconds`` (the
-    whole step, validation included), ``rollout_seconds`` and ``update_seconds``. Returns
+    whole step, validation included), ``rollout_seconds``, ``update_seconds`` and ``update_skipped``
+    (1 when every group tied and there is no KL term: no gradient, so no optimizer step). Returns
     ``{"val_reward_before", "val_reward_after", "train_reward_first", "train_reward_last", "steps",
     "checkpoint"}``.
     """
@@ -198,7 +199,7 @@ class GRPO(Algorithm):
             batch = self._batch(kept, policy.pad_token_id)
             rollouts_done = time.perf_counter()
             update = await asyncio.to_thread(self._update, policy, optimizer, parameters, batch, reference)
-            if not policy.in_process and update:
+            if not policy.in_process and "loss" in update:
                 await asyncio.to_thread(self._push, policy, step)
             update_seconds = time.perf_counter() - rollouts_done
             metrics = {
@@ -268,6 +269,9 @@ class GRPO(Algorithm):
 
         if batch.rows == 0 or batch.num_tokens == 0:
             return {}
+        if reference is None and not bool(batch.advantages.any()):
+            # Every group tied: no gradient. Skip the step, or Adam's moments would still move the weights.
+            return {"update_skipped": 1.0}
         with policy.exclusive() as model:
             if not bool(batch.has_old_logprobs.all()):
                 recomputed = logprobs_of(
