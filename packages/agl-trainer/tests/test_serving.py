@@ -16,7 +16,7 @@ pytest.importorskip("transformers")
 
 from agl.trainer.plugins import model_servers, plugin_manager
 from agl.trainer.serving.embedded import EmbeddedModelServer
-from agl.trainer.serving.engine import SamplingParams
+from agl.trainer.serving.engine import Generation, SamplingParams
 from agl.trainer.serving.openai_app import create_openai_app
 from agl.trainer.serving.transformers_engine import TransformersEngine
 from agl.trainer.testing import build_tiny_model
@@ -307,14 +307,48 @@ def test_a_gguf_model_serves_like_model_generate() -> None:
     try:
         assert engine.model_name == "SmolLM2-135M-Instruct.Q4_1"
         assert not hasattr(engine.model.config, "quantization_config")  # a plain model: save_pretrained works
-        prompt = engine.chat_prompt_token_ids([{"role": "user", "content": "What is 2+2?"}])
-        generation = engine.generate_sync(prompt, SamplingParams(max_tokens=6, temperature=0))
+        questions = ("What is 2+2?", "Name a colour of the rainbow, please.")
+        prompts = [engine.chat_prompt_token_ids([{"role": "user", "content": q}]) for q in questions]
+        params = SamplingParams(max_tokens=6, temperature=0)
+        expected = []
         with torch.inference_mode():
-            expected = engine.model.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False)
-        assert generation.token_ids == expected[0, len(prompt) :].tolist()
-        assert generation.text.strip()
+            for prompt in prompts:
+                out = engine.model.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False)
+                expected.append(out[0, len(prompt) :].tolist())
+        alone = engine.generate_sync(prompts[0], params)
+        assert alone.token_ids == expected[0]
+        assert alone.text.strip()
+        together = asyncio.run(_decoded_as_one_batch(engine, prompts, params))
+        assert [g.token_ids for g in together] == expected  # left padding and positions are right
+        assert engine.stats["largest_batch"] == 2
     finally:
         engine.close_sync()
+
+
+async def _decoded_as_one_batch(
+    engine: TransformersEngine, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]
+) -> list[Generation]:
+    """Requests queued while the model is held are decoded together once it is released."""
+    each = params if isinstance(params, list) else [params] * len(prompts)
+    with engine.exclusive():
+        tasks = [asyncio.ensure_future(engine.generate(p, s)) for p, s in zip(prompts, each, strict=True)]
+        await asyncio.sleep(0)  # one turn of the loop: each task submits its request, then waits
+    return list(await asyncio.gather(*tasks))
+
+
+def test_requests_waiting_together_are_decoded_as_one_batch(server: EmbeddedModelServer) -> None:
+    engine = server.engine
+    prompts = [engine.chat_prompt_token_ids([{"role": "user", "content": "y" * n}]) for n in (1, 9, 30)]
+    params = [SamplingParams(max_tokens=3 + n, seed=n) for n in range(3)]
+    before = dict(engine.stats)
+
+    generations = asyncio.run(_decoded_as_one_batch(engine, prompts, params))
+    assert engine.stats["batches"] == before["batches"] + 1
+    assert engine.stats["largest_batch"] >= 3
+    for generation, prompt, param in zip(generations, prompts, params, strict=True):
+        assert generation.prompt_token_ids == prompt
+        assert len(generation.token_ids) == len(generation.logprobs) <= param.max_tokens
+        assert generation.text == engine.decode(generation.token_ids)
 
 
 def test_text_stream_never_sends_what_a_stop_string_may_cut() -> None:

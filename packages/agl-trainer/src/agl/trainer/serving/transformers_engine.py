@@ -126,6 +126,8 @@ class TransformersEngine:
         self._base_weights: dict[str, torch.Tensor] | None = None  # the weights adapters are merged into
         self._requests: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._closed = False
+        self.stats = {"batches": 0, "requests": 0, "largest_batch": 0}
+        """Decoded so far: batches, requests, and the most requests one batch held."""
         self._worker = threading.Thread(target=self._work, name=f"agl-engine-{model_name}", daemon=True)
         self._worker.start()
 
@@ -247,22 +249,17 @@ class TransformersEngine:
             first = self._requests.get()
             if first is None:
                 break
-            batch = [first]
-            while len(batch) < self.max_batch_size:
+            with self.lock:  # requests that queue while a trainer holds the model are batched together
+                batch = self._batch_after(first)
                 try:
-                    more = self._requests.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    self._requests.put(None)  # finish this batch, then stop
-                    break
-                batch.append(more)
-            try:
-                rows = self._decode([_Row(request, self, self.device) for request in batch])
-            except BaseException as error:  # every waiting caller must hear of it
-                for request in batch:
-                    request.on_done(error)
-                continue
+                    rows = self._decode([_Row(request, self, self.device) for request in batch])
+                except BaseException as error:  # every waiting caller must hear of it
+                    for request in batch:
+                        request.on_done(error)
+                    continue
+            self.stats["batches"] += 1
+            self.stats["requests"] += len(batch)
+            self.stats["largest_batch"] = max(self.stats["largest_batch"], len(batch))
             for row in rows:
                 row.request.on_done(row.error if row.error is not None else row.generation())
         while True:  # closed: fail what is still queued
@@ -272,6 +269,20 @@ class TransformersEngine:
                 return
             if left is not None:
                 left.on_done(EngineClosed("the engine is closed"))
+
+    def _batch_after(self, first: _Request) -> list[_Request]:
+        """``first`` and the requests queued behind it, up to ``max_batch_size``."""
+        batch = [first]
+        while len(batch) < self.max_batch_size:
+            try:
+                more = self._requests.get_nowait()
+            except queue.Empty:
+                break
+            if more is None:
+                self._requests.put(None)  # finish this batch, then stop
+                break
+            batch.append(more)
+        return batch
 
     def _decode(self, rows: list[_Row]) -> list[_Row]:
         """Run one batch to the end: a prefill of the left-padded prompts, then a token per step."""
