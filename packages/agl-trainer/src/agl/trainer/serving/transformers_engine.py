@@ -6,7 +6,8 @@
     await engine.load_weights("checkpoints/step-10")                     # full weights or a LoRA adapter
 
 Generation runs on one worker thread (torch releases the GIL, so the event loop stays free).
-Requests waiting when the worker is free are decoded together as one batch: prompts left-padded,
+Requests waiting when the worker is free (or queued while a trainer held the model) are decoded
+together as one batch, up to ``max_batch_size``: prompts left-padded,
 an attention mask and explicit positions, one forward pass per token over the KV cache. A request
 arriving mid-batch waits for the next batch (static batching, no continuous batching). Each row
 samples with its own seeded generator, so a request's tokens do not depend on its neighbours'
