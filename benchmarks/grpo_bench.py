@@ -10,7 +10,8 @@ one-call sentiment labeller on the plain ``openai`` client; its reward is 1 when
 the right label and not the other. Reported: seconds per step (min / median / max over all steps)
 and the medians of its rollout part (generation through the proxy and the store) and of its update
 (forward, backward, AdamW), and how far the trainer's logprobs of the sampled tokens stray from the
-engine's before an update (``ratio_mean`` ≈ 1). Loading the model (~20 s) is not counted. Prints
+engine's before an update (``ratio_mean`` ≈ 1). A step whose groups all tie takes no update
+(``updates_skipped``) and is faster. Loading the model (~20 s) is not counted. Prints
 one JSON line at the end.
 """
 
@@ -120,6 +121,7 @@ def main() -> None:
         "step_seconds_max": max(seconds),
         "rollout_seconds_median": statistics.median(m["rollout_seconds"] for m in steps.seen),
         "update_seconds_median": statistics.median(m["update_seconds"] for m in steps.seen),
+        "updates_skipped": sum(int(m.get("update_skipped", 0)) for m in steps.seen),
         "ratio_mean_max_deviation": max(abs(m.get("ratio_mean", 1.0) - 1.0) for m in steps.seen),
         "tokens_per_step_mean": statistics.mean(m.get("tokens", 0.0) for m in steps.seen),
         "fit_seconds_with_load": total,

@@ -116,6 +116,23 @@ async def test_sft_trains_on_the_best_rollouts_and_serves_each_new_checkpoint(
     assert max(abs(a - b) for a, b in zip(logprobs, logprobs_under(initial, prompt, ids), strict=True)) > 1e-2
 
 
+def test_selection_by_threshold_or_top_fraction_never_keeps_failures() -> None:
+    from types import SimpleNamespace
+
+    from agl.core.types.triplets import Triplet
+    from agl.trainer.learning.rollouts import Scored
+
+    def scored(reward: float | None, status: str = "succeeded") -> Scored:
+        rollout: Any = SimpleNamespace(status=status)
+        return Scored(rollout=rollout, group=0, reward=reward, triplets=[Triplet(prompt=None, response=None)])
+
+    pool = [scored(0.2), scored(0.9), scored(None), scored(1.0, "failed"), scored(0.5), scored(0.7), scored(0.1)]
+    pool += [scored(0.3)]
+    assert [s.reward for s in SFT(model="m", threshold=0.5)._select(pool)] == [0.9, 0.5, 0.7]
+    assert [s.reward for s in SFT(model="m", top_fraction=0.25)._select(pool)] == [0.9, 0.7]
+    assert SFT(model="m")._select([scored(None), scored(1.0, "failed")]) == []
+
+
 def test_bad_options_are_refused_by_name() -> None:
     for bad, option in [({"rounds": 0}, "rounds"), ({"top_fraction": 0}, "top_fraction"), ({"lr": -1}, "lr")]:
         with pytest.raises(ValueError, match=option):

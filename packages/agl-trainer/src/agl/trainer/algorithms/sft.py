@@ -173,7 +173,9 @@ class SFT(Algorithm):
                 losses = []
                 for start in range(0, len(order), self.batch_size):
                     chunk = order[start : start + self.batch_size]
-                    loss, dropped = await asyncio.to_thread(self._step, student, optimizer, parameters, chunk)
+                    loss, dropped = await asyncio.to_thread(
+                        self._step, student, optimizer, parameters, chunk, policy.pad_token_id
+                    )
                     if loss is None:
                         continue
                     if pending:
@@ -209,7 +211,9 @@ class SFT(Algorithm):
         count = max(1, round(self.top_fraction * len(scored))) if usable else 0
         return sorted(usable, key=lambda s: s.reward, reverse=True)[:count]
 
-    def _step(self, model: Any, optimizer: Any, parameters: list[Any], chunk: list[Any]) -> tuple[float | None, float]:
+    def _step(
+        self, model: Any, optimizer: Any, parameters: list[Any], chunk: list[Any], pad_token_id: int
+    ) -> tuple[float | None, float]:
         """One optimizer step of cross-entropy on the chunk's generated tokens (per-rollout weights)."""
         import torch
 
@@ -218,7 +222,7 @@ class SFT(Algorithm):
         from agl.trainer.learning.step import backward
 
         items = [Item(s.rollout.rollout_id, triplet) for s in chunk for triplet in s.triplets]
-        batch = build_batch(items, max_length=self.max_length, pad_token_id=_pad_id(model))
+        batch = build_batch(items, max_length=self.max_length, pad_token_id=pad_token_id)
         if batch.num_tokens == 0:
             return None, float(batch.dropped)
         optimizer.zero_grad(set_to_none=True)
@@ -248,11 +252,6 @@ class SFT(Algorithm):
             return Path(self.checkpoint_dir)
         output = getattr(context.trainer, "output_dir", None)
         return Path(output) / "sft" if output is not None else None
-
-
-def _pad_id(model: Any) -> int:
-    pad = getattr(getattr(model, "config", None), "pad_token_id", None)
-    return int(pad) if isinstance(pad, int) else 0
 
 
 def _check(option: str, value: Any, *, integer: bool) -> None:
