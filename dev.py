@@ -118,8 +118,7 @@ def main_python() -> Path:
 
 def demo() -> None:
     python = main_python()
-    run(python, "examples/batch_rollouts.py")
-    run(python, "examples/agent_to_triplets.py")
+    run(python, "examples/train_sentiment.py", *sys.argv[2:])
 
 
 def test() -> None:
