@@ -97,10 +97,8 @@ def main() -> None:
     result = trainer.fit(train_dataset=train_tasks(), val_dataset=validation_tasks())
     rollouts, calls, spans = asyncio.run(run_counts(store, started))
 
-    print(f"\nvalidation accuracy (held-out reviews): {result['val_reward_before']:.2f} before training")
-    print(
-        f"                                        {result['val_reward_after']:.2f} after {result['steps']} GRPO steps"
-    )
+    before, after, steps = result["val_reward_before"], result["val_reward_after"], result["steps"]
+    print(f"\naccuracy on held-out reviews: {before:.2f} before training, {after:.2f} after {steps} GRPO steps")
     print(f"{rollouts} rollouts, {calls} LLM calls, {spans} spans in {default_store_url()}")
     print(f"{(time.time() - started) / 60:.1f} minutes; reward per step: {output / 'reward.png'}")
     print(f"trained model: {result['checkpoint']} (agl serve {result['checkpoint']})")
