@@ -24,6 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from agl.trainer.algorithm import Algorithm, AlgorithmContext
+from agl.trainer.learning.options import (
+    check_model,
+    check_serving,
+    check_trainable,
+    checkpoint_folder,
+    non_negative_number,
+    positive_int,
+    positive_number,
+)
 from agl.trainer.learning.rollouts import FailurePolicy
 
 _COUNTS = ("n", "tasks_per_step", "steps", "max_tokens", "updates_per_step", "micro_batch_size", "max_length")
@@ -99,39 +108,27 @@ class GRPO(Algorithm):
         model_server: str | None = None,
         model_server_options: dict[str, Any] | None = None,
     ) -> None:
-        if not isinstance(model, str | Path) or not str(model):
-            raise ValueError(f"grpo option model must be a model folder or .gguf path, not {model!r}")
+        self.model = check_model("grpo", model)
         values = locals()
         for option in _COUNTS:
-            _positive_int(option, values[option])
+            positive_int("grpo", option, values[option])
         if n < 2:
             raise ValueError(f"grpo option n must be at least 2 (advantages compare rollouts of a task), not {n}")
         for option in ("lr", "temperature", "grad_clip"):
-            _positive_number(option, values[option])
+            positive_number("grpo", option, values[option])
         for option in ("clip", "kl_coef"):
-            _non_negative_number(option, values[option])
+            non_negative_number("grpo", option, values[option])
         if clip_high is not None:
-            _non_negative_number("clip_high", clip_high)
+            non_negative_number("grpo", "clip_high", clip_high)
         if val_every is not None:
-            _positive_int("val_every", val_every)
-        for option in ("top_layers", "lora_rank"):
-            if values[option] is not None:
-                _positive_int(option, values[option])
-        if top_layers is not None and lora_rank is not None:
-            raise ValueError("grpo options top_layers and lora_rank exclude each other")
+            positive_int("grpo", "val_every", val_every)
+        check_trainable("grpo", top_layers, lora_rank)
         if failed_rollouts not in ("zero", "drop_group"):
             raise ValueError(f"grpo option failed_rollouts must be 'zero' or 'drop_group', not {failed_rollouts!r}")
         if timeout is not None:
-            _positive_number("timeout", timeout)
-        if not isinstance(device, str) or not device:
-            raise ValueError(f"grpo option device must be a torch device name, not {device!r}")
-        self.model = str(model)
-        if model_server is not None and (not isinstance(model_server, str) or not model_server):
-            raise ValueError(f"grpo option model_server must be a registered model server's name, not {model_server!r}")
-        if model_server_options is not None and not isinstance(model_server_options, dict):
-            raise ValueError(f"grpo option model_server_options must be a mapping, not {model_server_options!r}")
-        self.device = device
-        self.model_server, self.model_server_options = model_server, dict(model_server_options or {})
+            positive_number("grpo", "timeout", timeout)
+        self.model_server_options = check_serving("grpo", device, model_server, model_server_options)
+        self.device, self.model_server = device, model_server
         self._scratch: tempfile.TemporaryDirectory[str] | None = None
         self.n, self.tasks_per_step, self.steps = n, tasks_per_step, steps
         self.lr, self.clip, self.clip_high, self.kl_coef = lr, clip, clip_high, kl_coef
@@ -145,21 +142,20 @@ class GRPO(Algorithm):
     async def run(self, context: AlgorithmContext) -> dict[str, Any]:
         import torch
 
-        from agl.trainer.learning.session import ServedPolicy, server_factory
+        from agl.trainer.learning.session import open_policy
 
         if not context.train_dataset:
             raise ValueError("grpo needs a non-empty train dataset")
         torch.manual_seed(self.seed)
-        sampling = {"temperature": self.temperature, "max_tokens": self.max_tokens}
-        policy = await asyncio.to_thread(
-            ServedPolicy,
+        policy = await open_policy(
+            context,
             self.model,
-            context.store,
             seed=self.seed,
             device=self.device,
-            sampling_parameters=sampling,
-            server_factory=server_factory(context.trainer.plugins, self.model_server),
-            server_options=self.model_server_options,
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+            model_server=self.model_server,
+            model_server_options=self.model_server_options,
         )
         try:
             return await self._train(context, policy)
@@ -173,16 +169,14 @@ class GRPO(Algorithm):
         import torch
 
         from agl.trainer.learning.model import prepare_trainable, save_checkpoint
-        from agl.trainer.learning.rollouts import apply_failure_policy, mean_reward, run_groups
+        from agl.trainer.learning.rollouts import apply_failure_policy, mean_reward, run_groups, validation_reward
 
         reference = copy.deepcopy(policy.model).eval().requires_grad_(False) if self.kl_coef > 0 else None
         parameters = prepare_trainable(policy.model, top_layers=self.top_layers, lora_rank=self.lora_rank)
         optimizer = torch.optim.AdamW(parameters, lr=self.lr, weight_decay=0.0)
-        llm = await asyncio.to_thread(policy.start)
-        await context.publish_resources({**(context.initial_resources or {}), self.resource: llm})
-        resources_id = context.resources_id
+        resources_id = await policy.publish(context, self.resource)
 
-        val_before = await self._validate(context, resources_id)
+        val_before = await validation_reward(context, resources_id, self.timeout)
         if val_before is not None:
             context.log_step(0, {"val/reward_mean": val_before})
         val_after = val_before
@@ -213,7 +207,7 @@ class GRPO(Algorithm):
                 "train/temperature_mismatch": float(mismatch),
             }
             if (self.val_every and step % self.val_every == 0) or step == self.steps:
-                measured = await self._validate(context, resources_id)
+                measured = await validation_reward(context, resources_id, self.timeout)
                 if measured is not None:
                     val_after = metrics["val/reward_mean"] = measured
             metrics["seconds"] = time.perf_counter() - started
@@ -221,7 +215,7 @@ class GRPO(Algorithm):
             metrics["update_seconds"] = update_seconds
             context.log_step(step, metrics)
 
-        checkpoint = self._checkpoint_dir(context)
+        checkpoint = checkpoint_folder(self.checkpoint_dir, context.trainer, "checkpoint")
         if checkpoint is not None:
             with policy.exclusive() as model:
                 await asyncio.to_thread(save_checkpoint, model, policy.tokenizer, checkpoint)
@@ -233,17 +227,6 @@ class GRPO(Algorithm):
             "steps": self.steps,
             "checkpoint": str(checkpoint) if checkpoint is not None else None,
         }
-
-    async def _validate(self, context: AlgorithmContext, resources_id: str | None) -> float | None:
-        """Mean reward over the val dataset, one rollout per task (failures count 0); None without one."""
-        from agl.trainer.learning.rollouts import mean_reward, run_groups
-
-        if not context.val_dataset:
-            return None
-        scored = await run_groups(
-            context, context.val_dataset, 1, "val", resources_id=resources_id, timeout=self.timeout, with_triplets=False
-        )
-        return mean_reward(scored)
 
     def _batch(self, kept: list[Any], pad_token_id: int) -> Any:
         from agl.trainer.learning.advantages import group_advantages
@@ -326,12 +309,6 @@ class GRPO(Algorithm):
         policy.push(folder)
         shutil.rmtree(folder, ignore_errors=True)
 
-    def _checkpoint_dir(self, context: AlgorithmContext) -> Path | None:
-        if self.checkpoint_dir is not None:
-            return Path(self.checkpoint_dir)
-        output = getattr(context.trainer, "output_dir", None)
-        return Path(output) / "checkpoint" if output is not None else None
-
 
 def _task_cycle(tasks: Any, seed: int) -> Iterator[Any]:
     """Tasks in a seeded random order, reshuffled each pass, forever."""
@@ -341,18 +318,3 @@ def _task_cycle(tasks: Any, seed: int) -> Iterator[Any]:
         shuffle.shuffle(order)
         for index in order:
             yield tasks[index]
-
-
-def _positive_int(option: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"grpo option {option} must be a positive integer, not {value!r}")
-
-
-def _positive_number(option: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ValueError(f"grpo option {option} must be a positive number, not {value!r}")
-
-
-def _non_negative_number(option: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ValueError(f"grpo option {option} must be a non-negative number, not {value!r}")

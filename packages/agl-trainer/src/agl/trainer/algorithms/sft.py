@@ -20,6 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from agl.trainer.algorithm import Algorithm, AlgorithmContext
+from agl.trainer.learning.options import (
+    check_model,
+    check_serving,
+    check_trainable,
+    checkpoint_folder,
+    positive_int,
+    positive_number,
+)
 
 
 class SFT(Algorithm):
@@ -73,33 +81,21 @@ class SFT(Algorithm):
         model_server: str | None = None,
         model_server_options: dict[str, Any] | None = None,
     ) -> None:
-        if not isinstance(model, str | Path) or not str(model):
-            raise ValueError(f"sft option model must be a model folder or .gguf path, not {model!r}")
+        self.model = check_model("sft", model)
         values = locals()
         for option in ("rounds", "n", "epochs", "batch_size", "max_tokens", "max_length"):
-            _check(option, values[option], integer=True)
+            positive_int("sft", option, values[option])
         for option in ("lr", "temperature", "grad_clip"):
-            _check(option, values[option], integer=False)
-        for option in ("lora_rank", "top_layers"):
-            if values[option] is not None:
-                _check(option, values[option], integer=True)
-        if lora_rank is not None and top_layers is not None:
-            raise ValueError("sft options lora_rank and top_layers exclude each other")
+            positive_number("sft", option, values[option])
+        check_trainable("sft", top_layers, lora_rank)
         if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, int | float)):
             raise ValueError(f"sft option threshold must be a number, not {threshold!r}")
         if isinstance(top_fraction, bool) or not isinstance(top_fraction, int | float) or not 0 < top_fraction <= 1:
             raise ValueError(f"sft option top_fraction must be in (0, 1], not {top_fraction!r}")
         if timeout is not None:
-            _check("timeout", timeout, integer=False)
-        if not isinstance(device, str) or not device:
-            raise ValueError(f"sft option device must be a torch device name, not {device!r}")
-        self.model = str(model)
-        if model_server is not None and (not isinstance(model_server, str) or not model_server):
-            raise ValueError(f"sft option model_server must be a registered model server's name, not {model_server!r}")
-        if model_server_options is not None and not isinstance(model_server_options, dict):
-            raise ValueError(f"sft option model_server_options must be a mapping, not {model_server_options!r}")
-        self.device = device
-        self.model_server, self.model_server_options = model_server, dict(model_server_options or {})
+            positive_number("sft", "timeout", timeout)
+        self.model_server_options = check_serving("sft", device, model_server, model_server_options)
+        self.device, self.model_server = device, model_server
         self.rounds, self.n, self.threshold, self.top_fraction = rounds, n, threshold, top_fraction
         self.epochs, self.batch_size, self.lr = epochs, batch_size, lr
         self.lora_rank, self.top_layers = lora_rank, top_layers
@@ -109,24 +105,23 @@ class SFT(Algorithm):
     async def run(self, context: AlgorithmContext) -> dict[str, Any]:
         import torch
 
-        from agl.trainer.learning.session import ServedPolicy, server_factory
+        from agl.trainer.learning.session import open_policy
 
         if not context.train_dataset:
             raise ValueError("sft needs a non-empty train dataset")
         torch.manual_seed(self.seed)
-        sampling = {"temperature": self.temperature, "max_tokens": self.max_tokens}
-        policy = await asyncio.to_thread(
-            ServedPolicy,
+        policy = await open_policy(
+            context,
             self.model,
-            context.store,
             seed=self.seed,
             device=self.device,
-            sampling_parameters=sampling,
-            server_factory=server_factory(context.trainer.plugins, self.model_server),
-            server_options=self.model_server_options,
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+            model_server=self.model_server,
+            model_server_options=self.model_server_options,
         )
         temporary = None
-        root = self._checkpoint_root(context)
+        root = checkpoint_folder(self.checkpoint_dir, context.trainer, "sft")
         if root is None:
             temporary = tempfile.TemporaryDirectory(prefix="agl-sft-")
             root = Path(temporary.name)
@@ -141,17 +136,15 @@ class SFT(Algorithm):
         import torch
 
         from agl.trainer.learning.model import prepare_trainable, save_checkpoint
-        from agl.trainer.learning.rollouts import mean_reward, run_groups
+        from agl.trainer.learning.rollouts import mean_reward, run_groups, validation_reward
 
         # A copy trains; the served model changes only when a round's checkpoint is loaded.
         student = copy.deepcopy(policy.model)
         parameters = prepare_trainable(student, top_layers=self.top_layers, lora_rank=self.lora_rank)
         optimizer = torch.optim.AdamW(parameters, lr=self.lr, weight_decay=0.0)
-        llm = await asyncio.to_thread(policy.start)
-        await context.publish_resources({**(context.initial_resources or {}), self.resource: llm})
-        resources_id = context.resources_id
+        resources_id = await policy.publish(context, self.resource)
 
-        val_before = await self._validate(context, resources_id)
+        val_before = await validation_reward(context, resources_id, self.timeout)
         if val_before is not None:
             context.log_step(0, {"val/reward_mean": val_before})
         val_after = val_before
@@ -189,7 +182,7 @@ class SFT(Algorithm):
             await asyncio.to_thread(save_checkpoint, student, policy.tokenizer, checkpoint)
             await asyncio.to_thread(policy.load_weights, checkpoint)
             summary = {**pending, "train/reward_mean": train_rewards[-1], "kept": float(len(kept))}
-            measured = await self._validate(context, resources_id)
+            measured = await validation_reward(context, resources_id, self.timeout)
             if measured is not None:
                 val_after = summary["val/reward_mean"] = measured
             if not pending:
@@ -236,26 +229,3 @@ class SFT(Algorithm):
         torch.nn.utils.clip_grad_norm_(parameters, self.grad_clip)
         optimizer.step()
         return totals["loss"], float(batch.dropped)
-
-    async def _validate(self, context: AlgorithmContext, resources_id: str | None) -> float | None:
-        from agl.trainer.learning.rollouts import mean_reward, run_groups
-
-        if not context.val_dataset:
-            return None
-        scored = await run_groups(
-            context, context.val_dataset, 1, "val", resources_id=resources_id, timeout=self.timeout, with_triplets=False
-        )
-        return mean_reward(scored)
-
-    def _checkpoint_root(self, context: AlgorithmContext) -> Path | None:
-        if self.checkpoint_dir is not None:
-            return Path(self.checkpoint_dir)
-        output = getattr(context.trainer, "output_dir", None)
-        return Path(output) / "sft" if output is not None else None
-
-
-def _check(option: str, value: Any, *, integer: bool) -> None:
-    kind = int if integer else int | float
-    if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
-        what = "a positive integer" if integer else "a positive number"
-        raise ValueError(f"sft option {option} must be {what}, not {value!r}")

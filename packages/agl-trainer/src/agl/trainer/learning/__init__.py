@@ -5,6 +5,7 @@ from the store (exact engine token ids); `advantages` scores rollouts within the
 `batches` turns triplets into padded tensors with per-rollout loss weights; `losses` holds the
 clipped policy-gradient, k3 KL and SFT losses; `step` runs one weighted backward pass in
 micro-batches; `model` chooses what trains (top layers or LoRA) and saves a servable checkpoint;
-`session` serves the model being trained through the LLM proxy. All but `rollouts` and `session`
-are plain torch and never touch the store. Needs torch (the ``train`` extra).
+`session` serves the model being trained through the LLM proxy; `options` checks the options both
+trainers take. All but `rollouts` and `session` never touch the store. Needs torch (the ``train``
+extra), except `options`.
 """

@@ -85,3 +85,13 @@ def apply_failure_policy(scored: list[Scored], policy: FailurePolicy) -> tuple[l
 def mean_reward(scored: Sequence[Scored]) -> float:
     """Mean reward, a rollout without one counting 0 (a failure is not left out of the average)."""
     return sum(s.reward or 0.0 for s in scored) / len(scored) if scored else 0.0
+
+
+async def validation_reward(context: AlgorithmContext, resources_id: str | None, timeout: float | None) -> float | None:
+    """Mean reward over the val dataset, one rollout per task (failures count 0); None without one."""
+    if not context.val_dataset:
+        return None
+    scored = await run_groups(
+        context, context.val_dataset, 1, "val", resources_id=resources_id, timeout=timeout, with_triplets=False
+    )
+    return mean_reward(scored)

@@ -16,6 +16,7 @@ logprobs into the store; the trainers read them back as triplets.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +26,7 @@ import torch
 
 from agl.core.store.base import LightningStore
 from agl.core.types.resources import ProxyLLM
+from agl.trainer.algorithm import AlgorithmContext
 
 
 class ServedPolicy:
@@ -126,6 +128,39 @@ class ServedPolicy:
             self.proxy.stop()
             self.proxy = None
         self.server.stop()  # also closes the engine
+
+    async def publish(self, context: AlgorithmContext, resource: str) -> str | None:
+        """`start` the policy and publish it as ``resource`` next to the context's initial resources;
+        returns the id of the published resources."""
+        llm = await asyncio.to_thread(self.start)
+        await context.publish_resources({**(context.initial_resources or {}), resource: llm})
+        resources_id: str | None = context.resources_id
+        return resources_id
+
+
+async def open_policy(
+    context: AlgorithmContext,
+    model: str,
+    *,
+    seed: int,
+    device: str,
+    temperature: float,
+    max_tokens: int,
+    model_server: str | None,
+    model_server_options: dict[str, Any],
+) -> ServedPolicy:
+    """A trainer's `ServedPolicy` (loaded off the event loop), with the sampling parameters it publishes
+    and the model server named on the trainer's plugins (None: in process). Not started yet."""
+    return await asyncio.to_thread(
+        ServedPolicy,
+        model,
+        context.store,
+        seed=seed,
+        device=device,
+        sampling_parameters={"temperature": temperature, "max_tokens": max_tokens},
+        server_factory=server_factory(context.trainer.plugins, model_server),
+        server_options=model_server_options,
+    )
 
 
 def server_factory(plugins: Any, name: str | None) -> Callable[..., Any] | None:
