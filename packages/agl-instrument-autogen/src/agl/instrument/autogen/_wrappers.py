@@ -36,6 +36,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
 from agl.core.tracing import semconv
+from agl.core.tracing.chat import request_parameters
 from agl.core.tracing.context import run_in_context
 from agl.core.tracing.llm import LlmCall, llm_call, start_llm_call
 
@@ -144,20 +145,6 @@ def assistant_message(result: Any) -> dict[str, Any]:
     return message
 
 
-_PARAMETERS = {
-    "temperature": "temperature",
-    "top_p": "top_p",
-    "top_k": "top_k",
-    "max_completion_tokens": "max_tokens",
-    "max_tokens": "max_tokens",
-    "seed": "seed",
-    "stop": "stop_sequences",
-    "frequency_penalty": "frequency_penalty",
-    "presence_penalty": "presence_penalty",
-    "n": "choice.count",
-}
-
-
 def _client_settings(client: Any) -> Mapping[str, Any]:
     """The create arguments a client was configured with (autogen-ext's clients keep them here)."""
     settings = getattr(client, "_create_args", None)
@@ -186,11 +173,7 @@ def _fill(call: LlmCall, attributes: Mapping[str, Any]) -> None:
 def _record_request(call: LlmCall, client: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
     messages = args[0] if args else kwargs.get("messages", ())
     settings = {**_client_settings(client), **(kwargs.get("extra_create_args") or {})}
-    parameters = {}
-    for argument, name in _PARAMETERS.items():
-        value = settings.get(argument)
-        if value is not None and name not in parameters:
-            parameters[name] = [value] if name == "stop_sequences" and isinstance(value, str) else value
+    parameters = request_parameters(settings)
     tools = kwargs.get("tools") or ()
     _fill(
         call,

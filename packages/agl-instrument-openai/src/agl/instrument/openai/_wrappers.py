@@ -20,6 +20,7 @@ import wrapt
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
+from agl.core.tracing.chat import REASONING_KEYS, ChoiceDraft, request_parameters
 from agl.core.tracing.llm import LlmCall, start_llm_call
 
 logger = logging.getLogger("agl.instrument.openai")
@@ -28,8 +29,6 @@ PROVIDER = "openai"
 UNKNOWN_MODEL = "unknown"
 # The vLLM request field that makes its OpenAI server return token ids (see `_ChatApi.request_token_ids`).
 RETURN_TOKEN_IDS = "return_token_ids"
-# Reasoning text that OpenAI-compatible servers (vLLM, DeepSeek) add to messages and deltas.
-_REASONING_KEYS = ("reasoning_content", "reasoning")
 
 
 @dataclass
@@ -86,11 +85,7 @@ def _materialized(kwargs: dict[str, Any], keys: Iterable[str]) -> dict[str, Any]
 def _parameters(kwargs: Mapping[str, Any], names: Mapping[str, str]) -> dict[str, Any]:
     """Sampling parameters under their ``gen_ai.request.*`` names (the first of synonyms wins);
     ``top_k`` also from ``extra_body``, where vLLM clients put it."""
-    found: dict[str, Any] = {}
-    for argument, name in names.items():
-        value = kwargs.get(argument)
-        if _is_given(value) and name not in found:
-            found[name] = [value] if name == "stop_sequences" and isinstance(value, str) else value
+    found = request_parameters(kwargs, names, given=_is_given)
     extra = kwargs.get("extra_body")
     if isinstance(extra, Mapping) and isinstance(extra.get("top_k"), int):
         found.setdefault("top_k", extra["top_k"])
@@ -123,7 +118,7 @@ def _assistant_message(message: Any) -> dict[str, Any]:
     tool_calls = [_tool_call(call) for call in getattr(message, "tool_calls", None) or ()]
     if tool_calls:
         result["tool_calls"] = tool_calls
-    for key in _REASONING_KEYS:
+    for key in REASONING_KEYS:
         value = getattr(message, key, None)
         if isinstance(value, str) and value:
             result[key] = value
@@ -190,14 +185,9 @@ class _ChatApi:
 
 
 @dataclass
-class _ChoiceDraft:
-    """One choice of a chat stream, put together from its deltas."""
+class _ChoiceDraft(ChoiceDraft):
+    """One choice of a chat stream, put together from its deltas (SDK objects)."""
 
-    content: list[str] = field(default_factory=list)
-    reasoning: dict[str, list[str]] = field(default_factory=dict)
-    tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
-    finish_reason: str | None = None
-    token_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
 
     def add(self, choice: Any) -> None:
@@ -205,29 +195,20 @@ class _ChoiceDraft:
         if delta is not None:
             if delta.content:
                 self.content.append(delta.content)
-            for key in _REASONING_KEYS:
-                value = getattr(delta, key, None)
-                if isinstance(value, str) and value:
-                    self.reasoning.setdefault(key, []).append(value)
+            for key in REASONING_KEYS:
+                self.add_reasoning(key, getattr(delta, key, None))
             for call in delta.tool_calls or ():
-                draft = self.tool_calls.setdefault(
-                    call.index, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
+                function = call.function
+                self.add_tool_call(
+                    call.index,
+                    call.id,
+                    call.type,
+                    function.name if function is not None else None,
+                    function.arguments if function is not None else None,
                 )
-                draft["id"] = call.id or draft["id"]
-                draft["type"] = call.type or draft["type"]
-                if call.function is not None:
-                    draft["function"]["name"] += call.function.name or ""
-                    draft["function"]["arguments"] += call.function.arguments or ""
         self.finish_reason = choice.finish_reason or self.finish_reason
         self.token_ids += _int_list(getattr(choice, "token_ids", None)) or []
         self.logprobs += _chat_logprobs(getattr(choice, "logprobs", None))
-
-    def message(self) -> dict[str, Any]:
-        result: dict[str, Any] = {"role": "assistant", "content": "".join(self.content) if self.content else None}
-        if self.tool_calls:
-            result["tool_calls"] = [self.tool_calls[index] for index in sorted(self.tool_calls)]
-        result.update({key: "".join(parts) for key, parts in self.reasoning.items()})
-        return result
 
 
 @dataclass

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agl.core.tracing import semconv
+from agl.core.tracing.chat import REASONING_KEYS, ChoiceDraft, request_parameters
 from agl.core.types.spans import Span, SpanResource, SpanStatus
 from agl.trainer.proxy.shape import Endpoint
 
@@ -25,31 +26,13 @@ UPSTREAM = "agl.proxy.upstream"
 ERROR_TYPE = "error.type"
 SERVICE = SpanResource(attributes={"service.name": "agl-llm-proxy"})
 UNKNOWN_MODEL = "unknown"
-_REASONING_KEYS = ("reasoning_content", "reasoning")
-_PARAMETERS = {
-    "temperature": "temperature",
-    "top_p": "top_p",
-    "top_k": "top_k",
-    "max_completion_tokens": "max_tokens",
-    "max_tokens": "max_tokens",
-    "seed": "seed",
-    "stop": "stop_sequences",
-    "frequency_penalty": "frequency_penalty",
-    "presence_penalty": "presence_penalty",
-    "n": "choice.count",
-}
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
 
 
 @dataclass
-class _Choice:
+class _Choice(ChoiceDraft):
     """One choice, whole or put together from stream deltas."""
 
-    content: list[str] = field(default_factory=list)
-    reasoning: dict[str, list[str]] = field(default_factory=dict)
-    tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
-    finish_reason: str | None = None
-    token_ids: list[int] = field(default_factory=list)
     logprobs: list[float] | None = field(default_factory=list)  # None once a token came without one
 
     def add_logprobs(self, endpoint: Endpoint, logprobs: Any, tokens: int) -> None:
@@ -70,29 +53,19 @@ class _Choice:
     def add_delta(self, delta: dict[str, Any]) -> None:
         if isinstance(delta.get("content"), str):
             self.content.append(delta["content"])
-        for key in _REASONING_KEYS:
-            if isinstance(delta.get(key), str) and delta[key]:
-                self.reasoning.setdefault(key, []).append(delta[key])
+        for key in REASONING_KEYS:
+            self.add_reasoning(key, delta.get(key))
         for call in delta.get("tool_calls") or ():
             if not isinstance(call, dict):
                 continue
-            draft = self.tool_calls.setdefault(
-                call.get("index", len(self.tool_calls)),
-                {"id": None, "type": "function", "function": {"name": "", "arguments": ""}},
-            )
-            draft["id"] = call.get("id") or draft["id"]
-            draft["type"] = call.get("type") or draft["type"]
             function = call.get("function") or {}
-            draft["function"]["name"] += function.get("name") or ""
-            draft["function"]["arguments"] += function.get("arguments") or ""
-
-    def message(self) -> dict[str, Any]:
-        """The chat shape the openai instrumentor records: role, content, tool calls, reasoning."""
-        result: dict[str, Any] = {"role": "assistant", "content": "".join(self.content) if self.content else None}
-        if self.tool_calls:
-            result["tool_calls"] = [self.tool_calls[index] for index in sorted(self.tool_calls)]
-        result.update({key: "".join(parts) for key, parts in self.reasoning.items()})
-        return result
+            self.add_tool_call(
+                call.get("index", len(self.tool_calls)),
+                call.get("id"),
+                call.get("type"),
+                function.get("name"),
+                function.get("arguments"),
+            )
 
 
 class CallRecord:
@@ -193,11 +166,8 @@ class CallRecord:
             attributes[semconv.INPUT_MESSAGES] = _json(messages)
         if self.body.get("tools"):
             attributes[semconv.TOOL_DEFINITIONS] = _json(self.body["tools"])
-        for argument, name in _PARAMETERS.items():
-            value = self.body.get(argument)
-            key = semconv.REQUEST_PREFIX + name
-            if value is not None and key not in attributes:
-                attributes[key] = [value] if name == "stop_sequences" and isinstance(value, str) else value
+        for name, value in request_parameters(self.body).items():
+            attributes[semconv.REQUEST_PREFIX + name] = value
         if self.upstream:
             attributes[UPSTREAM] = self.upstream
         drafts = [self.choices[index] for index in sorted(self.choices)]
