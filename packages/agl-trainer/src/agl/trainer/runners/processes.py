@@ -23,7 +23,7 @@ from agl.core.agent import LitAgent
 from agl.core.ids import new_id
 from agl.core.store.base import LightningStore
 from agl.trainer.runners.base import RunnerGroup, RunnerLost, fail_attempts_of
-from agl.trainer.runners.specs import agent_spec, child_python_path, load_agent, shared_store_url
+from agl.trainer.runners.specs import child_python_path, remote_agent_spec, shared_store_url
 from agl.trainer.runners.worker import WAKE
 
 logger = logging.getLogger(__name__)
@@ -60,13 +60,9 @@ class ProcessRunners(RunnerGroup):
                 "runner_mode='processes' needs a store other processes can open: a SQLite file "
                 "(sqlite:///path.db) or a store server (http://...); an in-memory store lives in this process only"
             )
-        if agent is None:
-            raise ValueError("runner_mode='processes' needs an agent, as 'module:object' or a module-level agent")
-        if isinstance(agent, str):
-            load_agent(agent)  # an import error here, once, rather than in every child
+        self.agent_spec = remote_agent_spec(agent, self.mode)
         self.store = store
         self.store_url = url
-        self.agent_spec = agent_spec(agent)
         self.options = [
             f"--max-concurrency={max_concurrency}",
             f"--heartbeat-seconds={heartbeat_seconds}",

@@ -25,7 +25,7 @@ from agl.core.runner import Runner
 from agl.core.store import open_store
 from agl.core.store.base import LightningStore
 from agl.trainer.runners.base import RunnerGroup, RunnerLost, fail_attempts_of
-from agl.trainer.runners.specs import agent_spec, child_python_path, load_agent
+from agl.trainer.runners.specs import child_python_path, load_agent, remote_agent_spec
 from agl.trainer.runners.store_server import StoreServer, http_url
 
 
@@ -78,13 +78,9 @@ class RayRunners(RunnerGroup):
             import ray
         except ImportError:
             raise ImportError("runner_mode='ray' needs Ray: pip install 'agl-trainer[ray]'") from None
-        if agent is None:
-            raise ValueError("runner_mode='ray' needs an agent, as 'module:object' or a module-level agent")
-        if isinstance(agent, str):
-            load_agent(agent)  # an import error here rather than in every actor
+        self.agent_spec = remote_agent_spec(agent, self.mode)
         self._ray = ray
         self.store = store
-        self.agent_spec = agent_spec(agent)
         self.address = address
         self.actor_options = dict(actor_options or {})
         self.runner_options = {

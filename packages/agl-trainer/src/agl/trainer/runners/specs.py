@@ -59,6 +59,16 @@ def agent_spec(agent: LitAgent | str) -> str:
     )
 
 
+def remote_agent_spec(agent: LitAgent | str | None, mode: str) -> str:
+    """`agent_spec` for runners of ``mode`` in other processes, which need an agent; a spec is
+    imported once here, so that an import error shows now rather than in every child."""
+    if agent is None:
+        raise ValueError(f"runner_mode={mode!r} needs an agent, as 'module:object' or a module-level agent")
+    if isinstance(agent, str):
+        load_agent(agent)
+    return agent_spec(agent)
+
+
 def shared_store_url(store: LightningStore) -> str | None:
     """A URL another process on this machine can open for the same store; ``None`` for an in-memory one."""
     from agl.core.store.http import HttpLightningStore
