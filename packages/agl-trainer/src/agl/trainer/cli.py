@@ -14,7 +14,7 @@ import typer
 from pydantic import TypeAdapter, ValidationError
 from rich.text import Text
 
-from agl.core.cli._common import JsonOutput, StoreUrl, console, print_json, table
+from agl.core.cli._common import JsonOutput, StoreUrl, console, parse_option, print_json, table
 from agl.core.errors import AglError
 from agl.core.store import open_store
 from agl.core.types import NamedResources
@@ -112,7 +112,7 @@ def train(
         if command is not None:
             runner_mode = "command"
         check_mode(runner_mode)
-        runner_options = dict(_parse_option(text) for text in runner_option or [])
+        runner_options = dict(parse_option(text) for text in runner_option or [])
         if runner_mode == "command":
             if command is None or agent is not None:
                 raise ValueError("--runner-mode command takes a --command (and a --reward), not an --agent")
@@ -124,7 +124,7 @@ def train(
         train_tasks = _read_jsonl(dataset)
         val_tasks = _read_jsonl(val) if val is not None else None
         initial = _read_resources(resources) if resources is not None else None
-        options = dict(_parse_option(text) for text in option or [])
+        options = dict(parse_option(text) for text in option or [])
         backend = open_store(store)
         run_dir = output_dir or RUNS_DIR / datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         trainer = Trainer(
@@ -172,16 +172,6 @@ def _read_resources(path: Path) -> NamedResources:
         return TypeAdapter(NamedResources).validate_json(path.read_text())
     except ValidationError as error:
         raise ValueError(f"{path}: not resources: {error}") from None
-
-
-def _parse_option(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise ValueError(f"--option must be KEY=JSON, not {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value  # a bare string
 
 
 def _jsonable(value: Any) -> Any:

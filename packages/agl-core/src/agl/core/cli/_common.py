@@ -1,5 +1,6 @@
 """Pieces every `agl` command shares: the ``--store`` option, the store session that turns errors
-into one line, the console, and the formatting of times, durations and statuses."""
+into one line, ``KEY=JSON`` options, the console, and the formatting of times, durations and
+statuses."""
 
 from __future__ import annotations
 
@@ -64,6 +65,17 @@ def with_store(url: str | None, action: Callable[[LightningStore], Awaitable[T]]
     except AglError as error:
         typer.echo(f"error: {' '.join(str(error).split())}", err=True)
         raise typer.Exit(1) from None
+
+
+def parse_option(text: str) -> tuple[str, Any]:
+    """A repeatable ``KEY=JSON`` option as ``(key, value)``; a value that is not JSON is a bare string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--option must be KEY=JSON, not {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 def console() -> Console:

@@ -8,13 +8,13 @@ Ctrl-C (or SIGTERM) stops it cleanly.
 
 from __future__ import annotations
 
-import json
 import signal
 import threading
 from typing import Annotated, Any
 
 import typer
 
+from agl.core.cli._common import parse_option
 from agl.trainer.plugins import model_servers, plugin_manager
 
 
@@ -54,7 +54,7 @@ def serve(
         typer.echo(f"error: no model server named {engine!r} (installed: {names})", err=True)
         raise typer.Exit(1)
     try:
-        options = dict(_parse_option(text) for text in option or [])
+        options = dict(parse_option(text) for text in option or [])
         if served_model_name:
             options["model_name"] = served_model_name
         factory, _ = found[engine]
@@ -82,13 +82,3 @@ def _stop_signal() -> threading.Event:
     signal.signal(signal.SIGINT, handle)
     signal.signal(signal.SIGTERM, handle)
     return stopping
-
-
-def _parse_option(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise ValueError(f"--option must be KEY=JSON, not {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value  # a bare string
