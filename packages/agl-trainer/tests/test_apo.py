@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI
+from step_log import StepLog
 
 from agl.core import open_store
 from agl.core.agent import rollout
@@ -17,7 +18,7 @@ from agl.core.store.base import LightningStore
 from agl.core.testing.chat_server import chat_log, chat_server_app
 from agl.core.testing.server import ServingThread
 from agl.core.types import LLM, PromptTemplate
-from agl.trainer import Trainer, hookimpl
+from agl.trainer import Trainer
 
 LIMIT = 30.0
 TEMPLATE = re.compile(r"<prompt>(.*?)</prompt>", re.DOTALL)
@@ -33,15 +34,6 @@ def magic_agent(task: dict[str, Any], prompt_template: PromptTemplate) -> float:
 @rollout
 def two_prompt_agent(task: dict[str, Any], system: PromptTemplate, user: PromptTemplate) -> float:
     return 0.5 * ("ALPHA" in system.format()) + 0.5 * ("BETA" in user.format(q=task["q"]))
-
-
-class Steps:
-    def __init__(self) -> None:
-        self.seen: list[tuple[int, dict[str, float]]] = []
-
-    @hookimpl
-    def agl_step_end(self, step: int, metrics: dict[str, float]) -> None:
-        self.seen.append((step, metrics))
 
 
 def optimizer(edit: Callable[[str], str]) -> Callable[[list[dict[str, Any]]], str]:
@@ -75,7 +67,7 @@ async def test_apo_finds_the_magic_prompt_and_publishes_it(
     store: LightningStore, magic_server: tuple[ServingThread, FastAPI]
 ) -> None:
     server, app = magic_server
-    steps = Steps()
+    steps = StepLog()
     apo_options = options(server, rounds=2, beam_width=2, branch_factor=2, train_batch_size=2, val_batch_size=2)
     trainer = Trainer("apo", store=store, n_runners=2, plugins=[steps], algorithm_options=apo_options)
     initial = {"prompt": PromptTemplate(template="Answer: {q}")}

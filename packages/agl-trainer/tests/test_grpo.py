@@ -16,42 +16,16 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from digits_task import TRAIN, VAL, digit_share, digits_agent
 from openai import OpenAI
+from step_log import StepLog
 
 from agl.core.agent import rollout
 from agl.core.store.base import LightningStore
 from agl.core.types import LLM, ProxyLLM
-from agl.trainer import Trainer, hookimpl
+from agl.trainer import Trainer
 from agl.trainer.algorithms.grpo import GRPO
 from agl.trainer.testing import build_tiny_model
-
-PROMPTS = ["Say something.", "Hello!", "What is the capital of France?", "Two plus two?"]
-TRAIN = [{"prompt": p} for p in PROMPTS]
-VAL = [{"prompt": p} for p in PROMPTS for _ in range(6)]
-
-
-def digit_share(text: str) -> float:
-    chars = [c for c in text if not c.isspace()]
-    return sum(c.isdigit() for c in chars) / len(chars) if chars else 0.0
-
-
-@rollout
-def digits_agent(task: dict[str, Any], llm: LLM) -> float:
-    """An ordinary OpenAI-client agent: it only reads its base URL and sampling parameters."""
-    client = OpenAI(base_url=llm.endpoint, api_key=llm.api_key or "unused", max_retries=0)
-    reply = client.chat.completions.create(
-        model=llm.model, messages=[{"role": "user", "content": task["prompt"]}], **llm.sampling_parameters
-    )
-    return digit_share(reply.choices[0].message.content or "")
-
-
-class Steps:
-    def __init__(self) -> None:
-        self.seen: list[tuple[int, dict[str, float]]] = []
-
-    @hookimpl
-    def agl_step_end(self, step: int, metrics: dict[str, float]) -> None:
-        self.seen.append((step, metrics))
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +55,7 @@ async def test_grpo_raises_validation_reward_training_on_the_engine_token_ids(
     monkeypatch.setattr(TransformersEngine, "generate", recording_generate)
     monkeypatch.setattr(batches, "build_batch", recording_build_batch)
 
-    steps = Steps()
+    steps = StepLog()
     options = {
         "model": str(tiny_model),
         "n": 8,
@@ -153,7 +127,7 @@ async def test_grpo_with_lora_kl_and_two_calls_per_rollout_weighs_rollouts_equal
         return built[-1]
 
     monkeypatch.setattr(batches, "build_batch", recording_build_batch)
-    steps = Steps()
+    steps = StepLog()
     options = {
         "model": str(tiny_model),
         "n": 4,
@@ -204,7 +178,7 @@ async def test_grpo_through_a_model_server_pushes_the_weights_after_every_step(
         pushed.append(Path(folder))
 
     monkeypatch.setattr(EmbeddedModelServer, "load_weights", recording_load)
-    steps = Steps()
+    steps = StepLog()
     options = {
         "model": str(tiny_model),
         "model_server": "transformers",
@@ -246,7 +220,7 @@ async def test_grpo_takes_no_step_when_every_group_ties(
     import torch
     from transformers import AutoModelForCausalLM
 
-    steps = Steps()
+    steps = StepLog()
     options = {"model": str(tiny_model), "n": 2, "tasks_per_step": 1, "steps": 2, "lr": 1e-2, "max_tokens": 4}
     options["checkpoint_dir"] = str(tmp_path / "final")
     trainer = Trainer("grpo", store=store, n_runners=2, plugins=[steps], algorithm_options=options)

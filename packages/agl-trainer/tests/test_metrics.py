@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 from rich.console import Console
+from step_log import StepLog
 
 from agl.core.agent import rollout
 from agl.core.store.base import LightningStore
-from agl.trainer import Algorithm, AlgorithmContext, Trainer, hookimpl
+from agl.trainer import Algorithm, AlgorithmContext, Trainer
 from agl.trainer.progress import ProgressDisplay
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -37,15 +38,6 @@ class ThreeSteps(Algorithm):
                 rewards = [await context.reward(r) or 0.0 for r in rollouts]
                 metrics[f"{mode}/reward_mean"] = sum(rewards) / len(rewards) + step
             context.log_step(step, metrics)
-
-
-class StepRecorder:
-    def __init__(self) -> None:
-        self.steps: list[tuple[int, dict[str, float]]] = []
-
-    @hookimpl
-    def agl_step_end(self, step: int, metrics: dict[str, float]) -> None:
-        self.steps.append((step, metrics))
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -73,16 +65,16 @@ async def test_baseline_writes_its_step_and_a_reward_chart(store: LightningStore
 async def test_a_plugin_sees_the_steps_in_order_as_metrics_jsonl_has_them(
     store: LightningStore, tmp_path: Path
 ) -> None:
-    recorder = StepRecorder()
+    recorder = StepLog()
     trainer = Trainer(ThreeSteps(), store=store, plugins=[recorder], output_dir=tmp_path)
     await trainer.fit_async(reward_is_x, [{"x": 1}, {"x": 0}], [{"x": 0.25}])
-    assert recorder.steps == [
+    assert recorder.seen == [
         (0, {"train/reward_mean": 0.5, "val/reward_mean": 0.25}),
         (1, {"train/reward_mean": 1.5, "val/reward_mean": 1.25}),
         (2, {"train/reward_mean": 2.5, "val/reward_mean": 2.25}),
     ]
     written = read_metrics(tmp_path / "metrics.jsonl")
-    assert [(r["step"], {k: v for k, v in r.items() if k.endswith("reward_mean")}) for r in written] == recorder.steps
+    assert [(r["step"], {k: v for k, v in r.items() if k.endswith("reward_mean")}) for r in written] == recorder.seen
     assert (tmp_path / "reward.png").read_bytes().startswith(PNG_SIGNATURE)
     assert trainer.plugins.get_plugins() >= {recorder}  # the built-in observer was for this fit only
     assert not any(type(p).__name__ == "MetricsWriter" for p in trainer.plugins.get_plugins())

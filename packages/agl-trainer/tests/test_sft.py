@@ -1,5 +1,5 @@
 """The built-in ``sft`` end to end on a tiny random model: rejection sampling, training, the new
-checkpoint served to the next rollouts. The toy task is `test_grpo`'s (the share of digits).
+checkpoint served to the next rollouts. The toy task is `digits_task`'s (the share of digits).
 
 Validation reward after two rounds went 0.024 → 0.17, 0.012 → 0.24 and 0.014 → 0.36 on seeds 0, 1
 and 2 (model and trainer seed); the test fixes seed 0."""
@@ -14,38 +14,14 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from openai import OpenAI
 
-from agl.core.agent import rollout
+from digits_task import TRAIN, VAL, digits_agent
+from step_log import StepLog
+
 from agl.core.store.base import LightningStore
-from agl.core.types import LLM
-from agl.trainer import Trainer, hookimpl
+from agl.trainer import Trainer
 from agl.trainer.algorithms.sft import SFT
 from agl.trainer.testing import build_tiny_model
-
-PROMPTS = ["Say something.", "Hello!", "What is the capital of France?", "Two plus two?"]
-TRAIN = [{"prompt": p} for p in PROMPTS]
-VAL = [{"prompt": p} for p in PROMPTS for _ in range(6)]
-
-
-@rollout
-def digits_agent(task: dict[str, Any], llm: LLM) -> float:
-    """Reward: the share of digits among the answer's non-space characters."""
-    client = OpenAI(base_url=llm.endpoint, api_key=llm.api_key or "unused", max_retries=0)
-    reply = client.chat.completions.create(
-        model=llm.model, messages=[{"role": "user", "content": task["prompt"]}], **llm.sampling_parameters
-    )
-    chars = [c for c in reply.choices[0].message.content or "" if not c.isspace()]
-    return sum(c.isdigit() for c in chars) / len(chars) if chars else 0.0
-
-
-class Steps:
-    def __init__(self) -> None:
-        self.seen: list[tuple[int, dict[str, float]]] = []
-
-    @hookimpl
-    def agl_step_end(self, step: int, metrics: dict[str, float]) -> None:
-        self.seen.append((step, metrics))
 
 
 def logprobs_under(folder: Path, prompt: list[int], response: list[int]) -> list[float]:
@@ -83,7 +59,7 @@ async def test_sft_trains_on_the_best_rollouts_and_serves_each_new_checkpoint(
     monkeypatch.setattr(TransformersEngine, "generate", recording_generate)
     monkeypatch.setattr(TransformersEngine, "load_weights_sync", recording_load)
 
-    steps = Steps()
+    steps = StepLog()
     options = {
         "model": str(initial),
         "rounds": 2,
