@@ -100,32 +100,28 @@ class CallRecord:
     # --- the reply ------------------------------------------------------------------------
     def add_reply(self, data: dict[str, Any]) -> None:
         """A whole (non-streamed) reply."""
+        self._add(data, streamed=False)
+
+    def add_chunk(self, data: dict[str, Any]) -> None:
+        """One streamed chunk: deltas, each chunk's own token ids and logprobs."""
+        self._add(data, streamed=True)
+
+    def _add(self, data: dict[str, Any], *, streamed: bool) -> None:
         self._add_head(data)
         for position, choice in enumerate(data.get("choices") or ()):
             if not isinstance(choice, dict):
                 continue
             draft = self.choices.setdefault(_index(choice, position), _Choice())
-            if self.endpoint == "chat":
+            if self.endpoint == "chat" and streamed:
+                delta = choice.get("delta")
+                if isinstance(delta, dict):
+                    draft.add_delta(delta)
+            elif self.endpoint == "chat":
                 message = choice.get("message") or {}
                 draft.add_delta({key: value for key, value in message.items() if key != "tool_calls"})
                 for index, call in enumerate(message.get("tool_calls") or ()):
                     if isinstance(call, dict):
                         draft.add_delta({"tool_calls": [{**call, "index": index}]})
-            elif isinstance(choice.get("text"), str):
-                draft.content.append(choice["text"])
-            self._add_ids_and_finish(draft, choice)
-
-    def add_chunk(self, data: dict[str, Any]) -> None:
-        """One streamed chunk: deltas, each chunk's own token ids and logprobs."""
-        self._add_head(data)
-        for position, choice in enumerate(data.get("choices") or ()):
-            if not isinstance(choice, dict):
-                continue
-            draft = self.choices.setdefault(_index(choice, position), _Choice())
-            if self.endpoint == "chat":
-                delta = choice.get("delta")
-                if isinstance(delta, dict):
-                    draft.add_delta(delta)
             elif isinstance(choice.get("text"), str):
                 draft.content.append(choice["text"])
             self._add_ids_and_finish(draft, choice)
