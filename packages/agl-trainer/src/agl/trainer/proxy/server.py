@@ -7,7 +7,6 @@ port is known at once (``port=0`` picks a free one); `start` returns when the ap
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import socket
 import threading
@@ -18,6 +17,7 @@ from typing import Any
 import uvicorn
 
 from agl.core.errors import AglError
+from agl.core.server.settings import is_loopback
 from agl.core.store.base import LightningStore
 from agl.core.types.resources import ProxyLLM
 from agl.trainer.proxy.app import MAX_BODY_BYTES, create_proxy_app
@@ -25,15 +25,6 @@ from agl.trainer.proxy.forward import DEFAULT_RETRY, DEFAULT_TIMEOUT, RetryPolic
 from agl.trainer.proxy.routing import Upstreams
 
 START_TIMEOUT = 30.0
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 class LlmProxy:
