@@ -20,7 +20,7 @@ import wrapt
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from agl.core.tracing.chat import REASONING_KEYS, ChoiceDraft, request_parameters
+from agl.core.tracing.chat import CHAT_PARAMETERS, REASONING_KEYS, ChoiceDraft, request_parameters
 from agl.core.tracing.llm import LlmCall, start_llm_call
 
 logger = logging.getLogger("agl.instrument.openai")
@@ -128,17 +128,8 @@ def _assistant_message(message: Any) -> dict[str, Any]:
 class _ChatApi:
     """``chat.completions.create`` and ``.parse`` (``.stream()`` goes through ``create``)."""
 
-    parameters = {
-        "temperature": "temperature",
-        "top_p": "top_p",
-        "max_completion_tokens": "max_tokens",
-        "max_tokens": "max_tokens",
-        "seed": "seed",
-        "stop": "stop_sequences",
-        "frequency_penalty": "frequency_penalty",
-        "presence_penalty": "presence_penalty",
-        "n": "choice.count",
-    }
+    # top_k is no argument of the SDK's create: it comes in extra_body (see `_parameters`)
+    parameters = {argument: name for argument, name in CHAT_PARAMETERS.items() if argument != "top_k"}
 
     def prepare(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         return _materialized(kwargs, ("messages", "tools"))
