@@ -15,6 +15,19 @@ PROMPT = [{"role": "user", "content": "hi"}]
 ANSWER = [{"role": "assistant", "content": "hello"}]
 
 
+def span(sequence_id: int, name: str, attributes: dict[str, Any]) -> Span:
+    """A span of the one rollout and attempt these tests use, with its ``sequence_id`` as span id."""
+    return Span(
+        rollout_id="ro-1",
+        attempt_id="at-1",
+        sequence_id=sequence_id,
+        trace_id="1" * 32,
+        span_id=f"{sequence_id:016x}",
+        name=name,
+        attributes=attributes,
+    )
+
+
 def record(
     sequence_id: int,
     response_id: str | None,
@@ -35,28 +48,12 @@ def record(
         attributes[semconv.RESPONSE_LOGPROBS] = [-0.5] * len(ids[1])
     if agent is not None:
         attributes[semconv.AGENT_NAME] = agent
-    return Span(
-        rollout_id="ro-1",
-        attempt_id="at-1",
-        sequence_id=sequence_id,
-        trace_id="1" * 32,
-        span_id=f"{sequence_id:016x}",
-        name="chat tiny",
-        attributes=attributes,
-    )
+    return span(sequence_id, "chat tiny", attributes)
 
 
 def reward(sequence_id: int, value: float) -> Span:
     attributes = {semconv.SPAN_KIND: "reward", semconv.REWARD: value}
-    return Span(
-        rollout_id="ro-1",
-        attempt_id="at-1",
-        sequence_id=sequence_id,
-        trace_id="1" * 32,
-        span_id=f"{sequence_id:016x}",
-        name="agl.reward",
-        attributes=attributes,
-    )
+    return span(sequence_id, "agl.reward", attributes)
 
 
 def test_the_record_with_token_ids_is_kept_once() -> None:
