@@ -4,7 +4,7 @@ but Python 3.11 and pip:
 
     python3 dev.py demo     agl's main job, end to end, on the embedded defaults
     python3 dev.py test     every check CI runs: lint, format, the whole test suite
-    python3 dev.py bench    the benchmarks recorded in docs/benchmarks.md
+    python3 dev.py bench    agl side by side with its peers, one report (docs/benchmarks.md)
 
 Every package under packages/ is installed editable, with whichever of its extras ``server``,
 ``test`` and ``instruments`` it has, into the ``main`` environment (./.venv) — unless its
@@ -138,7 +138,15 @@ def test() -> None:
 
 
 def bench() -> None:
-    run(main_python(), "benchmarks/store_bench.py", *sys.argv[2:])
+    """benchmarks/peers.py in agl's environment, every environment it runs scripts in made first (the
+    anchor's, Agent Lightning 0.3.0 in ./.venvs/anchor, is made by benchmarks/compare_stores.py)."""
+    envs = environments()
+    python = ensure("main", envs["main"])
+    for name, own in envs.items():
+        if name != "main" and own:
+            ensure(name, own)
+    os.environ["AGL_BENCH_COMMAND"] = " ".join(["python3 dev.py bench", *sys.argv[2:]])
+    run(python, "benchmarks/peers.py", *sys.argv[2:])
 
 
 COMMANDS = {"demo": demo, "test": test, "bench": bench}

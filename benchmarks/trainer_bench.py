@@ -1,6 +1,6 @@
 """Rollouts per second through the trainer on a no-LLM agent: agl against Agent Lightning 0.3.0.
 
-    python benchmarks/trainer_bench.py [--rollouts 40] [--runners 1,4,8] [--runs 3]
+    python benchmarks/trainer_bench.py [--rollouts 40] [--runners 1,4,8] [--runs 3] [--json]
 
 Both trainers run their ``baseline`` algorithm over the same tasks with the same agent (a class
 agent that returns a reward at once), with their default settings (the anchor's: its client-server
@@ -71,8 +71,14 @@ def fresh_sqlite(folder: str) -> str:
 
 
 def measure(run: Any, n: int, runs: int) -> dict[str, float]:
+    """Seconds per fit (median) and rollouts/s: median, and min / max over the runs."""
     seconds = [run() for _ in range(runs)]
-    return {"median_s": statistics.median(seconds), "rollouts_per_s": n / statistics.median(seconds)}
+    return {
+        "median_s": statistics.median(seconds),
+        "rollouts_per_s": n / statistics.median(seconds),
+        "min_rollouts_per_s": n / max(seconds),
+        "max_rollouts_per_s": n / min(seconds),
+    }
 
 
 def main() -> None:
@@ -82,6 +88,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--anchor-polling-interval", type=float, default=5.0, help="its baseline's; 5 s by default")
     parser.add_argument("--anchor", action="store_true", help="measure Agent Lightning (run in its venv)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object: side -> runners -> figures")
     args = parser.parse_args()
     counts = [int(c) for c in args.runners.split(",")]
     n, runs = args.rollouts, args.runs
@@ -105,16 +112,21 @@ def main() -> None:
         cwd=tempfile.gettempdir(),  # it writes agentops.log into its working directory
     )
     anchor = {int(k): v for k, v in json.loads(anchor_run.stdout.strip().splitlines()[-1]).items()}
+    report: dict[str, dict[int, dict[str, float]]] = {"anchor": anchor, "agl sqlite": {}, "agl memory": {}}
     with tempfile.TemporaryDirectory() as folder:
         for k in counts:
-            sqlite = measure(lambda k=k: agl_seconds(n, k, fresh_sqlite(folder)), n, runs)
-            memory = measure(lambda k=k: agl_seconds(n, k, "memory://"), n, runs)
+            sqlite = report["agl sqlite"][k] = measure(lambda k=k: agl_seconds(n, k, fresh_sqlite(folder)), n, runs)
+            memory = report["agl memory"][k] = measure(lambda k=k: agl_seconds(n, k, "memory://"), n, runs)
+            if args.json:
+                continue
             base = anchor[k]["rollouts_per_s"]
             print(
                 f"{k} runner(s), {n} rollouts: anchor {base:8.1f}/s | agl sqlite {sqlite['rollouts_per_s']:8.1f}/s"
                 f" ({sqlite['rollouts_per_s'] / base:5.1f}x) | agl memory {memory['rollouts_per_s']:8.1f}/s"
                 f" ({memory['rollouts_per_s'] / base:5.1f}x)"
             )
+    if args.json:
+        print(json.dumps(report))
 
 
 if __name__ == "__main__":
