@@ -100,3 +100,39 @@ def test_train_reports_bad_runner_settings_in_one_line(
     result = cli.invoke(app, [*args, "--output-dir", str(tmp_path / "run"), *extra])
     assert result.exit_code == 1, result.output
     assert "error:" in result.output and message in result.output and "Traceback" not in result.output
+
+
+def test_train_takes_its_settings_from_a_config_file_and_flags_override_it(
+    cli: CliRunner, tmp_path: Path, tracing: None
+) -> None:
+    folder = tmp_path / "job"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text('{"x": 1}\n{"x": 2}\n')
+    (folder / "train.toml").write_text(
+        'algorithm = "baseline"\nagent = "agents_for_runner_tests:double"\ndataset = "train.jsonl"\n'
+        'store = "memory://"\nrunner_mode = "threads"\nrunners = 2\noutput_dir = "run"\n'
+        "[runner_options]\nmax_concurrency = 2\n"
+    )
+    result = cli.invoke(app, ["train", str(folder / "train.toml")])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["train/reward_mean"] == 3.0  # double(x) over x = 1, 2
+    assert (folder / "run" / "metrics.jsonl").is_file()  # paths relative to the file
+
+    overridden = cli.invoke(app, ["train", str(folder / "train.toml"), "--runner-mode", "nope"])
+    assert overridden.exit_code == 1 and "unknown runner mode 'nope'" in overridden.output
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('algorithm = "baseline"\nlearning_rate = 1\n', "unknown setting 'learning_rate'"),
+        ('algorithm = "baseline"\nrunners = "two"\n', "runners must be of type int"),
+        ("algorithm = \n", "not TOML"),
+        ('agent = "agents_for_runner_tests:double"\n', "--algorithm and --dataset are required"),
+    ],
+)
+def test_train_reports_a_bad_config_file_in_one_line(cli: CliRunner, tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "train.toml").write_text(text)
+    result = cli.invoke(app, ["train", str(tmp_path / "train.toml")])
+    assert result.exit_code == 1, result.output
+    assert "error:" in result.output and message in result.output and "Traceback" not in result.output

@@ -6,6 +6,7 @@ import asyncio
 import json
 import shlex
 import sys
+import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -68,8 +69,16 @@ def algorithms(json_output: JsonOutput = False) -> None:
 
 
 def train(
-    algorithm: Annotated[str, typer.Option(help="Name of an installed algorithm (see `agl algorithms`).")],
-    dataset: Annotated[Path, typer.Option(help="Training tasks: a JSON lines file, one task input per line.")],
+    config: Annotated[
+        Path | None,
+        typer.Argument(help="A TOML file of these settings (keys as the flags, with _); flags given override it."),
+    ] = None,
+    algorithm: Annotated[
+        str | None, typer.Option(help="Name of an installed algorithm (see `agl algorithms`).")
+    ] = None,
+    dataset: Annotated[
+        Path | None, typer.Option(help="Training tasks: a JSON lines file, one task input per line.")
+    ] = None,
     agent: Annotated[
         str | None,
         typer.Option(help="The agent, as module:attribute (a LitAgent or @rollout function); not with a --command."),
@@ -81,10 +90,10 @@ def train(
     option: Annotated[
         list[str] | None, typer.Option(help="An algorithm option KEY=JSON (repeatable), e.g. variants='[...]'.")
     ] = None,
-    runners: Annotated[int, typer.Option(help="How many runners.", min=1)] = 1,
+    runners: Annotated[int | None, typer.Option(help="How many runners [default: 1].", min=1)] = None,
     runner_mode: Annotated[
-        str, typer.Option(help=f"Where runners run: {', '.join(MODES)} (see agl.trainer.runners).")
-    ] = DEFAULT_MODE,
+        str | None, typer.Option(help=f"Where runners run: {', '.join(MODES)} [default: {DEFAULT_MODE}].")
+    ] = None,
     runner_option: Annotated[
         list[str] | None,
         typer.Option(help="An option of the runner mode KEY=JSON (repeatable), e.g. heartbeat_seconds=1."),
@@ -106,13 +115,29 @@ def train(
 ) -> None:
     """Train an agent on a dataset with an installed algorithm; prints the algorithm's result.
 
-    Shows finished rollouts and steps on stderr when it is a terminal.
+    Settings come from the flags, or from a TOML file CONFIG whose keys are the flags' names
+    (``runner_mode``, ...; ``options`` and ``runner_options`` as tables; paths relative to the
+    file). Shows finished rollouts and steps on stderr when it is a terminal.
     """
     try:
+        file = _read_config(config) if config is not None else {}
+        algorithm = algorithm or file.get("algorithm")
+        dataset = dataset or file.get("dataset")
+        if algorithm is None or dataset is None:
+            raise ValueError("--algorithm and --dataset are required (as flags or in the config file)")
+        agent = agent or file.get("agent")
+        val = val or file.get("val")
+        resources = resources or file.get("resources")
+        runners = runners or file.get("runners", 1)
+        runner_mode = runner_mode or file.get("runner_mode", DEFAULT_MODE)
+        command = command or file.get("command")
+        reward = reward or file.get("reward")
+        store = store or file.get("store")
+        output_dir = output_dir or file.get("output_dir")
         if command is not None:
             runner_mode = "command"
         check_mode(runner_mode)
-        runner_options = dict(parse_option(text) for text in runner_option or [])
+        runner_options = {**file.get("runner_options", {}), **dict(parse_option(text) for text in runner_option or [])}
         if runner_mode == "command":
             if command is None or agent is not None:
                 raise ValueError("--runner-mode command takes a --command (and a --reward), not an --agent")
@@ -124,7 +149,7 @@ def train(
         train_tasks = _read_jsonl(dataset)
         val_tasks = _read_jsonl(val) if val is not None else None
         initial = _read_resources(resources) if resources is not None else None
-        options = dict(parse_option(text) for text in option or [])
+        options = {**file.get("options", {}), **dict(parse_option(text) for text in option or [])}
         backend = open_store(store)
         run_dir = output_dir or RUNS_DIR / datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         trainer = Trainer(
@@ -154,6 +179,44 @@ def train(
         raise typer.Exit(1) from None
     typer.echo(f"metrics: {run_dir / METRICS_FILE}", err=True)
     print_json(_jsonable(result))
+
+
+CONFIG_KEYS = {
+    "algorithm": str,
+    "dataset": Path,
+    "agent": str,
+    "val": Path,
+    "resources": Path,
+    "options": dict,
+    "runners": int,
+    "runner_mode": str,
+    "runner_options": dict,
+    "command": str,
+    "reward": str,
+    "store": str,
+    "output_dir": Path,
+}
+"""What an `agl train` config file may say, and the type of each value (paths are strings there)."""
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """The settings of a TOML config file, paths made relative to its folder; unknown keys and
+    wrong types are refused by name."""
+    try:
+        settings = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise ValueError(f"{path}: not TOML: {error}") from None
+    checked: dict[str, Any] = {}
+    for key, value in settings.items():
+        kind = CONFIG_KEYS.get(key)
+        if kind is None:
+            raise ValueError(f"{path}: unknown setting {key!r} (known: {', '.join(CONFIG_KEYS)})")
+        wanted = str if kind is Path else kind
+        if not isinstance(value, wanted) or isinstance(value, bool):
+            expected = "a path string" if kind is Path else f"of type {wanted.__name__}"
+            raise ValueError(f"{path}: {key} must be {expected}")
+        checked[key] = path.parent / value if kind is Path else value
+    return checked
 
 
 def _read_jsonl(path: Path) -> list[Any]:
