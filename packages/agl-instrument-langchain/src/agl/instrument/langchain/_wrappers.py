@@ -576,6 +576,30 @@ def _tool_scope(tool: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> 
     return _start_span(f"{semconv.EXECUTE_TOOL} {name}", attributes)
 
 
+ScopeOf = Callable[[Any, tuple[Any, ...], Mapping[str, Any]], _Scope | None]
+
+
+def _scoped_wrappers(
+    scope_of: ScopeOf, record: Callable[[Span, Any], None] | None = None
+) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """The sync and async wrappers of a method whose call is one span: ``scope_of(instance, args,
+    kwargs)`` opens it (None: no span), ``record(span, result)`` adds the result before it ends."""
+
+    def sync(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if not _config.active:
+            return wrapped(*args, **kwargs)
+        return _run_in(scope_of(instance, args, kwargs), wrapped, args, kwargs, record)
+
+    async def asynchronous(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        if not _config.active:
+            return await wrapped(*args, **kwargs)
+        return await _arun_in(scope_of(instance, args, kwargs), wrapped, args, kwargs, record)
+
+    return sync, asynchronous
+
+
 def _record_tool_result(span: Span, result: Any) -> None:
     content = getattr(result, "content", result) if type(result).__name__ in ("ToolMessage", "Command") else result
     span.set_attribute(semconv.TOOL_CALL_RESULT, _json(content))
@@ -583,16 +607,7 @@ def _record_tool_result(span: Span, result: Any) -> None:
         span.set_status(Status(StatusCode.ERROR, _json(content)[:200]))
 
 
-def _tool(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    if not _config.active:
-        return wrapped(*args, **kwargs)
-    return _run_in(_tool_scope(instance, args, kwargs), wrapped, args, kwargs, _record_tool_result)
-
-
-async def _atool(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    if not _config.active:
-        return await wrapped(*args, **kwargs)
-    return await _arun_in(_tool_scope(instance, args, kwargs), wrapped, args, kwargs, _record_tool_result)
+_tool, _atool = _scoped_wrappers(_tool_scope, _record_tool_result)
 
 
 RETRIEVE = "retrieve"
@@ -615,16 +630,7 @@ def _record_documents(span: Span, documents: Any) -> None:
     span.set_attribute(semconv.OPERATION_OUTPUT, _json(found))
 
 
-def _retriever(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    if not _config.active:
-        return wrapped(*args, **kwargs)
-    return _run_in(_retriever_scope(instance, args, kwargs), wrapped, args, kwargs, _record_documents)
-
-
-async def _aretriever(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    if not _config.active:
-        return await wrapped(*args, **kwargs)
-    return await _arun_in(_retriever_scope(instance, args, kwargs), wrapped, args, kwargs, _record_documents)
+_retriever, _aretriever = _scoped_wrappers(_retriever_scope, _record_documents)
 
 
 CHAIN = "chain"
@@ -641,16 +647,7 @@ def _chain_scope(chain: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -
     return _start_span(f"{CHAIN} {name}", {semconv.OPERATION_NAME: CHAIN})
 
 
-def _chain(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    if not _config.active:
-        return wrapped(*args, **kwargs)
-    return _run_in(_chain_scope(instance, args, kwargs), wrapped, args, kwargs)
-
-
-async def _achain(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    if not _config.active:
-        return await wrapped(*args, **kwargs)
-    return await _arun_in(_chain_scope(instance, args, kwargs), wrapped, args, kwargs)
+_chain, _achain = _scoped_wrappers(_chain_scope)
 
 
 # --- LangGraph ------------------------------------------------------------------------------
@@ -718,7 +715,8 @@ def _node_agent(task: Any) -> str | None:
     return name
 
 
-def _node_scope(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> _Scope | None:
+def _node_scope(function: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> _Scope | None:
+    """``run_with_retry(task, ...)``: "invoke_agent {agent}" for a node that stands for an agent."""
     try:
         task = args[0] if args else kwargs["task"]
         agent = _node_agent(task)
@@ -736,16 +734,7 @@ def _node_scope(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> _Scope | No
     return _start_span(f"{semconv.INVOKE_AGENT} {agent}", attributes, agent=agent)
 
 
-def _node(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    if not _config.active:
-        return wrapped(*args, **kwargs)
-    return _run_in(_node_scope(args, kwargs), wrapped, args, kwargs)
-
-
-async def _anode(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    if not _config.active:
-        return await wrapped(*args, **kwargs)
-    return await _arun_in(_node_scope(args, kwargs), wrapped, args, kwargs)
+_node, _anode = _scoped_wrappers(_node_scope)
 
 
 # --- the patches ----------------------------------------------------------------------------
