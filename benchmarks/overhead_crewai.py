@@ -13,9 +13,10 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from pathlib import Path
 
 os.environ.setdefault("CREWAI_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("CREWAI_DISABLE_TRACKING", "true")
@@ -23,8 +24,6 @@ os.environ.setdefault("CREWAI_TRACING_ENABLED", "false")
 os.environ.setdefault("CREWAI_TESTING", "true")
 
 from crewai import Agent, Crew, Task
-from crewai.llms.base_llm import BaseLLM
-from crewai.tools import tool
 from openinference.instrumentation.crewai import CrewAIInstrumentor as OpenInferenceCrewAI
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
@@ -33,21 +32,8 @@ from agl.core.tracing.context import ActiveRollout
 from agl.core.tracing.processor import RolloutSpanProcessor
 from agl.instrument.crewai import CrewAIInstrumentor
 
-
-class ScriptedLLM(BaseLLM):
-    script: list[str]
-
-    def call(self, messages: Any, *args: Any, **kwargs: Any) -> str:
-        return self.script.pop(0)
-
-    def supports_function_calling(self) -> bool:
-        return False
-
-
-@tool("add")
-def add(a: int, b: int) -> int:
-    """Add two numbers."""
-    return a + b
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+from crewai_agent import ScriptedLLM, add  # the example's offline model and tool: the same crew
 
 
 class Dropping(SpanExporter):
