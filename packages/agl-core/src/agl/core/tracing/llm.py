@@ -73,13 +73,14 @@ class LlmCall:
     def record(self, attributes: Mapping[str, Any]) -> None:
         """Set attributes (None values skipped; lists of dicts stored as JSON). A layer that joined
         another's span only fills in what is missing, plus what only the wire knows."""
-        present = getattr(self.span, "attributes", None) or {}
-        for key, value in attributes.items():
-            if value is None:
-                continue
-            if not self.owner and key in present and key not in _FROM_THE_WIRE:
-                continue
-            self.span.set_attribute(key, _attribute_value(value))
+        present = {} if self.owner else getattr(self.span, "attributes", None) or {}
+        self.span.set_attributes(
+            {
+                key: _attribute_value(value)
+                for key, value in attributes.items()
+                if value is not None and (key not in present or key in _FROM_THE_WIRE)
+            }
+        )
 
     def record_request(
         self,

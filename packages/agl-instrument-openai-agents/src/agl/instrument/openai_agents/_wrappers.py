@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import json
 import sys
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -65,7 +66,17 @@ def _sdk_delivers(instance: Any) -> bool:
     instrumentor replaces every registered processor with its own by default, and a user may call
     ``set_trace_processors``; the start and finish hooks then deliver them, so agl keeps recording."""
     registered = getattr(getattr(instance, "_processor", None), "_processors", None)
-    return registered is None or any(p is _config.processor for p in registered)
+    if registered is None:
+        return True
+    seen, delivers = _delivery
+    if registered is not seen:  # the SDK replaces the tuple when its processors change
+        delivers = any(p is _config.processor for p in registered)
+        _delivery[:] = [registered, delivers]
+    return bool(delivers)
+
+
+_delivery: list[Any] = [None, True]
+"""The SDK's last seen tuple of processors, and whether ours is among them (asked on every span)."""
 
 
 def _start_wrapper(key: str) -> Callable[..., Any]:
@@ -159,16 +170,27 @@ _SETTINGS = {
 }
 
 
+_LEAVES = (str, int, float, bool, type(None))
+_SENTINELS = frozenset({"NotGiven", "Omit"})
+
+
 def _plain(value: Any) -> Any:
-    """JSON-ready: pydantic models dumped, iterables as lists, openai's "not given" sentinels dropped."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items() if type(v).__name__ not in ("NotGiven", "Omit")}
+    """JSON-ready: pydantic models dumped, iterables as lists, openai's "not given" sentinels dropped.
+
+    Plain leaves, dicts and lists are tested first, by concrete type: they are nearly all a request
+    holds, and the abstract `Mapping`/`Iterable` checks cost several times more per value."""
+    if isinstance(value, _LEAVES):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items() if type(v).__name__ not in _SENTINELS}
     if isinstance(value, list | tuple):
         return [_plain(item) for item in value]
     dump = getattr(value, "model_dump", None)
     if callable(dump):
         return dump(mode="json", exclude_none=True)
-    if isinstance(value, Iterable) and not isinstance(value, str | bytes):
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items() if type(v).__name__ not in _SENTINELS}
+    if isinstance(value, Iterable) and not isinstance(value, bytes):
         return [_plain(item) for item in value]
     return value
 
@@ -208,6 +230,26 @@ def _request(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
     return found
 
 
+def _json_default(value: Any) -> Any:
+    """What `_json` does with a value the JSON encoder does not know (what `_plain` does, lazily)."""
+    if type(value).__name__ in _SENTINELS:
+        return None
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        return dump(mode="json", exclude_none=True)
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, Iterable) and not isinstance(value, bytes):
+        return list(value)
+    return str(value)
+
+
+def _json(value: Any) -> str:
+    """JSON text of a conversation: the C encoder walks the plain dicts and lists the converter
+    builds, Python sees only the rare pydantic model or iterable (cheaper than `_plain` first)."""
+    return json.dumps(value, ensure_ascii=False, default=_json_default)
+
+
 def _messages(system: str | None, items: Any) -> list[Any]:
     """The conversation in the chat format, as `OpenAIChatCompletionsModel` renders it."""
     from agents.models.chatcmpl_converter import Converter
@@ -215,18 +257,20 @@ def _messages(system: str | None, items: Any) -> list[Any]:
     messages: list[Any] = list(Converter.items_to_messages(items))
     if system:
         messages.insert(0, {"role": "system", "content": system})
-    return _plain(messages)  # type: ignore[no-any-return]
+    return messages
 
 
-_definitions: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
-"""Tool or handoff -> its chat tool definition: an agent sends the same tools on every call."""
+_definitions: dict[int, tuple[weakref.ref[Any], Any]] = {}
+"""id(tool or handoff) -> (a weak reference to it, its chat tool definition): an agent sends the
+same tools on every call. Keyed by id because the SDK's tools are unhashable dataclasses; the
+entry goes when the tool does."""
 
 
 def _definition(tool: Any, handoff: bool) -> Any:
-    try:
-        return _definitions[tool]
-    except (KeyError, TypeError):
-        pass
+    key = id(tool)
+    cached = _definitions.get(key)
+    if cached is not None and cached[0]() is tool:
+        return cached[1]
     from agents.models.chatcmpl_converter import Converter
 
     if handoff:
@@ -237,7 +281,7 @@ def _definition(tool: Any, handoff: bool) -> Any:
         except Exception:  # a hosted tool has no chat-completions form
             definition = {"type": getattr(tool, "type", None) or type(tool).__name__, "name": tool.name}
     with contextlib.suppress(TypeError):  # not weakly referenceable: converted each time
-        _definitions[tool] = definition
+        _definitions[key] = (weakref.ref(tool, lambda _, key=key: _definitions.pop(key, None)), definition)
     return definition
 
 
@@ -254,7 +298,7 @@ def _fill(call: LlmCall, attributes: Mapping[str, Any]) -> None:
 def _record_request(call: LlmCall, request: Mapping[str, Any]) -> None:
     settings = request.get("model_settings")
     attributes: dict[str, Any] = {
-        semconv.INPUT_MESSAGES: _messages(request.get("system_instructions"), request.get("input") or []),
+        semconv.INPUT_MESSAGES: _json(_messages(request.get("system_instructions"), request.get("input") or [])),
         semconv.TOOL_DEFINITIONS: _tool_definitions(request.get("tools"), request.get("handoffs")) or None,
     }
     for name, key in _SETTINGS.items():
@@ -265,14 +309,14 @@ def _record_request(call: LlmCall, request: Mapping[str, Any]) -> None:
 def _record_output(call: LlmCall, items: list[Any], usage: Any, response_id: Any) -> None:
     from agents.models.chatcmpl_converter import Converter
 
-    messages = _plain(Converter.items_to_messages(items)) if items else []
+    messages = Converter.items_to_messages(items) if items else []
     for message in messages:
         message.setdefault("content", None)
     tool_calls = any(message.get("tool_calls") for message in messages)
     _fill(
         call,
         {
-            semconv.OUTPUT_MESSAGES: messages,
+            semconv.OUTPUT_MESSAGES: _json(messages),
             semconv.FINISH_REASONS: ["tool_calls" if tool_calls else "stop"],
             semconv.RESPONSE_ID: response_id if isinstance(response_id, str) else None,
             semconv.USAGE_INPUT_TOKENS: getattr(usage, "input_tokens", None) or None,
@@ -428,6 +472,7 @@ def activate(tracer: trace.Tracer) -> None:
     is not imported here."""
     _config.tracer = tracer
     _config.processor = AglTracingProcessor(tracer)
+    _delivery[:] = [None, True]
     _config.active = True
     modules = [*dict.fromkeys(patch.module for patch in PATCHES), MODEL_MODULE, TRACING_MODULE]
     for module in modules:
