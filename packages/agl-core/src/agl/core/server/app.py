@@ -10,6 +10,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from agl.core.server.auth import TokenAuth, document_bearer_auth
 from agl.core.server.errors import install_error_handlers
+from agl.core.server.fast import FastPath, routes
 from agl.core.server.limits import BodyLimit
 from agl.core.server.metrics import Metrics, MetricsMiddleware
 from agl.core.server.routes import admin, attempts, health, otlp, resources, rollouts, spans, workers
@@ -26,9 +27,10 @@ def without_native_telemetry() -> dict[str, Any]:
     return {}
 
 
-def create_app(settings: ServerSettings, store: LightningStore) -> FastAPI:
+def create_app(settings: ServerSettings, store: LightningStore, *, fast_path: bool = True) -> FastAPI:
     """Routers are built around ``store`` (no per-request dependency lookups). The caller owns
-    the store: it is neither opened nor closed here."""
+    the store: it is neither opened nor closed here. ``fast_path=False`` serves every request
+    through FastAPI (the tests compare both)."""
     app = FastAPI(
         title="agl store",
         version=__version__,
@@ -54,6 +56,8 @@ def create_app(settings: ServerSettings, store: LightningStore) -> FastAPI:
     app.include_router(health.build(store, metrics))
 
     install_error_handlers(app)
+    if fast_path:  # innermost: the token, size limit and metrics below apply to it as to FastAPI
+        app.add_middleware(FastPath, fastapi=app, fast_routes=routes(store, metrics))
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:
         app.add_middleware(

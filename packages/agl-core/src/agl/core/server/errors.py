@@ -47,9 +47,14 @@ def _status_of(error: AglError) -> int:
     return 400
 
 
+def error_response(error: AglError) -> JSONResponse:
+    """A store error as the client sees it (also used by the fast path, so both answer alike)."""
+    return _respond(_status_of(error), error_body(error))
+
+
 async def _agl_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, AglError)
-    return _respond(_status_of(error), error_body(error))
+    return error_response(error)
 
 
 def _describe(error: dict) -> str:
