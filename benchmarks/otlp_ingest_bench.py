@@ -10,6 +10,10 @@ The server runs as its own process (``agl store serve``, SQLite, durable). Bodie
 way OpenTelemetry exporters build them (SDK spans with the workload's 30 LLM attributes, encoded
 by the official OTLP encoder) and posted one after another over one keep-alive connection; the
 clock stops when the last response arrives, i.e. when every span is committed.
+
+The machine may be shared, so each run also reads the CPU time the server process used while it
+ingested (user + system, from ``/proc``; on Linux only): that figure, in µs per span, says what
+the server costs whatever else is running, and 10⁶ / it is the rate one idle core would give.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import http.client
+import os
 import socket
 import statistics
 import subprocess
@@ -77,7 +82,18 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def ingest_once(bodies: list[bytes], batch_size: int, compress: bool) -> float:
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far, or None where /proc is not there."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def ingest_once(bodies: list[bytes], batch_size: int, compress: bool) -> tuple[float, float | None]:
+    """Spans/s, and the server's CPU µs per span (None without /proc)."""
     with tempfile.TemporaryDirectory() as folder:
         port = free_port()
         server = subprocess.Popen(
@@ -88,13 +104,18 @@ def ingest_once(bodies: list[bytes], batch_size: int, compress: bool) -> float:
         try:
             connection = wait_for(port)
             headers = {"content-type": "application/x-protobuf"} | ({"content-encoding": "gzip"} if compress else {})
+            cpu_before = cpu_seconds(server.pid)
             started = time.perf_counter()
             for body in bodies:
                 connection.request("POST", "/v1/traces", body, headers)
                 response = connection.getresponse()
                 response.read()
                 assert response.status == 200, response.status
-            return len(bodies) * batch_size / (time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            cpu_after = cpu_seconds(server.pid)
+            spans = len(bodies) * batch_size
+            cpu = None if cpu_before is None or cpu_after is None else (cpu_after - cpu_before) / spans * 1e6
+            return spans / elapsed, cpu
         finally:
             server.terminate()
             server.wait(timeout=30)
@@ -125,13 +146,16 @@ def main() -> None:
     parser.add_argument("--shape", choices=["llm", "agent"], default="llm", help="span shape (see above)")
     args = parser.parse_args()
     bodies = make_bodies(args.batches, args.batch_size, args.gzip, args.shape)
-    figures = [ingest_once(bodies, args.batch_size, args.gzip) for _ in range(args.runs)]
+    results = [ingest_once(bodies, args.batch_size, args.gzip) for _ in range(args.runs)]
+    figures = [rate for rate, _ in results]
+    cpu = [per_span for _, per_span in results if per_span is not None]
     body_kb = sum(map(len, bodies)) / len(bodies) / 1024
     print(
         f"OTLP ingest into SQLite, {args.shape} spans, {args.batches} batches of {args.batch_size}"
         f" ({body_kb:.0f} KiB each"
         f"{', gzip' if args.gzip else ''}), spans/s min / median / max over {args.runs} runs:"
         f" {min(figures):,.0f} / {statistics.median(figures):,.0f} / {max(figures):,.0f}"
+        + (f"; server CPU per span, median: {statistics.median(cpu):.1f} µs" if cpu else "")
     )
 
 

@@ -107,6 +107,12 @@ def encode_span(span: Span) -> bytes:
         raise InvalidInput(f"span {span.span_id!r} ({span.name!r}) has attributes that are not JSON: {error}") from None
 
 
+def encode_span_document(document: dict[str, Any]) -> bytes:
+    """What `encode_span` gives for the span the document describes (pydantic's serializer writes
+    NaN and infinities as null, as `orjson.dumps` does)."""
+    return to_json(document, inf_nan_mode="null")
+
+
 def coerce_span(span: Span | dict[str, Any]) -> Span:
     if isinstance(span, Span):
         return span
@@ -114,6 +120,10 @@ def coerce_span(span: Span | dict[str, Any]) -> Span:
         return Span.model_validate(span)
     except ValidationError as error:
         raise InvalidInput(describe_validation_error("span", error)) from None
+
+
+def _start_time(span: tuple[dict[str, Any], bytes | None]) -> float:
+    return span[0]["start_time"] or 0.0
 
 
 @dataclass(eq=False)
@@ -202,6 +212,11 @@ class LifecycleStore(LightningStore):
     @abc.abstractmethod
     def _save_spans(self, spans: Sequence[tuple[Span, bytes]]) -> None:
         """Upsert spans, each with its JSON encoding."""
+
+    def _save_span_documents(self, spans: Sequence[tuple[dict[str, Any], bytes]]) -> None:
+        """`_save_spans` for span documents (see `add_observed_span_documents`); a backend that
+        stores only the JSON overrides it to skip building the models."""
+        self._save_spans([(Span.model_validate(document), data) for document, data in spans])
 
     @abc.abstractmethod
     def _get_resources(self, resources_id: str) -> ResourcesUpdate | None: ...
@@ -643,7 +658,9 @@ class LifecycleStore(LightningStore):
             for span in checked:
                 key = (span.rollout_id, span.attempt_id)
                 if key not in attempts:
-                    attempts[key] = self._observed_attempt(span, metadata.get(span.rollout_id, {}), now)
+                    attempts[key] = self._observed_attempt(
+                        span.rollout_id, span.attempt_id, span.start_time, metadata.get(span.rollout_id, {}), now
+                    )
                 if span.sequence_id == 0:
                     span = replace(span, {"sequence_id": self._reserve_span_sequence_id(span.attempt_id)})
                 stored.append((span, self._encode_span(span)))
@@ -657,32 +674,101 @@ class LifecycleStore(LightningStore):
             self._finish_observed_traces([span for span, _ in stored], now)
             return [span for span, _ in stored]
 
-    def _observed_attempt(self, span: Span, metadata: dict[str, Any], now: float) -> Attempt:
+    async def add_observed_span_documents(
+        self,
+        spans: Sequence[tuple[dict[str, Any], bytes | None]],
+        *,
+        new_rollout_metadata: Mapping[str, dict[str, Any]] | None = None,
+        encode: Callable[[dict[str, Any]], bytes] = encode_span_document,
+    ) -> None:
+        """`add_observed_spans` for spans given as documents, without a `Span` model per span.
+
+        The OTLP ingest path (`agl.core.otlp.decode_documents`): for LLM-sized spans, building and
+        serialising the models took longer than decoding the protobuf. Each span is a document,
+        what ``span.model_dump()`` gives for a valid `Span` (same keys in the same order, plain
+        dicts and lists, ids within `Id`'s bounds), and its JSON, ``encode(document)``, or None for
+        the store to encode it. Neither is checked, so ``encode`` must write what `encode_span`
+        would (`orjson.dumps` does, several times faster than the default); a caller that encodes
+        each span as it decodes it finds its strings still in the CPU cache.
+
+        Everything else is as `add_observed_spans`: one transaction, spans in start-time order,
+        ``sequence_id`` 0 replaced by the attempt's next id (in the document, which is then encoded
+        again), ``max_span_bytes`` enforced, observed rollouts created and finished.
+        """
+        ordered = sorted(spans, key=_start_time)
+        metadata = {
+            key: as_json_value(value, "rollout metadata") for key, value in (new_rollout_metadata or {}).items()
+        }
+        with self._write():
+            now = self._clock()
+            attempts: dict[tuple[str, str], Attempt] = {}
+            highest: dict[tuple[str, str], int] = {}
+            stored: list[tuple[dict[str, Any], bytes]] = []
+            for document, data in ordered:
+                rollout_id, attempt_id = document["rollout_id"], document["attempt_id"]
+                key = (rollout_id, attempt_id)
+                if key not in attempts:
+                    attempts[key] = self._observed_attempt(
+                        rollout_id, attempt_id, document["start_time"], metadata.get(rollout_id, {}), now
+                    )
+                sequence_id = document["sequence_id"]
+                if sequence_id == 0:
+                    sequence_id = document["sequence_id"] = self._reserve_span_sequence_id(attempt_id)
+                    data = None
+                if sequence_id > highest.get(key, 0):
+                    highest[key] = sequence_id
+                if data is None:
+                    data = self._encode_document(document, encode)
+                if len(data) > self.max_span_bytes:
+                    raise InvalidInput(
+                        f"span {document['span_id']!r} ({document['name']!r}) is {len(data)} bytes;"
+                        f" the limit is {self.max_span_bytes}"
+                    )
+                stored.append((document, data))
+            self._save_span_documents(stored)
+            for key, max_sequence_id in highest.items():
+                self._note_spans(attempts[key], max_sequence_id, now)
+            # Only root spans can finish a rollout: the few there are become models.
+            roots = [Span.model_validate(document) for document, _ in ordered if document["parent_id"] is None]
+            self._finish_observed_traces(roots, now)
+
+    @staticmethod
+    def _encode_document(document: dict[str, Any], encode: Callable[[dict[str, Any]], bytes]) -> bytes:
+        try:
+            return encode(document)
+        except (TypeError, ValueError, PydanticSerializationError) as error:  # orjson raises a TypeError
+            raise InvalidInput(
+                f"span {document['span_id']!r} ({document['name']!r}) has attributes that are not JSON: {error}"
+            ) from None
+
+    def _observed_attempt(
+        self, rollout_id: str, attempt_id: str, start_time: float | None, metadata: dict[str, Any], now: float
+    ) -> Attempt:
         """The span's attempt, created (with its observed rollout if need be) when missing."""
-        attempt = self._get_attempt(span.attempt_id)
+        attempt = self._get_attempt(attempt_id)
         if attempt is not None:
-            if attempt.rollout_id != span.rollout_id:
-                raise AttemptNotFound(span.attempt_id)
+            if attempt.rollout_id != rollout_id:
+                raise AttemptNotFound(attempt_id)
             return attempt
-        rollout = self._get_rollout(span.rollout_id)
+        rollout = self._get_rollout(rollout_id)
         if rollout is None:
             rollout = Rollout(
-                rollout_id=span.rollout_id,
+                rollout_id=rollout_id,
                 input=None,
                 status="running",
                 metadata={"observed": True, **metadata},
-                start_time=span.start_time or now,
+                start_time=start_time or now,
             )
             self._insert_rollouts([rollout], queued=False)
         elif not rollout.metadata.get("observed"):
-            raise AttemptNotFound(span.attempt_id)  # queued rollouts get attempts only by dequeue/start
+            raise AttemptNotFound(attempt_id)  # queued rollouts get attempts only by dequeue/start
         latest = self._latest_attempt(rollout.rollout_id)
         attempt = Attempt(
             rollout_id=rollout.rollout_id,
-            attempt_id=span.attempt_id,
+            attempt_id=attempt_id,
             sequence_id=latest.sequence_id + 1 if latest else 1,
             status="running",
-            start_time=span.start_time or now,
+            start_time=start_time or now,
             last_heartbeat_time=now,
         )
         self._insert_attempt(attempt)

@@ -46,6 +46,12 @@ _NEXT_QUEUE_SEQ = "(SELECT coalesce(max(queue_seq), 0) + 1 FROM rollouts WHERE q
 
 
 _decode_span = Span.__pydantic_validator__.validate_json
+_UPSERT_SPAN = (
+    "INSERT INTO spans (rollout_id, attempt_id, span_id, sequence_id, name, start_time, end_time, data)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (rollout_id, attempt_id, span_id)"
+    " DO UPDATE SET sequence_id = excluded.sequence_id, name = excluded.name,"
+    " start_time = excluded.start_time, end_time = excluded.end_time, data = excluded.data"
+)
 
 
 def _json_text(value: Any) -> str:
@@ -313,13 +319,29 @@ class SqliteLightningStore(LifecycleStore):
     # --- spans ----------------------------------------------------------------------------
     def _save_spans(self, spans: Sequence[tuple[Span, bytes]]) -> None:
         self._conn.executemany(
-            "INSERT INTO spans (rollout_id, attempt_id, span_id, sequence_id, name, start_time, end_time, data)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (rollout_id, attempt_id, span_id)"
-            " DO UPDATE SET sequence_id = excluded.sequence_id, name = excluded.name,"
-            " start_time = excluded.start_time, end_time = excluded.end_time, data = excluded.data",
+            _UPSERT_SPAN,
             [
                 (s.rollout_id, s.attempt_id, s.span_id, s.sequence_id, s.name, s.start_time, s.end_time, data)
                 for s, data in spans
+            ],
+        )
+
+    def _save_span_documents(self, spans: Sequence[tuple[dict[str, Any], bytes]]) -> None:
+        """Rows straight from the documents: no `Span` model is built (the OTLP ingest path)."""
+        self._conn.executemany(
+            _UPSERT_SPAN,
+            [
+                (
+                    d["rollout_id"],
+                    d["attempt_id"],
+                    d["span_id"],
+                    d["sequence_id"],
+                    d["name"],
+                    d["start_time"],
+                    d["end_time"],
+                    data,
+                )
+                for d, data in spans
             ],
         )
 

@@ -3,33 +3,42 @@
 Each span is filed as `agl.core.tracing.identity.file_span` says: under its
 ``agl.rollout.id``/``agl.attempt.id``, else under a per-trace observed rollout that ends when the
 trace's root span arrives. One request is one transaction.
+
+Spans travel as documents, not `Span` models: `decode_documents` builds the dict that
+``Span.model_dump()`` would give, this route fills in the rollout, attempt and sequence ids and
+serialises it with ``orjson`` as soon as the span is decoded (its strings still in the CPU
+cache), and a `LifecycleStore` (SQLite, memory) stores that JSON. For LLM-sized spans the models
+(validation, then pydantic's serializer) cost more than decoding the protobuf; the JSON stored is
+byte for byte the same (``tests/test_otlp_documents.py``). Any other store gets models.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from agl.core.otlp import (
     OtlpBodyTooLarge,
     OtlpDecodeError,
-    OtlpSpan,
     OtlpUnsupportedMediaType,
-    decode_traces,
+    decode_documents,
     decompress,
-    span_resource,
-    to_span,
 )
 from agl.core.server.metrics import Metrics
 from agl.core.server.settings import ServerSettings
 from agl.core.store.base import LightningStore
+from agl.core.store.lifecycle import LifecycleStore
 from agl.core.store.wire import error_body
 from agl.core.tracing.identity import file_span
-from agl.core.types import Span, SpanResource
+from agl.core.types import Span
 
 PROTOBUF = "application/x-protobuf"
+MAX_ID_LENGTH = 256
+"""`agl.core.types.fields.Id`'s bound, checked here because documents skip the model's validation."""
 
 
 def build(store: LightningStore, metrics: Metrics, settings: ServerSettings) -> APIRouter:
@@ -52,12 +61,15 @@ def build(store: LightningStore, metrics: Metrics, settings: ServerSettings) -> 
             body = decompress(
                 await request.body(), request.headers.get("content-encoding"), settings.max_decompressed_bytes
             )
-            decoded = decode_traces(body, content_type)
+            spans, new_rollouts = await _file(store, decode_documents(body, content_type))
         except OtlpDecodeError as error:
             return JSONResponse(error_body(error).model_dump(), status_code=_status_of(error))
-        spans, new_rollouts = await _file(store, decoded)
         if spans:
-            await store.add_observed_spans(spans, new_rollout_metadata=new_rollouts)
+            if isinstance(store, LifecycleStore):
+                await store.add_observed_span_documents(spans, new_rollout_metadata=new_rollouts, encode=orjson.dumps)
+            else:
+                models = [Span.model_validate(document) for document, _ in spans]
+                await store.add_observed_spans(models, new_rollout_metadata=new_rollouts)
             metrics.spans.labels("otlp").inc(len(spans))
         # An empty ExportTraceServiceResponse: full success.
         if content_type.split(";", 1)[0].strip().lower() == PROTOBUF:
@@ -75,32 +87,41 @@ def _status_of(error: OtlpDecodeError) -> int:
     return 400  # OTLP/HTTP: bad data is 400, and the exporter must not retry it
 
 
-async def _file(store: LightningStore, decoded: list[OtlpSpan]) -> tuple[list[Span], dict[str, dict[str, Any]]]:
-    """Give every span its rollout and attempt; describe the per-trace rollouts to create."""
-    spans: list[Span] = []
+async def _file(
+    store: LightningStore, documents: Iterator[dict[str, Any]]
+) -> tuple[list[tuple[dict[str, Any], bytes | None]], dict[str, dict[str, Any]]]:
+    """Give every span document its rollout, attempt and sequence id (in place) and its JSON (None
+    while the store has still to number it); describe the per-trace rollouts to create."""
+    spans: list[tuple[dict[str, Any], bytes | None]] = []
     new_rollouts: dict[str, dict[str, Any]] = {}
     latest_attempts: dict[str, str] = {}
-    resources: dict[int, SpanResource] = {}  # spans of one resource share its attribute dict
-    for span in decoded:
-        filing = file_span(span.attributes, span.resource_attributes, span.trace_id, span.start_time)
-        attempt_id = filing.attempt_id
-        if attempt_id is None:  # only the rollout is named: its latest attempt
-            if filing.rollout_id not in latest_attempts:
-                latest = await store.get_latest_attempt(filing.rollout_id)
-                latest_attempts[filing.rollout_id] = latest.attempt_id if latest else f"at-{filing.rollout_id[3:]}"
-            attempt_id = latest_attempts[filing.rollout_id]
-        if filing.new_rollout_metadata is not None:
-            new_rollouts[filing.rollout_id] = filing.new_rollout_metadata
-        resource = resources.get(id(span.resource_attributes))
-        if resource is None:
-            resource = resources[id(span.resource_attributes)] = span_resource(span)
-        spans.append(
-            to_span(
-                span,
-                rollout_id=filing.rollout_id,
-                attempt_id=attempt_id,
-                sequence_id=filing.sequence_id,
-                resource=resource,
-            )
+    for document in documents:
+        filing = file_span(
+            document["attributes"], document["resource"]["attributes"], document["trace_id"], document["start_time"]
         )
+        rollout_id, attempt_id = filing.rollout_id, filing.attempt_id
+        if attempt_id is None:  # only the rollout is named: its latest attempt
+            if rollout_id not in latest_attempts:
+                latest = await store.get_latest_attempt(rollout_id)
+                latest_attempts[rollout_id] = latest.attempt_id if latest else f"at-{rollout_id[3:]}"
+            attempt_id = latest_attempts[rollout_id]
+        if len(rollout_id) > MAX_ID_LENGTH or len(attempt_id) > MAX_ID_LENGTH:
+            raise OtlpDecodeError(
+                f"span {document['span_id']!r} ({document['name']!r}): a rollout or attempt id is longer than"
+                f" {MAX_ID_LENGTH} characters"
+            )
+        if filing.new_rollout_metadata is not None:
+            new_rollouts[rollout_id] = filing.new_rollout_metadata
+        document["rollout_id"] = rollout_id
+        document["attempt_id"] = attempt_id
+        document["sequence_id"] = filing.sequence_id
+        spans.append((document, _encode(document) if filing.sequence_id else None))
     return spans, new_rollouts
+
+
+def _encode(document: dict[str, Any]) -> bytes | None:
+    """``orjson.dumps``; a value it refuses is left for the store to report (as `InvalidInput`)."""
+    try:
+        return orjson.dumps(document)
+    except TypeError:  # orjson.JSONEncodeError
+        return None
