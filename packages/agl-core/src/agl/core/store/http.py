@@ -1,9 +1,9 @@
 """``http(s)://host:port``: a client of the store server (``agl store serve``).
 
-aiohttp, not httpx: one sequential caller on this kind of machine gets ~2,500 requests/s
-through aiohttp against ~700 through httpx's async client, and the client is on every
-rollout's path. A session is kept per event loop (keep-alive), so threads with their own loops
-can share one store object.
+The transport is `agl.core.store.http1`, a small keep-alive HTTP/1.1 client written for this
+(its docstring says why: the client is on every rollout's path, and a general-purpose client
+costs more per call than the server). Connections are kept per event loop, so threads with
+their own loops can share one store object.
 
 Retries: a request that never reached the server (connection refused) is retried whatever it
 is; a request that may have been processed is retried only when repeating it is harmless —
@@ -20,14 +20,15 @@ import time
 import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, TypeVar
+from urllib.parse import quote, urlencode, urlsplit
 
-import aiohttp
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_core import PydanticSerializationError, to_json
 
 from agl.core.errors import AglError, AttemptNotFound, InvalidInput, NotFound, StoreUnavailable
 from agl.core.ids import new_rollout_id
 from agl.core.store.base import UNSET, LightningStore, Page, StoreStatistics
+from agl.core.store.http1 import ConnectFailed, ConnectionPool, RequestFailed
 from agl.core.store.lifecycle import as_json_value, coerce_span, validate
 from agl.core.store.wire import (
     API_PREFIX,
@@ -91,27 +92,31 @@ class HttpLightningStore(LightningStore):
         request_timeout: float = 60.0,
     ) -> None:
         self.url = url.rstrip("/")
-        self._api = self.url + API_PREFIX
+        parts = urlsplit(self.url)
+        self._api = parts.path + API_PREFIX
         token = token if token is not None else os.environ.get(TOKEN_ENV)
-        self._headers = {"Content-Type": "application/json"}
+        headers = f"Host: {parts.netloc.rpartition('@')[2]}\r\nContent-Type: application/json\r\n"
         if token:
-            self._headers["Authorization"] = f"Bearer {token}"
+            headers += f"Authorization: Bearer {token}\r\n"
+        self._headers = headers.encode("latin-1")
         self.retry_seconds = retry_seconds
         self.request_timeout = request_timeout
-        self._sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ConnectionPool] = weakref.WeakKeyDictionary()
 
     # --- transport ------------------------------------------------------------------------
-    def _session(self) -> aiohttp.ClientSession:
+    def _pool(self) -> ConnectionPool:
         loop = asyncio.get_running_loop()
-        session = self._sessions.get(loop)
-        if session is None or session.closed:
-            # Idle connections are dropped after 15 s, well before the server's 65 s keep-alive,
-            # so a request is never sent on a connection the server is closing.
-            connector = aiohttp.TCPConnector(limit=64, keepalive_timeout=15)
-            session = self._sessions[loop] = aiohttp.ClientSession(headers=self._headers, connector=connector)
-        return session
+        pool = self._pools.get(loop)
+        if pool is None:
+            pool = self._pools[loop] = ConnectionPool(self.url)
+        return pool
+
+    def _message(self, method: str, path: str, body: bytes, params: list[tuple[str, str]] | None) -> bytes:
+        target = quote(self._api + path, safe="/:@!$&'()*+,;=~")
+        if params:
+            target += "?" + urlencode(params)
+        head = f"{method} {target} HTTP/1.1\r\n".encode() + self._headers
+        return head + b"Content-Length: %d\r\n\r\n" % len(body) + body
 
     async def _call(
         self,
@@ -123,22 +128,17 @@ class HttpLightningStore(LightningStore):
         idempotent: bool,
         timeout: float | None = None,
     ) -> bytes:
-        session = self._session()
-        data = None if body is None else _encode(body)
-        client_timeout = aiohttp.ClientTimeout(total=timeout or self.request_timeout)
+        pool = self._pool()
+        request = self._message(method, path, b"" if body is None else _encode(body), params)
         give_up = time.monotonic() + self.retry_seconds
         delay = 0.05
         while True:
             try:
-                async with session.request(
-                    method, self._api + path, data=data, params=params, timeout=client_timeout
-                ) as response:
-                    payload = await response.read()
-                    status = response.status
-            except aiohttp.ClientConnectorError as error:
-                problem: str = f"cannot reach the store at {self.url}: {error.os_error or error}"
-            except (aiohttp.ClientError, TimeoutError) as error:
-                problem = f"store request {method} {path} failed: {type(error).__name__}: {error}"
+                status, payload = await pool.request(request, timeout or self.request_timeout)
+            except ConnectFailed as error:
+                problem: str = f"cannot reach the store at {self.url}: {error}"
+            except RequestFailed as error:
+                problem = f"store request {method} {path} failed: {error}"
                 if not idempotent:  # it may have been carried out; repeating it could do it twice
                     raise StoreUnavailable(problem) from None
             else:
@@ -450,11 +450,11 @@ class HttpLightningStore(LightningStore):
         return _decode(await self._call("GET", "/statistics", idempotent=True), StoreStatistics)
 
     async def close(self) -> None:
-        """Closes this event loop's session; sessions of other, finished loops go with their loop."""
+        """Closes this event loop's connections; those of other, finished loops go with their loop."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        session = self._sessions.pop(loop, None)
-        if session is not None:
-            await session.close()
+        pool = self._pools.pop(loop, None)
+        if pool is not None:
+            pool.close()
