@@ -71,7 +71,7 @@ def test_instrument_twice_is_a_no_op_and_uninstrument_restores_every_original(in
     instrumentor.uninstrument()
     assert all(key[0].__dict__[key[1]] is original for key, original in originals.items())
     assert BaseLLM.__dict__["__init_subclass__"] is init_subclass
-    assert _wrappers._applied == {}
+    assert _wrappers.PATCHER._applied == {}
 
 
 def test_a_model_class_defined_after_instrumenting_is_traced_and_then_released(captured_spans, instrument, kit) -> None:

@@ -469,7 +469,7 @@ def test_a_wrapper_wrapped_by_another_library_stays_inert_after_uninstrument(tra
         assert len(traced.spans()) == 1
     finally:
         Completions.create = original  # type: ignore[method-assign]
-        _wrappers._applied.pop((Completions, "create"), None)
+        _wrappers.PATCHER._applied.pop((Completions, "create"), None)
 
 
 LAZY = """

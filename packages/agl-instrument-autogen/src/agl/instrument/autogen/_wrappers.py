@@ -1,4 +1,4 @@
-"""The patches, listed once in `PATCHES` (applied by `activate`, removed by `deactivate`), and
+"""The patches, listed once in `PATCHER` (applied by `activate`, removed by `deactivate`), and
 what each patched call records.
 
 Three kinds of patch:
@@ -9,7 +9,7 @@ Three kinds of patch:
   ``ChatCompletionClient`` and ``on_messages``/``on_messages_stream`` of every ``BaseChatAgent``,
   wherever a class defines them: the classes that exist when the module is patched, and every
   subclass defined later (through ``__init_subclass__``), so custom clients and agents count;
-- a module-level function (`FunctionPatch`): AutoGen's own ``trace_tool_span`` in
+- a module-level function replaced (`Replacement`): AutoGen's own ``trace_tool_span`` in
   ``autogen_core.tools._base``, so that a tool call makes one ``execute_tool`` span, not two.
 
 Every wrapper keeps the user's call intact: recording errors are logged and swallowed, the user's
@@ -23,14 +23,11 @@ import copy
 import inspect
 import json
 import logging
-import sys
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any
 
-import wrapt
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
@@ -39,6 +36,7 @@ from agl.core.tracing import semconv
 from agl.core.tracing.chat import request_parameters
 from agl.core.tracing.context import run_in_context
 from agl.core.tracing.llm import LlmCall, llm_call, start_llm_call
+from agl.core.tracing.patching import FamilyPatch, Patch, Patcher, Replacement
 
 logger = logging.getLogger("agl.instrument.autogen")
 
@@ -499,7 +497,7 @@ async def _function_tool_run(
     try:
         bound = copy.copy(instance)
         bound._func = run_in_context(function)
-        original = _applied[(_function_tool_class(), "run")][0]  # the function itself
+        original = wrapped.__func__  # the function itself, to call with the copy as ``self``
     except Exception:
         _recording_failed("the context of an AutoGen tool")
         return await wrapped(*args, **kwargs)
@@ -510,166 +508,36 @@ def _is_async(function: Any) -> bool:
     return inspect.iscoroutinefunction(function)
 
 
-def _function_tool_class() -> type:
-    from autogen_core.tools import FunctionTool
-
-    return FunctionTool
-
-
 # --- the patches ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Patch:
-    """A method of one class."""
-
-    module: str
-    owner: str
-    method: str
-    wrapper: Callable[..., Any]
-
-
-@dataclass(frozen=True)
-class FamilyPatch:
-    """Methods of a class and of all its subclasses, present and future, wherever one defines them."""
-
-    module: str
-    owner: str
-    methods: Mapping[str, Callable[..., Any]]
-
-
-@dataclass(frozen=True)
-class FunctionPatch:
-    """A module-level function, replaced by ``make(original)``."""
-
-    module: str
-    name: str
-    make: Callable[[Callable[..., Any]], Callable[..., Any]]
-
-
-PATCHES: tuple[Patch | FamilyPatch | FunctionPatch, ...] = (
-    FamilyPatch(
-        "autogen_core.models._model_client",
-        "ChatCompletionClient",
-        {"create": _create, "create_stream": _create_stream},
+PATCHER = Patcher(
+    (
+        FamilyPatch(
+            "autogen_core.models._model_client",
+            "ChatCompletionClient",
+            {"create": _create, "create_stream": _create_stream},
+        ),
+        FamilyPatch(
+            "autogen_agentchat.agents._base_chat_agent",
+            "BaseChatAgent",
+            {"on_messages": _on_messages, "on_messages_stream": _on_messages_stream},
+        ),
+        Patch("autogen_agentchat.teams._group_chat._base_group_chat", "BaseGroupChat", "run_stream", _run_stream),
+        Patch("autogen_core.tools._base", "BaseTool", "run_json", _run_json),
+        Replacement("autogen_core.tools._base", "trace_tool_span", _trace_tool_span),
+        Patch("autogen_core.tools._function_tool", "FunctionTool", "run", _function_tool_run),
     ),
-    FamilyPatch(
-        "autogen_agentchat.agents._base_chat_agent",
-        "BaseChatAgent",
-        {"on_messages": _on_messages, "on_messages_stream": _on_messages_stream},
-    ),
-    Patch("autogen_agentchat.teams._group_chat._base_group_chat", "BaseGroupChat", "run_stream", _run_stream),
-    Patch("autogen_core.tools._base", "BaseTool", "run_json", _run_json),
-    FunctionPatch("autogen_core.tools._base", "trace_tool_span", _trace_tool_span),
-    Patch("autogen_core.tools._function_tool", "FunctionTool", "run", _function_tool_run),
+    logger,
 )
-
-_applied: dict[tuple[Any, str], tuple[Any, Any, Any]] = {}
-"""(class or module, attribute) -> (original, ours, the foreign wrapper holding ours or None), per patch in place."""
-_families: dict[type, tuple[FamilyPatch, Any]] = {}
-"""base class -> (its patch, the ``__init_subclass__`` it had in its own namespace, or None)."""
-_hooked: set[str] = set()
-_MISSING = object()
-# wrapt 2's wrappers derive from BaseObjectProxy (its ObjectProxy is a subclass); wrapt 1 has only ObjectProxy.
-_PROXIES = (getattr(wrapt, "BaseObjectProxy", wrapt.ObjectProxy), wrapt.FunctionWrapper)
 
 
 def activate(tracer: trace.Tracer) -> None:
-    """Patch every module of `PATCHES` already imported, and each other one when it is imported:
-    AutoGen itself is not imported here."""
+    """Patch AutoGen's classes now or when they are imported: AutoGen itself is not imported here."""
     _config.tracer, _config.active = tracer, True
-    for module in dict.fromkeys(patch.module for patch in PATCHES):
-        if module in sys.modules:
-            _apply(sys.modules[module])
-        elif module not in _hooked:  # a post-import hook cannot be removed: register each one once
-            _hooked.add(module)
-            wrapt.register_post_import_hook(_apply, module)
-
-
-def _apply(module: ModuleType) -> None:
-    if not _config.active:
-        return
-    for patch in PATCHES:
-        if patch.module != module.__name__:
-            continue
-        try:
-            if isinstance(patch, Patch):
-                _wrap_method(getattr(module, patch.owner), patch.method, patch.wrapper)
-            elif isinstance(patch, FamilyPatch):
-                _patch_family(getattr(module, patch.owner), patch)
-            elif (module, patch.name) not in _applied:
-                original = module.__dict__[patch.name]
-                replacement = patch.make(original)
-                setattr(module, patch.name, replacement)
-                _applied[(module, patch.name)] = (original, replacement, None)
-        except Exception:  # another AutoGen version: this patch does not apply, the others still do
-            logger.debug("agl could not patch %s: %r", module.__name__, patch, exc_info=True)
-
-
-def _wrap_method(owner: type, method: str, wrapper: Callable[..., Any]) -> None:
-    """Wrap ``owner.method``. Where another library (OpenInference) wrapped it already, ours goes
-    inside theirs, next to the original: their span then encloses ours, so the openai layer
-    below finds agl's LLM span current and joins it instead of opening a second one."""
-    if (owner, method) in _applied:
-        return
-    holder, original = None, owner.__dict__[method]
-    while isinstance(original, _PROXIES) and hasattr(original, "__wrapped__"):
-        holder, original = original, original.__wrapped__
-    if getattr(original, "__isabstractmethod__", False):
-        return
-    replacement = wrapt.FunctionWrapper(original, wrapper)
-    if holder is None:
-        setattr(owner, method, replacement)
-    else:
-        holder.__wrapped__ = replacement
-    _applied[(owner, method)] = (original, replacement, holder)
-
-
-def _patch_class(cls: type, patch: FamilyPatch) -> None:
-    for method, wrapper in patch.methods.items():
-        if method in cls.__dict__:
-            try:
-                _wrap_method(cls, method, wrapper)
-            except Exception:
-                logger.debug("agl could not patch %s.%s", cls.__qualname__, method, exc_info=True)
-
-
-def _patch_family(base: type, patch: FamilyPatch) -> None:
-    if base in _families:
-        return
-    pending = [base]
-    while pending:
-        cls = pending.pop()
-        _patch_class(cls, patch)
-        pending.extend(cls.__subclasses__())
-    own = base.__dict__.get("__init_subclass__", _MISSING)
-
-    def __init_subclass__(cls: type, **kwargs: Any) -> None:
-        if own is _MISSING:
-            super(base, cls).__init_subclass__(**kwargs)
-        else:
-            own.__get__(None, cls)(**kwargs)
-        if _config.active:
-            _patch_class(cls, patch)
-
-    base.__init_subclass__ = classmethod(__init_subclass__)  # type: ignore[assignment]
-    _families[base] = (patch, own)
+    PATCHER.activate()
 
 
 def deactivate() -> None:
-    """Put every original back. A wrapper that another library has wrapped over stays, passing through."""
     _config.active = False
-    for base, (_patch, own) in list(_families.items()):
-        if own is _MISSING:
-            del base.__init_subclass__
-        else:
-            base.__init_subclass__ = own  # type: ignore[assignment]
-        del _families[base]
-    for (owner, name), (original, replacement, holder) in list(_applied.items()):
-        if holder is not None and getattr(holder, "__wrapped__", None) is replacement:
-            holder.__wrapped__ = original
-        elif owner.__dict__.get(name) is replacement:
-            setattr(owner, name, original)
-        else:
-            continue
-        del _applied[(owner, name)]
+    PATCHER.deactivate()

@@ -1,4 +1,4 @@
-"""The patches, listed once in `PATCHES` (applied by `activate`, removed by `deactivate`), and
+"""The patches, listed once in `PATCHER` (applied by `activate`, removed by `deactivate`), and
 what each patched call records.
 
 Crews, tasks, agents and tools are plain methods patched on their classes. Model calls are
@@ -14,22 +14,19 @@ in place after `deactivate` (because another library wrapped it over ours) only 
 from __future__ import annotations
 
 import contextvars
-import functools
 import json
 import logging
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any
 
-import wrapt
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 
 from agl.core.tracing import semconv
 from agl.core.tracing.llm import LlmCall, start_llm_call
+from agl.core.tracing.patching import FamilyPatch, Patch, Patcher
 
 logger = logging.getLogger("agl.instrument.crewai")
 
@@ -471,124 +468,38 @@ async def _async_model_call(
     return result
 
 
-MODEL_METHODS: dict[str, Callable[..., Any]] = {"call": _model_call, "acall": _async_model_call}
-
-
 # --- the patches ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Patch:
-    module: str
-    """Patched when this module is imported (or at once, if it is)."""
-    owner: str
-    """The class, an attribute of ``module``."""
-    method: str
-    wrapper: Callable[..., Any]
-
-
-PATCHES: tuple[Patch, ...] = (
-    Patch("crewai.crew", "Crew", "kickoff", _sync_wrapper(_Crew())),
-    Patch("crewai.crew", "Crew", "akickoff", _async_wrapper(_Crew())),
-    Patch("crewai.task", "Task", "_execute_core", _sync_wrapper(_Task())),
-    Patch("crewai.task", "Task", "_aexecute_core", _async_wrapper(_Task())),
-    Patch("crewai.agent.core", "Agent", "execute_task", _sync_wrapper(_Agent())),
-    Patch("crewai.agent.core", "Agent", "aexecute_task", _async_wrapper(_Agent())),
-    Patch("crewai.agent.core", "Agent", "kickoff", _sync_wrapper(_Agent())),
-    Patch("crewai.agent.core", "Agent", "akickoff", _async_wrapper(_Agent())),
-    Patch("crewai.tools.base_tool", "BaseTool", "run", _sync_wrapper(_Tool(structured=False))),
-    Patch("crewai.tools.base_tool", "BaseTool", "arun", _async_wrapper(_Tool(structured=False))),
-    Patch("crewai.tools.base_tool", "Tool", "run", _sync_wrapper(_Tool(structured=False))),
-    Patch("crewai.tools.base_tool", "Tool", "arun", _async_wrapper(_Tool(structured=False))),
-    Patch("crewai.tools.structured_tool", "CrewStructuredTool", "invoke", _sync_wrapper(_Tool(structured=True))),
-    Patch("crewai.tools.structured_tool", "CrewStructuredTool", "ainvoke", _async_wrapper(_Tool(structured=True))),
+PATCHER = Patcher(
+    (
+        Patch("crewai.crew", "Crew", "kickoff", _sync_wrapper(_Crew())),
+        Patch("crewai.crew", "Crew", "akickoff", _async_wrapper(_Crew())),
+        Patch("crewai.task", "Task", "_execute_core", _sync_wrapper(_Task())),
+        Patch("crewai.task", "Task", "_aexecute_core", _async_wrapper(_Task())),
+        Patch("crewai.agent.core", "Agent", "execute_task", _sync_wrapper(_Agent())),
+        Patch("crewai.agent.core", "Agent", "aexecute_task", _async_wrapper(_Agent())),
+        Patch("crewai.agent.core", "Agent", "kickoff", _sync_wrapper(_Agent())),
+        Patch("crewai.agent.core", "Agent", "akickoff", _async_wrapper(_Agent())),
+        Patch("crewai.tools.base_tool", "BaseTool", "run", _sync_wrapper(_Tool(structured=False))),
+        Patch("crewai.tools.base_tool", "BaseTool", "arun", _async_wrapper(_Tool(structured=False))),
+        Patch("crewai.tools.base_tool", "Tool", "run", _sync_wrapper(_Tool(structured=False))),
+        Patch("crewai.tools.base_tool", "Tool", "arun", _async_wrapper(_Tool(structured=False))),
+        Patch("crewai.tools.structured_tool", "CrewStructuredTool", "invoke", _sync_wrapper(_Tool(structured=True))),
+        Patch("crewai.tools.structured_tool", "CrewStructuredTool", "ainvoke", _async_wrapper(_Tool(structured=True))),
+        # Every `BaseLLM` subclass (CrewAI's providers and the user's) defines its own ``call``/``acall``.
+        FamilyPatch("crewai.llms.base_llm", "BaseLLM", {"call": _model_call, "acall": _async_model_call}),
+    ),
+    logger,
 )
-LLM_MODULE = "crewai.llms.base_llm"
-"""Where `BaseLLM` lives: its subclasses' ``call``/``acall`` (`MODEL_METHODS`) are wrapped."""
-
-_applied: dict[tuple[type, str], tuple[Any, Any]] = {}
-"""(class, method) -> (original, our wrapper), for every patch in place."""
-_hooked: set[str] = set()
 
 
 def activate(tracer: trace.Tracer) -> None:
-    """Patch every module of `PATCHES` already imported, and each other one when it is imported:
-    CrewAI itself is not imported here."""
+    """Patch CrewAI's classes now or when they are imported: CrewAI itself is not imported here."""
     _config.tracer, _config.active = tracer, True
-    for name in dict.fromkeys([*(patch.module for patch in PATCHES), LLM_MODULE]):
-        if name in sys.modules:
-            _apply(name, sys.modules[name])
-        elif name not in _hooked:  # a post-import hook cannot be removed: register each one once
-            _hooked.add(name)
-            wrapt.register_post_import_hook(functools.partial(_apply, name), name)
-
-
-def _replace(owner: type, method: str, wrapper: Callable[..., Any]) -> None:
-    if (owner, method) in _applied:
-        return
-    original = owner.__dict__[method]
-    wrapped = wrapt.FunctionWrapper(original, wrapper)
-    setattr(owner, method, wrapped)
-    _applied[(owner, method)] = (original, wrapped)
-
-
-def _apply(name: str, module: ModuleType) -> None:
-    """Apply the patches of module ``name``: by the name it was imported under, since CrewAI
-    overwrites the ``__name__`` of some of its modules (``crewai.crew`` says it is ``base_agent``)."""
-    if not _config.active:
-        return
-    for patch in PATCHES:
-        if patch.module != name:
-            continue
-        try:
-            _replace(getattr(module, patch.owner), patch.method, patch.wrapper)
-        except Exception:  # another CrewAI version: this patch does not apply, the others still do
-            logger.debug("agl could not patch %s.%s.%s", patch.module, patch.owner, patch.method, exc_info=True)
-    if name == LLM_MODULE:
-        try:
-            _patch_models(module.BaseLLM)
-        except Exception:
-            logger.debug("agl could not patch CrewAI's BaseLLM", exc_info=True)
-
-
-def _patch_model_class(cls: type) -> None:
-    for method, wrapper in MODEL_METHODS.items():
-        if method in cls.__dict__:
-            try:
-                _replace(cls, method, wrapper)
-            except Exception:
-                logger.debug("agl could not patch %s.%s", cls.__qualname__, method, exc_info=True)
-
-
-def _patch_models(base: type) -> None:
-    """Wrap ``call``/``acall`` of every `BaseLLM` subclass defined so far, and of each one defined
-    later: ``BaseLLM.__init_subclass__`` is wrapped to do it."""
-    pending = list(base.__subclasses__())
-    while pending:
-        cls = pending.pop()
-        _patch_model_class(cls)
-        pending.extend(cls.__subclasses__())
-    if (base, "__init_subclass__") in _applied:
-        return
-    original = base.__dict__["__init_subclass__"]  # a classmethod
-
-    def init_subclass(cls: type, **kwargs: Any) -> None:
-        original.__func__(cls, **kwargs)
-        if _config.active:
-            _patch_model_class(cls)
-
-    hook = classmethod(init_subclass)
-    type.__setattr__(base, "__init_subclass__", hook)
-    _applied[(base, "__init_subclass__")] = (original, hook)
+    PATCHER.activate()
 
 
 def deactivate() -> None:
-    """Put every original back. A wrapper that another library has wrapped over stays, passing through."""
     _config.active = False
-    for (owner, method), (original, wrapper) in list(_applied.items()):
-        current = owner.__dict__.get(method)
-        # Ours, or ours as bound by ``getattr(cls, name)``: what OpenInference puts back when it
-        # uninstruments after us, having saved the method that way.
-        if current is wrapper or getattr(current, "_self_parent", None) is wrapper:
-            type.__setattr__(owner, method, original)
-            del _applied[(owner, method)]
+    PATCHER.deactivate()

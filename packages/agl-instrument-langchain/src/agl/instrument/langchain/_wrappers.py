@@ -1,4 +1,4 @@
-"""The patches, listed once in `PATCHES` (applied by `activate`, removed by `deactivate`), and
+"""The patches, listed once in `PATCHER` (applied by `activate`, removed by `deactivate`), and
 what each patched call records.
 
 Every wrapper keeps the user's call intact: recording errors are logged and swallowed, the
@@ -17,19 +17,17 @@ import functools
 import json
 import logging
 import operator
-import sys
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any
 
-import wrapt
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 
 from agl.core.tracing import semconv
 from agl.core.tracing.llm import LlmCall, start_llm_call
+from agl.core.tracing.patching import Patch, Patcher
 
 logger = logging.getLogger("agl.instrument.langchain")
 
@@ -740,16 +738,6 @@ _node, _anode = _scoped_wrappers(_node_scope)
 # --- the patches ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Patch:
-    module: str
-    """Patched when this module is imported (or at once, if it is)."""
-    owner: str | None
-    """The class, an attribute of ``module``; None for a function of the module itself."""
-    method: str
-    wrapper: Callable[..., Any]
-
-
 _CHAT = "langchain_core.language_models.chat_models"
 _TOOLS = "langchain_core.tools.base"
 _RETRIEVERS = "langchain_core.retrievers"
@@ -757,62 +745,33 @@ _RUNNABLES = "langchain_core.runnables.base"
 _PREGEL = "langgraph.pregel.main"
 _RUNNER = "langgraph.pregel._runner"  # calls run_with_retry by its global name, once per node run
 
-PATCHES: tuple[Patch, ...] = (
-    Patch(_CHAT, "BaseChatModel", "_generate_with_cache", _generate),
-    Patch(_CHAT, "BaseChatModel", "_agenerate_with_cache", _agenerate),
-    Patch(_CHAT, "BaseChatModel", "stream", _stream),
-    Patch(_CHAT, "BaseChatModel", "astream", _astream),
-    Patch(_TOOLS, "BaseTool", "run", _tool),
-    Patch(_TOOLS, "BaseTool", "arun", _atool),
-    Patch(_RETRIEVERS, "BaseRetriever", "invoke", _retriever),
-    Patch(_RETRIEVERS, "BaseRetriever", "ainvoke", _aretriever),
-    Patch(_RUNNABLES, "RunnableSequence", "invoke", _chain),
-    Patch(_RUNNABLES, "RunnableSequence", "ainvoke", _achain),
-    Patch(_PREGEL, "Pregel", "stream", _graph_stream),
-    Patch(_PREGEL, "Pregel", "astream", _graph_astream),
-    Patch(_RUNNER, None, "run_with_retry", _node),
-    Patch(_RUNNER, None, "arun_with_retry", _anode),
+PATCHER = Patcher(
+    (
+        Patch(_CHAT, "BaseChatModel", "_generate_with_cache", _generate),
+        Patch(_CHAT, "BaseChatModel", "_agenerate_with_cache", _agenerate),
+        Patch(_CHAT, "BaseChatModel", "stream", _stream),
+        Patch(_CHAT, "BaseChatModel", "astream", _astream),
+        Patch(_TOOLS, "BaseTool", "run", _tool),
+        Patch(_TOOLS, "BaseTool", "arun", _atool),
+        Patch(_RETRIEVERS, "BaseRetriever", "invoke", _retriever),
+        Patch(_RETRIEVERS, "BaseRetriever", "ainvoke", _aretriever),
+        Patch(_RUNNABLES, "RunnableSequence", "invoke", _chain),
+        Patch(_RUNNABLES, "RunnableSequence", "ainvoke", _achain),
+        Patch(_PREGEL, "Pregel", "stream", _graph_stream),
+        Patch(_PREGEL, "Pregel", "astream", _graph_astream),
+        Patch(_RUNNER, None, "run_with_retry", _node),
+        Patch(_RUNNER, None, "arun_with_retry", _anode),
+    ),
+    logger,
 )
-
-_applied: dict[tuple[Any, str], tuple[Any, Any]] = {}
-"""(class or module, name) -> (original, our wrapper), for every patch in place."""
-_hooked: set[str] = set()
 
 
 def activate(tracer: trace.Tracer) -> None:
-    """Patch every module of `PATCHES` already imported, and each other one when it is imported:
-    LangChain and LangGraph are not imported here."""
+    """Patch LangChain's and LangGraph's classes now or when they are imported: neither is imported here."""
     _config.tracer, _config.active = tracer, True
-    for module in dict.fromkeys(patch.module for patch in PATCHES):
-        if module in sys.modules:
-            _apply(sys.modules[module])
-        elif module not in _hooked:  # a post-import hook cannot be removed: register each one once
-            _hooked.add(module)
-            wrapt.register_post_import_hook(_apply, module)
-
-
-def _apply(module: ModuleType) -> None:
-    if not _config.active:
-        return
-    for patch in PATCHES:
-        if patch.module != module.__name__:
-            continue
-        try:
-            owner = module if patch.owner is None else getattr(module, patch.owner)
-            if (owner, patch.method) in _applied:
-                continue
-            original = owner.__dict__[patch.method]
-            wrapper = wrapt.FunctionWrapper(original, patch.wrapper)
-            setattr(owner, patch.method, wrapper)
-            _applied[(owner, patch.method)] = (original, wrapper)
-        except Exception:  # another version: this patch does not apply, the others still do
-            logger.debug("agl could not patch %s.%s.%s", patch.module, patch.owner, patch.method, exc_info=True)
+    PATCHER.activate()
 
 
 def deactivate() -> None:
-    """Put every original back. A wrapper that another library has wrapped over stays, passing through."""
     _config.active = False
-    for (owner, method), (original, wrapper) in list(_applied.items()):
-        if owner.__dict__.get(method) is wrapper:
-            setattr(owner, method, original)
-            del _applied[(owner, method)]
+    PATCHER.deactivate()

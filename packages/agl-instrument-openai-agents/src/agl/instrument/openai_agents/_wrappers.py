@@ -1,4 +1,4 @@
-"""The patches, listed once in `PATCHES` (applied by `activate`, removed by `deactivate`), the
+"""The patches, listed once in `PATCHER` (applied by `activate`, removed by `deactivate`), the
 `Model` boundary that records the canonical LLM span, and the registration of the processor.
 
 - ``SpanImpl.start``/``finish`` and ``TraceImpl.start``/``finish``: when the SDK makes one of its
@@ -20,19 +20,18 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import json
-import sys
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-import wrapt
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from agl.core.tracing import semconv
 from agl.core.tracing.llm import LlmCall, start_llm_call
+from agl.core.tracing.patching import FamilyPatch, Patch, Patcher
 from agl.instrument.openai_agents._processor import AglTracingProcessor, Node, logger, recording_failed
 
 UNKNOWN_MODEL = "unknown"
@@ -436,75 +435,10 @@ async def _observed_stream(
 # --- the patches ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Patch:
-    module: str
-    """Patched when this module is imported (or at once, if it is)."""
-    owner: str
-    """The class, an attribute of ``module``."""
-    method: str
-    wrapper: Callable[..., Any]
-
-
 _SPANS = "agents.tracing.spans"
 _TRACES = "agents.tracing.traces"
-
-PATCHES: tuple[Patch, ...] = (
-    Patch(_SPANS, "SpanImpl", "start", _start_wrapper("span_id")),
-    Patch(_SPANS, "SpanImpl", "finish", _finish_wrapper("span_id")),
-    Patch(_TRACES, "TraceImpl", "start", _start_wrapper("trace_id")),
-    Patch(_TRACES, "TraceImpl", "finish", _finish_wrapper("trace_id")),
-    Patch("agents.tool_context", "ToolContext", "from_agent_context", _tool_context_wrapper),
-)
-MODEL_MODULE = "agents.models.interface"
-MODEL_METHODS = {"get_response": _get_response, "stream_response": _stream_response}
-TRACING_MODULE = "agents.tracing"
-
-_applied: dict[tuple[type, str], tuple[Any, Any]] = {}
-"""(class, method) -> (original, our wrapper), for every patch in place (model classes included)."""
-_hooked: set[str] = set()
 _registered: list[Any] = []
 """The trace provider our processor was added to."""
-
-
-def activate(tracer: trace.Tracer) -> None:
-    """Patch every module already imported, and each other one when it is imported: the SDK itself
-    is not imported here."""
-    _config.tracer = tracer
-    _config.processor = AglTracingProcessor(tracer)
-    _delivery[:] = [None, True]
-    _config.active = True
-    modules = [*dict.fromkeys(patch.module for patch in PATCHES), MODEL_MODULE, TRACING_MODULE]
-    for module in modules:
-        if module in sys.modules:
-            _apply(sys.modules[module])
-        elif module not in _hooked:  # a post-import hook cannot be removed: register each one once
-            _hooked.add(module)
-            wrapt.register_post_import_hook(_apply, module)
-
-
-def _apply(module: ModuleType) -> None:
-    if not _config.active:
-        return
-    if module.__name__ == MODEL_MODULE:
-        _hook_models(module)
-    if module.__name__ == TRACING_MODULE:
-        _register_processor(module)
-    for patch in PATCHES:
-        if patch.module == module.__name__:
-            try:
-                _wrap(getattr(module, patch.owner), patch.method, patch.wrapper)
-            except Exception:  # another SDK version: this patch does not apply, the others still do
-                logger.debug("agl could not patch %s.%s.%s", patch.module, patch.owner, patch.method, exc_info=True)
-
-
-def _wrap(owner: type, method: str, wrapper: Callable[..., Any]) -> None:
-    if (owner, method) in _applied or method not in owner.__dict__:
-        return
-    original = owner.__dict__[method]
-    wrapped = wrapt.FunctionWrapper(original, wrapper)
-    setattr(owner, method, wrapped)
-    _applied[(owner, method)] = (original, wrapped)
 
 
 def _register_processor(module: ModuleType) -> None:
@@ -517,43 +451,34 @@ def _register_processor(module: ModuleType) -> None:
         logger.warning("agl could not add its Agents SDK trace processor", exc_info=True)
 
 
-def _wrap_model_class(cls: type) -> None:
-    for method, wrapper in MODEL_METHODS.items():
-        try:
-            _wrap(cls, method, wrapper)
-        except Exception:
-            logger.debug("agl could not patch %s.%s", cls.__qualname__, method, exc_info=True)
+PATCHER = Patcher(
+    (
+        Patch(_SPANS, "SpanImpl", "start", _start_wrapper("span_id")),
+        Patch(_SPANS, "SpanImpl", "finish", _finish_wrapper("span_id")),
+        Patch(_TRACES, "TraceImpl", "start", _start_wrapper("trace_id")),
+        Patch(_TRACES, "TraceImpl", "finish", _finish_wrapper("trace_id")),
+        Patch("agents.tool_context", "ToolContext", "from_agent_context", _tool_context_wrapper),
+        FamilyPatch(
+            "agents.models.interface", "Model", {"get_response": _get_response, "stream_response": _stream_response}
+        ),
+    ),
+    logger,
+    on_import={"agents.tracing": _register_processor},
+)
 
 
-def _subclasses(cls: type) -> list[type]:
-    found: list[type] = []
-    for sub in cls.__subclasses__():
-        found += [sub, *_subclasses(sub)]
-    return found
-
-
-def _hook_models(module: ModuleType) -> None:
-    """Wrap every `Model` implementation there is, and each one defined later."""
-    try:
-        model = module.Model
-        if "__init_subclass__" not in model.__dict__:
-
-            def __init_subclass__(cls: type, **kwargs: Any) -> None:
-                super(model, cls).__init_subclass__(**kwargs)
-                if _config.active:
-                    _wrap_model_class(cls)
-
-            __init_subclass__.__agl__ = True  # type: ignore[attr-defined]
-            model.__init_subclass__ = classmethod(__init_subclass__)
-        for cls in _subclasses(model):
-            _wrap_model_class(cls)
-    except Exception:
-        logger.warning("agl could not hook the Agents SDK's models", exc_info=True)
+def activate(tracer: trace.Tracer) -> None:
+    """Patch the SDK now or when its modules are imported (the SDK itself is not imported here),
+    and add our processor to its trace provider."""
+    _config.tracer = tracer
+    _config.processor = AglTracingProcessor(tracer)
+    _delivery[:] = [None, True]
+    _config.active = True
+    PATCHER.activate()
 
 
 def deactivate() -> None:
-    """Remove our processor, the subclass hook and every patch. A wrapper that another library
-    has wrapped over stays, passing through."""
+    """Remove our processor and every patch."""
     _config.active = False
     processor = _config.processor
     if processor is not None:
@@ -566,12 +491,4 @@ def deactivate() -> None:
         except Exception:
             logger.warning("agl could not remove its Agents SDK trace processor", exc_info=True)
     _registered.clear()
-    interface = sys.modules.get(MODEL_MODULE)
-    model = getattr(interface, "Model", None)
-    hook = model.__dict__.get("__init_subclass__") if model is not None else None
-    if hook is not None and getattr(hook.__func__, "__agl__", False):
-        del model.__init_subclass__  # type: ignore[union-attr]
-    for (owner, method), (original, wrapper) in list(_applied.items()):
-        if owner.__dict__.get(method) is wrapper:
-            setattr(owner, method, original)
-            del _applied[(owner, method)]
+    PATCHER.deactivate()

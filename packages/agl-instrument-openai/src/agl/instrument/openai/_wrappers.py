@@ -1,4 +1,4 @@
-"""The patches, listed once in `PATCHES` (applied by `activate`, removed by `deactivate`), and
+"""The patches, listed once in `PATCHER` (applied by `activate`, removed by `deactivate`), and
 what each patched call records on the canonical LLM span.
 
 Every wrapper keeps the user's call intact: recording errors are logged and swallowed, the
@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import inspect
 import logging
-import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from types import ModuleType
 from typing import Any
 
 import wrapt
@@ -22,6 +20,7 @@ from opentelemetry import trace
 
 from agl.core.tracing.chat import CHAT_PARAMETERS, REASONING_KEYS, ChoiceDraft, request_parameters
 from agl.core.tracing.llm import LlmCall, start_llm_call
+from agl.core.tracing.patching import Patch, Patcher
 
 logger = logging.getLogger("agl.instrument.openai")
 
@@ -579,72 +578,33 @@ def _async_wrapper(api: _Api) -> Callable[..., Any]:
 # --- the patches ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Patch:
-    module: str
-    """Patched when this module is imported (or at once, if it is)."""
-    owner: str
-    """The class, an attribute of ``module``."""
-    method: str
-    wrapper: Callable[..., Any]
-
-
 _CHAT = "openai.resources.chat.completions"  # a module up to openai 1.5x, a package after: both export the classes
 _BETA_CHAT = "openai.resources.beta.chat.completions"  # where ``parse`` lived before it left beta
 _RESPONSES = "openai.resources.responses"
 
-PATCHES: tuple[Patch, ...] = (
-    Patch(_CHAT, "Completions", "create", _sync_wrapper(CHAT)),
-    Patch(_CHAT, "AsyncCompletions", "create", _async_wrapper(CHAT)),
-    Patch(_CHAT, "Completions", "parse", _sync_wrapper(CHAT)),
-    Patch(_CHAT, "AsyncCompletions", "parse", _async_wrapper(CHAT)),
-    Patch(_BETA_CHAT, "Completions", "parse", _sync_wrapper(CHAT)),
-    Patch(_BETA_CHAT, "AsyncCompletions", "parse", _async_wrapper(CHAT)),
-    Patch(_RESPONSES, "Responses", "create", _sync_wrapper(RESPONSES)),
-    Patch(_RESPONSES, "AsyncResponses", "create", _async_wrapper(RESPONSES)),
-    Patch(_RESPONSES, "Responses", "parse", _sync_wrapper(RESPONSES)),
-    Patch(_RESPONSES, "AsyncResponses", "parse", _async_wrapper(RESPONSES)),
+PATCHER = Patcher(
+    (
+        Patch(_CHAT, "Completions", "create", _sync_wrapper(CHAT)),
+        Patch(_CHAT, "AsyncCompletions", "create", _async_wrapper(CHAT)),
+        Patch(_CHAT, "Completions", "parse", _sync_wrapper(CHAT)),
+        Patch(_CHAT, "AsyncCompletions", "parse", _async_wrapper(CHAT)),
+        Patch(_BETA_CHAT, "Completions", "parse", _sync_wrapper(CHAT)),
+        Patch(_BETA_CHAT, "AsyncCompletions", "parse", _async_wrapper(CHAT)),
+        Patch(_RESPONSES, "Responses", "create", _sync_wrapper(RESPONSES)),
+        Patch(_RESPONSES, "AsyncResponses", "create", _async_wrapper(RESPONSES)),
+        Patch(_RESPONSES, "Responses", "parse", _sync_wrapper(RESPONSES)),
+        Patch(_RESPONSES, "AsyncResponses", "parse", _async_wrapper(RESPONSES)),
+    ),
+    logger,
 )
-
-_applied: dict[tuple[type, str], tuple[Any, Any]] = {}
-"""(class, method) -> (original, our wrapper), for every patch in place."""
-_hooked: set[str] = set()
 
 
 def activate(tracer: trace.Tracer, capture_token_ids: bool) -> None:
-    """Patch every module of `PATCHES` already imported, and each other one when it is imported:
-    openai itself is not imported here."""
+    """Patch openai's classes now or when they are imported: openai itself is not imported here."""
     _config.tracer, _config.capture_token_ids, _config.active = tracer, capture_token_ids, True
-    for module in dict.fromkeys(patch.module for patch in PATCHES):
-        if module in sys.modules:
-            _apply(sys.modules[module])
-        elif module not in _hooked:  # a post-import hook cannot be removed: register each one once
-            _hooked.add(module)
-            wrapt.register_post_import_hook(_apply, module)
-
-
-def _apply(module: ModuleType) -> None:
-    if not _config.active:
-        return
-    for patch in PATCHES:
-        if patch.module != module.__name__:
-            continue
-        try:
-            owner = getattr(module, patch.owner)
-            if (owner, patch.method) in _applied:
-                continue
-            original = owner.__dict__[patch.method]
-            wrapper = wrapt.FunctionWrapper(original, patch.wrapper)
-            setattr(owner, patch.method, wrapper)
-            _applied[(owner, patch.method)] = (original, wrapper)
-        except Exception:  # another openai version: this patch does not apply, the others still do
-            logger.debug("agl could not patch %s.%s.%s", patch.module, patch.owner, patch.method, exc_info=True)
+    PATCHER.activate()
 
 
 def deactivate() -> None:
-    """Put every original back. A wrapper that another library has wrapped over stays, passing through."""
     _config.active = False
-    for (owner, method), (original, wrapper) in list(_applied.items()):
-        if owner.__dict__.get(method) is wrapper:
-            setattr(owner, method, original)
-            del _applied[(owner, method)]
+    PATCHER.deactivate()
