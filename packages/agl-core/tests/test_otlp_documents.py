@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
+import gc
 import math
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -563,3 +564,72 @@ def test_a_decoding_error_after_good_spans_stores_nothing() -> None:
     documents = decode_documents(request.SerializeToString(), PROTOBUF)
     with pytest.raises(OtlpDecodeError, match=r"resource_spans\[1\]\.scope_spans\[0\]\.spans\[0\]\.trace_id must be"):
         asyncio.run(route._file(InMemoryLightningStore(watchdog_interval=None), documents))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    data=st.lists(
+        st.tuples(
+            st.sampled_from([0, 1]),  # resource
+            st.sampled_from([bytes(range(1, 17)), bytes(range(2, 18))]),  # trace
+            st.sampled_from([0, T0, T0 + 1_000]),  # start time (0: unknown)
+            st.dictionaries(
+                st.sampled_from(["agl.rollout.id", "agl.attempt.id", "agl.sequence_id", "other"]),
+                st.one_of(st.sampled_from(["ro-x", "at-y", ""]), st.integers(-1, 9)),
+                max_size=3,
+            ),
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_route_files_every_span_as_file_span_does(data: list[tuple[int, bytes, int, dict[str, Any]]]) -> None:
+    resources = [
+        ResourceSpans(resource=PbResource(attributes=_key_values({"service.name": "a"})), scope_spans=[ScopeSpans()]),
+        ResourceSpans(
+            resource=PbResource(attributes=_key_values({"agl.rollout.id": "ro-r", "agl.attempt.id": "at-r"})),
+            scope_spans=[ScopeSpans()],
+        ),
+    ]
+    for index, (resource, trace, start, attributes) in enumerate(data):
+        resources[resource].scope_spans[0].spans.append(
+            PbSpan(
+                trace_id=trace,
+                span_id=(index + 1).to_bytes(8, "big"),
+                name="s",
+                start_time_unix_nano=start,
+                attributes=_key_values(attributes),
+            )
+        )
+    body = ExportTraceServiceRequest(resource_spans=resources).SerializeToString()
+    store = InMemoryLightningStore(watchdog_interval=None)
+    filed, new_rollouts = asyncio.run(route._file(store, decode_documents(body, PROTOBUF)))
+    expected_rollouts = {}
+    for (document, _), span in zip(filed, decode_traces(body, PROTOBUF), strict=True):
+        filing = file_span(span.attributes, span.resource_attributes, span.trace_id, span.start_time)
+        attempt_id = filing.attempt_id or f"at-{filing.rollout_id[3:]}"  # no such rollout: no latest attempt
+        assert (document["rollout_id"], document["attempt_id"], document["sequence_id"]) == (
+            filing.rollout_id,
+            attempt_id,
+            filing.sequence_id,
+        )
+        if filing.new_rollout_metadata is not None:
+            expected_rollouts[filing.rollout_id] = filing.new_rollout_metadata
+    assert new_rollouts == expected_rollouts
+
+
+def test_the_collector_is_paused_for_a_batch_only() -> None:
+    assert gc.isenabled()
+    with route._collector_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(OtlpDecodeError), route._collector_paused():
+        raise OtlpDecodeError("bad body")
+    assert gc.isenabled()
+    gc.disable()  # paused by someone else: left paused
+    try:
+        with route._collector_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
