@@ -7,8 +7,11 @@ the shared workload's 30 LLM-call attributes (two of them a few KB), one resourc
 encoded by the official OTLP encoder; the JSON body is the OTLP/JSON form of the same request.
 Each cell is the best of ``--runs`` timings of the whole batch (the machine may be shared, and
 the best run is the one least disturbed), one thread, in process:
-``decode`` is `decode_traces` alone, ``+to_span`` adds building the store's `Span` models,
-``gzip+decode`` adds `decompress` of a gzip body first.
+``decode`` is `decode_traces` alone; ``models+JSON`` adds building the store's `Span` models and
+serialising them (`encode_span`), the ingest path before span documents; ``documents+JSON`` is
+what the store server's ingest does now (`decode_documents`, each span's document given its ids
+and serialised by ``orjson`` as it comes); ``gzip+decode`` adds `decompress` of a gzip body to
+``decode``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import orjson
 from google.protobuf.json_format import MessageToDict
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.resources import Resource
@@ -33,7 +37,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from workload import llm_attributes
 
-from agl.core.otlp import decode_traces, decompress, to_span
+from agl.core.otlp import decode_documents, decode_traces, decompress, to_span
+from agl.core.store.lifecycle import encode_span
 
 CAP = 64 * 2**20
 
@@ -83,8 +88,11 @@ def main() -> None:
     parser.add_argument("--spans", default="100,512,1000", help="batch sizes, comma-separated")
     parser.add_argument("--runs", type=int, default=9)
     args = parser.parse_args()
-    header = ("body", "spans", "KiB", "gzip KiB", "decode", "+to_span", "gzip+decode")
-    print(f"{header[0]:<9} {header[1]:>5} {header[2]:>6} {header[3]:>8} {header[4]:>9} {header[5]:>9} {header[6]:>11}")
+    header = ("body", "spans", "KiB", "gzip KiB", "decode", "models+JSON", "documents+JSON", "gzip+decode")
+    print(
+        f"{header[0]:<9} {header[1]:>5} {header[2]:>6} {header[3]:>8} {header[4]:>9} {header[5]:>11} {header[6]:>14}"
+        f" {header[7]:>11}"
+    )
     for count in (int(n) for n in args.spans.split(",")):
         request = encode_spans(sdk_spans(count))
         for label, content_type, body in (
@@ -95,17 +103,23 @@ def main() -> None:
             assert len(decode_traces(body, content_type)) == count
 
             def convert(body: bytes = body, content_type: str = content_type) -> None:
-                for i, span in enumerate(decode_traces(body, content_type)):
-                    to_span(span, rollout_id="ro-bench", attempt_id="at-bench", sequence_id=i)
+                for i, span in enumerate(decode_traces(body, content_type), 1):
+                    encode_span(to_span(span, rollout_id="ro-bench", attempt_id="at-bench", sequence_id=i))
+
+            def documents(body: bytes = body, content_type: str = content_type) -> None:
+                for i, document in enumerate(decode_documents(body, content_type), 1):
+                    document.update(rollout_id="ro-bench", attempt_id="at-bench", sequence_id=i)
+                    orjson.dumps(document)
 
             decode = spans_per_second(args.runs, count, lambda b=body, t=content_type: decode_traces(b, t))
             full = spans_per_second(args.runs, count, convert)
+            direct = spans_per_second(args.runs, count, documents)
             unzip = spans_per_second(
                 args.runs, count, lambda z=zipped, t=content_type: decode_traces(decompress(z, "gzip", CAP), t)
             )
             print(
                 f"{label:<9} {count:>5} {len(body) / 1024:>6.0f} {len(zipped) / 1024:>8.0f}"
-                f" {decode:>9,.0f} {full:>9,.0f} {unzip:>11,.0f}"
+                f" {decode:>9,.0f} {full:>11,.0f} {direct:>14,.0f} {unzip:>11,.0f}"
             )
 
 
