@@ -439,19 +439,25 @@ def _pb_attributes(key_values: Any) -> Attributes:
     for kv in key_values:
         value = kv.value
         text = value.string_value  # most values are strings: one read instead of WhichOneof and a read
-        attributes[kv.key] = text if text else _pb_value(value)
+        if text:
+            attributes[kv.key] = text
+        else:
+            field = value.WhichOneof("value")
+            attributes[kv.key] = getattr(value, field) if field in _PB_SCALARS else _pb_other(value, field)
     return attributes
 
 
 def _pb_value(value: Any) -> Any:
     """AnyValue → JSON value: arrays become lists, kvlists dicts, bytes base64; empty is None."""
     field = value.WhichOneof("value")
-    if field in _PB_SCALARS:
-        return getattr(value, field)
+    return getattr(value, field) if field in _PB_SCALARS else _pb_other(value, field)
+
+
+def _pb_other(value: Any, field: str | None) -> Any:
     if field is None:
         return None
     if field == "array_value":
-        return [_pb_value(v) for v in value.array_value.values]
+        return [v.string_value or _pb_value(v) for v in value.array_value.values]
     if field == "kvlist_value":
         return _pb_attributes(value.kvlist_value.values)
     return base64.b64encode(value.bytes_value).decode("ascii")
