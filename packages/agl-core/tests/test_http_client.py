@@ -4,6 +4,7 @@ framings, keep-alive, timeouts, and the request line and headers `HttpLightningS
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -13,7 +14,7 @@ from agl.core import StoreUnavailable
 from agl.core.server import ServerSettings, create_app
 from agl.core.store import InMemoryLightningStore
 from agl.core.store.http import HttpLightningStore
-from agl.core.store.http1 import Answer, ConnectFailed, ConnectionPool, RequestFailed
+from agl.core.store.http1 import IDLE_SECONDS, Answer, ConnectFailed, ConnectionPool, RequestFailed, _Connection
 from agl.core.testing.server import ServingThread
 
 GET = b"GET /x HTTP/1.1\r\nHost: peer\r\nContent-Length: 0\r\n\r\n"
@@ -204,3 +205,16 @@ def test_one_store_object_serves_several_event_loops_and_concurrent_callers() ->
         assert asyncio.run(many()) == 150
         assert asyncio.run(many()) == 150  # a second loop gets connections of its own
         asyncio.run(store.close())
+
+
+def test_idle_connections_the_server_closed_or_that_idled_too_long_are_not_reused() -> None:
+    pool = ConnectionPool("http://127.0.0.1:1")
+    half_closed, closed, stale, fresh = (_Connection() for _ in range(4))
+    half_closed.keep_alive = False  # the server's FIN arrived while it was idle
+    closed.closed = True
+    for connection in (half_closed, closed, stale, fresh):
+        connection.idle_since = time.monotonic()
+    stale.idle_since -= IDLE_SECONDS + 1
+    pool._idle = [fresh, stale, closed, half_closed]
+    assert pool._idle_connection() is fresh
+    assert pool._idle == []

@@ -203,8 +203,8 @@ class ConnectionPool:
         now = time.monotonic()
         while self._idle:
             connection = self._idle.pop()
-            if not connection.closed and now - connection.idle_since < IDLE_SECONDS:
-                return connection
+            if connection.keep_alive and not connection.closed and now - connection.idle_since < IDLE_SECONDS:
+                return connection  # not closed, nor half-closed by the server while it was idle
             connection.close()
         return None
 
