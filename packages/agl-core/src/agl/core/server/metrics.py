@@ -4,6 +4,7 @@ clash): requests by route and status, latency, spans received, and the store's c
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -24,6 +25,16 @@ class Metrics:
         self.rollouts = Gauge("agl_store_rollouts", "Rollouts by status", ["status"], registry=self.registry)
         self.attempts = Gauge("agl_store_attempts", "Attempts by status", ["status"], registry=self.registry)
         self.stored_spans = Gauge("agl_store_spans", "Spans in the store", registry=self.registry)
+        self._per_request: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+
+    def count_request(self, method: str, route: str, status: str, seconds: float) -> None:
+        """One request served; the labelled series are looked up once per label set, not per request."""
+        series = self._per_request.get((method, route, status))
+        if series is None:
+            series = (self.requests.labels(method, route, status), self.latency.labels(method, route))
+            self._per_request[method, route, status] = series
+        series[0].inc()
+        series[1].observe(seconds)
 
     def observe_store(self, stats: StoreStatistics) -> None:
         self.rollouts.clear()
@@ -59,6 +70,4 @@ class MetricsMiddleware:
             await self.app(scope, receive, remember_status)
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
-            method = scope["method"]
-            self.metrics.requests.labels(method, route, str(status)).inc()
-            self.metrics.latency.labels(method, route).observe(time.perf_counter() - started)
+            self.metrics.count_request(scope["method"], route, str(status), time.perf_counter() - started)
