@@ -92,6 +92,11 @@ def cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0
 
 
+def load_average() -> str:
+    """What ``uptime`` reports as the load average; a loaded machine makes every figure lower."""
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
 def ops(value: float | None) -> str:
     return "missing" if value is None else f"{value:,.0f}"
 
@@ -142,6 +147,7 @@ def main() -> None:
     chosen = [c for flag, c in COMPARISONS.items() if getattr(args, flag)] or list(COMPARISONS.values())
     agl_python = args.agl_python if args.agl_python.is_absolute() else ROOT / args.agl_python
     anchor_python = ensure_anchor_venv()
+    load_before = load_average()
     sizes = ["--runs", str(args.runs), "--n", str(args.n)]
     here = Path(__file__).resolve().parent
     anchor_backends = ["--backends", ",".join(c.anchor_backend for c in chosen)]
@@ -166,6 +172,7 @@ def main() -> None:
         f"Versions: agentlightning {package_version(anchor_python, 'agentlightning')}, "
         f"agl-core {package_version(agl_python, 'agl-core')}"
     )
+    print(f"Load average (1, 5, 15 min): {load_before} before, {load_average()} after (other jobs slow both sides)")
 
 
 if __name__ == "__main__":
