@@ -688,8 +688,7 @@ class LifecycleStore(LightningStore):
         what ``span.model_dump()`` gives for a valid `Span` (same keys in the same order, plain
         dicts and lists, ids within `Id`'s bounds), and its JSON, ``encode(document)``, or None for
         the store to encode it. Neither is checked, so ``encode`` must write what `encode_span`
-        would (`orjson.dumps` does, several times faster than the default); a caller that encodes
-        each span as it decodes it finds its strings still in the CPU cache.
+        would (`orjson.dumps` does, several times faster than the default).
 
         Everything else is as `add_observed_spans`: one transaction, spans in start-time order,
         ``sequence_id`` 0 replaced by the attempt's next id (in the document, which is then encoded

@@ -6,8 +6,8 @@ trace's root span arrives. One request is one transaction.
 
 Spans travel as documents, not `Span` models: `decode_documents` builds the dict that
 ``Span.model_dump()`` would give, this route fills in the rollout, attempt and sequence ids and
-serialises it with ``orjson`` as soon as the span is decoded (its strings still in the CPU
-cache), and a `LifecycleStore` (SQLite, memory) stores that JSON. For LLM-sized spans the models
+serialises it with ``orjson`` as it is decoded, and a `LifecycleStore` (SQLite, memory) stores
+that JSON. For LLM-sized spans the models
 (validation, then pydantic's serializer) cost more than decoding the protobuf; the JSON stored is
 byte for byte the same (``tests/test_otlp_documents.py``). Any other store gets models.
 """
