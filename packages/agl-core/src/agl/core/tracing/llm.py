@@ -9,7 +9,6 @@ rest as the outer layer wrote it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -19,6 +18,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from agl.core.tracing import semconv
+from agl.core.tracing.jsontext import json_text
 
 TRACER_NAME = "agl"
 # What only the wire knows: the layer that makes the request always records these.
@@ -202,4 +202,4 @@ def _attribute_value(value: Any) -> Any:
         kind = type(value[0])
         if kind in _SCALARS and all(type(v) is kind for v in value):  # one cheap pass: lists of token ids are long
             return list(value)
-    return json.dumps(value, ensure_ascii=False, default=str)
+    return json_text(value)

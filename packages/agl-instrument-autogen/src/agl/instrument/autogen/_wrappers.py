@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import json
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -35,6 +34,7 @@ from opentelemetry.trace import Status, StatusCode
 from agl.core.tracing import semconv
 from agl.core.tracing.chat import request_parameters
 from agl.core.tracing.context import run_in_context
+from agl.core.tracing.jsontext import json_text
 from agl.core.tracing.llm import LlmCall, llm_call, start_llm_call
 from agl.core.tracing.patching import FamilyPatch, Patch, Patcher, Replacement
 
@@ -71,7 +71,7 @@ def _tracer() -> trace.Tracer:
 
 
 def _json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, default=str)
+    return json_text(value)
 
 
 # --- AutoGen's model types in the OpenAI chat shape ------------------------------------------

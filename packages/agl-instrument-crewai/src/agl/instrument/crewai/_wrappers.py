@@ -14,7 +14,6 @@ in place after `deactivate` (because another library wrapped it over ours) only 
 from __future__ import annotations
 
 import contextvars
-import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 
 from agl.core.tracing import semconv
+from agl.core.tracing.jsontext import json_text
 from agl.core.tracing.llm import LlmCall, start_llm_call
 from agl.core.tracing.patching import FamilyPatch, Patch, Patcher
 
@@ -69,7 +69,7 @@ def _recording_failed(what: str) -> None:
 
 
 def _json(value: Any) -> str:
-    return json.dumps(_plain(value), ensure_ascii=False, default=str)
+    return json_text(_plain(value))
 
 
 def _plain(value: Any) -> Any:

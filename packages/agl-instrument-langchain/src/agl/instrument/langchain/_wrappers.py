@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextvars
 import functools
-import json
 import logging
 import operator
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -26,6 +25,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 
 from agl.core.tracing import semconv
+from agl.core.tracing.jsontext import json_text
 from agl.core.tracing.llm import LlmCall, start_llm_call
 from agl.core.tracing.patching import Patch, Patcher
 
@@ -66,7 +66,7 @@ def _recording_failed(what: str) -> None:
 def _json(value: Any) -> str:
     if isinstance(value, str):
         return value
-    return json.dumps(value, ensure_ascii=False, default=_dump)
+    return json_text(value, default=_dump)
 
 
 def _dump(value: Any) -> Any:

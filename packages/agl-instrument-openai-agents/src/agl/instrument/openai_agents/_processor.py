@@ -16,7 +16,6 @@ say it), and the voice kinds.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +25,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
 from agl.core.tracing import semconv
+from agl.core.tracing.jsontext import json_text
 
 logger = logging.getLogger("agl.instrument.openai_agents")
 
@@ -75,7 +75,7 @@ def _text(value: Any) -> str:
     if isinstance(value, str):
         return value
     try:
-        return json.dumps(value, ensure_ascii=False, default=str)
+        return json_text(value)
     except Exception:
         return str(value)
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import json
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from agl.core.tracing import semconv
+from agl.core.tracing.jsontext import json_text
 from agl.core.tracing.llm import LlmCall, start_llm_call
 from agl.core.tracing.patching import FamilyPatch, Patch, Patcher
 from agl.instrument.openai_agents._processor import AglTracingProcessor, Node, logger, recording_failed
@@ -92,7 +92,9 @@ def _start_wrapper(key: str) -> Callable[..., Any]:
                 (processor.on_span_start if key == "span_id" else processor.on_trace_start)(instance)
             node = processor.nodes.get(getattr(instance, key))
             current = _current_span_for(node)
-            if _flag(args, kwargs, "mark_as_current") and node is not None and current is not None:
+            # Attached unless already current (an unmapped kind inside its mapped parent, mostly).
+            marked = _flag(args, kwargs, "mark_as_current")
+            if marked and node is not None and current is not None and current is not trace.get_current_span():
                 node.token = otel_context.attach(trace.set_span_in_context(current))
         except Exception:
             recording_failed("the current span")
@@ -244,9 +246,9 @@ def _json_default(value: Any) -> Any:
 
 
 def _json(value: Any) -> str:
-    """JSON text of a conversation: the C encoder walks the plain dicts and lists the converter
+    """JSON text of a conversation: the encoder walks the plain dicts and lists the converter
     builds, Python sees only the rare pydantic model or iterable (cheaper than `_plain` first)."""
-    return json.dumps(value, ensure_ascii=False, default=_json_default)
+    return json_text(value, default=_json_default)
 
 
 def _messages(system: str | None, items: Any) -> list[Any]:
@@ -294,7 +296,7 @@ def _fill(call: LlmCall, attributes: Mapping[str, Any]) -> None:
     call.record({key: value for key, value in attributes.items() if key not in present})
 
 
-def _record_request(call: LlmCall, request: Mapping[str, Any]) -> None:
+def _request_attributes(request: Mapping[str, Any]) -> dict[str, Any]:
     settings = request.get("model_settings")
     attributes: dict[str, Any] = {
         semconv.INPUT_MESSAGES: _json(_messages(request.get("system_instructions"), request.get("input") or [])),
@@ -302,26 +304,23 @@ def _record_request(call: LlmCall, request: Mapping[str, Any]) -> None:
     }
     for name, key in _SETTINGS.items():
         attributes[semconv.REQUEST_PREFIX + key] = getattr(settings, name, None)
-    _fill(call, attributes)
+    return attributes
 
 
-def _record_output(call: LlmCall, items: list[Any], usage: Any, response_id: Any) -> None:
+def _output_attributes(items: list[Any], usage: Any, response_id: Any) -> dict[str, Any]:
     from agents.models.chatcmpl_converter import Converter
 
     messages = Converter.items_to_messages(items) if items else []
     for message in messages:
         message.setdefault("content", None)
     tool_calls = any(message.get("tool_calls") for message in messages)
-    _fill(
-        call,
-        {
-            semconv.OUTPUT_MESSAGES: _json(messages),
-            semconv.FINISH_REASONS: ["tool_calls" if tool_calls else "stop"],
-            semconv.RESPONSE_ID: response_id if isinstance(response_id, str) else None,
-            semconv.USAGE_INPUT_TOKENS: getattr(usage, "input_tokens", None) or None,
-            semconv.USAGE_OUTPUT_TOKENS: getattr(usage, "output_tokens", None) or None,
-        },
-    )
+    return {
+        semconv.OUTPUT_MESSAGES: _json(messages),
+        semconv.FINISH_REASONS: ["tool_calls" if tool_calls else "stop"],
+        semconv.RESPONSE_ID: response_id if isinstance(response_id, str) else None,
+        semconv.USAGE_INPUT_TOKENS: getattr(usage, "input_tokens", None) or None,
+        semconv.USAGE_OUTPUT_TOKENS: getattr(usage, "output_tokens", None) or None,
+    }
 
 
 def _start(model: Any) -> LlmCall | None:
@@ -334,12 +333,20 @@ def _start(model: Any) -> LlmCall | None:
         return None
 
 
-def _end(call: LlmCall, request: Mapping[str, Any], error: BaseException | None, record: Callable[[], None]) -> None:
-    for step in (lambda: _record_request(call, request), record):
+def _end(
+    call: LlmCall, request: Mapping[str, Any], error: BaseException | None, output: Callable[[], Mapping[str, Any]]
+) -> None:
+    """Record the request and ``output()`` (in one pass over the span's attributes), then end the span."""
+    attributes: dict[str, Any] = {}
+    for part in (lambda: _request_attributes(request), output):
         try:
-            step()
+            attributes.update(part())
         except Exception:
             recording_failed("a model call")
+    try:
+        _fill(call, attributes)
+    except Exception:
+        recording_failed("a model call")
     try:
         call.end(error)
     except Exception:
@@ -360,7 +367,7 @@ async def _get_response(
     try:
         response = await wrapped(*args, **kwargs)
     except BaseException as error:
-        _end(call, request, error, lambda: None)
+        _end(call, request, error, dict)
         raise
     finally:
         _current_call.reset(current)
@@ -370,7 +377,7 @@ async def _get_response(
         call,
         request,
         None,
-        lambda: _record_output(call, response.to_input_items(), response.usage, response.response_id),
+        lambda: _output_attributes(response.to_input_items(), response.usage, response.response_id),
     )
     return response
 
@@ -423,13 +430,14 @@ async def _observed_stream(
             except Exception:
                 recording_failed("the close of a model stream")
 
-        def record() -> None:
-            if final:
-                response = final[0]
-                items = [item.model_dump(mode="json", exclude_none=True) for item in response.output or ()]
-                _record_output(call, items, getattr(response, "usage", None), getattr(response, "id", None))
+        def output() -> Mapping[str, Any]:
+            if not final:
+                return {}
+            response = final[0]
+            items = [item.model_dump(mode="json", exclude_none=True) for item in response.output or ()]
+            return _output_attributes(items, getattr(response, "usage", None), getattr(response, "id", None))
 
-        _end(call, request, error, record)
+        _end(call, request, error, output)
 
 
 # --- the patches ----------------------------------------------------------------------------
