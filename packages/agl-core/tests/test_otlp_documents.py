@@ -330,6 +330,10 @@ def test_each_document_is_its_span_s_model_dump(content_type: str, request_name:
         assert orjson.dumps(document) == encode_span_document(document) == encode_span(model)
 
 
+def _containers(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3)
+
+
 # Any AnyValue tree: strings with every kind of character, 64-bit integers, every double.
 ANY_VALUE = st.recursive(
     st.none()
@@ -338,7 +342,7 @@ ANY_VALUE = st.recursive(
     | st.floats(allow_nan=True, allow_infinity=True)
     | st.text()
     | st.binary(max_size=8),
-    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
+    _containers,
     max_leaves=8,
 )
 
@@ -639,3 +643,12 @@ def test_the_collector_is_paused_for_a_batch_only() -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_json_bytes_value_that_is_not_ascii_is_a_decode_error() -> None:
+    """Found by hypothesis: base64 raised ValueError (not binascii.Error) for a non-ASCII string,
+    which escaped the decoder (a 500 from the server instead of a 400)."""
+    span = {"traceId": "01" * 16, "spanId": "01" * 8, "attributes": [{"key": "k", "value": {"bytesValue": "\x80"}}]}
+    body = orjson.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [span]}]}]})
+    with pytest.raises(OtlpDecodeError, match=r"attributes\[0\]\.value\.bytesValue must be base64, got a string"):
+        list(decode_documents(body, JSON))

@@ -22,7 +22,6 @@ decoding; see docs/benchmarks.md).
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import re
 import zlib
@@ -729,7 +728,7 @@ def _json_bytes(raw: Any, field: str) -> str:
         padded = raw.replace("-", "+").replace("_", "/") + "=" * (-len(raw) % 4)
         try:
             return base64.b64encode(base64.b64decode(padded, validate=True)).decode("ascii")
-        except binascii.Error:
+        except ValueError:  # binascii.Error, or a character that is not ASCII
             pass
     raise _Invalid(f"must be base64, got {_json_type(raw)}", field)
 
