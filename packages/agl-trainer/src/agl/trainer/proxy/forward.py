@@ -6,8 +6,8 @@ are retried on the same engine with a short, bounded backoff, then the next engi
 Anything the engine did answer (a 4xx, a 500, a slow reply) is final: a bad request stays bad, and
 a retried generation would only repeat the cost.
 
-The client is aiohttp's (a dependency of agl-core already): in the proxy benchmark httpx's async
-client spent about three quarters of the proxy's own time per call, aiohttp a fraction of that.
+The client is aiohttp's: in the proxy benchmark httpx's async client spent about three quarters
+of the proxy's own time per call, aiohttp a fraction of that.
 """
 
 from __future__ import annotations

@@ -1,0 +1,176 @@
+"""Instructions per agent run, uninstrumented / agl / OpenInference, for the fake-model agents of
+the ``overhead_*.py`` scripts, counted by valgrind's callgrind.
+
+    python benchmarks/overhead_instructions.py --framework langchain [--runs 50]   # autogen, openai_agents
+    .venvs/crewai/bin/python benchmarks/overhead_instructions.py --framework crewai
+
+Why instructions: on a machine shared with other work, wall-clock and even CPU seconds of a
+2-4 ms agent run move by tens of percent between blocks; the number of instructions a run
+executes does not move at all. It is not time (cache misses and branch mispredictions are not
+counted), so these figures complement the timed scripts rather than replace them.
+
+The script re-runs itself under ``valgrind --tool=callgrind`` (valgrind must be installed; it is
+not a Python package). In that child, each variant is switched on, warmed up, and its ``--runs``
+runs are framed by two counter dumps (``callgrind_control --dump``), so start-up and imports are
+not counted. Every variant records into the same tracer provider as in the timed scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+Variant = tuple[Callable[[], None], Callable[[], None]]
+
+
+def _provider(exporter: Any) -> Any:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    from agl.core.tracing.context import ActiveRollout
+    from agl.core.tracing.processor import RolloutSpanProcessor
+
+    provider = TracerProvider()
+    provider.add_span_processor(RolloutSpanProcessor(ActiveRollout("ro-bench", "at-bench")))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider
+
+
+def _in_memory() -> Any:
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    return InMemorySpanExporter()
+
+
+def _pair(instrumentor: Any, **options: Any) -> Variant:
+    return (lambda: instrumentor.instrument(**options), instrumentor.uninstrument)
+
+
+def langchain() -> tuple[Callable[[int], None], dict[str, Variant]]:
+    import overhead_langchain as bench
+
+    provider = _provider(_in_memory())
+    agent, question = bench.build(), {"messages": [bench.HumanMessage("What is 1 + 2?")]}
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            agent.invoke(question)
+
+    ours, theirs = bench.LangChainInstrumentor(), bench.OpenInferenceInstrumentor()
+    return run, {"agl": _pair(ours, tracer_provider=provider), "openinference": _pair(theirs, tracer_provider=provider)}
+
+
+def autogen() -> tuple[Callable[[int], None], dict[str, Variant]]:
+    import overhead_autogen as bench
+    from opentelemetry import trace
+
+    trace.set_tracer_provider(_provider(_in_memory()))  # AutoGen's own spans go there in every variant
+    ours, theirs = bench.AutoGenInstrumentor(), bench.AutogenAgentChatInstrumentor()
+    return lambda n: asyncio.run(bench.block(n)), {"agl": _pair(ours), "openinference": _pair(theirs)}
+
+
+def openai_agents() -> tuple[Callable[[int], None], dict[str, Variant]]:
+    import overhead_openai_agents as bench
+
+    provider = _provider(_in_memory())
+    ours, theirs = bench.OpenAIAgentsInstrumentor(), bench.OpenInference()
+    return lambda n: asyncio.run(bench.batch(n)), {
+        "agl": _pair(ours, tracer_provider=provider),
+        "openinference": _pair(theirs, tracer_provider=provider),
+    }
+
+
+def crewai() -> tuple[Callable[[int], None], dict[str, Variant]]:
+    import overhead_crewai as bench
+
+    provider = _provider(bench.Dropping())
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            bench.run_crew()
+
+    ours, theirs = bench.CrewAIInstrumentor(), bench.OpenInferenceCrewAI()
+    return run, {"agl": _pair(ours, tracer_provider=provider), "openinference": _pair(theirs, tracer_provider=provider)}
+
+
+FRAMEWORKS = {"langchain": langchain, "autogen": autogen, "openai_agents": openai_agents, "crewai": crewai}
+
+
+def child(framework: str, runs: int) -> None:
+    """Under callgrind: each variant's runs between two counter dumps named after it."""
+    sys.path.insert(0, str(HERE))
+    run, instrumented = FRAMEWORKS[framework]()
+    variants: dict[str, Variant] = {"uninstrumented": (lambda: None, lambda: None), **instrumented}
+
+    def dump(label: str) -> None:
+        subprocess.run(["callgrind_control", "--dump=" + label, str(os.getpid())], check=True, capture_output=True)
+
+    for name, (on, off) in variants.items():
+        on()
+        try:
+            run(5)  # warm-up: first-run paths, caches
+            dump(f"before-{name}")
+            run(runs)
+            dump(f"after-{name}")
+        finally:
+            off()
+
+
+def counted(folder: Path) -> dict[str, int]:
+    """Instructions of each ``after-<variant>`` dump: what ran since the ``before`` one."""
+    found: dict[str, int] = {}
+    for dump in folder.glob("callgrind.out*"):
+        text = dump.read_text(errors="replace")
+        trigger = re.search(r"^desc: Trigger: .*?after-(\S+)", text, re.M)
+        total = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
+        if trigger and total:
+            found[trigger.group(1)] = int(total.group(1))
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--framework", choices=sorted(FRAMEWORKS), required=True)
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    options = parser.parse_args()
+    if options.child:
+        child(options.framework, options.runs)
+        return
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        sys.exit("valgrind (with callgrind_control) is needed: it is a system package, not a Python one")
+    with tempfile.TemporaryDirectory() as folder:
+        command = [
+            "valgrind",
+            "--tool=callgrind",
+            f"--callgrind-out-file={folder}/callgrind.out",
+            sys.executable,
+            __file__,
+            "--framework",
+            options.framework,
+            "--runs",
+            str(options.runs),
+            "--child",
+        ]
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        totals = counted(Path(folder))
+    per_run = {name: totals[name] / options.runs for name in ("uninstrumented", "agl", "openinference")}
+    base = per_run["uninstrumented"]
+    print(f"{options.framework}: instructions per agent run ({options.runs} runs per variant, callgrind)")
+    for name, value in per_run.items():
+        print(f"  {name:15s} {value / 1e6:8.2f} M   {value / base:.3f}x uninstrumented")
+    print(f"  agl / openinference: {per_run['agl'] / per_run['openinference']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
