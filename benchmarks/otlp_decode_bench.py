@@ -17,7 +17,6 @@ and serialised by ``orjson`` as it comes); ``gzip+decode`` adds `decompress` of 
 from __future__ import annotations
 
 import argparse
-import base64
 import gzip
 import json
 import sys
@@ -29,7 +28,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 
 import orjson
-from google.protobuf.json_format import MessageToDict
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -39,6 +37,7 @@ from workload import llm_attributes
 
 from agl.core.otlp import decode_documents, decode_traces, decompress, to_span
 from agl.core.store.lifecycle import encode_span
+from agl.core.testing.otlp import otlp_json_document
 
 CAP = 64 * 2**20
 
@@ -56,22 +55,7 @@ def sdk_spans(count: int) -> tuple[ReadableSpan, ...]:
 
 
 def otlp_json(message: Any) -> bytes:
-    """proto3 JSON of the request with OTLP/JSON's deviations: hex ids, integer enums."""
-    document = MessageToDict(message, use_integers_for_enums=True)
-
-    def hexify(node: Any) -> None:
-        if isinstance(node, list):
-            for item in node:
-                hexify(item)
-        elif isinstance(node, dict):
-            for key, value in node.items():
-                if key in ("traceId", "spanId", "parentSpanId"):
-                    node[key] = base64.b64decode(value).hex()
-                else:
-                    hexify(value)
-
-    hexify(document)
-    return json.dumps(document).encode()
+    return json.dumps(otlp_json_document(message)).encode()
 
 
 def spans_per_second(runs: int, count: int, work: Callable[[], object]) -> float:

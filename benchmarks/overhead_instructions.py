@@ -12,7 +12,10 @@ counted), so these figures complement the timed scripts rather than replace them
 The script re-runs itself under ``valgrind --tool=callgrind`` (valgrind must be installed; it is
 not a Python package). In that child, each variant is switched on, warmed up, and its ``--runs``
 runs are framed by two counter dumps (``callgrind_control --dump``), so start-up and imports are
-not counted. Every variant records into the same tracer provider as in the timed scripts.
+not counted. Every variant records into the same tracer provider as in the timed scripts. A
+fourth variant, "bare spans", runs the uninstrumented agent and then opens and ends, directly,
+as many spans as agl makes per run: what span creation alone costs in that provider, the floor
+under any instrumentor that records those spans.
 """
 
 from __future__ import annotations
@@ -56,7 +59,11 @@ def _pair(instrumentor: Any, **options: Any) -> Variant:
     return (lambda: instrumentor.instrument(**options), instrumentor.uninstrument)
 
 
-def langchain() -> tuple[Callable[[int], None], dict[str, Variant]]:
+Setup = tuple[Callable[[int], None], dict[str, Variant], Any]
+"""(run n agents, the instrumented variants, the tracer provider they record into)."""
+
+
+def langchain() -> Setup:
     import overhead_langchain as bench
 
     provider = _provider(_in_memory())
@@ -67,30 +74,30 @@ def langchain() -> tuple[Callable[[int], None], dict[str, Variant]]:
             agent.invoke(question)
 
     ours, theirs = bench.LangChainInstrumentor(), bench.OpenInferenceInstrumentor()
-    return run, {"agl": _pair(ours, tracer_provider=provider), "openinference": _pair(theirs, tracer_provider=provider)}
+    variants = {"agl": _pair(ours, tracer_provider=provider), "openinference": _pair(theirs, tracer_provider=provider)}
+    return run, variants, provider
 
 
-def autogen() -> tuple[Callable[[int], None], dict[str, Variant]]:
+def autogen() -> Setup:
     import overhead_autogen as bench
     from opentelemetry import trace
 
-    trace.set_tracer_provider(_provider(_in_memory()))  # AutoGen's own spans go there in every variant
+    provider = _provider(_in_memory())
+    trace.set_tracer_provider(provider)  # AutoGen's own spans go there in every variant
     ours, theirs = bench.AutoGenInstrumentor(), bench.AutogenAgentChatInstrumentor()
-    return lambda n: asyncio.run(bench.block(n)), {"agl": _pair(ours), "openinference": _pair(theirs)}
+    return lambda n: asyncio.run(bench.block(n)), {"agl": _pair(ours), "openinference": _pair(theirs)}, provider
 
 
-def openai_agents() -> tuple[Callable[[int], None], dict[str, Variant]]:
+def openai_agents() -> Setup:
     import overhead_openai_agents as bench
 
     provider = _provider(_in_memory())
     ours, theirs = bench.OpenAIAgentsInstrumentor(), bench.OpenInference()
-    return lambda n: asyncio.run(bench.batch(n)), {
-        "agl": _pair(ours, tracer_provider=provider),
-        "openinference": _pair(theirs, tracer_provider=provider),
-    }
+    variants = {"agl": _pair(ours, tracer_provider=provider), "openinference": _pair(theirs, tracer_provider=provider)}
+    return lambda n: asyncio.run(bench.batch(n)), variants, provider
 
 
-def crewai() -> tuple[Callable[[int], None], dict[str, Variant]]:
+def crewai() -> Setup:
     import overhead_crewai as bench
 
     provider = _provider(bench.Dropping())
@@ -100,16 +107,71 @@ def crewai() -> tuple[Callable[[int], None], dict[str, Variant]]:
             bench.run_crew()
 
     ours, theirs = bench.CrewAIInstrumentor(), bench.OpenInferenceCrewAI()
-    return run, {"agl": _pair(ours, tracer_provider=provider), "openinference": _pair(theirs, tracer_provider=provider)}
+    variants = {"agl": _pair(ours, tracer_provider=provider), "openinference": _pair(theirs, tracer_provider=provider)}
+    return run, variants, provider
 
 
 FRAMEWORKS = {"langchain": langchain, "autogen": autogen, "openai_agents": openai_agents, "crewai": crewai}
+VARIANTS = ("uninstrumented", "agl", "openinference", "bare spans")
+BARE_ATTRIBUTES = {
+    "agl.llm.call": True,
+    "gen_ai.operation.name": "chat",
+    "gen_ai.request.model": "fake",
+    "gen_ai.provider.name": "openai",
+    "agl.agent.name": "agent",
+}
+
+
+class SpanCounter:
+    """Counts the spans a provider ends (a processor added to it)."""
+
+    def __init__(self) -> None:
+        self.ended = 0
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        pass
+
+    def on_end(self, span: Any) -> None:
+        self.ended += 1
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+def with_bare_spans(run: Callable[[int], None], provider: Any, per_run: int) -> Callable[[int], None]:
+    """The uninstrumented agent, plus as many spans as agl makes in its runs, opened and ended
+    directly with five attributes: the floor that span creation alone puts under any instrumentor
+    recording into this provider."""
+    tracer = provider.get_tracer("bare")
+
+    def bare(n: int) -> None:
+        run(n)
+        for _ in range(n * per_run):
+            tracer.start_span("chat fake", attributes=BARE_ATTRIBUTES).end()
+
+    return bare
 
 
 def child(framework: str, runs: int) -> None:
     """Under callgrind: each variant's runs between two counter dumps named after it."""
     sys.path.insert(0, str(HERE))
-    run, instrumented = FRAMEWORKS[framework]()
+    run, instrumented, provider = FRAMEWORKS[framework]()
+    counter = SpanCounter()
+    provider.add_span_processor(counter)
+    on, off = instrumented["agl"]
+    on()
+    try:
+        run(1)  # first-run paths
+        before = counter.ended
+        run(1)
+        agl_spans = counter.ended - before
+    finally:
+        off()
+    bare = with_bare_spans(run, provider, agl_spans)
+    print(f"agl makes {agl_spans} spans per run", flush=True)
     variants: dict[str, Variant] = {"uninstrumented": (lambda: None, lambda: None), **instrumented}
 
     def dump(label: str) -> None:
@@ -124,6 +186,10 @@ def child(framework: str, runs: int) -> None:
             dump(f"after-{name}")
         finally:
             off()
+    bare(5)
+    dump("before-bare")
+    bare(runs)
+    dump("after-bare")
 
 
 def counted(folder: Path) -> dict[str, int]:
@@ -162,13 +228,15 @@ def main() -> None:
             str(options.runs),
             "--child",
         ]
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        done = subprocess.run(command, check=True, capture_output=True, text=True)
         totals = counted(Path(folder))
-    per_run = {name: totals[name] / options.runs for name in ("uninstrumented", "agl", "openinference")}
+    spans = re.search(r"agl makes (\d+) spans per run", done.stdout)
+    per_run = {name: totals[name.split()[0]] / options.runs for name in VARIANTS}
     base = per_run["uninstrumented"]
     print(f"{options.framework}: instructions per agent run ({options.runs} runs per variant, callgrind)")
     for name, value in per_run.items():
         print(f"  {name:15s} {value / 1e6:8.2f} M   {value / base:.3f}x uninstrumented")
+    print(f"  (bare spans: the uninstrumented run plus {spans.group(1) if spans else '?'} spans made directly)")
     print(f"  agl / openinference: {per_run['agl'] / per_run['openinference']:.3f}")
 
 

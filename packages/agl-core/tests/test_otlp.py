@@ -21,7 +21,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from google.protobuf.json_format import MessageToDict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
@@ -54,6 +53,7 @@ from agl.core.otlp import (
     decompress,
     to_span,
 )
+from agl.core.testing.otlp import otlp_json_document
 from agl.core.tracing.identity import file_span
 from agl.core.types import Span
 
@@ -124,33 +124,6 @@ def sdk_spans() -> tuple[ReadableSpan, ...]:
 
 def protobuf_body(spans: tuple[ReadableSpan, ...]) -> bytes:
     return encode_spans(spans).SerializeToString()
-
-
-_ID_KEYS = ("traceId", "spanId", "parentSpanId")
-_INT64_KEYS = ("startTimeUnixNano", "endTimeUnixNano", "timeUnixNano", "intValue")
-
-
-def otlp_json_document(message: Any, *, int64_as_numbers: bool = False, uppercase_ids: bool = False) -> Any:
-    """The OTLP/JSON encoding: protobuf's JSON mapping (lowerCamelCase keys, 64-bit integers as decimal
-    strings) with integer enums and hex ids instead of base64, as the OTLP specification deviates."""
-    document = MessageToDict(message, use_integers_for_enums=True)
-
-    def rewrite(node: Any) -> None:
-        if isinstance(node, list):
-            for item in node:
-                rewrite(item)
-        elif isinstance(node, dict):
-            for key, value in node.items():
-                if key in _ID_KEYS:
-                    hex_id = base64.b64decode(value).hex()
-                    node[key] = hex_id.upper() if uppercase_ids else hex_id
-                elif key in _INT64_KEYS and int64_as_numbers:
-                    node[key] = int(value)
-                else:
-                    rewrite(value)
-
-    rewrite(document)
-    return document
 
 
 def json_body(spans: tuple[ReadableSpan, ...], **options: bool) -> bytes:

@@ -9,7 +9,6 @@ it to the model path it replaced: `decode_traces`, `to_span`, `encode_span`, `ad
 from __future__ import annotations
 
 import asyncio
-import base64
 import functools
 import gc
 import inspect
@@ -45,6 +44,7 @@ from agl.core.store import InMemoryLightningStore, SqliteLightningStore
 from agl.core.store.base import LightningStore
 from agl.core.store.lifecycle import LifecycleStore, encode_span, encode_span_document
 from agl.core.testing import ManualClock, StoreConformance
+from agl.core.testing.otlp import otlp_json_document
 from agl.core.testing.server import ServingThread
 from agl.core.tracing.identity import file_span
 from agl.core.types import Span, SpanResource
@@ -200,23 +200,7 @@ def sdk_request() -> ExportTraceServiceRequest:
 def body_of(request: ExportTraceServiceRequest, content_type: str) -> bytes:
     if content_type == PROTOBUF:
         return request.SerializeToString()
-    from google.protobuf.json_format import MessageToDict
-
-    document = MessageToDict(request, use_integers_for_enums=True)
-
-    def hexify(node: Any) -> None:
-        if isinstance(node, list):
-            for item in node:
-                hexify(item)
-        elif isinstance(node, dict):
-            for key, value in node.items():
-                if key in ("traceId", "spanId", "parentSpanId"):
-                    node[key] = base64.b64decode(value).hex()
-                else:
-                    hexify(value)
-
-    hexify(document)
-    return orjson.dumps(document)
+    return orjson.dumps(otlp_json_document(request))
 
 
 REQUESTS = {"seed": seed_request, "handmade": handmade_request, "sdk": sdk_request}  # in this order
