@@ -163,6 +163,8 @@ def child(framework: str, runs: int) -> None:
         agl_spans = counter.ended - before
     finally:
         off()
+    if agl_spans == 0:
+        sys.exit("agl recorded no span in a run: the comparison would mean nothing")
     bare = with_bare_spans(run, provider, agl_spans)
     print(f"agl makes {agl_spans} spans per run", flush=True)
     variants: dict[str, Variant] = {"uninstrumented": (lambda: None, lambda: None), **instrumented}
