@@ -6,25 +6,13 @@ import math
 
 import pytest
 import torch
+from token_triplets import triplet
 
 from agl.core.types.triplets import Triplet
 from agl.trainer.learning.advantages import group_advantages
 from agl.trainer.learning.batches import Item, build_batch
 from agl.trainer.learning.losses import policy_loss, sft_loss, token_logprobs
 from agl.trainer.learning.step import backward
-
-
-def triplet(
-    prompt: list[int], response: list[int], mask: list[int] | None = None, logprobs: list[float] | None = None
-) -> Triplet:
-    return Triplet(
-        prompt=None,
-        response=None,
-        prompt_token_ids=prompt,
-        response_token_ids=response,
-        response_mask=mask,
-        response_logprobs=logprobs,
-    )
 
 
 def test_rows_masks_and_old_logprobs_align_with_the_ids() -> None:

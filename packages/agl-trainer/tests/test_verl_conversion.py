@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 import torch
+from token_triplets import triplet
 
 from agl.core.tracing import semconv
 from agl.core.types import Rollout, Span
-from agl.core.types.triplets import Triplet
 from agl.trainer.learning.advantages import group_advantages
 from agl.trainer.learning.batches import Item, build_batch
 from agl.trainer.learning.losses import policy_loss
@@ -23,22 +23,6 @@ from agl.trainer.learning.rollouts import Scored
 from agl.trainer.verl.conversion import PADDING, FinishedRollout, pad_to_multiple, to_verl_batch
 from agl.trainer.verl.policy import Schedule, StaleRollouts, StepPlan, check_staleness
 from agl.trainer.verl.runtime import VerlMissing, import_verl
-
-
-def triplet(
-    prompt: list[int] | None,
-    response: list[int] | None,
-    mask: list[int] | None = None,
-    logprobs: list[float] | None = None,
-) -> Triplet:
-    return Triplet(
-        prompt=None,
-        response=None,
-        prompt_token_ids=prompt,
-        response_token_ids=response,
-        response_mask=mask,
-        response_logprobs=logprobs,
-    )
 
 
 def span(sequence_id: int, name: str, attributes: dict[str, Any], rollout_id: str = "ro-1") -> Span:
