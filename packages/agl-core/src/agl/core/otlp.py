@@ -27,7 +27,7 @@ import re
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from pydantic_core import from_json
 
@@ -42,7 +42,6 @@ _KINDS: tuple[SpanKind, ...] = ("INTERNAL", "INTERNAL", "SERVER", "CLIENT", "PRO
 _STATUS_CODES: tuple[StatusCode, ...] = ("UNSET", "OK", "ERROR")
 
 _T = TypeVar("_T")
-_T_co = TypeVar("_T_co", covariant=True)
 
 
 class OtlpDecodeError(InvalidInput):
@@ -176,7 +175,10 @@ def decode_documents(body: bytes, content_type: str) -> Iterator[dict[str, Any]]
     return _decode(body, content_type, _document)
 
 
-def _decode(body: bytes, content_type: str, make: _Make[_T]) -> Iterator[_T]:
+def _decode(body: bytes, content_type: str, make: Callable[..., _T]) -> Iterator[_T]:
+    """The spans of ``body``, each built by ``make`` (`_otlp_span` or `_document`, called by keyword
+    with the span's fields; its events, links and resource come as the documents `Span.model_dump()`
+    gives)."""
     media_type = content_type.partition(";")[0].strip().lower()
     if media_type == "application/x-protobuf":
         return _decode_protobuf(body, make)
@@ -185,31 +187,6 @@ def _decode(body: bytes, content_type: str, make: _Make[_T]) -> Iterator[_T]:
     raise OtlpUnsupportedMediaType(
         f"unsupported content type {content_type!r}: expected application/x-protobuf or application/json"
     )
-
-
-class _Make(Protocol[_T_co]):
-    """What a walker calls once per span: events, links and the resource come as documents
-    (``{"name", "timestamp", "attributes"}``, ``{"trace_id", "span_id", "attributes"}``,
-    ``{"attributes", "schema_url"}``), the form `Span.model_dump()` gives them."""
-
-    def __call__(
-        self,
-        trace_id: str,
-        span_id: str,
-        parent_id: str | None,
-        name: str,
-        kind: SpanKind,
-        status_code: StatusCode,
-        status_description: str | None,
-        attributes: Attributes,
-        events: list[dict[str, Any]],
-        links: list[dict[str, Any]],
-        start_time: float | None,
-        end_time: float | None,
-        resource: dict[str, Any],
-        scope_name: str,
-        scope_version: str,
-    ) -> _T_co: ...
 
 
 def _otlp_span(
@@ -333,7 +310,7 @@ def _status_code(value: int, field: str) -> StatusCode:
 # case (a string attribute, a span with no events or links, a valid id) takes no function call.
 
 
-def _decode_protobuf(body: bytes, make: _Make[_T]) -> Iterator[_T]:
+def _decode_protobuf(body: bytes, make: Callable[..., _T]) -> Iterator[_T]:
     from google.protobuf.message import DecodeError
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
@@ -346,7 +323,7 @@ def _decode_protobuf(body: bytes, make: _Make[_T]) -> Iterator[_T]:
     return _pb_walk(request, make)
 
 
-def _pb_walk(request: Any, make: _Make[_T]) -> Iterator[_T]:
+def _pb_walk(request: Any, make: Callable[..., _T]) -> Iterator[_T]:
     for r, resource_spans in enumerate(request.resource_spans):
         resource = {
             "attributes": _pb_attributes(resource_spans.resource.attributes),
@@ -363,7 +340,7 @@ def _pb_walk(request: Any, make: _Make[_T]) -> Iterator[_T]:
                     raise OtlpDecodeError(error.message("protobuf")) from None
 
 
-def _pb_span(span: Any, resource: dict[str, Any], scope_name: str, scope_version: str, make: _Make[_T]) -> _T:
+def _pb_span(span: Any, resource: dict[str, Any], scope_name: str, scope_version: str, make: Callable[..., _T]) -> _T:
     status = span.status
     code = status.code
     kind = span.kind
@@ -471,7 +448,7 @@ _INT64 = (-(2**63), 2**63 - 1)
 _UINT64 = (0, 2**64 - 1)
 
 
-def _decode_json(body: bytes, make: _Make[_T]) -> Iterator[_T]:
+def _decode_json(body: bytes, make: Callable[..., _T]) -> Iterator[_T]:
     try:
         document = from_json(body)
     except ValueError as error:
@@ -521,7 +498,7 @@ def _json_message(parent: dict[str, Any], key: str, decode: Callable[[dict[str, 
         raise error.within(key) from None
 
 
-def _json_resource_spans(item: Any, make: _Make[_T]) -> list[_T]:
+def _json_resource_spans(item: Any, make: Callable[..., _T]) -> list[_T]:
     resource_spans = _json_object(item)
     resource = {
         "attributes": _json_message(resource_spans, "resource", lambda r: _json_attributes(r, "attributes")),
@@ -538,7 +515,7 @@ def _json_resource_spans(item: Any, make: _Make[_T]) -> list[_T]:
     return [span for spans in _json_list(resource_spans, "scopeSpans", scope_spans) for span in spans]
 
 
-def _json_span(item: Any, resource: dict[str, Any], scope_name: str, scope_version: str, make: _Make[_T]) -> _T:
+def _json_span(item: Any, resource: dict[str, Any], scope_name: str, scope_version: str, make: Callable[..., _T]) -> _T:
     span = _json_object(item)
     status_code, status_description = _json_message(span, "status", _json_status)  # checked first, as before
     trace_id = _json_id(span, "traceId", 16)
