@@ -1,6 +1,6 @@
 """Importing verl itself, only where a GPU run needs it, with an error that says what to install.
 
-The conversion and the scheduling options never import verl; the plugin's GPU path will call
+The conversion, the options and the plugin's registration never import verl; a fit calls
 `import_verl` first, so a missing verl is one clear error at the start of a fit, not an
 ImportError from deep inside a worker.
 """

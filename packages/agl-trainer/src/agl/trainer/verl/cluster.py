@@ -1,0 +1,208 @@
+"""verl's side of a fit: the FSDP actor's worker group, the vLLM replicas, weight pushes, checkpoints.
+
+The only module of the plugin that imports verl (after `runtime.import_verl` said it is there). It
+builds what verl's own PPO trainer builds (``RayPPOTrainer.init_workers`` in
+``verl/trainer/ppo/ray_trainer.py``), minus what agl replaces: no dataloader, no agent loop, no
+reward loop — agl's runners run the agents and the store holds their rewards.
+
+- **Colocated** (mode ``sync``): one worker group (role ``actor_rollout``) holds the FSDP actor and,
+  on the same GPUs, vLLM replicas started by ``LLMServerManager`` (hybrid mode). The replicas sleep
+  while the actor trains; ``CheckpointEngineManager.update_weights`` (backend ``naive``) copies the
+  weights in and wakes them.
+- **Separate** (mode ``one_step_off``): the actor group (role ``actor``) on ``trainer`` GPUs, standalone
+  replicas on ``rollout`` GPUs of their own; weights move over NCCL (backend ``nccl``) between
+  batches, and the replicas never sleep.
+
+Every replica serves vLLM's own OpenAI app; `addresses` gives their base URLs for agl's LLM proxy.
+Methods block (Ray calls): the algorithm runs them on a thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from agl.trainer.verl.conversion import VerlBatch
+
+logger = logging.getLogger(__name__)
+
+POOL = "global_pool"
+
+
+@dataclass
+class VerlCluster:
+    """The started pieces; build with `start`, always `stop`."""
+
+    config: Any
+    actor: Any
+    """The actor's RayWorkerGroup."""
+    servers: Any
+    """verl's LLMServerManager (the vLLM replicas)."""
+    weights: Any
+    """verl's CheckpointEngineManager (actor → replicas)."""
+    colocated: bool
+    owns_ray: bool
+
+    @classmethod
+    def start(cls, config: Any, *, ray_address: str | None) -> VerlCluster:
+        """Join (``ray_address``, e.g. "auto") or start Ray, spawn the actor's workers, load the model,
+        start the vLLM replicas and connect them to the actor for weight pushes."""
+        import ray
+        from verl.checkpoint_engine import CheckpointEngineManager
+        from verl.single_controller.ray import RayClassWithInitArgs, RayWorkerGroup, ResourcePoolManager
+        from verl.single_controller.ray.base import create_colocated_worker_cls
+        from verl.trainer.constants_ppo import get_ppo_ray_runtime_env
+        from verl.trainer.ppo.utils import Role
+        from verl.utils.config import omega_conf_to_dataclass
+        from verl.workers.engine_workers import ActorRolloutRefWorker
+        from verl.workers.rollout.llm_server import LLMServerManager
+
+        owns_ray = not ray.is_initialized()
+        if owns_ray:
+            ray.init(address=ray_address, runtime_env=dict(get_ppo_ray_runtime_env(config)))
+        colocated = bool(config.actor_rollout_ref.hybrid_engine)
+        role = Role.ActorRollout if colocated else Role.Actor
+        pools = ResourcePoolManager(
+            resource_pool_spec={POOL: [config.trainer.n_gpus_per_node] * config.trainer.nnodes},
+            mapping={role: POOL},
+        )
+        pools.create_resource_pool()
+        pool = pools.get_resource_pool(role)
+        worker = RayClassWithInitArgs(
+            cls=ray.remote(ActorRolloutRefWorker),
+            config=config.actor_rollout_ref,
+            distillation_config=config.get("distillation"),
+            role=str(role),
+        )
+        group = RayWorkerGroup(
+            resource_pool=pool,
+            ray_cls_with_init=create_colocated_worker_cls(class_dict={str(role): worker}),
+            device_name=config.trainer.device,
+        )
+        actor = group.spawn(prefix_set=[str(role)])[str(role)]
+        actor.init_model()
+        if colocated:
+            servers = LLMServerManager.create(config=config, worker_group=actor, rollout_resource_pool=pool)
+        else:
+            servers = LLMServerManager.create(config=config)  # standalone: the rollout GPUs of its own
+        weights = CheckpointEngineManager(
+            config=omega_conf_to_dataclass(config.actor_rollout_ref.rollout.checkpoint_engine),
+            actor_wg=actor,
+            replicas=servers.get_replicas(),
+        )
+        if colocated:
+            weights.sleep_replicas()  # as verl does: the first push loads the weights and wakes them
+        return cls(config, actor, servers, weights, colocated, owns_ray)
+
+    @property
+    def addresses(self) -> list[str]:
+        """Each replica's OpenAI base URL (vLLM's own app, reached over the cluster's network)."""
+        return [f"http://{address}/v1" for address in self.servers.get_addresses()]
+
+    @property
+    def data_parallel_size(self) -> int:
+        """How many ways verl splits a batch for the actor (a batch's rows must divide by it)."""
+        ranks = self.actor._query_dispatch_info("actor")
+        return int(max(ranks)) + 1
+
+    def push_weights(self, version: int) -> None:
+        """The actor's current weights to every replica (colocated: also wakes them). Call only when
+        no rollout is in flight: verl's push aborts requests in progress."""
+        self.weights.update_weights(version)
+
+    def release(self) -> None:
+        """After a batch's rollouts, colocated: put the replicas to sleep so the actor has the GPUs."""
+        if self.colocated:
+            self.weights.sleep_replicas()
+
+    def log_probs(self, batch: Any) -> torch.Tensor:
+        """The actor's log-probabilities of each response token of ``batch`` (a DataProto) [B, R]."""
+        from verl.utils import tensordict_utils as tu
+        from verl.workers.utils.padding import left_right_2_no_padding, no_padding_2_padding
+
+        data = left_right_2_no_padding(batch.to_tensordict())
+        tu.assign_non_tensor(data, calculate_entropy=True, compute_loss=False)
+        output = self.actor.compute_log_prob(data)
+        return no_padding_2_padding(tu.get(output, "log_probs"), data).float()
+
+    def update_actor(self, batch: Any, *, epochs: int, seed: int) -> dict[str, float]:
+        """One optimizer step per epoch on the whole ``batch`` as a single mini-batch (its loss weights
+        sum to 1 over all rows, so a split would change the loss). Returns verl's metrics, averaged."""
+        from verl.utils import tensordict_utils as tu
+        from verl.utils.metric import reduce_metrics
+        from verl.workers.utils.padding import left_right_2_no_padding
+
+        rows = len(batch)
+        data = left_right_2_no_padding(batch.to_tensordict())
+        tu.assign_non_tensor(
+            data,
+            calculate_entropy=False,
+            distillation_use_topk=False,
+            distillation_only=False,
+            global_batch_size=rows,
+            mini_batch_size=rows,
+            epochs=epochs,
+            seed=seed,
+            dataloader_kwargs={"shuffle": False},
+            compute_loss=True,
+        )
+        output = self.actor.update_actor(data)
+        metrics: dict[str, Any] = reduce_metrics(tu.get(output, "metrics"))
+        return {f"actor/{name}": scalar for name, value in metrics.items() if (scalar := _scalar(value)) is not None}
+
+    def save(self, step: int) -> Path:
+        """verl's checkpoint of the actor at ``step`` (FSDP shards, optimizer, and with ``hf_model`` in
+        ``checkpoint.save_contents`` a Hugging Face folder); returns that folder."""
+        root = Path(self.config.trainer.default_local_dir)
+        actor = root / f"global_step_{step}" / "actor"
+        keep = self.config.trainer.get("max_actor_ckpt_to_keep", None)
+        self.actor.save_checkpoint(str(actor), None, step, max_ckpt_to_keep=keep)
+        (root / "latest_checkpointed_iteration.txt").write_text(str(step))  # what verl's resume reads
+        return actor / "huggingface"
+
+    def stop(self) -> None:
+        """Stop Ray if this fit started it (its actors go with it); on a cluster joined, leave it up."""
+        if self.owns_ray:
+            import ray
+
+            ray.shutdown()
+
+
+def to_proto(batch: VerlBatch, *, temperature: float) -> Any:
+    """The batch as verl's ``DataProto``; ``temperature`` is what the actor divides logits by before its
+    log-probabilities (the sampling temperature, as verl's trainer passes it)."""
+    from verl import DataProto
+
+    return DataProto.from_single_dict(batch.data, meta_info={"temperature": temperature, "multi_turn": False})
+
+
+def estimator_advantages(proto: Any, algorithm: Any) -> torch.Tensor:
+    """verl's own advantage estimator (``algorithm.adv_estimator``) over the rows of ``proto``, each row
+    its own sample and ``uid`` its group; the caller makes sure every rollout is one row."""
+    from verl.trainer.ppo.ray_trainer import compute_advantage
+
+    proto.batch["token_level_rewards"] = proto.batch["token_level_scores"]
+    scored = compute_advantage(
+        proto,
+        adv_estimator=algorithm.adv_estimator,
+        gamma=algorithm.gamma,
+        lam=algorithm.lam,
+        norm_adv_by_std_in_grpo=algorithm.norm_adv_by_std_in_grpo,
+        config=algorithm,
+    )
+    advantages: torch.Tensor = scored.batch["advantages"]
+    return advantages
+
+
+def _scalar(value: object) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float | np.integer | np.floating):
+        return float(value)
+    return None

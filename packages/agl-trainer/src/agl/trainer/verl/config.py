@@ -1,0 +1,117 @@
+"""verl's configuration for one fit: verl's own ``ppo_trainer`` defaults, the plugin's settings, the user's.
+
+Three layers, merged in this order:
+
+1. verl's ``ppo_trainer`` config, composed with Hydra from the config folder verl ships (the same
+   defaults ``python -m verl.trainer.main_ppo`` starts from);
+2. `plugin_settings`: what agl's semantics need (a token sum of per-rollout weighted advantages,
+   no KL or entropy term aggregated per token, vLLM as the engine, the lengths, the layout);
+3. the ``verl`` option, a nested mapping (for parallelism, offload, engine settings...).
+
+The merge keeps verl's struct mode, so a misspelt key is an error naming it; the result is checked
+with verl's own validation (`verl.utils.config.validate_config`, which builds verl's ``ActorConfig``
+dataclass) and the rollout and checkpoint-engine sections are built as verl's dataclasses too.
+`plugin_settings` is plain Python; `build_config` imports verl.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from agl.trainer.verl.options import VerlOptions
+
+NO_DUAL_CLIP = 1e9
+"""``clip_ratio_c``: verl's dual clip (3.0 by default) bounds the loss of negative advantages; `grpo`
+has no such bound, so it is moved out of reach."""
+
+
+def plugin_settings(options: VerlOptions, checkpoint_dir: str | None) -> dict[str, Any]:
+    """The verl config keys the plugin sets, as a nested mapping (see `options.LOCKED` for which of
+    them a ``verl`` override may not change)."""
+    separate = options.separate_rollout
+    clip_high = options.clip if options.clip_high is None else options.clip_high
+    save_contents = ["model", "optimizer", "extra", "hf_model"]  # hf_model: a folder `agl serve` loads
+    return {
+        "data": {
+            "max_prompt_length": options.max_prompt_length,
+            "max_response_length": options.max_response_length,
+            "train_batch_size": options.tasks_per_step,
+        },
+        "actor_rollout_ref": {
+            "hybrid_engine": not separate,
+            "model": {"path": options.model},
+            "actor": {
+                "strategy": "fsdp",
+                "loss_agg_mode": "token-sum",
+                "use_kl_loss": False,
+                "entropy_coeff": 0,
+                "clip_ratio_low": options.clip,
+                "clip_ratio_high": clip_high,
+                "clip_ratio_c": NO_DUAL_CLIP,
+                "ppo_epochs": options.updates_per_step,
+                "ppo_mini_batch_size": options.tasks_per_step,
+                "ppo_micro_batch_size_per_gpu": options.micro_batch_size,
+                "optim": {"lr": options.lr, "total_training_steps": options.steps},
+                "checkpoint": {"save_contents": save_contents},
+            },
+            "rollout": {
+                "name": "vllm",
+                "mode": "async",
+                "n": options.n,
+                "temperature": options.temperature,
+                "tensor_model_parallel_size": options.tensor_parallel,
+                "gpu_memory_utilization": options.gpu_memory_utilization,
+                "log_prob_micro_batch_size_per_gpu": options.micro_batch_size,
+                "calculate_log_probs": True,
+                "seed": options.seed,
+                # Colocated, the replicas sleep while the actor trains and get weights in process;
+                # on GPUs of their own they stay up and get weights over NCCL.
+                "free_cache_engine": not separate,
+                "checkpoint_engine": {"backend": "nccl" if separate else "naive"},
+                "nnodes": options.rollout_nnodes if separate else 0,
+                "n_gpus_per_node": options.rollout_gpus_per_node if separate else options.gpus_per_node,
+            },
+        },
+        "algorithm": {
+            # Read only when `advantages` names a verl estimator; "grpo" keeps verl's checks quiet otherwise.
+            "adv_estimator": "grpo" if options.advantages == "rollout" else options.advantages,
+            "norm_adv_by_std_in_grpo": options.scale_advantages,
+            "use_kl_in_reward": False,
+        },
+        "critic": {"enable": False},
+        "trainer": {
+            "nnodes": options.nnodes,
+            "n_gpus_per_node": options.gpus_per_node,
+            "total_training_steps": options.steps,
+            "save_freq": options.save_every,
+            **({"default_local_dir": checkpoint_dir} if checkpoint_dir is not None else {}),
+        },
+    }
+
+
+def build_config(options: VerlOptions, checkpoint_dir: str | None) -> Any:
+    """verl's config (an OmegaConf ``DictConfig``) for this fit, merged and validated (module doc)."""
+    import verl
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import omega_conf_to_dataclass, validate_config
+
+    folder = os.path.join(os.path.dirname(verl.__file__), "trainer", "config")
+    with initialize_config_dir(config_dir=folder, version_base=None):
+        config = compose(config_name="ppo_trainer")
+    # verl's config is in struct mode: a key it does not define is an error (naming the key), not a new key.
+    config = OmegaConf.merge(config, plugin_settings(options, checkpoint_dir))
+    try:
+        config = OmegaConf.merge(config, options.verl)
+    except Exception as error:  # omegaconf's errors name the full key
+        raise ValueError(f"verl option verl does not fit verl's config: {error}") from error
+    try:
+        OmegaConf.resolve(config)
+        validate_config(config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+        omega_conf_to_dataclass(config.actor_rollout_ref.rollout)
+        omega_conf_to_dataclass(config.actor_rollout_ref.rollout.checkpoint_engine)
+    except Exception as error:  # verl's checks raise assertions, ValueErrors and Hydra's wrappers of them
+        raise ValueError(f"verl rejects the config the verl options give: {error}") from error
+    return config

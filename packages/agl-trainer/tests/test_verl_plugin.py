@@ -1,0 +1,201 @@
+"""The ``verl`` algorithm plugin on CPU: registered and listed without verl, its options checked with errors
+that name the option, a fit without verl stopped by one clear error, and (where ``$AGL_VERL_PYTHON``
+names an interpreter with verl and agl installed) the config it builds validated by verl itself and
+its batch carried through verl's own preprocessing and advantage estimator. No verl worker, vLLM
+replica or optimizer step runs here: those need GPUs (docs/verl.md)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agl.core.agent import rollout
+from agl.core.store.base import LightningStore
+from agl.trainer import Trainer
+from agl.trainer.plugins import algorithms, plugin_manager
+from agl.trainer.verl.algorithm import Verl
+from agl.trainer.verl.config import NO_DUAL_CLIP, plugin_settings
+from agl.trainer.verl.options import LOCKED, parse_options
+from agl.trainer.verl.runtime import VerlMissing
+
+SOURCES = [str(Path(__file__).resolve().parents[2] / name / "src") for name in ("agl-core", "agl-trainer")]
+
+
+def test_the_plugin_is_registered_through_its_entry_point_and_listed() -> None:
+    registered = algorithms(plugin_manager())
+    assert registered["verl"] == (Verl, "agl-trainer")
+
+
+def test_listing_the_plugin_imports_neither_verl_nor_torch() -> None:
+    code = "import sys, agl.trainer.verl.plugin; print(sorted({'verl', 'torch'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+@rollout
+def rewarded_agent(task: dict[str, Any]) -> float:
+    return 1.0
+
+
+async def test_a_fit_without_verl_stops_at_its_start_naming_the_install_command(store: LightningStore) -> None:
+    if importlib.util.find_spec("verl") is not None:
+        pytest.skip("verl is installed here")
+    trainer = Trainer("verl", store=store, algorithm_options={"model": "some/model"})
+    with pytest.raises(VerlMissing, match=r"pip install agl-trainer\[verl\]"):
+        await trainer.fit_async(rewarded_agent, [{"prompt": "x"}])
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"n": 1}, "option n must be at least 2"),
+        ({"steps": 0}, "option steps must be a positive integer"),
+        ({"tasks_per_step": "8"}, "option tasks_per_step must be a positive integer"),
+        ({"lr": -1.0}, "option lr must be a positive number"),
+        ({"clip_high": -0.1}, "option clip_high must be a non-negative number"),
+        ({"gpu_memory_utilization": 1.5}, "option gpu_memory_utilization must be at most 1"),
+        ({"normalize": "sequence"}, "option normalize must be 'rollout' or 'token'"),
+        ({"advantages": "gae"}, "gae needs a critic"),
+        ({"advantages": "best"}, "option advantages must be one of rollout, grpo"),
+        ({"scale_advantages": "yes"}, "option scale_advantages must be true or false"),
+        ({"save_every": -1}, "option save_every must be a non-negative integer"),
+        ({"mode": "async"}, "option mode must be one of sync, one_step_off"),
+        ({"mode": "one_step_off", "max_staleness": 2}, "option max_staleness must be 1 with mode 'one_step_off'"),
+        ({"failed_rollouts": "retry"}, "option failed_rollouts must be 'zero' or 'drop_group'"),
+        ({"rollout_timeout": 0}, "option rollout_timeout must be a positive number"),
+        ({"proxy_host": ""}, "option proxy_host must be a non-empty string"),
+        ({"verl": [1]}, "option verl must be a mapping"),
+        ({"verl": {"actor_rollout_ref": {"actor": {"loss_agg_mode": "token-mean"}}}}, "loss_agg_mode, which the"),
+        ({"verl": {"algorithm": {"adv_estimator": "gae"}}}, "algorithm.adv_estimator, which the plugin sets"),
+    ],
+)
+def test_bad_options_are_errors_naming_the_option(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Verl(model="some/model", **options)
+
+
+def test_an_unknown_option_is_named() -> None:
+    with pytest.raises(TypeError, match=r"unknown verl option.*: lr_rate"):
+        Verl(model="some/model", lr_rate=1e-6)
+    with pytest.raises(ValueError, match="option model must be"):
+        Verl(model="")
+
+
+def test_the_plugin_sets_every_key_it_refuses_to_let_an_override_change() -> None:
+    settings = plugin_settings(parse_options(model="m"), None)
+    for path in LOCKED:
+        node: Any = settings
+        for key in path:
+            assert key in node, f"{'.'.join(path)} is locked but not set by the plugin"
+            node = node[key]
+
+
+def test_settings_give_grpo_s_loss_and_follow_the_mode() -> None:
+    sync = plugin_settings(parse_options(model="m", clip=0.1, clip_high=0.3, updates_per_step=2), "/ckpt")
+    actor = sync["actor_rollout_ref"]["actor"]
+    assert (actor["loss_agg_mode"], actor["use_kl_loss"], actor["entropy_coeff"]) == ("token-sum", False, 0)
+    assert (actor["clip_ratio_low"], actor["clip_ratio_high"], actor["clip_ratio_c"]) == (0.1, 0.3, NO_DUAL_CLIP)
+    assert actor["ppo_epochs"] == 2 and "hf_model" in actor["checkpoint"]["save_contents"]
+    assert sync["actor_rollout_ref"]["hybrid_engine"] is True
+    assert sync["actor_rollout_ref"]["rollout"]["checkpoint_engine"]["backend"] == "naive"
+    assert sync["trainer"]["default_local_dir"] == "/ckpt"
+
+    off = plugin_settings(parse_options(model="m", mode="one_step_off", rollout_gpus_per_node=4), None)
+    rollout = off["actor_rollout_ref"]["rollout"]
+    assert off["actor_rollout_ref"]["hybrid_engine"] is False and rollout["free_cache_engine"] is False
+    assert (rollout["checkpoint_engine"]["backend"], rollout["n_gpus_per_node"]) == ("nccl", 4)
+    assert "default_local_dir" not in off["trainer"]
+
+
+# --- against verl itself, in an environment of its own -----------------------------------------------
+
+VERL_PLUGIN_CHECK = """
+import numpy as np
+import torch
+from agl.core.types.triplets import Triplet
+from agl.trainer.verl.cluster import estimator_advantages, to_proto
+from agl.trainer.verl.config import build_config
+from agl.trainer.verl.conversion import FinishedRollout, pad_to_multiple, to_verl_batch
+from agl.trainer.verl.options import parse_options
+from verl.utils import tensordict_utils as tu
+from verl.workers.utils.padding import left_right_2_no_padding
+
+sync = build_config(parse_options(model="Qwen/Qwen2.5-0.5B-Instruct", n=4, tasks_per_step=2, lr=2e-6), "/tmp/ck")
+actor = sync.actor_rollout_ref.actor
+assert (actor.loss_agg_mode, actor.clip_ratio_c, actor.optim.lr) == ("token-sum", 1e9, 2e-6), actor
+assert sync.actor_rollout_ref.rollout.name == "vllm" and sync.actor_rollout_ref.rollout.prompt_length == 1024
+assert sync.trainer.default_local_dir == "/tmp/ck"
+
+offload = {"actor_rollout_ref": {"actor": {"fsdp_config": {"param_offload": True}}}}
+off = build_config(parse_options(model="m", mode="one_step_off", verl=offload), None)
+assert off.actor_rollout_ref.hybrid_engine is False and off.actor_rollout_ref.actor.fsdp_config.param_offload is True
+assert off.actor_rollout_ref.rollout.checkpoint_engine.backend == "nccl"
+
+try:
+    build_config(parse_options(model="m", verl={"actor_rollout_ref": {"actor": {"ppo_epochz": 2}}}), None)
+except ValueError as error:
+    assert "actor_rollout_ref.actor.ppo_epochz" in str(error), error
+else:
+    raise AssertionError("a misspelt verl key was accepted")
+try:
+    build_config(parse_options(model="m", verl={"actor_rollout_ref": {"actor": {"ppo_micro_batch_size": 2}}}), None)
+except ValueError as error:  # verl's own check: micro batch size set twice
+    assert "ppo_micro_batch_size" in str(error), error
+else:
+    raise AssertionError("verl's validation did not run")
+
+
+def one_row(rollout_id, group, reward, prompt, response):
+    triplet = Triplet(
+        prompt=None, response=None, prompt_token_ids=prompt, response_token_ids=response,
+        response_logprobs=[-0.5] * len(response),
+    )
+    return FinishedRollout(rollout_id, group, reward, [triplet])
+
+
+rollouts = [
+    one_row("a", 0, 1.0, [1, 2], [3, 4]),
+    one_row("b", 0, 0.0, [1, 2], [5]),
+    one_row("c", 1, 0.5, [7], [8, 9, 10]),
+]
+batch = pad_to_multiple(to_verl_batch(rollouts, max_prompt_length=4, max_response_length=4), 4)
+proto = to_proto(batch, temperature=1.0)
+assert len(proto) == 4 and proto.meta_info["temperature"] == 1.0
+data = left_right_2_no_padding(proto.to_tensordict())
+assert data["input_ids"].is_nested and data["input_ids"].offsets().diff().tolist() == [4, 3, 4, 4], data["input_ids"]
+tu.assign_non_tensor(data, global_batch_size=4, mini_batch_size=4, epochs=1, compute_loss=True)
+
+advantages = estimator_advantages(proto, sync.algorithm)  # verl's grpo estimator over the rows
+weighted = advantages * batch.tensors["loss_weights"]
+assert torch.all(weighted[3] == 0), weighted  # the padding row weighs nothing
+# verl's grpo: sample std (two rewards 1 and 0 give +-0.7071), and a group of one keeps its raw score (0.5),
+# where agl's per-rollout advantages give +-1 and 0 (docs/verl.md).
+expected = torch.tensor([0.7071, -0.7071, 0.5, 0.0])
+assert torch.allclose(advantages[:, 0], expected, atol=1e-4), advantages
+print("verl plugin ok")
+"""
+
+
+def test_verl_validates_the_config_and_takes_the_plugin_s_batch() -> None:
+    """Runs where ``$AGL_VERL_PYTHON`` names an interpreter with verl, agl-core and agl-trainer
+    installed (docs/verl.md); skipped otherwise."""
+    python = os.environ.get("AGL_VERL_PYTHON")
+    if not python:
+        pytest.skip("set AGL_VERL_PYTHON to an interpreter with verl to check the plugin against verl itself")
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(SOURCES)}
+    probe = subprocess.run([python, "-c", "import pluggy, pydantic"], capture_output=True, env=environment)
+    if probe.returncode != 0:
+        pytest.skip(
+            "the verl interpreter lacks agl's dependencies: pip install -e packages/agl-core -e packages/agl-trainer"
+        )
+    done = subprocess.run(
+        [python, "-c", VERL_PLUGIN_CHECK], capture_output=True, text=True, timeout=600, env=environment
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "verl plugin ok" in done.stdout
