@@ -1,11 +1,13 @@
 """The ``verl`` algorithm plugin on CPU: registered and listed without verl, its options checked with errors
 that name the option, a fit without verl stopped by one clear error, and (where ``$AGL_VERL_PYTHON``
 names an interpreter with verl and agl installed) the config it builds validated by verl itself and
-its batch carried through verl's own preprocessing and advantage estimator. No verl worker, vLLM
-replica or optimizer step runs here: those need GPUs (docs/verl.md)."""
+its batch carried through verl's own preprocessing and advantage estimator; the plugin's loop (when
+weights are pushed, what staleness each step reports) against a recording stand-in for its verl side.
+No verl worker, vLLM replica or optimizer step runs here: those need GPUs (docs/verl.md)."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import os
 import subprocess
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from step_log import StepLog
 
 from agl.core.agent import rollout
 from agl.core.store.base import LightningStore
@@ -170,6 +173,8 @@ assert len(proto) == 4 and proto.meta_info["temperature"] == 1.0
 data = left_right_2_no_padding(proto.to_tensordict())
 assert data["input_ids"].is_nested and data["input_ids"].offsets().diff().tolist() == [4, 3, 4, 4], data["input_ids"]
 tu.assign_non_tensor(data, global_batch_size=4, mini_batch_size=4, epochs=1, compute_loss=True)
+mini_batches = list(tu.make_iterator(data, mini_batch_size=4, epochs=2, seed=0, dataloader_kwargs={"shuffle": False}))
+assert len(mini_batches) == 2 and all(m["input_ids"].shape[0] == 4 for m in mini_batches)  # one per epoch, whole
 
 advantages = estimator_advantages(proto, sync.algorithm)  # verl's grpo estimator over the rows
 weighted = advantages * batch.tensors["loss_weights"]
@@ -199,3 +204,66 @@ def test_verl_validates_the_config_and_takes_the_plugin_s_batch() -> None:
     )
     assert done.returncode == 0, done.stderr[-4000:]
     assert "verl plugin ok" in done.stdout
+
+
+# --- the plugin's own loop, against a recording stand-in for its verl side ---------------------------
+
+
+class RecordingCluster:
+    """Stands in for `VerlCluster` (verl's workers and replicas) to check the plugin's order of work:
+    pushes, sleeps and batches. Not verl: nothing is trained; the agent makes no model call."""
+
+    data_parallel_size = 4
+
+    def __init__(self, in_flight: list[int]) -> None:
+        self.in_flight = in_flight
+        self.events: list[tuple[str, int]] = []
+
+    def push_weights(self, version: int) -> None:
+        self.events.append(("push", version))
+        assert self.in_flight[0] == 0, "weights pushed while rollouts were running"
+
+    def release(self) -> None:
+        self.events.append(("release", self.in_flight[0]))
+
+
+class Scheduled(Verl):
+    """`Verl` with its verl side replaced by `RecordingCluster` (the fit's steps 2-5 as written)."""
+
+    def __init__(self, cluster: RecordingCluster, **options: Any) -> None:
+        super().__init__(**options)
+        self.cluster = cluster
+
+    async def run(self, context: Any) -> dict[str, Any]:
+        self.cluster.push_weights(0)
+        return await self._train(context, self.cluster, context.resources_id)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("mode", "staleness"), [("sync", [0, 0, 0]), ("one_step_off", [0, 1, 1])])
+async def test_the_loop_pushes_weights_only_between_batches_and_reports_staleness(
+    store: LightningStore, mode: str, staleness: list[int]
+) -> None:
+    in_flight = [0]
+
+    @rollout
+    async def slow_agent(task: dict[str, Any]) -> float:
+        in_flight[0] += 1
+        try:
+            await asyncio.sleep(0.05)
+        finally:
+            in_flight[0] -= 1
+        return float(task["reward"])
+
+    cluster = RecordingCluster(in_flight)
+    algorithm = Scheduled(cluster, model="m", mode=mode, n=2, tasks_per_step=2, steps=3)
+    steps = StepLog()
+    tasks = [{"reward": 1.0}, {"reward": 0.0}]
+    result = await Trainer(algorithm, store=store, n_runners=4, plugins=[steps]).fit_async(slow_agent, tasks)
+
+    assert [int(metrics["staleness"]) for _, metrics in steps.seen] == staleness
+    assert [metrics["rollouts"] for _, metrics in steps.seen] == [4.0, 4.0, 4.0]
+    assert all(metrics["update_skipped"] == 1.0 for _, metrics in steps.seen)  # no model call, no rows
+    assert [event for event in cluster.events if event[0] == "push"] == [("push", v) for v in (0, 1, 2)]
+    if mode == "sync":  # nothing samples while the actor trains
+        assert all(running == 0 for kind, running in cluster.events if kind == "release")
+    assert result["train_reward_first"] == 0.5 and result["steps"] == 3
