@@ -52,7 +52,8 @@ def plugin_settings(options: VerlOptions, checkpoint_dir: str | None) -> dict[st
                 "ppo_epochs": options.updates_per_step,
                 "ppo_mini_batch_size": options.tasks_per_step,
                 "ppo_micro_batch_size_per_gpu": options.micro_batch_size,
-                "optim": {"lr": options.lr, "total_training_steps": options.steps},
+                # No weight decay, as `grpo` (verl's default is 0.01); the `verl` option may set one.
+                "optim": {"lr": options.lr, "weight_decay": 0.0, "total_training_steps": options.steps},
                 "checkpoint": {"save_contents": save_contents},
             },
             "rollout": {
