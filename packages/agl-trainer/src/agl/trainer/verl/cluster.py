@@ -54,18 +54,30 @@ class VerlCluster:
         """Join (``ray_address``, e.g. "auto") or start Ray, spawn the actor's workers, load the model,
         start the vLLM replicas and connect them to the actor for weight pushes."""
         import ray
+        from verl.trainer.constants_ppo import get_ppo_ray_runtime_env
+
+        owns_ray = not ray.is_initialized()
+        if owns_ray:
+            ray.init(address=ray_address, runtime_env=dict(get_ppo_ray_runtime_env(config)))
+        try:
+            return cls._spawn(config, owns_ray)
+        except BaseException:
+            if owns_ray:
+                ray.shutdown()  # a failed start leaves no Ray behind in this process
+            raise
+
+    @classmethod
+    def _spawn(cls, config: Any, owns_ray: bool) -> VerlCluster:
+        """What `start` does once Ray is up (``RayPPOTrainer.init_workers``'s part that agl needs)."""
+        import ray
         from verl.checkpoint_engine import CheckpointEngineManager
         from verl.single_controller.ray import RayClassWithInitArgs, RayWorkerGroup, ResourcePoolManager
         from verl.single_controller.ray.base import create_colocated_worker_cls
-        from verl.trainer.constants_ppo import get_ppo_ray_runtime_env
         from verl.trainer.ppo.utils import Role
         from verl.utils.config import omega_conf_to_dataclass
         from verl.workers.engine_workers import ActorRolloutRefWorker
         from verl.workers.rollout.llm_server import LLMServerManager
 
-        owns_ray = not ray.is_initialized()
-        if owns_ray:
-            ray.init(address=ray_address, runtime_env=dict(get_ppo_ray_runtime_env(config)))
         colocated = bool(config.actor_rollout_ref.hybrid_engine)
         role = Role.ActorRollout if colocated else Role.Actor
         pools = ResourcePoolManager(
