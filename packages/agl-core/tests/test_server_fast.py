@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,7 +19,7 @@ from pydantic import SecretStr
 
 from agl.core.server import ServerSettings, create_app
 from agl.core.server.fast import FastPath, FastRoute
-from agl.core.store import InMemoryLightningStore
+from agl.core.store import InMemoryLightningStore, SqliteLightningStore
 from agl.core.store.wire import API_PREFIX
 from agl.core.testing.conformance import make_span
 
@@ -86,9 +87,10 @@ def _fast_path_of(app: FastAPI) -> FastPath:
     return layer
 
 
-@pytest.fixture
-async def pair() -> AsyncIterator[Pair]:
-    store = InMemoryLightningStore()
+@pytest.fixture(params=["memory", "sqlite"])
+async def pair(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Pair]:
+    """Over both backends: their span queries hand the fast path stored JSON, not models."""
+    store = InMemoryLightningStore() if request.param == "memory" else SqliteLightningStore(tmp_path / "fast.db")
     settings = ServerSettings(token=SecretStr(TOKEN), max_body_bytes=64 * 1024)
     fast_app, slow_app = create_app(settings, store), create_app(settings, store, fast_path=False)
     fast = httpx.AsyncClient(transport=httpx.ASGITransport(fast_app), base_url="http://agl")

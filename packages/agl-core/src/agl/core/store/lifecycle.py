@@ -22,7 +22,7 @@ from pydantic_core import PydanticSerializationError, from_json, to_json
 
 from agl.core.errors import AttemptNotFound, InvalidInput, InvalidTransition, RolloutNotFound
 from agl.core.ids import new_attempt_id, new_resources_id, new_rollout_id
-from agl.core.store.base import UNSET, LightningStore, StoreStatistics
+from agl.core.store.base import UNSET, LightningStore, Page, StoreStatistics
 from agl.core.store.watchdog import Watchdog
 from agl.core.tracing.semconv import PROCESS_EXIT_SPAN, PROCESS_OUTCOME
 from agl.core.types import (
@@ -620,6 +620,24 @@ class LifecycleStore(LightningStore):
             return attempt
 
     # --- spans ----------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def query_span_json(
+        self,
+        rollout_id: str,
+        attempt_id: str | None = None,
+        *,
+        name: str | None = None,
+        sort_by: str = "sequence_id",
+        sort_order: str = "asc",
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> Page[bytes]:
+        """`query_spans` giving each span as the JSON stored for it (`encode_span`'s), not a model.
+
+        The store server answers span queries with these bytes as they are: building models only to
+        serialise them again cost more than the query itself (~7 µs per LLM-sized span).
+        """
+
     async def add_span(self, span: Span) -> Span:
         span = coerce_span(span)
         data = self._encode_span(span)

@@ -40,7 +40,8 @@ class InMemoryLightningStore(LifecycleStore):
         self._attempts_by_rollout: dict[str, list[str]] = {}
         self._active: set[str] = set()
         self._next_sequence_id: dict[str, int] = {}
-        self._spans: dict[str, dict[tuple[str, str], Span]] = {}
+        # Each span with its JSON, kept so the server answers queries without serialising again.
+        self._spans: dict[str, dict[tuple[str, str], tuple[Span, bytes]]] = {}
         self._span_count = 0
         self._resources: dict[str, ResourcesUpdate] = {}
         self._latest_resources_id: str | None = None
@@ -116,12 +117,12 @@ class InMemoryLightningStore(LifecycleStore):
 
     # --- spans ----------------------------------------------------------------------------
     def _save_spans(self, spans: Sequence[tuple[Span, bytes]]) -> None:
-        for span, _ in spans:
+        for span, data in spans:
             by_rollout = self._spans.setdefault(span.rollout_id, {})
             key = (span.attempt_id, span.span_id)
             if key not in by_rollout:
                 self._span_count += 1
-            by_rollout[key] = span
+            by_rollout[key] = (span, data)
 
     # --- resources and workers ------------------------------------------------------------
     def _get_resources(self, resources_id: str) -> ResourcesUpdate | None:
@@ -208,6 +209,33 @@ class InMemoryLightningStore(LifecycleStore):
         limit: int | None = None,
         offset: int = 0,
     ) -> Page[Span]:
+        page = self._span_page(rollout_id, attempt_id, name, sort_by, sort_order, limit, offset)
+        return Page(items=[span for span, _ in page.items], total=page.total, offset=offset, limit=limit)
+
+    async def query_span_json(
+        self,
+        rollout_id: str,
+        attempt_id: str | None = None,
+        *,
+        name: str | None = None,
+        sort_by: str = "sequence_id",
+        sort_order: str = "asc",
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> Page[bytes]:
+        page = self._span_page(rollout_id, attempt_id, name, sort_by, sort_order, limit, offset)
+        return Page(items=[data for _, data in page.items], total=page.total, offset=offset, limit=limit)
+
+    def _span_page(
+        self,
+        rollout_id: str,
+        attempt_id: str | None,
+        name: str | None,
+        sort_by: str,
+        sort_order: str,
+        limit: int | None,
+        offset: int,
+    ) -> Page[tuple[Span, bytes]]:
         check_query("spans", sort_by, sort_order, limit, offset)
         with self._lock:
             if attempt_id == "latest":
@@ -217,9 +245,11 @@ class InMemoryLightningStore(LifecycleStore):
                 attempt_id = latest.attempt_id
             spans = list(self._spans.get(rollout_id, {}).values())
         matched = (
-            s for s in spans if (attempt_id is None or s.attempt_id == attempt_id) and (name is None or s.name == name)
+            entry
+            for entry in spans
+            if (attempt_id is None or entry[0].attempt_id == attempt_id) and (name is None or entry[0].name == name)
         )
-        return sort_and_page(matched, lambda s: getattr(s, sort_by), sort_order, limit, offset)
+        return sort_and_page(matched, lambda entry: getattr(entry[0], sort_by), sort_order, limit, offset)
 
     async def query_resources(
         self, *, sort_by: str = "update_time", sort_order: str = "asc", limit: int | None = None, offset: int = 0

@@ -480,6 +480,22 @@ class SqliteLightningStore(LifecycleStore):
         limit: int | None = None,
         offset: int = 0,
     ) -> Page[Span]:
+        page = await self.query_span_json(
+            rollout_id, attempt_id, name=name, sort_by=sort_by, sort_order=sort_order, limit=limit, offset=offset
+        )
+        return Page(items=[_decode_span(data) for data in page.items], total=page.total, offset=offset, limit=limit)
+
+    async def query_span_json(
+        self,
+        rollout_id: str,
+        attempt_id: str | None = None,
+        *,
+        name: str | None = None,
+        sort_by: str = "sequence_id",
+        sort_order: str = "asc",
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> Page[bytes]:
         check_query("spans", sort_by, sort_order, limit, offset)
         if attempt_id == "latest":
             with self._read():
@@ -495,7 +511,7 @@ class SqliteLightningStore(LifecycleStore):
             where.append("name = ?")
             params.append(name)
         rows, total = self._page("data", "spans", where, params, sort_by, sort_order, limit, offset)
-        return Page(items=[_decode_span(row[0]) for row in rows], total=total, offset=offset, limit=limit)
+        return Page(items=[row[0] for row in rows], total=total, offset=offset, limit=limit)
 
     async def query_resources(
         self, *, sort_by: str = "update_time", sort_order: str = "asc", limit: int | None = None, offset: int = 0

@@ -13,6 +13,8 @@ import threading
 import uvicorn
 from fastapi import FastAPI
 
+from agl.core.server.run import uvicorn_config
+
 
 class ServingThread:
     def __init__(self, app: FastAPI) -> None:
@@ -22,8 +24,7 @@ class ServingThread:
         self._socket.listen(128)
         self.port = self._socket.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_keep_alive=65)
-        self._server = uvicorn.Server(config)
+        self._server = uvicorn.Server(uvicorn_config(app))
         self._thread = threading.Thread(target=self._run, name=f"agl-test-server-{self.port}", daemon=True)
 
     def _run(self) -> None:

@@ -27,6 +27,7 @@ class StoreServer:
             import uvicorn
 
             from agl.core.server.app import create_app
+            from agl.core.server.run import uvicorn_config
             from agl.core.server.settings import ServerSettings
         except ImportError as error:
             raise ImportError(f"serving the store to runners needs agl-core[server]: {error}") from None
@@ -36,8 +37,7 @@ class StoreServer:
         port = self._socket.getsockname()[1]
         self.url = f"http://{HOST}:{port}"
         app = create_app(ServerSettings(host=HOST, port=port), store)
-        config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_keep_alive=65)
-        self._server = uvicorn.Server(config)
+        self._server = uvicorn.Server(uvicorn_config(app))
         self._thread = threading.Thread(target=self._serve, name=f"agl-store-server-{port}", daemon=True)
         self._thread.start()
 
