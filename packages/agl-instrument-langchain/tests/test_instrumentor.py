@@ -16,7 +16,14 @@ import wrapt
 from langchain_core.documents import Document
 from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
-from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+    convert_to_openai_messages,
+)
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import RunnableSequence
@@ -256,6 +263,32 @@ async def test_an_async_graph_keeps_parents_across_tasks(captured_spans, instrum
         assert by_id[call.parent.span_id].name == f"invoke_agent {attribute(call, semconv.AGENT_NAME)}"
 
 
+CONVERSATIONS = {
+    "plain": [SystemMessage("Be brief."), HumanMessage("Hi"), AIMessage("Hello"), HumanMessage("")],
+    "named": [HumanMessage("Hi", name="ada"), AIMessage("Hello", name="bot")],
+    "tool calls": [
+        AIMessage("", tool_calls=[{"name": "add", "args": {"a": 1, "b": "é"}, "id": "c1"}]),
+        ToolMessage("3", tool_call_id="c1"),
+        ToolMessage("4", tool_call_id="c2", name="add"),
+        AIMessage(
+            "on it", tool_calls=[{"name": "f", "args": {}, "id": "c3"}, {"name": "g", "args": {"x": [1]}, "id": None}]
+        ),
+    ],
+    "refusal": [AIMessage("", additional_kwargs={"refusal": "no"})],
+    "developer role": [SystemMessage("Rules.", additional_kwargs={"__openai_role__": "developer"})],
+    "content blocks": [HumanMessage([{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]), AIMessage("ok")],
+    "image": [HumanMessage([{"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}}])],
+    "chunk": [AIMessageChunk(content="partial"), HumanMessage("go on")],
+    "dicts": [{"role": "user", "content": "hi"}, ("assistant", "hello")],
+}
+
+
+@pytest.mark.parametrize("name", CONVERSATIONS)
+def test_messages_are_converted_as_langchain_converts_them(name: str) -> None:
+    messages = CONVERSATIONS[name]
+    assert _wrappers._openai_messages(iter(messages)) == convert_to_openai_messages(messages)
+
+
 def test_a_streamed_model_call_is_one_span_with_the_whole_reply(captured_spans, instrument) -> None:
     instrument()
     model = GenericFakeChatModel(messages=iter(["one two three"]))
@@ -267,6 +300,38 @@ def test_a_streamed_model_call_is_one_span_with_the_whole_reply(captured_spans, 
     assert attribute(call, semconv.INPUT_MESSAGES) == [{"role": "user", "content": "Count."}]
     assert attribute(call, semconv.OUTPUT_MESSAGES) == [{"role": "assistant", "content": "one two three"}]
     assert attribute(call, "gen_ai.request.stop_sequences") == ["four"]
+
+
+class TunedModel(GenericFakeChatModel):
+    """A fake model with the usual sampling fields (LangChain reads them into its ``ls_params``)."""
+
+    model_name: str = "tuned-1"
+    temperature: float = 0.25
+    max_tokens: int = 64
+
+
+def test_the_request_parameters_and_provider_are_the_same_on_every_path(captured_spans, instrument) -> None:
+    instrument()
+    model = TunedModel(messages=iter(["a", "b", "c", "d"]))
+    model.invoke("One.")
+    model.bind(top_p=0.5, seed=7, stop="end").invoke("Two.")
+    list(model.stream("Three.", temperature=0.75))
+    model.invoke("Four.", max_tokens=8, stop=["x", "y"])
+
+    calls = llm_spans(captured_spans.get_finished_spans())
+    assert [call.name for call in calls] == ["chat tuned-1"] * 4
+    assert {attribute(call, semconv.PROVIDER_NAME) for call in calls} == {"tunedmodel"}
+    requested = [
+        {key.removeprefix("gen_ai.request."): value for key, value in (call.attributes or {}).items()} for call in calls
+    ]
+    wanted = [
+        {"temperature": 0.25, "max_tokens": 64},
+        {"temperature": 0.25, "max_tokens": 64, "top_p": 0.5, "seed": 7, "stop_sequences": ("end",)},
+        {"temperature": 0.75, "max_tokens": 64},
+        {"temperature": 0.25, "max_tokens": 8, "stop_sequences": ("x", "y")},
+    ]
+    for found, expected in zip(requested, wanted, strict=True):
+        assert {key: value for key, value in found.items() if key in _wrappers._PARAMETERS.values()} == expected
 
 
 async def test_an_async_stream_and_an_async_call_each_give_one_span(captured_spans, instrument) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import json
 import logging
 import operator
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -245,13 +246,62 @@ _PARAMETERS = {
     "presence_penalty": "presence_penalty",
     "n": "choice.count",
 }
+_ORDER = {argument: index for index, argument in enumerate(_PARAMETERS)}
+
+
+_ROLES: dict[type, str] = {}
+"""The four usual message classes (exactly these, not subclasses) and their OpenAI roles; filled
+on first use, since this module does not import LangChain."""
 
 
 def _openai_messages(messages: Any) -> list[dict[str, Any]]:
-    from langchain_core.messages import convert_to_openai_messages
+    """LangChain messages as OpenAI chat messages, as ``convert_to_openai_messages`` makes them.
+    Plain ones (text content, one of the four usual classes) are converted here, to the same dicts
+    (a test holds the two equal): that function's generality costs several times more, and every
+    model call converts its whole conversation. Anything else goes through it."""
+    messages = list(messages)
+    if not _ROLES:
+        from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 
-    converted = convert_to_openai_messages(list(messages))
-    return [converted] if isinstance(converted, dict) else list(converted)
+        _ROLES.update({HumanMessage: "user", AIMessage: "assistant", SystemMessage: "system", ToolMessage: "tool"})
+    converted = []
+    for message in messages:
+        plain = _plain_message(message)
+        if plain is None:
+            from langchain_core.messages import convert_to_openai_messages
+
+            general = convert_to_openai_messages(messages)
+            return [general] if isinstance(general, dict) else list(general)
+        converted.append(plain)
+    return converted
+
+
+def _plain_message(message: Any) -> dict[str, Any] | None:
+    """One plain message in OpenAI's format, or None if it is not plain."""
+    role = _ROLES.get(type(message))
+    if role is None or not isinstance(message.content, str):
+        return None
+    extra = message.additional_kwargs
+    if role == "system" and "__openai_role__" in extra:
+        return None
+    converted: dict[str, Any] = {"role": role}
+    if message.name:
+        converted["name"] = message.name
+    if role == "assistant" and message.tool_calls:
+        converted["tool_calls"] = [
+            {
+                "type": "function",
+                "id": call["id"],
+                "function": {"name": call["name"], "arguments": json.dumps(call["args"], ensure_ascii=False)},
+            }
+            for call in message.tool_calls
+        ]
+    if extra.get("refusal"):
+        converted["refusal"] = extra["refusal"]
+    if role == "tool":
+        converted["tool_call_id"] = message.tool_call_id
+    converted["content"] = message.content
+    return converted
 
 
 def _tool_definitions(tools: Any) -> list[Any] | None:
@@ -281,14 +331,43 @@ def _model_of(model: Any, ls_params: Mapping[str, Any]) -> str:
         return UNKNOWN_MODEL
 
 
+_LS_KEYS = ("ls_provider", "ls_model_name", "ls_temperature", "ls_max_tokens")
+
+
+def _ls_params(model: Any, stop: Any, options: Mapping[str, Any], run_manager: Any) -> Mapping[str, Any]:
+    """The call's LangSmith parameters (provider, model name, temperature, max tokens). LangChain
+    computed them for this very call and put them in the run's metadata (a stream has no run yet):
+    asking the model again costs more than the rest of the request's record."""
+    metadata = getattr(run_manager, "metadata", None)
+    if isinstance(metadata, Mapping) and "ls_provider" in metadata:
+        return {key: metadata[key] for key in _LS_KEYS if key in metadata}
+    try:
+        return model._get_ls_params(stop=stop, **options)
+    except Exception:
+        return {}
+
+
+def _parameters(invocation: Mapping[str, Any], options: Mapping[str, Any], stop: Any) -> dict[str, Any]:
+    """The request's ``gen_ai.request.*`` parameters: per-call options over the model's invocation
+    parameters, the ``stop`` argument over both. Only the arguments given are looked at (a model's
+    invocation parameters hold a few of the eleven), in the table's order: the first of synonyms wins."""
+    parameters: dict[str, Any] = {}
+    given = _PARAMETERS.keys() & (options.keys() | invocation.keys() | {"stop"})
+    for argument in sorted(given, key=_ORDER.__getitem__):
+        name = _PARAMETERS[argument]
+        value = options.get(argument, invocation.get(argument))
+        if argument == "stop":
+            value = stop or value
+        if value is not None and name not in parameters:
+            parameters[name] = [value] if name == "stop_sequences" and isinstance(value, str) else value
+    return parameters
+
+
 def _start_chat(model: Any, messages: Any, stop: Any, kwargs: Mapping[str, Any]) -> LlmCall | None:
     """The call's span (joined or opened), with the request recorded; None if that failed."""
     options = {key: value for key, value in kwargs.items() if key != "run_manager"}
     try:
-        try:
-            ls_params = model._get_ls_params(stop=stop, **options)
-        except Exception:
-            ls_params = {}
+        ls_params = _ls_params(model, stop, options, kwargs.get("run_manager"))
         call = start_llm_call(
             _model_of(model, ls_params),
             provider=ls_params.get("ls_provider"),
@@ -303,13 +382,7 @@ def _start_chat(model: Any, messages: Any, stop: Any, kwargs: Mapping[str, Any])
             invocation = model._get_invocation_params(stop=stop, **options)
         except Exception:
             invocation = {}
-        parameters: dict[str, Any] = {}
-        for argument, name in _PARAMETERS.items():
-            value = options.get(argument, invocation.get(argument))
-            if argument == "stop":
-                value = stop or value
-            if value is not None and name not in parameters:
-                parameters[name] = [value] if name == "stop_sequences" and isinstance(value, str) else value
+        parameters = _parameters(invocation, options, stop)
         if "temperature" not in parameters and isinstance(ls_params.get("ls_temperature"), int | float):
             parameters["temperature"] = ls_params["ls_temperature"]
         if "max_tokens" not in parameters and isinstance(ls_params.get("ls_max_tokens"), int):

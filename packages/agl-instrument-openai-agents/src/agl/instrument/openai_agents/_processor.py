@@ -203,10 +203,8 @@ class AglTracingProcessor:
         data, span = sdk_span.span_data, node.span
         assert span is not None
         if node.kind == "function":
-            if data.input is not None:
-                span.set_attribute(semconv.TOOL_CALL_ARGUMENTS, _text(data.input))
-            if data.output is not None:
-                span.set_attribute(semconv.TOOL_CALL_RESULT, _text(data.output))
+            given = {semconv.TOOL_CALL_ARGUMENTS: data.input, semconv.TOOL_CALL_RESULT: data.output}
+            span.set_attributes({key: _text(value) for key, value in given.items() if value is not None})
         elif node.kind == "handoff":
             if data.to_agent:
                 span.set_attribute(HANDOFF_TO, data.to_agent)

@@ -88,14 +88,16 @@ def _start_wrapper(key: str) -> Callable[..., Any]:
         if was_started or processor is None:
             return result
         try:
-            if not _sdk_delivers(instance):
+            sdk_id = getattr(instance, key)
+            node = processor.nodes.get(sdk_id)
+            if node is None and not _sdk_delivers(instance):  # a node means the SDK delivered the start
                 (processor.on_span_start if key == "span_id" else processor.on_trace_start)(instance)
-            node = processor.nodes.get(getattr(instance, key))
-            current = _current_span_for(node)
-            # Attached unless already current (an unmapped kind inside its mapped parent, mostly).
-            marked = _flag(args, kwargs, "mark_as_current")
-            if marked and node is not None and current is not None and current is not trace.get_current_span():
-                node.token = otel_context.attach(trace.set_span_in_context(current))
+                node = processor.nodes.get(sdk_id)
+            if node is not None and _flag(args, kwargs, "mark_as_current"):
+                current = _current_span_for(node)
+                # Attached unless already current (an unmapped kind inside its mapped parent, mostly).
+                if current is not None and current is not trace.get_current_span():
+                    node.token = otel_context.attach(trace.set_span_in_context(current))
         except Exception:
             recording_failed("the current span")
         return result
@@ -103,13 +105,11 @@ def _start_wrapper(key: str) -> Callable[..., Any]:
     return wrapper
 
 
-def _current_span_for(node: Node | None) -> trace.Span | None:
+def _current_span_for(node: Node) -> trace.Span | None:
     """The span to make current with an SDK span: its own, or for a kind we do not map its nearest
     mapped ancestor's (inside our model call, the SDK's model spans get the LLM span). Re-attaching
     matters beside another processor that makes its own spans current (OpenInference's): our tree
     stays the current one, and the openai call below still finds and joins the LLM span."""
-    if node is None:
-        return None
     if node.span is None and node.kind in ("generation", "response"):
         call = _current_call.get()
         if call is not None:
@@ -119,7 +119,8 @@ def _current_span_for(node: Node | None) -> trace.Span | None:
 
 def _finish_wrapper(key: str) -> Callable[..., Any]:
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        node = _nodes().get(getattr(instance, key, None) or "")
+        sdk_id = getattr(instance, key, None) or ""
+        node = _nodes().get(sdk_id)
         if node is not None and node.token is not None:  # first: our context sits on top of any other processor's
             token, node.token = node.token, None
             try:
@@ -132,7 +133,8 @@ def _finish_wrapper(key: str) -> Callable[..., Any]:
             processor = _config.processor
             if node is not None and processor is not None:
                 try:
-                    if not _sdk_delivers(instance) and getattr(instance, key) in processor.nodes:
+                    # Still there only if the SDK did not deliver the end (it pops the node).
+                    if sdk_id in processor.nodes and not _sdk_delivers(instance):
                         (processor.on_span_end if key == "span_id" else processor.on_trace_end)(instance)
                 except Exception:
                     recording_failed("the end of an Agents SDK span")
@@ -227,7 +229,8 @@ def _current_agent() -> str | None:
 
 def _request(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
     found = dict(zip(_REQUEST, args, strict=False))
-    found.update((k, v) for k, v in kwargs.items() if k in _REQUEST)
+    for name in kwargs.keys() & _REQUEST:
+        found[name] = kwargs[name]
     return found
 
 
@@ -292,7 +295,8 @@ def _tool_definitions(tools: Any, handoffs: Any) -> list[Any]:
 
 def _fill(call: LlmCall, attributes: Mapping[str, Any]) -> None:
     """Record what the layer below (the openai client's instrumentor, which saw the wire) left unset."""
-    present = getattr(call.span, "attributes", None) or {}
+    # The keys in a set first: a miss in the SDK's attribute mapping raises and catches a KeyError.
+    present = set(getattr(call.span, "attributes", None) or ())
     call.record({key: value for key, value in attributes.items() if key not in present})
 
 
@@ -303,7 +307,9 @@ def _request_attributes(request: Mapping[str, Any]) -> dict[str, Any]:
         semconv.TOOL_DEFINITIONS: _tool_definitions(request.get("tools"), request.get("handoffs")) or None,
     }
     for name, key in _SETTINGS.items():
-        attributes[semconv.REQUEST_PREFIX + key] = getattr(settings, name, None)
+        value = getattr(settings, name, None)
+        if value is not None:
+            attributes[semconv.REQUEST_PREFIX + key] = value
     return attributes
 
 
