@@ -10,7 +10,9 @@ in an `asyncio.Protocol`, keeping connections per event loop.
 
 Failures come in two kinds, because the caller's retry rule needs them: `ConnectFailed` (the
 request never left: safe to send again) and `RequestFailed` (it was sent; the server may have
-acted on it). Timeouts are `RequestFailed` too.
+acted on it). Timeouts are `RequestFailed` too. They are enforced by one sweep per pool every
+`SWEEP_SECONDS` while requests are in flight, not a timer per request: scheduling and cancelling
+a timer cost ~5 of the ~28 µs a request takes on the client (measured against a trivial server).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from typing import NamedTuple
 from urllib.parse import urlsplit
 
 MAX_HEAD_BYTES = 64 * 1024
+SWEEP_SECONDS = 0.05
+"""How often requests in flight are checked against their deadlines: a timeout fires this late at most."""
 IDLE_SECONDS = 15.0
 """Idle connections are dropped after this, well before the server's 65 s keep-alive, so a request
 is not sent on a connection the server is closing."""
@@ -48,6 +52,8 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.keep_alive = True
         self.idle_since = 0.0
+        self.deadline = 0.0  # loop time by which the answer must be in
+        self.timeout = 0.0
         self._buffer = bytearray()
         self._answer: asyncio.Future[Answer] | None = None
         self._status = 0
@@ -85,19 +91,23 @@ class _Connection(asyncio.Protocol):
 
     # --- one exchange ---------------------------------------------------------------------
     async def exchange(self, request: bytes, timeout: float) -> Answer:
+        """Send ``request`` and wait for the answer; the pool's sweep fails it past ``timeout``."""
         assert self.transport is not None
         loop = asyncio.get_running_loop()
         answer = self._answer = loop.create_future()
         self._length, self._until_close, self._chunks = None, False, []
+        self.timeout, self.deadline = timeout, loop.time() + timeout
         self.transport.write(request)
-        timer = loop.call_later(timeout, self._fail, RequestFailed(f"no answer within {timeout:g} s"))
         try:
             return await answer
         except BaseException:  # failed, timed out or cancelled: the connection's state is unknown
             self.close()
             raise
-        finally:
-            timer.cancel()
+
+    def expire(self, now: float) -> None:
+        """Fail the request in flight if its deadline has passed."""
+        if now >= self.deadline:
+            self._fail(RequestFailed(f"no answer within {self.timeout:g} s"))
 
     def close(self) -> None:
         self.keep_alive = False
@@ -186,18 +196,34 @@ class ConnectionPool:
         self.ssl = ssl.create_default_context() if parts.scheme == "https" else None
         self._idle: list[_Connection] = []
         self._slots = asyncio.Semaphore(limit)
+        self._in_flight: set[_Connection] = set()
+        self._sweep: asyncio.TimerHandle | None = None
 
     async def request(self, request: bytes, timeout: float) -> Answer:
         """Send ``request`` (a whole HTTP/1.1 message) and return the answer."""
         async with self._slots:
             connection = self._idle_connection() or await self._connect(timeout)
-            answer = await connection.exchange(request, timeout)
+            self._in_flight.add(connection)
+            if self._sweep is None:
+                self._sweep = asyncio.get_running_loop().call_later(SWEEP_SECONDS, self._expire)
+            try:
+                answer = await connection.exchange(request, timeout)
+            finally:
+                self._in_flight.discard(connection)
             if connection.keep_alive and not connection.closed:
                 connection.idle_since = time.monotonic()
                 self._idle.append(connection)
             else:
                 connection.close()
             return answer
+
+    def _expire(self) -> None:
+        """The sweep: fail overdue requests; runs again while any request is in flight."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for connection in list(self._in_flight):
+            connection.expire(now)
+        self._sweep = loop.call_later(SWEEP_SECONDS, self._expire) if self._in_flight else None
 
     def _idle_connection(self) -> _Connection | None:
         now = time.monotonic()
@@ -221,5 +247,8 @@ class ConnectionPool:
         return connection
 
     def close(self) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         while self._idle:
             self._idle.pop().close()
