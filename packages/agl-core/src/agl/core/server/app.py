@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from agl.core.server.auth import TokenAuth, document_bearer_auth
+from agl.core.server.calls import HotCalls
 from agl.core.server.errors import install_error_handlers
 from agl.core.server.fast import FastPath, routes
 from agl.core.server.limits import BodyLimit
@@ -42,11 +43,12 @@ def create_app(settings: ServerSettings, store: LightningStore, *, fast_path: bo
     app.state.settings = settings
     metrics = app.state.metrics = Metrics()
 
+    calls = HotCalls(store, metrics)  # the calls of every rollout's path, served by routes and fast path alike
     # The busiest routes first: Starlette tries routes in order.
     for router in (
-        spans.build(store, metrics),
-        attempts.build(store),
-        rollouts.build(store),
+        spans.build(store, metrics, calls),
+        attempts.build(store, calls),
+        rollouts.build(store, calls),
         resources.build(store),
         workers.build(store),
         admin.build(store),
@@ -57,7 +59,7 @@ def create_app(settings: ServerSettings, store: LightningStore, *, fast_path: bo
 
     install_error_handlers(app)
     if fast_path:  # innermost: the token, size limit and metrics below apply to it as to FastAPI
-        app.add_middleware(FastPath, fastapi=app, fast_routes=routes(store, metrics))
+        app.add_middleware(FastPath, fastapi=app, fast_routes=routes(calls))
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:
         app.add_middleware(

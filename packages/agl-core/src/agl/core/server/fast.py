@@ -7,7 +7,8 @@ reached; a whole ``enqueue`` here, store included, ~30 µs. The calls a runner m
 rollout and span go through here instead.
 
 What stays the same: the FastAPI routes remain the documented source (the OpenAPI spec) and the
-fallback; a fast route FastAPI does not declare is refused when the app starts. This middleware
+fallback; a fast route FastAPI does not declare is refused when the app starts. Both call the
+same `HotCalls`, so they differ only in how a request is parsed. This middleware
 sits innermost, after the token check, the body limit and the metrics, so those apply unchanged.
 It answers only requests it understands whole — the exact method and path of a route below, a
 JSON content type, a body that validates against the route's model, plain query values — and
@@ -29,22 +30,18 @@ from fastapi import FastAPI
 from pydantic import TypeAdapter, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from agl.core.errors import AglError, RolloutNotFound
+from agl.core.errors import AglError
+from agl.core.server.calls import HotCalls
 from agl.core.server.errors import error_response
-from agl.core.server.metrics import Metrics
-from agl.core.store.base import LightningStore, Page
-from agl.core.store.lifecycle import LifecycleStore
 from agl.core.store.wire import (
     API_PREFIX,
     AttemptUpdateBody,
     DequeueBody,
     EnqueueManyBody,
-    PageBody,
     RolloutUpdateBody,
     SpanBatchBody,
-    sent_fields,
 )
-from agl.core.types import Attempt, AttemptedRollout, Rollout, RolloutRequest, Span
+from agl.core.types import RolloutRequest, Span
 
 Handler = Callable[[tuple[str, ...], Any, dict[str, Any]], Awaitable[bytes]]
 
@@ -71,90 +68,33 @@ class FastRoute:
         self.query = query  # None: the route takes no query parameters
 
 
-def _dump(kind: Any) -> Callable[[Any], bytes]:
-    return TypeAdapter(kind).dump_json
+def routes(calls: HotCalls) -> list[FastRoute]:
+    """The calls of every rollout's path, as FastAPI's routes in ``routes/`` serve them (`HotCalls`)."""
 
-
-def _page_dump(item: type) -> Callable[[Page[Any]], bytes]:
-    dump = TypeAdapter(PageBody[item]).dump_json  # type: ignore[valid-type]
-
-    def page(value: Page[Any]) -> bytes:
-        body = PageBody[item].model_construct(  # type: ignore[valid-type]
-            items=value.items, total=value.total, offset=value.offset, limit=value.limit
-        )
-        return dump(body)
-
-    return page
-
-
-def _json_page(page: Page[bytes]) -> bytes:
-    """What ``PageBody`` serialises to, for items that are JSON already."""
-    limit = b"null" if page.limit is None else b"%d" % page.limit
-    return b'{"items":[%b],"total":%d,"offset":%d,"limit":%b}' % (b",".join(page.items), page.total, page.offset, limit)
-
-
-def routes(store: LightningStore, metrics: Metrics) -> list[FastRoute]:
-    """The calls of every rollout's path; each does what its FastAPI route in ``routes/`` does."""
-    rollout, rollouts, attempt = _dump(Rollout), _dump(list[Rollout]), _dump(Attempt)
-    span, spans, claimed, span_page = _dump(Span), _dump(list[Span]), _dump(AttemptedRollout | None), _page_dump(Span)
-    spans_received = metrics.spans.labels("rest")
-
-    async def enqueue(_: tuple[str, ...], body: RolloutRequest, __: Any) -> bytes:
-        # The body is a validated request already: enqueued as one, not taken apart and validated again.
-        return rollout((await store.enqueue_many_rollouts([body]))[0])
-
-    async def enqueue_many(_: tuple[str, ...], body: EnqueueManyBody, __: Any) -> bytes:
-        return rollouts(await store.enqueue_many_rollouts(body.requests))
-
-    async def dequeue(_: tuple[str, ...], body: DequeueBody, __: Any) -> bytes:
-        return claimed(await store.dequeue_rollout(body.worker_id))
-
-    async def get_rollout(ids: tuple[str, ...], _: Any, __: Any) -> bytes:
-        found = await store.get_rollout_by_id(ids[0])
-        if found is None:
-            raise RolloutNotFound(ids[0])
-        return rollout(found)
-
-    async def update_rollout(ids: tuple[str, ...], body: RolloutUpdateBody, _: Any) -> bytes:
-        return rollout(await store.update_rollout(ids[0], **sent_fields(body)))
-
-    async def update_attempt(ids: tuple[str, ...], body: AttemptUpdateBody, _: Any) -> bytes:
-        return attempt(await store.update_attempt(ids[0], ids[1], **sent_fields(body)))
-
-    async def add_span(_: tuple[str, ...], body: Span, __: Any) -> bytes:
-        added = await store.add_span(body)
-        spans_received.inc()
-        return span(added)
-
-    async def add_many_spans(_: tuple[str, ...], body: SpanBatchBody, __: Any) -> bytes:
-        added = await store.add_many_spans(body.spans)
-        spans_received.inc(len(added))
-        return spans(added)
-
-    async def query_spans(ids: tuple[str, ...], _: Any, query: dict[str, Any]) -> bytes:
-        arguments = {
-            "name": query.get("name"),
-            "sort_by": query.get("sort_by", "sequence_id"),
-            "sort_order": query.get("sort_order", "asc"),
-            "limit": query.get("limit"),
-            "offset": query.get("offset", 0),
-        }
-        if isinstance(store, LifecycleStore):  # the spans' stored JSON, spliced into the page as it is
-            stored = await store.query_span_json(ids[0], query.get("attempt_id"), **arguments)
-            return _json_page(stored)
-        return span_page(await store.query_spans(ids[0], query.get("attempt_id"), **arguments))
+    def query_spans(ids: tuple[str, ...], _: Any, query: dict[str, Any]) -> Awaitable[bytes]:
+        return calls.query_spans(ids[0], **query)  # the keys are the store's own argument names
 
     span_query = {"attempt_id": str, "name": str, "sort_by": str, "sort_order": str, "limit": int, "offset": int}
     return [
-        FastRoute("POST", "/spans", add_span, Span),
-        FastRoute("POST", "/spans/batch", add_many_spans, SpanBatchBody),
+        FastRoute("POST", "/spans", lambda _, body, __: calls.add_span(body), Span),
+        FastRoute("POST", "/spans/batch", lambda _, body, __: calls.add_many_spans(body), SpanBatchBody),
         FastRoute("GET", "/rollouts/{rollout_id}/spans", query_spans, query=span_query),
-        FastRoute("PATCH", "/rollouts/{rollout_id}/attempts/{attempt_id}", update_attempt, AttemptUpdateBody),
-        FastRoute("POST", "/rollouts", enqueue, RolloutRequest),
-        FastRoute("POST", "/rollouts/batch", enqueue_many, EnqueueManyBody),
-        FastRoute("POST", "/dequeue", dequeue, DequeueBody),
-        FastRoute("GET", "/rollouts/{rollout_id}", get_rollout),
-        FastRoute("PATCH", "/rollouts/{rollout_id}", update_rollout, RolloutUpdateBody),
+        FastRoute(
+            "PATCH",
+            "/rollouts/{rollout_id}/attempts/{attempt_id}",
+            lambda ids, body, _: calls.update_attempt(ids[0], ids[1], body),
+            AttemptUpdateBody,
+        ),
+        FastRoute("POST", "/rollouts", lambda _, body, __: calls.enqueue(body), RolloutRequest),
+        FastRoute("POST", "/rollouts/batch", lambda _, body, __: calls.enqueue_many(body), EnqueueManyBody),
+        FastRoute("POST", "/dequeue", lambda _, body, __: calls.dequeue(body), DequeueBody),
+        FastRoute("GET", "/rollouts/{rollout_id}", lambda ids, _, __: calls.get_rollout(ids[0])),
+        FastRoute(
+            "PATCH",
+            "/rollouts/{rollout_id}",
+            lambda ids, body, _: calls.update_rollout(ids[0], body),
+            RolloutUpdateBody,
+        ),
     ]
 
 

@@ -7,14 +7,15 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from agl.core.errors import AttemptNotFound
+from agl.core.server.calls import HotCalls
 from agl.core.server.encoding import JsonBytes, respond, respond_page
 from agl.core.server.errors import ERROR_RESPONSES
 from agl.core.store.base import LightningStore
-from agl.core.store.wire import API_PREFIX, AttemptUpdateBody, PageBody, SequenceIdBody, StartAttemptBody, sent_fields
+from agl.core.store.wire import API_PREFIX, AttemptUpdateBody, PageBody, SequenceIdBody, StartAttemptBody
 from agl.core.types import Attempt, AttemptedRollout, AttemptStatus
 
 
-def build(store: LightningStore) -> APIRouter:
+def build(store: LightningStore, calls: HotCalls) -> APIRouter:
     router = APIRouter(prefix=API_PREFIX, tags=["attempts"], responses=ERROR_RESPONSES)
 
     @router.post("/rollouts/{rollout_id}/attempts", response_model=AttemptedRollout)
@@ -50,7 +51,7 @@ def build(store: LightningStore) -> APIRouter:
     @router.patch("/rollouts/{rollout_id}/attempts/{attempt_id}", response_model=Attempt)
     async def update_attempt(rollout_id: str, attempt_id: str, body: AttemptUpdateBody) -> JsonBytes:
         """Change the fields sent; ``attempt_id`` may be ``latest``."""
-        return respond(await store.update_attempt(rollout_id, attempt_id, **sent_fields(body)), Attempt)
+        return JsonBytes(await calls.update_attempt(rollout_id, attempt_id, body))
 
     @router.post("/rollouts/{rollout_id}/attempts/{attempt_id}/sequence-ids", response_model=SequenceIdBody)
     async def next_span_sequence_id(rollout_id: str, attempt_id: str) -> JsonBytes:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from agl.core.errors import RolloutNotFound
+from agl.core.server.calls import HotCalls
 from agl.core.server.encoding import JsonBytes, respond, respond_page
 from agl.core.server.errors import ERROR_RESPONSES
 from agl.core.store.base import LightningStore
@@ -23,17 +23,17 @@ from agl.core.store.wire import (
 from agl.core.types import AttemptedRollout, Rollout, RolloutRequest
 
 
-def build(store: LightningStore) -> APIRouter:
+def build(store: LightningStore, calls: HotCalls) -> APIRouter:
     router = APIRouter(prefix=API_PREFIX, tags=["rollouts"], responses=ERROR_RESPONSES)
 
     @router.post("/rollouts", response_model=Rollout)
     async def enqueue_rollout(body: RolloutRequest) -> JsonBytes:
         """Queue a task. Sending a ``rollout_id`` that exists returns that rollout (safe to retry)."""
-        return respond(await store.enqueue_rollout(**sent_fields(body)), Rollout)
+        return JsonBytes(await calls.enqueue(body))
 
     @router.post("/rollouts/batch", response_model=list[Rollout])
     async def enqueue_many_rollouts(body: EnqueueManyBody) -> JsonBytes:
-        return respond(await store.enqueue_many_rollouts(body.requests), list[Rollout])
+        return JsonBytes(await calls.enqueue_many(body))
 
     @router.post("/rollouts/start", response_model=AttemptedRollout)
     async def start_rollout(body: StartRolloutBody) -> JsonBytes:
@@ -51,18 +51,15 @@ def build(store: LightningStore) -> APIRouter:
 
     @router.post("/dequeue", response_model=AttemptedRollout | None)
     async def dequeue_rollout(body: DequeueBody) -> JsonBytes:
-        return respond(await store.dequeue_rollout(body.worker_id), AttemptedRollout | None)
+        return JsonBytes(await calls.dequeue(body))
 
     @router.get("/rollouts/{rollout_id}", response_model=Rollout)
     async def get_rollout(rollout_id: str) -> JsonBytes:
-        rollout = await store.get_rollout_by_id(rollout_id)
-        if rollout is None:
-            raise RolloutNotFound(rollout_id)
-        return respond(rollout, Rollout)
+        return JsonBytes(await calls.get_rollout(rollout_id))
 
     @router.patch("/rollouts/{rollout_id}", response_model=Rollout)
     async def update_rollout(rollout_id: str, body: RolloutUpdateBody) -> JsonBytes:
         """Change the fields sent; a terminal status also ends the active attempt."""
-        return respond(await store.update_rollout(rollout_id, **sent_fields(body)), Rollout)
+        return JsonBytes(await calls.update_rollout(rollout_id, body))
 
     return router

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from agl.core.server.encoding import JsonBytes, respond, respond_page
+from agl.core.server.calls import HotCalls
+from agl.core.server.encoding import JsonBytes, respond
 from agl.core.server.errors import ERROR_RESPONSES
 from agl.core.server.metrics import Metrics
 from agl.core.store.base import LightningStore
@@ -12,20 +13,16 @@ from agl.core.store.wire import API_PREFIX, ObservedSpansBody, PageBody, SpanBat
 from agl.core.types import Span
 
 
-def build(store: LightningStore, metrics: Metrics) -> APIRouter:
+def build(store: LightningStore, metrics: Metrics, calls: HotCalls) -> APIRouter:
     router = APIRouter(prefix=API_PREFIX, tags=["spans"], responses=ERROR_RESPONSES)
 
     @router.post("/spans", response_model=Span)
     async def add_span(body: Span) -> JsonBytes:
-        span = await store.add_span(body)
-        metrics.spans.labels("rest").inc()
-        return respond(span, Span)
+        return JsonBytes(await calls.add_span(body))
 
     @router.post("/spans/batch", response_model=list[Span])
     async def add_many_spans(body: SpanBatchBody) -> JsonBytes:
-        spans = await store.add_many_spans(body.spans)
-        metrics.spans.labels("rest").inc(len(spans))
-        return respond(spans, list[Span])
+        return JsonBytes(await calls.add_many_spans(body))
 
     @router.post("/spans/observed", response_model=list[Span])
     async def add_observed_spans(body: ObservedSpansBody) -> JsonBytes:
@@ -45,15 +42,16 @@ def build(store: LightningStore, metrics: Metrics) -> APIRouter:
         offset: int = 0,
     ) -> JsonBytes:
         """``attempt_id`` may be an id, ``latest``, or absent for every attempt."""
-        page = await store.query_spans(
-            rollout_id,
-            attempt_id,
-            name=name,
-            sort_by=sort_by,
-            sort_order=sort_order,
-            limit=limit,
-            offset=offset,  # type: ignore[arg-type]
+        return JsonBytes(
+            await calls.query_spans(
+                rollout_id,
+                attempt_id=attempt_id,
+                name=name,
+                sort_by=sort_by,
+                sort_order=sort_order,
+                limit=limit,
+                offset=offset,
+            )
         )
-        return respond_page(page, Span)
 
     return router
