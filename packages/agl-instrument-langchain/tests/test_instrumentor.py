@@ -289,6 +289,57 @@ def test_messages_are_converted_as_langchain_converts_them(name: str) -> None:
     assert _wrappers._openai_messages(iter(messages)) == convert_to_openai_messages(messages)
 
 
+CALCULATOR_TREE = [
+    ("invoke_workflow calculator", None),
+    ("invoke_agent calculator", "invoke_workflow calculator"),
+    (f"chat {FAKE_MODEL}", "invoke_agent calculator"),
+    ("execute_tool add", "invoke_workflow calculator"),
+    ("invoke_agent calculator", "invoke_workflow calculator"),
+    (f"chat {FAKE_MODEL}", "invoke_agent calculator"),
+]
+
+
+async def test_invoke_stream_and_their_async_forms_give_the_same_tree(captured_spans, instrument) -> None:
+    async def astream(graph: Any) -> list[Any]:
+        return [chunk async for chunk in graph.astream({"messages": QUESTION})]
+
+    instrument()
+    runs = {
+        "invoke": lambda graph: graph.invoke({"messages": QUESTION}),
+        "stream": lambda graph: list(graph.stream({"messages": QUESTION})),
+        "ainvoke": lambda graph: graph.ainvoke({"messages": QUESTION}),
+        "astream": astream,
+    }
+    for name, run in runs.items():
+        captured_spans.clear()
+        done = run(react_graph(tool_model()))
+        if name.startswith("a"):
+            await done
+        assert tree(captured_spans.get_finished_spans()) == CALCULATOR_TREE, name
+        assert _wrappers._invoking.get() is None
+
+
+def test_a_graph_invoked_inside_a_node_gets_its_own_workflow_span(captured_spans, instrument) -> None:
+    inner = react_graph(tool_model(), name="inner")
+
+    def delegate(state: MessagesState) -> dict[str, Any]:
+        return {"messages": inner.invoke(state)["messages"][-1:]}
+
+    outer = StateGraph(MessagesState)
+    outer.add_node("delegate", delegate)
+    outer.add_edge(START, "delegate")
+    instrument()
+    outer.compile(name="outer").invoke({"messages": QUESTION})
+
+    found = tree(captured_spans.get_finished_spans())
+    assert found[:3] == [
+        ("invoke_workflow outer", None),
+        ("invoke_agent delegate", "invoke_workflow outer"),
+        ("invoke_workflow inner", "invoke_agent delegate"),
+    ]
+    assert found.count(("execute_tool add", "invoke_workflow inner")) == 1
+
+
 def test_a_streamed_model_call_is_one_span_with_the_whole_reply(captured_spans, instrument) -> None:
     instrument()
     model = GenericFakeChatModel(messages=iter(["one two three"]))
@@ -423,7 +474,7 @@ PATCHED = [
 def test_instrument_twice_is_a_no_op_and_uninstrument_restores_every_original(captured_spans, instrument) -> None:
     from langgraph.pregel import _runner, main
 
-    targets = [*PATCHED, (main.Pregel, "stream"), (main.Pregel, "astream")]
+    targets = [*PATCHED, *[(main.Pregel, name) for name in ("invoke", "ainvoke", "stream", "astream")]]
     targets += [(_runner, "run_with_retry"), (_runner, "arun_with_retry")]
     originals = [owner.__dict__[name] for owner, name in targets]
     instrumentor = instrument()

@@ -26,8 +26,8 @@ What is instrumented (patching is lazy: each class is patched when its module is
 - Retrievers (``BaseRetriever.invoke``/``ainvoke``): ``retrieve {name}`` with the query and the
   documents (``agl.operation.input``/``output``).
 - Chains (``RunnableSequence.invoke``/``ainvoke``, what ``a | b`` builds): ``chain {name}``.
-- LangGraph graphs (``Pregel.stream``/``astream``, which ``invoke`` uses):
-  ``invoke_workflow {graph name}``; each node run: ``invoke_agent {agent}`` with
+- LangGraph graphs (``Pregel.invoke``/``ainvoke``/``stream``/``astream``; an ``invoke``'s own
+  stream makes no second span): ``invoke_workflow {graph name}``; each node run: ``invoke_agent {agent}`` with
   ``agl.agent.name``/``gen_ai.agent.name``. The agent is the node's name, except for the model
   node of an agent made by ``create_react_agent``/``create_agent`` in a graph given a ``name``,
   whose agent is that name. LangGraph's own nodes (``__start__``…) and tool nodes get no agent

@@ -322,7 +322,11 @@ def _tool_definitions(tools: Any) -> list[Any] | None:
 
 
 def _model_of(model: Any, ls_params: Mapping[str, Any]) -> str:
-    for name in (ls_params.get("ls_model_name"), getattr(model, "model_name", None), getattr(model, "model", None)):
+    name = ls_params.get("ls_model_name")
+    if isinstance(name, str) and name:
+        return name
+    for attribute in ("model_name", "model"):  # only when needed: a miss on a pydantic model raises inside
+        name = getattr(model, attribute, None)
         if isinstance(name, str) and name:
             return name
     try:
@@ -725,7 +729,8 @@ _chain, _achain = _scoped_wrappers(_chain_scope)
 
 
 def _graph_scope(graph: Any) -> _Scope | None:
-    """``Pregel.stream``/``astream`` (``invoke`` goes through them): "invoke_workflow {name}"."""
+    """A graph run (``Pregel.invoke``/``ainvoke``, or a ``stream``/``astream`` of the caller's own):
+    "invoke_workflow {name}"."""
     try:
         name = str(getattr(graph, "name", None) or DEFAULT_GRAPH_NAME)
     except Exception:
@@ -736,8 +741,46 @@ def _graph_scope(graph: Any) -> _Scope | None:
     )
 
 
-def _graph_stream(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+# The graph whose ``invoke``/``ainvoke`` runs and has not yet called its own ``stream``/``astream``.
+_invoking: contextvars.ContextVar[object | None] = contextvars.ContextVar("agl_langchain_invoking", default=None)
+
+
+def _graph_invoke(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``Pregel.invoke`` runs its own ``stream`` to the end and hands no step to its caller, so the
+    graph's span is current around the whole call: entered once, not once per step of the stream."""
     if not _config.active:
+        return wrapped(*args, **kwargs)
+    scope = _graph_scope(instance)
+    token = _invoking.set(instance if scope is not None else None)
+    try:
+        return _run_in(scope, wrapped, args, kwargs)
+    finally:
+        _invoking.reset(token)
+
+
+async def _graph_ainvoke(
+    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    if not _config.active:
+        return await wrapped(*args, **kwargs)
+    scope = _graph_scope(instance)
+    token = _invoking.set(instance if scope is not None else None)
+    try:
+        return await _arun_in(scope, wrapped, args, kwargs)
+    finally:
+        _invoking.reset(token)
+
+
+def _invoked_stream(graph: Any) -> bool:
+    """Whether this is the stream ``invoke`` runs on the same graph (its span already open)."""
+    if _invoking.get() is not graph:
+        return False
+    _invoking.set(None)  # only that first call: a node may stream the same graph again
+    return True
+
+
+def _graph_stream(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if not _config.active or _invoked_stream(instance):
         return wrapped(*args, **kwargs)
     return _lazy_graph_stream(wrapped, instance, args, kwargs)
 
@@ -753,7 +796,7 @@ def _lazy_graph_stream(
 
 
 def _graph_astream(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    if not _config.active:
+    if not _config.active or _invoked_stream(instance):
         return wrapped(*args, **kwargs)
     return _lazy_graph_astream(wrapped, instance, args, kwargs)
 
@@ -830,6 +873,8 @@ PATCHER = Patcher(
         Patch(_RETRIEVERS, "BaseRetriever", "ainvoke", _aretriever),
         Patch(_RUNNABLES, "RunnableSequence", "invoke", _chain),
         Patch(_RUNNABLES, "RunnableSequence", "ainvoke", _achain),
+        Patch(_PREGEL, "Pregel", "invoke", _graph_invoke),
+        Patch(_PREGEL, "Pregel", "ainvoke", _graph_ainvoke),
         Patch(_PREGEL, "Pregel", "stream", _graph_stream),
         Patch(_PREGEL, "Pregel", "astream", _graph_astream),
         Patch(_RUNNER, None, "run_with_retry", _node),
