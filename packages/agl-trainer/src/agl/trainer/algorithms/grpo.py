@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import random
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +31,7 @@ from agl.trainer.learning.options import (
     positive_int,
     positive_number,
 )
-from agl.trainer.learning.rollouts import FailurePolicy
+from agl.trainer.learning.rollouts import FailurePolicy, task_cycle
 
 _COUNTS = ("n", "tasks_per_step", "steps", "max_tokens", "updates_per_step", "micro_batch_size", "max_length")
 
@@ -181,7 +179,7 @@ class GRPO(Algorithm):
             context.log_step(0, {"val/reward_mean": val_before})
         val_after = val_before
         train_rewards: list[float] = []
-        tasks = _task_cycle(context.train_dataset, self.seed)
+        tasks = task_cycle(context.train_dataset, self.seed)
         for step in range(1, self.steps + 1):
             started = time.perf_counter()
             chosen = [next(tasks) for _ in range(self.tasks_per_step)]
@@ -308,13 +306,3 @@ class GRPO(Algorithm):
         folder = Path(self._scratch.name) / f"step-{step}"
         policy.push(folder)
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def _task_cycle(tasks: Any, seed: int) -> Iterator[Any]:
-    """Tasks in a seeded random order, reshuffled each pass, forever."""
-    order = list(range(len(tasks)))
-    shuffle = random.Random(seed)
-    while True:
-        shuffle.shuffle(order)
-        for index in order:
-            yield tasks[index]

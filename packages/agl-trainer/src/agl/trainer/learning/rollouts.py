@@ -7,7 +7,8 @@ token ids continue exactly), so their ids are those the engine produced and the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import random
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -95,3 +96,13 @@ async def validation_reward(context: AlgorithmContext, resources_id: str | None,
         context, context.val_dataset, 1, "val", resources_id=resources_id, timeout=timeout, with_triplets=False
     )
     return mean_reward(scored)
+
+
+def task_cycle(tasks: Sequence[Any], seed: int) -> Iterator[Any]:
+    """Tasks in a seeded random order, reshuffled each pass, forever (how `grpo` and `verl` draw them)."""
+    order = list(range(len(tasks)))
+    shuffle = random.Random(seed)
+    while True:
+        shuffle.shuffle(order)
+        for index in order:
+            yield tasks[index]

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import random
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from agl.trainer.algorithm import Algorithm, AlgorithmContext
 from agl.trainer.learning.options import checkpoint_folder
+from agl.trainer.learning.rollouts import task_cycle
 from agl.trainer.verl.options import VerlOptions, parse_options
 
 if TYPE_CHECKING:
@@ -133,7 +133,7 @@ class Verl(Algorithm):
     async def _train(self, context: AlgorithmContext, cluster: VerlCluster, resources_id: str | None) -> dict[str, Any]:
         """The steps of `policy.Schedule.plan`: wait for a batch, train it, push the weights, save."""
         options = self.options
-        tasks = _task_cycle(context.train_dataset, options.seed)
+        tasks = task_cycle(context.train_dataset, options.seed)
         version = 0
         pending: asyncio.Future[_Sampled] = self._launch(context, tasks, resources_id, version)
         rewards: list[float] = []
@@ -309,13 +309,3 @@ def _ready(value: _Sampled) -> asyncio.Future[_Sampled]:
     future: asyncio.Future[_Sampled] = asyncio.get_running_loop().create_future()
     future.set_result(value)
     return future
-
-
-def _task_cycle(tasks: Any, seed: int) -> Iterator[Any]:
-    """Tasks in a seeded random order, reshuffled each pass, forever (as `grpo` draws them)."""
-    order = list(range(len(tasks)))
-    shuffle = random.Random(seed)
-    while True:
-        shuffle.shuffle(order)
-        for index in order:
-            yield tasks[index]
