@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import wrapt
+from langchain_core.callbacks.manager import AsyncCallbackManager, CallbackManager
 from langchain_core.documents import Document
 from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
@@ -263,6 +264,22 @@ async def test_an_async_graph_keeps_parents_across_tasks(captured_spans, instrum
         assert by_id[call.parent.span_id].name == f"invoke_agent {attribute(call, semconv.AGENT_NAME)}"
 
 
+def test_a_model_call_reuses_the_parameters_langchain_computed_for_it(captured_spans, instrument) -> None:
+    asked: list[Any] = []
+
+    class Counted(TunedModel):
+        def _get_invocation_params(self, stop: Any = None, **kwargs: Any) -> dict[str, Any]:
+            asked.append(stop)
+            return super()._get_invocation_params(stop=stop, **kwargs)
+
+    instrument()
+    Counted(messages=iter(["a"])).invoke("One.", stop=["x"])
+    assert asked == [["x"]]  # LangChain's own call only
+    (call,) = llm_spans(captured_spans.get_finished_spans())
+    assert attribute(call, "gen_ai.request.stop_sequences") == ["x"]
+    assert not _wrappers._invocations
+
+
 CONVERSATIONS = {
     "plain": [SystemMessage("Be brief."), HumanMessage("Hi"), AIMessage("Hello"), HumanMessage("")],
     "named": [HumanMessage("Hi", name="ada"), AIMessage("Hello", name="bot")],
@@ -458,6 +475,8 @@ def test_recording_failures_never_reach_the_program(captured_spans, instrument, 
 
 
 PATCHED = [
+    (CallbackManager, "on_chat_model_start"),
+    (AsyncCallbackManager, "on_chat_model_start"),
     (BaseChatModel, "_generate_with_cache"),
     (BaseChatModel, "_agenerate_with_cache"),
     (BaseChatModel, "stream"),

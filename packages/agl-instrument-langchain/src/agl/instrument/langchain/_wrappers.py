@@ -17,6 +17,7 @@ import functools
 import json
 import logging
 import operator
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -367,11 +368,58 @@ def _parameters(invocation: Mapping[str, Any], options: Mapping[str, Any], stop:
     return parameters
 
 
+_invocations: weakref.WeakKeyDictionary[Any, Mapping[str, Any]] = weakref.WeakKeyDictionary()
+"""A chat model run's manager -> the invocation parameters LangChain computed for that very call
+and handed to ``on_chat_model_start``; read once by `_start_chat`, gone with the run. Asking the
+model again costs as much again (mostly its deprecation-warning guard)."""
+
+
+def _remember_invocation(managers: Any, kwargs: Mapping[str, Any]) -> None:
+    parameters = kwargs.get("invocation_params")
+    if _config.active and isinstance(parameters, Mapping):
+        for manager in managers or ():
+            _invocations[manager] = parameters
+
+
+def _chat_run_started(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``CallbackManager.on_chat_model_start``: its run managers, with the call's invocation parameters noted."""
+    managers = wrapped(*args, **kwargs)
+    try:
+        _remember_invocation(managers, kwargs)
+    except Exception:
+        _recording_failed("a chat model's invocation parameters")
+    return managers
+
+
+async def _achat_run_started(
+    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    managers = await wrapped(*args, **kwargs)
+    try:
+        _remember_invocation(managers, kwargs)
+    except Exception:
+        _recording_failed("a chat model's invocation parameters")
+    return managers
+
+
+def _invocation_params(model: Any, stop: Any, options: Mapping[str, Any], run_manager: Any) -> Mapping[str, Any]:
+    """The call's invocation parameters: as LangChain computed them for its run, else from the model."""
+    if run_manager is not None:
+        noted = _invocations.pop(run_manager, None)
+        if noted is not None:
+            return noted
+    try:
+        return model._get_invocation_params(stop=stop, **options)
+    except Exception:
+        return {}
+
+
 def _start_chat(model: Any, messages: Any, stop: Any, kwargs: Mapping[str, Any]) -> LlmCall | None:
     """The call's span (joined or opened), with the request recorded; None if that failed."""
     options = {key: value for key, value in kwargs.items() if key != "run_manager"}
+    run_manager = kwargs.get("run_manager")
     try:
-        ls_params = _ls_params(model, stop, options, kwargs.get("run_manager"))
+        ls_params = _ls_params(model, stop, options, run_manager)
         call = start_llm_call(
             _model_of(model, ls_params),
             provider=ls_params.get("ls_provider"),
@@ -382,11 +430,7 @@ def _start_chat(model: Any, messages: Any, stop: Any, kwargs: Mapping[str, Any])
         _recording_failed("the start of a chat model call")
         return None
     try:
-        try:
-            invocation = model._get_invocation_params(stop=stop, **options)
-        except Exception:
-            invocation = {}
-        parameters = _parameters(invocation, options, stop)
+        parameters = _parameters(_invocation_params(model, stop, options, run_manager), options, stop)
         if "temperature" not in parameters and isinstance(ls_params.get("ls_temperature"), int | float):
             parameters["temperature"] = ls_params["ls_temperature"]
         if "max_tokens" not in parameters and isinstance(ls_params.get("ls_max_tokens"), int):
@@ -854,6 +898,7 @@ _node, _anode = _scoped_wrappers(_node_scope)
 # --- the patches ----------------------------------------------------------------------------
 
 
+_CALLBACKS = "langchain_core.callbacks.manager"
 _CHAT = "langchain_core.language_models.chat_models"
 _TOOLS = "langchain_core.tools.base"
 _RETRIEVERS = "langchain_core.retrievers"
@@ -863,6 +908,8 @@ _RUNNER = "langgraph.pregel._runner"  # calls run_with_retry by its global name,
 
 PATCHER = Patcher(
     (
+        Patch(_CALLBACKS, "CallbackManager", "on_chat_model_start", _chat_run_started),
+        Patch(_CALLBACKS, "AsyncCallbackManager", "on_chat_model_start", _achat_run_started),
         Patch(_CHAT, "BaseChatModel", "_generate_with_cache", _generate),
         Patch(_CHAT, "BaseChatModel", "_agenerate_with_cache", _agenerate),
         Patch(_CHAT, "BaseChatModel", "stream", _stream),
