@@ -73,7 +73,8 @@ class LlmCall:
     def record(self, attributes: Mapping[str, Any]) -> None:
         """Set attributes (None values skipped; lists of dicts stored as JSON). A layer that joined
         another's span only fills in what is missing, plus what only the wire knows."""
-        present = {} if self.owner else getattr(self.span, "attributes", None) or {}
+        # The keys as a set: a miss in the SDK's attribute mapping raises and catches a KeyError.
+        present = set() if self.owner else set(getattr(self.span, "attributes", None) or ())
         self.span.set_attributes(
             {
                 key: _attribute_value(value)
