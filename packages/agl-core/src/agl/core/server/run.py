@@ -11,7 +11,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from agl.core.server.app import create_app
-from agl.core.server.protocol import CoalescingHttpProtocol
+from agl.core.server.protocol import OneWriteHttpProtocol
 from agl.core.server.settings import ServerSettings, check_exposure
 from agl.core.store.urls import open_store
 
@@ -27,7 +27,7 @@ def uvicorn_config(app: FastAPI, **options: Any) -> uvicorn.Config:
         access_log=False,
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
         timeout_graceful_shutdown=5,
-        http=CoalescingHttpProtocol,
+        http=OneWriteHttpProtocol,
         proxy_headers=False,  # nothing here reads the client's address: no layer rewriting it per request
         **options,
     )
