@@ -10,9 +10,9 @@ its project's own client.
 
 Stdlib only, so any python can drive it. The anchor lives in its own venv (``.venvs/anchor``, made
 here on first use with ``pip install agentlightning==0.3.0``) because it cannot share one with agl.
-Runs `anchor_store_bench.py` there and `store_bench.py` in agl's venv, one after the other, then
-prints markdown tables for the docs, a pair per comparison. A ratio is agl's median ops/s over the
-anchor's: above 1, agl is faster.
+Runs `anchor_store_bench.py` there and `store_bench.py` in agl's venv, taking turns one run each
+(``--runs`` turns), then prints markdown tables for the docs, a pair per comparison. A ratio is
+agl's median ops/s over the anchor's: above 1, agl is faster.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -136,6 +137,18 @@ def spread_table(report: Report, comparison: Comparison) -> list[str]:
     return lines
 
 
+def summarise(runs: list[Report]) -> Report:
+    """min / median / max over runs of one run each (whose three figures are that run's)."""
+    report: Report = {}
+    for backend in runs[0]:
+        report[backend] = {}
+        for op in OPERATIONS:
+            values = [r[backend][op]["median"] for r in runs if r[backend][op]["median"] is not None]
+            figures = {"min": min(values), "median": statistics.median(values), "max": max(values)} if values else {}
+            report[backend][op] = {key: figures.get(key) for key in ("min", "median", "max")}
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5)
@@ -148,14 +161,18 @@ def main() -> None:
     agl_python = args.agl_python if args.agl_python.is_absolute() else ROOT / args.agl_python
     anchor_python = ensure_anchor_venv()
     load_before = load_average()
-    sizes = ["--runs", str(args.runs), "--n", str(args.n)]
     here = Path(__file__).resolve().parent
-    anchor_backends = ["--backends", ",".join(c.anchor_backend for c in chosen)]
-    report: Report = json.loads(
-        run([anchor_python, here / "anchor_store_bench.py", "--json", *sizes, *anchor_backends])
-    )
-    backends = ["--backends", ",".join(b for c in chosen for b in c.agl_backends)]
-    report.update(json.loads(run([agl_python, here / "store_bench.py", "--json", *sizes, *backends])))
+    one_run = ["--json", "--runs", "1", "--n", str(args.n)]
+    anchor = [anchor_python, here / "anchor_store_bench.py", *one_run, "--backends"]
+    agl = [agl_python, here / "store_bench.py", *one_run, "--backends"]
+    anchor.append(",".join(c.anchor_backend for c in chosen))
+    agl.append(",".join(b for c in chosen for b in c.agl_backends))
+    # The two sides take turns, one run each: the machine's speed drifts over minutes (other tenants,
+    # CPU power states), and runs taken side by side share whatever state it is in.
+    runs: list[Report] = []
+    for _ in range(args.runs):
+        runs.append(json.loads(run(anchor)) | json.loads(run(agl)))
+    report = summarise(runs)
 
     print(f"Store throughput, ops/s: {args.runs} runs of {args.n} operations each, one sequential caller.")
     print("Ratio = agl median / anchor median (above 1: agl is faster).")
