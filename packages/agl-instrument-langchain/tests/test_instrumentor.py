@@ -45,6 +45,14 @@ from agl.instrument.langchain import _wrappers
 
 FAKE_MODEL = "generic-fake-chat-model"
 JSON_ATTRIBUTES = (semconv.INPUT_MESSAGES, semconv.OUTPUT_MESSAGES, semconv.TOOL_DEFINITIONS)
+CALCULATOR_TREE = [  # the span tree of one run of the calculator graph (a tool call, two model calls)
+    ("invoke_workflow calculator", None),
+    ("invoke_agent calculator", "invoke_workflow calculator"),
+    (f"chat {FAKE_MODEL}", "invoke_agent calculator"),
+    ("execute_tool add", "invoke_workflow calculator"),
+    ("invoke_agent calculator", "invoke_workflow calculator"),
+    (f"chat {FAKE_MODEL}", "invoke_agent calculator"),
+]
 
 
 class ToolModel(GenericFakeChatModel):
@@ -136,15 +144,7 @@ def test_a_one_tool_agent_gives_the_exact_span_tree(captured_spans, instrument) 
     assert result["messages"][-1].content == "42"  # the program's own result is untouched
 
     spans = captured_spans.get_finished_spans()
-    assert tree(spans) == [
-        ("invoke_workflow calculator", None),
-        ("invoke_agent calculator", "invoke_workflow calculator"),
-        (f"chat {FAKE_MODEL}", "invoke_agent calculator"),
-        ("execute_tool add", "invoke_workflow calculator"),
-        ("invoke_agent calculator", "invoke_workflow calculator"),
-        (f"chat {FAKE_MODEL}", "invoke_agent calculator"),
-        ("agl.reward", None),
-    ]
+    assert tree(spans) == [*CALCULATOR_TREE, ("agl.reward", None)]
     assert {attribute(span, semconv.ROLLOUT_ID) for span in spans} == {"ro-1"}
     assert len({span.context.trace_id for span in spans if span.name != "agl.reward"}) == 1
 
@@ -304,16 +304,6 @@ CONVERSATIONS = {
 def test_messages_are_converted_as_langchain_converts_them(name: str) -> None:
     messages = CONVERSATIONS[name]
     assert _wrappers._openai_messages(iter(messages)) == convert_to_openai_messages(messages)
-
-
-CALCULATOR_TREE = [
-    ("invoke_workflow calculator", None),
-    ("invoke_agent calculator", "invoke_workflow calculator"),
-    (f"chat {FAKE_MODEL}", "invoke_agent calculator"),
-    ("execute_tool add", "invoke_workflow calculator"),
-    ("invoke_agent calculator", "invoke_workflow calculator"),
-    (f"chat {FAKE_MODEL}", "invoke_agent calculator"),
-]
 
 
 async def test_invoke_stream_and_their_async_forms_give_the_same_tree(captured_spans, instrument) -> None:
