@@ -23,6 +23,7 @@ from pydantic_core import PydanticSerializationError, from_json, to_json
 from agl.core.errors import AttemptNotFound, InvalidInput, InvalidTransition, RolloutNotFound
 from agl.core.ids import new_attempt_id, new_resources_id, new_rollout_id
 from agl.core.store.base import UNSET, LightningStore, Page, StoreStatistics
+from agl.core.store.query import check_query
 from agl.core.store.watchdog import Watchdog
 from agl.core.tracing.semconv import PROCESS_EXIT_SPAN, PROCESS_OUTCOME
 from agl.core.types import (
@@ -57,6 +58,9 @@ WATCHDOG_PERIOD = 0.1
 _DEFAULT_CONFIG = RolloutConfig()
 _rollout_list: TypeAdapter[list[Rollout]] = TypeAdapter(list[Rollout])
 M = TypeVar("M", bound=BaseModel)
+StoredSpan = tuple[Span | None, bytes]
+"""A span as a backend keeps it: the model when it holds one (memory), else None, and its JSON."""
+_decode_span = Span.__pydantic_validator__.validate_json
 _resources_adapter: TypeAdapter[NamedResources] = TypeAdapter(NamedResources)
 
 
@@ -212,6 +216,20 @@ class LifecycleStore(LightningStore):
     @abc.abstractmethod
     def _save_spans(self, spans: Sequence[tuple[Span, bytes]]) -> None:
         """Upsert spans, each with its JSON encoding."""
+
+    @abc.abstractmethod
+    def _span_page(
+        self,
+        rollout_id: str,
+        attempt_id: str | None,
+        name: str | None,
+        sort_by: str,
+        sort_order: str,
+        limit: int | None,
+        offset: int,
+    ) -> Page[StoredSpan]:
+        """A rollout's spans (of one attempt if ``attempt_id``; named ``name`` if given), sorted and
+        paged as `query_spans` says; the arguments are already checked."""
 
     def _save_span_documents(self, spans: Sequence[tuple[dict[str, Any], bytes]]) -> None:
         """`_save_spans` for span documents (see `add_observed_span_documents`); a backend that
@@ -620,7 +638,21 @@ class LifecycleStore(LightningStore):
             return attempt
 
     # --- spans ----------------------------------------------------------------------------
-    @abc.abstractmethod
+    async def query_spans(
+        self,
+        rollout_id: str,
+        attempt_id: str | None = None,
+        *,
+        name: str | None = None,
+        sort_by: str = "sequence_id",
+        sort_order: str = "asc",
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> Page[Span]:
+        page = self._stored_spans(rollout_id, attempt_id, name, sort_by, sort_order, limit, offset)
+        items = [span if span is not None else _decode_span(data) for span, data in page.items]
+        return Page(items=items, total=page.total, offset=offset, limit=limit)
+
     async def query_span_json(
         self,
         rollout_id: str,
@@ -637,6 +669,28 @@ class LifecycleStore(LightningStore):
         The store server answers span queries with these bytes as they are: building models only to
         serialise them again cost more than the query itself (~7 µs per LLM-sized span).
         """
+        page = self._stored_spans(rollout_id, attempt_id, name, sort_by, sort_order, limit, offset)
+        return Page(items=[data for _, data in page.items], total=page.total, offset=offset, limit=limit)
+
+    def _stored_spans(
+        self,
+        rollout_id: str,
+        attempt_id: str | None,
+        name: str | None,
+        sort_by: str,
+        sort_order: str,
+        limit: int | None,
+        offset: int,
+    ) -> Page[StoredSpan]:
+        """The arguments checked and ``latest`` resolved, then the backend's `_span_page`."""
+        check_query("spans", sort_by, sort_order, limit, offset)
+        if attempt_id == "latest":
+            with self._read():
+                latest = self._latest_attempt(rollout_id)
+            if latest is None:
+                return Page(items=[], total=0, offset=offset, limit=limit)
+            attempt_id = latest.attempt_id
+        return self._span_page(rollout_id, attempt_id, name, sort_by, sort_order, limit, offset)
 
     async def add_span(self, span: Span) -> Span:
         span = coerce_span(span)

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from agl.core.store.base import Page, StoreStatistics
-from agl.core.store.lifecycle import DEFAULT_MAX_SPAN_BYTES, LifecycleStore, replace
+from agl.core.store.lifecycle import DEFAULT_MAX_SPAN_BYTES, LifecycleStore, StoredSpan, replace
 from agl.core.store.query import check_query, sort_and_page
 from agl.core.types import Attempt, ResourcesUpdate, Rollout, RolloutConfig, Span, Worker
 from agl.core.types.rollouts import ACTIVE_ATTEMPT_STATUSES, ATTEMPT_STATUSES, ROLLOUT_STATUSES
@@ -198,34 +198,6 @@ class InMemoryLightningStore(LifecycleStore):
             attempts = [a for a in attempts if a.status in set(status_in)]
         return sort_and_page(attempts, lambda a: getattr(a, sort_by), sort_order, limit, offset)
 
-    async def query_spans(
-        self,
-        rollout_id: str,
-        attempt_id: str | None = None,
-        *,
-        name: str | None = None,
-        sort_by: str = "sequence_id",
-        sort_order: str = "asc",
-        limit: int | None = None,
-        offset: int = 0,
-    ) -> Page[Span]:
-        page = self._span_page(rollout_id, attempt_id, name, sort_by, sort_order, limit, offset)
-        return Page(items=[span for span, _ in page.items], total=page.total, offset=offset, limit=limit)
-
-    async def query_span_json(
-        self,
-        rollout_id: str,
-        attempt_id: str | None = None,
-        *,
-        name: str | None = None,
-        sort_by: str = "sequence_id",
-        sort_order: str = "asc",
-        limit: int | None = None,
-        offset: int = 0,
-    ) -> Page[bytes]:
-        page = self._span_page(rollout_id, attempt_id, name, sort_by, sort_order, limit, offset)
-        return Page(items=[data for _, data in page.items], total=page.total, offset=offset, limit=limit)
-
     def _span_page(
         self,
         rollout_id: str,
@@ -235,14 +207,8 @@ class InMemoryLightningStore(LifecycleStore):
         sort_order: str,
         limit: int | None,
         offset: int,
-    ) -> Page[tuple[Span, bytes]]:
-        check_query("spans", sort_by, sort_order, limit, offset)
+    ) -> Page[StoredSpan]:
         with self._lock:
-            if attempt_id == "latest":
-                latest = self._latest_attempt(rollout_id)
-                if latest is None:
-                    return Page(items=[], total=0, offset=offset, limit=limit)
-                attempt_id = latest.attempt_id
             spans = list(self._spans.get(rollout_id, {}).values())
         matched = (
             entry

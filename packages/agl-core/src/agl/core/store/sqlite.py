@@ -28,7 +28,7 @@ from pydantic_core import from_json, to_json
 
 from agl.core.errors import AglError, InvalidInput, StoreUnavailable
 from agl.core.store.base import Page, StoreStatistics
-from agl.core.store.lifecycle import DEFAULT_MAX_SPAN_BYTES, LifecycleStore
+from agl.core.store.lifecycle import DEFAULT_MAX_SPAN_BYTES, LifecycleStore, StoredSpan
 from agl.core.store.query import check_query
 from agl.core.store.sqlite_schema import MIGRATIONS
 from agl.core.types import Attempt, ResourcesUpdate, Rollout, RolloutConfig, Span, Worker
@@ -45,7 +45,6 @@ MMAP_BYTES = 256 * 1024 * 1024
 _NEXT_QUEUE_SEQ = "(SELECT coalesce(max(queue_seq), 0) + 1 FROM rollouts WHERE queue_seq IS NOT NULL)"
 
 
-_decode_span = Span.__pydantic_validator__.validate_json
 _UPSERT_SPAN = (
     "INSERT INTO spans (rollout_id, attempt_id, span_id, sequence_id, name, start_time, end_time, data)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (rollout_id, attempt_id, span_id)"
@@ -469,40 +468,16 @@ class SqliteLightningStore(LifecycleStore):
         rows, total = self._page(_ATTEMPT_COLUMNS, "attempts", where, params, sort_by, sort_order, limit, offset)
         return Page(items=[_attempt(row) for row in rows], total=total, offset=offset, limit=limit)
 
-    async def query_spans(
+    def _span_page(
         self,
         rollout_id: str,
-        attempt_id: str | None = None,
-        *,
-        name: str | None = None,
-        sort_by: str = "sequence_id",
-        sort_order: str = "asc",
-        limit: int | None = None,
-        offset: int = 0,
-    ) -> Page[Span]:
-        page = await self.query_span_json(
-            rollout_id, attempt_id, name=name, sort_by=sort_by, sort_order=sort_order, limit=limit, offset=offset
-        )
-        return Page(items=[_decode_span(data) for data in page.items], total=page.total, offset=offset, limit=limit)
-
-    async def query_span_json(
-        self,
-        rollout_id: str,
-        attempt_id: str | None = None,
-        *,
-        name: str | None = None,
-        sort_by: str = "sequence_id",
-        sort_order: str = "asc",
-        limit: int | None = None,
-        offset: int = 0,
-    ) -> Page[bytes]:
-        check_query("spans", sort_by, sort_order, limit, offset)
-        if attempt_id == "latest":
-            with self._read():
-                latest = self._latest_attempt(rollout_id)
-            if latest is None:
-                return Page(items=[], total=0, offset=offset, limit=limit)
-            attempt_id = latest.attempt_id
+        attempt_id: str | None,
+        name: str | None,
+        sort_by: str,
+        sort_order: str,
+        limit: int | None,
+        offset: int,
+    ) -> Page[StoredSpan]:
         where, params = ["rollout_id = ?"], [rollout_id]
         if attempt_id is not None:
             where.append("attempt_id = ?")
@@ -511,7 +486,7 @@ class SqliteLightningStore(LifecycleStore):
             where.append("name = ?")
             params.append(name)
         rows, total = self._page("data", "spans", where, params, sort_by, sort_order, limit, offset)
-        return Page(items=[row[0] for row in rows], total=total, offset=offset, limit=limit)
+        return Page(items=[(None, row[0]) for row in rows], total=total, offset=offset, limit=limit)
 
     async def query_resources(
         self, *, sort_by: str = "update_time", sort_order: str = "asc", limit: int | None = None, offset: int = 0
