@@ -29,6 +29,7 @@ from agl.core.otlp import (
     OtlpUnsupportedMediaType,
     decode_documents,
     decompress,
+    load_protobuf,
 )
 from agl.core.server.metrics import Metrics
 from agl.core.server.settings import ServerSettings
@@ -46,6 +47,7 @@ MAX_ID_LENGTH = 256
 
 def build(store: LightningStore, metrics: Metrics, settings: ServerSettings) -> APIRouter:
     router = APIRouter(tags=["otlp"])
+    load_protobuf()
 
     @router.post(
         "/v1/traces",
