@@ -1,6 +1,7 @@
 """OTLP/HTTP ingest into the store server, end to end: spans/s written to SQLite.
 
     python benchmarks/otlp_ingest_bench.py [--runs 5] [--batches 20] [--batch-size 512] [--gzip] [--shape llm|agent]
+                                           [--clients 1] [--workers 1]
 
 Two span shapes: ``llm`` (every span an LLM call: 30 attributes, two of them a few KB of
 messages, ~4 KB of JSON) and ``agent`` (what an agent's trace holds: each LLM-call span among
@@ -9,7 +10,10 @@ three small spans, an agent step, a tool call and an HTTP client call, of ~8 sho
 The server runs as its own process (``agl store serve``, SQLite, durable). Bodies are built the
 way OpenTelemetry exporters build them (SDK spans with the workload's 30 LLM attributes, encoded
 by the official OTLP encoder) and posted one after another over one keep-alive connection; the
-clock stops when the last response arrives, i.e. when every span is committed.
+clock stops when the last response arrives, i.e. when every span is committed. ``--clients N``
+posts from N exporters at once (threads, each with its own connection, taking the batches in
+turn), as the runners of a training job export; ``--workers N`` runs the server as N processes
+(``agl store serve --workers N``).
 
 The machine may be shared, so each run also reads the CPU time the server process used while it
 ingested (user + system, from ``/proc``; on Linux only): that figure, in µs per span, says what
@@ -28,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
@@ -92,33 +97,56 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
-def ingest_once(bodies: list[bytes], batch_size: int, compress: bool) -> tuple[float, float | None]:
+def ingest_once(
+    bodies: list[bytes], batch_size: int, compress: bool, clients: int, workers: int
+) -> tuple[float, float | None]:
     """Spans/s, and the server's CPU µs per span (None without /proc)."""
     with tempfile.TemporaryDirectory() as folder:
         port = free_port()
         server = subprocess.Popen(
             [sys.executable, "-m", "agl.core.cli", "store", "serve", "--port", str(port), "--store",
-             f"sqlite:///{folder}/otlp.db", "--max-body-mb", "64"],
+             f"sqlite:///{folder}/otlp.db", "--max-body-mb", "64", "--workers", str(workers)],
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
         try:
-            connection = wait_for(port)
+            connections = [wait_for(port) for _ in range(clients)]
             headers = {"content-type": "application/x-protobuf"} | ({"content-encoding": "gzip"} if compress else {})
-            cpu_before = cpu_seconds(server.pid)
+            pids = [server.pid, *child_pids(server.pid)]
+            cpu_before = total_cpu_seconds(pids)
+
+            def post_share(client: int) -> None:
+                connection = connections[client]
+                for body in bodies[client::clients]:
+                    connection.request("POST", "/v1/traces", body, headers)
+                    response = connection.getresponse()
+                    response.read()
+                    assert response.status == 200, response.status
+
             started = time.perf_counter()
-            for body in bodies:
-                connection.request("POST", "/v1/traces", body, headers)
-                response = connection.getresponse()
-                response.read()
-                assert response.status == 200, response.status
+            with ThreadPoolExecutor(clients) as pool:
+                list(pool.map(post_share, range(clients)))
             elapsed = time.perf_counter() - started
-            cpu_after = cpu_seconds(server.pid)
+            cpu_after = total_cpu_seconds(pids)
             spans = len(bodies) * batch_size
             cpu = None if cpu_before is None or cpu_after is None else (cpu_after - cpu_before) / spans * 1e6
             return spans / elapsed, cpu
         finally:
             server.terminate()
             server.wait(timeout=30)
+
+
+def child_pids(pid: int) -> list[int]:
+    """The server's worker processes (Linux; none elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as children:
+            return [int(child) for child in children.read().split()]
+    except OSError:
+        return []
+
+
+def total_cpu_seconds(pids: list[int]) -> float | None:
+    seconds = [cpu_seconds(pid) for pid in pids]
+    return None if None in seconds else sum(seconds)  # type: ignore[arg-type]
 
 
 def wait_for(port: int) -> http.client.HTTPConnection:
@@ -144,14 +172,17 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--gzip", action="store_true", help="gzip the bodies, as exporters do by default")
     parser.add_argument("--shape", choices=["llm", "agent"], default="llm", help="span shape (see above)")
+    parser.add_argument("--clients", type=int, default=1, help="exporters posting at once")
+    parser.add_argument("--workers", type=int, default=1, help="server processes")
     args = parser.parse_args()
     bodies = make_bodies(args.batches, args.batch_size, args.gzip, args.shape)
-    results = [ingest_once(bodies, args.batch_size, args.gzip) for _ in range(args.runs)]
+    results = [ingest_once(bodies, args.batch_size, args.gzip, args.clients, args.workers) for _ in range(args.runs)]
     figures = [rate for rate, _ in results]
     cpu = [per_span for _, per_span in results if per_span is not None]
     body_kb = sum(map(len, bodies)) / len(bodies) / 1024
     print(
         f"OTLP ingest into SQLite, {args.shape} spans, {args.batches} batches of {args.batch_size}"
+        f" from {args.clients} client(s) into {args.workers} server process(es)"
         f" ({body_kb:.0f} KiB each"
         f"{', gzip' if args.gzip else ''}), spans/s min / median / max over {args.runs} runs:"
         f" {min(figures):,.0f} / {statistics.median(figures):,.0f} / {max(figures):,.0f}"

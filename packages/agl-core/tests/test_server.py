@@ -264,6 +264,20 @@ def test_serving_beyond_loopback_needs_a_token_or_insecure() -> None:
     assert "Traceback" not in result.output
 
 
+@pytest.mark.parametrize(
+    ("store", "workers", "problem"),
+    [
+        ("memory://", "2", "--workers 2 needs a store every process can open (sqlite://), not memory://"),
+        ("memory://", "0", "--workers must be at least 1, got 0"),
+        ("sqlite://", "2", "sqlite:// needs a file path"),  # checked once, before any worker starts
+    ],
+)
+def test_server_processes_need_a_shared_store_and_a_count(store: str, workers: str, problem: str) -> None:
+    result = CliRunner().invoke(cli, ["store", "serve", "--store", store, "--workers", workers])
+    assert result.exit_code == 1
+    assert problem in result.output and "Traceback" not in result.output
+
+
 def test_gzip_request_bodies_are_not_accepted_by_rest_routes(server: ServingThread) -> None:
     # The REST API takes plain JSON; only OTLP ingest decompresses (with its own cap).
     with client(server) as http:

@@ -51,7 +51,8 @@ def integrity(path: Path) -> str:
 class Server:
     """``agl store serve`` as a child process, restartable on the same port and SQLite file."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, processes: int = 1) -> None:
+        self.processes = processes
         self.db = tmp_path / "store.db"
         self.log = tmp_path / "server.log"
         with socket.socket() as probe:
@@ -62,7 +63,8 @@ class Server:
 
     async def start(self) -> None:
         """Returns at once; clients retry a refused connection until the server listens."""
-        command = ["-m", "agl.core.cli", "store", "serve", "--store", f"sqlite:///{self.db}", "--port", str(self.port)]
+        command = ["-m", "agl.core.cli", "store", "serve", "--store", f"sqlite:///{self.db}", "--port", str(self.port),
+                   "--workers", str(self.processes)]  # fmt: skip
         with self.log.open("a") as log:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable, *command, env={**os.environ, "AGL_STORE_TOKEN": TOKEN}, stdout=log, stderr=log
@@ -151,8 +153,8 @@ class Workers:
 
 
 @pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[Server]:
-    server = Server(tmp_path)
+async def server(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Server]:
+    server = Server(tmp_path, getattr(request, "param", 1))
     await server.start()
     try:
         yield server
@@ -225,6 +227,9 @@ async def check_store(store: HttpLightningStore, made: list[Rollout], ledger: Le
     return attempts_of
 
 
+# Two server processes (`--workers 2`) share the port and the SQLite file: each rollout must
+# still be claimed once, and every span land once, whichever process answered.
+@pytest.mark.parametrize("server", [1, 2], indirect=True, ids=["one-server-process", "two-server-processes"])
 async def test_sixteen_workers_drain_the_queue_without_losing_or_misplacing_anything(
     server: Server, workers: Workers
 ) -> None:

@@ -25,6 +25,9 @@ def serve(
     ] = None,
     insecure: Annotated[bool, typer.Option(help="Allow a non-loopback host without a token.")] = False,
     max_body_mb: Annotated[int, typer.Option(help="Largest request body accepted, in MiB.")] = 32,
+    workers: Annotated[
+        int, typer.Option(help="Server processes sharing the port (more than 1 needs a sqlite:// store).")
+    ] = 1,
 ) -> None:
     """Serve the store at --store over HTTP: REST under /v1/agl, OTLP traces at /v1/traces."""
     try:
@@ -44,7 +47,7 @@ def serve(
             max_body_bytes=max_body_mb * 1024 * 1024,
             max_decompressed_bytes=2 * max_body_mb * 1024 * 1024,
         )
-        run_server(settings, store)
+        run_server(settings, store, workers)
     except AglError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from None

@@ -4,22 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.supervisors import Multiprocess
 
+from agl.core.errors import AglError
 from agl.core.server.app import create_app
 from agl.core.server.protocol import OneWriteHttpProtocol
 from agl.core.server.settings import ServerSettings, check_exposure
-from agl.core.store.urls import open_store
+from agl.core.store.base import LightningStore
+from agl.core.store.urls import default_store_url, open_store
 
 KEEP_ALIVE_SECONDS = 65
 """Longer than the client's 15 s idle limit, so a client never reuses a connection being closed."""
 
 
-def uvicorn_config(app: FastAPI, **options: Any) -> uvicorn.Config:
+def uvicorn_config(app: FastAPI | Callable[[], FastAPI], **options: Any) -> uvicorn.Config:
     """How every store server runs under uvicorn (``agl store serve``, the trainer's, the tests')."""
     return uvicorn.Config(
         app,
@@ -33,15 +37,49 @@ def uvicorn_config(app: FastAPI, **options: Any) -> uvicorn.Config:
     )
 
 
-def serve(settings: ServerSettings, store_url: str | None = None) -> None:
-    """Serve ``store_url`` (default ``$AGL_STORE``) until interrupted; closes the store on the way out."""
+def serve(settings: ServerSettings, store_url: str | None = None, workers: int = 1) -> None:
+    """Serve ``store_url`` (default ``$AGL_STORE``) until interrupted; closes the store on the way out.
+
+    With ``workers`` > 1, uvicorn's supervisor runs that many server processes on one socket, each
+    with its own connection to the store (a SQLite file, which processes share safely), so
+    decoding and serialising use as many cores; it restarts a worker that dies.
+    """
     check_exposure(settings)
+    if workers < 1:
+        raise AglError(f"--workers must be at least 1, got {workers}")
+    if workers > 1:
+        url = store_url or default_store_url()
+        if url.startswith("memory:"):
+            raise AglError(f"--workers {workers} needs a store every process can open (sqlite://), not {url}")
+        # Opened once here first: a bad URL or file is one clear error, and the schema exists before
+        # the workers open it.
+        asyncio.run(open_store(url, watchdog_interval=None).close())
+        config = uvicorn_config(
+            functools.partial(_app_with_store, settings, url), factory=True, workers=workers,
+            host=settings.host, port=settings.port,
+        )  # fmt: skip
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
+        return
     store = open_store(store_url)
+    try:
+        config = uvicorn_config(_app_closing(settings, store), host=settings.host, port=settings.port)
+        # Server.run (not asyncio.run(serve())) installs uvloop and the signal handlers.
+        uvicorn.Server(config).run()
+    finally:
+        asyncio.run(store.close())
+
+
+def _app_with_store(settings: ServerSettings, store_url: str) -> FastAPI:
+    """A worker process's app (uvicorn calls this factory in each worker)."""
+    return _app_closing(settings, open_store(store_url))
+
+
+def _app_closing(settings: ServerSettings, store: LightningStore) -> FastAPI:
     app = create_app(settings, store)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        # uvicorn ends a SIGTERM by re-raising the signal, so the finally below never runs then;
+        # uvicorn ends a SIGTERM by re-raising the signal, so a caller's finally never runs then;
         # the lifespan's shutdown does, before the signal is re-raised.
         try:
             yield
@@ -49,9 +87,4 @@ def serve(settings: ServerSettings, store_url: str | None = None) -> None:
             await store.close()
 
     app.router.lifespan_context = lifespan
-    try:
-        config = uvicorn_config(app, host=settings.host, port=settings.port)
-        # Server.run (not asyncio.run(serve())) installs uvloop and the signal handlers.
-        uvicorn.Server(config).run()
-    finally:
-        asyncio.run(store.close())
+    return app
