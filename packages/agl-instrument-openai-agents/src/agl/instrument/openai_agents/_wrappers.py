@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -48,16 +49,29 @@ _config = _Config()
 _current_call: contextvars.ContextVar[LlmCall | None] = contextvars.ContextVar("agl_openai_agents_call", default=None)
 
 
+@functools.cache
+def _scope() -> Any:
+    """The SDK's `Scope`, imported on first use (this module imports nothing of the SDK): an import
+    statement in a function costs ~8 k instructions on every call, and seven ran per agent run."""
+    from agents.tracing.scope import Scope
+
+    return Scope
+
+
+@functools.cache
+def _converter() -> Any:
+    """The SDK's chat-completions `Converter`, imported on first use (see `_scope`)."""
+    from agents.models.chatcmpl_converter import Converter
+
+    return Converter
+
+
 def _nodes() -> dict[str, Node]:
     processor = _config.processor
     return processor.nodes if processor is not None else {}
 
 
 # --- OpenTelemetry context follows the SDK's current span ---------------------------------------
-
-
-def _flag(args: tuple[Any, ...], kwargs: dict[str, Any], name: str) -> bool:
-    return bool(kwargs[name] if name in kwargs else args[0] if args else False)
 
 
 def _sdk_delivers(instance: Any) -> bool:
@@ -79,10 +93,13 @@ _delivery: list[Any] = [None, True]
 
 
 def _start_wrapper(key: str) -> Callable[..., Any]:
+    spans = key == "span_id"
+    started = "started_at" if spans else "_started"
+
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if not _config.active:
             return wrapped(*args, **kwargs)
-        was_started = getattr(instance, "started_at" if key == "span_id" else "_started", None)
+        was_started = getattr(instance, started, None)
         result = wrapped(*args, **kwargs)
         processor = _config.processor
         if was_started or processor is None:
@@ -91,13 +108,11 @@ def _start_wrapper(key: str) -> Callable[..., Any]:
             sdk_id = getattr(instance, key)
             node = processor.nodes.get(sdk_id)
             if node is None and not _sdk_delivers(instance):  # a node means the SDK delivered the start
-                (processor.on_span_start if key == "span_id" else processor.on_trace_start)(instance)
+                (processor.on_span_start if spans else processor.on_trace_start)(instance)
                 node = processor.nodes.get(sdk_id)
-            if node is not None and _flag(args, kwargs, "mark_as_current"):
-                current = _current_span_for(node)
-                # Attached unless already current (an unmapped kind inside its mapped parent, mostly).
-                if current is not None and current is not trace.get_current_span():
-                    node.token = otel_context.attach(trace.set_span_in_context(current))
+            marked = kwargs["mark_as_current"] if "mark_as_current" in kwargs else args and args[0]
+            if node is not None and marked:
+                _make_current(node)
         except Exception:
             recording_failed("the current span")
         return result
@@ -105,23 +120,35 @@ def _start_wrapper(key: str) -> Callable[..., Any]:
     return wrapper
 
 
-def _current_span_for(node: Node) -> trace.Span | None:
-    """The span to make current with an SDK span: its own, or for a kind we do not map its nearest
-    mapped ancestor's (inside our model call, the SDK's model spans get the LLM span). Re-attaching
-    matters beside another processor that makes its own spans current (OpenInference's): our tree
-    stays the current one, and the openai call below still finds and joins the LLM span."""
-    if node.span is None and node.kind in ("generation", "response"):
-        call = _current_call.get()
-        if call is not None:
-            return call.span
-    return node.nearest_span()
+def _make_current(node: Node) -> None:
+    """Attach the span that goes with an SDK span the SDK made current: its own, or for a kind we do
+    not map its nearest mapped ancestor's (inside our model call, the SDK's model spans get the LLM
+    span). Re-attaching matters beside another processor that makes its own spans current
+    (OpenInference's): our tree stays the current one, and the openai call below still finds and
+    joins the LLM span."""
+    span = node.span
+    if span is None:
+        call = _current_call.get() if node.kind in ("generation", "response") else None
+        span = call.span if call is not None else node.nearest_span()
+        # Not attached when already current (an unmapped kind inside its mapped parent, mostly).
+        # A mapped span skips this test: it was opened just now, so it cannot be current yet.
+        if span is None or span is trace.get_current_span():
+            return
+    node.token = otel_context.attach(trace.set_span_in_context(span))
 
 
 def _finish_wrapper(key: str) -> Callable[..., Any]:
+    spans = key == "span_id"
+
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        sdk_id = getattr(instance, key, None) or ""
-        node = _nodes().get(sdk_id)
-        if node is not None and node.token is not None:  # first: our context sits on top of any other processor's
+        processor = _config.processor
+        if processor is None:
+            return wrapped(*args, **kwargs)
+        sdk_id = getattr(instance, key, None)
+        node = processor.nodes.get(sdk_id) if sdk_id else None
+        if node is None:
+            return wrapped(*args, **kwargs)
+        if node.token is not None:  # first: our context sits on top of any other processor's
             token, node.token = node.token, None
             try:
                 otel_context.detach(token)  # type: ignore[arg-type]
@@ -130,14 +157,12 @@ def _finish_wrapper(key: str) -> Callable[..., Any]:
         try:
             return wrapped(*args, **kwargs)
         finally:
-            processor = _config.processor
-            if node is not None and processor is not None:
-                try:
-                    # Still there only if the SDK did not deliver the end (it pops the node).
-                    if sdk_id in processor.nodes and not _sdk_delivers(instance):
-                        (processor.on_span_end if key == "span_id" else processor.on_trace_end)(instance)
-                except Exception:
-                    recording_failed("the end of an Agents SDK span")
+            try:
+                # Still there only if the SDK did not deliver the end (it pops the node).
+                if sdk_id in processor.nodes and not _sdk_delivers(instance):
+                    (processor.on_span_end if spans else processor.on_trace_end)(instance)
+            except Exception:
+                recording_failed("the end of an Agents SDK span")
 
     return wrapper
 
@@ -148,9 +173,7 @@ def _tool_context_wrapper(
     tool_context = wrapped(*args, **kwargs)
     if _config.active:
         try:
-            from agents.tracing.scope import Scope
-
-            current = Scope.get_current_span()
+            current = _scope().get_current_span()
             node = _nodes().get(getattr(current, "span_id", None) or "")
             call_id = getattr(tool_context, "tool_call_id", None)
             if node is not None and node.kind == "function" and node.span is not None and call_id:
@@ -214,9 +237,7 @@ def _provider(model: Any) -> str | None:
 
 def _current_agent() -> str | None:
     """The agent whose turn calls the model: the SDK's current span's agent (a ``turn`` or ``agent`` span)."""
-    from agents.tracing.scope import Scope
-
-    current = Scope.get_current_span()
+    current = _scope().get_current_span()
     if current is None:
         return None
     node = _nodes().get(getattr(current, "span_id", None) or "")
@@ -227,11 +248,11 @@ def _current_agent() -> str | None:
     return getattr(data, "name", None) if getattr(data, "type", None) == "agent" else getattr(data, "agent_name", None)
 
 
-def _request(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-    found = dict(zip(_REQUEST, args, strict=False))
-    for name in kwargs.keys() & _REQUEST:
-        found[name] = kwargs[name]
-    return found
+def _request(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Mapping[str, Any]:
+    """The model call's arguments by name (only those in `_REQUEST` are read)."""
+    if not args:  # the SDK passes them all by keyword
+        return kwargs
+    return {**dict(zip(_REQUEST, args, strict=False)), **kwargs}
 
 
 def _json_default(value: Any) -> Any:
@@ -256,9 +277,7 @@ def _json(value: Any) -> str:
 
 def _messages(system: str | None, items: Any) -> list[Any]:
     """The conversation in the chat format, as `OpenAIChatCompletionsModel` renders it."""
-    from agents.models.chatcmpl_converter import Converter
-
-    messages: list[Any] = list(Converter.items_to_messages(items))
+    messages: list[Any] = list(_converter().items_to_messages(items))
     if system:
         messages.insert(0, {"role": "system", "content": system})
     return messages
@@ -275,13 +294,11 @@ def _definition(tool: Any, handoff: bool) -> Any:
     cached = _definitions.get(key)
     if cached is not None and cached[0]() is tool:
         return cached[1]
-    from agents.models.chatcmpl_converter import Converter
-
     if handoff:
-        definition = _plain(Converter.convert_handoff_tool(tool))
+        definition = _plain(_converter().convert_handoff_tool(tool))
     else:
         try:
-            definition = _plain(Converter.tool_to_openai(tool))
+            definition = _plain(_converter().tool_to_openai(tool))
         except Exception:  # a hosted tool has no chat-completions form
             definition = {"type": getattr(tool, "type", None) or type(tool).__name__, "name": tool.name}
     with contextlib.suppress(TypeError):  # not weakly referenceable: converted each time
@@ -295,9 +312,10 @@ def _tool_definitions(tools: Any, handoffs: Any) -> list[Any]:
 
 def _fill(call: LlmCall, attributes: Mapping[str, Any]) -> None:
     """Record what the layer below (the openai client's instrumentor, which saw the wire) left unset."""
-    # The keys in a set first: a miss in the SDK's attribute mapping raises and catches a KeyError.
-    present = set(getattr(call.span, "attributes", None) or ())
-    call.record({key: value for key, value in attributes.items() if key not in present})
+    # The dict's keys meet the span's in C (a miss in the SDK's attribute mapping raises and
+    # catches a KeyError); mostly none is shared, and the attributes go as they are.
+    present = attributes.keys() & (getattr(call.span, "attributes", None) or ())
+    call.record({key: value for key, value in attributes.items() if key not in present} if present else attributes)
 
 
 def _request_attributes(request: Mapping[str, Any]) -> dict[str, Any]:
@@ -314,9 +332,7 @@ def _request_attributes(request: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _output_attributes(items: list[Any], usage: Any, response_id: Any) -> dict[str, Any]:
-    from agents.models.chatcmpl_converter import Converter
-
-    messages = Converter.items_to_messages(items) if items else []
+    messages = _converter().items_to_messages(items) if items else []
     for message in messages:
         message.setdefault("content", None)
     tool_calls = any(message.get("tool_calls") for message in messages)
