@@ -392,6 +392,41 @@ def test_the_request_parameters_and_provider_are_the_same_on_every_path(captured
         assert {key: value for key, value in found.items() if key in _wrappers._PARAMETERS.values()} == expected
 
 
+class ModelField(GenericFakeChatModel):
+    model: str = "by-model"
+
+
+class BothFields(GenericFakeChatModel):
+    model: str = "by-model"
+    model_name: str = "by-model-name"
+
+
+class UnnamedParams(TunedModel):
+    """LangSmith parameters of its own, without a model name: the attributes name the model."""
+
+    def _get_ls_params(self, stop: Any = None, **kwargs: Any) -> Any:
+        return {"ls_provider": "custom", "ls_model_type": "chat"}
+
+
+@pytest.mark.parametrize(
+    ("model_class", "name"),
+    [
+        (GenericFakeChatModel, FAKE_MODEL),
+        (TunedModel, "tuned-1"),
+        (ModelField, "by-model"),
+        (BothFields, "by-model"),
+        (UnnamedParams, "tuned-1"),
+    ],
+)
+def test_the_model_is_named_as_before_on_every_path(captured_spans, instrument, model_class, name) -> None:
+    """LangChain's name (``ls_model_name``), else ``model_name``, else ``model``, else ``_llm_type``."""
+    instrument()
+    model = model_class(messages=iter(["a", "b"]))
+    model.invoke("One.")
+    list(model.stream("Two."))
+    assert [call.name for call in llm_spans(captured_spans.get_finished_spans())] == [f"chat {name}"] * 2
+
+
 async def test_an_async_stream_and_an_async_call_each_give_one_span(captured_spans, instrument) -> None:
     instrument()
     model = GenericFakeChatModel(messages=iter(["a b", "c"]))
