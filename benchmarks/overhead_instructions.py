@@ -12,16 +12,19 @@ counted), so these figures complement the timed scripts rather than replace them
 The script re-runs itself under ``valgrind --tool=callgrind`` (valgrind must be installed; it is
 not a Python package). In that child, each variant is switched on, warmed up, and its ``--runs``
 runs are framed by two counter dumps (``callgrind_control --dump``), so start-up and imports are
-not counted. Every variant records into the same tracer provider as in the timed scripts. A
-fourth variant, "bare spans", runs the uninstrumented agent and then opens and ends, directly,
-as many spans as agl makes per run: what span creation alone costs in that provider, the floor
-under any instrumentor that records those spans.
+not counted. Before each first dump the garbage collector runs and freezes what is left, and the
+hash seed is fixed, so repeated runs agree within a few thousand instructions. Every variant
+records into the same tracer provider as in the timed scripts. A fourth variant, "bare spans",
+runs the uninstrumented agent and then opens and ends, directly, as many spans as agl makes per
+run: what span creation alone costs in that provider, the floor under any instrumentor that
+records those spans.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import re
 import shutil
@@ -172,16 +175,23 @@ def child(framework: str, runs: int) -> None:
     def dump(label: str) -> None:
         subprocess.run(["callgrind_control", "--dump=" + label, str(os.getpid())], check=True, capture_output=True)
 
+    def settle() -> None:
+        """Collect, then freeze what lives on, so no variant pays for collecting another's garbage."""
+        gc.collect()
+        gc.freeze()
+
     for name, (on, off) in variants.items():
         on()
         try:
             run(5)  # warm-up: first-run paths, caches
+            settle()
             dump(f"before-{name}")
             run(runs)
             dump(f"after-{name}")
         finally:
             off()
     bare(5)
+    settle()
     dump("before-bare")
     bare(runs)
     dump("after-bare")
@@ -223,7 +233,9 @@ def main() -> None:
             str(options.runs),
             "--child",
         ]
-        done = subprocess.run(command, check=True, capture_output=True, text=True)
+        # A fixed hash seed: set and dict orders, hence the work, are the same from run to run.
+        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        done = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
         totals = counted(Path(folder))
     spans = re.search(r"agl makes (\d+) spans per run", done.stdout)
     per_run = {name: totals[name.split()[0]] / options.runs for name in VARIANTS}

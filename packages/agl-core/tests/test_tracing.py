@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -73,6 +74,36 @@ def test_spans_are_stamped_with_their_rollout_and_numbered_at_start(
         "in a thread": ("ro-1", 3),
         "outside": ("ro-process", 1),
     }
+
+
+def test_spans_are_filed_by_their_own_resource_when_providers_share_the_processor() -> None:
+    # The processor remembers the last resource it read; spans alternating between providers must
+    # still each get their own resource's rollout, numbered per attempt.
+    processor = RolloutSpanProcessor(ActiveRollout("ro-process", "at-process"))
+    exporter = InMemorySpanExporter()
+    tracers = {}
+    for name, attributes in {
+        "a": {semconv.ROLLOUT_ID: "ro-a", semconv.ATTEMPT_ID: "at-a"},
+        "b": {semconv.ROLLOUT_ID: "ro-b", semconv.ATTEMPT_ID: "at-b"},
+        "plain": {},
+    }.items():
+        provider = TracerProvider(resource=Resource.create(attributes))
+        provider.add_span_processor(processor)
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        tracers[name] = provider.get_tracer("test")
+    for name in ["a", "b", "a", "plain", "b", "a"]:
+        tracers[name].start_span(name).end()
+    assert [
+        (s.name, s.attributes[semconv.ROLLOUT_ID], s.attributes[semconv.SEQUENCE_ID])
+        for s in exporter.get_finished_spans()
+    ] == [
+        ("a", "ro-a", 1),
+        ("b", "ro-b", 1),
+        ("a", "ro-a", 2),
+        ("plain", "ro-process", 1),
+        ("b", "ro-b", 2),
+        ("a", "ro-a", 3),
+    ]
 
 
 def test_a_program_launched_for_a_rollout_files_everything_under_it(monkeypatch: pytest.MonkeyPatch) -> None:

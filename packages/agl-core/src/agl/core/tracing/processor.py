@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 
 from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from agl.core.tracing.context import ActiveRollout, current_rollout
@@ -27,6 +28,7 @@ class RolloutSpanProcessor(SpanProcessor):
         self.launched = ActiveRollout(rollout_id, attempt_id) if rollout_id and attempt_id else None
         self.process = process_rollout
         self._by_resource: dict[tuple[str, str], ActiveRollout] = {}
+        self._last_resource: tuple[Resource | None, ActiveRollout | None] = (None, None)
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         active = current_rollout() or self.launched or self._from_resource(span) or self.process
@@ -35,7 +37,16 @@ class RolloutSpanProcessor(SpanProcessor):
         )
 
     def _from_resource(self, span: Span) -> ActiveRollout | None:
-        attributes = span.resource.attributes if span.resource is not None else {}
+        resource, last = span.resource, self._last_resource  # one tuple: threads see a matching pair
+        if resource is last[0]:  # a provider has one resource: its attributes are read once
+            return last[1]
+        rollout = self._rollout_of(resource)
+        self._last_resource = resource, rollout
+        return rollout
+
+    def _rollout_of(self, resource: Resource | None) -> ActiveRollout | None:
+        # Each lookup that misses raises and catches a KeyError inside the SDK's attribute mapping.
+        attributes = resource.attributes if resource is not None else {}
         rollout_id, attempt_id = attributes.get(ROLLOUT_ID), attributes.get(ATTEMPT_ID)
         if not (isinstance(rollout_id, str) and isinstance(attempt_id, str) and rollout_id and attempt_id):
             return None
