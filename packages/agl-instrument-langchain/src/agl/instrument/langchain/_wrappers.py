@@ -331,25 +331,14 @@ def _model_of(model: Any, ls_params: Mapping[str, Any]) -> str:
     name = ls_params.get("ls_model_name")
     if isinstance(name, str) and name:
         return name
-    if "ls_model_name" in ls_params or not _by_default_rule(model, ls_params):
-        for attribute in ("model_name", "model"):  # only when needed: a miss on a pydantic model raises inside
-            name = getattr(model, attribute, None)
-            if isinstance(name, str) and name:
-                return name
+    for attribute in ("model_name", "model"):  # only when needed: a miss on a pydantic model raises inside
+        name = getattr(model, attribute, None)
+        if isinstance(name, str) and name:
+            return name
     try:
         return str(model._llm_type)
     except Exception:
         return UNKNOWN_MODEL
-
-
-def _by_default_rule(model: Any, ls_params: Mapping[str, Any]) -> bool:
-    """Whether ``ls_params`` come from ``BaseChatModel._get_ls_params`` itself, whose rule names the
-    model by its ``model``, else ``model_name``, when either is a string. Then no ``ls_model_name``
-    means neither is one: asking again costs two attribute misses, each raising three exceptions
-    inside pydantic (callgrind: 63 k instructions per fake-model agent run, of two model calls)."""
-    from langchain_core.language_models.chat_models import BaseChatModel
-
-    return "ls_provider" in ls_params and type(model)._get_ls_params is BaseChatModel._get_ls_params
 
 
 def _ls_params(model: Any, stop: Any, options: Mapping[str, Any], run_manager: Any) -> Mapping[str, Any]:
