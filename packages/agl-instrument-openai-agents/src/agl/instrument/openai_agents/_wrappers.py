@@ -66,6 +66,14 @@ def _converter() -> Any:
     return Converter
 
 
+@functools.cache
+def _reply_types() -> tuple[type, type]:
+    """openai's output message and function call classes, imported on first use (see `_scope`)."""
+    from openai.types.responses import ResponseFunctionToolCall, ResponseOutputMessage
+
+    return ResponseOutputMessage, ResponseFunctionToolCall
+
+
 def _nodes() -> dict[str, Node]:
     processor = _config.processor
     return processor.nodes if processor is not None else {}
@@ -331,8 +339,47 @@ def _request_attributes(request: Mapping[str, Any]) -> dict[str, Any]:
     return attributes
 
 
-def _output_attributes(items: list[Any], usage: Any, response_id: Any) -> dict[str, Any]:
-    messages = _converter().items_to_messages(items) if items else []
+def _direct_reply(output: list[Any]) -> list[dict[str, Any]] | None:
+    """The usual replies in the chat format, built as the SDK's converter builds them from
+    ``to_input_items()``: only text messages (one assistant message each, its texts joined by
+    newlines), or only function calls (one assistant message holding them all). None for any other
+    reply (a refusal, a mix, a subclass), which goes through the converter. Dumping each item and
+    setting up the converter cost ~55 k instructions per model call."""
+    message_type, call_type = _reply_types()
+    kinds = {type(item) for item in output}
+    if kinds == {call_type}:
+        calls = [
+            {
+                "id": call.call_id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments or "{}"},
+            }
+            for call in output
+        ]
+        return [{"role": "assistant", "content": None, "tool_calls": calls}]
+    if kinds != {message_type}:
+        return None
+    replies: list[dict[str, Any]] = []
+    for message in output:
+        texts = [part.text for part in message.content if part.type == "output_text"]
+        if len(texts) != len(message.content):
+            return None
+        replies.append({"role": "assistant", "content": "\n".join(texts) if texts else None})
+    return replies
+
+
+def _reply(response: Any) -> list[Any]:
+    """A `ModelResponse`'s output in the chat format."""
+    direct = _direct_reply(response.output)
+    return direct if direct is not None else _chat_messages(response.to_input_items())
+
+
+def _chat_messages(items: list[Any]) -> list[Any]:
+    """Output items (as input items) in the chat format, as the SDK's converter renders them."""
+    return _converter().items_to_messages(items) if items else []
+
+
+def _output_attributes(messages: list[Any], usage: Any, response_id: Any) -> dict[str, Any]:
     for message in messages:
         message.setdefault("content", None)
     tool_calls = any(message.get("tool_calls") for message in messages)
@@ -399,7 +446,7 @@ async def _get_response(
         call,
         request,
         None,
-        lambda: _output_attributes(response.to_input_items(), response.usage, response.response_id),
+        lambda: _output_attributes(_reply(response), response.usage, response.response_id),
     )
     return response
 
@@ -457,7 +504,8 @@ async def _observed_stream(
                 return {}
             response = final[0]
             items = [item.model_dump(mode="json", exclude_none=True) for item in response.output or ()]
-            return _output_attributes(items, getattr(response, "usage", None), getattr(response, "id", None))
+            usage, response_id = getattr(response, "usage", None), getattr(response, "id", None)
+            return _output_attributes(_chat_messages(items), usage, response_id)
 
         _end(call, request, error, output)
 
