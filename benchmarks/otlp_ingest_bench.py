@@ -105,13 +105,15 @@ def ingest_once(
         port = free_port()
         server = subprocess.Popen(
             [sys.executable, "-m", "agl.core.cli", "store", "serve", "--port", str(port), "--store",
-             f"sqlite:///{folder}/otlp.db", "--max-body-mb", "64", "--workers", str(workers)],
+             f"sqlite:///{folder}/otlp.db", "--max-body-mb", "64",
+             *(["--workers", str(workers)] if workers > 1 else [])],
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
         try:
             connections = [wait_for(port) for _ in range(clients)]
             headers = {"content-type": "application/x-protobuf"} | ({"content-encoding": "gzip"} if compress else {})
             pids = [server.pid, *child_pids(server.pid)]
+            wait_until_idle(pids)  # one worker answering /health says nothing of the others' start-up
             cpu_before = total_cpu_seconds(pids)
 
             def post_share(client: int) -> None:
@@ -142,6 +144,18 @@ def child_pids(pid: int) -> list[int]:
             return [int(child) for child in children.read().split()]
     except OSError:
         return []
+
+
+def wait_until_idle(pids: list[int], timeout: float = 30.0) -> None:
+    """Until the server's processes use under 10 ms of CPU in 0.2 s (their start-up is done)."""
+    deadline = time.monotonic() + timeout
+    before = total_cpu_seconds(pids)
+    while before is not None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        after = total_cpu_seconds(pids)
+        if after is None or after - before < 0.01:
+            return
+        before = after
 
 
 def total_cpu_seconds(pids: list[int]) -> float | None:
