@@ -268,6 +268,7 @@ def test_serving_beyond_loopback_needs_a_token_or_insecure() -> None:
     ("store", "workers", "problem"),
     [
         ("memory://", "2", "--workers 2 needs a store every process can open (sqlite://), not memory://"),
+        ("http://127.0.0.1:9", "2", "needs a store every process can open (sqlite://), not http://127.0.0.1:9"),
         ("memory://", "0", "--workers must be at least 1, got 0"),
         ("sqlite://", "2", "sqlite:// needs a file path"),  # checked once, before any worker starts
     ],

@@ -42,7 +42,7 @@ def serve(settings: ServerSettings, store_url: str | None = None, workers: int =
     """Serve ``store_url`` (default ``$AGL_STORE``) until interrupted; closes the store on the way out.
 
     With ``workers`` > 1, uvicorn's supervisor runs that many server processes on one socket, each
-    with its own connection to the store (a SQLite file, which processes share safely), so
+    with its own connection to the SQLite file (which processes share safely), so
     decoding and serialising use as many cores; it restarts a worker that dies.
     """
     check_exposure(settings)
@@ -50,7 +50,7 @@ def serve(settings: ServerSettings, store_url: str | None = None, workers: int =
         raise AglError(f"--workers must be at least 1, got {workers}")
     if workers > 1:
         url = store_url or default_store_url()
-        if url.startswith("memory:"):
+        if not url.startswith("sqlite:"):
             raise AglError(f"--workers {workers} needs a store every process can open (sqlite://), not {url}")
         # Opened once here first: a bad URL or file is one clear error, and the schema exists before
         # the workers open it.
