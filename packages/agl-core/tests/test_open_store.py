@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from agl.core import StoreUrlError, open_store
+from agl.core.errors import StoreUnavailable
 from agl.core.store import InMemoryLightningStore, SqliteLightningStore
 
 
@@ -58,3 +59,16 @@ def test_bad_urls_are_clear_errors(url: str, message: str, tmp_path: Path, monke
     with pytest.raises(StoreUrlError, match=message) as caught:
         open_store(url)
     assert url in str(caught.value)
+
+
+@pytest.mark.parametrize("where", ["under a file", "a folder", "not a database"])
+def test_a_sqlite_path_that_cannot_be_a_store_is_one_clear_error(tmp_path: Path, where: str) -> None:
+    (tmp_path / "plain.txt").write_text("not a database, not a folder\n" * 100)
+    (tmp_path / "folder.db").mkdir()
+    path = {
+        "under a file": tmp_path / "plain.txt" / "store.db",
+        "a folder": tmp_path / "folder.db",
+        "not a database": tmp_path / "plain.txt",
+    }[where]
+    with pytest.raises(StoreUnavailable, match=f"store at {path}"):
+        open_store(f"sqlite:///{path}", watchdog_interval=None)

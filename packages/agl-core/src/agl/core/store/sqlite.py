@@ -103,14 +103,18 @@ class SqliteLightningStore(LifecycleStore):
         if synchronous not in ("normal", "full"):
             raise InvalidInput(f"invalid synchronous {synchronous!r}; expected 'normal' or 'full'")
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StoreUnavailable(f"store at {self.path}: cannot create its folder ({error.strerror})") from None
         self._lock = threading.RLock()
         self._closed = False
         self._depth = 0
         self._data_version: int | None = None
-        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout)
-        # WAL is a property of the file: set once, outside any transaction, and checked.
-        mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        with _unavailable_on_failure(self.path):  # a folder in its place, a file that is not a database
+            self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout)
+            # WAL is a property of the file: set once, outside any transaction, and checked.
+            mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if mode.lower() != "wal":
             raise AglError(f"cannot put {self.path} in WAL mode (journal_mode is {mode!r})")
         self._conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
