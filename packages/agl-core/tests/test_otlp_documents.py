@@ -48,6 +48,7 @@ from agl.core.testing.otlp import otlp_json_document
 from agl.core.testing.server import ServingThread
 from agl.core.tracing.identity import file_span
 from agl.core.types import Span, SpanResource
+from agl.core.types.spans import sequence_clock
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
@@ -408,8 +409,9 @@ def test_documents_without_json_and_renumbered_ones_are_encoded_by_the_store(sto
     stale = orjson.dumps(early)  # numbered 0 here: the store numbers it and must not keep this JSON
     asyncio.run(store.add_observed_span_documents([(late, None), (early, stale)]))
     stored = asyncio.run(store.query_spans("ro-trace-1"))
-    assert [(s.span_id, s.sequence_id) for s in stored] == [("a" * 16, 1), ("b" * 16, 2)]
-    assert (early["sequence_id"], late["sequence_id"]) == (1, 2)  # numbered in start order, in the documents
+    now = sequence_clock(ManualClock()())  # the store's clock, where it starts
+    assert [(s.span_id, s.sequence_id) for s in stored] == [("a" * 16, now), ("b" * 16, now + 1)]
+    assert (early["sequence_id"], late["sequence_id"]) == (now, now + 1)  # numbered in start order, in the documents
 
 
 def test_an_oversized_or_unserialisable_document_stores_no_span(store: LifecycleStore) -> None:

@@ -30,6 +30,7 @@ from agl.core.agent import LitAgent, resolve_llm, rollout
 from agl.core.errors import StoreUnavailable
 from agl.core.runner import ROOT_SPAN, STOPPED, Runner
 from agl.core.store.base import LightningStore
+from agl.core.testing import ranks
 from agl.core.testing.tracing import fresh_global_tracer_provider
 from agl.core.tracing import semconv
 from agl.core.tracing.configure import flush_spans, setup_tracing
@@ -132,7 +133,7 @@ async def test_a_rollout_agent_over_a_dataset_stores_rewards_under_its_root_span
         assert think.parent_id == reward.parent_id == root.span_id
         assert think.attributes["prompt"] == f"What is {task['a']} + 1?"
         assert reward.attributes[semconv.REWARD] == task["a"] / 10
-        assert [s.sequence_id for s in spans] == [1, 2, 3]  # numbered at start: root first
+        assert spans[0] == root and ranks(s.sequence_id for s in spans) == [1, 2, 3]  # numbered at start: root first
 
 
 # --- concurrency --------------------------------------------------------------------------

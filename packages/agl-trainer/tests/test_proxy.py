@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import httpx
 import openai
 import pytest
 from fastapi import FastAPI
+from opentelemetry import trace
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agl.core import open_store
@@ -34,8 +36,10 @@ from agl.core.testing.chat_server import (
     token_logprob,
 )
 from agl.core.testing.server import ServingThread
-from agl.core.tracing import semconv
+from agl.core.testing.tracing import captured_spans
+from agl.core.tracing import emit_reward, rollout_context, semconv
 from agl.core.types import AttemptedRollout, ProxyLLM, Span
+from agl.core.types.spans import sequence_clock
 from agl.trainer.proxy import LlmProxy, RetryPolicy
 
 MODEL = "agl-toy"
@@ -123,6 +127,7 @@ async def test_one_call_is_one_span_with_the_engines_exact_token_ids(
 ) -> None:
     engine = engines(["Hello!"])
     llm = proxies([engine.url]).resource
+    asked_at = sequence_clock(time.time())
     completion = await agent_client(llm, attempt).chat.completions.create(model=llm.model, messages=HI)
     assert completion.choices[0].message.content == "Hello!"
 
@@ -144,7 +149,39 @@ async def test_one_call_is_one_span_with_the_engines_exact_token_ids(
         attempt.rollout_id,
         attempt.attempt.attempt_id,
     )
-    assert span.sequence_id == 1
+    assert span.sequence_id >= asked_at  # numbered by the clock the agent's own spans use
+
+
+async def test_rewards_the_agent_emits_match_the_proxied_calls_they_follow(
+    sqlite_store: LightningStore, attempt: AttemptedRollout, engines: Callable[..., Engine], proxies: Callable[..., Any]
+) -> None:
+    # Two producers number one attempt's spans: the proxy (through the store) and the agent's
+    # process (its own counter). The adapter orders them by sequence id, so both must follow one clock.
+    engine = engines(["first", "second"])
+    client = agent_client(proxies([engine.url]).resource, attempt)
+    rollout_id, attempt_id = attempt.rollout_id, attempt.attempt.attempt_id
+    with captured_spans() as local, rollout_context(rollout_id, attempt_id):
+        tracer = trace.get_tracer("agent")
+        with tracer.start_as_current_span("agent"):
+            await client.chat.completions.create(model=MODEL, messages=HI)
+            with tracer.start_as_current_span("tool lookup"):
+                pass
+            emit_reward(0.25)
+            await client.chat.completions.create(model=MODEL, messages=HI)
+            emit_reward(1.0)
+        for span in local.get_finished_spans():
+            sequence_id = (span.attributes or {})[semconv.SEQUENCE_ID]
+            await sqlite_store.add_otel_span(rollout_id, attempt_id, span, sequence_id=int(sequence_id))  # type: ignore[arg-type]
+    spans = await sqlite_store.query_spans(rollout_id, attempt_id)
+    assert [span.name for span in spans] == [
+        "agent",
+        f"chat {MODEL}",
+        "tool lookup",
+        "agl.reward",
+        f"chat {MODEL}",
+        "agl.reward",
+    ]
+    assert [triplet.reward for triplet in spans_to_triplets(spans, reward="matched")] == [0.25, 1.0]
 
 
 async def test_any_store_backend_works_from_the_proxys_thread(engines: Callable[..., Engine]) -> None:
@@ -279,7 +316,7 @@ async def test_concurrent_calls_of_one_attempt_are_numbered_apart(
     )
     assert [reply.choices[0].message.content for reply in replies] == [w.upper() for w in words]
     spans = await llm_spans(sqlite_store, attempt)
-    assert sorted(span.sequence_id for span in spans) == list(range(1, 17))
+    assert len({span.sequence_id for span in spans}) == 16
     for span in spans:  # each span holds its own call's exchange, ids included
         [asked_for] = json.loads(span.attributes[semconv.INPUT_MESSAGES])
         [answer] = json.loads(span.attributes[semconv.OUTPUT_MESSAGES])

@@ -211,7 +211,7 @@ class LifecycleStore(LightningStore):
         """Set the attempt's heartbeat (if given) and raise its span counter to ``next_sequence_id``."""
 
     @abc.abstractmethod
-    def _reserve_span_sequence_id(self, attempt_id: str) -> int: ...
+    def _reserve_span_sequence_id(self, attempt_id: str, now: float) -> int: ...
 
     @abc.abstractmethod
     def _save_spans(self, spans: Sequence[tuple[Span, bytes]]) -> None:
@@ -734,7 +734,7 @@ class LifecycleStore(LightningStore):
                         span.rollout_id, span.attempt_id, span.start_time, metadata.get(span.rollout_id, {}), now
                     )
                 if span.sequence_id == 0:
-                    span = replace(span, {"sequence_id": self._reserve_span_sequence_id(span.attempt_id)})
+                    span = replace(span, {"sequence_id": self._reserve_span_sequence_id(span.attempt_id, now)})
                 stored.append((span, self._encode_span(span)))
             self._save_spans(stored)
             highest: dict[tuple[str, str], int] = {}
@@ -784,7 +784,7 @@ class LifecycleStore(LightningStore):
                     )
                 sequence_id = document["sequence_id"]
                 if sequence_id == 0:
-                    sequence_id = document["sequence_id"] = self._reserve_span_sequence_id(attempt_id)
+                    sequence_id = document["sequence_id"] = self._reserve_span_sequence_id(attempt_id, now)
                     data = None
                 if sequence_id > highest.get(key, 0):
                     highest[key] = sequence_id
@@ -867,7 +867,7 @@ class LifecycleStore(LightningStore):
     async def get_next_span_sequence_id(self, rollout_id: str, attempt_id: str) -> int:
         with self._write():
             attempt = self._require_attempt(rollout_id, attempt_id)
-            return self._reserve_span_sequence_id(attempt.attempt_id)
+            return self._reserve_span_sequence_id(attempt.attempt_id, self._clock())
 
     # --- resources ------------------------------------------------------------------------
     def _put_resources(self, resources_id: str, resources: NamedResources) -> ResourcesUpdate:

@@ -17,6 +17,7 @@ from agl.core.store.lifecycle import DEFAULT_MAX_SPAN_BYTES, LifecycleStore, Sto
 from agl.core.store.query import check_query, sort_and_page
 from agl.core.types import Attempt, ResourcesUpdate, Rollout, RolloutConfig, Span, Worker
 from agl.core.types.rollouts import ACTIVE_ATTEMPT_STATUSES, ATTEMPT_STATUSES, ROLLOUT_STATUSES
+from agl.core.types.spans import sequence_clock
 
 
 class InMemoryLightningStore(LifecycleStore):
@@ -110,8 +111,8 @@ class InMemoryLightningStore(LifecycleStore):
             attempt = self._attempts[attempt_id]
             self._attempts[attempt_id] = replace(attempt, {"last_heartbeat_time": heartbeat})
 
-    def _reserve_span_sequence_id(self, attempt_id: str) -> int:
-        sequence_id = self._next_sequence_id[attempt_id]
+    def _reserve_span_sequence_id(self, attempt_id: str, now: float) -> int:
+        sequence_id = max(self._next_sequence_id[attempt_id], sequence_clock(now))
         self._next_sequence_id[attempt_id] = sequence_id + 1
         return sequence_id
 

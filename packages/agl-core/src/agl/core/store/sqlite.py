@@ -33,6 +33,7 @@ from agl.core.store.query import check_query
 from agl.core.store.sqlite_schema import MIGRATIONS
 from agl.core.types import Attempt, ResourcesUpdate, Rollout, RolloutConfig, Span, Worker
 from agl.core.types.rollouts import ATTEMPT_STATUSES, ROLLOUT_STATUSES
+from agl.core.types.spans import sequence_clock
 
 Synchronous = Literal["normal", "full"]
 
@@ -330,10 +331,11 @@ class SqliteLightningStore(LifecycleStore):
             (next_sequence_id, heartbeat, attempt_id),
         )
 
-    def _reserve_span_sequence_id(self, attempt_id: str) -> int:
+    def _reserve_span_sequence_id(self, attempt_id: str, now: float) -> int:
         row = self._conn.execute(
-            "UPDATE attempts SET next_span_seq = next_span_seq + 1 WHERE attempt_id = ? RETURNING next_span_seq - 1",
-            (attempt_id,),
+            "UPDATE attempts SET next_span_seq = max(next_span_seq, ?) + 1 WHERE attempt_id = ?"
+            " RETURNING next_span_seq - 1",
+            (sequence_clock(now), attempt_id),
         ).fetchone()
         return int(row[0])
 

@@ -26,6 +26,7 @@ from agl.core.errors import AttemptNotFound, InvalidInput, InvalidTransition, Ro
 from agl.core.store.base import LightningStore
 from agl.core.testing.clock import ManualClock
 from agl.core.types import LLM, PromptTemplate, RolloutConfig, RolloutRequest, Span
+from agl.core.types.spans import sequence_clock
 
 StoreFactory = Callable[..., LightningStore]
 
@@ -383,17 +384,21 @@ class StoreConformance:
         assert [s.attributes["version"] for s in spans] == [2]
         assert (await store.statistics()).spans == 1
 
-    async def test_span_sequence_ids_increase_per_attempt(self, store: LightningStore) -> None:
+    async def test_span_sequence_ids_increase_per_attempt(self, store: LightningStore, clock: ManualClock) -> None:
         rollout_id, attempt_id = await self._running(store)
         other_id, other_attempt = await self._running(store)
-        assert [await store.get_next_span_sequence_id(rollout_id, attempt_id) for _ in range(3)] == [1, 2, 3]
-        assert await store.get_next_span_sequence_id(other_id, other_attempt) == 1
-        await store.add_span(make_span(rollout_id, attempt_id, 10))
-        assert await store.get_next_span_sequence_id(rollout_id, attempt_id) == 11
+        now = sequence_clock(clock())
+        reserved = [await store.get_next_span_sequence_id(rollout_id, attempt_id) for _ in range(3)]
+        assert reserved == [now, now + 1, now + 2]
+        assert await store.get_next_span_sequence_id(other_id, other_attempt) == now
+        await store.add_span(make_span(rollout_id, attempt_id, now + 10))
+        assert await store.get_next_span_sequence_id(rollout_id, attempt_id) == now + 11  # past every span held
+        clock.advance(1)
+        assert await store.get_next_span_sequence_id(rollout_id, attempt_id) == sequence_clock(clock())  # the clock
         with pytest.raises(AttemptNotFound):
             await store.get_next_span_sequence_id(rollout_id, other_attempt)
 
-    async def test_add_many_spans_is_all_or_nothing(self, store: LightningStore) -> None:
+    async def test_add_many_spans_is_all_or_nothing(self, store: LightningStore, clock: ManualClock) -> None:
         rollout_id, attempt_id = await self._running(store)
         good = [make_span(rollout_id, attempt_id, seq) for seq in range(1, 4)]
         stray = make_span(rollout_id, "at-missing", 9)
@@ -402,7 +407,7 @@ class StoreConformance:
         assert len(await store.query_spans(rollout_id)) == 0
         assert len(await store.add_many_spans(good)) == 3
         assert [s.sequence_id for s in await store.query_spans(rollout_id)] == [1, 2, 3]
-        assert await store.get_next_span_sequence_id(rollout_id, attempt_id) == 4
+        assert await store.get_next_span_sequence_id(rollout_id, attempt_id) == sequence_clock(clock())
 
     async def test_spans_of_a_finished_attempt_are_kept_without_reviving_it(self, store: LightningStore) -> None:
         rollout_id, attempt_id = await self._running(store)
@@ -418,7 +423,7 @@ class StoreConformance:
         with pytest.raises(AttemptNotFound):
             await store.add_span(make_span(rollout_id, "at-missing", 1))
 
-    async def test_add_otel_span_converts_an_sdk_span(self, store: LightningStore) -> None:
+    async def test_add_otel_span_converts_an_sdk_span(self, store: LightningStore, clock: ManualClock) -> None:
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import SimpleSpanProcessor
         from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -438,7 +443,8 @@ class StoreConformance:
         child_span, parent_span = finished
         stored_parent = await store.add_otel_span(rollout_id, attempt_id, parent_span)
         stored_child = await store.add_otel_span(rollout_id, attempt_id, child_span)
-        assert (stored_parent.sequence_id, stored_child.sequence_id) == (1, 2)
+        now = sequence_clock(clock())
+        assert (stored_parent.sequence_id, stored_child.sequence_id) == (now, now + 1)
         assert stored_child.parent_id == format(parent.get_span_context().span_id, "016x")
         assert stored_child.trace_id == format(child.get_span_context().trace_id, "032x")
         assert stored_child.attributes == {"gen_ai.request.model": "tiny", "tags": ["a", "b"]}
@@ -463,21 +469,24 @@ class StoreConformance:
         }
         return Span(**(values | fields))
 
-    async def test_observed_spans_create_their_rollout_and_number_in_start_order(self, store: LightningStore) -> None:
+    async def test_observed_spans_create_their_rollout_and_number_in_start_order(
+        self, store: LightningStore, clock: ManualClock
+    ) -> None:
+        now = sequence_clock(clock())
         child = self._observed("llm", 2.0, span_id="c" * 16, parent="a" * 16)
-        late = self._observed("tool", 3.0, span_id="d" * 16, parent="a" * 16, sequence_id=9)
+        late = self._observed("tool", 3.0, span_id="d" * 16, parent="a" * 16, sequence_id=now + 9)
         first = self._observed("step", 1.0, span_id="b" * 16, parent="a" * 16)
         stored = await store.add_observed_spans([child, late, first], new_rollout_metadata={"ro-trace-1": {"k": 1}})
-        assert [(s.name, s.sequence_id) for s in stored] == [("step", 1), ("llm", 2), ("tool", 9)]
+        assert [(s.name, s.sequence_id) for s in stored] == [("step", now), ("llm", now + 1), ("tool", now + 9)]
         rollout = await store.get_rollout_by_id("ro-trace-1")
         assert rollout is not None and (rollout.status, rollout.input) == ("running", None)
         assert rollout.metadata == {"observed": True, "k": 1}
         attempt = await store.get_latest_attempt("ro-trace-1")
         assert attempt is not None and (attempt.attempt_id, attempt.status) == ("at-trace-1", "running")
-        assert await store.get_next_span_sequence_id("ro-trace-1", "at-trace-1") == 10
+        assert await store.get_next_span_sequence_id("ro-trace-1", "at-trace-1") == now + 10
         assert await store.dequeue_rollout() is None  # observed runs never enter the queue
 
-    async def test_a_trace_rollout_ends_with_its_root_span(self, store: LightningStore) -> None:
+    async def test_a_trace_rollout_ends_with_its_root_span(self, store: LightningStore, clock: ManualClock) -> None:
         metadata = {"ro-trace-1": {"trace_id": "ab" * 16}}
         await store.add_observed_spans(
             [self._observed("llm", 2.0, span_id="c" * 16, parent="a" * 16)], new_rollout_metadata=metadata
@@ -496,7 +505,7 @@ class StoreConformance:
         finished = await store.add_observed_spans(
             [failing], new_rollout_metadata={"ro-trace-2": {"trace_id": "ab" * 16}}
         )
-        assert finished[0].sequence_id == 1
+        assert finished[0].sequence_id == sequence_clock(clock())
         assert await rollout_status(store, "ro-trace-2") == "failed"
         # Without a trace_id the observed rollout is left for its owner to finish.
         await store.add_observed_spans(
@@ -530,12 +539,14 @@ class StoreConformance:
         await store.add_observed_spans([mine])
         assert await rollout_status(store, started.rollout_id) == "running"
 
-    async def test_observed_spans_join_existing_attempts_and_refuse_strangers(self, store: LightningStore) -> None:
+    async def test_observed_spans_join_existing_attempts_and_refuse_strangers(
+        self, store: LightningStore, clock: ManualClock
+    ) -> None:
         rollout_id, attempt_id = await self._running(store)
         joined = await store.add_observed_spans(
             [self._observed("tool", 1.0, span_id="a" * 16, rollout_id=rollout_id, attempt_id=attempt_id)]
         )
-        assert joined[0].sequence_id == 1 and len(await store.query_spans(rollout_id)) == 1
+        assert joined[0].sequence_id == sequence_clock(clock()) and len(await store.query_spans(rollout_id)) == 1
         stranger = self._observed("tool", 1.0, span_id="b" * 16, rollout_id=rollout_id, attempt_id="at-unknown")
         with pytest.raises(AttemptNotFound):  # a queued rollout gets attempts only by dequeue or start
             await store.add_observed_spans([stranger])

@@ -2,17 +2,20 @@
 
 The runner enters `rollout_context` around an agent; every span started inside (in this thread,
 in tasks it spawns, and in threads started with `run_in_context`) is stamped with the rollout,
-the attempt and the next sequence id of that attempt.
+the attempt and a sequence id on the clock every producer of the attempt shares (`sequence_clock`).
 """
 
 from __future__ import annotations
 
 import contextvars
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import ParamSpec, TypeVar
+
+from agl.core.types.spans import sequence_clock
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -22,23 +25,21 @@ R = TypeVar("R")
 class ActiveRollout:
     rollout_id: str
     attempt_id: str
-    first_sequence_id: int = 1
-    _next: int = field(init=False, repr=False)
+    _next: int = field(default=0, init=False, repr=False)  # 0: no span numbered yet
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
-    def __post_init__(self) -> None:
-        self._next = self.first_sequence_id
-
     def next_sequence_id(self) -> int:
+        """This producer's next id, never below the shared clock (`sequence_clock`)."""
+        now = sequence_clock(time.time())
         with self._lock:  # spans start in several threads of one attempt
-            sequence_id = self._next
-            self._next += 1
+            sequence_id = self._next if self._next > now else now
+            self._next = sequence_id + 1
             return sequence_id
 
     @property
     def used(self) -> bool:
         """Whether any span was stamped with this rollout."""
-        return self._next > self.first_sequence_id
+        return self._next > 0
 
 
 _current: contextvars.ContextVar[ActiveRollout | None] = contextvars.ContextVar("agl_rollout", default=None)
@@ -49,9 +50,9 @@ def current_rollout() -> ActiveRollout | None:
 
 
 @contextmanager
-def rollout_context(rollout_id: str, attempt_id: str, *, first_sequence_id: int = 1) -> Iterator[ActiveRollout]:
+def rollout_context(rollout_id: str, attempt_id: str) -> Iterator[ActiveRollout]:
     """Everything started inside belongs to this rollout and attempt."""
-    active = ActiveRollout(rollout_id, attempt_id, first_sequence_id)
+    active = ActiveRollout(rollout_id, attempt_id)
     token = _current.set(active)
     try:
         yield active

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agl.core.tracing.semconv import ATTEMPT_ID, ROLLOUT_ID, SEQUENCE_ID
+from agl.core.types.spans import sequence_clock
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +39,7 @@ def file_span(
         metadata = {"trace_id": trace_id, **({"service": service} if isinstance(service, str) else {})}
     sequence_id = attributes.get(SEQUENCE_ID)
     if not isinstance(sequence_id, int) or isinstance(sequence_id, bool) or sequence_id < 0:
-        sequence_id = round(start_time * 1e6) if start_time else 0  # 0: the store numbers it
+        sequence_id = sequence_clock(start_time) if start_time else 0  # 0: the store numbers it
     return Filing(rollout_id, attempt_id, sequence_id, metadata)
 
 

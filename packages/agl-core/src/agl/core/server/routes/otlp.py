@@ -39,6 +39,7 @@ from agl.core.store.wire import error_body
 from agl.core.tracing.identity import file_span
 from agl.core.tracing.semconv import ATTEMPT_ID, ROLLOUT_ID, SEQUENCE_ID
 from agl.core.types import Span
+from agl.core.types.spans import sequence_clock
 
 PROTOBUF = "application/x-protobuf"
 MAX_ID_LENGTH = 256
@@ -148,7 +149,7 @@ async def _file(
                 filing = file_span(attributes, resource_attributes, trace_id, start_time)
                 known = by_trace[key] = filing.rollout_id, filing.attempt_id, filing.new_rollout_metadata
             rollout_id, attempt_id, metadata = known
-            sequence_id = round(start_time * 1e6) if start_time else 0  # `file_span`'s, with no agl.sequence_id
+            sequence_id = sequence_clock(start_time) if start_time else 0  # `file_span`'s, with no agl.sequence_id
         if attempt_id is None:  # only the rollout is named: its latest attempt
             if rollout_id not in latest_attempts:
                 latest = await store.get_latest_attempt(rollout_id)
