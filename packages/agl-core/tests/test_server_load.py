@@ -261,6 +261,41 @@ async def test_sixteen_workers_drain_the_queue_without_losing_or_misplacing_anyt
     assert integrity(server.db) == "ok"
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+@pytest.mark.parametrize("server", [2], indirect=True, ids=["two-server-processes"])
+async def test_a_killed_supervisor_leaves_no_worker_holding_the_port(server: Server) -> None:
+    async with HttpLightningStore(server.url, token=TOKEN, retry_seconds=TIMEOUT) as store:
+        await store.statistics()  # waits (retrying) for the server to listen
+    assert server.process is not None
+    workers = children(server.process.pid)
+    assert len(workers) >= 2
+    await server.kill()  # SIGKILL: the supervisor cannot stop its workers itself
+    await asyncio.gather(*(exited(worker) for worker in workers))
+    with socket.socket() as probe:  # a restarted server can bind the port again
+        probe.bind(("127.0.0.1", server.port))
+
+
+def children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as listed:
+        return [int(child) for child in listed.read().split()]
+
+
+async def exited(pid: int) -> None:
+    """Until a process that is not this one's child has exited: its pidfd turns readable then."""
+    try:
+        descriptor = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    loop = asyncio.get_running_loop()
+    gone = loop.create_future()
+    loop.add_reader(descriptor, gone.set_result, None)
+    try:
+        await asyncio.wait_for(gone, TIMEOUT)
+    finally:
+        loop.remove_reader(descriptor)
+        os.close(descriptor)
+
+
 KILL_AFTER_ACKS = ROLLOUTS * (SPANS + 2) // 3  # about a third of the way through
 RETRIED = RolloutConfig(unresponsive_seconds=2, max_attempts=3, retry_condition=("unresponsive",))
 OUTAGE_SECONDS = 2.5

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import functools
 import gc
+import os
+import signal
+import sys
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -21,6 +25,8 @@ from agl.core.store.base import LightningStore
 from agl.core.store.urls import default_store_url, open_store
 
 KEEP_ALIVE_SECONDS = 65
+PR_SET_PDEATHSIG = 1
+"""Linux's prctl option: the signal a process gets when the thread that started it ends."""
 """Longer than the client's 15 s idle limit, so a client never reuses a connection being closed."""
 
 
@@ -56,7 +62,7 @@ def serve(settings: ServerSettings, store_url: str | None = None, workers: int =
         # the workers open it.
         asyncio.run(open_store(url, watchdog_interval=None).close())
         config = uvicorn_config(
-            functools.partial(_app_with_store, settings, url), factory=True, workers=workers,
+            functools.partial(_app_with_store, settings, url, os.getpid()), factory=True, workers=workers,
             host=settings.host, port=settings.port,
         )  # fmt: skip
         Multiprocess(config, sockets=[config.bind_socket()]).run()
@@ -70,9 +76,27 @@ def serve(settings: ServerSettings, store_url: str | None = None, workers: int =
         asyncio.run(store.close())
 
 
-def _app_with_store(settings: ServerSettings, store_url: str) -> FastAPI:
+def _app_with_store(settings: ServerSettings, store_url: str, supervisor: int) -> FastAPI:
     """A worker process's app (uvicorn calls this factory in each worker)."""
+    _end_with(supervisor)
     return _app_closing(settings, open_store(store_url))
+
+
+def _end_with(supervisor: int) -> None:
+    """Have Linux send this worker SIGTERM when the supervisor dies (elsewhere, nothing is done).
+
+    Why: the supervisor stops its workers on SIGTERM or SIGINT, but when it is killed (SIGKILL, the
+    OOM killer) it cannot, and orphaned workers would go on serving the port, so a restarted server
+    could not bind it. The signal follows the supervisor's main thread, which is the one uvicorn
+    starts and restarts workers from.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != supervisor:  # it died before the request was made
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _app_closing(settings: ServerSettings, store: LightningStore) -> FastAPI:
