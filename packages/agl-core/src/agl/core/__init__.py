@@ -2,6 +2,7 @@
 
     from agl.core import open_store
     store = open_store()            # $AGL_STORE, else sqlite:///.agl/store.db
+    store = open_store_sync()       # the same store, with blocking calls (no event loop needed)
 
 Names are imported on first use (PEP 562), so importing a submodule (the tracing runtime at
 interpreter start-up, say) does not pay for pydantic models and stores it does not use.
@@ -26,7 +27,7 @@ _ERRORS = (
     "StoreUnavailable",
     "StoreUrlError",
 )
-_STORE = ("LightningStore", "Page", "open_store")
+_STORE = ("LightningStore", "Page", "SyncStore", "open_store", "open_store_sync")
 _AGENTS = ("LitAgent", "rollout")
 _TYPES = (
     "LLM",
@@ -86,7 +87,7 @@ if TYPE_CHECKING:  # the names for type checkers and IDEs; at run time __getattr
         StoreUrlError,
     )
     from agl.core.runner import Runner
-    from agl.core.store import LightningStore, Page, open_store
+    from agl.core.store import LightningStore, Page, SyncStore, open_store, open_store_sync
     from agl.core.types import (
         LLM,
         Attempt,

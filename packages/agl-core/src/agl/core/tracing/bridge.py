@@ -32,7 +32,7 @@ class StoreBridge:
         self._thread.start()
         self._lock = threading.Lock()
 
-    def call(self, action: Callable[[LightningStore], Coroutine[Any, Any, T]], timeout: float = 60.0) -> T:
+    def call(self, action: Callable[[LightningStore], Coroutine[Any, Any, T]], timeout: float | None = 60.0) -> T:
         """Run ``action(store)`` on the bridge's loop and wait for it; the store opens on first use."""
 
         async def run() -> T:
