@@ -37,6 +37,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from agl.core.errors import InvalidInput
+from agl.core.ids import sequence_clock
 from agl.core.otlp import OtlpDecodeError, decode_documents, decode_traces, span_resource, to_span
 from agl.core.server import ServerSettings, create_app
 from agl.core.server.routes import otlp as route
@@ -48,7 +49,6 @@ from agl.core.testing.otlp import otlp_json_document
 from agl.core.testing.server import ServingThread
 from agl.core.tracing.identity import file_span
 from agl.core.types import Span, SpanResource
-from agl.core.types.spans import sequence_clock
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"

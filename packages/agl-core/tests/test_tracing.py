@@ -51,6 +51,17 @@ def test_distro_sets_defaults_but_the_user_environment_wins(monkeypatch: pytest.
     assert int(os.environ["OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT"]) >= 10_000
 
 
+def test_what_loads_at_interpreter_start_up_imports_no_pydantic() -> None:
+    # The distro, the configurator, the processor and the exporter load in every program run under
+    # opentelemetry-instrument; the store's models are imported only when the first batch is stored.
+    code = (
+        "import sys, agl.core.tracing.configure, agl.core.tracing.processor, agl.core.tracing.exporter;"
+        " print(sorted(name for name in sys.modules if name.split('.')[0] == 'pydantic'))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
+
+
 def test_spans_are_stamped_with_their_rollout_and_numbered_at_start(
     traced: tuple[TracerProvider, InMemorySpanExporter],
 ) -> None:

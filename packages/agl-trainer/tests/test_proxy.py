@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from agl.core import open_store
 from agl.core.adapters import spans_to_triplets
 from agl.core.errors import AglError
+from agl.core.ids import sequence_clock
 from agl.core.store.base import LightningStore
 from agl.core.testing.chat_server import (
     IM_END,
@@ -39,7 +40,6 @@ from agl.core.testing.server import ServingThread
 from agl.core.testing.tracing import captured_spans
 from agl.core.tracing import emit_reward, rollout_context, semconv
 from agl.core.types import AttemptedRollout, ProxyLLM, Span
-from agl.core.types.spans import sequence_clock
 from agl.trainer.proxy import LlmProxy, RetryPolicy
 
 MODEL = "agl-toy"

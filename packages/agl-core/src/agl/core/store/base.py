@@ -238,7 +238,7 @@ class LightningStore(abc.ABC):
     @abc.abstractmethod
     async def get_next_span_sequence_id(self, rollout_id: str, attempt_id: str) -> int:
         """Reserve a span sequence id of an attempt: above every id it gave or holds, and at least
-        the clock in microseconds (`agl.core.types.spans.sequence_clock`)."""
+        the clock in microseconds (`agl.core.ids.sequence_clock`)."""
 
     @abc.abstractmethod
     async def query_spans(

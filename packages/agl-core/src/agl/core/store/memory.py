@@ -12,12 +12,12 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from agl.core.ids import sequence_clock
 from agl.core.store.base import Page, StoreStatistics
 from agl.core.store.lifecycle import DEFAULT_MAX_SPAN_BYTES, LifecycleStore, StoredSpan, replace
 from agl.core.store.query import check_query, sort_and_page
 from agl.core.types import Attempt, ResourcesUpdate, Rollout, RolloutConfig, Span, Worker
 from agl.core.types.rollouts import ACTIVE_ATTEMPT_STATUSES, ATTEMPT_STATUSES, ROLLOUT_STATUSES
-from agl.core.types.spans import sequence_clock
 
 
 class InMemoryLightningStore(LifecycleStore):

@@ -27,13 +27,13 @@ from typing import Any, Literal
 from pydantic_core import from_json, to_json
 
 from agl.core.errors import AglError, InvalidInput, StoreUnavailable
+from agl.core.ids import sequence_clock
 from agl.core.store.base import Page, StoreStatistics
 from agl.core.store.lifecycle import DEFAULT_MAX_SPAN_BYTES, LifecycleStore, StoredSpan
 from agl.core.store.query import check_query
 from agl.core.store.sqlite_schema import MIGRATIONS
 from agl.core.types import Attempt, ResourcesUpdate, Rollout, RolloutConfig, Span, Worker
 from agl.core.types.rollouts import ATTEMPT_STATUSES, ROLLOUT_STATUSES
-from agl.core.types.spans import sequence_clock
 
 Synchronous = Literal["normal", "full"]
 

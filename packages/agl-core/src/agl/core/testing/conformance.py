@@ -23,10 +23,10 @@ from typing import Any
 import pytest
 
 from agl.core.errors import AttemptNotFound, InvalidInput, InvalidTransition, RolloutNotFound
+from agl.core.ids import sequence_clock
 from agl.core.store.base import LightningStore
 from agl.core.testing.clock import ManualClock
 from agl.core.types import LLM, PromptTemplate, RolloutConfig, RolloutRequest, Span
-from agl.core.types.spans import sequence_clock
 
 StoreFactory = Callable[..., LightningStore]
 

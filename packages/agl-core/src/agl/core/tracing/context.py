@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import ParamSpec, TypeVar
 
-from agl.core.types.spans import sequence_clock
+from agl.core.ids import sequence_clock
 
 P = ParamSpec("P")
 R = TypeVar("R")

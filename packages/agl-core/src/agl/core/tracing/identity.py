@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from agl.core.ids import sequence_clock
 from agl.core.tracing.semconv import ATTEMPT_ID, ROLLOUT_ID, SEQUENCE_ID
-from agl.core.types.spans import sequence_clock
 
 
 @dataclass(frozen=True, slots=True)

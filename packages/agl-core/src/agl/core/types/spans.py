@@ -54,17 +54,6 @@ class SpanResource(BaseModel):
     schema_url: str = ""
 
 
-def sequence_clock(seconds: float) -> int:
-    """The lowest sequence id a span started at ``seconds`` (since the epoch) may take: microseconds.
-
-    Why one clock: an attempt's spans come from several producers at once (the runner's process, an
-    agent subprocess, the LLM proxy through the store, an OTLP exporter), each numbering its own.
-    Each takes ``max(its next id, sequence_clock(now))``, so ids stay strictly increasing per
-    producer and interleave across producers in start order, as far as their clocks agree.
-    """
-    return round(seconds * 1e6)
-
-
 class Span(BaseModel):
     model_config = ConfigDict(frozen=True)
 

@@ -23,6 +23,7 @@ import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
+from agl.core.ids import sequence_clock
 from agl.core.otlp import (
     OtlpBodyTooLarge,
     OtlpDecodeError,
@@ -39,7 +40,6 @@ from agl.core.store.wire import error_body
 from agl.core.tracing.identity import file_span
 from agl.core.tracing.semconv import ATTEMPT_ID, ROLLOUT_ID, SEQUENCE_ID
 from agl.core.types import Span
-from agl.core.types.spans import sequence_clock
 
 PROTOBUF = "application/x-protobuf"
 MAX_ID_LENGTH = 256
