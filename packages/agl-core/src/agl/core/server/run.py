@@ -25,9 +25,9 @@ from agl.core.store.base import LightningStore
 from agl.core.store.urls import default_store_url, open_store
 
 KEEP_ALIVE_SECONDS = 65
+"""Longer than the client's 15 s idle limit, so a client never reuses a connection being closed."""
 PR_SET_PDEATHSIG = 1
 """Linux's prctl option: the signal a process gets when the thread that started it ends."""
-"""Longer than the client's 15 s idle limit, so a client never reuses a connection being closed."""
 
 
 def uvicorn_config(app: FastAPI | Callable[[], FastAPI], **options: Any) -> uvicorn.Config:
