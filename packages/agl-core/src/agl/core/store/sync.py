@@ -16,10 +16,10 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+from agl.core.bridge import StoreBridge
 from agl.core.errors import StoreUnavailable
 from agl.core.store.base import LightningStore
 from agl.core.store.urls import open_store
-from agl.core.tracing.bridge import StoreBridge
 
 CALLS = frozenset(
     name

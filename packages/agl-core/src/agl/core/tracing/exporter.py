@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from agl.core.tracing.bridge import StoreBridge
+from agl.core.bridge import StoreBridge
 from agl.core.tracing.identity import file_span
 from agl.core.tracing.observed import process_rollout
 

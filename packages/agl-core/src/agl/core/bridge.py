@@ -1,6 +1,8 @@
 """A synchronous handle on an async store, for code that runs outside any event loop (the
-OpenTelemetry exporter thread, atexit handlers). One private loop thread serves all calls, so an
-HTTP store keeps its keep-alive session and SQLite its one connection."""
+OpenTelemetry exporter thread, atexit handlers, `SyncStore`). One private loop thread serves all
+calls, so an HTTP store keeps its keep-alive session and SQLite its one connection. At the core's
+root, standard library only, because both the store layer and the tracing runtime (loaded at
+interpreter start-up) use it."""
 
 from __future__ import annotations
 
