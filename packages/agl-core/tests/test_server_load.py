@@ -301,7 +301,8 @@ RETRIED = RolloutConfig(unresponsive_seconds=2, max_attempts=3, retry_condition=
 OUTAGE_SECONDS = 2.5
 
 
-# With two server processes the SIGKILL hits the supervisor; its workers end with it (on Linux).
+# With two server processes the SIGKILL hits the supervisor; that its workers end with it is checked
+# by test_a_killed_supervisor_leaves_no_worker_holding_the_port, not here.
 @pytest.mark.parametrize("server", [1, 2], indirect=True, ids=["one-server-process", "two-server-processes"])
 async def test_workers_ride_out_a_sigkill_of_the_server(server: Server, workers: Workers) -> None:
     async with HttpLightningStore(server.url, token=TOKEN, retry_seconds=TIMEOUT) as store:
