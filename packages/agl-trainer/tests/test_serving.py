@@ -284,6 +284,25 @@ async def test_engine_generate_honours_max_tokens_and_seed(server: EmbeddedModel
     assert len(first.token_ids) == len(first.logprobs) <= 5
 
 
+async def test_unseeded_samples_do_not_depend_on_the_order_requests_arrive_in(tiny_dir: Path) -> None:
+    """Concurrent runners interleave their requests differently on every run; a seeded engine
+    must still give the same set of samples, and a prompt asked for three times three draws."""
+
+    async def samples(order: list[str], seed: int) -> list[tuple[str, list[int]]]:
+        engine = TransformersEngine.load(tiny_dir, seed=seed)
+        try:
+            prompts = {text: engine.chat_prompt_token_ids([{"role": "user", "content": text}]) for text in order}
+            params = SamplingParams(max_tokens=8, temperature=1.0)
+            return sorted([(text, (await engine.generate(prompts[text], params)).token_ids) for text in order])
+        finally:
+            await engine.close()
+
+    one_order = await samples(["a", "b", "a", "b", "a"], seed=3)
+    assert await samples(["b", "a", "a", "a", "b"], seed=3) == one_order
+    assert len({tuple(ids) for text, ids in one_order if text == "a"}) == 3
+    assert await samples(["a", "b", "a", "b", "a"], seed=4) != one_order
+
+
 def test_the_transformers_model_server_is_registered(tiny_dir: Path) -> None:
     factory, _ = model_servers(plugin_manager())["transformers"]
     server = factory(str(tiny_dir), port=0, model_name="renamed")

@@ -34,6 +34,7 @@ import torch
 from agl.trainer.serving import checkpoints
 from agl.trainer.serving.engine import Generation, PromptError, SamplingParams
 from agl.trainer.serving.sampling import sample
+from agl.trainer.serving.seeds import RequestSeeds
 
 
 class EngineClosed(RuntimeError):
@@ -121,9 +122,7 @@ class TransformersEngine:
         self.pad_token_id = _first_int(tokenizer.pad_token_id, *self.eos_token_ids, 0)
         self.max_positions = int(getattr(model.config, "max_position_embeddings", None) or 1 << 20)
         self.vocab_size = int(model.get_input_embeddings().num_embeddings)
-        self._seeds = torch.Generator().manual_seed(seed) if seed is not None else torch.Generator()
-        if seed is None:
-            self._seeds.seed()
+        self._seeds = RequestSeeds(seed)
         self._base_weights: dict[str, torch.Tensor] | None = None  # the weights adapters are merged into
         self._requests: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._closed = False
@@ -143,8 +142,9 @@ class TransformersEngine:
         model_name: str | None = None,
         max_batch_size: int = 8,
     ) -> TransformersEngine:
-        """Load a model folder or a ``.gguf`` file. ``seed`` makes the seeds of unseeded requests
-        reproducible; ``model_name`` defaults to the folder's or file's name."""
+        """Load a model folder or a ``.gguf`` file. ``seed`` makes the samples of unseeded requests
+        reproducible, whatever order they arrive in (see `RequestSeeds`); ``model_name`` defaults to
+        the folder's or file's name."""
         model, tokenizer = checkpoints.load_model_and_tokenizer(path, checkpoints.resolve_dtype(dtype, device))
         name = model_name or (Path(path).stem if Path(path).suffix == ".gguf" else Path(path).name)
         return cls(model, tokenizer, model_name=name, device=device, seed=seed, max_batch_size=max_batch_size)
@@ -225,7 +225,7 @@ class TransformersEngine:
         on_done: Callable[[Generation | BaseException], None],
     ) -> _Request:
         self._check(prompt, params)
-        seed = params.seed if params.seed is not None else int(torch.randint(0, 2**62, (1,), generator=self._seeds))
+        seed = params.seed if params.seed is not None else self._seeds.for_prompt(prompt)
         seed %= 2**64  # any integer a client sends is a valid torch seed
         request = _Request([int(token) for token in prompt], params, seed, on_token, on_done)
         self._requests.put(request)
@@ -355,6 +355,7 @@ class TransformersEngine:
             else:
                 checkpoints.copy_full_weights(self.model, folder)
                 self._base_weights = None
+            self._seeds.next_weights()
 
     async def close(self) -> None:
         await asyncio.to_thread(self.close_sync)
