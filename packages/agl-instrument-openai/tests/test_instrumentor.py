@@ -286,6 +286,25 @@ def test_the_span_is_current_while_the_request_runs(traced, instrument) -> None:
     assert [joined.get_span_context().span_id for joined in seen] == [span.context.span_id]
 
 
+def test_the_request_carries_the_spans_trace_context_and_the_callers_headers_win(traced, instrument) -> None:
+    """A server that traces (agl's LLM proxy) files its span under the call's; a caller's own
+    ``traceparent`` is sent as the caller set it."""
+    instrument()
+    sent: list[httpx2.Headers] = []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        sent.append(request.headers)
+        return httpx2.Response(200, json={"id": "c-1", "model": MODEL, "choices": []})
+
+    mine = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    with mock_client(handler) as client:
+        client.chat.completions.create(model=MODEL, messages=ASK)
+        client.chat.completions.create(model=MODEL, messages=ASK, extra_headers={"traceparent": mine, "x-mine": "1"})
+    first = traced.spans()[0].context
+    assert sent[0]["traceparent"] == f"00-{first.trace_id:032x}-{first.span_id:016x}-{first.trace_flags:02x}"
+    assert (sent[1]["traceparent"], sent[1]["x-mine"]) == (mine, "1")
+
+
 # --- the responses API over a mock transport --------------------------------------------------
 
 RESPONSE = {

@@ -63,7 +63,12 @@ async def test_a_call_recorded_by_the_agent_and_the_proxy_is_one_triplet(sqlite_
     spans = await sqlite_store.query_spans(rollout_id, attempt_id)
     records = [span for span in spans if span.attributes.get(semconv.LLM_CALL)]
     assert len(records) == 4  # each call twice: the client's record (no ids) and the proxy's
-    assert sum(semconv.RESPONSE_TOKEN_IDS in span.attributes for span in records) == 2
+    proxied = [span for span in records if semconv.RESPONSE_TOKEN_IDS in span.attributes]
+    assert len(proxied) == 2
+    # The client sent its span's traceparent: each proxy record sits under the agent's record of that call.
+    client_side = {span.span_id: span for span in records if span not in proxied}
+    assert [client_side[span.parent_id].trace_id == span.trace_id for span in proxied] == [True, True]
+    assert len({span.parent_id for span in proxied}) == 2
 
     triplets = spans_to_triplets(spans, merge=False, reward="matched", agent_match="greeter")
     sent = chat_log(app).replies

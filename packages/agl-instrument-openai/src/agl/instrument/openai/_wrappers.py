@@ -16,7 +16,7 @@ from typing import Any
 
 import wrapt
 from opentelemetry import context as otel_context
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 
 from agl.core.tracing.chat import CHAT_PARAMETERS, REASONING_KEYS, ChoiceDraft, request_parameters
 from agl.core.tracing.llm import LlmCall, start_llm_call
@@ -350,6 +350,7 @@ def _start(api: _Api, kwargs: dict[str, Any]) -> tuple[LlmCall | None, dict[str,
         call = start_llm_call(
             str(model) if _is_given(model) else UNKNOWN_MODEL, provider=PROVIDER, tracer=_config.tracer
         )
+        to_send = _with_trace_headers(to_send, call)
     except Exception:
         _recording_failed("the start of an openai call")
         return None, prepared
@@ -358,6 +359,18 @@ def _start(api: _Api, kwargs: dict[str, Any]) -> tuple[LlmCall | None, dict[str,
     except Exception:
         _recording_failed("an openai request")
     return call, to_send
+
+
+def _with_trace_headers(kwargs: dict[str, Any], call: LlmCall) -> dict[str, Any]:
+    """The request with the call's trace context in its headers (``traceparent`` under the default
+    propagators), so a server that traces, such as agl's LLM proxy, files its span under this call's.
+    Headers the caller set win; arguments of an unexpected type are left alone."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=call.context())
+    given = kwargs.get("extra_headers")
+    if not carrier or (_is_given(given) and not isinstance(given, Mapping)):
+        return kwargs
+    return {**kwargs, "extra_headers": {**carrier, **given} if _is_given(given) else carrier}
 
 
 def _attach(call: LlmCall) -> object | None:
