@@ -50,6 +50,7 @@ from agl.core.types.rollouts import (
     check_status,
     rollout_status_after_attempt,
 )
+from agl.core.types.spans import MAX_INT64
 
 DEFAULT_MAX_SPAN_BYTES = 16 * 1024 * 1024
 WATCHDOG_PERIOD = 0.1
@@ -211,7 +212,10 @@ class LifecycleStore(LightningStore):
         """Set the attempt's heartbeat (if given) and raise its span counter to ``next_sequence_id``."""
 
     @abc.abstractmethod
-    def _reserve_span_sequence_id(self, attempt_id: str, now: float) -> int: ...
+    def _reserve_span_sequence_id(self, attempt_id: str, now: float) -> int:
+        """The larger of the attempt's span counter and `sequence_clock(now)`, the counter then set
+        past it. Capped at ``MAX_INT64 - 1``, so the counter stays a 64-bit integer even after a
+        span that came with the largest id; past the cap, ids repeat it."""
 
     @abc.abstractmethod
     def _save_spans(self, spans: Sequence[tuple[Span, bytes]]) -> None:
@@ -398,7 +402,7 @@ class LifecycleStore(LightningStore):
     def _note_spans(self, attempt: Attempt, max_sequence_id: int, now: float) -> None:
         """A span is a heartbeat; the first one moves a preparing attempt to running."""
         active = attempt.status in ACTIVE_ATTEMPT_STATUSES
-        self._record_activity(attempt.attempt_id, now if active else None, max_sequence_id + 1)
+        self._record_activity(attempt.attempt_id, now if active else None, min(max_sequence_id + 1, MAX_INT64))
         if attempt.status == "preparing":
             self._set_attempt_status(replace(attempt, {"last_heartbeat_time": now}), "running", now)
 

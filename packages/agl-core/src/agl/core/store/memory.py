@@ -18,6 +18,7 @@ from agl.core.store.lifecycle import DEFAULT_MAX_SPAN_BYTES, LifecycleStore, Sto
 from agl.core.store.query import check_query, sort_and_page
 from agl.core.types import Attempt, ResourcesUpdate, Rollout, RolloutConfig, Span, Worker
 from agl.core.types.rollouts import ACTIVE_ATTEMPT_STATUSES, ATTEMPT_STATUSES, ROLLOUT_STATUSES
+from agl.core.types.spans import MAX_INT64
 
 
 class InMemoryLightningStore(LifecycleStore):
@@ -112,7 +113,7 @@ class InMemoryLightningStore(LifecycleStore):
             self._attempts[attempt_id] = replace(attempt, {"last_heartbeat_time": heartbeat})
 
     def _reserve_span_sequence_id(self, attempt_id: str, now: float) -> int:
-        sequence_id = max(self._next_sequence_id[attempt_id], sequence_clock(now))
+        sequence_id = min(max(self._next_sequence_id[attempt_id], sequence_clock(now)), MAX_INT64 - 1)
         self._next_sequence_id[attempt_id] = sequence_id + 1
         return sequence_id
 

@@ -34,6 +34,7 @@ from agl.core.store.query import check_query
 from agl.core.store.sqlite_schema import MIGRATIONS
 from agl.core.types import Attempt, ResourcesUpdate, Rollout, RolloutConfig, Span, Worker
 from agl.core.types.rollouts import ATTEMPT_STATUSES, ROLLOUT_STATUSES
+from agl.core.types.spans import MAX_INT64
 
 Synchronous = Literal["normal", "full"]
 
@@ -333,9 +334,9 @@ class SqliteLightningStore(LifecycleStore):
 
     def _reserve_span_sequence_id(self, attempt_id: str, now: float) -> int:
         row = self._conn.execute(
-            "UPDATE attempts SET next_span_seq = max(next_span_seq, ?) + 1 WHERE attempt_id = ?"
+            "UPDATE attempts SET next_span_seq = min(max(next_span_seq, ?), ?) + 1 WHERE attempt_id = ?"
             " RETURNING next_span_seq - 1",
-            (sequence_clock(now), attempt_id),
+            (sequence_clock(now), MAX_INT64 - 1, attempt_id),
         ).fetchone()
         return int(row[0])
 

@@ -27,6 +27,7 @@ from agl.core.ids import sequence_clock
 from agl.core.store.base import LightningStore
 from agl.core.testing.clock import ManualClock
 from agl.core.types import LLM, PromptTemplate, RolloutConfig, RolloutRequest, Span
+from agl.core.types.spans import MAX_INT64
 
 StoreFactory = Callable[..., LightningStore]
 
@@ -397,6 +398,14 @@ class StoreConformance:
         assert await store.get_next_span_sequence_id(rollout_id, attempt_id) == sequence_clock(clock())  # the clock
         with pytest.raises(AttemptNotFound):
             await store.get_next_span_sequence_id(rollout_id, other_attempt)
+
+    async def test_a_span_with_the_largest_sequence_id_leaves_the_counter_in_range(self, store: LightningStore) -> None:
+        rollout_id, attempt_id = await self._running(store)
+        await store.add_span(make_span(rollout_id, attempt_id, MAX_INT64))
+        reserved = [await store.get_next_span_sequence_id(rollout_id, attempt_id) for _ in range(2)]
+        assert reserved == [MAX_INT64 - 1, MAX_INT64 - 1]  # capped, so every id still fits in 64 bits
+        await store.add_span(make_span(rollout_id, attempt_id, reserved[0], name="after"))
+        assert len(await store.query_spans(rollout_id)) == 2
 
     async def test_add_many_spans_is_all_or_nothing(self, store: LightningStore, clock: ManualClock) -> None:
         rollout_id, attempt_id = await self._running(store)
