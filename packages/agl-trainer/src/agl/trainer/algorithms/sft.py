@@ -197,15 +197,8 @@ class SFT(Algorithm):
         }
 
     def _select(self, scored: list[Any]) -> list[Any]:
-        """The rollouts to imitate: succeeded, rewarded, with triplets, and good enough.
-
-        Ordered by task, then by the tokens generated, not by the rollouts' order: which of a
-        task's identical requests got which sample depends on arrival, and a seeded run must
-        train on the same examples in the same order every time."""
-        usable = sorted(
-            (s for s in scored if not s.failed and s.triplets),
-            key=lambda s: (s.group, [t.response_token_ids or [] for t in s.triplets]),
-        )
+        """The rollouts to imitate: succeeded, rewarded, with triplets, and good enough."""
+        usable = [s for s in scored if not s.failed and s.triplets]
         if self.threshold is not None:
             return [s for s in usable if s.reward >= self.threshold]
         count = max(1, round(self.top_fraction * len(scored))) if usable else 0

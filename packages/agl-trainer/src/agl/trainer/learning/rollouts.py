@@ -52,7 +52,11 @@ async def run_groups(
     timeout: float | None = None,
     with_triplets: bool = True,
 ) -> list[Scored]:
-    """``n`` rollouts of each task (group ``i`` = task ``i``), finished, with rewards and triplets."""
+    """``n`` rollouts of each task (group ``i`` = task ``i``), finished, with rewards and triplets.
+
+    Within a group, in the order of the tokens generated rather than of the rollouts: which of a
+    task's identical requests got which sample depends on when each arrived, and a seeded run
+    must see the same rollouts in the same order every time."""
     queued = [task for task in tasks for _ in range(n)]
     rollouts = await context.enqueue_and_wait(queued, mode, resources_id, timeout=timeout)
     scored = []
@@ -67,6 +71,7 @@ async def run_groups(
             and isinstance(value := span.attributes.get(TEMPERATURE), int | float)
         }
         scored.append(Scored(rollout, index // n, reward, triplets, temperatures))
+    scored.sort(key=lambda s: (s.group, [t.response_token_ids or [] for t in s.triplets]))
     return scored
 
 
