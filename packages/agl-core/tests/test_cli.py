@@ -316,6 +316,42 @@ def test_spans_of_all_attempts_hang_under_each_attempt(filled: Filled) -> None:
     ]
 
 
+def test_a_call_recorded_by_the_agent_and_the_llm_proxy_counts_once(tmp_path: Path) -> None:
+    """The agent's instrumentation and the proxy each record a call (one response id): two LLM
+    spans in the tree, one call in the summary, as the adapters count it."""
+
+    async def fill_calls(url: str) -> str:
+        store = open_store(url)
+        attempt = await store.start_rollout({"task": "greet"})
+        r, a = attempt.rollout_id, attempt.attempt.attempt_id
+        call = {"agl.llm.call": True, "gen_ai.request.model": "toy"}
+        await store.add_many_spans(
+            [
+                span(r, a, 1, None, "agent.run"),
+                span(r, a, 2, 1, "chat toy", attributes={**call, "gen_ai.response.id": "c-1"}),
+                span(
+                    r,
+                    a,
+                    3,
+                    2,
+                    "chat toy",
+                    attributes={**call, "gen_ai.response.id": "c-1", "agl.llm.response_token_ids": [7]},
+                ),
+                span(r, a, 4, 1, "chat toy", attributes={**call, "gen_ai.response.id": "c-2"}),
+            ]
+        )
+        await store.close()
+        return r
+
+    url = f"sqlite:///{tmp_path / 'calls.db'}"
+    rollout_id = asyncio.run(fill_calls(url))
+    result = CliRunner().invoke(app, ["spans", rollout_id, "--store", url], env={"COLUMNS": str(WIDTH)})
+    assert result.exit_code == 0, result.stdout
+    lines = result.stdout.splitlines()
+    assert sum("LLM toy" in line for line in lines) == 3
+    assert lines[-1] == "4 spans · 2 LLM calls · reward -"
+
+
 def test_spans_json_is_the_stored_spans(filled: Filled) -> None:
     data = json.loads(ok(filled, "spans", filled.retried, "--attempt", filled.first_attempt, "--json"))
     expected = query(filled.url, "query_spans", filled.retried, filled.first_attempt)

@@ -14,6 +14,7 @@ import typer
 from rich.text import Text
 from rich.tree import Tree
 
+from agl.core.adapters._calls import in_order, llm_calls
 from agl.core.cli._common import JsonOutput, StoreUrl, console, plural, print_json, status_text, with_store
 from agl.core.errors import AttemptNotFound, RolloutNotFound
 from agl.core.store import LightningStore
@@ -111,7 +112,7 @@ def spans(
         for each in attempts:
             _add_spans(tree.add(_attempt_label(None, each)), by_attempt[each.attempt_id])
     out.print(tree)
-    out.print(_summary(found))
+    out.print(_summary(by_attempt))
 
 
 def _attempt_label(rollout_id: str | None, attempt: Attempt) -> Text:
@@ -159,7 +160,10 @@ def _span_label(span: Span) -> Text:
     return label
 
 
-def _summary(found: list[Span]) -> str:
-    calls = sum(llm_call(span) is not None for span in found)
+def _summary(by_attempt: dict[str, list[Span]]) -> str:
+    """Counts for the whole tree. A call recorded twice (by the agent's instrumentation and by the
+    LLM proxy, one response id) counts once, as the adapters count it."""
+    found = [span for attempt_spans in by_attempt.values() for span in attempt_spans]
+    calls = sum(len(llm_calls(in_order(attempt_spans), None)) for attempt_spans in by_attempt.values())
     reward = format_rewards(total_rewards(found)) or "-"
     return f"{plural(len(found), 'span')} · {plural(calls, 'LLM call')} · reward {reward}"
