@@ -17,9 +17,10 @@ import threading
 from array import array
 from collections.abc import Sequence
 
-MAX_PROMPTS_REMEMBERED = 1 << 20
-"""Distinct prompts counted per weights version before the counts restart under a new version
-(a bound on memory for a server that never loads new weights)."""
+MAX_PROMPTS_REMEMBERED = 1 << 16
+"""Distinct prompts counted per weights version before the counts restart under a new version: a
+bound on memory (a few MB) for a server that never loads new weights. Seeds stay distinct across
+a restart; only the requests in flight at that moment may lose their arrival-order independence."""
 
 
 class RequestSeeds:
