@@ -305,6 +305,23 @@ def test_the_request_carries_the_spans_trace_context_and_the_callers_headers_win
     assert (sent[1]["traceparent"], sent[1]["x-mine"]) == (mine, "1")
 
 
+def test_a_broken_propagator_sends_the_call_without_the_header_and_still_records_it(
+    traced, instrument, monkeypatch
+) -> None:
+    instrument()
+    sent: list[httpx2.Headers] = []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        sent.append(request.headers)
+        return httpx2.Response(200, json={"id": "c-1", "model": MODEL, "choices": []})
+
+    monkeypatch.setattr(_wrappers.propagate, "inject", lambda *a, **k: 1 / 0)
+    with mock_client(handler) as client:
+        assert client.chat.completions.create(model=MODEL, messages=ASK).id == "c-1"
+    assert "traceparent" not in sent[0]
+    assert attribute(the_span(traced.spans()), semconv.INPUT_MESSAGES) == ASK  # ended and exported
+
+
 # --- the responses API over a mock transport --------------------------------------------------
 
 RESPONSE = {

@@ -350,7 +350,6 @@ def _start(api: _Api, kwargs: dict[str, Any]) -> tuple[LlmCall | None, dict[str,
         call = start_llm_call(
             str(model) if _is_given(model) else UNKNOWN_MODEL, provider=PROVIDER, tracer=_config.tracer
         )
-        to_send = _with_trace_headers(to_send, call)
     except Exception:
         _recording_failed("the start of an openai call")
         return None, prepared
@@ -358,6 +357,10 @@ def _start(api: _Api, kwargs: dict[str, Any]) -> tuple[LlmCall | None, dict[str,
         api.record_request(call, to_send)
     except Exception:
         _recording_failed("an openai request")
+    try:
+        to_send = _with_trace_headers(to_send, call)
+    except Exception:  # a broken propagator: the call goes out without the header, its span still ends
+        _recording_failed("the trace context of an openai call")
     return call, to_send
 
 
