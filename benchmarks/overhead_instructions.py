@@ -15,9 +15,9 @@ runs are framed by two counter dumps (``callgrind_control --dump``), so start-up
 not counted. Before each first dump the garbage collector runs and freezes what is left, and the
 hash seed is fixed: repeated runs then agree within ~0.3% (3 to 40 k instructions). Every variant
 records into the same tracer provider as in the timed scripts. A fourth variant, "bare spans",
-runs the uninstrumented agent and then opens and ends, directly, as many spans as agl makes per
-run: what span creation alone costs in that provider, the floor under any instrumentor that
-records those spans.
+runs the uninstrumented agent and then opens and ends, directly, as many spans as agl adds to a
+run (the spans a framework records itself, AutoGen's, are not counted twice): what span creation
+alone costs in that provider, the floor under any instrumentor that records those spans.
 """
 
 from __future__ import annotations
@@ -151,23 +151,29 @@ def with_bare_spans(run: Callable[[int], None], provider: Any, per_run: int) -> 
     return bare
 
 
+def spans_per_run(run: Callable[[int], None], counter: SpanCounter) -> int:
+    before = counter.ended
+    run(1)
+    return counter.ended - before
+
+
 def child(framework: str, runs: int) -> None:
     """Under callgrind: each variant's runs between two counter dumps named after it."""
     sys.path.insert(0, str(HERE))
     run, instrumented, provider = FRAMEWORKS[framework]()
     counter = SpanCounter()
     provider.add_span_processor(counter)
+    run(1)  # first-run paths
+    framework_spans = spans_per_run(run, counter)  # AutoGen records spans of its own
     on, off = instrumented["agl"]
     on()
     try:
-        run(1)  # first-run paths
-        before = counter.ended
         run(1)
-        agl_spans = counter.ended - before
+        agl_spans = spans_per_run(run, counter) - framework_spans
     finally:
         off()
-    if agl_spans == 0:
-        sys.exit("agl recorded no span in a run: the comparison would mean nothing")
+    if agl_spans <= 0:
+        sys.exit("agl added no span to a run: the comparison would mean nothing")
     bare = with_bare_spans(run, provider, agl_spans)
     print(f"agl makes {agl_spans} spans per run", flush=True)
     variants: dict[str, Variant] = {"uninstrumented": (lambda: None, lambda: None), **instrumented}

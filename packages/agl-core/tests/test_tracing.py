@@ -23,6 +23,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from agl.core.store import InMemoryLightningStore, SqliteLightningStore
 from agl.core.testing import ranks
 from agl.core.tracing import llm_call, rollout_context, run_in_context, semconv
+from agl.core.tracing.chat import request_parameters
 from agl.core.tracing.configure import DEFAULTS, AglDistro
 from agl.core.tracing.context import ActiveRollout
 from agl.core.tracing.exporter import StoreSpanExporter
@@ -297,3 +298,10 @@ def test_a_killed_program_loses_at_most_its_unflushed_tail(tmp_path: Path) -> No
     assert {f"span {i}" for i in range(100)} <= names
     assert rollout.status == "running"  # killed: no exit span; the rollout is left as it was
     run_store(store.close())
+
+
+def test_request_parameters_keep_the_first_synonym_whatever_order_they_were_passed_in() -> None:
+    passed = {"max_tokens": 8, "messages": [], "stop": "\n", "max_completion_tokens": 64, "seed": None}
+    assert request_parameters(passed) == {"max_tokens": 64, "stop_sequences": ["\n"]}
+    assert request_parameters({"max_tokens": 8}) == {"max_tokens": 8}
+    assert request_parameters({"model": "m", "messages": []}) == {}

@@ -44,8 +44,13 @@ def request_parameters(
     the prefix): the first of synonyms wins, a lone stop string becomes a list; ``given`` says
     which values count as passed."""
     found: dict[str, Any] = {}
-    for argument, name in names.items():
-        value = arguments.get(argument)
+    passed = names.keys() & arguments.keys()  # usually none or a few of the names
+    if not passed:
+        return found
+    for argument, name in names.items():  # in the names' order: the first of synonyms wins
+        if argument not in passed:
+            continue
+        value = arguments[argument]
         if given(value) and name not in found:
             found[name] = [value] if name == "stop_sequences" and isinstance(value, str) else value
     return found

@@ -164,39 +164,50 @@ def provider_name(client: Any) -> str | None:
 def _fill(call: LlmCall, attributes: Mapping[str, Any]) -> None:
     """Record only what no layer recorded yet: the openai client underneath, when instrumented,
     has written the messages exactly as they went over the wire, and those win."""
-    present = getattr(call.span, "attributes", None) or {}
+    # The keys as a set: a miss in the SDK's attribute mapping raises and catches a KeyError.
+    present = set(getattr(call.span, "attributes", None) or ())
     call.record({key: value for key, value in attributes.items() if key not in present})
 
 
-def _record_request(call: LlmCall, client: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+def _request_attributes(client: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
     messages = args[0] if args else kwargs.get("messages", ())
     settings = {**_client_settings(client), **(kwargs.get("extra_create_args") or {})}
     parameters = request_parameters(settings)
     tools = kwargs.get("tools") or ()
-    _fill(
-        call,
-        {
-            semconv.INPUT_MESSAGES: chat_messages(messages),
-            semconv.TOOL_DEFINITIONS: chat_tools(tools) if tools else None,
-            **{semconv.REQUEST_PREFIX + name: value for name, value in parameters.items()},
-        },
-    )
+    return {
+        semconv.INPUT_MESSAGES: chat_messages(messages),
+        semconv.TOOL_DEFINITIONS: chat_tools(tools) if tools else None,
+        **{semconv.REQUEST_PREFIX + name: value for name, value in parameters.items()},
+    }
 
 
-def _record_result(call: LlmCall, result: Any) -> None:
+def _result_attributes(result: Any) -> dict[str, Any]:
     usage = getattr(result, "usage", None)
     finish = getattr(result, "finish_reason", None)
     logprobs = getattr(result, "logprobs", None) or ()
-    _fill(
-        call,
-        {
-            semconv.OUTPUT_MESSAGES: [assistant_message(result)],
-            semconv.FINISH_REASONS: [finish] if finish else None,
-            semconv.USAGE_INPUT_TOKENS: getattr(usage, "prompt_tokens", None),
-            semconv.USAGE_OUTPUT_TOKENS: getattr(usage, "completion_tokens", None),
-            semconv.RESPONSE_LOGPROBS: [float(entry.logprob) for entry in logprobs] or None,
-        },
-    )
+    return {
+        semconv.OUTPUT_MESSAGES: [assistant_message(result)],
+        semconv.FINISH_REASONS: [finish] if finish else None,
+        semconv.USAGE_INPUT_TOKENS: getattr(usage, "prompt_tokens", None),
+        semconv.USAGE_OUTPUT_TOKENS: getattr(usage, "completion_tokens", None),
+        semconv.RESPONSE_LOGPROBS: [float(entry.logprob) for entry in logprobs] or None,
+    }
+
+
+def _record(call: LlmCall, client: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], result: Any = None) -> None:
+    """The request, and the result when there is one, in one write to the span; a part that cannot
+    be read is logged and the rest still recorded."""
+    attributes: dict[str, Any] = {}
+    try:
+        attributes.update(_request_attributes(client, args, kwargs))
+    except Exception:
+        _recording_failed("an AutoGen model request")
+    if result is not None:
+        try:
+            attributes.update(_result_attributes(result))
+        except Exception:
+            _recording_failed("an AutoGen model result")
+    _safely("an AutoGen model call", _fill, call, attributes)
 
 
 def _safely(what: str, record: Callable[..., None], *args: Any) -> None:
@@ -229,11 +240,10 @@ async def _create(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, .
     try:
         result = await wrapped(*args, **kwargs)
     except BaseException as error:
-        _safely("an AutoGen model request", _record_request, call, instance, args, kwargs)
+        _record(call, instance, args, kwargs)
         scope.__exit__(type(error), error, error.__traceback__)  # records the error and ends the span
         raise
-    _safely("an AutoGen model request", _record_request, call, instance, args, kwargs)
-    _safely("an AutoGen model result", _record_result, call, result)
+    _record(call, instance, args, kwargs, result)
     try:
         scope.__exit__(None, None, None)
     except Exception:
@@ -256,10 +266,10 @@ def _create_stream(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, 
 
     def on_item(item: Any) -> None:
         if type(item).__name__ == "CreateResult":
-            _safely("an AutoGen model result", _record_result, call, item)
+            _safely("an AutoGen model result", lambda: _fill(call, _result_attributes(item)))
 
     def on_end(error: BaseException | None) -> None:
-        _safely("an AutoGen model request", _record_request, call, instance, args, kwargs)
+        _record(call, instance, args, kwargs)
         _safely("the end of an AutoGen model stream", call.end, error)
 
     return _stepped(wrapped(*args, **kwargs), context, on_item, on_end)
