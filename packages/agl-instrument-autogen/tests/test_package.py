@@ -3,6 +3,7 @@ idempotent, fully undone, never raising, one source of truth for the supported v
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -101,6 +102,21 @@ async def test_recording_failures_never_reach_the_agent(traced, instrument, monk
     assert result.messages[-1].content == "Fine."
     names = [span.name for span in traced.ours()]
     assert names == ["invoke_agent calm", "chat ReplayChatCompletionClient"]
+
+
+async def test_a_request_that_cannot_be_recorded_leaves_the_reply_recorded(traced, instrument, monkeypatch) -> None:
+    instrument()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("recording broke")
+
+    monkeypatch.setattr(_wrappers, "chat_messages", broken)
+    agent = AssistantAgent("calm", model_client=replay("Fine."))
+    with rollout_context("ro-test", "at-test"):
+        await agent.run(task="hello")
+    call = traced.ours()[1]
+    assert semconv.INPUT_MESSAGES not in call.attributes
+    assert json.loads(call.attributes[semconv.OUTPUT_MESSAGES]) == [{"role": "assistant", "content": "Fine."}]
 
 
 LAZY = """

@@ -35,7 +35,7 @@ from agl.core.tracing import semconv
 from agl.core.tracing.chat import request_parameters
 from agl.core.tracing.context import run_in_context
 from agl.core.tracing.jsontext import json_text
-from agl.core.tracing.llm import LlmCall, llm_call, start_llm_call
+from agl.core.tracing.llm import LlmCall, start_llm_call
 from agl.core.tracing.patching import FamilyPatch, Patch, Patcher, Replacement
 
 logger = logging.getLogger("agl.instrument.autogen")
@@ -230,10 +230,10 @@ async def _create(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, .
     if not _config.active:
         return await wrapped(*args, **kwargs)
     try:
-        scope = llm_call(
+        call = start_llm_call(
             model_name(instance), provider=provider_name(instance), agent_name=_agent_name(), tracer=_config.tracer
         )
-        call = scope.__enter__()
+        token = otel_context.attach(call.context()) if call.owner else None  # current while the call runs
     except Exception:
         _recording_failed("the start of an AutoGen model call")
         return await wrapped(*args, **kwargs)
@@ -241,14 +241,22 @@ async def _create(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, .
         result = await wrapped(*args, **kwargs)
     except BaseException as error:
         _record(call, instance, args, kwargs)
-        scope.__exit__(type(error), error, error.__traceback__)  # records the error and ends the span
+        _end_call(call, token, error)
         raise
     _record(call, instance, args, kwargs, result)
+    _end_call(call, token, None)
+    return result
+
+
+def _end_call(call: LlmCall, token: object | None, error: BaseException | None) -> None:
+    """End the call's span (when this layer opened it) and give the caller its context back."""
     try:
-        scope.__exit__(None, None, None)
+        call.end(error)
     except Exception:
         _recording_failed("the end of an AutoGen model call")
-    return result
+    finally:
+        if token is not None:
+            otel_context.detach(token)
 
 
 def _create_stream(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
