@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import subprocess
 import sys
@@ -439,6 +440,24 @@ def test_a_malformed_store_url_is_one_line_and_exit_1(filled: Filled, url: str) 
 def test_agl_store_environment_variable_names_the_store(filled: Filled) -> None:
     result = CliRunner().invoke(app, ["stats", "--json"], env={"AGL_STORE": filled.url})
     assert result.exit_code == 0 and json.loads(result.stdout)["rollouts"] == 7
+
+
+def test_store_before_the_command_names_the_store_and_a_commands_own_store_wins(
+    filled: Filled, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AGL_STORE", raising=False)
+
+    def rollouts_in(*args: str, env: dict[str, str] | None = None) -> int:
+        result = CliRunner().invoke(app, [*args, "--json"], env=env)
+        assert result.exit_code == 0, (result.stdout, result.stderr)
+        return json.loads(result.stdout)["rollouts"]
+
+    assert rollouts_in("--store", filled.url, "stats") == 7
+    assert rollouts_in("--store", filled.url, "stats", env={"AGL_STORE": "memory://"}) == 7  # over the variable
+    assert rollouts_in("--store", "memory://", "stats", "--store", filled.url) == 7  # the command's own wins
+    assert "AGL_STORE" not in os.environ, "the option leaked into the caller's environment"
+    bad = CliRunner().invoke(app, ["--store", "nowhere://x", "rollouts", "list"])
+    assert_one_line_error(bad, "invalid store URL", "'nowhere://x'")
 
 
 def test_every_human_output_fits_in_80_columns(filled: Filled) -> None:
