@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -350,13 +351,29 @@ class _Scope:
             _recording_failed("the end of an AutoGen span")
 
 
+def _running_mark(running: Any) -> Any:
+    """How the context marks the agent or team whose turn runs: by a weak reference. The object
+    itself would be held by every asyncio task the turn starts, and AutoGen's cancellation token
+    links those tasks back to the agent: a reference cycle that left each finished agent, its model
+    client and messages to the garbage collector instead of freeing them at once."""
+    try:
+        return weakref.ref(running)
+    except TypeError:  # a class without weak references: the object itself
+        return running
+
+
+def _is_running(candidate: Any, context: otel_context.Context) -> bool:
+    mark = otel_context.get_value(_RUNNING, context)
+    return mark is candidate or (isinstance(mark, weakref.ref) and mark() is candidate)
+
+
 def _agent_scope(agent: Any) -> _Scope | None:
     """The span of ``agent``'s turn: None when this very agent's turn is already traced (its
     ``on_messages`` calls its ``on_messages_stream``). AutoGen's own ``invoke_agent`` span (its
     ``run`` and team containers open one when a global tracer provider is set) is joined and
     labelled rather than doubled."""
     current = otel_context.get_current()
-    if otel_context.get_value(_RUNNING, current) is agent:
+    if _is_running(agent, current):
         return None
     try:
         name = str(agent.name)
@@ -384,15 +401,15 @@ def _agent_scope(agent: Any) -> _Scope | None:
             owner = True
         context = trace.set_span_in_context(span, current) if owner else current
         context = otel_context.set_value(_AGENT_NAME, name, context)
-        return _Scope(span, owner, otel_context.set_value(_RUNNING, agent, context))
+        return _Scope(span, owner, otel_context.set_value(_RUNNING, _running_mark(agent), context))
     except Exception:
         _recording_failed("the start of an AutoGen agent turn")
-        return _Scope(None, False, otel_context.set_value(_RUNNING, agent, current))
+        return _Scope(None, False, otel_context.set_value(_RUNNING, _running_mark(agent), current))
 
 
 def _team_scope(team: Any) -> _Scope | None:
     current = otel_context.get_current()
-    if otel_context.get_value(_RUNNING, current) is team:
+    if _is_running(team, current):
         return None
     try:
         name = str(getattr(team, "name", None) or type(team).__name__)
@@ -401,7 +418,7 @@ def _team_scope(team: Any) -> _Scope | None:
             context=current,
             attributes={semconv.OPERATION_NAME: semconv.INVOKE_WORKFLOW},
         )
-        context = otel_context.set_value(_RUNNING, team, trace.set_span_in_context(span, current))
+        context = otel_context.set_value(_RUNNING, _running_mark(team), trace.set_span_in_context(span, current))
         return _Scope(span, True, context)
     except Exception:
         _recording_failed("the start of an AutoGen team run")
