@@ -3,6 +3,7 @@ tree of a tool-using agent, a two-agent team and per-agent training data."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import weakref
@@ -190,21 +191,20 @@ async def test_a_team_labels_each_agents_calls_and_one_agent_can_be_picked(trace
     assert {"role": "user", "content": "Too short.", "name": "critic"} in second_prompt
 
 
-async def test_a_finished_agent_is_freed_at_once_not_left_to_the_garbage_collector(traced, instrument) -> None:
+def test_a_finished_agent_is_freed_at_once_not_left_to_the_garbage_collector(traced, instrument) -> None:
     instrument()
-    agent = AssistantAgent(
-        "calculator",
-        model_client=replay(tool_call("add", '{"a": 17, "b": 25}', "call-1"), "42"),
-        tools=[add],
-        reflect_on_tool_use=True,
-    )
-    with rollout_context("ro-test", "at-test"):
-        await agent.run(task="What is 17 + 25?")
-    assert [span.name for span in traced.ours()].count("chat ReplayChatCompletionClient") == 2
-    freed = weakref.ref(agent)
-    gc.disable()  # only reference counting: an agent held in a reference cycle would outlive this
+
+    async def run_one() -> weakref.ref[AssistantAgent]:
+        client = replay(tool_call("add", '{"a": 17, "b": 25}', "call-1"), "42")
+        agent = AssistantAgent("calculator", model_client=client, tools=[add], reflect_on_tool_use=True)
+        with rollout_context("ro-test", "at-test"):
+            await agent.run(task="What is 17 + 25?")
+        return weakref.ref(agent)
+
+    gc.disable()  # reference counting only: an agent held in a reference cycle would outlive its loop
     try:
-        del agent
-        assert freed() is None, "the agent is held in a reference cycle"
+        freed = asyncio.run(run_one())  # its own loop, closed on return, as a program's would be
+        assert freed() is None, "the finished agent is held in a reference cycle"
     finally:
         gc.enable()
+    assert [span.name for span in traced.ours()].count("chat ReplayChatCompletionClient") == 2
