@@ -51,8 +51,9 @@ class _Config:
 _config = _Config()
 
 # Carried in the OpenTelemetry context: the agent whose turn is running (its name labels the LLM
-# calls made inside), the agent or team object (so a nested call of the same object opens no
-# second span), and the tool span whose ``trace_tool_span`` AutoGen is about to open.
+# calls made inside), a mark of the agent or team object (`_running_mark`: a nested call of the
+# same object opens no second span), and the tool span whose ``trace_tool_span`` AutoGen is about
+# to open.
 _AGENT_NAME = otel_context.create_key("agl-autogen-agent-name")
 _RUNNING = otel_context.create_key("agl-autogen-running")
 _TOOL_SPAN = otel_context.create_key("agl-autogen-tool-span")
