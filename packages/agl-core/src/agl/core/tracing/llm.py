@@ -83,6 +83,14 @@ class LlmCall:
             }
         )
 
+    def fill(self, attributes: Mapping[str, Any]) -> None:
+        """Set only what no layer has set yet: for a framework's layer above the openai client,
+        whose instrumentor saw the wire and recorded the messages exactly as they were sent."""
+        # The dict's keys meet the span's in C (a miss in the SDK's attribute mapping raises and
+        # catches a KeyError); mostly none is shared, and the attributes go as they are.
+        present = attributes.keys() & (getattr(self.span, "attributes", None) or ())
+        self.record({key: value for key, value in attributes.items() if key not in present} if present else attributes)
+
     def record_request(
         self,
         messages: Sequence[Any] | None,

@@ -163,14 +163,6 @@ def provider_name(client: Any) -> str | None:
     return parts[2] if parts[:2] == ["autogen_ext", "models"] and len(parts) > 2 else None
 
 
-def _fill(call: LlmCall, attributes: Mapping[str, Any]) -> None:
-    """Record only what no layer recorded yet: the openai client underneath, when instrumented,
-    has written the messages exactly as they went over the wire, and those win."""
-    # The keys as a set: a miss in the SDK's attribute mapping raises and catches a KeyError.
-    present = set(getattr(call.span, "attributes", None) or ())
-    call.record({key: value for key, value in attributes.items() if key not in present})
-
-
 def _request_attributes(client: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
     messages = args[0] if args else kwargs.get("messages", ())
     settings = {**_client_settings(client), **(kwargs.get("extra_create_args") or {})}
@@ -209,7 +201,7 @@ def _record(call: LlmCall, client: Any, args: tuple[Any, ...], kwargs: Mapping[s
             attributes.update(_result_attributes(result))
         except Exception:
             _recording_failed("an AutoGen model result")
-    _safely("an AutoGen model call", _fill, call, attributes)
+    _safely("an AutoGen model call", call.fill, attributes)
 
 
 def _safely(what: str, record: Callable[..., None], *args: Any) -> None:
@@ -276,7 +268,7 @@ def _create_stream(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, 
 
     def on_item(item: Any) -> None:
         if type(item).__name__ == "CreateResult":
-            _safely("an AutoGen model result", lambda: _fill(call, _result_attributes(item)))
+            _safely("an AutoGen model result", lambda: call.fill(_result_attributes(item)))
 
     def on_end(error: BaseException | None) -> None:
         _record(call, instance, args, kwargs)

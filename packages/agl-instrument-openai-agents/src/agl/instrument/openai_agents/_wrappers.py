@@ -318,14 +318,6 @@ def _tool_definitions(tools: Any, handoffs: Any) -> list[Any]:
     return [_definition(tool, False) for tool in tools or ()] + [_definition(h, True) for h in handoffs or ()]
 
 
-def _fill(call: LlmCall, attributes: Mapping[str, Any]) -> None:
-    """Record what the layer below (the openai client's instrumentor, which saw the wire) left unset."""
-    # The dict's keys meet the span's in C (a miss in the SDK's attribute mapping raises and
-    # catches a KeyError); mostly none is shared, and the attributes go as they are.
-    present = attributes.keys() & (getattr(call.span, "attributes", None) or ())
-    call.record({key: value for key, value in attributes.items() if key not in present} if present else attributes)
-
-
 def _request_attributes(request: Mapping[str, Any]) -> dict[str, Any]:
     settings = request.get("model_settings")
     attributes: dict[str, Any] = {
@@ -413,7 +405,7 @@ def _end(
         except Exception:
             recording_failed("a model call")
     try:
-        _fill(call, attributes)
+        call.fill(attributes)
     except Exception:
         recording_failed("a model call")
     try:
