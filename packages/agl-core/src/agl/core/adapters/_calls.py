@@ -1,4 +1,5 @@
-"""The canonical LLM-call spans of one attempt, read back into plain values (shared by the adapters)."""
+"""The canonical LLM-call spans of one attempt, read back into plain values (shared by the adapters
+and by `agl spans`, which counts calls the way the adapters do)."""
 
 from __future__ import annotations
 
