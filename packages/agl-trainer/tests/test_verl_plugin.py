@@ -1,9 +1,10 @@
 """The ``verl`` algorithm plugin on CPU: registered and listed without verl, its options checked with errors
-that name the option, a fit without verl stopped by one clear error, and (where ``$AGL_VERL_PYTHON``
-names an interpreter with verl and agl installed) the config it builds validated by verl itself and
-its batch carried through verl's own preprocessing and advantage estimator; the plugin's loop (when
-weights are pushed, what staleness each step reports) against a recording stand-in for its verl side.
-No verl worker, vLLM replica or optimizer step runs here: those need GPUs (docs/verl.md)."""
+that name the option, a fit without verl stopped by one clear error, and (in the interpreter
+``$AGL_VERL_PYTHON`` names, with verl and agl installed: ``python3 dev.py test`` builds ``.venvs/verl``)
+the config it builds validated by verl itself and its batch carried through verl's own preprocessing
+and advantage estimator; the plugin's loop (when weights are pushed, what staleness each step reports)
+against a recording stand-in for its verl side. No verl worker, vLLM replica or optimizer step runs
+here: those need GPUs (docs/verl.md)."""
 
 from __future__ import annotations
 
@@ -189,14 +190,14 @@ print("verl plugin ok")
 
 def test_verl_validates_the_config_and_takes_the_plugin_s_batch() -> None:
     """Runs where ``$AGL_VERL_PYTHON`` names an interpreter with verl, agl-core and agl-trainer
-    installed (docs/verl.md); skipped otherwise."""
+    installed (``python3 dev.py test`` builds ``.venvs/verl``; docs/verl.md); skipped otherwise."""
     python = os.environ.get("AGL_VERL_PYTHON")
     if not python:
-        pytest.skip("set AGL_VERL_PYTHON to an interpreter with verl to check the plugin against verl itself")
+        pytest.skip("AGL_VERL_PYTHON is not set (python3 dev.py test builds .venvs/verl and sets it)")
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join(SOURCES)}
     probe = subprocess.run([python, "-c", "import pluggy, pydantic"], capture_output=True, env=environment)
     if probe.returncode != 0:
-        pytest.skip(
+        pytest.fail(
             "the verl interpreter lacks agl's dependencies: pip install -e packages/agl-core -e packages/agl-trainer"
         )
     done = subprocess.run(
