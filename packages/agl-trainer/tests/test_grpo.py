@@ -8,6 +8,7 @@ in 12 steps on seeds 0, 1 and 2 (model and trainer seed); the test fixes seed 0.
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -232,6 +233,59 @@ async def test_grpo_takes_no_step_when_every_group_ties(
     assert all(torch.equal(before[name], after[name]) for name in before)
 
 
+@rollout
+def half_tied_agent(task: dict[str, Any], llm: LLM) -> float:
+    """A task of kind "tie" scores 1 whatever the answer, so its groups always tie; any other scores a
+    checksum of the answer, so different answers score differently."""
+    client = OpenAI(base_url=llm.endpoint, api_key=llm.api_key or "unused", max_retries=0)
+    reply = client.chat.completions.create(
+        model=llm.model, messages=[{"role": "user", "content": task["prompt"]}], **llm.sampling_parameters
+    )
+    return 1.0 if task["kind"] == "tie" else zlib.crc32((reply.choices[0].message.content or "").encode()) / 2**32
+
+
+async def test_grpo_resample_tied_draws_fresh_tasks_in_place_of_groups_that_tied(
+    store: LightningStore, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agl.trainer.learning import batches
+    from agl.trainer.learning.rollouts import task_cycle
+
+    trained: list[list[batches.Item]] = []
+    build_batch = batches.build_batch
+
+    def recording_build_batch(items: Any, **options: Any) -> Any:
+        trained.append(list(items))
+        return build_batch(items, **options)
+
+    monkeypatch.setattr(batches, "build_batch", recording_build_batch)
+    tasks = [{"prompt": "Say something.", "kind": "tie"}, {"prompt": "Hello!", "kind": "vary"}]
+    rounds, steps_count = 3, 6
+    steps = StepLog()
+    options = {"model": str(tiny_model), "n": 2, "tasks_per_step": 1, "steps": steps_count, "max_tokens": 4}
+    trainer = Trainer(
+        "grpo", store=store, n_runners=2, plugins=[steps], algorithm_options={**options, "resample_tied": rounds}
+    )
+    await trainer.fit_async(half_tied_agent, tasks)
+
+    # The draws the option should make: a tied task is replaced by the next one, up to `rounds` times.
+    draws, expected = task_cycle(tasks, 0), []
+    for _ in range(steps_count):
+        replaced = 0
+        while next(draws)["kind"] == "tie" and replaced < rounds:
+            replaced += 1
+        expected.append(replaced)
+    assert sum(expected) > 0  # the seed draws a tied task first in some step
+    assert [metrics["resampled"] for _, metrics in steps.seen] == expected
+    assert [metrics["rollouts"] for _, metrics in steps.seen] == [2.0 * (1 + r) for r in expected]
+    # Every step trained on one group, of the varied task: no tied group was left in a batch.
+    assert len(trained) == steps_count
+    for items in trained:
+        rollouts = {item.rollout_id for item in items}
+        assert len(rollouts) == 2
+        kinds = {(await store.get_rollout_by_id(rollout_id)).input["kind"] for rollout_id in rollouts}  # type: ignore[union-attr]
+        assert kinds == {"vary"}
+
+
 @pytest.mark.parametrize(
     ("bad", "option"),
     [
@@ -241,6 +295,7 @@ async def test_grpo_takes_no_step_when_every_group_ties(
         ({"clip": -0.1}, "clip"),
         ({"top_layers": 2, "lora_rank": 4}, "top_layers"),
         ({"failed_rollouts": "retry"}, "failed_rollouts"),
+        ({"resample_tied": -1}, "resample_tied"),
         ({"model": ""}, "model"),
     ],
 )

@@ -18,6 +18,7 @@ import copy
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from agl.trainer.learning.options import (
     check_serving,
     check_trainable,
     checkpoint_folder,
+    non_negative_int,
     non_negative_number,
     positive_int,
     positive_number,
@@ -50,7 +52,10 @@ class GRPO(Algorithm):
     before the first and after the last; needs a val dataset); ``updates_per_step`` [1] optimizer
     steps on each batch (more than one makes the clipping bite); ``micro_batch_size`` [8];
     ``max_length`` [1024] tokens per triplet (longer ones dropped); ``scale_advantages`` [True]
-    divides by the group's std; ``failed_rollouts`` ["zero"] or "drop_group" (see
+    divides by the group's std; ``resample_tied`` [0] rounds of fresh tasks drawn in place of groups
+    whose rollouts all scored alike (all advantages 0: no gradient, only a smaller share for the
+    rest), so a step still learns when the policy has settled on answers that win, or lose, on most
+    tasks (dynamic sampling); ``failed_rollouts`` ["zero"] or "drop_group" (see
     `learning.rollouts.FailurePolicy`); ``checkpoint_dir`` where the final model is saved (default:
     ``<trainer output dir>/checkpoint``, else not saved); ``resource`` ["llm"] the resource name;
     ``timeout`` seconds per batch of rollouts; ``grad_clip`` [1.0]; ``device`` ["cpu"] where the
@@ -64,14 +69,15 @@ class GRPO(Algorithm):
     a step run as concurrently as the trainer has runners (``n_runners`` ≥ ``n * tasks_per_step``
     lets the engine decode them in batches of up to 8).
 
-    Metrics per step: ``train/reward_mean`` (failures count 0), ``val/reward_mean`` when measured,
-    ``loss``, ``policy_loss``, ``kl``, ``clip_fraction``, ``ratio_mean`` (engine vs trainer logprobs
-    before the update: ≈1 when they agree), ``grad_norm``, ``tokens``, ``rollouts``, ``failed``,
-    ``dropped`` (over-long triplets), ``skipped`` (triplets without token ids), ``seconds`` (the
-    whole step, validation included), ``rollout_seconds``, ``update_seconds`` and ``update_skipped``
-    (1 when every group tied and there is no KL term: no gradient, so no optimizer step). Returns
-    ``{"val_reward_before", "val_reward_after", "train_reward_first", "train_reward_last", "steps",
-    "checkpoint"}``.
+    Metrics per step: ``train/reward_mean`` (every rollout the step ran, tied groups replaced by
+    ``resample_tied`` included; failures count 0), ``resampled`` (tasks drawn in their place),
+    ``val/reward_mean`` when measured, ``loss``, ``policy_loss``, ``kl``, ``clip_fraction``,
+    ``ratio_mean`` (engine vs trainer logprobs before the update: ≈1 when they agree),
+    ``grad_norm``, ``tokens``, ``rollouts``, ``failed``, ``dropped`` (over-long triplets),
+    ``skipped`` (triplets without token ids), ``seconds`` (the whole step, validation included),
+    ``rollout_seconds``, ``update_seconds`` and ``update_skipped`` (1 when every group tied and
+    there is no KL term: no gradient, so no optimizer step). Returns ``{"val_reward_before",
+    "val_reward_after", "train_reward_first", "train_reward_last", "steps", "checkpoint"}``.
     """
 
     name = "grpo"
@@ -97,6 +103,7 @@ class GRPO(Algorithm):
         micro_batch_size: int = 8,
         max_length: int = 1024,
         scale_advantages: bool = True,
+        resample_tied: int = 0,
         failed_rollouts: FailurePolicy = "zero",
         checkpoint_dir: str | None = None,
         resource: str = "llm",
@@ -110,6 +117,7 @@ class GRPO(Algorithm):
         values = locals()
         for option in _COUNTS:
             positive_int("grpo", option, values[option])
+        non_negative_int("grpo", "resample_tied", resample_tied)
         if n < 2:
             raise ValueError(f"grpo option n must be at least 2 (advantages compare rollouts of a task), not {n}")
         for option in ("lr", "temperature", "grad_clip"):
@@ -135,6 +143,7 @@ class GRPO(Algorithm):
         self.seed, self.val_every = seed, val_every
         self.updates_per_step, self.micro_batch_size, self.max_length = updates_per_step, micro_batch_size, max_length
         self.scale_advantages, self.failed_rollouts = scale_advantages, failed_rollouts
+        self.resample_tied = resample_tied
         self.checkpoint_dir, self.resource, self.timeout, self.grad_clip = checkpoint_dir, resource, timeout, grad_clip
 
     async def run(self, context: AlgorithmContext) -> dict[str, Any]:
@@ -167,7 +176,7 @@ class GRPO(Algorithm):
         import torch
 
         from agl.trainer.learning.model import prepare_trainable, save_checkpoint
-        from agl.trainer.learning.rollouts import apply_failure_policy, mean_reward, run_groups, validation_reward
+        from agl.trainer.learning.rollouts import mean_reward, validation_reward
 
         reference = copy.deepcopy(policy.model).eval().requires_grad_(False) if self.kl_coef > 0 else None
         parameters = prepare_trainable(policy.model, top_layers=self.top_layers, lora_rank=self.lora_rank)
@@ -182,12 +191,10 @@ class GRPO(Algorithm):
         tasks = task_cycle(context.train_dataset, self.seed)
         for step in range(1, self.steps + 1):
             started = time.perf_counter()
-            chosen = [next(tasks) for _ in range(self.tasks_per_step)]
-            scored = await run_groups(context, chosen, self.n, "train", resources_id=resources_id, timeout=self.timeout)
-            train_reward = mean_reward(scored)
+            kept, ran, failed, resampled = await self._groups(context, tasks, resources_id)
+            train_reward = mean_reward(ran)
             train_rewards.append(train_reward)
-            mismatch = sum(1 for s in scored for t in s.temperatures if abs(t - self.temperature) > 1e-6)
-            kept, failed = apply_failure_policy(scored, self.failed_rollouts)
+            mismatch = sum(1 for s in ran for t in s.temperatures if abs(t - self.temperature) > 1e-6)
             batch = self._batch(kept, policy.pad_token_id)
             rollouts_done = time.perf_counter()
             update = await asyncio.to_thread(self._update, policy, optimizer, parameters, batch, reference)
@@ -198,7 +205,8 @@ class GRPO(Algorithm):
                 "train/reward_mean": train_reward,
                 **update,
                 "tokens": float(batch.num_tokens),
-                "rollouts": float(len(scored)),
+                "rollouts": float(len(ran)),
+                "resampled": float(resampled),
                 "failed": float(failed),
                 "dropped": float(batch.dropped),
                 "skipped": float(batch.skipped),
@@ -225,6 +233,37 @@ class GRPO(Algorithm):
             "steps": self.steps,
             "checkpoint": str(checkpoint) if checkpoint is not None else None,
         }
+
+    async def _groups(
+        self, context: AlgorithmContext, tasks: Iterator[Any], resources_id: str
+    ) -> tuple[list[Any], list[Any], int, int]:
+        """A step's groups: the rollouts to train on, every rollout run, how many failed, and how
+        many tasks were drawn in place of tied groups (up to ``resample_tied`` rounds)."""
+        from agl.trainer.learning.rollouts import apply_failure_policy, run_groups, tied_groups
+
+        chosen = [next(tasks) for _ in range(self.tasks_per_step)]
+        ran = await run_groups(context, chosen, self.n, "train", resources_id=resources_id, timeout=self.timeout)
+        kept, failed = apply_failure_policy(ran, self.failed_rollouts)
+        resampled = 0
+        for _ in range(self.resample_tied):
+            tied = tied_groups(kept)
+            if not tied:
+                break
+            replacements = [next(tasks) for _ in tied]
+            next_group = max(s.group for s in ran) + 1
+            more = await run_groups(
+                context,
+                replacements,
+                self.n,
+                "train",
+                resources_id=resources_id,
+                timeout=self.timeout,
+                first_group=next_group,
+            )
+            more_kept, more_failed = apply_failure_policy(more, self.failed_rollouts)
+            kept = [s for s in kept if s.group not in tied] + more_kept
+            ran, failed, resampled = ran + more, failed + more_failed, resampled + len(replacements)
+        return kept, ran, failed, resampled
 
     def _batch(self, kept: list[Any], pad_token_id: int) -> Any:
         from agl.trainer.learning.advantages import group_advantages

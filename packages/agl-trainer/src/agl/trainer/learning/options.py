@@ -12,6 +12,11 @@ def positive_int(algorithm: str, option: str, value: Any) -> None:
         raise ValueError(f"{algorithm} option {option} must be a positive integer, not {value!r}")
 
 
+def non_negative_int(algorithm: str, option: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{algorithm} option {option} must be a non-negative integer, not {value!r}")
+
+
 def positive_number(algorithm: str, option: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         raise ValueError(f"{algorithm} option {option} must be a positive number, not {value!r}")

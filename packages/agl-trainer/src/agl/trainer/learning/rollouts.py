@@ -51,8 +51,10 @@ async def run_groups(
     resources_id: str | None,
     timeout: float | None = None,
     with_triplets: bool = True,
+    first_group: int = 0,
 ) -> list[Scored]:
-    """``n`` rollouts of each task (group ``i`` = task ``i``), finished, with rewards and triplets.
+    """``n`` rollouts of each task (group ``first_group + i`` = task ``i``), finished, with rewards
+    and triplets.
 
     Within a group, in the order of the tokens generated rather than of the rollouts: which of a
     task's identical requests got which sample depends on when each arrived, and a seeded run
@@ -70,7 +72,7 @@ async def run_groups(
             if span.attributes.get(semconv.LLM_CALL) is True
             and isinstance(value := span.attributes.get(TEMPERATURE), int | float)
         }
-        scored.append(Scored(rollout, index // n, reward, triplets, temperatures))
+        scored.append(Scored(rollout, first_group + index // n, reward, triplets, temperatures))
     scored.sort(key=lambda s: (s.group, [t.response_token_ids or [] for t in s.triplets]))
     return scored
 
@@ -86,6 +88,14 @@ def apply_failure_policy(scored: list[Scored], policy: FailurePolicy) -> tuple[l
     for s in failed:
         s.reward = 0.0
     return scored, len(failed)
+
+
+def tied_groups(scored: Sequence[Scored]) -> set[int]:
+    """Groups whose rollouts all scored alike: their advantages are all 0, so they teach nothing."""
+    rewards: dict[int, set[float | None]] = {}
+    for s in scored:
+        rewards.setdefault(s.group, set()).add(s.reward)
+    return {group for group, seen in rewards.items() if len(seen) == 1}
 
 
 def mean_reward(scored: Sequence[Scored]) -> float:
