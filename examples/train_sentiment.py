@@ -91,6 +91,7 @@ def main() -> None:
             "top_layers": args.top_layers,
             "max_tokens": 6,
             "temperature": 1.0,
+            "resample_tied": 3,
             "val_every": 10,
             "seed": args.seed,
         },

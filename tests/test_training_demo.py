@@ -6,6 +6,7 @@ what it prints and leaves behind is what the README promises."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import subprocess
 import sys
@@ -40,7 +41,11 @@ def test_the_demo_trains_and_leaves_its_run_in_the_store(tmp_path: Path) -> None
     rollouts = asyncio.run(store.query_rollouts())
     train = [r for r in rollouts if r.mode == "train"]
     val = [r for r in rollouts if r.mode == "val"]
-    assert len(train) == STEPS * TASKS_PER_STEP * ANSWERS_PER_TASK
+    # A review whose answers all scored alike is replaced by a fresh one (the demo's resample_tied).
+    steps = [json.loads(line) for line in (tmp_path / chart.group(1)).with_name("metrics.jsonl").open()]
+    resampled = [step["resampled"] for step in steps if step["step"] > 0]
+    assert len(resampled) == STEPS
+    assert len(train) == ANSWERS_PER_TASK * (STEPS * TASKS_PER_STEP + sum(resampled))
     assert len(val) == 2 * VALIDATION_TASKS  # before and after
     assert all(r.status == "succeeded" for r in train + val)
     spans = asyncio.run(store.query_spans(train[0].rollout_id))
