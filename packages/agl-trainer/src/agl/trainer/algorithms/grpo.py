@@ -53,7 +53,7 @@ class GRPO(Algorithm):
     steps on each batch (more than one makes the clipping bite); ``micro_batch_size`` [8];
     ``max_length`` [1024] tokens per triplet (longer ones dropped); ``scale_advantages`` [True]
     divides by the group's std; ``resample_tied`` [0] rounds of fresh tasks drawn in place of groups
-    whose rollouts all scored alike (all advantages 0: no gradient, only a smaller share for the
+    whose rollouts all scored alike (all advantages 0: no policy gradient, only a smaller share for the
     rest), so a step still learns when the policy has settled on answers that win, or lose, on most
     tasks (dynamic sampling); ``failed_rollouts`` ["zero"] or "drop_group" (see
     `learning.rollouts.FailurePolicy`); ``checkpoint_dir`` where the final model is saved (default:
