@@ -15,7 +15,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("CREWAI_DISABLE_TELEMETRY", "true")
@@ -25,8 +25,8 @@ os.environ.setdefault("CREWAI_TESTING", "true")
 
 from crewai import Agent, Crew, Task
 from openinference.instrumentation.crewai import CrewAIInstrumentor as OpenInferenceCrewAI
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from agl.core.tracing.context import ActiveRollout
 from agl.core.tracing.processor import RolloutSpanProcessor
@@ -34,15 +34,7 @@ from agl.instrument.crewai import CrewAIInstrumentor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 from crewai_agent import ScriptedLLM, add  # the example's offline model and tool: the same crew
-
-
-class Dropping(SpanExporter):
-    def __init__(self) -> None:
-        self.count = 0
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        self.count += len(spans)
-        return SpanExportResult.SUCCESS
+from dropping_exporter import DroppingExporter
 
 
 def run_crew() -> None:
@@ -75,7 +67,7 @@ def main() -> None:
     parser.add_argument("--repetitions", type=int, default=5)
     options = parser.parse_args()
 
-    exporter = Dropping()
+    exporter = DroppingExporter()
     provider = TracerProvider()
     provider.add_span_processor(RolloutSpanProcessor(ActiveRollout("ro-bench", "at-bench")))
     provider.add_span_processor(SimpleSpanProcessor(exporter))

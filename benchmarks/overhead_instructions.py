@@ -55,10 +55,10 @@ def _provider(exporter: Any) -> Any:
     return provider
 
 
-def _in_memory() -> Any:
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+def _dropping() -> Any:
+    from dropping_exporter import DroppingExporter
 
-    return InMemorySpanExporter()
+    return DroppingExporter()
 
 
 def _pair(instrumentor: Any, **options: Any) -> Variant:
@@ -72,7 +72,7 @@ Setup = tuple[Callable[[int], None], dict[str, Variant], Any]
 def langchain() -> Setup:
     import overhead_langchain as bench
 
-    provider = _provider(_in_memory())
+    provider = _provider(_dropping())
     agent, question = bench.build(), {"messages": [bench.HumanMessage("What is 1 + 2?")]}
 
     def run(n: int) -> None:
@@ -88,7 +88,7 @@ def autogen() -> Setup:
     import overhead_autogen as bench
     from opentelemetry import trace
 
-    provider = _provider(_in_memory())
+    provider = _provider(_dropping())
     trace.set_tracer_provider(provider)  # AutoGen's own spans go there in every variant
     ours, theirs = bench.AutoGenInstrumentor(), bench.AutogenAgentChatInstrumentor()
     return lambda n: asyncio.run(bench.block(n)), {"agl": _pair(ours), "openinference": _pair(theirs)}, provider
@@ -97,7 +97,7 @@ def autogen() -> Setup:
 def openai_agents() -> Setup:
     import overhead_openai_agents as bench
 
-    provider = _provider(_in_memory())
+    provider = _provider(_dropping())
     ours, theirs = bench.OpenAIAgentsInstrumentor(), bench.OpenInference()
     variants = {"agl": _pair(ours, tracer_provider=provider), "openinference": _pair(theirs, tracer_provider=provider)}
     return lambda n: asyncio.run(bench.batch(n)), variants, provider
@@ -106,7 +106,7 @@ def openai_agents() -> Setup:
 def crewai() -> Setup:
     import overhead_crewai as bench
 
-    provider = _provider(bench.Dropping())
+    provider = _provider(_dropping())
 
     def run(n: int) -> None:
         for _ in range(n):

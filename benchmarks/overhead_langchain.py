@@ -3,8 +3,8 @@
 instrumented by OpenInference's LangChain instrumentor, interleaved, 5 repetitions.
 
 Both instrumented variants record into the same tracer provider: agl's `RolloutSpanProcessor`
-and a `SimpleSpanProcessor` into an in-memory exporter (cleared after each batch), so the figures
-measure the instrumentation, not a store.
+and a `SimpleSpanProcessor` into an exporter that counts the spans and keeps none
+(`dropping_exporter.py`), so the figures measure the instrumentation, not a store.
 
     .venv/bin/python benchmarks/overhead_langchain.py [--runs 100] [--repetitions 5]
 """
@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from dropping_exporter import DroppingExporter
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.tools import tool
@@ -26,7 +27,6 @@ from langgraph.prebuilt import ToolNode, tools_condition
 from openinference.instrumentation.langchain import LangChainInstrumentor as OpenInferenceInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from agl.core.tracing.context import ActiveRollout
 from agl.core.tracing.processor import RolloutSpanProcessor
@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--repetitions", type=int, default=5)
     options = parser.parse_args()
 
-    exporter = InMemorySpanExporter()
+    exporter = DroppingExporter()
     provider = TracerProvider()
     provider.add_span_processor(RolloutSpanProcessor(ActiveRollout("ro-bench", "at-bench")))
     provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -90,13 +90,13 @@ def main() -> None:
     batch()  # warm-up: imports, graph compilation caches
     for _ in range(options.repetitions):
         for name, (on, off) in variants.items():
+            exported = exporter.count
             on()
             try:
                 times[name].append(batch())
             finally:
                 off()
-            spans[name] = len(exporter.get_finished_spans())
-            exporter.clear()
+            spans[name] = exporter.count - exported
     for name, measured in times.items():
         print(
             f"{name}: {min(measured):.3f} / {statistics.median(measured):.3f} / {max(measured):.3f} seconds "

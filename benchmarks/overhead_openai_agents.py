@@ -6,8 +6,9 @@ and instrumented by OpenInference.
 The agent calls one tool through a scripted `Model` (two model calls and one tool call per run, no
 network). Each repetition times ``--runs`` runs of each variant, interleaved: uninstrumented,
 agl (`OpenAIAgentsInstrumentor`), OpenInference (its Agents SDK instrumentor). Spans go to one
-tracer provider with agl's rollout processor and an in-memory exporter (cleared between batches),
-so both instrumentors pay for the same SDK work. No OpenAI API key: the SDK's own exporter sends nothing.
+tracer provider with agl's rollout processor and an exporter that keeps no span
+(`dropping_exporter.py`), so both instrumentors pay for the same SDK work. No OpenAI API key: the
+SDK's own exporter sends nothing.
 """
 
 from __future__ import annotations
@@ -24,11 +25,11 @@ from typing import Any
 os.environ.pop("OPENAI_API_KEY", None)
 
 from agents import Agent, Model, ModelResponse, Runner, Usage, function_tool
+from dropping_exporter import DroppingExporter
 from openai.types.responses import ResponseFunctionToolCall, ResponseOutputMessage, ResponseOutputText
 from openinference.instrumentation.openai_agents import OpenAIAgentsInstrumentor as OpenInference
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from agl.core.tracing.context import ActiveRollout
 from agl.core.tracing.processor import RolloutSpanProcessor
@@ -78,7 +79,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=100)
     options = parser.parse_args()
 
-    exporter = InMemorySpanExporter()
+    exporter = DroppingExporter()
     provider = TracerProvider()
     provider.add_span_processor(RolloutSpanProcessor(ActiveRollout("ro-bench", "at-bench")))
     provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -97,7 +98,6 @@ def main() -> None:
                 times[name].append(asyncio.run(batch(options.runs)))
             finally:
                 off()
-            exporter.clear()
 
     for name, found in times.items():
         print(
