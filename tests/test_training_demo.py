@@ -42,7 +42,8 @@ def test_the_demo_trains_and_leaves_its_run_in_the_store(tmp_path: Path) -> None
     train = [r for r in rollouts if r.mode == "train"]
     val = [r for r in rollouts if r.mode == "val"]
     # A review whose answers all scored alike is replaced by a fresh one (the demo's resample_tied).
-    steps = [json.loads(line) for line in (tmp_path / chart.group(1)).with_name("metrics.jsonl").open()]
+    metrics = (tmp_path / chart.group(1)).with_name("metrics.jsonl").read_text().splitlines()
+    steps = [json.loads(line) for line in metrics]
     resampled = [step["resampled"] for step in steps if step["step"] > 0]
     assert len(resampled) == STEPS
     assert len(train) == ANSWERS_PER_TASK * (STEPS * TASKS_PER_STEP + sum(resampled))
