@@ -42,7 +42,9 @@ HERE = Path(__file__).resolve().parent
 Variant = tuple[Callable[[], None], Callable[[], None]]
 
 
-def _provider(exporter: Any) -> Any:
+def _provider() -> Any:
+    """Every variant's provider: agl's processor, then an exporter that keeps no span."""
+    from dropping_exporter import DroppingExporter
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
@@ -51,14 +53,8 @@ def _provider(exporter: Any) -> Any:
 
     provider = TracerProvider()
     provider.add_span_processor(RolloutSpanProcessor(ActiveRollout("ro-bench", "at-bench")))
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    provider.add_span_processor(SimpleSpanProcessor(DroppingExporter()))
     return provider
-
-
-def _dropping() -> Any:
-    from dropping_exporter import DroppingExporter
-
-    return DroppingExporter()
 
 
 def _pair(instrumentor: Any, **options: Any) -> Variant:
@@ -72,7 +68,7 @@ Setup = tuple[Callable[[int], None], dict[str, Variant], Any]
 def langchain() -> Setup:
     import overhead_langchain as bench
 
-    provider = _provider(_dropping())
+    provider = _provider()
     agent, question = bench.build(), {"messages": [bench.HumanMessage("What is 1 + 2?")]}
 
     def run(n: int) -> None:
@@ -88,7 +84,7 @@ def autogen() -> Setup:
     import overhead_autogen as bench
     from opentelemetry import trace
 
-    provider = _provider(_dropping())
+    provider = _provider()
     trace.set_tracer_provider(provider)  # AutoGen's own spans go there in every variant
     ours, theirs = bench.AutoGenInstrumentor(), bench.AutogenAgentChatInstrumentor()
     return lambda n: asyncio.run(bench.block(n)), {"agl": _pair(ours), "openinference": _pair(theirs)}, provider
@@ -97,7 +93,7 @@ def autogen() -> Setup:
 def openai_agents() -> Setup:
     import overhead_openai_agents as bench
 
-    provider = _provider(_dropping())
+    provider = _provider()
     ours, theirs = bench.OpenAIAgentsInstrumentor(), bench.OpenInference()
     variants = {"agl": _pair(ours, tracer_provider=provider), "openinference": _pair(theirs, tracer_provider=provider)}
     return lambda n: asyncio.run(bench.batch(n)), variants, provider
@@ -106,7 +102,7 @@ def openai_agents() -> Setup:
 def crewai() -> Setup:
     import overhead_crewai as bench
 
-    provider = _provider(_dropping())
+    provider = _provider()
 
     def run(n: int) -> None:
         for _ in range(n):
