@@ -33,7 +33,15 @@ from agl.trainer.learning.options import (
     positive_int,
     positive_number,
 )
-from agl.trainer.learning.rollouts import FailurePolicy, task_cycle
+from agl.trainer.learning.rollouts import (
+    FailurePolicy,
+    apply_failure_policy,
+    mean_reward,
+    run_groups,
+    task_cycle,
+    tied_groups,
+    validation_reward,
+)
 
 _COUNTS = ("n", "tasks_per_step", "steps", "max_tokens", "updates_per_step", "micro_batch_size", "max_length")
 
@@ -176,7 +184,6 @@ class GRPO(Algorithm):
         import torch
 
         from agl.trainer.learning.model import prepare_trainable, save_checkpoint
-        from agl.trainer.learning.rollouts import mean_reward, validation_reward
 
         reference = copy.deepcopy(policy.model).eval().requires_grad_(False) if self.kl_coef > 0 else None
         parameters = prepare_trainable(policy.model, top_layers=self.top_layers, lora_rank=self.lora_rank)
@@ -239,8 +246,6 @@ class GRPO(Algorithm):
     ) -> tuple[list[Any], list[Any], int, int]:
         """A step's groups: the rollouts to train on, every rollout run, how many failed, and how
         many tasks were drawn in place of tied groups (up to ``resample_tied`` rounds)."""
-        from agl.trainer.learning.rollouts import apply_failure_policy, run_groups, tied_groups
-
         chosen = [next(tasks) for _ in range(self.tasks_per_step)]
         ran = await run_groups(context, chosen, self.n, "train", resources_id=resources_id, timeout=self.timeout)
         kept, failed = apply_failure_policy(ran, self.failed_rollouts)
