@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tomllib
 import venv
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,6 +96,24 @@ def requirement(package: Path) -> str:
     return f"{package.relative_to(ROOT)}[{','.join(extras)}]" if extras else str(package.relative_to(ROOT))
 
 
+def installed(environment: str, stamped: list[str], packages: list[Path], install: Callable[[Path], None]) -> Path:
+    """The environment's interpreter, made or refreshed by ``install(python)`` unless its stamp (the
+    ``stamped`` lines and the ``packages``' pyproject.toml files) says it is current."""
+    digest = hashlib.sha256("\n".join(stamped).encode())
+    for package in packages:
+        digest.update((package / "pyproject.toml").read_bytes())
+    python = python_of(environment)
+    stamp = python.parent.parent / ".agl-installed"
+    if stamp.exists() and stamp.read_text() == digest.hexdigest():
+        return python
+    if not python.exists():
+        print(f"creating {python.parent.parent.relative_to(ROOT)}", flush=True)
+        venv.EnvBuilder(with_pip=True).create(python.parent.parent)
+    install(python)
+    stamp.write_text(digest.hexdigest())
+    return python
+
+
 def ensure(environment: str, own: list[Path]) -> Path:
     """Create or refresh one environment; one pip call, so local packages satisfy each other."""
     shared = [ROOT / "packages" / name for name in SHARED]
@@ -102,44 +121,28 @@ def ensure(environment: str, own: list[Path]) -> Path:
     specs = [requirement(package) for package in packages]
     pins = PINS.get(environment, [])
     loose = WITHOUT_DEPS.get(environment, [])
-    digest = hashlib.sha256("\n".join([*specs, *pins, *loose, *TOOLS]).encode())
-    for package in packages:
-        digest.update((package / "pyproject.toml").read_bytes())
-    python = python_of(environment)
-    stamp = python.parent.parent / ".agl-installed"
-    if stamp.exists() and stamp.read_text() == digest.hexdigest():
-        return python
-    if not python.exists():
-        print(f"creating {python.parent.parent.relative_to(ROOT)}", flush=True)
-        venv.EnvBuilder(with_pip=True).create(python.parent.parent)
-    editable = [arg for spec in specs for arg in ("-e", spec)]
-    run(python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *editable, *pins, *TOOLS)
-    if loose:
-        run(python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps", *loose)
-    stamp.write_text(digest.hexdigest())
-    return python
+
+    def install(python: Path) -> None:
+        editable = [arg for spec in specs for arg in ("-e", spec)]
+        run(python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *editable, *pins, *TOOLS)
+        if loose:
+            run(python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps", *loose)
+
+    return installed(environment, [*specs, *pins, *loose, *TOOLS], packages, install)
 
 
 def ensure_tool(environment: str) -> Path:
     """Create or refresh a tool environment unless its stamp says it is current."""
     tool = TOOL_ENVIRONMENTS[environment]
     packages = [ROOT / "packages" / name for name in tool.packages]
-    digest = hashlib.sha256("\n".join([*tool.requirements, "-", *tool.packages, "-", *tool.unwanted]).encode())
-    for package in packages:
-        digest.update((package / "pyproject.toml").read_bytes())
-    python = python_of(environment)
-    stamp = python.parent.parent / ".agl-installed"
-    if stamp.exists() and stamp.read_text() == digest.hexdigest():
-        return python
-    if not python.exists():
-        print(f"creating {python.parent.parent.relative_to(ROOT)}", flush=True)
-        venv.EnvBuilder(with_pip=True).create(python.parent.parent)
-    editable = [arg for package in packages for arg in ("-e", str(package.relative_to(ROOT)))]
-    run(python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *tool.requirements, *editable)
-    if tool.unwanted:
-        run(python, "-m", "pip", "uninstall", "--quiet", "--yes", *tool.unwanted)
-    stamp.write_text(digest.hexdigest())
-    return python
+
+    def install(python: Path) -> None:
+        editable = [arg for package in packages for arg in ("-e", str(package.relative_to(ROOT)))]
+        run(python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *tool.requirements, *editable)
+        if tool.unwanted:
+            run(python, "-m", "pip", "uninstall", "--quiet", "--yes", *tool.unwanted)
+
+    return installed(environment, [*tool.requirements, "-", *tool.packages, "-", *tool.unwanted], packages, install)
 
 
 def main_python() -> Path:
