@@ -2,7 +2,8 @@
 that name the option, a fit without verl stopped by one clear error, and (in the interpreter
 ``$AGL_VERL_PYTHON`` names, with verl and agl installed: ``python3 dev.py test`` builds ``.venvs/verl``)
 the config it builds validated by verl itself and its batch carried through verl's own preprocessing
-and advantage estimator; the plugin's loop (when weights are pushed, what staleness each step reports)
+and advantage estimator, and a real fit's start refused by verl's resource pool for want of GPUs; the
+plugin's loop (when weights are pushed, what staleness each step reports)
 against a recording stand-in for its verl side. No verl worker, vLLM replica or optimizer step runs
 here: those need GPUs (docs/verl.md)."""
 
@@ -188,9 +189,9 @@ print("verl plugin ok")
 """
 
 
-def test_verl_validates_the_config_and_takes_the_plugin_s_batch() -> None:
-    """Runs where ``$AGL_VERL_PYTHON`` names an interpreter with verl, agl-core and agl-trainer
-    installed (``python3 dev.py test`` builds ``.venvs/verl``; docs/verl.md); skipped otherwise."""
+def _run_in_verl(script: str, expected: str) -> None:
+    """Run ``script`` where ``$AGL_VERL_PYTHON`` names an interpreter with verl, agl-core and agl-trainer
+    installed (``python3 dev.py test`` builds ``.venvs/verl``; docs/verl.md); skipped without it."""
     python = os.environ.get("AGL_VERL_PYTHON")
     if not python:
         pytest.skip("AGL_VERL_PYTHON is not set (python3 dev.py test builds .venvs/verl and sets it)")
@@ -200,11 +201,61 @@ def test_verl_validates_the_config_and_takes_the_plugin_s_batch() -> None:
         pytest.fail(
             "the verl interpreter lacks agl's dependencies: pip install -e packages/agl-core -e packages/agl-trainer"
         )
-    done = subprocess.run(
-        [python, "-c", VERL_PLUGIN_CHECK], capture_output=True, text=True, timeout=600, env=environment
-    )
+    done = subprocess.run([python, "-c", script], capture_output=True, text=True, timeout=600, env=environment)
     assert done.returncode == 0, done.stderr[-4000:]
-    assert "verl plugin ok" in done.stdout
+    assert expected in done.stdout
+
+
+def test_verl_validates_the_config_and_takes_the_plugin_s_batch() -> None:
+    _run_in_verl(VERL_PLUGIN_CHECK, "verl plugin ok")
+
+
+VERL_FIT_WITHOUT_GPUS = """
+import asyncio, sys, tempfile
+from pathlib import Path
+
+import ray
+import torch
+from agl.core import open_store
+from agl.core.agent import rollout
+from agl.trainer import Trainer
+from agl.trainer.testing import build_tiny_model
+
+model = build_tiny_model(Path(tempfile.mkdtemp()) / "model")
+wanted = torch.cuda.device_count() + 1  # more GPUs than this machine has, whatever it has
+
+
+@rollout
+def agent(task):
+    raise AssertionError("no rollout may run before the cluster is up")
+
+
+async def fit():
+    store = open_store("memory://", watchdog_interval=None)
+    options = {"model": str(model), "n": 2, "tasks_per_step": 1, "steps": 1, "gpus_per_node": wanted}
+    try:
+        await Trainer("verl", store=store, algorithm_options=options).fit_async(agent, [{"x": 1}])
+    finally:
+        await store.close()
+
+
+try:
+    asyncio.run(fit())
+except ValueError as error:
+    refusal = str(error)
+    assert f"desired GPUs {wanted}" in refusal, refusal
+else:
+    sys.exit("a fit asking for more GPUs than there are did not fail")
+assert not ray.is_initialized(), "the failed start left its Ray instance running"
+print("refused:", refusal)
+"""
+
+
+def test_a_fit_asking_for_more_gpus_than_there_are_stops_at_the_start_and_stops_its_ray() -> None:
+    """The real start of a fit, as far as a CPU goes: verl's config from a local model folder, the pad
+    token from its tokenizer, Ray started, verl's resource pool refusing the missing GPUs; then the Ray
+    instance the fit started is shut down. Not a hang, not a worker's crash."""
+    _run_in_verl(VERL_FIT_WITHOUT_GPUS, "refused: Total available GPUs")
 
 
 # --- the plugin's own loop, against a recording stand-in for its verl side ---------------------------
