@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
 from agl.core import open_store
 from agl.core.agent import rollout
+from agl.core.cli import app
 from agl.core.store.base import LightningStore
 from agl.core.types import PromptTemplate, Rollout
 from agl.trainer import Algorithm, AlgorithmContext, Trainer, UnknownAlgorithm, hookimpl, plugin_manager
@@ -175,6 +177,31 @@ async def test_each_step_is_a_span_of_the_training_run_rollout(store: LightningS
         {"agl.trainer.step": 0, "agl.trainer.metric.train/reward_mean": 0.5},
         {"agl.trainer.step": 1, "agl.trainer.metric.train/reward_mean": 0.75, "agl.trainer.metric.loss": 2.0},
         {"agl.trainer.step": 2, "agl.trainer.metric.train/reward_mean": 1.0},
+    ]
+
+
+def test_agl_spans_shows_a_training_run_step_by_step(tmp_path: Path, tracing: None) -> None:
+    """The run's tree in the CLI: each step's number, its time and the metrics read first (reward
+    means, validation, then the loss, which a narrow terminal cuts first); other metrics stay in --json."""
+
+    class TwoSteps(Algorithm):
+        async def run(self, context: AlgorithmContext) -> None:
+            context.log_step(0, {"val/accuracy": 0.25})
+            context.log_step(1, {"seconds": 12.34, "loss": 0.5, "train/reward_mean": 0.75, "grad_norm": 3.0})
+
+    url = f"sqlite:///{tmp_path}/store.db"
+    on_disk = open_store(url, watchdog_interval=None)
+    try:
+        Trainer(TwoSteps(), store=on_disk, agent=reward_is_x).fit(None, [])
+        [run] = asyncio.run(on_disk.query_rollouts())
+    finally:
+        asyncio.run(on_disk.close())
+    shown = CliRunner().invoke(app, ["spans", run.rollout_id, "--store", url], env={"COLUMNS": "80"})
+    assert shown.exit_code == 0, shown.stdout
+    assert shown.stdout.splitlines()[1:] == [
+        "├── step 0  val/accuracy 0.25",
+        "└── step 1  12.3 s  train/reward_mean 0.75  loss 0.5",
+        "2 spans · 0 LLM calls · reward -",
     ]
 
 

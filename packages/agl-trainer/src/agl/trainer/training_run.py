@@ -17,16 +17,10 @@ from typing import Any
 from opentelemetry.sdk.trace import TracerProvider
 
 from agl.core.store.base import LightningStore
+from agl.core.tracing.semconv import TRAINER_METRIC_PREFIX, TRAINER_RUN, TRAINER_STEP
 from agl.core.types import AttemptedRollout
 
 logger = logging.getLogger(__name__)
-
-RUN_METADATA = "agl.trainer.run"
-"""Metadata key (value ``True``) marking the rollout of a training run."""
-STEP_SPAN = "agl.trainer.step"
-STEP_ATTRIBUTE = "agl.trainer.step"
-METRIC_PREFIX = "agl.trainer.metric."
-"""Each metric ``name`` is the span attribute ``agl.trainer.metric.<name>``."""
 
 
 class TrainingRun:
@@ -45,13 +39,14 @@ class TrainingRun:
 
     @classmethod
     async def begin(cls, store: LightningStore, description: dict[str, Any]) -> TrainingRun:
-        attempted = await store.start_rollout(description, mode=None, metadata={RUN_METADATA: True})
+        attempted = await store.start_rollout(description, mode=None, metadata={TRAINER_RUN: True})
         await store.update_attempt(attempted.rollout_id, attempted.attempt.attempt_id, status="running")
         return cls(store, attempted, asyncio.get_running_loop())
 
     def log_step(self, step: int, metrics: dict[str, float]) -> None:
         span = self._tracer.start_span(
-            STEP_SPAN, attributes={STEP_ATTRIBUTE: step, **{METRIC_PREFIX + k: float(v) for k, v in metrics.items()}}
+            TRAINER_STEP,
+            attributes={TRAINER_STEP: step, **{TRAINER_METRIC_PREFIX + k: float(v) for k, v in metrics.items()}},
         )
         span.end()
         previous = self._last

@@ -1,4 +1,4 @@
-"""`agl spans ROLLOUT_ID`: an attempt's spans as a tree, with rewards, LLM calls and errors picked out.
+"""`agl spans ROLLOUT_ID`: an attempt's spans as a tree, with rewards, LLM calls, errors and training steps picked out.
 
 The tree follows ``parent_id`` within one attempt; a span whose parent is not among the
 attempt's spans (its parent was never exported, or lives in another process) is a root.
@@ -18,10 +18,8 @@ from agl.core.adapters._calls import in_order, llm_calls
 from agl.core.cli._common import JsonOutput, StoreUrl, console, plural, print_json, status_text, with_store
 from agl.core.errors import AttemptNotFound, RolloutNotFound
 from agl.core.store import LightningStore
+from agl.core.tracing.semconv import LLM_CALL, REWARD, REWARD_PREFIX, TRAINER_METRIC_PREFIX, TRAINER_STEP
 from agl.core.types import Attempt, Rollout, Span
-
-REWARD = "agl.reward"
-LLM_CALL = "agl.llm.call"
 
 
 def rewards(span: Span) -> dict[str, float]:
@@ -32,8 +30,8 @@ def rewards(span: Span) -> dict[str, float]:
             continue
         if key == REWARD:
             found[""] = float(value)
-        elif key.startswith(REWARD + "."):
-            found[key.removeprefix(REWARD + ".")] = float(value)
+        elif key.startswith(REWARD_PREFIX):
+            found[key.removeprefix(REWARD_PREFIX)] = float(value)
     return found
 
 
@@ -146,6 +144,8 @@ def _attach(node: Tree, span: Span, children: dict[str, list[Span]], seen: set[s
 
 
 def _span_label(span: Span) -> Text:
+    if (step := _step_label(span)) is not None:
+        return step
     label = Text(span.name, style="bold", no_wrap=True, overflow="ellipsis")
     if span.start_time is not None and span.end_time is not None:
         milliseconds = (span.end_time - span.start_time) * 1000
@@ -157,6 +157,26 @@ def _span_label(span: Span) -> Text:
         label.append(f"  {llm}", style="magenta")
     if span.status.status_code == "ERROR":
         label.append(f"  ERROR {span.status.description or ''}".rstrip(), style="red")
+    return label
+
+
+def _step_label(span: Span) -> Text | None:
+    """A training run's step: its number, its time (the span is written after the step, so its own
+    duration is 0) and the metrics read first: reward means, validation metrics, the loss."""
+    step = span.attributes.get(TRAINER_STEP)
+    if span.name != TRAINER_STEP or not isinstance(step, int) or isinstance(step, bool):
+        return None
+    metrics = {
+        key.removeprefix(TRAINER_METRIC_PREFIX): value
+        for key, value in span.attributes.items()
+        if key.startswith(TRAINER_METRIC_PREFIX) and isinstance(value, int | float) and not isinstance(value, bool)
+    }
+    label = Text(f"step {step}", style="bold", no_wrap=True, overflow="ellipsis")
+    if (seconds := metrics.get("seconds")) is not None:
+        label.append(f"  {seconds:.1f} s", style="dim")
+    headline = [name for name in metrics if name.endswith("reward_mean") or name.startswith("val/")]
+    for name in [*headline, *(["loss"] if "loss" in metrics else [])]:  # what a narrow terminal cuts comes last
+        label.append(f"  {name} {metrics[name]:.3g}", style="cyan")
     return label
 
 

@@ -19,6 +19,12 @@ AGENT_NAME = "agl.agent.name"
 PROCESS_EXIT_SPAN = "agl.process.exit"
 PROCESS_OUTCOME = "agl.process.outcome"
 
+# A training run is a rollout (its metadata has "agl.trainer.run": true) with one span per step,
+# named "agl.trainer.step", carrying the step number and each metric as "agl.trainer.metric.<name>".
+TRAINER_RUN = "agl.trainer.run"
+TRAINER_STEP = "agl.trainer.step"
+TRAINER_METRIC_PREFIX = "agl.trainer.metric."
+
 # Emitted signals.
 SPAN_KIND = "agl.span.kind"  # reward | message | object | exception | annotation | operation
 REWARD = "agl.reward"  # a scalar reward; named dimensions are "agl.reward.<name>"
