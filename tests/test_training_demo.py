@@ -31,6 +31,9 @@ def test_the_demo_trains_and_leaves_its_run_in_the_store(tmp_path: Path) -> None
     )
     assert finished.returncode == 0, finished.stderr[-3000:]
     printed = finished.stdout
+    # The progress display prints a line per step (on stderr), with its reward, as the run goes.
+    assert [int(n) for n in re.findall(r"^step (\d+)", finished.stderr, re.MULTILINE)] == list(range(STEPS + 1))
+    assert len(re.findall(r"^step \d+  [\d.]+ s  train/reward_mean ", finished.stderr, re.MULTILINE)) == STEPS
     assert re.search(r"accuracy on held-out reviews: \d\.\d\d before training, \d\.\d\d after 2 GRPO steps", printed)
     chart = re.search(r"reward per step: (\S+)", printed)
     assert chart and (tmp_path / chart.group(1)).is_file()

@@ -101,9 +101,13 @@ async def test_without_matplotlib_the_chart_is_skipped_with_one_line(
     ]
 
 
-async def test_the_progress_display_counts_rollouts_and_steps(store: LightningStore) -> None:
-    display = ProgressDisplay(Console(file=io.StringIO()))
+async def test_the_progress_display_counts_rollouts_and_steps_and_prints_each_step(store: LightningStore) -> None:
+    shown = io.StringIO()
+    display = ProgressDisplay(Console(file=shown, width=80))  # not a terminal: plain lines, as in a log
     await Trainer(ThreeSteps(), store=store, plugins=[display]).fit_async(reward_is_x, [{"x": 1}], [{"x": 0}])
     rollouts, steps = display.progress.tasks
     assert (rollouts.completed, steps.completed) == (6, 3)
     assert display.progress.live.is_started is False
+    assert [line for line in shown.getvalue().splitlines() if line.startswith("step")] == [
+        f"step {step}  train/reward_mean {step + 1}  val/reward_mean {step}" for step in range(3)
+    ]

@@ -7,7 +7,7 @@ attempt's spans (its parent was never exported, or lives in another process) is 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Annotated
 
 import typer
@@ -161,8 +161,7 @@ def _span_label(span: Span) -> Text:
 
 
 def _step_label(span: Span) -> Text | None:
-    """A training run's step: its number, its time (the span is written after the step, so its own
-    duration is 0) and the metrics read first: reward means, validation metrics, the loss."""
+    """A training run's step span (the span is written after the step, so its own duration is 0)."""
     step = span.attributes.get(TRAINER_STEP)
     if span.name != TRAINER_STEP or not isinstance(step, int) or isinstance(step, bool):
         return None
@@ -171,13 +170,20 @@ def _step_label(span: Span) -> Text | None:
         for key, value in span.attributes.items()
         if key.startswith(TRAINER_METRIC_PREFIX) and isinstance(value, int | float) and not isinstance(value, bool)
     }
-    label = Text(f"step {step}", style="bold", no_wrap=True, overflow="ellipsis")
+    return step_line(step, metrics)
+
+
+def step_line(step: int, metrics: Mapping[str, float]) -> Text:
+    """One line for a training step: its number, its time (the ``seconds`` metric) and the metrics
+    read first: every reward mean and validation metric, then the loss, which a narrow terminal
+    cuts first. Shared by this tree and the trainer's progress display."""
+    line = Text(f"step {step}", style="bold", no_wrap=True, overflow="ellipsis")
     if (seconds := metrics.get("seconds")) is not None:
-        label.append(f"  {seconds:.1f} s", style="dim")
+        line.append(f"  {seconds:.1f} s", style="dim")
     headline = [name for name in metrics if name.endswith("reward_mean") or name.startswith("val/")]
-    for name in [*headline, *(["loss"] if "loss" in metrics else [])]:  # what a narrow terminal cuts comes last
-        label.append(f"  {name} {metrics[name]:.3g}", style="cyan")
-    return label
+    for name in [*headline, *(["loss"] if "loss" in metrics else [])]:
+        line.append(f"  {name} {metrics[name]:.3g}", style="cyan")
+    return line
 
 
 def _summary(by_attempt: dict[str, list[Span]]) -> str:
