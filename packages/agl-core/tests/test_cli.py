@@ -319,7 +319,8 @@ def test_spans_of_all_attempts_hang_under_each_attempt(filled: Filled) -> None:
 
 def test_a_call_recorded_by_the_agent_and_the_llm_proxy_counts_once(tmp_path: Path) -> None:
     """The agent's instrumentation and the proxy each record a call (one response id): two LLM
-    spans in the tree, one call in the summary, as the adapters count it."""
+    spans in the tree, one call in the summary, as the adapters count it. The span that ends a
+    program run as its own rollout shows the program's outcome."""
 
     async def fill_calls(url: str) -> str:
         store = open_store(url)
@@ -339,6 +340,7 @@ def test_a_call_recorded_by_the_agent_and_the_llm_proxy_counts_once(tmp_path: Pa
                     attributes={**call, "gen_ai.response.id": "c-1", "agl.llm.response_token_ids": [7]},
                 ),
                 span(r, a, 4, 1, "chat toy", attributes={**call, "gen_ai.response.id": "c-2"}),
+                span(r, a, 5, None, "agl.process.exit", attributes={"agl.process.outcome": "succeeded"}),
             ]
         )
         await store.close()
@@ -350,7 +352,8 @@ def test_a_call_recorded_by_the_agent_and_the_llm_proxy_counts_once(tmp_path: Pa
     assert result.exit_code == 0, result.stdout
     lines = result.stdout.splitlines()
     assert sum("LLM toy" in line for line in lines) == 3
-    assert lines[-1] == "4 spans · 2 LLM calls · reward -"
+    assert lines[-2] == "└── agl.process.exit  10 ms  succeeded"  # how the program ended
+    assert lines[-1] == "5 spans · 2 LLM calls · reward -"
 
 
 def test_spans_json_is_the_stored_spans(filled: Filled) -> None:

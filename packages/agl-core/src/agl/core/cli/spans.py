@@ -18,7 +18,15 @@ from agl.core.adapters._calls import in_order, llm_calls
 from agl.core.cli._common import JsonOutput, StoreUrl, console, plural, print_json, status_text, with_store
 from agl.core.errors import AttemptNotFound, RolloutNotFound
 from agl.core.store import LightningStore
-from agl.core.tracing.semconv import LLM_CALL, REWARD, REWARD_PREFIX, TRAINER_METRIC_PREFIX, TRAINER_STEP
+from agl.core.tracing.semconv import (
+    LLM_CALL,
+    PROCESS_EXIT_SPAN,
+    PROCESS_OUTCOME,
+    REWARD,
+    REWARD_PREFIX,
+    TRAINER_METRIC_PREFIX,
+    TRAINER_STEP,
+)
 from agl.core.types import Attempt, Rollout, Span
 
 
@@ -155,6 +163,8 @@ def _span_label(span: Span) -> Text:
         label.append(f"  reward {format_rewards(reward)}", style="green")
     if llm := llm_call(span):
         label.append(f"  {llm}", style="magenta")
+    if span.name == PROCESS_EXIT_SPAN and isinstance(outcome := span.attributes.get(PROCESS_OUTCOME), str):
+        label.append(f"  {outcome}", style="red" if outcome == "failed" else "green")
     if span.status.status_code == "ERROR":
         label.append(f"  ERROR {span.status.description or ''}".rstrip(), style="red")
     return label
