@@ -41,7 +41,8 @@ LIMIT = 30.0
 
 
 class SpanRouter:
-    """The store the module's span exporter writes to: forwards to the current test's store."""
+    """The store the module's one span exporter was made for: forwards what reaches it to the current
+    test's store. A runner routes its rollouts' spans to its own store; this takes any other."""
 
     def __init__(self) -> None:
         self.target: LightningStore | None = None
@@ -172,6 +173,34 @@ async def test_sync_agents_run_in_threads_several_at_once_when_allowed(store: An
     assert await run(Runner(agent, store, max_concurrency=2), until_empty=True) == 4
     assert [r.status for r in await store.query_rollouts(rollout_id_in=ids)] == ["succeeded"] * 4
     assert threading.main_thread().name not in threads
+
+
+async def test_two_runners_on_two_stores_each_keep_their_spans_though_the_process_has_one_exporter(
+    span_router: SpanRouter,
+) -> None:
+    """The module's one exporter was made for its router, which refuses spans here: every span of
+    a runner's rollouts must reach that runner's own store (a notebook that fits twice on two
+    stores, two runners at once)."""
+    stores = [open_store("memory://", watchdog_interval=None) for _ in range(2)]
+    try:
+
+        @rollout
+        async def score(task: float) -> float:
+            await asyncio.sleep(0)  # the two runners' rollouts interleave
+            return task
+
+        tasks = [[0.1, 0.2, 0.3], [0.6, 0.7]]
+        ids = [await enqueue(store, each) for store, each in zip(stores, tasks, strict=True)]
+        runners = [Runner(score, store, max_concurrency=2) for store in stores]
+        assert await asyncio.gather(*(run(runner, until_empty=True) for runner in runners)) == [3, 2]
+        for store, rollout_ids, rewards in zip(stores, ids, tasks, strict=True):
+            for rollout_id, reward in zip(rollout_ids, rewards, strict=True):
+                spans = await store.query_spans(rollout_id)
+                assert only(spans, "agl.reward").attributes[semconv.REWARD] == reward
+                assert root_of(spans).attributes[semconv.AGENT_NAME] == "score"
+    finally:
+        for store in stores:
+            await store.close()
 
 
 # --- failures -----------------------------------------------------------------------------

@@ -34,10 +34,19 @@ class StoreBridge:
         self._thread.start()
         self._lock = threading.Lock()
 
-    def call(self, action: Callable[[LightningStore], Coroutine[Any, Any, T]], timeout: float | None = 60.0) -> T:
-        """Run ``action(store)`` on the bridge's loop and wait for it; the store opens on first use."""
+    def call(
+        self,
+        action: Callable[[LightningStore], Coroutine[Any, Any, T]],
+        timeout: float | None = 60.0,
+        *,
+        store: LightningStore | None = None,
+    ) -> T:
+        """Run ``action(store)`` on the bridge's loop and wait for it: on ``store`` if given (another
+        open store, left open), else on the bridge's own, opened on first use."""
 
         async def run() -> T:
+            if store is not None:
+                return await action(store)
             if self._store is None:
                 self._store = self._open_store()
             return await action(self._store)

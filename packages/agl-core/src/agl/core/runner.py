@@ -32,6 +32,7 @@ from agl.core.store.base import LightningStore
 from agl.core.tracing import rollout_context, run_in_context, semconv
 from agl.core.tracing.configure import flush_spans, setup_tracing
 from agl.core.tracing.emitters import emit_exception, emit_reward
+from agl.core.tracing.exporter import route_rollout
 from agl.core.types import AttemptedRollout, AttemptStatus, NamedResources
 
 logger = logging.getLogger(__name__)
@@ -128,12 +129,15 @@ class Runner:
         return taken
 
     async def _run_one(self, attempted: AttemptedRollout, deadline: float | None) -> None:
-        try:
-            await self._attempt(attempted, deadline)
-        except BaseException as error:  # cancelled (the runner stops) or a bug: never leave the attempt open
-            reason = STOPPED if isinstance(error, asyncio.CancelledError) else f"runner error: {_describe(error)}"
-            await self._finish(attempted, "failed", reason)
-            raise
+        # The rollout's spans go to this runner's store, even when the process's exporter was made
+        # for another one (an earlier fit's, another runner's).
+        with route_rollout(attempted.rollout_id, self.store):
+            try:
+                await self._attempt(attempted, deadline)
+            except BaseException as error:  # cancelled (the runner stops) or a bug: never leave the attempt open
+                reason = STOPPED if isinstance(error, asyncio.CancelledError) else f"runner error: {_describe(error)}"
+                await self._finish(attempted, "failed", reason)
+                raise
 
     async def _attempt(self, attempted: AttemptedRollout, deadline: float | None) -> None:
         try:

@@ -1,14 +1,20 @@
 """``agl_store``: an OpenTelemetry span exporter that writes into an agl store (``$AGL_STORE``:
 SQLite by default, a store server when it is an ``http://`` URL).
 
-Each batch goes in with one `add_observed_spans` call (one transaction). The exporter never
-raises into the program it observes: a failed write is logged and reported as FAILURE.
+Each batch goes in with one `add_observed_spans` call per store (one transaction). The exporter
+never raises into the program it observes: a failed write is logged and reported as FAILURE.
+
+A process has one tracer provider, so one exporter, but it may run rollouts of several stores: a
+notebook that fits twice on two stores, two runners on two stores at once. A runner routes the
+spans of each rollout it runs to its own store (`route_rollout`); the rest go to the exporter's.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry.sdk.trace import ReadableSpan
@@ -23,12 +29,30 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+_routes: dict[str, LightningStore] = {}
+_routes_lock = threading.Lock()
+
+
+@contextmanager
+def route_rollout(rollout_id: str, store: LightningStore) -> Iterator[None]:
+    """Inside, spans of ``rollout_id`` that this process exports go to ``store``, whatever store the
+    process's exporter was made for. A runner wraps each rollout it runs, its last flush included."""
+    with _routes_lock:
+        _routes[rollout_id] = store
+    try:
+        yield
+    finally:
+        with _routes_lock:
+            if _routes.get(rollout_id) is store:
+                del _routes[rollout_id]
+
 
 class StoreSpanExporter(SpanExporter):
     def __init__(self, store_url: str | None = None, *, store: LightningStore | None = None) -> None:
         """Writes to ``store`` when given (a store this process already has open, left open),
         else opens ``store_url`` (default ``$AGL_STORE``) on the first export."""
         self.bridge = StoreBridge(store) if store is not None else StoreBridge(opener=lambda: _open(store_url))
+        self._store = store
         process = process_rollout()
         # Sent with every batch, in case this batch is the one that creates the process's rollout.
         self.new_rollout_metadata = {process.active.rollout_id: process.metadata}
@@ -37,13 +61,28 @@ class StoreSpanExporter(SpanExporter):
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         try:
             converted, metadata = self._convert(spans)
-            self.bridge.call(lambda store: store.add_observed_spans(converted, new_rollout_metadata=metadata))
+            for store, batch in self._by_store(converted):
+                self.bridge.call(
+                    lambda to, batch=batch: to.add_observed_spans(batch, new_rollout_metadata=metadata), store=store
+                )
         except Exception as error:  # the observed program must never see our failure
             if not self._warned:
                 logger.warning("agl could not store %d spans: %s", len(spans), error)
                 self._warned = True
             return SpanExportResult.FAILURE
         return SpanExportResult.SUCCESS
+
+    def _by_store(self, spans: list[Any]) -> list[tuple[LightningStore | None, list[Any]]]:
+        """The spans grouped by store: a routed rollout's, else this exporter's own (None)."""
+        groups: dict[int, tuple[LightningStore | None, list[Any]]] = {}
+        with _routes_lock:
+            routes = {span.rollout_id: _routes.get(span.rollout_id) for span in spans}
+        for span in spans:
+            store = routes[span.rollout_id]
+            if store is self._store:
+                store = None
+            groups.setdefault(id(store), (store, []))[1].append(span)
+        return list(groups.values())
 
     def _convert(self, spans: Sequence[ReadableSpan]) -> tuple[list[Any], dict[str, dict[str, Any]]]:
         from agl.core.types import Span
