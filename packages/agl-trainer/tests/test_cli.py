@@ -60,6 +60,11 @@ def test_train_runs_an_agent_module_over_a_jsonl_dataset(
     assert f"metrics: {Path('agl-runs', run_dir.name, 'metrics.jsonl')}" in result.stderr
     [step] = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert step["step"] == 0 and step["val/reward_mean"] == 0.5
+    assert "step 0" not in result.stderr  # not a terminal: no progress unless asked
+
+    shown = cli.invoke(app, [*args, "--dataset", "train.jsonl", "--progress"], env={"COLUMNS": "80"})
+    assert shown.exit_code == 0, shown.output
+    assert "step 0  train/reward_mean 0.5" in shown.stderr.splitlines()
 
 
 def test_train_reports_a_bad_agent_in_one_line(cli: CliRunner, tmp_path: Path) -> None:

@@ -157,6 +157,16 @@ def test_fit_and_dev_run_synchronously(tracing: None) -> None:
     assert metrics["train/reward_mean"] == 1.0
 
 
+def test_a_second_fit_on_another_store_in_the_same_process_still_sees_its_rewards(tracing: None) -> None:
+    """A process sets up tracing once, for the first fit's store; the second fit's rollouts must
+    still send their spans (rewards included) to the second store, not to the first, now closed."""
+    for _ in range(2):
+        store = open_store("memory://", watchdog_interval=None)
+        metrics = Trainer("baseline", store=store).fit(reward_is_x, [{"x": 1}, {"x": 0}])
+        assert metrics["train/reward_mean"] == 0.5
+        asyncio.run(store.close())
+
+
 async def test_each_step_is_a_span_of_the_training_run_rollout(store: LightningStore) -> None:
     class ThreeSteps(Algorithm):
         async def run(self, context: AlgorithmContext) -> str:

@@ -112,12 +112,21 @@ def train(
         Path | None,
         typer.Option(help="Where to write metrics.jsonl and reward.png [default: agl-runs/<UTC time>]."),
     ] = None,
+    progress: Annotated[
+        bool | None,
+        typer.Option(
+            "--progress/--no-progress",
+            help="Show finished rollouts and a line per step on stderr [default: when stderr is a terminal].",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Train an agent on a dataset with an installed algorithm; prints the algorithm's result.
 
     Settings come from the flags, or from a TOML file CONFIG whose keys are the flags' names
     (``runner_mode``, ...; ``options`` and ``runner_options`` as tables; paths relative to the
-    file). Shows finished rollouts and steps on stderr when it is a terminal.
+    file). Shows finished rollouts and a line per step on stderr when it is a terminal, or when
+    asked with --progress (a log then gets the step lines and the final counts).
     """
     try:
         file = _read_config(config) if config is not None else {}
@@ -161,7 +170,7 @@ def train(
             runner_options=runner_options,
             algorithm_options=options,
             output_dir=run_dir,
-            progress=sys.stderr.isatty(),
+            progress=sys.stderr.isatty() if progress is None else progress,
         )
 
         async def session() -> Any:
