@@ -26,7 +26,7 @@ from agl.core.tracing import llm_call, rollout_context, run_in_context, semconv
 from agl.core.tracing.chat import request_parameters
 from agl.core.tracing.configure import DEFAULTS, AglDistro
 from agl.core.tracing.context import ActiveRollout
-from agl.core.tracing.exporter import StoreSpanExporter
+from agl.core.tracing.exporter import StoreSpanExporter, route_rollout
 from agl.core.tracing.processor import RolloutSpanProcessor
 
 BIN = Path(sys.executable).parent
@@ -149,6 +149,27 @@ async def test_the_exporter_files_batches_in_the_store_and_never_raises(
     failing = StoreSpanExporter(store=broken)
     assert failing.export(finished.get_finished_spans()).name == "FAILURE"  # logged, not raised
     failing.shutdown()
+
+
+async def test_a_routed_rollout_s_spans_reach_its_store_even_when_the_exporter_s_own_store_fails(
+    traced: tuple[TracerProvider, InMemorySpanExporter], tmp_path: Path
+) -> None:
+    provider, finished = traced
+    routed = InMemoryLightningStore(watchdog_interval=None)
+    started = await routed.start_rollout({"q": 1})
+    tracer = provider.get_tracer("test")
+    tracer.start_span("outside any rollout").end()  # filed under the process's own rollout
+    with rollout_context(started.rollout_id, started.attempt.attempt_id):
+        tracer.start_span("agent").end()
+    broken = SqliteLightningStore(tmp_path / "closed.db")
+    await broken.close()
+    exporter = StoreSpanExporter(store=broken)  # made for a store that is gone, as after an earlier fit
+    with route_rollout(started.rollout_id, routed):
+        batch = finished.get_finished_spans()
+        assert len(batch) == 2
+        assert exporter.export(batch).name == "FAILURE"  # the process's span could not be stored
+    assert [s.name for s in await routed.query_spans(started.rollout_id)] == ["agent"]  # but this one was
+    exporter.shutdown()
 
 
 def test_the_outermost_layer_owns_the_llm_span(traced: tuple[TracerProvider, InMemorySpanExporter]) -> None:

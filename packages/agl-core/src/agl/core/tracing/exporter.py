@@ -61,16 +61,23 @@ class StoreSpanExporter(SpanExporter):
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         try:
             converted, metadata = self._convert(spans)
-            for store, batch in self._by_store(converted):
+        except Exception as error:  # the observed program must never see our failure
+            return self._failed(len(spans), error)
+        result = SpanExportResult.SUCCESS
+        for store, batch in self._by_store(converted):  # a store that fails costs the others nothing
+            try:
                 self.bridge.call(
                     lambda to, batch=batch: to.add_observed_spans(batch, new_rollout_metadata=metadata), store=store
                 )
-        except Exception as error:  # the observed program must never see our failure
-            if not self._warned:
-                logger.warning("agl could not store %d spans: %s", len(spans), error)
-                self._warned = True
-            return SpanExportResult.FAILURE
-        return SpanExportResult.SUCCESS
+            except Exception as error:
+                result = self._failed(len(batch), error)
+        return result
+
+    def _failed(self, count: int, error: Exception) -> SpanExportResult:
+        if not self._warned:
+            logger.warning("agl could not store %d spans: %s", count, error)
+            self._warned = True
+        return SpanExportResult.FAILURE
 
     def _by_store(self, spans: list[Any]) -> list[tuple[LightningStore | None, list[Any]]]:
         """The spans grouped by store: a routed rollout's, else this exporter's own (None)."""
