@@ -103,10 +103,17 @@ def test_engine_logprobs_become_the_old_logprobs_when_every_row_has_them() -> No
     assert partial.tensors["has_rollout_log_probs"].tolist() == [False] and "old_log_probs" not in partial.tensors
 
 
-def test_an_empty_prompt_leaves_the_first_response_token_untrained() -> None:
-    batch = convert([FinishedRollout("r", 0, 1.0, [triplet([], [7, 8])])])
-    assert batch.tensors["input_ids"].tolist() == [[0, 0, 0, 0, 7, 8, 0, 0, 0, 0]]
-    assert batch.tensors["response_mask"].tolist() == [[0, 1, 0, 0, 0, 0]]
+def test_a_triplet_with_an_empty_prompt_or_response_is_skipped_and_counted() -> None:
+    """verl's unpadded layout needs a prompt token before every response: such a row would stop the step."""
+    batch = convert(
+        [
+            FinishedRollout("r", 0, 1.0, [triplet([], [7, 8]), triplet([1], []), triplet([1], [2])]),
+            FinishedRollout("s", 0, 0.0, [triplet([1], [3])]),
+        ]
+    )
+    assert batch.stats.skipped == 2 and batch.stats.rows == 2
+    assert batch.tensors["input_ids"][:, 3:5].tolist() == [[1, 2], [1, 3]]
+    assert batch.tensors["token_level_scores"][0, 0].item() == 1.0  # the reward is on the row that is kept
 
 
 def test_no_rollouts_give_an_empty_batch_of_the_configured_widths() -> None:

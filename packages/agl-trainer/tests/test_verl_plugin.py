@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from step_log import StepLog
 
@@ -25,6 +26,7 @@ from agl.core.store.base import LightningStore
 from agl.trainer import Trainer
 from agl.trainer.plugins import algorithms, plugin_manager
 from agl.trainer.verl.algorithm import Verl
+from agl.trainer.verl.cluster import actor_metrics
 from agl.trainer.verl.config import NO_DUAL_CLIP, plugin_settings
 from agl.trainer.verl.options import LOCKED, parse_options
 from agl.trainer.verl.runtime import VerlMissing
@@ -75,6 +77,11 @@ async def test_a_fit_without_verl_stops_at_its_start_naming_the_install_command(
         ({"failed_rollouts": "retry"}, "option failed_rollouts must be 'zero' or 'drop_group'"),
         ({"rollout_timeout": 0}, "option rollout_timeout must be a positive number"),
         ({"proxy_host": ""}, "option proxy_host must be a non-empty string"),
+        ({"tensor_parallel": 2}, r"option tensor_parallel \(2\) must divide the 1 GPUs .*\(nnodes \* gpus_per_node\)"),
+        (
+            {"mode": "one_step_off", "gpus_per_node": 4, "rollout_gpus_per_node": 6, "tensor_parallel": 4},
+            r"divide the 6 GPUs the vLLM replicas get \(rollout_nnodes \* rollout_gpus_per_node\)",
+        ),
         ({"verl": [1]}, "option verl must be a mapping"),
         ({"verl": {"actor_rollout_ref": {"actor": {"loss_agg_mode": "token-mean"}}}}, "loss_agg_mode, which the"),
         ({"verl": {"algorithm": {"adv_estimator": "gae"}}}, "algorithm.adv_estimator, which the plugin sets"),
@@ -83,6 +90,17 @@ async def test_a_fit_without_verl_stops_at_its_start_naming_the_install_command(
 def test_bad_options_are_errors_naming_the_option(options: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Verl(model="some/model", **options)
+
+
+def test_tensor_parallel_replicas_that_fill_their_gpus_are_accepted() -> None:
+    assert Verl(model="m", gpus_per_node=4, tensor_parallel=2).options.tensor_parallel == 2
+    assert Verl(model="m", mode="one_step_off", rollout_nnodes=2, tensor_parallel=2).options.tensor_parallel == 2
+
+
+def test_the_actor_s_metrics_carry_one_actor_prefix_as_verl_s_trainer_names_them() -> None:
+    reduced = {"actor/ppo_kl": 0.01, "actor/pg_loss": np.float32(0.5), "grad_norm": 2, "lr": 1e-6, "flag": True}
+    expected = {"actor/ppo_kl": 0.01, "actor/pg_loss": 0.5, "actor/grad_norm": 2.0, "actor/lr": 1e-6}
+    assert actor_metrics(reduced) == expected
 
 
 def test_an_unknown_option_is_named() -> None:
@@ -124,11 +142,12 @@ VERL_PLUGIN_CHECK = """
 import numpy as np
 import torch
 from agl.core.types.triplets import Triplet
-from agl.trainer.verl.cluster import estimator_advantages, to_proto
+from agl.trainer.verl.cluster import estimator_advantages, rows_multiple_for, to_proto
 from agl.trainer.verl.config import build_config
 from agl.trainer.verl.conversion import FinishedRollout, pad_to_multiple, to_verl_batch
 from agl.trainer.verl.options import parse_options
 from verl.utils import tensordict_utils as tu
+from verl.workers.engine.utils import prepare_micro_batches
 from verl.workers.utils.padding import left_right_2_no_padding
 
 sync = build_config(parse_options(model="Qwen/Qwen2.5-0.5B-Instruct", n=4, tasks_per_step=2, lr=2e-6), "/tmp/ck")
@@ -185,6 +204,35 @@ assert torch.all(weighted[3] == 0), weighted  # the padding row weighs nothing
 # where agl's per-rollout advantages give +-1 and 0 (docs/verl.md).
 expected = torch.tensor([0.7071, -0.7071, 0.5, 0.0])
 assert torch.allclose(advantages[:, 0], expected, atol=1e-4), advantages
+
+# verl cuts each data-parallel rank's share into equal micro-batches, asserting they come out even: a
+# batch is padded to the ranks times both micro-batch sizes (update, log-probabilities), not the ranks alone.
+log_prob_micro = {"actor_rollout_ref": {"rollout": {"log_prob_micro_batch_size_per_gpu": 3}}}
+uneven = build_config(parse_options(model="m", micro_batch_size=2, verl=log_prob_micro), None)
+assert rows_multiple_for(uneven, 2) == 12, rows_multiple_for(uneven, 2)
+dynamic = {"actor": {"use_dynamic_bsz": True}, "rollout": {"log_prob_use_dynamic_bsz": True}}
+assert rows_multiple_for(build_config(parse_options(model="m", verl={"actor_rollout_ref": dynamic}), None), 2) == 2
+
+
+def micro_batches_per_rank(batch, ranks, micro):
+    data = left_right_2_no_padding(to_proto(batch, temperature=1.0).to_tensordict())
+    counts = []
+    for share in tu.chunk_tensordict(data, ranks):
+        tu.assign_non_tensor(share, use_dynamic_bsz=False, micro_batch_size_per_gpu=micro)
+        counts.append(len(prepare_micro_batches(share)[0]))
+    return counts
+
+
+unpadded = to_verl_batch(rollouts, max_prompt_length=4, max_response_length=4)
+padded = pad_to_multiple(unpadded, rows_multiple_for(uneven, 2))
+assert len(padded.tensors["input_ids"]) == 12
+assert micro_batches_per_rank(padded, 2, 2) == [3, 3] and micro_batches_per_rank(padded, 2, 3) == [2, 2]
+try:  # padded to the ranks alone: 2 rows a rank, micro-batches of 3
+    micro_batches_per_rank(pad_to_multiple(unpadded, 2), 2, 3)
+except AssertionError as error:
+    assert "micro_batch_size_per_gpu" in str(error), error
+else:
+    raise AssertionError("verl took a rank's share that its micro-batches do not divide")
 print("verl plugin ok")
 """
 
@@ -265,7 +313,7 @@ class RecordingCluster:
     """Stands in for `VerlCluster` (verl's workers and replicas) to check the plugin's order of work:
     pushes, sleeps and batches. Not verl: nothing is trained; the agent makes no model call."""
 
-    data_parallel_size = 4
+    rows_multiple = 4
 
     def __init__(self, in_flight: list[int]) -> None:
         self.in_flight = in_flight

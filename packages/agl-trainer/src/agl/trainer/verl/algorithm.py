@@ -242,7 +242,7 @@ class Verl(Algorithm):
         )
         if options.advantages != "rollout":
             _require_single_rows(batch)
-        return pad_to_multiple(batch, cluster.data_parallel_size)
+        return pad_to_multiple(batch, cluster.rows_multiple)
 
     def _update(self, cluster: VerlCluster, batch: VerlBatch) -> dict[str, float] | None:
         """The actor's update on ``batch``: advantages (agl's, or verl's estimator) times the loss weights

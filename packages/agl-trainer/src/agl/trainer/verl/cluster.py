@@ -20,6 +20,8 @@ Methods block (Ray calls): the algorithm runs them on a thread.
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 POOL = "global_pool"
+ACTOR_PREFIX = "actor/"
 
 
 @dataclass
@@ -59,6 +62,13 @@ class VerlCluster:
         owns_ray = not ray.is_initialized()
         if owns_ray:
             ray.init(address=ray_address, runtime_env=dict(get_ppo_ray_runtime_env(config)))
+        else:  # Ray's runtime environment is fixed at its start: verl's worker settings cannot be added now
+            logger.warning(
+                "Ray was already started in this process (runner mode 'ray' starts it first), so verl's worker"
+                " environment (%s) is not applied and option ray_address is not used; for them, start Ray"
+                " before the fit with runtime_env=verl.trainer.constants_ppo.get_ppo_ray_runtime_env()",
+                ", ".join(sorted(get_ppo_ray_runtime_env(config).get("env_vars", {}))),
+            )
         try:
             return cls._spawn(config, owns_ray)
         except BaseException:
@@ -119,9 +129,14 @@ class VerlCluster:
 
     @property
     def data_parallel_size(self) -> int:
-        """How many ways verl splits a batch for the actor (a batch's rows must divide by it)."""
+        """How many ways verl splits a batch for the actor."""
         ranks = self.actor._query_dispatch_info("actor")
         return int(max(ranks)) + 1
+
+    @property
+    def rows_multiple(self) -> int:
+        """What a batch's row count must divide by (`rows_multiple_for`)."""
+        return rows_multiple_for(self.config, self.data_parallel_size)
 
     def push_weights(self, version: int) -> None:
         """The actor's current weights to every replica (colocated: also wakes them). Call only when
@@ -165,16 +180,17 @@ class VerlCluster:
             compute_loss=True,
         )
         output = self.actor.update_actor(data)
-        metrics: dict[str, Any] = reduce_metrics(tu.get(output, "metrics"))
-        return {f"actor/{name}": scalar for name, value in metrics.items() if (scalar := _scalar(value)) is not None}
+        return actor_metrics(reduce_metrics(tu.get(output, "metrics")))
 
     def save(self, step: int) -> Path:
         """verl's checkpoint of the actor at ``step`` (FSDP shards, optimizer, and with ``hf_model`` in
-        ``checkpoint.save_contents`` a Hugging Face folder); returns that folder."""
-        root = Path(self.config.trainer.default_local_dir)
+        ``checkpoint.save_contents`` a Hugging Face folder); returns that folder. The path is made absolute
+        here: the workers save from working directories of their own, possibly on other nodes."""
+        root = Path(self.config.trainer.default_local_dir).resolve()
         actor = root / f"global_step_{step}" / "actor"
         keep = self.config.trainer.get("max_actor_ckpt_to_keep", None)
         self.actor.save_checkpoint(str(actor), None, step, max_ckpt_to_keep=keep)
+        root.mkdir(parents=True, exist_ok=True)  # the workers may have written it on another node
         (root / "latest_checkpointed_iteration.txt").write_text(str(step))  # what verl's resume reads
         return actor / "huggingface"
 
@@ -184,6 +200,22 @@ class VerlCluster:
             import ray
 
             ray.shutdown()
+
+
+def rows_multiple_for(config: Any, data_parallel_size: int) -> int:
+    """What a batch's row count must divide by. verl splits a batch evenly over the actor's
+    data-parallel ranks; without dynamic batch sizes each rank then cuts its share into micro-batches
+    of a fixed size, asserting that they come out even, for the update
+    (``ppo_micro_batch_size_per_gpu``) and for log-probabilities (``log_prob_micro_batch_size_per_gpu``)
+    alike. A batch's row count varies from step to step (over-long rows dropped, several rows per
+    rollout, groups dropped), so it is padded up to this."""
+    actor = config.actor_rollout_ref.actor
+    if actor.use_dynamic_bsz:
+        return data_parallel_size
+    micro = math.lcm(
+        actor.ppo_micro_batch_size_per_gpu, config.actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu
+    )
+    return data_parallel_size * micro
 
 
 def to_proto(batch: VerlBatch, *, temperature: float) -> Any:
@@ -210,6 +242,17 @@ def estimator_advantages(proto: Any, algorithm: Any) -> torch.Tensor:
     )
     advantages: torch.Tensor = scored.batch["advantages"]
     return advantages
+
+
+def actor_metrics(reduced: Mapping[str, Any]) -> dict[str, float]:
+    """verl's update metrics, reduced, as the step's metrics: the scalars, each under ``actor/``. verl
+    names some so already (``actor/ppo_kl``, ``actor/pg_loss``) and others not (``grad_norm``, ``lr``),
+    so the prefix is added only where it is missing, as verl's trainer does (``rename_dict``)."""
+    return {
+        name if name.startswith(ACTOR_PREFIX) else ACTOR_PREFIX + name: scalar
+        for name, value in reduced.items()
+        if (scalar := _scalar(value)) is not None
+    }
 
 
 def _scalar(value: object) -> float | None:

@@ -36,8 +36,9 @@ Semantics — the same as the `grpo` plugin's (`agl.trainer.learning`), so resul
   and padding); ``has_rollout_log_probs`` [B] says which rows carried aligned logprobs. When every
   row does, ``old_log_probs`` is set to the same values (`grpo` takes the engine's logprobs as the
   PPO anchor); otherwise it is absent and the old logprobs are recomputed by the actor.
-- A prompt that is empty leaves the first response token nothing to be predicted from: it is not
-  trained (mask 0), as in `learning.batches`.
+- A triplet without prompt ids or without response ids is skipped (``stats.skipped``): verl's
+  unpadded layout places each response after at least one prompt token (its ``no_padding_2_padding``
+  asserts it), and an empty response has nothing to train.
 """
 
 from __future__ import annotations
@@ -186,7 +187,7 @@ def to_verl_batch(
     for index, rollout in enumerate(kept):
         for triplet in rollout.triplets:
             prompt, response = triplet.prompt_token_ids, triplet.response_token_ids
-            if prompt is None or response is None:
+            if not prompt or not response:
                 skipped += 1
                 continue
             if len(prompt) > max_prompt_length:
@@ -199,8 +200,6 @@ def to_verl_batch(
             mask = mask if mask is not None else [1] * len(response)
             if len(mask) != len(response):
                 raise ValueError(f"response_mask has {len(mask)} entries for {len(response)} response ids")
-            if not prompt and mask:
-                mask[0] = 0  # nothing precedes it to predict it from
             logprobs = triplet.response_logprobs
             if logprobs is not None and len(logprobs) != len(response):
                 logprobs = None  # misaligned logprobs are worse than none

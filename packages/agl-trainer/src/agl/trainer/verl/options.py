@@ -152,6 +152,17 @@ def _check(options: VerlOptions) -> None:
         value = getattr(options, name)
         if not isinstance(value, str) or not value:
             raise ValueError(f"{ALGORITHM} option {name} must be a non-empty string, not {value!r}")
+    replica_gpus = (
+        options.rollout_nnodes * options.rollout_gpus_per_node
+        if options.separate_rollout
+        else options.nnodes * options.gpus_per_node
+    )
+    if replica_gpus % options.tensor_parallel:
+        where = "rollout_nnodes * rollout_gpus_per_node" if options.separate_rollout else "nnodes * gpus_per_node"
+        raise ValueError(
+            f"{ALGORITHM} option tensor_parallel ({options.tensor_parallel}) must divide the {replica_gpus} GPUs"
+            f" the vLLM replicas get ({where}): each replica takes tensor_parallel of them"
+        )
     if options.timeout is not None:
         positive_number(ALGORITHM, "timeout", options.timeout)
     if isinstance(options.seed, bool) or not isinstance(options.seed, int):
