@@ -257,6 +257,27 @@ def test_the_user_exporter_choice_wins(tmp_path: Path) -> None:
     assert not (tmp_path / "store.db").exists()  # and agl's exporter never opened the store
 
 
+def test_otlp_without_a_protocol_reaches_agl_s_server_over_http(tmp_path: Path) -> None:
+    """``OTEL_TRACES_EXPORTER=otlp`` alone means gRPC to the SDK, whose exporter agl-core does not ship:
+    the HTTP one is taken, so the spans arrive instead of a warning and nothing."""
+    from agl.core.server import ServerSettings, create_app
+    from agl.core.testing.server import ServingThread
+
+    backing = SqliteLightningStore(tmp_path / "served.db", watchdog_interval=None)
+    with ServingThread(create_app(ServerSettings(), backing)) as server:
+        process = instrumented(
+            PLAIN_APP,
+            f"sqlite:///{tmp_path}/unused.db",
+            OTEL_TRACES_EXPORTER="otlp",
+            OTEL_EXPORTER_OTLP_ENDPOINT=server.url,
+        )
+        _, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    (rollout,) = run_store(backing.query_rollouts())
+    assert [s.name for s in run_store(backing.query_spans(rollout.rollout_id))][:2] == ["agent", "step"]
+    run_store(backing.close())
+
+
 def test_a_launched_program_and_a_long_conversation(tmp_path: Path) -> None:
     store = SqliteLightningStore(tmp_path / "store.db", watchdog_interval=None)
     started = run_store(store.start_rollout({"q": 1}))

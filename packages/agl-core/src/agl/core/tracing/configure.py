@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+from collections.abc import Collection
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -67,10 +68,14 @@ class AglConfigurator:
         _finish_at_exit(trace.get_tracer_provider())
 
 
-def _otlp_flavour() -> str:
-    """``otlp`` means the gRPC or the HTTP exporter, by protocol, as in the SDK."""
+def _otlp_flavour(available: Collection[str]) -> str:
+    """``otlp`` means the gRPC or the HTTP exporter, by protocol, as in the SDK. With no protocol set
+    the SDK takes gRPC; agl-core ships only the HTTP exporter (agl's store server speaks OTLP/HTTP),
+    so where the gRPC one is not installed, HTTP it is, rather than no exporter and no span."""
     protocol = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-    return "otlp_proto_http" if (protocol or "grpc").strip().startswith("http") else "otlp_proto_grpc"
+    if protocol is None or not protocol.strip():
+        return "otlp_proto_grpc" if "otlp_proto_grpc" in available else "otlp_proto_http"
+    return "otlp_proto_http" if protocol.strip().startswith("http") else "otlp_proto_grpc"
 
 
 def _wants_more_than_traces() -> bool:
@@ -83,7 +88,7 @@ def _trace_exporters() -> list[Any]:
     names = [n.strip() for n in os.environ.get("OTEL_TRACES_EXPORTER", "agl_store").split(",") if n.strip()]
     available = {ep.name: ep for ep in entry_points(group="opentelemetry_traces_exporter")}
     exporters = []
-    for name in (_otlp_flavour() if n == "otlp" else n for n in names):
+    for name in (_otlp_flavour(available) if n == "otlp" else n for n in names):
         if name == "none":
             continue
         if name not in available:
