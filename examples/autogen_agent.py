@@ -5,7 +5,8 @@
         opentelemetry-instrument python examples/autogen_agent.py
 
 The model is whatever OpenAI-compatible server ``OPENAI_BASE_URL`` names (``AGENT_MODEL``,
-default ``agl-toy``: agl's scripted test server).
+default ``agl-toy``; ``agl serve MODEL`` answers to any model name, as does the scripted server
+agl's tests use).
 """
 
 import asyncio

@@ -8,7 +8,8 @@ code change:
 
 A ReAct loop as a graph named "calculator": the node ``calculator`` asks the model, which calls the
 ``add`` tool; the ``tools`` node runs it and the model answers. The model is ``$OPENAI_MODEL``
-(default ``agl-toy``, the name agl's scripted test server answers to).
+(default ``agl-toy``; ``agl serve MODEL`` answers to any model name, as does the scripted server
+agl's tests use).
 """
 
 from __future__ import annotations

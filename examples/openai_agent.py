@@ -7,7 +7,8 @@
 
 It asks a calculator question (a tool-call round trip: the model calls ``add``, the agent runs it
 and sends the result back), then asks for a greeting as a stream. The model is ``$OPENAI_MODEL``
-(default ``agl-toy``, the name agl's scripted test server answers to).
+(default ``agl-toy``; ``agl serve MODEL`` answers to any model name, as does the scripted server
+agl's tests use).
 """
 
 from __future__ import annotations
