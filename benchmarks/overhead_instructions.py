@@ -18,7 +18,9 @@ records into the same tracer provider as in the timed scripts. A fourth variant,
 (counted second, right after the uninstrumented one), runs the uninstrumented agent and then
 opens and ends, directly, as many spans as agl adds to a run (the spans a framework records
 itself, AutoGen's, are not counted twice): what span creation alone costs in that provider, the
-floor under any instrumentor that records those spans.
+floor under any instrumentor that records those spans. A fifth, "agl's spans replayed", does the
+same with the very spans agl recorded in one run, names and attributes (messages, tool arguments
+and results) computed beforehand: what storing agl's content in the spans adds to that floor.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from opentelemetry.sdk.trace import SpanProcessor
+
+from agl.core.tracing.semconv import ATTEMPT_ID, ROLLOUT_ID, SEQUENCE_ID
 
 HERE = Path(__file__).resolve().parent
 Variant = tuple[Callable[[], None], Callable[[], None]]
@@ -114,7 +118,7 @@ def crewai() -> Setup:
 
 
 FRAMEWORKS = {"langchain": langchain, "autogen": autogen, "openai_agents": openai_agents, "crewai": crewai}
-VARIANTS = ("uninstrumented", "agl", "openinference", "bare spans")
+VARIANTS = ("uninstrumented", "agl", "openinference", "bare spans", "agl's spans replayed")
 BARE_ATTRIBUTES = {
     "agl.llm.call": True,
     "gen_ai.operation.name": "chat",
@@ -148,6 +152,43 @@ def with_bare_spans(run: Callable[[int], None], provider: Any, per_run: int) -> 
     return bare
 
 
+ROLLOUT_KEYS = {ROLLOUT_ID, ATTEMPT_ID, SEQUENCE_ID}
+"""Set on every span by agl's processor, which every variant's provider has."""
+
+
+Recorded = list[tuple[str, dict[str, Any]]]
+"""Spans as (name, attributes)."""
+
+
+class SpanRecorder(SpanProcessor):
+    """Keeps the name and attributes of every span that agl's instrumentors end, while recording."""
+
+    def __init__(self) -> None:
+        self.spans: Recorded = []
+        self.recording = True
+
+    def on_end(self, span: Any) -> None:
+        scope = span.instrumentation_scope
+        if self.recording and scope is not None and scope.name.startswith("agl."):
+            attributes = {key: value for key, value in (span.attributes or {}).items() if key not in ROLLOUT_KEYS}
+            self.spans.append((span.name, attributes))
+
+
+def with_replayed_spans(run: Callable[[int], None], provider: Any, spans: Recorded) -> Callable[[int], None]:
+    """The uninstrumented agent, plus the very spans agl records in a run (names and attributes,
+    computed once beforehand), opened and ended directly: what recording agl's content costs in
+    this provider, the floor under any instrumentor that records as much as agl does."""
+    tracer = provider.get_tracer("replayed")
+
+    def replayed(n: int) -> None:
+        run(n)
+        for _ in range(n):
+            for name, attributes in spans:
+                tracer.start_span(name, attributes=attributes).end()
+
+    return replayed
+
+
 def spans_per_run(run: Callable[[int], None], counter: SpanCounter) -> int:
     before = counter.ended
     run(1)
@@ -162,20 +203,28 @@ def child(framework: str, runs: int) -> None:
     provider.add_span_processor(counter)
     run(1)  # first-run paths
     framework_spans = spans_per_run(run, counter)  # AutoGen records spans of its own
+    recorder = SpanRecorder()
+    provider.add_span_processor(recorder)
     on, off = instrumented["agl"]
     on()
     try:
         run(1)
+        recorder.spans.clear()
         agl_spans = spans_per_run(run, counter) - framework_spans
     finally:
         off()
+    recorder.recording = False
     if agl_spans <= 0:
         sys.exit("agl added no span to a run: the comparison would mean nothing")
-    print(f"agl makes {agl_spans} spans per run", flush=True)
+    print(f"agl makes {agl_spans} spans per run; {len(recorder.spans)} of its own", flush=True)
     # The floor is counted right after the plain runs, before any instrumentor has been switched
     # on and off again: measured last, CrewAI's floor once counted ~2 M instructions more per run.
     nothing: Variant = (lambda: None, lambda: None)
-    plain = [("uninstrumented", run, nothing), ("bare", with_bare_spans(run, provider, agl_spans), nothing)]
+    plain = [
+        ("uninstrumented", run, nothing),
+        ("bare", with_bare_spans(run, provider, agl_spans), nothing),
+        ("replayed", with_replayed_spans(run, provider, recorder.spans), nothing),
+    ]
     variants = plain + [(name, run, switches) for name, switches in instrumented.items()]
 
     def dump(label: str) -> None:
@@ -238,13 +287,16 @@ def main() -> None:
         env = {**os.environ, "PYTHONHASHSEED": "0"}
         done = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
         totals = counted(Path(folder))
-    spans = re.search(r"agl makes (\d+) spans per run", done.stdout)
-    per_run = {name: totals[name.split()[0]] / options.runs for name in VARIANTS}
+    spans = re.search(r"agl makes (\d+) spans per run; (\d+) of its own", done.stdout)
+    labels = {"bare spans": "bare", "agl's spans replayed": "replayed"}
+    per_run = {name: totals[labels.get(name, name)] / options.runs for name in VARIANTS}
     base = per_run["uninstrumented"]
     print(f"{options.framework}: instructions per agent run ({options.runs} runs per variant, callgrind)")
     for name, value in per_run.items():
-        print(f"  {name:15s} {value / 1e6:8.2f} M   {value / base:.3f}x uninstrumented")
-    print(f"  (bare spans: the uninstrumented run plus {spans.group(1) if spans else '?'} spans made directly)")
+        print(f"  {name:22s} {value / 1e6:8.2f} M   {value / base:.3f}x uninstrumented")
+    added, own = spans.groups() if spans else ("?", "?")
+    print(f"  (bare spans: the uninstrumented run plus {added} spans made directly; replayed: {own} spans")
+    print("   of agl's own, a span agl makes in place of the framework's own counted twice)")
     print(f"  agl / openinference: {per_run['agl'] / per_run['openinference']:.3f}")
 
 
