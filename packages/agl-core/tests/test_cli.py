@@ -1,4 +1,4 @@
-"""The `agl` inspection CLI against a real SQLite store file, read at 80 columns.
+"""The `agl` inspection CLI against a real SQLite store file, piped and on an 80-column terminal.
 
 The store is filled once through the store API (as workers would), then every command is run
 with `CliRunner` and its text, its ``--json`` and its errors are checked against the store.
@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -23,10 +24,17 @@ from typer.testing import CliRunner, Result
 from agl.core import LLM, PromptTemplate, RolloutConfig, RolloutRequest, Span, open_store
 from agl.core.cli import app
 from agl.core.cli._common import format_duration, format_time
+from agl.core.server import ServerSettings, create_app
+from agl.core.store import InMemoryLightningStore
+from agl.core.testing.server import ServingThread
 
 WIDTH = 80
 T0 = 1_700_000_000.0
 LONG_NAME = "orphan whose parent was never exported " + "x" * 80
+TRACE_ROLLOUT = "ro-trace-b20dd" + "7" * 23 + "3e02"  # as OTLP files a trace no runner started
+PROC_ROLLOUT = "ro-proc-" + "5" * 16
+WORKER = "wk-gpu-node-17.cluster.internal"
+MISSING = "FileNotFoundError: [Errno 2] No such file or directory: '/data/tasks/task-0042/input.json'"
 
 
 @dataclass(frozen=True)
@@ -129,6 +137,48 @@ def filled(tmp_path_factory: pytest.TempPathFactory) -> Filled:
     return asyncio.run(fill(f"sqlite:///{path}"))
 
 
+@dataclass(frozen=True)
+class LongIds:
+    """Rollouts with the long ids tracing gives them; the trace's attempts went timeout > succeeded
+    on ``WORKER``, rewarded 1 each, the second with an error span."""
+
+    url: str
+    attempts: list[str]
+
+
+async def fill_long_ids(url: str) -> LongIds:
+    store = open_store(url)
+    config = RolloutConfig(max_attempts=2, retry_condition=("timeout",))
+    first = await store.start_rollout({"task": 42}, rollout_id=TRACE_ROLLOUT, config=config, worker_id=WORKER)
+    a = first.attempt.attempt_id
+    await store.add_many_spans(
+        [
+            span(TRACE_ROLLOUT, a, 1, None, "agent.run"),
+            span(TRACE_ROLLOUT, a, 2, 1, "score", attributes={"agl.reward": 1}),
+        ]
+    )
+    await store.update_attempt(TRACE_ROLLOUT, a, status="timeout")  # retried
+    second = await store.start_attempt(TRACE_ROLLOUT, worker_id=WORKER)
+    b = second.attempt.attempt_id
+    error = {"status_code": "ERROR", "description": MISSING}
+    await store.add_many_spans(
+        [
+            span(TRACE_ROLLOUT, b, 1, None, "read task", status=error),
+            span(TRACE_ROLLOUT, b, 2, None, "score", attributes={"agl.reward": 1}),
+        ]
+    )
+    await store.update_attempt(TRACE_ROLLOUT, b, status="succeeded")
+    await store.start_rollout({"task": 7}, mode="train", rollout_id=PROC_ROLLOUT)
+    await store.close()
+    return LongIds(url=url, attempts=[a, b])
+
+
+@pytest.fixture(scope="module")
+def long_ids(tmp_path_factory: pytest.TempPathFactory) -> LongIds:
+    path = tmp_path_factory.mktemp("cli") / "long-ids.db"
+    return asyncio.run(fill_long_ids(f"sqlite:///{path}"))
+
+
 def query(url: str, method: str, *args: Any, **kwargs: Any) -> Any:
     """Ask the store directly, to compare with what the CLI printed."""
 
@@ -142,15 +192,24 @@ def query(url: str, method: str, *args: Any, **kwargs: Any) -> Any:
     return asyncio.run(ask())
 
 
-def agl(filled: Filled, *args: str, store: str | None = None) -> Result:
+def agl(filled: Filled | LongIds, *args: str, store: str | None = None) -> Result:
     return CliRunner().invoke(app, [*args, "--store", store or filled.url], env={"COLUMNS": str(WIDTH)})
 
 
-def ok(filled: Filled, *args: str) -> str:
+def ok(filled: Filled | LongIds, *args: str) -> str:
     result = agl(filled, *args)
     assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
     assert "\x1b[" not in result.stdout, "not a terminal: plain text, no colour codes"
     return result.stdout
+
+
+def on_terminal(filled: Filled | LongIds, *args: str) -> str:
+    """The text an 80-column terminal shows (``FORCE_COLOR`` makes rich take the output for one)."""
+    env = {"COLUMNS": str(WIDTH), "FORCE_COLOR": "1"}
+    result = CliRunner().invoke(app, [*args, "--store", filled.url], env=env)
+    assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
+    assert "\x1b[" in result.stdout, "rich did not take the output for a terminal"
+    return re.sub(r"\x1b\[[0-9;]*m", "", result.stdout)
 
 
 def assert_one_line_error(result: Result, *fragments: str) -> None:
@@ -289,7 +348,7 @@ def test_spans_tree_nests_by_parent_in_sequence_order_with_highlights(filled: Fi
     assert "4.2 ms" in lines[rows[2]]
     assert "ERROR index down" in lines[rows[3]]
     assert "reward 0.25" in lines[rows[4]]
-    assert lines[rows[5]].startswith("└── orphan whose parent") and lines[rows[5]].endswith("…")
+    assert lines[rows[5]] == f"└── {LONG_NAME}  10 ms"  # piped: nothing is cut
     assert lines[-1] == "6 spans · 1 LLM call · reward 0.25"
 
 
@@ -306,14 +365,14 @@ def test_spans_default_to_the_latest_attempt(filled: Filled) -> None:
 def test_spans_of_all_attempts_hang_under_each_attempt(filled: Filled) -> None:
     lines = ok(filled, "spans", filled.retried, "--attempt", "all").splitlines()
     assert lines[0] == f"{filled.retried} · succeeded"
-    first = lines.index(f"├── attempt 1 ({filled.first_attempt}) · failed")
-    second = lines.index(f"└── attempt 2 ({filled.second_attempt}) · succeeded")
+    first = lines.index(f"├── attempt 1 ({filled.first_attempt}) · failed · reward 0.25")
+    second = lines.index(f"└── attempt 2 ({filled.second_attempt}) · succeeded · reward 1 (correct=1, brief=0.5)")
     assert first == 1 and second == 8
     assert lines[first + 1] == "│   ├── agent.run  1,520 ms"
     assert lines[second + 1 :] == [
         "    └── agent.run  10 ms",
         "        └── score  10 ms  reward 1 (correct=1, brief=0.5)",
-        "8 spans · 1 LLM call · reward 1.25 (correct=1, brief=0.5)",
+        "8 spans · 1 LLM call · reward 1 (correct=1, brief=0.5) in the latest attempt",  # as `rollouts show` says
     ]
 
 
@@ -354,6 +413,17 @@ def test_a_call_recorded_by_the_agent_and_the_llm_proxy_counts_once(tmp_path: Pa
     assert sum("LLM toy" in line for line in lines) == 3
     assert lines[-2] == "└── agl.process.exit  10 ms  succeeded"  # how the program ended
     assert lines[-1] == "5 spans · 2 LLM calls · reward -"
+
+
+def test_rewards_are_each_attempts_own_never_a_sum_over_retries(long_ids: LongIds) -> None:
+    """Attempts timeout > succeeded, rewarded 1 each: the rollout's reward is 1, never 2."""
+    first, second = long_ids.attempts
+    lines = ok(long_ids, "spans", TRACE_ROLLOUT, "--attempt", "all").splitlines()
+    assert lines[1] == f"├── attempt 1 ({first}) · timeout · reward 1"
+    assert f"└── attempt 2 ({second}) · succeeded · reward 1" in lines
+    assert lines[-1] == "4 spans · 0 LLM calls · reward 1 in the latest attempt"
+    shown = ok(long_ids, "rollouts", "show", TRACE_ROLLOUT)
+    assert lines_with(shown, "reward")[0].split() == ["reward", "1", "in", "the", "latest", "attempt"]
 
 
 def test_spans_json_is_the_stored_spans(filled: Filled) -> None:
@@ -440,6 +510,32 @@ def test_a_malformed_store_url_is_one_line_and_exit_1(filled: Filled, url: str) 
     assert_one_line_error(agl(filled, "stats", store=url), "invalid store URL", repr(url))
 
 
+def test_a_missing_sqlite_file_is_named_as_missing_not_as_a_bad_url(tmp_path: Path) -> None:
+    path = tmp_path / "nothing-here.db"
+    result = CliRunner().invoke(app, ["stats", "--store", f"sqlite:///{path}"])
+    assert_one_line_error(result, f"no store file at {path}")
+    assert "invalid store URL" not in result.stderr
+    assert not path.exists(), "looking created a store"
+
+
+def test_a_store_server_that_is_not_there_fails_at_once_in_one_line() -> None:
+    """The client's 30 s of retries (to outlast a server restart) are for programs; a person who
+    typed a wrong port gets the cause after 2 s."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    result = CliRunner().invoke(app, ["stats", "--store", url])
+    assert_one_line_error(result, f"cannot reach the store at {url}: connection refused (gave up after 2 s)")
+
+
+def test_https_to_a_plain_http_server_is_one_line_not_retried() -> None:
+    with ServingThread(create_app(ServerSettings(), InMemoryLightningStore())) as server:
+        url = server.url.replace("http://", "https://")
+        result = CliRunner().invoke(app, ["rollouts", "list", "--store", url])
+    assert_one_line_error(result, f"cannot reach the store at {url}: TLS handshake failed")
+    assert "gave up" not in result.stderr, "a handshake no retry can mend was retried"
+
+
 def test_agl_store_environment_variable_names_the_store(filled: Filled) -> None:
     result = CliRunner().invoke(app, ["stats", "--json"], env={"AGL_STORE": filled.url})
     assert result.exit_code == 0 and json.loads(result.stdout)["rollouts"] == 7
@@ -463,19 +559,62 @@ def test_store_before_the_command_names_the_store_and_a_commands_own_store_wins(
     assert_one_line_error(bad, "invalid store URL", "'nowhere://x'")
 
 
-def test_every_human_output_fits_in_80_columns(filled: Filled) -> None:
+def test_every_output_fits_an_80_column_terminal(filled: Filled, long_ids: LongIds) -> None:
     outputs = [
-        ok(filled, "rollouts", "list"),
-        ok(filled, "rollouts", "show", filled.retried),
-        ok(filled, "rollouts", "show", filled.waiting),
-        ok(filled, "spans", filled.retried, "--attempt", "all"),
-        ok(filled, "resources"),
-        ok(filled, "resources", filled.resources_id),
-        ok(filled, "stats"),
+        on_terminal(filled, "rollouts", "list"),
+        on_terminal(filled, "rollouts", "show", filled.retried),
+        on_terminal(filled, "rollouts", "show", filled.waiting),
+        on_terminal(filled, "spans", filled.retried, "--attempt", "all"),
+        on_terminal(filled, "resources"),
+        on_terminal(filled, "resources", filled.resources_id),
+        on_terminal(filled, "stats"),
+        on_terminal(long_ids, "rollouts", "list"),
+        on_terminal(long_ids, "rollouts", "show", TRACE_ROLLOUT),
+        on_terminal(long_ids, "spans", TRACE_ROLLOUT, "--attempt", "all"),
     ]
     for output in outputs:
         too_wide = [line for line in output.splitlines() if len(line) > WIDTH]
         assert not too_wide, too_wide
+    assert lines_with(outputs[3], "orphan whose parent")[0].endswith("…")  # a span name may be cut, an id never
+
+
+def test_an_80_column_terminal_drops_columns_rather_than_cut_an_id(long_ids: LongIds) -> None:
+    listing = on_terminal(long_ids, "rollouts", "list")
+    assert listing.splitlines()[0].split() == ["rollout", "status", "mode", "attempts", "duration"]
+    (trace,) = lines_with(listing, TRACE_ROLLOUT)
+    assert trace.split()[:4] == [TRACE_ROLLOUT, "succeeded", "-", "2"]
+    (proc,) = lines_with(listing, PROC_ROLLOUT)
+    assert proc.split()[:4] == [PROC_ROLLOUT, "preparing", "train", "1"]
+    shown = on_terminal(long_ids, "rollouts", "show", TRACE_ROLLOUT)
+    assert lines_with(shown, "worker")[0].split() == ["#", "attempt", "status", "worker", "took"]
+    for attempt_id, status in zip(long_ids.attempts, ["timeout", "succeeded"], strict=True):
+        (line,) = lines_with(shown, attempt_id)
+        assert line.split()[1:4] == [attempt_id, status, WORKER]  # the worker id whole, on its row
+
+
+def test_piped_output_is_plain_text_with_nothing_cut(long_ids: LongIds) -> None:
+    """Not on a terminal (``| cat``, a file) every column and every value is printed in full, however
+    wide: $COLUMNS says 80 here, as a terminal on stdin would."""
+    listing = ok(long_ids, "rollouts", "list")
+    assert listing.splitlines()[0].split() == ["rollout", "status", "mode", "attempts", "started", "duration"]
+    (trace,) = lines_with(listing, TRACE_ROLLOUT)
+    assert trace.split()[:4] == [TRACE_ROLLOUT, "succeeded", "-", "2"]
+    shown = ok(long_ids, "rollouts", "show", TRACE_ROLLOUT)
+    assert lines_with(shown, "worker")[0].split() == [
+        "#",
+        "attempt",
+        "status",
+        "worker",
+        "started",
+        "took",
+        "heartbeat",
+    ]
+    for attempt_id in long_ids.attempts:
+        (line,) = lines_with(shown, attempt_id)
+        assert line.split()[3] == WORKER and line.rstrip().endswith("ago")
+    tree = ok(long_ids, "spans", TRACE_ROLLOUT).splitlines()
+    assert tree[0] == f"{TRACE_ROLLOUT} · attempt 2 ({long_ids.attempts[1]}) · succeeded"
+    assert tree[1] == f"├── read task  10 ms  ERROR {MISSING}"
 
 
 def test_the_installed_console_script(filled: Filled) -> None:

@@ -218,3 +218,21 @@ def test_idle_connections_the_server_closed_or_that_idled_too_long_are_not_reuse
     pool._idle = [fresh, stale, closed, half_closed]
     assert pool._idle_connection() is fresh
     assert pool._idle == []
+
+
+def test_a_refused_tls_handshake_is_raised_at_once_not_retried() -> None:
+    """``https://`` to a plain-HTTP server: no retry mends that (a refused connection is retried: the
+    server may be restarting)."""
+    with ServingThread(create_app(ServerSettings(), InMemoryLightningStore())) as server:
+        url = server.url.replace("http://", "https://")
+
+        async def ask() -> None:
+            store = HttpLightningStore(url, retry_seconds=30)
+            with pytest.raises(
+                StoreUnavailable, match=f"cannot reach the store at {url}: TLS handshake failed"
+            ) as caught:
+                await store.statistics()
+            assert "gave up" not in str(caught.value)
+            await store.close()
+
+        asyncio.run(ask())

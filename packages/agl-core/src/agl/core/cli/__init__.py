@@ -1,7 +1,7 @@
-"""The `agl` command line: inspect any store (``--store URL``, else ``$AGL_STORE``) at 80 columns,
-serve one, and whatever installed packages add. ``--store`` goes before the command too
-(``agl --store URL stats``): it then stands for ``$AGL_STORE`` for every command, and a command's
-own ``--store`` still wins.
+"""The `agl` command line: inspect any store (``--store URL``, else ``$AGL_STORE``), in plain text
+when piped and fitted to a terminal's width; serve one; and whatever installed packages add.
+``--store`` goes before the command too (``agl --store URL stats``): it then stands for
+``$AGL_STORE`` for every command, and a command's own ``--store`` still wins.
 
 Each module is one group or one command; this module only joins them. Other packages (the
 trainer) add commands through the entry-point group ``agl.cli``: each entry point names a function

@@ -1,25 +1,31 @@
 """Pieces every `agl` command shares: the ``--store`` option, the store session that turns errors
-into one line, ``KEY=JSON`` options, the console, and the formatting of times, durations and
-statuses."""
+into one line, ``KEY=JSON`` options, the console and its tables, and the formatting of times,
+durations and statuses."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+import sys
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich import box
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
 from agl.core.errors import AglError
 from agl.core.store import LightningStore, default_store_url, open_store
+from agl.core.store.http import HttpLightningStore
 
 T = TypeVar("T")
+RETRY_SECONDS = 2.0
+"""How long a command retries a store server it cannot reach: a person is waiting for the reason.
+The client's own default (30 s, to outlast a server restart) is for programs."""
 
 StoreUrl = Annotated[
     str | None,
@@ -49,12 +55,15 @@ STATUS_STYLES = {
 def with_store(url: str | None, action: Callable[[LightningStore], Awaitable[T]]) -> T:
     """Open the store, run one async action on it and always close it.
 
-    Any `AglError` (unknown ids, bad input, a malformed URL) becomes one line on stderr and exit
-    status 1: a person at a terminal wants the reason, not a traceback.
+    Any `AglError` (unknown ids, bad input, a malformed URL, a store that cannot be reached)
+    becomes one line on stderr and exit status 1: a person at a terminal wants the reason, not a
+    traceback.
     """
 
     async def session() -> T:
         store = open_store(url or default_store_url(), read_only=True)
+        if isinstance(store, HttpLightningStore):
+            store.retry_seconds = RETRY_SECONDS
         try:
             return await action(store)
         finally:
@@ -79,17 +88,39 @@ def parse_option(text: str) -> tuple[str, Any]:
 
 
 def console() -> Console:
-    """A console for this command: colour on a terminal, plain text otherwise (80 or $COLUMNS wide).
+    """A console for this command: on a terminal, colour at the terminal's width ($COLUMNS wins);
+    otherwise plain text of unlimited width, so nothing piped or redirected is cut or wrapped
+    (rich would take the width of a terminal on stdin, or 80 columns without one).
 
     Created per command, not at import, so it sees the stdout and $COLUMNS in effect now.
     Markup and emoji codes are off: names and prompts are user data, printed as they are.
     """
-    return Console(markup=False, emoji=False, highlight=False)
+    out = Console(markup=False, emoji=False, highlight=False)
+    if not out.is_terminal:
+        out.width = sys.maxsize
+    return out
 
 
 def table() -> Table:
     """The house table: a rule under the header, two spaces between columns, nothing at the edges."""
     return Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
+
+
+def add_id_column(rows: Table, header: str, ids: Iterable[str]) -> None:
+    """A column of ids, as wide as the longest: an id is for copying, so never cut nor wrapped.
+    Print its table with ``crop=False``: on a terminal too narrow even for the ids, the terminal
+    then wraps the line where rich would cut it."""
+    rows.add_column(header, no_wrap=True, min_width=max(map(len, ids), default=0))
+
+
+def fit(out: Console, rows: Table, drop: Sequence[str]) -> Table:
+    """``rows`` without the columns headed ``drop``, taken in that order, until it fits ``out``:
+    on a narrow terminal a missing column reads better than cut ones (piped, all fit)."""
+    for header in drop:
+        if Measurement.get(out, out.options.update_width(sys.maxsize), rows).maximum <= out.width:
+            break
+        rows.columns = [column for column in rows.columns if column.header != header]
+    return rows
 
 
 def print_json(data: Any) -> None:

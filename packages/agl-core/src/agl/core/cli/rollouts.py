@@ -7,15 +7,17 @@ import time
 from typing import Annotated, cast
 
 import typer
-from rich.console import Group
+from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
 from agl.core.cli._common import (
     JsonOutput,
     StoreUrl,
+    add_id_column,
     console,
     elapsed,
+    fit,
     format_ago,
     format_duration,
     format_time,
@@ -82,10 +84,10 @@ def list_rollouts(
         )
         return
     rows = table()
-    rows.add_column("rollout", no_wrap=True)
+    add_id_column(rows, "rollout", (rollout.rollout_id for rollout in page))
     rows.add_column("status", no_wrap=True)
-    rows.add_column("mode")
-    rows.add_column("attempts", justify="right")
+    rows.add_column("mode", no_wrap=True)
+    rows.add_column("attempts", justify="right", no_wrap=True)
     rows.add_column("started", no_wrap=True)
     rows.add_column("duration", justify="right", no_wrap=True)
     for rollout, attempts in zip(page, attempt_counts, strict=True):
@@ -100,7 +102,7 @@ def list_rollouts(
     shown = f"{offset + 1}\N{EN DASH}{offset + len(page)}" if len(page) else "0"
     out = console()
     if len(page):
-        out.print(rows)
+        out.print(fit(out, rows, drop=("started", "duration", "mode", "attempts")), crop=False)
     out.print(f"showing {shown} of {page.total}", style="dim")
 
 
@@ -154,7 +156,9 @@ def show_rollout(
     out = console()
     out.print(fields)
     out.print()
-    out.print(_attempts_table(list(attempts)) if len(attempts) else Text("no attempts yet", style="dim"))
+    out.print(
+        _attempts_table(out, list(attempts)) if len(attempts) else Text("no attempts yet", style="dim"), crop=False
+    )
 
 
 def _config_text(config: RolloutConfig) -> str:
@@ -169,13 +173,13 @@ def _config_text(config: RolloutConfig) -> str:
     return " · ".join(parts)
 
 
-def _attempts_table(attempts: list[Attempt]) -> Group:
+def _attempts_table(out: Console, attempts: list[Attempt]) -> Group:
     now = time.time()
     rows = table()
     rows.add_column("#", justify="right")
-    rows.add_column("attempt", no_wrap=True)
+    add_id_column(rows, "attempt", (attempt.attempt_id for attempt in attempts))
     rows.add_column("status", no_wrap=True)
-    rows.add_column("worker", overflow="fold")
+    add_id_column(rows, "worker", (attempt.worker_id or "-" for attempt in attempts))
     rows.add_column("started", no_wrap=True)
     rows.add_column("took", justify="right", no_wrap=True)
     rows.add_column("heartbeat", justify="right", no_wrap=True)
@@ -189,4 +193,7 @@ def _attempts_table(attempts: list[Attempt]) -> Group:
             elapsed(attempt.start_time, attempt.end_time),
             format_ago(attempt.last_heartbeat_time, now),
         )
-    return Group(Text(plural(len(attempts), "attempt"), style="bold"), rows)
+    return Group(
+        Text(plural(len(attempts), "attempt"), style="bold"),
+        fit(out, rows, drop=("heartbeat", "started", "took", "worker")),
+    )

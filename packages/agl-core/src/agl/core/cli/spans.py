@@ -116,9 +116,12 @@ def spans(
     else:
         tree = Tree(Text.assemble(rollout_id, " · ", status_text(rollout.status)))
         for each in attempts:
-            _add_spans(tree.add(_attempt_label(None, each)), by_attempt[each.attempt_id])
+            label = _attempt_label(None, each)
+            if reward := format_rewards(total_rewards(by_attempt[each.attempt_id])):
+                label.append(f" · reward {reward}", style="green")  # each attempt's own: retries are not summed
+            _add_spans(tree.add(label), by_attempt[each.attempt_id])
     out.print(tree)
-    out.print(_summary(by_attempt))
+    out.print(_summary(attempts, by_attempt))
 
 
 def _attempt_label(rollout_id: str | None, attempt: Attempt) -> Text:
@@ -196,10 +199,13 @@ def step_line(step: int, metrics: Mapping[str, float]) -> Text:
     return line
 
 
-def _summary(by_attempt: dict[str, list[Span]]) -> str:
-    """Counts for the whole tree. A call recorded twice (by the agent's instrumentation and by the
-    LLM proxy, one response id) counts once, as the adapters count it."""
+def _summary(attempts: list[Attempt], by_attempt: dict[str, list[Span]]) -> str:
+    """Counts for the whole tree, and the reward of the last attempt shown (with ``--attempt all``
+    the latest, as `agl rollouts show` gives it): a reward is one attempt's, never a sum over
+    retries. A call recorded twice (by the agent's instrumentation and by the LLM proxy, one
+    response id) counts once, as the adapters count it."""
     found = [span for attempt_spans in by_attempt.values() for span in attempt_spans]
     calls = sum(len(llm_calls(in_order(attempt_spans), None)) for attempt_spans in by_attempt.values())
-    reward = format_rewards(total_rewards(found)) or "-"
-    return f"{plural(len(found), 'span')} · {plural(calls, 'LLM call')} · reward {reward}"
+    reward = format_rewards(total_rewards(by_attempt[attempts[-1].attempt_id])) or "-"
+    where = " in the latest attempt" if len(attempts) > 1 else ""
+    return f"{plural(len(found), 'span')} · {plural(calls, 'LLM call')} · reward {reward}{where}"

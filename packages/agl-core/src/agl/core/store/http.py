@@ -7,9 +7,10 @@ their own loops can share one store object.
 
 Retries: a request that never reached the server (connection refused) is retried whatever it
 is; a request that may have been processed is retried only when repeating it is harmless —
-reads, upserts, and enqueues and starts that carry a client-chosen id. Errors the server
-answers (unknown id, bad input, illegal transition) are raised at once as the same typed
-error the store raised.
+reads, upserts, and enqueues and starts that carry a client-chosen id. A failed TLS handshake
+(``https://`` to a plain-HTTP server, an untrusted certificate) is not retried: no retry mends
+it. Errors the server answers (unknown id, bad input, illegal transition) are raised at once as
+the same typed error the store raised.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pydantic_core import PydanticSerializationError, to_json
 from agl.core.errors import AglError, AttemptNotFound, InvalidInput, NotFound, StoreUnavailable
 from agl.core.ids import new_rollout_id
 from agl.core.store.base import UNSET, LightningStore, Page, StoreStatistics
-from agl.core.store.http1 import ConnectFailed, ConnectionPool, RequestFailed
+from agl.core.store.http1 import ConnectFailed, ConnectionPool, HandshakeFailed, RequestFailed
 from agl.core.store.lifecycle import as_json_value, coerce_span, validate
 from agl.core.store.wire import (
     API_PREFIX,
@@ -136,6 +137,8 @@ class HttpLightningStore(LightningStore):
         while True:
             try:
                 status, payload = await pool.request(request, timeout or self.request_timeout)
+            except HandshakeFailed as error:
+                raise StoreUnavailable(f"cannot reach the store at {self.url}: {error}") from None
             except ConnectFailed as error:
                 problem: str = f"cannot reach the store at {self.url}: {error}"
             except RequestFailed as error:

@@ -10,14 +10,16 @@ in an `asyncio.Protocol`, keeping connections per event loop.
 
 Failures come in two kinds, because the caller's retry rule needs them: `ConnectFailed` (the
 request never left: safe to send again) and `RequestFailed` (it was sent; the server may have
-acted on it). Timeouts are `RequestFailed` too. They are enforced by one sweep per pool every
-`SWEEP_SECONDS` while requests are in flight, not a timer per request: scheduling and cancelling
-a timer cost ~5 of the ~28 µs a request takes on the client (measured against a trivial server).
+acted on it); `HandshakeFailed` is a `ConnectFailed` that no retry mends. Timeouts are
+`RequestFailed` too. They are enforced by one sweep per pool every `SWEEP_SECONDS` while
+requests are in flight, not a timer per request: scheduling and cancelling a timer cost ~5 of
+the ~28 µs a request takes on the client (measured against a trivial server).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 import time
 from typing import NamedTuple
@@ -33,6 +35,10 @@ is not sent on a connection the server is closing."""
 
 class ConnectFailed(OSError):
     """No connection could be made: the request was not sent."""
+
+
+class HandshakeFailed(ConnectFailed):
+    """The TLS handshake was refused (a plain-HTTP server, an untrusted certificate): no retry mends it."""
 
 
 class RequestFailed(Exception):
@@ -243,7 +249,7 @@ class ConnectionPool:
                     _Connection, self.host, self.port, ssl=self.ssl, server_hostname=server_hostname
                 )
         except (OSError, TimeoutError) as error:
-            raise ConnectFailed(str(error) or type(error).__name__) from None
+            raise _connect_failure(error) from None
         return connection
 
     def close(self) -> None:
@@ -252,3 +258,12 @@ class ConnectionPool:
             self._sweep = None
         while self._idle:
             self._idle.pop().close()
+
+
+def _connect_failure(error: OSError | TimeoutError) -> ConnectFailed:
+    """Why no connection was made, in words: ``connection refused``, not asyncio's ``Connect call failed``."""
+    if isinstance(error, ssl.SSLError) and not isinstance(error, ssl.SSLEOFError):  # EOF: cut off, maybe a restart
+        return HandshakeFailed(f"TLS handshake failed: {error}")
+    if isinstance(error, ConnectionError) and error.errno:
+        return ConnectFailed(os.strerror(error.errno).lower())
+    return ConnectFailed(str(error) or type(error).__name__)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from agl.core.errors import StoreUrlError
+from agl.core.errors import StoreUnavailable, StoreUrlError
 from agl.core.store.base import LightningStore
 
 DEFAULT_STORE_URL = "sqlite:///.agl/store.db"
@@ -54,7 +54,7 @@ def _open_sqlite(url: str, path: str, options: dict[str, str], read_only: bool, 
             raise StoreUrlError(url, f"unknown option {key!r} (known: synchronous, busy_timeout)")
     if read_only:
         if not Path(file_path).is_file():
-            raise StoreUrlError(url, f"no store at {file_path}")
+            raise StoreUnavailable(f"no store file at {file_path}")  # the URL is fine; the file is not there
         kwargs.setdefault("watchdog_interval", None)  # reading must not change anything
     return SqliteLightningStore(Path(file_path), **settings, **kwargs)
 
