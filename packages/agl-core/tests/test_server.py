@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import os
+import re
 import socket
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +30,7 @@ from agl.core.testing.server import ServingThread
 from agl.core.types import PromptTemplate
 
 TOKEN = "s3cret-token"
+JSON = {"content-type": "application/json"}
 
 
 @pytest.fixture
@@ -131,7 +135,7 @@ def test_errors_are_short_json_with_4xx(server: ServingThread) -> None:
             (http.get(f"{API_PREFIX}/rollouts/ro-missing"), 404, "RolloutNotFound"),
             (http.patch(f"{API_PREFIX}/rollouts/{ids['rid']}", json={"status": "preparing"}), 409, "InvalidTransition"),
             (http.patch(f"{API_PREFIX}/rollouts/{ids['rid']}", json={"status": "bogus"}), 422, "InvalidInput"),
-            (http.post(f"{API_PREFIX}/rollouts", content=b"{not json"), 422, "InvalidInput"),
+            (http.post(f"{API_PREFIX}/rollouts", content=b"{not json", headers=JSON), 400, "InvalidJson"),
             (http.post(f"{API_PREFIX}/rollouts/query", json={"sort_by": "input"}), 422, "InvalidInput"),
             (http.get("/v1/agl/nowhere"), 404, "HTTPError"),
             (http.delete(f"{API_PREFIX}/statistics"), 405, "HTTPError"),
@@ -142,6 +146,32 @@ def test_errors_are_short_json_with_4xx(server: ServingThread) -> None:
             assert body["error"] == kind
             assert "\n" not in body["message"] and "Traceback" not in response.text
         assert "'bogus'" in cases[2][0].json()["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b"{bad", "unexpected character, expected a string key, at line 1 column 2"),
+        (b'{"input": NaN}', "NaN and Infinity are not JSON, at line 1 column 11"),
+        (b'{"input": [1, -Infinity]}', "NaN and Infinity are not JSON, at line 1 column 16"),
+        (b'{"input": 1e999}', "a number beyond a double's range (Infinity) is not JSON, at line 1 column 11"),
+    ],
+)
+def test_a_body_that_is_not_json_is_a_400_on_every_rest_route(server: ServingThread, body: bytes, why: str) -> None:
+    ids = asyncio.run(seeded(server))
+    with client(server) as http:
+        statistics = http.get(f"{API_PREFIX}/statistics").json()
+        for method, path, valid in valid_requests(ids):
+            if valid is None:
+                continue
+            response = http.request(method, API_PREFIX + path, content=body, headers=JSON)
+            assert response.status_code == 400, (method, path, response.text)
+            assert response.json() == {
+                "error": "InvalidJson",
+                "message": f"the request body is not valid JSON: {why}",
+                "detail": {},
+            }
+        assert http.get(f"{API_PREFIX}/statistics").json() == statistics  # nothing was stored
 
 
 def test_oversized_bodies_are_refused(server: ServingThread) -> None:
@@ -279,6 +309,51 @@ def test_server_processes_need_a_shared_store_and_a_count(store: str, workers: s
     assert problem in result.output and "Traceback" not in result.output
 
 
+@pytest.mark.parametrize(
+    ("option", "problem"),
+    [
+        (["--port", "99999"], "--port must be between 0 and 65535, got 99999"),
+        (["--port", "-1"], "--port must be between 0 and 65535, got -1"),
+        (["--max-body-mb", "0"], "--max-body-mb must be at least 1, got 0"),
+    ],
+)
+def test_bad_option_values_are_one_line_errors(option: list[str], problem: str) -> None:
+    result = CliRunner().invoke(cli, ["store", "serve", "--store", "memory://", *option])
+    assert (result.exit_code, result.stdout, result.stderr) == (1, "", f"error: {problem}\n")
+
+
+def test_a_port_in_use_is_one_line_and_exit_1() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(cli, ["store", "serve", "--store", "memory://", "--port", str(port)])
+    assert (result.exit_code, result.stdout, result.stderr) == (1, "", f"error: port {port} on 127.0.0.1 is in use\n")
+
+
+@pytest.mark.parametrize("token", [TOKEN, None])
+def test_store_serve_says_where_it_answers_once_ready_and_never_the_token(token: str | None) -> None:
+    env = {key: value for key, value in os.environ.items() if key != "AGL_STORE_TOKEN"}
+    if token:
+        env["AGL_STORE_TOKEN"] = token
+    command = [sys.executable, "-m", "agl.core.cli", "store", "serve", "--store", "memory://", "--port", "0"]
+
+    async def run() -> None:
+        server = await asyncio.create_subprocess_exec(*command, env=env, stdout=asyncio.subprocess.PIPE)
+        try:
+            assert server.stdout is not None
+            line = (await asyncio.wait_for(server.stdout.readline(), 60)).decode()
+            access = "token required" if token else "no token"
+            found = re.fullmatch(rf"agl store serving memory:// at (http://127\.0\.0\.1:\d+) \({access}\)\n", line)
+            assert found, line
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            async with httpx.AsyncClient(base_url=found[1], headers=headers) as http:
+                assert (await http.get(f"{API_PREFIX}/statistics")).status_code == 200
+        finally:
+            server.terminate()
+            await server.wait()
+
+    asyncio.run(run())
+
+
 def test_gzip_request_bodies_are_not_accepted_by_rest_routes(server: ServingThread) -> None:
     # The REST API takes plain JSON; only OTLP ingest decompresses (with its own cap).
     with client(server) as http:
@@ -287,4 +362,5 @@ def test_gzip_request_bodies_are_not_accepted_by_rest_routes(server: ServingThre
             content=gzip.compress(b'{"input": 1}'),
             headers={"content-type": "application/json", "content-encoding": "gzip"},
         )
-        assert response.status_code == 400 and response.json()["error"] == "HTTPError"
+        assert response.status_code == 400 and response.json()["error"] == "InvalidJson"
+        assert response.json()["message"].startswith("the request body is not valid JSON: not UTF-8 text")

@@ -111,7 +111,7 @@ async def test_rollout_routes_agree(pair: Pair) -> None:
     assert (await pair.both("PATCH", "/rollouts/ro-c", {"metadata": {"k": 1}}))[2]
 
     refused = [
-        ("POST", "/rollouts", b"{not json", 422),
+        ("POST", "/rollouts", b"{not json", 400),
         ("POST", "/rollouts", b"", 422),
         ("POST", "/rollouts", {"input": 1, "mode": 5}, 422),
         ("POST", "/rollouts", {"input": 1, "bogus": True}, 422),
@@ -139,7 +139,7 @@ async def test_queue_and_attempt_routes_agree(pair: Pair) -> None:
     assert (await pair.both("PATCH", "/rollouts/ro-1/attempts/latest", {"metadata": {"step": 1}}))[2]
     for method, path, body, expected in [
         ("POST", "/dequeue", {"worker_id": 5}, 422),
-        ("POST", "/dequeue", b"[", 422),
+        ("POST", "/dequeue", b"[", 400),
         ("PATCH", "/rollouts/ro-missing/attempts/latest", {"status": "running"}, 404),
         ("PATCH", "/rollouts/ro-1/attempts/at-missing", {"status": "running"}, 404),
         ("PATCH", "/rollouts/ro-1/attempts/latest", {"status": "bogus"}, 422),
@@ -183,11 +183,37 @@ async def test_span_routes_agree(pair: Pair) -> None:
     wrong = [
         ("POST", "/spans", {**spans[0], "sequence_id": "first"}, 422),
         ("POST", "/spans", {**spans[0], "rollout_id": "ro-missing"}, 404),
-        ("POST", "/spans", b'{"rollout_id": ', 422),
+        ("POST", "/spans", b'{"rollout_id": ', 400),
         ("POST", "/spans/batch", {"spans": [spans[0], {"name": 1}]}, 422),
     ]
     for method, path, body, expected in wrong:
         assert (await pair.both(method, path, body))[0] == expected, (method, path)
+
+
+async def test_nan_and_infinity_are_refused_alike_and_nothing_is_stored(pair: Pair) -> None:
+    await pair.both("POST", "/rollouts", {"input": 1, "rollout_id": "ro-n"})
+    latest = f"{API_PREFIX}/rollouts/ro-n/attempts/latest"
+    await pair.fast.post(f"{API_PREFIX}/dequeue", json={"worker_id": "w"}, headers=AUTH)
+    attempt = (await pair.fast.get(latest, headers=AUTH)).json()
+    for method, path, body in [
+        ("POST", "/rollouts", b'{"input": NaN, "rollout_id": "ro-nan"}'),
+        ("POST", "/rollouts", b'{"input": {"x": [1, -Infinity]}, "rollout_id": "ro-inf"}'),
+        ("POST", "/rollouts", b'{"input": 1e999, "rollout_id": "ro-big"}'),
+        ("POST", "/rollouts/batch", b'{"requests": [{"input": Infinity, "rollout_id": "ro-nan"}]}'),
+        ("PATCH", "/rollouts/ro-n", b'{"metadata": {"score": NaN}}'),
+        ("PATCH", "/rollouts/ro-n/attempts/latest", b'{"last_heartbeat_time": 1e999}'),
+        ("PATCH", "/rollouts/ro-n/attempts/latest", b'{"metadata": {"loss": -1e400}}'),
+    ]:
+        status, answer, fast = await pair.both(method, path, body)
+        assert (status, answer["error"], fast) == (400, "InvalidJson", False), (method, path, body)
+        assert answer["message"].startswith("the request body is not valid JSON: "), answer
+    for name in ("ro-nan", "ro-inf", "ro-big"):
+        assert (await pair.both("GET", f"/rollouts/{name}"))[0] == 404
+    rollout = (await pair.both("GET", "/rollouts/ro-n"))[1]
+    assert rollout["metadata"] == {}
+    assert (await pair.fast.get(latest, headers=AUTH)).json() == attempt
+    # Where "NaN" is text, the body is JSON and served as ever.
+    assert (await pair.both("POST", "/rollouts", {"input": "NaN Infinity 1e999", "rollout_id": "ro-text"}))[2]
 
 
 async def test_requests_the_fast_path_leaves_to_fastapi(pair: Pair) -> None:

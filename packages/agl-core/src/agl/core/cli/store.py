@@ -8,6 +8,7 @@ import typer
 
 from agl.core.cli._common import StoreUrl
 from agl.core.errors import AglError
+from agl.core.store.urls import default_store_url
 
 app = typer.Typer(help="Run the store server.", no_args_is_help=True)
 
@@ -38,7 +39,13 @@ def serve(
             f"error: the store server needs the server extra (pip install 'agl-core[server]'): {error}", err=True
         )
         raise typer.Exit(1) from None
+    url = store or default_store_url()
+    access = "token required" if token else "no token"
     try:
+        if not 0 <= port <= 65535:
+            raise AglError(f"--port must be between 0 and 65535, got {port}")
+        if max_body_mb < 1:
+            raise AglError(f"--max-body-mb must be at least 1, got {max_body_mb}")
         settings = ServerSettings(
             host=host,
             port=port,
@@ -47,7 +54,12 @@ def serve(
             max_body_bytes=max_body_mb * 1024 * 1024,
             max_decompressed_bytes=2 * max_body_mb * 1024 * 1024,
         )
-        run_server(settings, store, workers)
+        run_server(
+            settings,
+            url,
+            workers,
+            on_ready=lambda address: typer.echo(f"agl store serving {url} at {address} ({access})"),
+        )
     except AglError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from None

@@ -67,6 +67,9 @@ def _describe(error: dict) -> str:
 async def _validation_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RequestValidationError)
     problems = error.errors()
+    if problems and problems[0]["type"] == "json_invalid":  # FastAPI's report of a body it could not parse
+        why = problems[0].get("ctx", {}).get("error", "unparseable")
+        return _respond(400, ErrorBody(error="InvalidJson", message=f"the request body is not valid JSON: {why}"))
     message = "; ".join(_describe(e) for e in problems[:3]) + (
         f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
     )

@@ -11,15 +11,17 @@ fallback; a fast route FastAPI does not declare is refused when the app starts. 
 same `HotCalls`, so they differ only in how a request is parsed. This middleware
 sits innermost, after the token check, the body limit and the metrics, so those apply unchanged.
 It answers only requests it understands whole — the exact method and path of a route below, a
-JSON content type, a body that validates against the route's model, plain query values — and
-hands every other request to FastAPI untouched, body included. So every malformed request gets
-FastAPI's own answer; store errors get the same `error_response` the app's handler uses, and
-anything unexpected propagates to the app's 500 handler as it would from a route.
+JSON content type, a body that is strict JSON (`server.bodies`) and validates against the route's
+model, plain query values — and hands every other request to FastAPI untouched, body included.
+So every malformed request gets FastAPI's own answer; store errors get the same `error_response`
+the app's handler uses, and anything unexpected propagates to the app's 500 handler as it would
+from a route.
 `tests/test_server_fast.py` checks both paths agree.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator
@@ -31,6 +33,7 @@ from pydantic import TypeAdapter, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agl.core.errors import AglError
+from agl.core.server.bodies import check_json
 from agl.core.server.calls import HotCalls
 from agl.core.server.errors import error_response
 from agl.core.store.wire import (
@@ -200,9 +203,12 @@ def _is_json(headers: list[tuple[bytes, bytes]]) -> bool:
 
 
 def _validate(adapter: TypeAdapter[Any], raw: bytes) -> Any:
+    """The body as the route's model; None when FastAPI must answer it (pydantic's parser alone
+    would take NaN, Infinity and 1e999)."""
     try:
+        check_json(raw)
         return adapter.validate_json(raw)
-    except ValidationError:
+    except (json.JSONDecodeError, ValidationError):
         return None
 
 

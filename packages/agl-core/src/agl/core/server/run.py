@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
 import functools
 import gc
 import os
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -44,12 +46,19 @@ def uvicorn_config(app: FastAPI | Callable[[], FastAPI], **options: Any) -> uvic
     )
 
 
-def serve(settings: ServerSettings, store_url: str | None = None, workers: int = 1) -> None:
+def serve(
+    settings: ServerSettings,
+    store_url: str | None = None,
+    workers: int = 1,
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
     """Serve ``store_url`` (default ``$AGL_STORE``) until interrupted; closes the store on the way out.
 
     With ``workers`` > 1, uvicorn's supervisor runs that many server processes on one socket, each
     with its own connection to the SQLite file (which processes share safely), so
     decoding and serialising use as many cores; it restarts a worker that dies.
+    ``on_ready`` is called with the server's address once the store is open and the port bound:
+    a client connecting from then on waits in the socket's backlog and is answered.
     """
     check_exposure(settings)
     if workers < 1:
@@ -62,18 +71,40 @@ def serve(settings: ServerSettings, store_url: str | None = None, workers: int =
         # the workers open it.
         asyncio.run(open_store(url, watchdog_interval=None).close())
         config = uvicorn_config(
-            functools.partial(_app_with_store, settings, url, os.getpid()), factory=True, workers=workers,
-            host=settings.host, port=settings.port,
-        )  # fmt: skip
-        Multiprocess(config, sockets=[config.bind_socket()]).run()
+            functools.partial(_app_with_store, settings, url, os.getpid()), factory=True, workers=workers
+        )
+        sockets = [_listen(settings, config.backlog, on_ready)]
+        Multiprocess(config, sockets=sockets).run()
         return
     store = open_store(store_url)
     try:
-        config = uvicorn_config(_app_closing(settings, store), host=settings.host, port=settings.port)
+        config = uvicorn_config(_app_closing(settings, store))
+        sockets = [_listen(settings, config.backlog, on_ready)]
         # Server.run (not asyncio.run(serve())) installs uvloop and the signal handlers.
-        uvicorn.Server(config).run()
+        uvicorn.Server(config).run(sockets=sockets)
     finally:
         asyncio.run(store.close())
+
+
+def _listen(settings: ServerSettings, backlog: int, on_ready: Callable[[str], None] | None) -> socket.socket:
+    """The server's socket, bound here rather than by uvicorn so that a port in use is one clear
+    error (uvicorn logs the OS's and exits with status 3); ``on_ready`` is then told its address."""
+    host, port = settings.host, settings.port
+    ipv6 = ":" in host
+    sock = socket.socket(socket.AF_INET6 if ipv6 else socket.AF_INET)  # as uvicorn's: "::" is dual-stack
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        if error.errno == errno.EADDRINUSE:
+            raise AglError(f"port {port} on {host} is in use") from None
+        raise AglError(f"cannot listen on {host} port {port}: {error.strerror or error}") from None
+    sock.listen(backlog)  # from here on a client waits in the backlog until uvicorn accepts
+    if on_ready is not None:
+        bound = sock.getsockname()[1]  # the port the system chose for --port 0
+        on_ready(f"http://[{host}]:{bound}" if ipv6 else f"http://{host}:{bound}")
+    return sock
 
 
 def _app_with_store(settings: ServerSettings, store_url: str, supervisor: int) -> FastAPI:

@@ -81,11 +81,24 @@ def describe_validation_error(what: str, error: ValidationError) -> str:
 
 
 def as_json_value(value: Any, what: str) -> Any:
-    """Round-trip through JSON so every backend hands back the same plain data it will persist."""
+    """Round-trip through JSON so every backend hands back the same plain data it will persist.
+
+    NaN and infinities are refused, by every backend alike: JSON has no value for them (over HTTP
+    they would arrive as null).
+    """
     try:
-        return from_json(to_json(value))
-    except (PydanticSerializationError, ValueError) as error:
+        data = to_json(value, inf_nan_mode="constants")
+    except PydanticSerializationError as error:
         raise InvalidInput(f"{what} is not JSON-serialisable: {error}") from None
+    try:
+        return from_json(data, allow_inf_nan=False)
+    except ValueError as error:
+        refused = error
+    try:
+        from_json(data)
+    except ValueError:  # not for NaN or Infinity: nested beyond the parser's limit
+        raise InvalidInput(f"{what} is not JSON-serialisable: {refused}") from None
+    raise InvalidInput(f"{what} holds NaN or Infinity, which are not JSON")
 
 
 def replace(model: M, changes: dict[str, Any]) -> M:

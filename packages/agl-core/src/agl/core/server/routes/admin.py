@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from agl.core.server.bodies import StrictJsonRoute
 from agl.core.server.encoding import JsonBytes, respond
 from agl.core.server.errors import ERROR_RESPONSES
 from agl.core.store.base import LightningStore, StoreStatistics
@@ -11,7 +12,7 @@ from agl.core.store.wire import API_PREFIX, DeadlinesBody
 
 
 def build(store: LightningStore) -> APIRouter:
-    router = APIRouter(prefix=API_PREFIX, tags=["store"], responses=ERROR_RESPONSES)
+    router = APIRouter(prefix=API_PREFIX, tags=["store"], responses=ERROR_RESPONSES, route_class=StrictJsonRoute)
 
     @router.get("/statistics", response_model=StoreStatistics)
     async def statistics() -> JsonBytes:

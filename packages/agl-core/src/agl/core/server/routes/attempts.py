@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from agl.core.errors import AttemptNotFound
+from agl.core.server.bodies import StrictJsonRoute
 from agl.core.server.calls import HotCalls
 from agl.core.server.encoding import JsonBytes, respond, respond_page
 from agl.core.server.errors import ERROR_RESPONSES
@@ -16,7 +17,7 @@ from agl.core.types import Attempt, AttemptedRollout, AttemptStatus
 
 
 def build(store: LightningStore, calls: HotCalls) -> APIRouter:
-    router = APIRouter(prefix=API_PREFIX, tags=["attempts"], responses=ERROR_RESPONSES)
+    router = APIRouter(prefix=API_PREFIX, tags=["attempts"], responses=ERROR_RESPONSES, route_class=StrictJsonRoute)
 
     @router.post("/rollouts/{rollout_id}/attempts", response_model=AttemptedRollout)
     async def start_attempt(rollout_id: str, body: StartAttemptBody) -> JsonBytes:

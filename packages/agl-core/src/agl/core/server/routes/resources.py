@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from agl.core.errors import ResourcesNotFound
+from agl.core.server.bodies import StrictJsonRoute
 from agl.core.server.encoding import JsonBytes, respond, respond_page
 from agl.core.server.errors import ERROR_RESPONSES
 from agl.core.store.base import LightningStore
@@ -13,7 +14,7 @@ from agl.core.types import ResourcesUpdate
 
 
 def build(store: LightningStore) -> APIRouter:
-    router = APIRouter(prefix=API_PREFIX, tags=["resources"], responses=ERROR_RESPONSES)
+    router = APIRouter(prefix=API_PREFIX, tags=["resources"], responses=ERROR_RESPONSES, route_class=StrictJsonRoute)
 
     @router.post("/resources", response_model=ResourcesUpdate)
     async def add_resources(body: ResourcesBody) -> JsonBytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from agl.core.server.bodies import StrictJsonRoute
 from agl.core.server.calls import HotCalls
 from agl.core.server.encoding import JsonBytes, respond, respond_page
 from agl.core.server.errors import ERROR_RESPONSES
@@ -24,7 +25,7 @@ from agl.core.types import AttemptedRollout, Rollout, RolloutRequest
 
 
 def build(store: LightningStore, calls: HotCalls) -> APIRouter:
-    router = APIRouter(prefix=API_PREFIX, tags=["rollouts"], responses=ERROR_RESPONSES)
+    router = APIRouter(prefix=API_PREFIX, tags=["rollouts"], responses=ERROR_RESPONSES, route_class=StrictJsonRoute)
 
     @router.post("/rollouts", response_model=Rollout)
     async def enqueue_rollout(body: RolloutRequest) -> JsonBytes:

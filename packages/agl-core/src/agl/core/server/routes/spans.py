@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from agl.core.server.bodies import StrictJsonRoute
 from agl.core.server.calls import HotCalls
 from agl.core.server.encoding import JsonBytes, respond
 from agl.core.server.errors import ERROR_RESPONSES
@@ -14,7 +15,7 @@ from agl.core.types import Span
 
 
 def build(store: LightningStore, metrics: Metrics, calls: HotCalls) -> APIRouter:
-    router = APIRouter(prefix=API_PREFIX, tags=["spans"], responses=ERROR_RESPONSES)
+    router = APIRouter(prefix=API_PREFIX, tags=["spans"], responses=ERROR_RESPONSES, route_class=StrictJsonRoute)
 
     @router.post("/spans", response_model=Span)
     async def add_span(body: Span) -> JsonBytes:

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from agl.core.server.bodies import StrictJsonRoute
 from agl.core.server.encoding import JsonBytes, respond, respond_page
 from agl.core.server.errors import ERROR_RESPONSES
 from agl.core.store.base import LightningStore
@@ -14,7 +15,7 @@ from agl.core.types import Worker, WorkerStatus
 
 
 def build(store: LightningStore) -> APIRouter:
-    router = APIRouter(prefix=API_PREFIX, tags=["workers"], responses=ERROR_RESPONSES)
+    router = APIRouter(prefix=API_PREFIX, tags=["workers"], responses=ERROR_RESPONSES, route_class=StrictJsonRoute)
 
     @router.put("/workers/{worker_id}", response_model=Worker)
     async def update_worker(worker_id: str, body: WorkerHeartbeatBody) -> JsonBytes:

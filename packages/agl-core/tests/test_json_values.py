@@ -1,0 +1,59 @@
+"""NaN and infinities, which JSON has no value for, are refused alike by every backend in process."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agl.core.errors import InvalidInput
+from agl.core.server import ServerSettings, create_app
+from agl.core.store import InMemoryLightningStore, SqliteLightningStore
+from agl.core.store.base import LightningStore
+from agl.core.store.http import HttpLightningStore
+from agl.core.testing.server import ServingThread
+
+
+@pytest.fixture(params=["memory", "sqlite", "http"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[LightningStore]:
+    """In process: memory, SQLite, and the HTTP client of a server over SQLite."""
+    opened = InMemoryLightningStore() if request.param == "memory" else SqliteLightningStore(tmp_path / "values.db")
+    if request.param == "http":
+        with ServingThread(create_app(ServerSettings(), opened)) as server:
+            client = HttpLightningStore(server.url)
+            yield client
+            await client.close()
+    else:
+        yield opened
+    await opened.close()
+
+
+Call = Callable[[LightningStore, str, str], Awaitable[Any]]
+"""A store call given the store, a running rollout's id and its attempt's."""
+CALLS: list[tuple[str, Call]] = [
+    ("rollout input", lambda s, r, a: s.enqueue_rollout({"x": [1.0, math.nan]})),
+    ("rollout input", lambda s, r, a: s.start_rollout(math.inf)),
+    ("rollout metadata", lambda s, r, a: s.enqueue_rollout(1, metadata={"score": -math.inf})),
+    ("rollout input", lambda s, r, a: s.update_rollout(r, input={"x": math.nan})),
+    ("rollout metadata", lambda s, r, a: s.update_rollout(r, metadata={"x": math.inf})),
+    ("attempt metadata", lambda s, r, a: s.update_attempt(r, a, metadata={"x": -math.inf})),
+    ("heartbeat stats", lambda s, r, a: s.update_worker("w1", heartbeat_stats={"gpu": math.nan})),
+]
+
+
+@pytest.mark.parametrize(("what", "call"), CALLS)
+async def test_nan_and_infinity_are_refused_naming_the_field(store: LightningStore, what: str, call: Call) -> None:
+    await store.enqueue_rollout({"x": 1})
+    claimed = await store.dequeue_rollout(worker_id="w1")
+    assert claimed is not None
+    before = await store.statistics()
+    with pytest.raises(InvalidInput, match=f"^{what} holds NaN or Infinity, which are not JSON$"):
+        await call(store, claimed.rollout_id, claimed.attempt.attempt_id)
+    assert await store.statistics() == before
+    rollout = await store.get_rollout_by_id(claimed.rollout_id)
+    attempt = await store.get_latest_attempt(claimed.rollout_id)
+    assert rollout is not None and attempt is not None
+    assert (rollout.input, rollout.metadata, attempt.metadata) == ({"x": 1}, {}, {})
