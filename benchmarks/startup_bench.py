@@ -6,12 +6,16 @@ Times ``opentelemetry-instrument python -c pass`` in agl's environment (every ag
 installed: the distro, configurator, exporter and instrumentors load, the SDK is configured) and
 in a side environment holding only the same OpenTelemetry packages (``.venvs/otel-only``,
 created on first use). No framework is imported, so instrumentors must not import theirs.
+Instrumentors of other projects installed beside agl's (the repository's environment holds
+OpenInference's for the coexistence tests; theirs import their frameworks at once) are switched off
+with ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS``, so the figure is agl's own.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import os
 import statistics
 import subprocess
 import sys
@@ -35,13 +39,20 @@ def baseline_env() -> Path:
     return BASELINE / "bin"
 
 
+def others() -> list[str]:
+    """The instrumentors installed here that are not agl's."""
+    found = importlib.metadata.entry_points(group="opentelemetry_instrumentor")
+    return sorted(point.name for point in found if not point.value.startswith("agl."))
+
+
 def timings(bin_dir: Path, runs: int) -> list[float]:
     command = [str(bin_dir / "opentelemetry-instrument"), str(bin_dir / "python"), "-c", "pass"]
-    subprocess.run(command, check=True)  # warm the file cache
+    environment = {**os.environ, "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": ",".join(others())}
+    subprocess.run(command, check=True, env=environment)  # warm the file cache
     results = []
     for _ in range(runs):
         started = time.perf_counter()
-        subprocess.run(command, check=True)
+        subprocess.run(command, check=True, env=environment)
         results.append(time.perf_counter() - started)
     return results
 
@@ -55,6 +66,7 @@ def main() -> None:
     for name, figures in (("OpenTelemetry only", otel_only), ("with agl", agl)):
         print(f"{name:20} s: min {min(figures):.3f}  median {statistics.median(figures):.3f}  max {max(figures):.3f}")
     print(f"agl adds {statistics.median(agl) - statistics.median(otel_only):+.3f} s (median)")
+    print(f"switched off (not agl's): {', '.join(others()) or 'none'}")
 
 
 if __name__ == "__main__":
