@@ -331,10 +331,13 @@ def _model_of(model: Any, ls_params: Mapping[str, Any]) -> str:
     name = ls_params.get("ls_model_name")
     if isinstance(name, str) and name:
         return name
-    for attribute in ("model_name", "model"):  # only when needed: a miss on a pydantic model raises inside
-        name = getattr(model, attribute, None)
-        if isinstance(name, str) and name:
-            return name
+    fields = getattr(type(model), "model_fields", {})
+    for attribute in ("model_name", "model"):
+        # Asked only of a model that has it: a miss on a pydantic model raises and formats an error inside.
+        if attribute in fields or hasattr(type(model), attribute):
+            name = getattr(model, attribute, None)
+            if isinstance(name, str) and name:
+                return name
     try:
         return str(model._llm_type)
     except Exception:
