@@ -107,6 +107,7 @@ def ingest_once(
             [sys.executable, "-m", "agl.core.cli", "store", "serve", "--port", str(port), "--store",
              f"sqlite:///{folder}/otlp.db", "--max-body-mb", "64",
              *(["--workers", str(workers)] if workers > 1 else [])],
+            stdout=subprocess.DEVNULL,  # its ready line: this script's stdout is its report
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
         try:

@@ -56,7 +56,7 @@ def serving(backend: str, folder: Path) -> Iterator[str]:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     command = [sys.executable, "-m", "agl.core.cli", "store", "serve", "--store", store_url, "--port", str(port)]
-    server = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # its ready line too
     try:
         yield f"http://127.0.0.1:{port}"  # the client retries until the server listens
     finally:
