@@ -1,7 +1,9 @@
-"""Smoke check of the peers benchmark driver (benchmarks/peers.py): one tiny run of its cheapest benchmark."""
+"""Smoke checks of the benchmarks: agl's side of the store comparison alone (it runs in CI), and the
+peers driver (benchmarks/peers.py) with one tiny run of its cheapest benchmark (it needs the anchor)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +12,25 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 ANCHOR = ROOT / ".venvs" / "anchor" / "bin" / "python"
+
+
+def test_agl_s_store_benchmark_over_http_reports_pure_json() -> None:
+    """compare_stores.py parses this output: nothing else (the store server's own lines) may reach it."""
+    command = [
+        sys.executable,
+        "benchmarks/store_bench.py",
+        "--json",
+        "--runs",
+        "1",
+        "--n",
+        "20",
+        "--backends",
+        "http+memory",
+    ]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["http+memory"]["enqueue"]["median"] > 0, report
 
 
 @pytest.mark.skipif(not ANCHOR.exists(), reason="Agent Lightning 0.3.0 is not installed in .venvs/anchor")
