@@ -57,3 +57,35 @@ async def test_nan_and_infinity_are_refused_naming_the_field(store: LightningSto
     attempt = await store.get_latest_attempt(claimed.rollout_id)
     assert rollout is not None and attempt is not None
     assert (rollout.input, rollout.metadata, attempt.metadata) == ({"x": 1}, {}, {})
+
+
+FLOAT_CALLS: list[tuple[str, Call]] = [
+    ("last_heartbeat_time", lambda s, r, a: s.update_attempt(r, a, last_heartbeat_time=math.nan)),
+    ("timeout_seconds", lambda s, r, a: s.enqueue_rollout(1, config={"timeout_seconds": math.inf})),
+    ("unresponsive_seconds", lambda s, r, a: s.update_rollout(r, config={"unresponsive_seconds": math.nan})),
+    ("start_time", lambda s, r, a: s.add_span(_span(r, a, start_time=math.inf))),
+    ("timestamp", lambda s, r, a: s.add_span(_span(r, a, events=[{"name": "e", "timestamp": math.nan}]))),
+]
+
+
+def _span(rollout_id: str, attempt_id: str, **fields: Any) -> dict[str, Any]:
+    ids = {"rollout_id": rollout_id, "attempt_id": attempt_id, "trace_id": "1" * 32, "span_id": "2" * 16}
+    return {**ids, "sequence_id": 1, "name": "step", **fields}
+
+
+@pytest.mark.parametrize(("field", "call"), FLOAT_CALLS)
+async def test_a_float_field_refuses_nan_and_infinity(store: LightningStore, field: str, call: Call) -> None:
+    claimed = await store.start_rollout({"x": 1})
+    before = await store.statistics()
+    refused = rf"^invalid \w+: (config\.|events\.0\.)?{field}: Input should be a finite number"
+    with pytest.raises(InvalidInput, match=refused):
+        await call(store, claimed.rollout_id, claimed.attempt.attempt_id)
+    assert await store.statistics() == before
+    attempt = await store.get_latest_attempt(claimed.rollout_id)
+    assert attempt is not None and attempt.last_heartbeat_time == claimed.attempt.last_heartbeat_time
+
+
+async def test_a_nan_wait_timeout_is_refused_rather_than_waited_on_forever(store: LightningStore) -> None:
+    rollout = await store.enqueue_rollout(1)
+    with pytest.raises(InvalidInput, match=r"^wait timeout must be a number of seconds or None, not NaN$"):
+        await store.wait_for_rollouts([rollout.rollout_id], timeout=math.nan)

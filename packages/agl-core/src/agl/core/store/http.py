@@ -30,7 +30,7 @@ from agl.core.errors import AglError, AttemptNotFound, InvalidInput, NotFound, S
 from agl.core.ids import new_rollout_id
 from agl.core.store.base import UNSET, LightningStore, Page, StoreStatistics
 from agl.core.store.http1 import ConnectFailed, ConnectionPool, HandshakeFailed, RequestFailed
-from agl.core.store.lifecycle import as_json_value, coerce_span, validate
+from agl.core.store.lifecycle import as_json_value, check_finite, check_wait_timeout, coerce_span, validate
 from agl.core.store.wire import (
     API_PREFIX,
     LONG_POLL_MAX_SECONDS,
@@ -57,6 +57,13 @@ TOKEN_ENV = "AGL_STORE_TOKEN"
 _RETRYABLE_STATUS = frozenset({502, 503, 504})
 _adapters: dict[Any, TypeAdapter[Any]] = {}
 _request_list: TypeAdapter[list[RolloutRequest]] = TypeAdapter(list[RolloutRequest])
+
+
+def _config_body(config: RolloutConfig | dict[str, Any] | None) -> dict[str, Any] | None:
+    """Checked here, as in process, so NaN or a wrong field is `InvalidInput`, not a server refusal."""
+    if isinstance(config, dict):
+        config = validate(RolloutConfig, **config)
+    return None if config is None else config.model_dump(mode="json")
 
 
 def _decode(payload: bytes, kind: Any) -> Any:
@@ -281,13 +288,14 @@ class HttpLightningStore(LightningStore):
             mode=mode,
             resources_id=resources_id,
             status=status,
-            config=config.model_dump(mode="json") if isinstance(config, RolloutConfig) else config,
+            config=config if config is UNSET else _config_body(config),
             metadata=metadata if metadata is UNSET else as_json_value(metadata, "rollout metadata"),
         )
         return _decode(await self._call("PATCH", f"/rollouts/{rollout_id}", body=body, idempotent=True), Rollout)
 
     async def wait_for_rollouts(self, rollout_ids: Sequence[str], timeout: float | None = None) -> list[Rollout]:
         """Long-polls the server in slices of at most its cap until ``timeout`` (no client busy loop)."""
+        check_wait_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         wanted = list(dict.fromkeys(rollout_ids))
         while True:
@@ -343,6 +351,8 @@ class HttpLightningStore(LightningStore):
     ) -> Attempt:
         if status is not UNSET:
             check_status("attempt status", status, ATTEMPT_STATUSES)
+        if last_heartbeat_time is not UNSET:
+            check_finite("Attempt: last_heartbeat_time", last_heartbeat_time)
         body = unset_to_absent(
             status=status,
             worker_id=worker_id,

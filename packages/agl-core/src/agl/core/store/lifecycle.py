@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -99,6 +100,18 @@ def as_json_value(value: Any, what: str) -> Any:
     except ValueError:  # not for NaN or Infinity: nested beyond the parser's limit
         raise InvalidInput(f"{what} is not JSON-serialisable: {refused}") from None
     raise InvalidInput(f"{what} holds NaN or Infinity, which are not JSON")
+
+
+def check_finite(what: str, value: Any) -> None:
+    """For clients that send a float on its own: refused as the models of the in-process stores refuse it."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidInput(f"invalid {what}: Input should be a finite number")
+
+
+def check_wait_timeout(timeout: float | None) -> None:
+    """A NaN deadline is never reached: `wait_for_rollouts` would wait, or poll, forever."""
+    if timeout is not None and math.isnan(timeout):
+        raise InvalidInput("wait timeout must be a number of seconds or None, not NaN")
 
 
 def replace(model: M, changes: dict[str, Any]) -> M:
@@ -597,6 +610,7 @@ class LifecycleStore(LightningStore):
             return self._get_rollout(rollout_id)
 
     async def wait_for_rollouts(self, rollout_ids: Sequence[str], timeout: float | None = None) -> list[Rollout]:
+        check_wait_timeout(timeout)
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         wanted = list(dict.fromkeys(rollout_ids))

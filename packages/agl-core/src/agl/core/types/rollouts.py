@@ -65,7 +65,7 @@ def check_attempt_transition(attempt_id: str, current: str, requested: str) -> N
 class RolloutConfig(BaseModel):
     """How long a rollout may take and when a failed attempt is retried."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     timeout_seconds: float | None = Field(default=None, gt=0)
     """An attempt running longer than this (from its start) is marked ``timeout``."""
@@ -99,7 +99,7 @@ class Rollout(BaseModel):
 class Attempt(BaseModel):
     """One try at a rollout by one worker; ``sequence_id`` counts tries from 1."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, allow_inf_nan=False)
 
     rollout_id: str
     attempt_id: str

@@ -32,7 +32,7 @@ class SpanStatus(BaseModel):
 
 
 class SpanEvent(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, allow_inf_nan=False)
 
     name: str
     timestamp: float | None = None
@@ -55,7 +55,7 @@ class SpanResource(BaseModel):
 
 
 class Span(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, allow_inf_nan=False)
 
     rollout_id: Id
     attempt_id: Id
