@@ -324,28 +324,36 @@ def _chat_messages(messages: Any) -> list[Any] | None:
     return copied
 
 
-def _tool_call(call: Any) -> dict[str, Any]:
-    """A native tool call (a dict in OpenAI's shape, or a provider's object) as a chat message carries it."""
-    if isinstance(call, Mapping):
-        function = call.get("function") or {}
-        name, arguments, call_id = function.get("name"), function.get("arguments"), call.get("id")
+def _field(value: Any, name: str) -> Any:
+    """A key of a dict or an attribute of an object: providers return tool calls as either."""
+    return value.get(name) if isinstance(value, Mapping) else getattr(value, name, None)
+
+
+def _tool_call(call: Any) -> dict[str, Any] | None:
+    """A native tool call as a chat message carries it, in whichever shape CrewAI's provider returned
+    it (OpenAI chat's, as an object or a dict; Gemini's ``function_call``; the Responses API's,
+    Anthropic's and Bedrock's flat name with ``arguments`` or ``input``); None if it is none of them."""
+    function = _field(call, "function") or _field(call, "function_call")
+    if function is not None:
+        arguments = _field(function, "arguments")
+        arguments = _field(function, "args") if arguments is None else arguments
     else:
-        function = getattr(call, "function", None)
-        name, arguments, call_id = getattr(function, "name", None), getattr(function, "arguments", None), call.id
+        function, arguments = call, _field(call, "arguments")
+        arguments = _field(call, "input") if arguments is None else arguments
+        if _field(call, "name") is None or arguments is None:
+            return None
+    call_id = _field(call, "call_id") or _field(call, "id") or _field(call, "toolUseId") or _field(function, "id")
     if not isinstance(arguments, str):
         arguments = _json(arguments or {})
-    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
-
-
-def _is_tool_call(value: Any) -> bool:
-    function = value.get("function") if isinstance(value, Mapping) else getattr(value, "function", None)
-    return function is not None
+    return {"id": call_id, "type": "function", "function": {"name": _field(function, "name"), "arguments": arguments}}
 
 
 def _assistant_message(result: Any) -> dict[str, Any]:
     """What ``call`` returned as an assistant message: text, native tool calls, or a structured output as JSON."""
-    if isinstance(result, list) and result and all(_is_tool_call(item) for item in result):
-        return {"role": "assistant", "content": None, "tool_calls": [_tool_call(item) for item in result]}
+    if isinstance(result, list) and result:
+        calls = [_tool_call(item) for item in result]
+        if all(call is not None for call in calls):
+            return {"role": "assistant", "content": None, "tool_calls": calls}
     return {"role": "assistant", "content": result if isinstance(result, str) or result is None else _text(result)}
 
 

@@ -263,8 +263,9 @@ on first use, since this module does not import LangChain."""
 def _openai_messages(messages: Any) -> list[dict[str, Any]]:
     """LangChain messages as OpenAI chat messages, as ``convert_to_openai_messages`` makes them.
     Plain ones (text content, one of the four usual classes) are converted here, to the same dicts
-    (a test holds the two equal): that function's generality costs several times more, and every
-    model call converts its whole conversation. Anything else goes through it."""
+    (a test holds the two equal), because that function's generality costs several times more and
+    every model call converts its whole conversation; anything else goes through it. One difference:
+    tool calls whose arguments are not JSON are kept here, as the model wrote them."""
     messages = list(messages)
     if not _ROLES:
         from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
@@ -293,7 +294,7 @@ def _plain_message(message: Any) -> dict[str, Any] | None:
     converted: dict[str, Any] = {"role": role}
     if message.name:
         converted["name"] = message.name
-    if role == "assistant" and message.tool_calls:
+    if role == "assistant" and (message.tool_calls or message.invalid_tool_calls):
         converted["tool_calls"] = [
             {
                 "type": "function",
@@ -301,6 +302,11 @@ def _plain_message(message: Any) -> dict[str, Any] | None:
                 "function": {"name": call["name"], "arguments": _arguments_json(call["args"])},
             }
             for call in message.tool_calls
+        ] + [
+            # Arguments that are not JSON, as the model wrote them: LangChain's converter drops such
+            # calls, but the model made them and chat models send them back (ChatOpenAI does).
+            {"type": "function", "id": call["id"], "function": {"name": call["name"], "arguments": call["args"]}}
+            for call in message.invalid_tool_calls
         ]
     if extra.get("refusal"):
         converted["refusal"] = extra["refusal"]
@@ -450,18 +456,22 @@ def _start_chat(
 
 
 def _record_messages(call: LlmCall, messages: list[Any], generation_info: list[Mapping[str, Any]]) -> None:
-    """The reply messages (AIMessages) of one call: content, tool calls, model, usage, finish reason."""
+    """The reply messages (AIMessages) of one call: content, tool calls, model, usage, finish reason.
+    Filled in, not overwritten: an openai layer underneath recorded the reply as the wire carried it
+    (reasoning, tool calls LangChain could not parse), which LangChain's messages may have lost."""
     first = messages[0] if messages else None
     metadata: Mapping[str, Any] = getattr(first, "response_metadata", None) or {}
     usage: Mapping[str, Any] = getattr(first, "usage_metadata", None) or {}
     finish = [info.get("finish_reason") for info in generation_info if info.get("finish_reason")]
     finish = finish or [m.response_metadata["finish_reason"] for m in messages if _finish_reason(m)]
-    call.record_response(
-        _openai_messages(messages) if messages else None,
-        model=metadata.get("model_name") or metadata.get("model"),
-        finish_reasons=[str(reason) for reason in finish],
-        input_tokens=usage.get("input_tokens"),
-        output_tokens=usage.get("output_tokens"),
+    call.fill(
+        {
+            semconv.OUTPUT_MESSAGES: _openai_messages(messages) if messages else None,
+            semconv.RESPONSE_MODEL: metadata.get("model_name") or metadata.get("model"),
+            semconv.FINISH_REASONS: [str(reason) for reason in finish] or None,
+            semconv.USAGE_INPUT_TOKENS: usage.get("input_tokens"),
+            semconv.USAGE_OUTPUT_TOKENS: usage.get("output_tokens"),
+        }
     )
 
 

@@ -1,0 +1,33 @@
+"""Unusual but legitimate model replies, recorded as the model gave and saw them."""
+
+from __future__ import annotations
+
+import json
+
+from langchain_core.messages import HumanMessage, ToolMessage
+from langchain_openai import ChatOpenAI
+
+from agl.core.testing.chat_server import Reply, ToolCall, chat_log, chat_server_app
+from agl.core.testing.server import ServingThread
+from agl.core.tracing import semconv
+
+TRUNCATED = '{"a": 17, "b": '
+
+
+def test_a_tool_call_whose_arguments_are_not_json_is_recorded_as_made_and_as_sent_back(
+    captured_spans, instrument
+) -> None:
+    instrument()
+    app = chat_server_app([Reply(tool_calls=[ToolCall("add", TRUNCATED, id="call-1")]), "Sorry."])
+    with ServingThread(app) as server:
+        model = ChatOpenAI(model="agl-toy", base_url=f"{server.url}/v1", api_key="test", max_retries=0)  # type: ignore[arg-type]
+        reply = model.invoke([HumanMessage("What is 17 + 25?")])
+        assert reply.invalid_tool_calls and not reply.tool_calls  # LangChain could not parse it
+        model.invoke([HumanMessage("What is 17 + 25?"), reply, ToolMessage("Not JSON.", tool_call_id="call-1")])
+
+    first, second = sorted(captured_spans.get_finished_spans(), key=lambda span: span.attributes[semconv.SEQUENCE_ID])
+    made = {"type": "function", "id": "call-1", "function": {"name": "add", "arguments": TRUNCATED}}
+    assert json.loads(first.attributes[semconv.OUTPUT_MESSAGES])[0]["tool_calls"] == [made]
+    recorded = json.loads(second.attributes[semconv.INPUT_MESSAGES])
+    sent = chat_log(app).requests[1]["messages"]
+    assert [message.get("tool_calls") for message in recorded] == [message.get("tool_calls") for message in sent]
