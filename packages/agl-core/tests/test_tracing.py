@@ -151,6 +151,24 @@ async def test_the_exporter_files_batches_in_the_store_and_never_raises(
     failing.shutdown()
 
 
+async def test_a_span_the_store_refuses_loses_only_itself_not_its_batch(
+    traced: tuple[TracerProvider, InMemorySpanExporter], tmp_path: Path
+) -> None:
+    provider, finished = traced
+    store = SqliteLightningStore(tmp_path / "spans.db", max_span_bytes=4096)
+    started = await store.start_rollout({"q": 1})
+    tracer = provider.get_tracer("test")
+    with rollout_context(started.rollout_id, started.attempt.attempt_id):
+        tracer.start_span("agent").end()
+        tracer.start_span("tool", attributes={"result": "x" * 8192}).end()  # over the store's limit
+        tracer.start_span("reply").end()
+    exporter = StoreSpanExporter(store=store)
+    assert exporter.export(finished.get_finished_spans()).name == "FAILURE"  # one span was lost
+    assert [s.name for s in await store.query_spans(started.rollout_id)] == ["agent", "reply"]
+    exporter.shutdown()
+    await store.close()
+
+
 async def test_a_routed_rollout_s_spans_reach_its_store_even_when_the_exporter_s_own_store_fails(
     traced: tuple[TracerProvider, InMemorySpanExporter], tmp_path: Path
 ) -> None:

@@ -1,8 +1,9 @@
 """``agl_store``: an OpenTelemetry span exporter that writes into an agl store (``$AGL_STORE``:
 SQLite by default, a store server when it is an ``http://`` URL).
 
-Each batch goes in with one `add_observed_spans` call per store (one transaction). The exporter
-never raises into the program it observes: a failed write is logged and reported as FAILURE.
+Each batch goes in with one `add_observed_spans` call per store (one transaction); a batch the store
+refuses as invalid goes in again span by span, so a bad span loses only itself. The exporter never
+raises into the program it observes: a failed write is logged and reported as FAILURE.
 
 A process has one tracer provider, so one exporter, but it may run rollouts of several stores: a
 notebook that fits twice on two stores, two runners on two stores at once. A runner routes the
@@ -21,6 +22,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from agl.core.bridge import StoreBridge
+from agl.core.errors import InvalidInput
 from agl.core.tracing.identity import file_span
 from agl.core.tracing.observed import process_rollout
 
@@ -66,12 +68,19 @@ class StoreSpanExporter(SpanExporter):
         result = SpanExportResult.SUCCESS
         for store, batch in self._by_store(converted):  # a store that fails costs the others nothing
             try:
-                self.bridge.call(
-                    lambda to, batch=batch: to.add_observed_spans(batch, new_rollout_metadata=metadata), store=store
-                )
+                self._write(store, batch, metadata)
+            except InvalidInput:  # the store took none of them: one span it refuses loses only itself
+                for span in batch:
+                    try:
+                        self._write(store, [span], metadata)
+                    except Exception as error:
+                        result = self._failed(1, error)
             except Exception as error:
                 result = self._failed(len(batch), error)
         return result
+
+    def _write(self, store: LightningStore | None, spans: list[Any], metadata: dict[str, dict[str, Any]]) -> None:
+        self.bridge.call(lambda to: to.add_observed_spans(spans, new_rollout_metadata=metadata), store=store)
 
     def _failed(self, count: int, error: Exception) -> SpanExportResult:
         if not self._warned:
