@@ -14,6 +14,7 @@ from agl.core.server.errors import install_error_handlers
 from agl.core.server.fast import FastPath, routes
 from agl.core.server.limits import BodyLimit
 from agl.core.server.metrics import Metrics, MetricsMiddleware
+from agl.core.server.paths import RawPath
 from agl.core.server.routes import admin, attempts, health, otlp, resources, rollouts, spans, workers
 from agl.core.server.settings import ServerSettings
 from agl.core.store.base import LightningStore
@@ -69,4 +70,5 @@ def create_app(settings: ServerSettings, store: LightningStore, *, fast_path: bo
         app.add_middleware(TokenAuth, token=settings.token.get_secret_value())
         document_bearer_auth(app)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(RawPath)  # outermost: every route, the fast path's included, matches the path as sent
     return app

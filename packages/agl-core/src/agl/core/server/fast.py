@@ -26,7 +26,7 @@ import re
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote
 
 from fastapi import FastAPI
 from pydantic import TypeAdapter, ValidationError
@@ -63,7 +63,9 @@ class FastRoute:
         query: dict[str, type] | None = None,
     ) -> None:
         self.method = method
-        self.path = API_PREFIX + template  # as FastAPI's route has it: the metrics label by ``path``
+        self.path = API_PREFIX + template  # FastAPI's route's path_format: the metrics label by ``path``
+        # Ids are matched and decoded as `paths.IdConvertor` does; an empty one ("/rollouts/") is
+        # left to FastAPI: no rollout's path makes such a call.
         self.pattern = re.compile("^" + re.sub(r"\{\w+\}", "([^/]+)", self.path) + "$")
         self.static = "{" not in template
         self.handle = handle
@@ -124,7 +126,7 @@ class FastPath:
         for fast in self._templated.get(method, ()):
             found = fast.pattern.match(path)
             if found is not None:
-                return fast, found.groups()
+                return fast, tuple(unquote(segment) for segment in found.groups())
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -160,14 +162,15 @@ class FastPath:
 
 
 def _documented(routes: Iterable[Any]) -> Iterator[tuple[str, str]]:
-    """(method, path) of every route in the OpenAPI spec, without building the spec (~0.4 s)."""
+    """(method, path) of every route in the OpenAPI spec, without building the spec (~0.4 s); the path
+    as the spec has it, without convertors (``{rollout_id}``, not ``{rollout_id:agl_id}``)."""
     for route in routes:
         included = getattr(route, "original_router", None)  # newer FastAPI keeps included routers whole
         if included is not None:
             yield from _documented(included.routes)
         elif getattr(route, "include_in_schema", False):
             for method in getattr(route, "methods", ()):
-                yield method, route.path
+                yield method, route.path_format
 
 
 async def _read_body(receive: Receive) -> tuple[list[Message], bytes | None]:

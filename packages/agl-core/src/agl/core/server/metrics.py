@@ -69,5 +69,6 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, remember_status)
         finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
+            matched = scope.get("route")
+            route = getattr(matched, "path_format", None) or getattr(matched, "path", "unmatched")  # without convertors
             self.metrics.count_request(scope["method"], route, str(status), time.perf_counter() - started)

@@ -30,7 +30,15 @@ from agl.core.errors import AglError, AttemptNotFound, InvalidInput, NotFound, S
 from agl.core.ids import new_rollout_id
 from agl.core.store.base import UNSET, LightningStore, Page, StoreStatistics
 from agl.core.store.http1 import ConnectFailed, ConnectionPool, HandshakeFailed, RequestFailed
-from agl.core.store.lifecycle import as_json_value, check_finite, check_wait_timeout, coerce_span, validate
+from agl.core.store.lifecycle import (
+    as_json_value,
+    as_rollout_request,
+    check_finite,
+    check_wait_timeout,
+    coerce_span,
+    validate,
+)
+from agl.core.store.query import check_filter, check_id, check_query, check_rollout_filters
 from agl.core.store.wire import (
     API_PREFIX,
     LONG_POLL_MAX_SECONDS,
@@ -51,6 +59,7 @@ from agl.core.types import (
     Worker,
 )
 from agl.core.types.rollouts import ATTEMPT_STATUSES, ROLLOUT_MODES, ROLLOUT_STATUSES, check_status
+from agl.core.types.workers import WORKER_STATUSES
 
 T = TypeVar("T")
 TOKEN_ENV = "AGL_STORE_TOKEN"
@@ -63,6 +72,8 @@ def _config_body(config: RolloutConfig | dict[str, Any] | None) -> dict[str, Any
     """Checked here, as in process, so NaN or a wrong field is `InvalidInput`, not a server refusal."""
     if isinstance(config, dict):
         config = validate(RolloutConfig, **config)
+    elif config is not None and not isinstance(config, RolloutConfig):
+        raise InvalidInput(f"rollout config must be an object, got {type(config).__name__}")
     return None if config is None else config.model_dump(mode="json")
 
 
@@ -79,6 +90,12 @@ def _encode(body: Any) -> bytes:
         return body.__pydantic_serializer__.to_json(body) if isinstance(body, BaseModel) else to_json(body)
     except PydanticSerializationError as error:
         raise InvalidInput(f"request is not JSON-serialisable (span attributes?): {error}") from None
+
+
+def _segment(what: str, value: Any) -> str:
+    """An id as one path segment, percent-encoded whole: "/" too, as the server routes on the path as sent."""
+    check_id(what, value)
+    return quote(value, safe="")
 
 
 def _params(**values: Any) -> list[tuple[str, str]]:
@@ -102,7 +119,7 @@ class HttpLightningStore(LightningStore):
     ) -> None:
         self.url = url.rstrip("/")
         parts = urlsplit(self.url)
-        self._api = parts.path + API_PREFIX
+        self._api = quote(parts.path, safe="/:@!$&'()*+,;=~") + API_PREFIX
         token = token if token is not None else os.environ.get(TOKEN_ENV)
         headers = f"Host: {parts.netloc.rpartition('@')[2]}\r\nContent-Type: application/json\r\n"
         if token:
@@ -121,7 +138,7 @@ class HttpLightningStore(LightningStore):
         return pool
 
     def _message(self, method: str, path: str, body: bytes, params: list[tuple[str, str]] | None) -> bytes:
-        target = quote(self._api + path, safe="/:@!$&'()*+,;=~")
+        target = self._api + path
         if params:
             target += "?" + urlencode(params)
         head = f"{method} {target} HTTP/1.1\r\n".encode() + self._headers
@@ -203,11 +220,11 @@ class HttpLightningStore(LightningStore):
             resources_id=resources_id,
             config=config,
             metadata=None if metadata is None else as_json_value(metadata, "rollout metadata"),
-            rollout_id=rollout_id or new_rollout_id(),
+            rollout_id=new_rollout_id() if rollout_id is None else rollout_id,
         )
 
     async def enqueue_many_rollouts(self, requests: Sequence[RolloutRequest]) -> list[Rollout]:
-        checked = [r if isinstance(r, RolloutRequest) else validate(RolloutRequest, **r) for r in requests]  # type: ignore[arg-type]
+        checked = [as_rollout_request(r) for r in requests]
         plain = _request_list.dump_python(checked, mode="json")
         for request in plain:  # ids chosen here, in the dumped dicts: a model copy each cost more than the dump
             if request["rollout_id"] is None:
@@ -216,6 +233,7 @@ class HttpLightningStore(LightningStore):
         return _decode(await self._call("POST", "/rollouts/batch", body=body, idempotent=True), list[Rollout])
 
     async def dequeue_rollout(self, worker_id: str | None = None) -> AttemptedRollout | None:
+        check_id("worker_id", worker_id, optional=True)
         payload = await self._call("POST", "/dequeue", body={"worker_id": worker_id}, idempotent=False)
         return _decode(payload, AttemptedRollout | None)
 
@@ -231,17 +249,22 @@ class HttpLightningStore(LightningStore):
         rollout_id: str | None = None,
     ) -> AttemptedRollout:
         request = self._request(input, mode, resources_id, config, metadata, rollout_id)
+        check_id("worker_id", worker_id, optional=True)
         body = {**request.model_dump(mode="json"), "worker_id": worker_id}
         return _decode(await self._call("POST", "/rollouts/start", body=body, idempotent=True), AttemptedRollout)
 
     async def start_attempt(self, rollout_id: str, worker_id: str | None = None) -> AttemptedRollout:
+        check_id("worker_id", worker_id, optional=True)
         payload = await self._call(
-            "POST", f"/rollouts/{rollout_id}/attempts", body={"worker_id": worker_id}, idempotent=False
+            "POST",
+            f"/rollouts/{_segment('rollout_id', rollout_id)}/attempts",
+            body={"worker_id": worker_id},
+            idempotent=False,
         )
         return _decode(payload, AttemptedRollout)
 
     async def get_rollout_by_id(self, rollout_id: str) -> Rollout | None:
-        return await self._get_or_none(f"/rollouts/{rollout_id}", Rollout)
+        return await self._get_or_none(f"/rollouts/{_segment('rollout_id', rollout_id)}", Rollout)
 
     async def query_rollouts(
         self,
@@ -255,6 +278,8 @@ class HttpLightningStore(LightningStore):
         limit: int | None = None,
         offset: int = 0,
     ) -> Page[Rollout]:
+        check_query("rollouts", sort_by, sort_order, limit, offset)
+        check_rollout_filters(status_in, rollout_id_in, mode, resources_id)
         body = {
             "status_in": None if status_in is None else list(status_in),
             "rollout_id_in": None if rollout_id_in is None else list(rollout_id_in),
@@ -291,7 +316,10 @@ class HttpLightningStore(LightningStore):
             config=config if config is UNSET else _config_body(config),
             metadata=metadata if metadata is UNSET else as_json_value(metadata, "rollout metadata"),
         )
-        return _decode(await self._call("PATCH", f"/rollouts/{rollout_id}", body=body, idempotent=True), Rollout)
+        return _decode(
+            await self._call("PATCH", f"/rollouts/{_segment('rollout_id', rollout_id)}", body=body, idempotent=True),
+            Rollout,
+        )
 
     async def wait_for_rollouts(self, rollout_ids: Sequence[str], timeout: float | None = None) -> list[Rollout]:
         """Long-polls the server in slices of at most its cap until ``timeout`` (no client busy loop)."""
@@ -323,8 +351,10 @@ class HttpLightningStore(LightningStore):
         limit: int | None = None,
         offset: int = 0,
     ) -> Page[Attempt]:
+        check_query("attempts", sort_by, sort_order, limit, offset)
+        check_filter("status_in", status_in, ATTEMPT_STATUSES)
         return await self._page(
-            f"/rollouts/{rollout_id}/attempts",
+            f"/rollouts/{_segment('rollout_id', rollout_id)}/attempts",
             Attempt,
             status_in=None if status_in is None else list(status_in),
             sort_by=sort_by,
@@ -335,7 +365,12 @@ class HttpLightningStore(LightningStore):
 
     async def get_latest_attempt(self, rollout_id: str) -> Attempt | None:
         try:
-            return _decode(await self._call("GET", f"/rollouts/{rollout_id}/attempts/latest", idempotent=True), Attempt)
+            return _decode(
+                await self._call(
+                    "GET", f"/rollouts/{_segment('rollout_id', rollout_id)}/attempts/latest", idempotent=True
+                ),
+                Attempt,
+            )
         except AttemptNotFound:
             return None
 
@@ -353,13 +388,15 @@ class HttpLightningStore(LightningStore):
             check_status("attempt status", status, ATTEMPT_STATUSES)
         if last_heartbeat_time is not UNSET:
             check_finite("Attempt: last_heartbeat_time", last_heartbeat_time)
+        if worker_id is not UNSET:
+            check_id("worker_id", worker_id, optional=True)
         body = unset_to_absent(
             status=status,
             worker_id=worker_id,
             last_heartbeat_time=last_heartbeat_time,
             metadata=metadata if metadata is UNSET else as_json_value(metadata, "attempt metadata"),
         )
-        path = f"/rollouts/{rollout_id}/attempts/{attempt_id}"
+        path = f"/rollouts/{_segment('rollout_id', rollout_id)}/attempts/{_segment('attempt_id', attempt_id)}"
         return _decode(await self._call("PATCH", path, body=body, idempotent=True), Attempt)
 
     # --- spans ----------------------------------------------------------------------------
@@ -382,7 +419,9 @@ class HttpLightningStore(LightningStore):
 
     async def get_next_span_sequence_id(self, rollout_id: str, attempt_id: str) -> int:
         # Repeating this only skips a number, which is harmless.
-        path = f"/rollouts/{rollout_id}/attempts/{attempt_id}/sequence-ids"
+        path = (
+            f"/rollouts/{_segment('rollout_id', rollout_id)}/attempts/{_segment('attempt_id', attempt_id)}/sequence-ids"
+        )
         payload = await self._call("POST", path, idempotent=True)
         return int(_decode(payload, dict[str, int])["sequence_id"])
 
@@ -397,8 +436,10 @@ class HttpLightningStore(LightningStore):
         limit: int | None = None,
         offset: int = 0,
     ) -> Page[Span]:
+        check_query("spans", sort_by, sort_order, limit, offset)
+        check_id("attempt_id", attempt_id, optional=True)
         return await self._page(
-            f"/rollouts/{rollout_id}/spans",
+            f"/rollouts/{_segment('rollout_id', rollout_id)}/spans",
             Span,
             attempt_id=attempt_id,
             name=name,
@@ -415,11 +456,11 @@ class HttpLightningStore(LightningStore):
 
     async def update_resources(self, resources_id: str, resources: NamedResources) -> ResourcesUpdate:
         # Not retried once sent: a repeat would add a version.
-        path = f"/resources/{resources_id}"
+        path = f"/resources/{_segment('resources_id', resources_id)}"
         return _decode(await self._call("PUT", path, body={"resources": resources}, idempotent=False), ResourcesUpdate)
 
     async def get_resources_by_id(self, resources_id: str) -> ResourcesUpdate | None:
-        return await self._get_or_none(f"/resources/{resources_id}", ResourcesUpdate)
+        return await self._get_or_none(f"/resources/{_segment('resources_id', resources_id)}", ResourcesUpdate)
 
     async def get_latest_resources(self) -> ResourcesUpdate | None:
         return await self._get_or_none("/resources/latest", ResourcesUpdate)
@@ -427,6 +468,7 @@ class HttpLightningStore(LightningStore):
     async def query_resources(
         self, *, sort_by: str = "update_time", sort_order: str = "asc", limit: int | None = None, offset: int = 0
     ) -> Page[ResourcesUpdate]:
+        check_query("resources", sort_by, sort_order, limit, offset)
         return await self._page(
             "/resources", ResourcesUpdate, sort_by=sort_by, sort_order=sort_order, limit=limit, offset=offset
         )
@@ -438,7 +480,9 @@ class HttpLightningStore(LightningStore):
             if heartbeat_stats is UNSET
             else as_json_value(heartbeat_stats, "heartbeat stats")
         )
-        return _decode(await self._call("PUT", f"/workers/{worker_id}", body=body, idempotent=True), Worker)
+        return _decode(
+            await self._call("PUT", f"/workers/{_segment('worker_id', worker_id)}", body=body, idempotent=True), Worker
+        )
 
     async def query_workers(
         self,
@@ -449,6 +493,8 @@ class HttpLightningStore(LightningStore):
         limit: int | None = None,
         offset: int = 0,
     ) -> Page[Worker]:
+        check_query("workers", sort_by, sort_order, limit, offset)
+        check_filter("status_in", status_in, WORKER_STATUSES)
         return await self._page(
             "/workers",
             Worker,

@@ -24,7 +24,7 @@ from pydantic_core import PydanticSerializationError, from_json, to_json
 from agl.core.errors import AttemptNotFound, InvalidInput, InvalidTransition, RolloutNotFound
 from agl.core.ids import new_attempt_id, new_resources_id, new_rollout_id
 from agl.core.store.base import UNSET, LightningStore, Page, StoreStatistics
-from agl.core.store.query import check_query
+from agl.core.store.query import check_id, check_query
 from agl.core.store.watchdog import Watchdog
 from agl.core.tracing.semconv import PROCESS_EXIT_SPAN, PROCESS_OUTCOME
 from agl.core.types import (
@@ -74,6 +74,15 @@ def validate(model: type[M], **values: Any) -> M:
         raise InvalidInput(describe_validation_error(model.__name__, error)) from None
 
 
+def as_rollout_request(value: RolloutRequest | Mapping[str, Any]) -> RolloutRequest:
+    """An item of `enqueue_many_rollouts`: a request, or the fields of one."""
+    if isinstance(value, RolloutRequest):
+        return value
+    if not isinstance(value, Mapping):
+        raise InvalidInput(f"a rollout request must be an object, got {type(value).__name__}")
+    return validate(RolloutRequest, **value)
+
+
 def describe_validation_error(what: str, error: ValidationError) -> str:
     problems = "; ".join(
         f"{'.'.join(str(part) for part in e['loc']) or 'value'}: {e['msg']}" for e in error.errors()[:3]
@@ -110,7 +119,11 @@ def check_finite(what: str, value: Any) -> None:
 
 def check_wait_timeout(timeout: float | None) -> None:
     """A NaN deadline is never reached: `wait_for_rollouts` would wait, or poll, forever."""
-    if timeout is not None and math.isnan(timeout):
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise InvalidInput(f"wait timeout must be a number of seconds or None, got {type(timeout).__name__}")
+    if math.isnan(timeout):
         raise InvalidInput("wait timeout must be a number of seconds or None, not NaN")
 
 
@@ -498,15 +511,13 @@ class LifecycleStore(LightningStore):
             return self._enqueue([request], self._clock())[0]
 
     async def enqueue_many_rollouts(self, requests: Sequence[RolloutRequest]) -> list[Rollout]:
-        checked = [
-            r if isinstance(r, RolloutRequest) else validate(RolloutRequest, **r)  # type: ignore[arg-type]
-            for r in requests
-        ]
+        checked = [as_rollout_request(r) for r in requests]
         with self._write():
             now = self._clock()
             return self._enqueue(checked, now)
 
     async def dequeue_rollout(self, worker_id: str | None = None) -> AttemptedRollout | None:
+        check_id("worker_id", worker_id, optional=True)
         with self._write():
             now = self._clock()
             rollout = self._next_queued()
@@ -537,6 +548,7 @@ class LifecycleStore(LightningStore):
             metadata=metadata,
             rollout_id=rollout_id,
         )
+        check_id("worker_id", worker_id, optional=True)
         with self._write():
             now = self._clock()
             existing = None if rollout_id is None else self._get_rollout(rollout_id)
@@ -550,6 +562,8 @@ class LifecycleStore(LightningStore):
             return self._begin_attempt(rollout, worker_id, now, first=True)
 
     async def start_attempt(self, rollout_id: str, worker_id: str | None = None) -> AttemptedRollout:
+        check_id("rollout_id", rollout_id)
+        check_id("worker_id", worker_id, optional=True)
         with self._write():
             rollout = self._require_rollout(rollout_id)
             latest = self._latest_attempt(rollout_id)
@@ -568,6 +582,7 @@ class LifecycleStore(LightningStore):
         config: RolloutConfig = UNSET,
         metadata: dict[str, Any] = UNSET,
     ) -> Rollout:
+        check_id("rollout_id", rollout_id)
         changes: dict[str, Any] = {}
         if status is not UNSET:
             check_status("rollout status", status, ROLLOUT_STATUSES)
@@ -606,6 +621,7 @@ class LifecycleStore(LightningStore):
             return self._set_rollout_status(rollout, status, now)
 
     async def get_rollout_by_id(self, rollout_id: str) -> Rollout | None:
+        check_id("rollout_id", rollout_id)
         with self._read():
             return self._get_rollout(rollout_id)
 
@@ -614,6 +630,8 @@ class LifecycleStore(LightningStore):
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         wanted = list(dict.fromkeys(rollout_ids))
+        for rollout_id in wanted:
+            check_id("rollout_id", rollout_id)
         waiter = _Waiter(loop, asyncio.Event())
         with self._waiters_lock:
             self._waiters.add(waiter)
@@ -634,6 +652,7 @@ class LifecycleStore(LightningStore):
 
     # --- attempts -------------------------------------------------------------------------
     async def get_latest_attempt(self, rollout_id: str) -> Attempt | None:
+        check_id("rollout_id", rollout_id)
         with self._read():
             return self._latest_attempt(rollout_id)
 
@@ -649,6 +668,10 @@ class LifecycleStore(LightningStore):
     ) -> Attempt:
         if status is not UNSET:
             check_status("attempt status", status, ATTEMPT_STATUSES)
+        check_id("rollout_id", rollout_id)
+        check_id("attempt_id", attempt_id)
+        if worker_id is not UNSET:
+            check_id("worker_id", worker_id, optional=True)
         with self._write():
             now = self._clock()
             attempt = self._require_attempt(rollout_id, attempt_id)
@@ -714,6 +737,8 @@ class LifecycleStore(LightningStore):
         offset: int,
     ) -> Page[StoredSpan]:
         """The arguments checked and ``latest`` resolved, then the backend's `_span_page`."""
+        check_id("rollout_id", rollout_id)
+        check_id("attempt_id", attempt_id, optional=True)
         check_query("spans", sort_by, sort_order, limit, offset)
         if attempt_id == "latest":
             with self._read():
@@ -896,6 +921,8 @@ class LifecycleStore(LightningStore):
                 self._set_attempt_status(attempt, outcome, now)
 
     async def get_next_span_sequence_id(self, rollout_id: str, attempt_id: str) -> int:
+        check_id("rollout_id", rollout_id)
+        check_id("attempt_id", attempt_id)
         with self._write():
             attempt = self._require_attempt(rollout_id, attempt_id)
             return self._reserve_span_sequence_id(attempt.attempt_id, self._clock())
@@ -923,9 +950,11 @@ class LifecycleStore(LightningStore):
         return self._put_resources(new_resources_id(), resources)
 
     async def update_resources(self, resources_id: str, resources: NamedResources) -> ResourcesUpdate:
+        check_id("resources_id", resources_id)
         return self._put_resources(resources_id, resources)
 
     async def get_resources_by_id(self, resources_id: str) -> ResourcesUpdate | None:
+        check_id("resources_id", resources_id)
         with self._read():
             return self._get_resources(resources_id)
 
@@ -935,6 +964,7 @@ class LifecycleStore(LightningStore):
 
     # --- workers --------------------------------------------------------------------------
     async def update_worker(self, worker_id: str, *, heartbeat_stats: dict[str, Any] = UNSET) -> Worker:
+        check_id("worker_id", worker_id)
         with self._write():
             now = self._clock()
             worker = self._get_worker(worker_id) or Worker(worker_id=worker_id, status="idle")

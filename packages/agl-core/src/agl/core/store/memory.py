@@ -15,10 +15,11 @@ from typing import Any
 from agl.core.ids import sequence_clock
 from agl.core.store.base import Page, StoreStatistics
 from agl.core.store.lifecycle import DEFAULT_MAX_SPAN_BYTES, LifecycleStore, StoredSpan, replace
-from agl.core.store.query import check_query, sort_and_page
+from agl.core.store.query import check_filter, check_id, check_query, check_rollout_filters, sort_and_page
 from agl.core.types import Attempt, ResourcesUpdate, Rollout, RolloutConfig, Span, Worker
 from agl.core.types.rollouts import ACTIVE_ATTEMPT_STATUSES, ATTEMPT_STATUSES, ROLLOUT_STATUSES
 from agl.core.types.spans import MAX_INT64
+from agl.core.types.workers import WORKER_STATUSES
 
 
 class InMemoryLightningStore(LifecycleStore):
@@ -168,6 +169,7 @@ class InMemoryLightningStore(LifecycleStore):
         offset: int = 0,
     ) -> Page[Rollout]:
         check_query("rollouts", sort_by, sort_order, limit, offset)
+        check_rollout_filters(status_in, rollout_id_in, mode, resources_id)
         statuses = None if status_in is None else set(status_in)
         with self._lock:
             if rollout_id_in is not None:
@@ -194,6 +196,8 @@ class InMemoryLightningStore(LifecycleStore):
         offset: int = 0,
     ) -> Page[Attempt]:
         check_query("attempts", sort_by, sort_order, limit, offset)
+        check_id("rollout_id", rollout_id)
+        check_filter("status_in", status_in, ATTEMPT_STATUSES)
         with self._lock:
             attempts = [self._attempts[a] for a in self._attempts_by_rollout.get(rollout_id, ())]
         if status_in is not None:
@@ -237,6 +241,7 @@ class InMemoryLightningStore(LifecycleStore):
         offset: int = 0,
     ) -> Page[Worker]:
         check_query("workers", sort_by, sort_order, limit, offset)
+        check_filter("status_in", status_in, WORKER_STATUSES)
         with self._lock:
             workers = list(self._workers.values())
         if status_in is not None:

@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 from agl.core.errors import InvalidInput
 from agl.core.store.base import Page
+from agl.core.types.rollouts import ROLLOUT_MODES, ROLLOUT_STATUSES, check_status
 from agl.core.types.spans import MAX_INT64
 
 T = TypeVar("T")
@@ -27,10 +28,45 @@ def check_query(kind: str, sort_by: str, sort_order: str, limit: int | None, off
         raise InvalidInput(f"cannot sort {kind} by {sort_by!r}; expected one of {', '.join(allowed)}")
     if sort_order not in ("asc", "desc"):
         raise InvalidInput(f"invalid sort_order {sort_order!r}; expected 'asc' or 'desc'")
-    if limit is not None and not 0 <= limit <= MAX_INT64:
-        raise InvalidInput(f"limit must be between 0 and {MAX_INT64}, got {limit}")
-    if not 0 <= offset <= MAX_INT64:
-        raise InvalidInput(f"offset must be between 0 and {MAX_INT64}, got {offset}")
+    if limit is not None and not _count(limit):
+        raise InvalidInput(f"limit must be an integer between 0 and {MAX_INT64} or None, got {limit!r}")
+    if not _count(offset):
+        raise InvalidInput(f"offset must be an integer between 0 and {MAX_INT64}, got {offset!r}")
+
+
+def _count(value: Any) -> bool:
+    """An int in range; not a bool (an int to Python, refused over HTTP) nor a float or text
+    (which crashed the in-process backends when they sliced or bound it)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_INT64
+
+
+def check_id(what: str, value: Any, *, optional: bool = False) -> None:
+    """Ids are text. Another type was kept as given in memory, bound as is by SQLite, and sent as
+    its ``str()`` over HTTP (a worker ``None`` became the worker "None")."""
+    if not isinstance(value, str) and not (optional and value is None):
+        raise InvalidInput(f"{what} must be a string, got {type(value).__name__}")
+
+
+def check_rollout_filters(status_in: Any, rollout_id_in: Any, mode: Any, resources_id: Any) -> None:
+    """`query_rollouts`' filters, checked alike by every backend (the HTTP client before sending)."""
+    check_filter("status_in", status_in, ROLLOUT_STATUSES)
+    check_filter("rollout_id_in", rollout_id_in)
+    if mode is not None:
+        check_status("rollout mode", mode, ROLLOUT_MODES)
+    check_id("resources_id", resources_id, optional=True)
+
+
+def check_filter(what: str, values: Any, allowed: tuple[str, ...] | None = None) -> None:
+    """A filter is a list of text (of ``allowed`` values when given), as the server's models require:
+    in process, a string was read as its letters and an unknown status matched nothing."""
+    if values is None:
+        return
+    if isinstance(values, str) or not isinstance(values, list | tuple | set | frozenset):
+        raise InvalidInput(f"{what} must be a list, got {type(values).__name__}")
+    for value in values:
+        if not isinstance(value, str) or (allowed is not None and value not in allowed):
+            expected = "a string" if allowed is None else f"one of {', '.join(allowed)}"
+            raise InvalidInput(f"invalid {what} value {value!r}; expected {expected}")
 
 
 def sort_and_page(

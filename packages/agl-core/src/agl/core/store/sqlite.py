@@ -30,11 +30,12 @@ from agl.core.errors import AglError, InvalidInput, StoreUnavailable
 from agl.core.ids import sequence_clock
 from agl.core.store.base import Page, StoreStatistics
 from agl.core.store.lifecycle import DEFAULT_MAX_SPAN_BYTES, LifecycleStore, StoredSpan
-from agl.core.store.query import check_query
+from agl.core.store.query import check_filter, check_id, check_query, check_rollout_filters
 from agl.core.store.sqlite_schema import MIGRATIONS
 from agl.core.types import Attempt, ResourcesUpdate, Rollout, RolloutConfig, Span, Worker
 from agl.core.types.rollouts import ATTEMPT_STATUSES, ROLLOUT_STATUSES
 from agl.core.types.spans import MAX_INT64
+from agl.core.types.workers import WORKER_STATUSES
 
 Synchronous = Literal["normal", "full"]
 
@@ -458,6 +459,7 @@ class SqliteLightningStore(LifecycleStore):
         offset: int = 0,
     ) -> Page[Rollout]:
         check_query("rollouts", sort_by, sort_order, limit, offset)
+        check_rollout_filters(status_in, rollout_id_in, mode, resources_id)
         where: list[str] = []
         params: list[Any] = []
         if status_in is not None:
@@ -486,6 +488,8 @@ class SqliteLightningStore(LifecycleStore):
         offset: int = 0,
     ) -> Page[Attempt]:
         check_query("attempts", sort_by, sort_order, limit, offset)
+        check_id("rollout_id", rollout_id)
+        check_filter("status_in", status_in, ATTEMPT_STATUSES)
         where, params = ["rollout_id = ?"], [rollout_id]
         if status_in is not None:
             where.append("status IN (SELECT value FROM json_each(?))")
@@ -532,6 +536,7 @@ class SqliteLightningStore(LifecycleStore):
         offset: int = 0,
     ) -> Page[Worker]:
         check_query("workers", sort_by, sort_order, limit, offset)
+        check_filter("status_in", status_in, WORKER_STATUSES)
         where: list[str] = []
         params: list[Any] = []
         if status_in is not None:

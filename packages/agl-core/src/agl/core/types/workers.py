@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
 WorkerStatus = Literal["idle", "busy", "unknown"]
+WORKER_STATUSES: tuple[str, ...] = get_args(WorkerStatus)
 
 
 class Worker(BaseModel):

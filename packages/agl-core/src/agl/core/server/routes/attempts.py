@@ -19,11 +19,11 @@ from agl.core.types import Attempt, AttemptedRollout, AttemptStatus
 def build(store: LightningStore, calls: HotCalls) -> APIRouter:
     router = APIRouter(prefix=API_PREFIX, tags=["attempts"], responses=ERROR_RESPONSES, route_class=StrictJsonRoute)
 
-    @router.post("/rollouts/{rollout_id}/attempts", response_model=AttemptedRollout)
+    @router.post("/rollouts/{rollout_id:agl_id}/attempts", response_model=AttemptedRollout)
     async def start_attempt(rollout_id: str, body: StartAttemptBody) -> JsonBytes:
         return respond(await store.start_attempt(rollout_id, body.worker_id), AttemptedRollout)
 
-    @router.get("/rollouts/{rollout_id}/attempts", response_model=PageBody[Attempt])
+    @router.get("/rollouts/{rollout_id:agl_id}/attempts", response_model=PageBody[Attempt])
     async def query_attempts(
         rollout_id: str,
         status_in: Annotated[list[AttemptStatus] | None, Query()] = None,
@@ -42,19 +42,21 @@ def build(store: LightningStore, calls: HotCalls) -> APIRouter:
         )
         return respond_page(page, Attempt)
 
-    @router.get("/rollouts/{rollout_id}/attempts/latest", response_model=Attempt)
+    @router.get("/rollouts/{rollout_id:agl_id}/attempts/latest", response_model=Attempt)
     async def get_latest_attempt(rollout_id: str) -> JsonBytes:
         attempt = await store.get_latest_attempt(rollout_id)
         if attempt is None:
             raise AttemptNotFound(f"latest of {rollout_id}")
         return respond(attempt, Attempt)
 
-    @router.patch("/rollouts/{rollout_id}/attempts/{attempt_id}", response_model=Attempt)
+    @router.patch("/rollouts/{rollout_id:agl_id}/attempts/{attempt_id:agl_id}", response_model=Attempt)
     async def update_attempt(rollout_id: str, attempt_id: str, body: AttemptUpdateBody) -> JsonBytes:
         """Change the fields sent; ``attempt_id`` may be ``latest``."""
         return JsonBytes(await calls.update_attempt(rollout_id, attempt_id, body))
 
-    @router.post("/rollouts/{rollout_id}/attempts/{attempt_id}/sequence-ids", response_model=SequenceIdBody)
+    @router.post(
+        "/rollouts/{rollout_id:agl_id}/attempts/{attempt_id:agl_id}/sequence-ids", response_model=SequenceIdBody
+    )
     async def next_span_sequence_id(rollout_id: str, attempt_id: str) -> JsonBytes:
         sequence_id = await store.get_next_span_sequence_id(rollout_id, attempt_id)
         return respond(SequenceIdBody(sequence_id=sequence_id), SequenceIdBody)

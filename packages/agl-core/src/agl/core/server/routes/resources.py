@@ -34,14 +34,14 @@ def build(store: LightningStore) -> APIRouter:
             raise ResourcesNotFound("latest")
         return respond(latest, ResourcesUpdate)
 
-    @router.get("/resources/{resources_id}", response_model=ResourcesUpdate)
+    @router.get("/resources/{resources_id:agl_id}", response_model=ResourcesUpdate)
     async def get_resources(resources_id: str) -> JsonBytes:
         update = await store.get_resources_by_id(resources_id)
         if update is None:
             raise ResourcesNotFound(resources_id)
         return respond(update, ResourcesUpdate)
 
-    @router.put("/resources/{resources_id}", response_model=ResourcesUpdate)
+    @router.put("/resources/{resources_id:agl_id}", response_model=ResourcesUpdate)
     async def update_resources(resources_id: str, body: ResourcesBody) -> JsonBytes:
         return respond(await store.update_resources(resources_id, body.resources), ResourcesUpdate)
 

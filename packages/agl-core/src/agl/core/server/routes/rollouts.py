@@ -54,11 +54,11 @@ def build(store: LightningStore, calls: HotCalls) -> APIRouter:
     async def dequeue_rollout(body: DequeueBody) -> JsonBytes:
         return JsonBytes(await calls.dequeue(body))
 
-    @router.get("/rollouts/{rollout_id}", response_model=Rollout)
+    @router.get("/rollouts/{rollout_id:agl_id}", response_model=Rollout)
     async def get_rollout(rollout_id: str) -> JsonBytes:
         return JsonBytes(await calls.get_rollout(rollout_id))
 
-    @router.patch("/rollouts/{rollout_id}", response_model=Rollout)
+    @router.patch("/rollouts/{rollout_id:agl_id}", response_model=Rollout)
     async def update_rollout(rollout_id: str, body: RolloutUpdateBody) -> JsonBytes:
         """Change the fields sent; a terminal status also ends the active attempt."""
         return JsonBytes(await calls.update_rollout(rollout_id, body))

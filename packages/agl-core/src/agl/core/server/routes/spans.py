@@ -32,7 +32,7 @@ def build(store: LightningStore, metrics: Metrics, calls: HotCalls) -> APIRouter
         metrics.spans.labels("rest").inc(len(spans))
         return respond(spans, list[Span])
 
-    @router.get("/rollouts/{rollout_id}/spans", response_model=PageBody[Span])
+    @router.get("/rollouts/{rollout_id:agl_id}/spans", response_model=PageBody[Span])
     async def query_spans(
         rollout_id: str,
         attempt_id: str | None = None,

@@ -17,7 +17,7 @@ from agl.core.types import Worker, WorkerStatus
 def build(store: LightningStore) -> APIRouter:
     router = APIRouter(prefix=API_PREFIX, tags=["workers"], responses=ERROR_RESPONSES, route_class=StrictJsonRoute)
 
-    @router.put("/workers/{worker_id}", response_model=Worker)
+    @router.put("/workers/{worker_id:agl_id}", response_model=Worker)
     async def update_worker(worker_id: str, body: WorkerHeartbeatBody) -> JsonBytes:
         """A heartbeat; it also heartbeats the worker's active attempt."""
         return respond(await store.update_worker(worker_id, **sent_fields(body)), Worker)
