@@ -165,6 +165,15 @@ async def test_a_span_the_store_refuses_loses_only_itself_not_its_batch(
     exporter = StoreSpanExporter(store=store)
     assert exporter.export(finished.get_finished_spans()).name == "FAILURE"  # one span was lost
     assert [s.name for s in await store.query_spans(started.rollout_id)] == ["agent", "reply"]
+
+    finished.clear()
+    with rollout_context(started.rollout_id, started.attempt.attempt_id):
+        tracer.start_span("run", attributes={"stdout": b"ok \xff".decode(errors="surrogateescape")}).end()
+        tracer.start_span("after").end()
+    assert exporter.export(finished.get_finished_spans()).name == "SUCCESS"  # a lone surrogate is replaced
+    spans = await store.query_spans(started.rollout_id)
+    assert [s.name for s in spans] == ["agent", "reply", "run", "after"]
+    assert spans[2].attributes["stdout"] == "ok \ufffd"
     exporter.shutdown()
     await store.close()
 

@@ -2,7 +2,8 @@
 SQLite by default, a store server when it is an ``http://`` URL).
 
 Each batch goes in with one `add_observed_spans` call per store (one transaction); a batch the store
-refuses as invalid goes in again span by span, so a bad span loses only itself. The exporter never
+refuses as invalid goes in again span by span (lone surrogates in its text replaced, which no JSON
+writer takes), so a bad span loses only itself. The exporter never
 raises into the program it observes: a failed write is logged and reported as FAILURE.
 
 A process has one tracer provider, so one exporter, but it may run rollouts of several stores: a
@@ -13,6 +14,7 @@ spans of each rollout it runs to its own store (`route_rollout`); the rest go to
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -72,7 +74,7 @@ class StoreSpanExporter(SpanExporter):
             except InvalidInput:  # the store took none of them: one span it refuses loses only itself
                 for span in batch:
                     try:
-                        self._write(store, [span], metadata)
+                        self._write(store, [_without_lone_surrogates(span)], metadata)
                     except Exception as error:
                         result = self._failed(1, error)
             except Exception as error:
@@ -125,6 +127,29 @@ class StoreSpanExporter(SpanExporter):
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return True
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _without_lone_surrogates(span: Any) -> Any:
+    """The span with every lone surrogate in its text made U+FFFD, or the span itself if it has none.
+
+    Text decoded with ``surrogateescape`` (a file name, a subprocess's bytes) keeps them, and no JSON
+    writer takes them, so the store refuses the span. Only spans a store refused come here."""
+    document = span.model_dump()
+    cleaned = _clean(document)
+    return span if cleaned == document else type(span).model_validate(cleaned)
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_clean(key): _clean(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(item) for item in value]
+    return value
 
 
 def _open(store_url: str | None) -> LightningStore:
