@@ -127,7 +127,7 @@ FILTER_CALLS: list[tuple[str, Call]] = [
     ("invalid status_in value 'done'", lambda s, r: s.query_rollouts(status_in=["done"])),  # type: ignore[list-item]
     ("invalid status_in value 'lost'", lambda s, r: s.query_attempts(r, status_in=["lost"])),  # type: ignore[list-item]
     ("invalid status_in value 'gone'", lambda s, r: s.query_workers(status_in=["gone"])),  # type: ignore[list-item]
-    ("invalid rollout_id_in value 7", lambda s, r: s.query_rollouts(rollout_id_in=[7])),  # type: ignore[list-item]
+    ("rollout_id_in value must be a string", lambda s, r: s.query_rollouts(rollout_id_in=[7])),  # type: ignore[list-item]
     ("invalid rollout mode 'eval'", lambda s, r: s.query_rollouts(mode="eval")),  # type: ignore[arg-type]
     ("resources_id must be a string", lambda s, r: s.query_rollouts(resources_id=["x"])),  # type: ignore[arg-type]
 ]

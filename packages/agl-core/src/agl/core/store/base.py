@@ -171,7 +171,8 @@ class LightningStore(abc.ABC):
 
     @abc.abstractmethod
     async def wait_for_rollouts(self, rollout_ids: Sequence[str], timeout: float | None = None) -> list[Rollout]:
-        """Wait until every rollout is finished or ``timeout`` seconds pass; return the finished ones."""
+        """Wait until every rollout is finished or ``timeout`` seconds pass; return the finished ones,
+        each once (an id given twice is waited on once)."""
 
     # --- attempts -------------------------------------------------------------------------
     @abc.abstractmethod
@@ -205,7 +206,8 @@ class LightningStore(abc.ABC):
     # --- spans ----------------------------------------------------------------------------
     @abc.abstractmethod
     async def add_span(self, span: Span) -> Span:
-        """Store a span (re-adding the same span id replaces it). Counts as a heartbeat."""
+        """Store a span (re-adding the same span id replaces it). Counts as a heartbeat. Its
+        ``attempt_id`` must be an attempt's id, not ``"latest"``."""
 
     @abc.abstractmethod
     async def add_many_spans(self, spans: Sequence[Span]) -> list[Span]:
@@ -260,10 +262,12 @@ class LightningStore(abc.ABC):
 
     @abc.abstractmethod
     async def update_resources(self, resources_id: str, resources: NamedResources) -> ResourcesUpdate:
-        """Store a new version under ``resources_id`` (created if new); it becomes the latest."""
+        """Store a new version under ``resources_id`` (created if new); it becomes the latest.
+        ``"latest"`` is refused (`InvalidInput`): it names the latest resources, here and over HTTP."""
 
     @abc.abstractmethod
-    async def get_resources_by_id(self, resources_id: str) -> ResourcesUpdate | None: ...
+    async def get_resources_by_id(self, resources_id: str) -> ResourcesUpdate | None:
+        """The resources of that id; ``"latest"``: the latest resources (``None`` while there are none)."""
 
     @abc.abstractmethod
     async def get_latest_resources(self) -> ResourcesUpdate | None: ...

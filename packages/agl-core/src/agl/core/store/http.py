@@ -31,9 +31,12 @@ from agl.core.ids import new_rollout_id
 from agl.core.store.base import UNSET, LightningStore, Page, StoreStatistics
 from agl.core.store.http1 import ConnectFailed, ConnectionPool, HandshakeFailed, RequestFailed
 from agl.core.store.lifecycle import (
+    as_json_object,
     as_json_value,
     as_rollout_request,
     check_finite,
+    check_resources,
+    check_wait_ids,
     check_wait_timeout,
     coerce_span,
     validate,
@@ -225,6 +228,11 @@ class HttpLightningStore(LightningStore):
 
     async def enqueue_many_rollouts(self, requests: Sequence[RolloutRequest]) -> list[Rollout]:
         checked = [as_rollout_request(r) for r in requests]
+        # Checked as in process: the dump below wrote NaN as null and crashed on an object.
+        as_json_value([request.input for request in checked], "rollout input")
+        for request in checked:
+            if request.metadata:
+                as_json_object(request.metadata, "rollout metadata")
         plain = _request_list.dump_python(checked, mode="json")
         for request in plain:  # ids chosen here, in the dumped dicts: a model copy each cost more than the dump
             if request["rollout_id"] is None:
@@ -314,7 +322,7 @@ class HttpLightningStore(LightningStore):
             resources_id=resources_id,
             status=status,
             config=config if config is UNSET else _config_body(config),
-            metadata=metadata if metadata is UNSET else as_json_value(metadata, "rollout metadata"),
+            metadata=metadata if metadata is UNSET else as_json_object(metadata, "rollout metadata"),
         )
         return _decode(
             await self._call("PATCH", f"/rollouts/{_segment('rollout_id', rollout_id)}", body=body, idempotent=True),
@@ -324,8 +332,8 @@ class HttpLightningStore(LightningStore):
     async def wait_for_rollouts(self, rollout_ids: Sequence[str], timeout: float | None = None) -> list[Rollout]:
         """Long-polls the server in slices of at most its cap until ``timeout`` (no client busy loop)."""
         check_wait_timeout(timeout)
+        wanted = check_wait_ids(rollout_ids)
         deadline = None if timeout is None else time.monotonic() + timeout
-        wanted = list(dict.fromkeys(rollout_ids))
         while True:
             remaining = LONG_POLL_MAX_SECONDS if deadline is None else max(0.0, deadline - time.monotonic())
             poll = min(remaining, LONG_POLL_MAX_SECONDS)
@@ -394,7 +402,7 @@ class HttpLightningStore(LightningStore):
             status=status,
             worker_id=worker_id,
             last_heartbeat_time=last_heartbeat_time,
-            metadata=metadata if metadata is UNSET else as_json_value(metadata, "attempt metadata"),
+            metadata=metadata if metadata is UNSET else as_json_object(metadata, "attempt metadata"),
         )
         path = f"/rollouts/{_segment('rollout_id', rollout_id)}/attempts/{_segment('attempt_id', attempt_id)}"
         return _decode(await self._call("PATCH", path, body=body, idempotent=True), Attempt)
@@ -413,7 +421,9 @@ class HttpLightningStore(LightningStore):
     ) -> list[Span]:
         body = {
             "spans": [coerce_span(span) for span in spans],
-            "new_rollout_metadata": None if new_rollout_metadata is None else dict(new_rollout_metadata),
+            "new_rollout_metadata": None
+            if new_rollout_metadata is None
+            else {key: as_json_value(value, "rollout metadata") for key, value in new_rollout_metadata.items()},
         }
         return _decode(await self._call("POST", "/spans/observed", body=body, idempotent=True), list[Span])
 
@@ -451,13 +461,15 @@ class HttpLightningStore(LightningStore):
 
     # --- resources ------------------------------------------------------------------------
     async def add_resources(self, resources: NamedResources) -> ResourcesUpdate:
-        payload = await self._call("POST", "/resources", body={"resources": resources}, idempotent=False)
+        body = {"resources": check_resources(resources)}
+        payload = await self._call("POST", "/resources", body=body, idempotent=False)
         return _decode(payload, ResourcesUpdate)
 
     async def update_resources(self, resources_id: str, resources: NamedResources) -> ResourcesUpdate:
         # Not retried once sent: a repeat would add a version.
         path = f"/resources/{_segment('resources_id', resources_id)}"
-        return _decode(await self._call("PUT", path, body={"resources": resources}, idempotent=False), ResourcesUpdate)
+        body = {"resources": check_resources(resources)}
+        return _decode(await self._call("PUT", path, body=body, idempotent=False), ResourcesUpdate)
 
     async def get_resources_by_id(self, resources_id: str) -> ResourcesUpdate | None:
         return await self._get_or_none(f"/resources/{_segment('resources_id', resources_id)}", ResourcesUpdate)
@@ -478,7 +490,7 @@ class HttpLightningStore(LightningStore):
         body = unset_to_absent(
             heartbeat_stats=heartbeat_stats
             if heartbeat_stats is UNSET
-            else as_json_value(heartbeat_stats, "heartbeat stats")
+            else as_json_object(heartbeat_stats, "heartbeat stats")
         )
         return _decode(
             await self._call("PUT", f"/workers/{_segment('worker_id', worker_id)}", body=body, idempotent=True), Worker

@@ -13,7 +13,7 @@ import asyncio
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -127,6 +127,29 @@ def check_wait_timeout(timeout: float | None) -> None:
         raise InvalidInput("wait timeout must be a number of seconds or None, not NaN")
 
 
+def check_wait_ids(rollout_ids: Any) -> list[str]:
+    """The ids to wait on, each once. A string was read as its letters ("rollout 'r' not found") and
+    None was a TypeError."""
+    if isinstance(rollout_ids, str | bytes) or not isinstance(rollout_ids, Iterable):
+        raise InvalidInput(f"rollout_ids must be a list of ids, got {type(rollout_ids).__name__}")
+    given = list(rollout_ids)
+    for rollout_id in given:
+        check_id("rollout_id", rollout_id)
+    return list(dict.fromkeys(given))
+
+
+def check_resources(resources: Any) -> NamedResources:
+    """Resources as every backend stores them: validated, then through JSON, so memory keeps what
+    SQLite and HTTP give back (lists, not tuples or sets) and a value that is not JSON (NaN, an
+    object) is `InvalidInput`, not a crash in SQLite or a NaN kept only in memory."""
+    try:
+        checked = _resources_adapter.validate_python(resources)
+    except ValidationError as error:
+        raise InvalidInput(describe_validation_error("resources", error)) from None
+    # Dumped first: through a model's own serializer, NaN would pass as null.
+    return _resources_adapter.validate_python(as_json_value(_resources_adapter.dump_python(checked), "resources"))
+
+
 def replace(model: M, changes: dict[str, Any]) -> M:
     """A changed copy of a frozen model, validated (pydantic's validator is faster than model_copy)."""
     try:
@@ -158,12 +181,17 @@ def encode_span_document(document: dict[str, Any]) -> bytes:
 
 
 def coerce_span(span: Span | dict[str, Any]) -> Span:
-    if isinstance(span, Span):
-        return span
-    try:
-        return Span.model_validate(span)
-    except ValidationError as error:
-        raise InvalidInput(describe_validation_error("span", error)) from None
+    """A span to store. Its attempt must be named by id: ``"latest"`` passed the attempt check (as
+    an alias) and the span was then filed under an attempt called "latest", which no query finds;
+    resolving it instead would file a late span of one attempt under its retry."""
+    if not isinstance(span, Span):
+        try:
+            span = Span.model_validate(span)
+        except ValidationError as error:
+            raise InvalidInput(describe_validation_error("span", error)) from None
+    if span.attempt_id == "latest":
+        raise InvalidInput(f"span {span.span_id!r} ({span.name!r}) must name its attempt by id, not 'latest'")
+    return span
 
 
 def _start_time(span: tuple[dict[str, Any], bytes | None]) -> float:
@@ -627,11 +655,9 @@ class LifecycleStore(LightningStore):
 
     async def wait_for_rollouts(self, rollout_ids: Sequence[str], timeout: float | None = None) -> list[Rollout]:
         check_wait_timeout(timeout)
+        wanted = check_wait_ids(rollout_ids)
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        wanted = list(dict.fromkeys(rollout_ids))
-        for rollout_id in wanted:
-            check_id("rollout_id", rollout_id)
         waiter = _Waiter(loop, asyncio.Event())
         with self._waiters_lock:
             self._waiters.add(waiter)
@@ -675,6 +701,7 @@ class LifecycleStore(LightningStore):
         with self._write():
             now = self._clock()
             attempt = self._require_attempt(rollout_id, attempt_id)
+            previous_worker = attempt.worker_id
             changes: dict[str, Any] = {}
             if worker_id is not UNSET:
                 changes["worker_id"] = worker_id
@@ -687,8 +714,12 @@ class LifecycleStore(LightningStore):
                 attempt = self._set_attempt_status(attempt, status, now)
             elif changes:
                 self._save_attempt(attempt)
-            if worker_id not in (UNSET, None) and not attempt.is_terminal:
-                self._worker_took(worker_id, attempt, now)
+            if worker_id is not UNSET and worker_id != previous_worker:
+                # The worker that gave the attempt up is released, or it stayed busy with it forever.
+                if previous_worker is not None:
+                    self._worker_released(previous_worker, attempt, now)
+                if worker_id is not None and not attempt.is_terminal:
+                    self._worker_took(worker_id, attempt, now)
             return attempt
 
     # --- spans ----------------------------------------------------------------------------
@@ -877,6 +908,8 @@ class LifecycleStore(LightningStore):
             if attempt.rollout_id != rollout_id:
                 raise AttemptNotFound(attempt_id)
             return attempt
+        if attempt_id == "latest":  # as `coerce_span` refuses it; OTLP spans reach here without it
+            raise InvalidInput(f"observed spans of rollout {rollout_id!r} must name their attempt by id, not 'latest'")
         rollout = self._get_rollout(rollout_id)
         if rollout is None:
             rollout = Rollout(
@@ -929,10 +962,7 @@ class LifecycleStore(LightningStore):
 
     # --- resources ------------------------------------------------------------------------
     def _put_resources(self, resources_id: str, resources: NamedResources) -> ResourcesUpdate:
-        try:
-            checked = _resources_adapter.validate_python(resources)
-        except ValidationError as error:
-            raise InvalidInput(describe_validation_error("resources", error)) from None
+        checked = check_resources(resources)
         with self._write():
             now = self._clock()
             existing = self._get_resources(resources_id)
@@ -951,12 +981,15 @@ class LifecycleStore(LightningStore):
 
     async def update_resources(self, resources_id: str, resources: NamedResources) -> ResourcesUpdate:
         check_id("resources_id", resources_id)
+        if resources_id == "latest":
+            raise InvalidInput("resources_id 'latest' is reserved: it names the latest resources")
         return self._put_resources(resources_id, resources)
 
     async def get_resources_by_id(self, resources_id: str) -> ResourcesUpdate | None:
+        """``"latest"`` is the latest resources, as over HTTP, where ``/resources/latest`` is that route."""
         check_id("resources_id", resources_id)
         with self._read():
-            return self._get_resources(resources_id)
+            return self._latest_resources() if resources_id == "latest" else self._get_resources(resources_id)
 
     async def get_latest_resources(self) -> ResourcesUpdate | None:
         with self._read():

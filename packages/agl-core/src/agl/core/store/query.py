@@ -42,8 +42,16 @@ def _count(value: Any) -> bool:
 
 def check_id(what: str, value: Any, *, optional: bool = False) -> None:
     """Ids are text. Another type was kept as given in memory, bound as is by SQLite, and sent as
-    its ``str()`` over HTTP (a worker ``None`` became the worker "None")."""
-    if not isinstance(value, str) and not (optional and value is None):
+    its ``str()`` over HTTP (a worker ``None`` became the worker "None"). Text with a lone surrogate
+    (``"\\ud800"``, as ``surrogateescape`` decoding makes) was kept by memory and crashed SQLite and
+    the HTTP client with a `UnicodeEncodeError`: UTF-8 cannot carry it."""
+    if isinstance(value, str):
+        if not value.isascii():
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                raise InvalidInput(f"{what} {value!r} holds a lone surrogate, which UTF-8 cannot carry") from None
+    elif not (optional and value is None):
         raise InvalidInput(f"{what} must be a string, got {type(value).__name__}")
 
 
@@ -64,9 +72,10 @@ def check_filter(what: str, values: Any, allowed: tuple[str, ...] | None = None)
     if isinstance(values, str) or not isinstance(values, list | tuple | set | frozenset):
         raise InvalidInput(f"{what} must be a list, got {type(values).__name__}")
     for value in values:
-        if not isinstance(value, str) or (allowed is not None and value not in allowed):
-            expected = "a string" if allowed is None else f"one of {', '.join(allowed)}"
-            raise InvalidInput(f"invalid {what} value {value!r}; expected {expected}")
+        if allowed is None:
+            check_id(f"{what} value", value)
+        elif value not in allowed:
+            raise InvalidInput(f"invalid {what} value {value!r}; expected one of {', '.join(allowed)}")
 
 
 def sort_and_page(
