@@ -153,10 +153,15 @@ class _Calls:
             return _error(413, f"the request body exceeds {self.max_body_bytes} bytes")
         try:
             body = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # nested past the parser's depth: not JSON it can read
             return _error(400, "the request body is not JSON")
         if not isinstance(body, dict):
             return _error(400, "the request body must be a JSON object")
+        agent = asked(endpoint, body)
+        try:
+            content = json.dumps(upstream_body(endpoint, body, agent), ensure_ascii=False).encode()
+        except UnicodeEncodeError:  # JSON's "\ud800": a lone surrogate, which UTF-8 (and the store) cannot carry
+            return _error(400, "the request body holds a lone surrogate (\\ud800-\\udfff), which is not text")
         try:
             sequence_id = await self.store.get_next_span_sequence_id(rollout_id, attempt_id)
         except NotFound as error:
@@ -171,8 +176,6 @@ class _Calls:
             sequence_id=sequence_id,
             traceparent=request.headers.get("traceparent"),
         )
-        agent = asked(endpoint, body)
-        content = json.dumps(upstream_body(endpoint, body, agent), ensure_ascii=False).encode()
         assert self.forwarder is not None
         try:
             sent = await self.forwarder.send(rollout_id, "POST", PATHS[endpoint], content)
@@ -261,7 +264,7 @@ class _Relay:
             await self._save()  # before the agent hears of it, as for a whole stream
             # an error event: openai clients raise it, where a stream merely cut short would look complete
             yield b"data: " + json.dumps(_error_body(502, message)).encode() + b"\n\n"
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):  # cancelled awaiting the engine, or closed after a send failed
             self.record.fail("cancelled", "the agent closed the stream before its end")
             raise
         finally:
@@ -285,6 +288,11 @@ class _Relay:
                 out.append(event + b"\n\n")
                 continue
             if not isinstance(chunk, dict):
+                out.append(event + b"\n\n")
+                continue
+            error = _error_event(chunk)
+            if error is not None:  # the engine failed after answering 200: the call failed, in order or not
+                self.record.fail("stream_error", f"the engine's stream ended in an error: {error}")
                 out.append(event + b"\n\n")
                 continue
             self.record.add_chunk(chunk)
@@ -327,6 +335,14 @@ def _data_of(event: bytes) -> bytes | None:
     """The data of one server-sent event (its ``data:`` lines joined), None for a comment-only event."""
     lines = [line[5:].removeprefix(b" ") for line in event.split(b"\n") if line.startswith(b"data:")]
     return b"\n".join(lines) if lines else None
+
+
+def _error_event(chunk: dict[str, Any]) -> str | None:
+    """The message of an error event (``{"error": {...}}``, as this project's servers and vLLM send)."""
+    if "error" not in chunk:
+        return None
+    message = chunk["error"].get("message") if isinstance(chunk["error"], dict) else chunk["error"]
+    return _one_line(message if isinstance(message, str) else json.dumps(chunk))
 
 
 def _valid_id(value: str) -> bool:

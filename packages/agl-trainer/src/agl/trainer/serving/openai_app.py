@@ -10,14 +10,18 @@ which add up to the whole); a completion carries both on its choice. ``"logprobs
 ``"logprobs": N`` (completions) adds the sampled tokens' logprobs; top alternatives are not
 computed (``top_logprobs`` come back empty). One choice per request (``n=1``).
 
-Replies are text: tool definitions reach the chat template, and the model's tool-call markup
-comes back as content, unparsed. A bearer token (when set) guards every route but ``/health``;
-bodies over ``max_body_bytes`` get a 413; bad bodies a 400 with a one-line message; an engine
-failure a 500 saying only "internal server error" (the traceback goes to the log).
+Messages take OpenAI's roles and text content (a string or text parts); other roles and parts
+(images) are a 400. Replies are text: tool definitions reach the chat template, and the model's
+tool-call markup comes back as content, unparsed. Prompts are tokenized off the event loop: one
+near the body limit takes many seconds, which would otherwise stall every other request and stream.
+A bearer token (when set) guards every route but ``/health``; bodies over ``max_body_bytes`` get
+a 413; bad bodies a 400 with a one-line message; an engine failure a 500 saying only "internal
+server error" (the traceback goes to the log).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -77,7 +81,7 @@ def create_openai_app(
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(request: Request) -> Response:
         body: wire.ChatRequest = wire.parse(wire.ChatRequest, await request.body())
-        prompt = engine.chat_prompt_token_ids(body.messages, body.tools)
+        prompt = await asyncio.to_thread(engine.chat_prompt_token_ids, body.messages, body.tools)
         answer = _Chat(engine, body, prompt, body.sampling(default_max_tokens))
         if body.stream:
             return await _event_stream(answer.chunks())
@@ -86,7 +90,8 @@ def create_openai_app(
     @app.post("/v1/completions", response_model=None)
     async def completions(request: Request) -> Response:
         body: wire.CompletionRequest = wire.parse(wire.CompletionRequest, await request.body())
-        answer = _Completion(engine, body, body.prompt_ids(engine.encode), body.sampling(default_max_tokens))
+        prompt = await asyncio.to_thread(body.prompt_ids, engine.encode)
+        answer = _Completion(engine, body, prompt, body.sampling(default_max_tokens))
         if body.stream:
             return await _event_stream(answer.chunks())
         return JSONResponse(await answer.whole())

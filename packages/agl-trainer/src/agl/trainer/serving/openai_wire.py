@@ -23,6 +23,10 @@ class WireError(ValueError):
         self.status = status
 
 
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+"""OpenAI's message roles; it refuses others with a 400, and so does this server."""
+
+
 class _Sampling(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -46,7 +50,7 @@ class _Sampling(BaseModel):
         return n
 
     def sampling(self, default_max_tokens: int) -> SamplingParams:
-        stop = (self.stop,) if isinstance(self.stop, str) else tuple(s for s in self.stop or () if s)
+        stop = tuple(s for s in ([self.stop] if isinstance(self.stop, str) else self.stop or ()) if s)
         return SamplingParams(
             max_tokens=self.max_tokens or default_max_tokens,
             temperature=1.0 if self.temperature is None else self.temperature,
@@ -69,10 +73,25 @@ class ChatRequest(_Sampling):
 
     @field_validator("messages")
     @classmethod
-    def _roles(cls, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _text_messages(cls, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Known roles and text content only: anything else would be dropped or mangled on its
+        way into the chat template, and the model would answer a prompt the client never sent."""
         for number, message in enumerate(messages):
-            if not isinstance(message.get("role"), str):
+            role = message.get("role")
+            if not isinstance(role, str):
                 raise ValueError(f"message {number} has no role")
+            if role not in ROLES:
+                raise ValueError(f"message {number} has role {role[:40]!r}; roles are {', '.join(sorted(ROLES))}")
+            content = message.get("content")
+            if isinstance(content, list):
+                for index, part in enumerate(content):
+                    kind = str(part.get("type"))[:40] if isinstance(part, dict) else type(part).__name__
+                    if kind != "text":
+                        raise ValueError(f"message {number}: content part {index} is {kind}; only text is served")
+                    if not isinstance(part.get("text"), str):
+                        raise ValueError(f"message {number}: content part {index} has no text")
+            elif content is not None and not isinstance(content, str):
+                raise ValueError(f"message {number}: content must be a string or a list of text parts")
         return messages
 
     def sampling(self, default_max_tokens: int) -> SamplingParams:
