@@ -1,9 +1,10 @@
 """The runner: takes rollouts from a store and runs an agent on each, reporting back to the store.
 
 For each rollout: dequeue, fetch its resources, mark the attempt running, run the agent inside
-the rollout's tracing context under one root span, record a returned float as the final reward
-(or the exception), flush the spans, and only then set the attempt's final status, so whoever
-sees the rollout finished also sees all of its spans. A background task heartbeats meanwhile.
+the rollout's tracing context under one root span, record a returned finite number as the final
+reward (or the exception, `sys.exit` included, as a failed attempt), flush the spans, and only
+then set the attempt's final status, so whoever sees the rollout finished also sees all of its
+spans. A background task heartbeats meanwhile.
 
 Timeouts (``RolloutConfig.timeout_seconds``, counted from the dequeue, which is when the store
 starts the attempt) are enforced by cancelling. An async agent is cancelled and given
@@ -16,9 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import numbers
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from typing import Any
 
@@ -44,6 +46,14 @@ CANCEL_GRACE_SECONDS = 5.0
 STOPPED = "the runner stopped before the rollout finished"
 
 
+class AgentExited(RuntimeError):
+    """The agent called `sys.exit`: that ends its rollout as failed, not the runner's process
+    (asyncio lets a `SystemExit` out of any task, so one agent would stop every rollout)."""
+
+    def __init__(self, code: object) -> None:
+        super().__init__(f"the agent called sys.exit({code!r})")
+
+
 class Runner:
     """Runs ``agent`` on rollouts from ``store``; up to ``max_concurrency`` at once.
 
@@ -62,10 +72,7 @@ class Runner:
         heartbeat_seconds: float = 5.0,
         poll_seconds: float = 1.0,
     ) -> None:
-        if max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be at least 1, not {max_concurrency}")
-        if heartbeat_seconds <= 0 or poll_seconds <= 0:
-            raise ValueError("heartbeat_seconds and poll_seconds must be positive")
+        check_runner_options(max_concurrency, heartbeat_seconds, poll_seconds)
         self.agent = agent
         self.store = store
         self.worker_id = worker_id or new_id("wk")
@@ -199,7 +206,7 @@ class Runner:
 
     def _start_agent(self, attempted: AttemptedRollout, resources: NamedResources) -> asyncio.Future[Any]:
         if self.agent.is_async:
-            return asyncio.ensure_future(self.agent.rollout_async(attempted.input, resources, attempted))
+            return asyncio.ensure_future(_contained(self.agent.rollout_async(attempted.input, resources, attempted)))
         return _in_thread(run_in_context(self.agent.rollout), attempted.input, resources, attempted)
 
     async def _finish(self, attempted: AttemptedRollout, status: AttemptStatus, reason: str | None) -> None:
@@ -232,6 +239,15 @@ class Runner:
         await self.store.update_worker(self.worker_id, heartbeat_stats=stats)
 
 
+def check_runner_options(max_concurrency: int, heartbeat_seconds: float, poll_seconds: float) -> None:
+    """`Runner`'s checks of its options, for whoever starts runners in other processes: there, a
+    bad value would only show as a child that keeps dying."""
+    if max_concurrency < 1:
+        raise ValueError(f"max_concurrency must be at least 1, not {max_concurrency}")
+    if heartbeat_seconds <= 0 or poll_seconds <= 0:
+        raise ValueError("heartbeat_seconds and poll_seconds must be positive")
+
+
 async def _first_of(waitables: set[asyncio.Future[Any]], timeout: float | None = None) -> None:
     await asyncio.wait(waitables, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
 
@@ -252,6 +268,8 @@ def _in_thread(function: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
     def target() -> None:
         try:
             result = function(*args)
+        except SystemExit as error:
+            deliver(future.set_exception, AgentExited(error.code))
         except BaseException as error:
             deliver(future.set_exception, error)
         else:
@@ -259,6 +277,13 @@ def _in_thread(function: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
 
     threading.Thread(target=target, name="agl-agent", daemon=True).start()
     return future
+
+
+async def _contained(work: Awaitable[Any]) -> Any:
+    try:
+        return await work
+    except SystemExit as error:
+        raise AgentExited(error.code) from None
 
 
 async def _abandon(work: asyncio.Future[Any]) -> None:
@@ -276,7 +301,10 @@ def _as_reward(result: object) -> float | None:
         return None
     if not isinstance(result, numbers.Real):  # numpy scalars too, as `emit_reward` takes them
         raise TypeError(f"the agent returned {type(result).__name__}; expected a float reward or None")
-    return float(result)
+    reward = float(result)
+    if not math.isfinite(reward):  # stores keep no NaN or infinity: it would vanish or poison a mean
+        raise ValueError(f"the agent returned the reward {reward}; a reward must be a finite number")
+    return reward
 
 
 def _describe(error: BaseException) -> str:

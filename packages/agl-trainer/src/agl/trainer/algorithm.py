@@ -10,19 +10,30 @@ from __future__ import annotations
 import abc
 import logging
 from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from agl.core.adapters import TraceMessagesAdapter
+from agl.core.errors import InvalidTransition
 from agl.core.store.base import LightningStore
-from agl.core.types import NamedResources, ResourcesUpdate, Rollout, RolloutConfig, RolloutMode, RolloutRequest
+from agl.core.types import (
+    NamedResources,
+    ResourcesUpdate,
+    Rollout,
+    RolloutConfig,
+    RolloutMode,
+    RolloutRequest,
+    RolloutStatus,
+)
 
 if TYPE_CHECKING:
     from agl.trainer.trainer import Trainer
 
 REWARD = "agl.reward"
+UNFINISHED: tuple[RolloutStatus, ...] = ("queuing", "preparing", "running", "requeuing")
 
 
 class Algorithm(abc.ABC):
@@ -59,6 +70,8 @@ class AlgorithmContext:
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("agl.trainer.algorithm"))
     rollout_config: RolloutConfig | None = None
     """The default config of queued rollouts (`Trainer(rollout_config=...)`): timeouts and retries."""
+    _unfinished: set[str] = field(default_factory=set, init=False, repr=False)
+    """Rollouts queued by `enqueue_and_wait` and not yet seen finished."""
 
     async def enqueue_and_wait(
         self,
@@ -80,13 +93,29 @@ class AlgorithmContext:
         queued = await self.store.enqueue_many_rollouts(requests)
         self.trainer.wake_runners()
         ids = [rollout.rollout_id for rollout in queued]
+        self._unfinished.update(ids)
         finished = {rollout.rollout_id: rollout for rollout in await self.store.wait_for_rollouts(ids, timeout)}
+        self._unfinished.difference_update(finished)
         if len(finished) < len(ids):
             raise RolloutsIncomplete(f"{len(ids) - len(finished)} of {len(ids)} rollouts unfinished after {timeout} s")
         ordered = [finished[rollout_id] for rollout_id in ids]
         for rollout in ordered:
             self.hooks.agl_rollout_end(trainer=self.trainer, rollout=rollout)
         return ordered
+
+    async def cancel_unfinished(self) -> int:
+        """Cancel the rollouts this fit queued that are still waiting or running (the algorithm failed,
+        timed out or was interrupted), so that the next fit on the store does not run them first.
+        Returns how many."""
+        ids = list(self._unfinished)
+        self._unfinished.clear()
+        cancelled = 0
+        if ids:
+            for rollout in await self.store.query_rollouts(rollout_id_in=ids, status_in=UNFINISHED):
+                with suppress(InvalidTransition):  # it finished meanwhile
+                    await self.store.update_rollout(rollout.rollout_id, status="cancelled")
+                    cancelled += 1
+        return cancelled
 
     async def reward(self, rollout: Rollout) -> float | None:
         """The final reward of the rollout's latest attempt: the last ``agl.reward`` among its spans."""

@@ -22,13 +22,28 @@ from agl.core.cli._common import JsonOutput, StoreUrl, console, parse_option, pr
 from agl.core.errors import AglError
 from agl.core.store import LightningStore, open_store
 from agl.core.types import NamedResources, Rollout
+from agl.trainer.algorithm import RolloutsIncomplete
 from agl.trainer.hookspecs import hookimpl
 from agl.trainer.metrics import METRICS_FILE
 from agl.trainer.plugins import algorithms as registered_algorithms
 from agl.trainer.plugins import plugin_manager
-from agl.trainer.runners import DEFAULT_MODE, MODES, check_mode
+from agl.trainer.runners import DEFAULT_MODE, MODES, RunnerLost, check_mode
 from agl.trainer.runners.specs import load_agent
 from agl.trainer.trainer import Trainer, UnknownAlgorithm
+
+REPORTED = (
+    AglError,
+    UnknownAlgorithm,
+    RunnerLost,
+    RolloutsIncomplete,
+    ValueError,
+    TypeError,
+    OSError,
+    ImportError,
+    AttributeError,
+)
+"""Errors `agl train` reports in one line, the user's to fix (a bad setting, file or agent; runners that
+kept dying; rollouts that outlived the algorithm's timeout); anything else is a bug and keeps its traceback."""
 
 RUNS_DIR = Path("agl-runs")
 """Where `agl train` writes each run's metrics by default: ``agl-runs/<UTC time>`` in the current directory."""
@@ -204,7 +219,7 @@ def train(
     except KeyboardInterrupt:
         typer.echo("interrupted: runners stopped", err=True)
         raise typer.Exit(130) from None
-    except (AglError, UnknownAlgorithm, ValueError, TypeError, OSError, ImportError, AttributeError) as error:
+    except REPORTED as error:
         typer.echo(f"error: {' '.join(str(error).split())}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"metrics: {run_dir / METRICS_FILE}", err=True)
@@ -310,6 +325,8 @@ def _read_config(path: Path) -> dict[str, Any]:
 
 
 def _read_jsonl(path: Path) -> list[Any]:
+    """The tasks of a JSON lines file; one without any is refused (a wrong or truncated file would
+    otherwise train on nothing and exit as a success)."""
     tasks = []
     for number, line in enumerate(path.read_text().splitlines(), 1):
         if line.strip():
@@ -317,6 +334,8 @@ def _read_jsonl(path: Path) -> list[Any]:
                 tasks.append(json.loads(line))
             except json.JSONDecodeError as error:
                 raise ValueError(f"{path}:{number}: not JSON: {error}") from None
+    if not tasks:
+        raise ValueError(f"{path}: no tasks (expected one JSON value per line)")
     return tasks
 
 

@@ -150,6 +150,7 @@ class Trainer:
             raise
         finally:
             await runners.stop()
+            await _cancel_leftovers(context)
             await asyncio.to_thread(flush_spans)
             try:
                 if self.run is not None:
@@ -210,6 +211,18 @@ class Trainer:
             progress=self.progress,
         )
         return quick.fit(train_dataset=list(dataset)[:DEV_TASKS], resources=resources)
+
+
+async def _cancel_leftovers(context: AlgorithmContext) -> None:
+    """Rollouts a failed or interrupted fit left queued would otherwise be the first work of the
+    next fit's runners on the same store."""
+    try:
+        cancelled = await context.cancel_unfinished()
+    except Exception as error:  # the fit's own outcome matters more than this clean-up
+        logger.warning("could not cancel the rollouts the fit left unfinished: %s", error)
+        return
+    if cancelled:
+        logger.warning("cancelled %d rollouts the fit queued and did not see finish", cancelled)
 
 
 async def _first_to_end(work: Any, runners: RunnerGroup) -> Any:

@@ -26,6 +26,7 @@ import json
 import os
 import shlex
 import signal
+import tempfile
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from typing import Any
@@ -72,14 +73,19 @@ class CommandAgent(LitAgent):
 
     async def rollout_async(self, task: Any, resources: NamedResources, rollout: AttemptedRollout) -> float | None:
         environment = {**os.environ, **self.env, **self.environment(task, resources, rollout)}
-        process = await asyncio.create_subprocess_exec(
-            *self.command, env=environment, stdout=asyncio.subprocess.PIPE, start_new_session=True
-        )
-        try:
-            stdout, _ = await process.communicate()
-        except BaseException:  # the runner stops or the attempt timed out: the program goes too
-            await asyncio.shield(_end_group(process))
-            raise
+        # Output to a file, not a pipe: a background process the program leaves behind would hold
+        # a pipe open, and the rollout would wait for it rather than for the program.
+        with tempfile.TemporaryFile() as output:
+            process = await asyncio.create_subprocess_exec(
+                *self.command, env=environment, stdout=output, start_new_session=True
+            )
+            try:
+                await process.wait()
+            except BaseException:  # the runner stops or the attempt timed out: the program goes too
+                await asyncio.shield(_end_group(process))
+                raise
+            output.seek(0)
+            stdout = output.read()
         if process.returncode != 0:
             raise CommandFailed(f"{shlex.join(self.command)} exited with status {process.returncode}")
         if self.reward is None:

@@ -21,6 +21,7 @@ from contextlib import suppress
 
 from agl.core.agent import LitAgent
 from agl.core.ids import new_id
+from agl.core.runner import check_runner_options
 from agl.core.store.base import LightningStore
 from agl.trainer.runners.base import RunnerGroup, RunnerLost, fail_attempts_of
 from agl.trainer.runners.specs import child_python_path, remote_agent_spec, shared_store_url
@@ -54,6 +55,7 @@ class ProcessRunners(RunnerGroup):
         max_restarts: int = 10,
         stop_seconds: float = 10.0,
     ) -> None:
+        check_runner_options(max_concurrency, heartbeat_seconds, poll_seconds)
         url = shared_store_url(store)
         if url is None:
             raise ValueError(

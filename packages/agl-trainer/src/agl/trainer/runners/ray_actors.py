@@ -21,7 +21,7 @@ from typing import Any
 
 from agl.core.agent import LitAgent
 from agl.core.ids import new_id
-from agl.core.runner import Runner
+from agl.core.runner import Runner, check_runner_options
 from agl.core.store import open_store
 from agl.core.store.base import LightningStore
 from agl.trainer.runners.base import RunnerGroup, RunnerLost, fail_attempts_of
@@ -78,6 +78,7 @@ class RayRunners(RunnerGroup):
             import ray
         except ImportError:
             raise ImportError("runner_mode='ray' needs Ray: pip install 'agl-trainer[ray]'") from None
+        check_runner_options(max_concurrency, heartbeat_seconds, poll_seconds)
         self.agent_spec = remote_agent_spec(agent, self.mode)
         self._ray = ray
         self.store = store
