@@ -12,8 +12,9 @@ computed (``top_logprobs`` come back empty). One choice per request (``n=1``).
 
 Messages take OpenAI's roles and text content (a string or text parts); other roles and parts
 (images) are a 400. Replies are text: tool definitions reach the chat template, and the model's
-tool-call markup comes back as content, unparsed. Prompts are tokenized off the event loop: one
-near the body limit takes many seconds, which would otherwise stall every other request and stream.
+tool-call markup comes back as content, unparsed. Prompts are tokenized off the event loop, one at
+a time: one near the body limit takes many seconds, which would otherwise stall every other request
+and stream.
 A bearer token (when set) guards every route but ``/health``; bodies over ``max_body_bytes`` get
 a 413; bad bodies a 400 with a one-line message; an engine failure a 500 saying only "internal
 server error" (the traceback goes to the log).
@@ -27,7 +28,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -55,6 +56,11 @@ def create_openai_app(
 ) -> FastAPI:
     """The app; the caller owns ``engine`` (it is neither started nor closed here)."""
     app = FastAPI(title="agl model server", docs_url=None, redoc_url=None, **without_native_telemetry())
+    tokenizing = asyncio.Lock()  # one prompt at a time: a fast tokenizer refuses concurrent mutable use
+
+    async def tokenized(encode: Callable[..., list[int]], *args: Any) -> list[int]:
+        async with tokenizing:
+            return await asyncio.to_thread(encode, *args)
 
     @app.exception_handler(wire.WireError)
     async def refused(request: Request, error: wire.WireError) -> JSONResponse:
@@ -81,7 +87,7 @@ def create_openai_app(
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(request: Request) -> Response:
         body: wire.ChatRequest = wire.parse(wire.ChatRequest, await request.body())
-        prompt = await asyncio.to_thread(engine.chat_prompt_token_ids, body.messages, body.tools)
+        prompt = await tokenized(engine.chat_prompt_token_ids, body.messages, body.tools)
         answer = _Chat(engine, body, prompt, body.sampling(default_max_tokens))
         if body.stream:
             return await _event_stream(answer.chunks())
@@ -90,7 +96,7 @@ def create_openai_app(
     @app.post("/v1/completions", response_model=None)
     async def completions(request: Request) -> Response:
         body: wire.CompletionRequest = wire.parse(wire.CompletionRequest, await request.body())
-        prompt = await asyncio.to_thread(body.prompt_ids, engine.encode)
+        prompt = await tokenized(body.prompt_ids, engine.encode)
         answer = _Completion(engine, body, prompt, body.sampling(default_max_tokens))
         if body.stream:
             return await _event_stream(answer.chunks())
