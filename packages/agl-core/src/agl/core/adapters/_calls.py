@@ -27,6 +27,13 @@ class Call:
     response_token_ids: list[int] | None
     response_logprobs: list[float] | None
 
+    @property
+    def generated(self) -> bool:
+        """False for a call that failed before the model produced anything (an engine error, a
+        request the client then retried): it is no training data, nor a call a reward follows.
+        A stream cut off midway keeps what it produced."""
+        return self.span.status.status_code != "ERROR" or bool(self.response) or bool(self.response_token_ids)
+
 
 def in_order(spans: Sequence[Span]) -> list[Span]:
     """The spans of one attempt by sequence id (start order); spans of several attempts are refused,
@@ -78,42 +85,87 @@ def _physical_calls(records: Sequence[Span]) -> list[tuple[Span, Span, list[Span
     both have them; a group holds at most one record without response token ids, so a server that
     reuses one response id for different calls does not merge the agent's own records. ``kept``
     is the record with token ids (the proxy's, from the wire), else the first. ``anchor`` places
-    the call: the record without token ids (the agent's client-side one, numbered with the
-    agent's other spans, so rewards still fall after the call they follow), else the first; the
-    kept record takes the anchor's sequence id.
+    the call: the agent's client-side record, numbered with the agent's other spans, so rewards
+    still fall after the call they follow; it is the record without token ids, else the one the
+    others are nested under (the proxy parents its record under the caller's through
+    ``traceparent``, and records token ids too when the agent asked for them), else the first.
+    The kept record takes the anchor's sequence id.
+
+    A record joins the earliest group it fits. The groups it could fit are indexed (by response
+    id and response token ids, and which still lack a record without ids), so a server that
+    reuses one response id for every reply costs no scan of every earlier call.
     """
-    groups: list[list[Span]] = []
-    open_groups: dict[str, list[list[Span]]] = {}
+    groups: list[_Group] = []
+    by_ids: dict[tuple[str, tuple[int, ...] | None], dict[int, _Group]] = {}  # None: no response ids yet
+    open_to_bare: dict[str, dict[int, _Group]] = {}  # groups without a record lacking response ids
     for span in records:
+        prompt_ids, response_ids = _ids(span, semconv.PROMPT_TOKEN_IDS), _ids(span, semconv.RESPONSE_TOKEN_IDS)
         response_id = span.attributes.get(semconv.RESPONSE_ID)
-        group = None
-        if isinstance(response_id, str) and response_id:
-            group = next((g for g in open_groups.get(response_id, ()) if _same_call(g, span)), None)
+        if not (isinstance(response_id, str) and response_id):
+            response_id = None
+        group: _Group | None = None
+        if response_id is not None and response_ids is None:
+            group = next((g for g in open_to_bare.get(response_id, {}).values() if g.fits(prompt_ids)), None)
+        elif response_id is not None:
+            # Groups with these response ids (moved in when their ids came, so not in order), and the
+            # earliest record still waiting for its ids.
+            same = [g for g in by_ids.get((response_id, tuple(response_ids)), {}).values() if g.fits(prompt_ids)]
+            waiting = next((g for g in by_ids.get((response_id, None), {}).values() if g.fits(prompt_ids)), None)
+            group = min([*same, *([waiting] if waiting else [])], key=lambda g: g.order, default=None)
         if group is None:
-            group = []
+            group = _Group(len(groups))
             groups.append(group)
-            if isinstance(response_id, str) and response_id:
-                open_groups.setdefault(response_id, []).append(group)
-        group.append(span)
-    result = []
-    for group in groups:
-        kept = next((span for span in group if _ids(span, semconv.RESPONSE_TOKEN_IDS) is not None), group[0])
-        anchor = next((span for span in group if _ids(span, semconv.RESPONSE_TOKEN_IDS) is None), group[0])
-        result.append((anchor, kept, group))
+        else:
+            by_ids[(response_id, group.key)].pop(group.order)
+        group.add(span, prompt_ids, response_ids)
+        if response_id is not None:
+            by_ids.setdefault((response_id, group.key), {})[group.order] = group
+            bucket = open_to_bare.setdefault(response_id, {})
+            if group.bare is None:
+                bucket[group.order] = group
+            else:
+                bucket.pop(group.order, None)
+    result = [(group.anchor(), group.kept(), group.records) for group in groups]
     result.sort(key=lambda entry: (entry[0].sequence_id, entry[0].start_time or 0.0))
     return result
 
 
-def _same_call(group: list[Span], span: Span) -> bool:
-    has_ids = _ids(span, semconv.RESPONSE_TOKEN_IDS) is not None
-    for member in group:
-        if not has_ids and _ids(member, semconv.RESPONSE_TOKEN_IDS) is None:
-            return False
-        for key in (semconv.PROMPT_TOKEN_IDS, semconv.RESPONSE_TOKEN_IDS):
-            mine, theirs = _ids(span, key), _ids(member, key)
-            if mine is not None and theirs is not None and mine != theirs:
-                return False
-    return True
+class _Group:
+    """The records of one physical call, with the token ids they agree on."""
+
+    def __init__(self, order: int) -> None:
+        self.order = order
+        self.records: list[Span] = []
+        self.prompt_ids: list[int] | None = None
+        self.response_ids: list[int] | None = None
+        self.bare: Span | None = None  # its one record without response token ids
+        self.first_with_ids: Span | None = None
+
+    @property
+    def key(self) -> tuple[int, ...] | None:
+        return tuple(self.response_ids) if self.response_ids is not None else None
+
+    def fits(self, prompt_ids: list[int] | None) -> bool:
+        """Whether a record with these prompt ids agrees (its response ids were matched by the index)."""
+        return prompt_ids is None or self.prompt_ids is None or prompt_ids == self.prompt_ids
+
+    def add(self, span: Span, prompt_ids: list[int] | None, response_ids: list[int] | None) -> None:
+        self.records.append(span)
+        self.prompt_ids = self.prompt_ids if self.prompt_ids is not None else prompt_ids
+        if response_ids is None:
+            self.bare = span
+        else:
+            self.response_ids = response_ids
+            self.first_with_ids = self.first_with_ids or span
+
+    def kept(self) -> Span:
+        return self.first_with_ids or self.records[0]
+
+    def anchor(self) -> Span:
+        if self.bare is not None:
+            return self.bare
+        ids = {span.span_id for span in self.records}
+        return next((span for span in self.records if span.parent_id not in ids), self.records[0])
 
 
 def _ids(span: Span, key: str) -> list[int] | None:
@@ -133,14 +185,16 @@ def _agent_name(span: Span, by_id: dict[str, Span]) -> str | None:
 
 
 def _messages(value: Any) -> list[Any] | None:
-    """A message list is stored as JSON text (a list of plain strings may be stored as is)."""
-    if value is None:
-        return None
+    """A message list is stored as JSON text (a list of plain strings may be stored as is); text
+    that is not JSON, or nested too deep to parse, is one plain message. JSON ``null`` is no
+    messages, as a missing attribute is."""
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):
             return [value]
+    if value is None:
+        return None
     return value if isinstance(value, list) else [value]
 
 

@@ -15,9 +15,10 @@ def spans_to_messages(spans: Sequence[Span], *, agent_match: str | None = None) 
 
     An agent resends its history with every call, so the last call holds the whole conversation
     up to its answer; earlier calls only hold a prefix of it. ``agent_match`` picks the agent as
-    in `spans_to_triplets`. No LLM call: an empty list.
+    in `spans_to_triplets`, and calls that failed without output are skipped as there. No LLM
+    call: an empty list.
     """
-    calls = llm_calls(in_order(spans), agent_match)
+    calls = [call for call in llm_calls(in_order(spans), agent_match) if call.generated]
     if not calls:
         return []
     last = calls[-1]

@@ -7,6 +7,7 @@ ids the model never produced trains the wrong thing.
 
 from __future__ import annotations
 
+import bisect
 import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ def spans_to_triplets(
 
     - ``agent_match``: keep only calls of agents whose name this regex finds (``re.search``); a
       call's agent is its own ``agl.agent.name``, else its nearest named ancestor's.
+    - A call that failed (status ERROR) without producing any output is skipped: it holds nothing
+      to train on (a stream cut off midway keeps what it produced).
     - ``merge``: a call whose prompt token ids start with the previous call's prompt + response ids
       extends that triplet: its response then covers everything after the first prompt, with
       ``response_mask`` 1 for generated tokens and 0 for inserted ones (tool output,
@@ -43,18 +46,24 @@ def spans_to_triplets(
     ordered = in_order(spans)
     runs: list[_Run] = []
     for call in llm_calls(ordered, agent_match):
+        if not call.generated:
+            continue
         if not (merge and runs and runs[-1].extend(call)):
             runs.append(_Run(call))
     rewards = [(span.sequence_id, value) for span in ordered if (value := _reward_of(span)) is not None]
     if reward == "final":
         final = rewards[-1][1] if rewards else None
         return [run.triplet(final if index == len(runs) - 1 else None) for index, run in enumerate(runs)]
+    # Rewards are in sequence order: each run's window is found by bisection, not by a scan.
+    positions = [at for at, _ in rewards]
     starts = [run.calls[0].span.sequence_id for run in runs]
     ends: list[int | None] = [*starts[1:], None]
-    return [
-        run.triplet(next((value for at, value in rewards if start < at and (end is None or at < end)), None))
-        for run, start, end in zip(runs, starts, ends, strict=True)
-    ]
+    triplets = []
+    for run, start, end in zip(runs, starts, ends, strict=True):
+        first = bisect.bisect_right(positions, start)
+        inside = first < len(rewards) and (end is None or rewards[first][0] < end)
+        triplets.append(run.triplet(rewards[first][1] if inside else None))
+    return triplets
 
 
 @dataclass(frozen=True)
@@ -78,7 +87,9 @@ class _Run:
         if call.prompt_token_ids is not None and call.response_token_ids is not None:
             self.tokens = call.prompt_token_ids + call.response_token_ids
         self.mask = [1] * len(call.response_token_ids or [])
-        self.logprobs = call.response_logprobs
+        # Logprobs only with one per response token: a guessed alignment is worse than none.
+        aligned = call.response_logprobs is not None and len(call.response_logprobs) == len(self.mask)
+        self.logprobs = call.response_logprobs if aligned else None
 
     def extend(self, call: Call) -> bool:
         """Take ``call`` if its prompt ids start with the whole sequence so far."""
@@ -87,9 +98,12 @@ class _Run:
             return False
         inserted = prompt[len(self.tokens) :]
         # Merged logprobs only where every call has one per generated token: a guessed value is worse than none.
-        aligned = self.logprobs is not None and len(self.logprobs) == len(self.mask)
-        if aligned and call.response_logprobs is not None and len(call.response_logprobs) == len(generated):
-            self.logprobs = [*(self.logprobs or []), *[0.0] * len(inserted), *call.response_logprobs]
+        if (
+            self.logprobs is not None
+            and call.response_logprobs is not None
+            and len(call.response_logprobs) == len(generated)
+        ):
+            self.logprobs = [*self.logprobs, *[0.0] * len(inserted), *call.response_logprobs]
         else:
             self.logprobs = None
         self.tokens += inserted + generated

@@ -203,7 +203,8 @@ def _summary(attempts: list[Attempt], by_attempt: dict[str, list[Span]]) -> str:
     """Counts for the whole tree, and the reward of the last attempt shown (with ``--attempt all``
     the latest, as `agl rollouts show` gives it): a reward is one attempt's, never a sum over
     retries. A call recorded twice (by the agent's instrumentation and by the LLM proxy, one
-    response id) counts once, as the adapters count it."""
+    response id) counts once, as the adapters count it; a request that failed counts too (the
+    adapters skip it for training), as the tree shows it among the errors."""
     found = [span for attempt_spans in by_attempt.values() for span in attempt_spans]
     calls = sum(len(llm_calls(in_order(attempt_spans), None)) for attempt_spans in by_attempt.values())
     reward = format_rewards(total_rewards(by_attempt[attempts[-1].attempt_id])) or "-"
