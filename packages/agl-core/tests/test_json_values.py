@@ -3,33 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
 from agl.core.errors import InvalidInput
-from agl.core.server import ServerSettings, create_app
-from agl.core.store import InMemoryLightningStore, SqliteLightningStore
 from agl.core.store.base import LightningStore
-from agl.core.store.http import HttpLightningStore
-from agl.core.testing.server import ServingThread
-
-
-@pytest.fixture(params=["memory", "sqlite", "http"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[LightningStore]:
-    """In process: memory, SQLite, and the HTTP client of a server over SQLite."""
-    opened = InMemoryLightningStore() if request.param == "memory" else SqliteLightningStore(tmp_path / "values.db")
-    if request.param == "http":
-        with ServingThread(create_app(ServerSettings(), opened)) as server:
-            client = HttpLightningStore(server.url)
-            yield client
-            await client.close()
-    else:
-        yield opened
-    await opened.close()
-
 
 Call = Callable[[LightningStore, str, str], Awaitable[Any]]
 """A store call given the store, a running rollout's id and its attempt's."""

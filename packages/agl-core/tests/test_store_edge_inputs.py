@@ -3,34 +3,15 @@ leaves the store unchanged, and ids the HTTP API carries in its paths go through
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
 from agl.core.errors import InvalidInput, RolloutNotFound
-from agl.core.server import ServerSettings, create_app
-from agl.core.store import InMemoryLightningStore, SqliteLightningStore
 from agl.core.store.base import LightningStore
-from agl.core.store.http import HttpLightningStore
-from agl.core.testing.server import ServingThread
 
 PROMPT = {"p": {"resource_type": "prompt_template", "template": "x"}}
-
-
-@pytest.fixture(params=["memory", "sqlite", "http"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[LightningStore]:
-    """In process: memory, SQLite, and the HTTP client of a server over SQLite."""
-    opened = InMemoryLightningStore() if request.param == "memory" else SqliteLightningStore(tmp_path / "edge.db")
-    if request.param == "http":
-        with ServingThread(create_app(ServerSettings(), opened)) as server:
-            client = HttpLightningStore(server.url)
-            yield client
-            await client.close()
-    else:
-        yield opened
-    await opened.close()
 
 
 @pytest.mark.parametrize("odd", ["a/b", "a%2Fb", "/", "a?b#c%", "50% off", "ü ω", ".."])

@@ -4,7 +4,7 @@ answers alike, with a typed error that leaves the store unchanged."""
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,29 +15,10 @@ from agl.core.errors import InvalidInput
 from agl.core.server import ServerSettings, create_app
 from agl.core.store import InMemoryLightningStore, SqliteLightningStore
 from agl.core.store.base import LightningStore
-from agl.core.store.http import HttpLightningStore
 from agl.core.testing.server import ServingThread
 
 PROMPT = {"p": {"resource_type": "prompt_template", "template": "x"}}
 LLM = {"resource_type": "llm", "endpoint": "http://model", "model": "m"}
-
-
-def open_in_process(kind: str, tmp_path: Path) -> LightningStore:
-    return InMemoryLightningStore() if kind == "memory" else SqliteLightningStore(tmp_path / "edges.db")
-
-
-@pytest.fixture(params=["memory", "sqlite", "http"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[LightningStore]:
-    """In process: memory, SQLite, and the HTTP client of a server over SQLite."""
-    opened = open_in_process(request.param, tmp_path)
-    if request.param == "http":
-        with ServingThread(create_app(ServerSettings(), opened)) as server:
-            client = HttpLightningStore(server.url)
-            yield client
-            await client.close()
-    else:
-        yield opened
-    await opened.close()
 
 
 def _span(rollout_id: str, attempt_id: str) -> dict[str, Any]:
@@ -130,7 +111,7 @@ async def test_a_span_must_name_its_attempt_by_id(store: LightningStore, call: S
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
 def test_otlp_spans_must_name_their_attempt_by_id(kind: str, tmp_path: Path) -> None:
     """OTLP ingest created an observed rollout with an attempt called "latest"."""
-    opened = open_in_process(kind, tmp_path)
+    opened = InMemoryLightningStore() if kind == "memory" else SqliteLightningStore(tmp_path / "otlp.db")
     identity = [("agl.rollout.id", "ro-otlp"), ("agl.attempt.id", "latest")]
     span = {
         "traceId": "1" * 32,

@@ -1,0 +1,29 @@
+"""``store``: one store per backend (memory, SQLite, and the HTTP client of a server over SQLite),
+for tests that hold every backend to the same answer. A test file that defines its own ``store``
+fixture uses that one instead."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from agl.core.server import ServerSettings, create_app
+from agl.core.store import InMemoryLightningStore, SqliteLightningStore
+from agl.core.store.base import LightningStore
+from agl.core.store.http import HttpLightningStore
+from agl.core.testing.server import ServingThread
+
+
+@pytest.fixture(params=["memory", "sqlite", "http"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[LightningStore]:
+    opened = InMemoryLightningStore() if request.param == "memory" else SqliteLightningStore(tmp_path / "store.db")
+    if request.param == "http":
+        with ServingThread(create_app(ServerSettings(), opened)) as server:
+            client = HttpLightningStore(server.url)
+            yield client
+            await client.close()
+    else:
+        yield opened
+    await opened.close()
