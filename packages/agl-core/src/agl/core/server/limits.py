@@ -7,13 +7,22 @@ reading), whatever it then tries to send is dropped, and the client gets a 413.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
+def store_error(limit: int) -> bytes:
+    """The store server's error shape (`ErrorBody`)."""
+    return b'{"error":"BodyTooLarge","message":"request body exceeds %d bytes","detail":{}}' % limit
+
+
 class BodyLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, error_body: Callable[[int], bytes] = store_error) -> None:
+        """``error_body(limit)`` is the 413's JSON: each server answers in its own API's error shape."""
         self.app = app
         self.max_bytes = max_bytes
+        self.error_body = error_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -23,7 +32,7 @@ class BodyLimit:
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and b"transfer-encoding" not in headers:
             if int(declared) > self.max_bytes:
-                await refuse_too_large(send, self.max_bytes)
+                await self._refuse(send)
             else:  # the HTTP parser delivers no more than the declared length: nothing to count
                 await self.app(scope, receive, send)
             return
@@ -51,11 +60,10 @@ class BodyLimit:
             if not exceeded:
                 raise
         if exceeded:
-            await refuse_too_large(send, self.max_bytes)
+            await self._refuse(send)
 
-
-async def refuse_too_large(send: Send, limit: int) -> None:
-    body = b'{"error":"BodyTooLarge","message":"request body exceeds %d bytes","detail":{}}' % limit
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": 413, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    async def _refuse(self, send: Send) -> None:
+        body = self.error_body(self.max_bytes)
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})

@@ -47,6 +47,11 @@ DEFAULT_MAX_TOKENS = 1024
 MAX_BODY_BYTES = 16 * 1024 * 1024
 
 
+def _too_large(limit: int) -> bytes:
+    """In OpenAI's error shape, so openai clients read the message."""
+    return json.dumps(wire.error_body(f"the request body exceeds {limit} bytes", 413)).encode()
+
+
 def create_openai_app(
     engine: Engine,
     *,
@@ -102,7 +107,7 @@ def create_openai_app(
             return await _event_stream(answer.chunks())
         return JSONResponse(await answer.whole())
 
-    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes, error_body=_too_large)
     if token:
         app.add_middleware(TokenAuth, token=token)  # added last: runs first, before reading any body
     return app
