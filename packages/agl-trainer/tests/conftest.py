@@ -1,4 +1,4 @@
-"""Fixtures of the trainer's tests: a fresh tracing set-up per test, a memory store.
+"""Fixtures of the trainer's tests: a fresh tracing set-up per test, a memory store, a SQLite one.
 
 This folder goes on ``sys.path`` so that agents of the tests are importable by name
 (``agents_for_runner_tests:double``), here and, through the ``PYTHONPATH`` runner modes give
@@ -36,5 +36,13 @@ def tracing() -> Iterator[None]:
 @pytest.fixture
 async def store(tracing: None) -> AsyncIterator[LightningStore]:
     opened = open_store("memory://", watchdog_interval=None)
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[LightningStore]:
+    """A durable store without tracing set up (the proxy's tests: the proxy writes spans itself)."""
+    opened = open_store(f"sqlite:///{tmp_path / 'store.db'}", watchdog_interval=None)
     yield opened
     await opened.close()

@@ -7,10 +7,9 @@ import asyncio
 import json
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -45,13 +44,6 @@ from agl.trainer.proxy import LlmProxy, RetryPolicy
 MODEL = "agl-toy"
 HI = [{"role": "user", "content": "hi"}]
 FAST_RETRY = RetryPolicy(tries_per_engine=2, first_delay=0.001, max_delay=0.001)
-
-
-@pytest.fixture
-async def sqlite_store(tmp_path: Path) -> AsyncIterator[LightningStore]:
-    store = open_store(f"sqlite:///{tmp_path / 'store.db'}", watchdog_interval=None)
-    yield store
-    await store.close()
 
 
 @pytest.fixture

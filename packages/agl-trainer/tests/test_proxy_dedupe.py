@@ -3,14 +3,9 @@ records of each model call, and the adapters count each call once, with the engi
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import openai
-import pytest
 from opentelemetry import trace
 
-from agl.core import open_store
 from agl.core.adapters import spans_to_triplets
 from agl.core.store.base import LightningStore
 from agl.core.testing.chat_server import chat_log, chat_server_app
@@ -23,13 +18,6 @@ from agl.instrument.openai import OpenAIInstrumentor
 from agl.trainer.proxy import LlmProxy
 
 HI = [{"role": "user", "content": "hi"}]
-
-
-@pytest.fixture
-async def sqlite_store(tmp_path: Path) -> AsyncIterator[LightningStore]:
-    store = open_store(f"sqlite:///{tmp_path / 'store.db'}", watchdog_interval=None)
-    yield store
-    await store.close()
 
 
 async def test_a_call_recorded_by_the_agent_and_the_proxy_is_one_triplet(sqlite_store: LightningStore) -> None:

@@ -5,15 +5,13 @@ happened (no span for a request refused before the engine saw it)."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import httpx
 import openai
 import pytest
 from starlette.types import Receive, Scope, Send
 
-from agl.core import open_store
 from agl.core.store.base import LightningStore
 from agl.core.testing.server import ServingThread
 from agl.core.tracing import semconv
@@ -47,15 +45,8 @@ def model_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedM
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[LightningStore]:
-    opened = open_store(f"sqlite:///{tmp_path / 'store.db'}", watchdog_interval=None)
-    yield opened
-    await opened.close()
-
-
-@pytest.fixture
-async def attempt(store: LightningStore) -> AttemptedRollout:
-    return await store.start_rollout({"task": "say hi"})
+async def attempt(sqlite_store: LightningStore) -> AttemptedRollout:
+    return await sqlite_store.start_rollout({"task": "say hi"})
 
 
 async def llm_spans(store: LightningStore, attempt: AttemptedRollout) -> list[Span]:
@@ -72,19 +63,19 @@ async def llm_spans(store: LightningStore, attempt: AttemptedRollout) -> list[Sp
     ids=["nested too deep", "lone surrogate"],
 )
 async def test_a_body_python_cannot_handle_is_a_400_and_the_proxy_stays_up(
-    store: LightningStore, attempt: AttemptedRollout, model_server: EmbeddedModelServer, raw: bytes
+    sqlite_store: LightningStore, attempt: AttemptedRollout, model_server: EmbeddedModelServer, raw: bytes
 ) -> None:
     """Both used to escape as a 500 with a traceback (RecursionError, UnicodeEncodeError)."""
-    with LlmProxy(store, [model_server.base_url]) as proxy:
+    with LlmProxy(sqlite_store, [model_server.base_url]) as proxy:
         base = proxy.resource.base_url(attempt.rollout_id, attempt.attempt.attempt_id)
         async with httpx.AsyncClient(timeout=60) as client:
             refused = await client.post(base + "/chat/completions", content=raw)
             assert refused.status_code == 400, refused.text
             assert "\n" not in refused.json()["error"]["message"]
-            assert await llm_spans(store, attempt) == []
+            assert await llm_spans(sqlite_store, attempt) == []
             again = await client.post(base + "/chat/completions", json={"messages": HI, "max_tokens": 1})
     assert again.status_code == 200
-    assert len(await llm_spans(store, attempt)) == 1
+    assert len(await llm_spans(sqlite_store, attempt)) == 1
 
 
 async def error_midstream(scope: Scope, receive: Receive, send: Send) -> None:
@@ -98,10 +89,10 @@ async def error_midstream(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 async def test_an_error_event_in_the_engines_stream_is_an_error_span(
-    store: LightningStore, attempt: AttemptedRollout
+    sqlite_store: LightningStore, attempt: AttemptedRollout
 ) -> None:
     """The stream ends in order ([DONE]) after the error: the span used to say OK, the call complete."""
-    with ServingThread(error_midstream) as engine, LlmProxy(store, [f"{engine.url}/v1"], model="m") as proxy:  # type: ignore[arg-type]
+    with ServingThread(error_midstream) as engine, LlmProxy(sqlite_store, [f"{engine.url}/v1"], model="m") as proxy:  # type: ignore[arg-type]
         base_url = proxy.resource.base_url(attempt.rollout_id, attempt.attempt.attempt_id)
         client = openai.AsyncOpenAI(base_url=base_url, api_key="none", max_retries=0)
         stream = await client.chat.completions.create(model="m", messages=HI, stream=True)  # type: ignore[arg-type]
@@ -110,7 +101,7 @@ async def test_an_error_event_in_the_engines_stream_is_an_error_span(
             async for chunk in stream:
                 received.append(chunk.choices[0].delta.content)
     assert received == ["Hel"]
-    [span] = await llm_spans(store, attempt)
+    [span] = await llm_spans(sqlite_store, attempt)
     assert span.status.status_code == "ERROR" and span.attributes["error.type"] == "stream_error"
     assert "internal server error" in (span.status.description or "")
     assert span.attributes[semconv.RESPONSE_TOKEN_IDS] == [40, 41]  # what did arrive is kept
