@@ -163,3 +163,14 @@ def test_bad_bodies_are_4xx_and_change_nothing(server: ServingThread, backing: S
     assert httpx.post(f"{server.url}/v1/traces", content=b"{}").status_code == 401
     assert run(backing.statistics()).spans == 0
     assert httpx.get(f"{server.url}/health").status_code == 200
+
+
+def test_a_span_naming_only_a_queued_rollout_is_refused_in_words(
+    server: ServingThread, backing: SqliteLightningStore
+) -> None:
+    queued = run(backing.enqueue_rollout("queued"))
+    batch = [json_span("ef" * 16, "4" * 16, "early", **{"agl.rollout.id": queued.rollout_id})]
+    refused = post(server, otlp_json("ef" * 16, batch))
+    assert refused.status_code == 400
+    assert f"rollout {queued.rollout_id!r} has no attempt yet" in refused.json()["message"]
+    assert run(backing.statistics()).spans == 0 and run(backing.get_latest_attempt(queued.rollout_id)) is None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
@@ -72,8 +73,23 @@ def with_store(url: str | None, action: Callable[[LightningStore], Awaitable[T]]
     try:
         return asyncio.run(session())
     except AglError as error:
-        typer.echo(f"error: {' '.join(str(error).split())}", err=True)
+        typer.echo(f"error: {one_line(str(error))}", err=True)
         raise typer.Exit(1) from None
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """Text from the store (ids, span names: whatever an OTLP sender wrote) as a terminal shows it
+    as written: a control character, such as the escape that starts a colour code or retitles the
+    window, or a newline inside an id, becomes U+FFFD."""
+    return _CONTROL.sub("\N{REPLACEMENT CHARACTER}", text)
+
+
+def one_line(text: str) -> str:
+    """`printable`, with each run of whitespace one space: a span's name or error is one line of its tree."""
+    return printable(" ".join(text.split()))
 
 
 def parse_option(text: str) -> tuple[str, Any]:

@@ -23,6 +23,7 @@ from agl.core.cli._common import (
     format_time,
     plural,
     print_json,
+    printable,
     short_json,
     status_text,
     table,
@@ -84,15 +85,16 @@ def list_rollouts(
         )
         return
     rows = table()
-    add_id_column(rows, "rollout", (rollout.rollout_id for rollout in page))
+    ids = [printable(rollout.rollout_id) for rollout in page]
+    add_id_column(rows, "rollout", ids)
     rows.add_column("status", no_wrap=True)
     rows.add_column("mode", no_wrap=True)
     rows.add_column("attempts", justify="right", no_wrap=True)
     rows.add_column("started", no_wrap=True)
     rows.add_column("duration", justify="right", no_wrap=True)
-    for rollout, attempts in zip(page, attempt_counts, strict=True):
+    for rollout, rollout_id, attempts in zip(page, ids, attempt_counts, strict=True):
         rows.add_row(
-            rollout.rollout_id,
+            rollout_id,
             status_text(rollout.status),
             rollout.mode or "-",
             str(attempts),
@@ -139,10 +141,10 @@ def show_rollout(
     fields.add_column(style="bold", no_wrap=True)
     fields.add_column(overflow="fold")
     for name, value in [
-        ("rollout", rollout.rollout_id),
+        ("rollout", printable(rollout.rollout_id)),
         ("status", status_text(rollout.status)),
         ("mode", rollout.mode or "-"),
-        ("resources", rollout.resources_id or "-"),
+        ("resources", printable(rollout.resources_id or "-")),
         ("started", format_time(rollout.start_time)),
         ("ended", format_time(rollout.end_time)),
         ("duration", elapsed(rollout.start_time, rollout.end_time)),
@@ -177,18 +179,20 @@ def _attempts_table(out: Console, attempts: list[Attempt]) -> Group:
     now = time.time()
     rows = table()
     rows.add_column("#", justify="right")
-    add_id_column(rows, "attempt", (attempt.attempt_id for attempt in attempts))
+    attempt_ids = [printable(attempt.attempt_id) for attempt in attempts]
+    worker_ids = [printable(attempt.worker_id or "-") for attempt in attempts]
+    add_id_column(rows, "attempt", attempt_ids)
     rows.add_column("status", no_wrap=True)
-    add_id_column(rows, "worker", (attempt.worker_id or "-" for attempt in attempts))
+    add_id_column(rows, "worker", worker_ids)
     rows.add_column("started", no_wrap=True)
     rows.add_column("took", justify="right", no_wrap=True)
     rows.add_column("heartbeat", justify="right", no_wrap=True)
-    for attempt in attempts:
+    for attempt, attempt_id, worker_id in zip(attempts, attempt_ids, worker_ids, strict=True):
         rows.add_row(
             str(attempt.sequence_id),
-            attempt.attempt_id,
+            attempt_id,
             status_text(attempt.status),
-            attempt.worker_id or "-",
+            worker_id,
             format_time(attempt.start_time, year=False),
             elapsed(attempt.start_time, attempt.end_time),
             format_ago(attempt.last_heartbeat_time, now),

@@ -1,7 +1,9 @@
 """`agl spans ROLLOUT_ID`: an attempt's spans as a tree, with rewards, LLM calls, errors and training steps picked out.
 
 The tree follows ``parent_id`` within one attempt; a span whose parent is not among the
-attempt's spans (its parent was never exported, or lives in another process) is a root.
+attempt's spans (its parent was never exported, or lives in another process) is a root. A tree
+deeper than the terminal has room for hangs its deepest spans at the last level that fits, each
+marked with its real depth: rich gives a label no room past the width, and would drop it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,17 @@ from rich.text import Text
 from rich.tree import Tree
 
 from agl.core.adapters._calls import in_order, llm_calls
-from agl.core.cli._common import JsonOutput, StoreUrl, console, plural, print_json, status_text, with_store
+from agl.core.cli._common import (
+    JsonOutput,
+    StoreUrl,
+    console,
+    one_line,
+    plural,
+    print_json,
+    printable,
+    status_text,
+    with_store,
+)
 from agl.core.errors import AttemptNotFound, RolloutNotFound
 from agl.core.store import LightningStore
 from agl.core.tracing.semconv import (
@@ -28,6 +40,13 @@ from agl.core.tracing.semconv import (
     TRAINER_STEP,
 )
 from agl.core.types import Attempt, Rollout, Span
+
+GUIDE_WIDTH = 4
+"""Columns the tree's guide lines take per level."""
+MIN_LABEL_WIDTH = 32
+"""Columns a span's label keeps however deep it is: its depth past the room, name and duration."""
+MAX_LEVELS = 64
+"""Levels shown at most, piped too: unbounded, a chain of n spans prints n² characters of guides."""
 
 
 def rewards(span: Span) -> dict[str, float]:
@@ -104,34 +123,36 @@ def spans(
         print_json([span.model_dump(mode="json") for span in found])
         return
     out = console()
+    levels = max(1, min((out.width - MIN_LABEL_WIDTH) // GUIDE_WIDTH, MAX_LEVELS))
     if not attempts:
-        out.print(f"{rollout_id} has no attempts yet (status {rollout.status}).")
+        out.print(f"{printable(rollout_id)} has no attempts yet (status {rollout.status}).")
         return
     by_attempt: dict[str, list[Span]] = defaultdict(list)
     for span in found:
         by_attempt[span.attempt_id].append(span)
     if len(attempts) == 1:
         tree = Tree(_attempt_label(rollout_id, attempts[0]))
-        _add_spans(tree, by_attempt[attempts[0].attempt_id])
+        _add_spans(tree, by_attempt[attempts[0].attempt_id], 1, levels)
     else:
-        tree = Tree(Text.assemble(rollout_id, " · ", status_text(rollout.status)))
+        tree = Tree(Text.assemble(printable(rollout_id), " · ", status_text(rollout.status)))
         for each in attempts:
             label = _attempt_label(None, each)
             if reward := format_rewards(total_rewards(by_attempt[each.attempt_id])):
                 label.append(f" · reward {reward}", style="green")  # each attempt's own: retries are not summed
-            _add_spans(tree.add(label), by_attempt[each.attempt_id])
+            _add_spans(tree.add(label), by_attempt[each.attempt_id], 2, levels)
     out.print(tree)
     out.print(_summary(attempts, by_attempt))
 
 
 def _attempt_label(rollout_id: str | None, attempt: Attempt) -> Text:
-    parts: list[str | Text] = [f"{rollout_id} · "] if rollout_id else []
-    parts += [f"attempt {attempt.sequence_id} ({attempt.attempt_id}) · ", status_text(attempt.status)]
+    parts: list[str | Text] = [f"{printable(rollout_id)} · "] if rollout_id else []
+    parts += [f"attempt {attempt.sequence_id} ({printable(attempt.attempt_id)}) · ", status_text(attempt.status)]
     return Text.assemble(*parts)
 
 
-def _add_spans(node: Tree, attempt_spans: list[Span]) -> None:
-    """Hang one attempt's spans under ``node``, siblings in ``sequence_id`` order."""
+def _add_spans(node: Tree, attempt_spans: list[Span], depth: int, levels: int) -> None:
+    """Hang one attempt's spans under ``node`` (whose children are at ``depth``), siblings in
+    ``sequence_id`` order, at most ``levels`` deep."""
     ordered = sorted(attempt_spans, key=lambda s: s.sequence_id)
     ids = {span.span_id for span in ordered}
     children: dict[str, list[Span]] = defaultdict(list)
@@ -143,21 +164,31 @@ def _add_spans(node: Tree, attempt_spans: list[Span]) -> None:
     # Roots first; then anything left over, which only a cycle of parent ids can leave unreached.
     for span in [*roots, *ordered]:
         if span.span_id not in seen:
-            _attach(node, span, children, seen)
+            _attach(node, span, depth, levels, children, seen)
 
 
-def _attach(node: Tree, span: Span, children: dict[str, list[Span]], seen: set[str]) -> None:
-    seen.add(span.span_id)
-    branch = node.add(_span_label(span))
-    for child in children[span.span_id]:
-        if child.span_id not in seen:
-            _attach(branch, child, children, seen)
+def _attach(node: Tree, span: Span, depth: int, levels: int, children: dict[str, list[Span]], seen: set[str]) -> None:
+    """Hang ``span`` and its descendants under ``node``, depth first with a stack of our own: a
+    trace can be deeper than Python's recursion limit. Past ``levels``, a span hangs beside its
+    parent, its label prefixed by its depth."""
+    stack = [(node, span, depth)]
+    while stack:
+        parent, span, depth = stack.pop()
+        if span.span_id in seen:
+            continue
+        seen.add(span.span_id)
+        label = _span_label(span)
+        if depth > levels:
+            label = Text.assemble((f"depth {depth} · ", "dim"), label)
+        branch = parent.add(label)
+        under = branch if depth < levels else parent
+        stack.extend((under, child, depth + 1) for child in reversed(children[span.span_id]))
 
 
 def _span_label(span: Span) -> Text:
     if (step := _step_label(span)) is not None:
         return step
-    label = Text(span.name, style="bold", no_wrap=True, overflow="ellipsis")
+    label = Text(one_line(span.name), style="bold", no_wrap=True, overflow="ellipsis")
     if span.start_time is not None and span.end_time is not None:
         milliseconds = (span.end_time - span.start_time) * 1000
         decimals = 1 if milliseconds < 9.95 else 0  # 4.2 ms, 812 ms; 9.96 rounds to "10", not "10.0"
@@ -165,11 +196,11 @@ def _span_label(span: Span) -> Text:
     if reward := rewards(span):
         label.append(f"  reward {format_rewards(reward)}", style="green")
     if llm := llm_call(span):
-        label.append(f"  {llm}", style="magenta")
+        label.append(f"  {one_line(llm)}", style="magenta")
     if span.name == PROCESS_EXIT_SPAN and isinstance(outcome := span.attributes.get(PROCESS_OUTCOME), str):
-        label.append(f"  {outcome}", style="red" if outcome == "failed" else "green")
+        label.append(f"  {one_line(outcome)}", style="red" if outcome == "failed" else "green")
     if span.status.status_code == "ERROR":
-        label.append(f"  ERROR {span.status.description or ''}".rstrip(), style="red")
+        label.append(f"  ERROR {one_line(span.status.description or '')}".rstrip(), style="red")
     return label
 
 

@@ -152,8 +152,7 @@ async def _file(
             sequence_id = sequence_clock(start_time) if start_time else 0  # `file_span`'s, with no agl.sequence_id
         if attempt_id is None:  # only the rollout is named: its latest attempt
             if rollout_id not in latest_attempts:
-                latest = await store.get_latest_attempt(rollout_id)
-                latest_attempts[rollout_id] = latest.attempt_id if latest else f"at-{rollout_id[3:]}"
+                latest_attempts[rollout_id] = await _latest_attempt_id(store, rollout_id, document)
             attempt_id = latest_attempts[rollout_id]
         if len(rollout_id) > MAX_ID_LENGTH or len(attempt_id) > MAX_ID_LENGTH:
             raise OtlpDecodeError(
@@ -167,6 +166,21 @@ async def _file(
         document["sequence_id"] = sequence_id
         spans.append((document, _encode(document) if sequence_id else None))
     return spans, new_rollouts
+
+
+async def _latest_attempt_id(store: LightningStore, rollout_id: str, document: dict[str, Any]) -> str:
+    """The attempt of a span that names only its rollout: the rollout's latest. A rollout the store
+    lacks is observed, made with the attempt named here; one still queued has none to join, which
+    the sender is told in those words (the attempt named here would be unknown to it)."""
+    latest = await store.get_latest_attempt(rollout_id)
+    if latest is not None:
+        return latest.attempt_id
+    if await store.get_rollout_by_id(rollout_id) is not None:
+        raise OtlpDecodeError(
+            f"span {document['span_id']!r} ({document['name']!r}): rollout {rollout_id!r} has no attempt yet;"
+            " name one with agl.attempt.id, or start the rollout first"
+        )
+    return f"at-{rollout_id[3:]}"
 
 
 def _encode(document: dict[str, Any]) -> bytes | None:
