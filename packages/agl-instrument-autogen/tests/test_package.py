@@ -15,7 +15,7 @@ import autogen_core.tools._base as tools_base
 from autogen_agentchat.agents import AssistantAgent, BaseChatAgent
 from autogen_agentchat.teams import BaseGroupChat
 from autogen_core.models import ChatCompletionClient
-from autogen_core.tools import BaseTool, FunctionTool
+from autogen_core.tools import BaseStreamTool, BaseTool, FunctionTool
 from autogen_ext.models.replay import ReplayChatCompletionClient
 
 from agl.core.tracing import rollout_context, semconv
@@ -34,6 +34,7 @@ PATCHED = [
     (BaseChatAgent, "on_messages_stream"),
     (BaseGroupChat, "run_stream"),
     (BaseTool, "run_json"),
+    (BaseStreamTool, "run_json_stream"),
     (FunctionTool, "run"),
 ]
 

@@ -22,8 +22,10 @@ What is recorded:
   messages in the OpenAI chat shape, the tools, sampling parameters, the output message, usage and
   ``agl.agent.name`` of the agent whose turn it is. When the ``openai`` client underneath is
   instrumented too (``agl_openai``), it joins this span ("outermost wins") and adds what only the
-  wire knows: the messages exactly as sent, token ids, logprobs, the response id.
-- ``execute_tool {tool}`` around ``BaseTool.run_json`` (AutoGen's own tool span for that call is
+  wire knows: the messages exactly as sent, token ids, logprobs, the response id. A stream closed
+  early or failing midway keeps the text it streamed as its output message.
+- ``execute_tool {tool}`` around ``BaseTool.run_json`` and ``BaseStreamTool.run_json_stream`` (an
+  agent or a team as a tool: ``AgentTool``, ``TeamTool``; AutoGen's own tool span for that call is
   this one, not a second), with ``gen_ai.tool.name``, ``gen_ai.tool.call.id``,
   ``gen_ai.tool.call.arguments`` (JSON) and ``gen_ai.tool.call.result``. A sync tool function runs
   in AutoGen's thread pool with the caller's context, so spans opened inside it (an LLM call, an

@@ -4,7 +4,7 @@ what each patched call records.
 Three kinds of patch:
 
 - a method of one class (`Patch`): ``BaseGroupChat.run_stream``, ``BaseTool.run_json``,
-  ``FunctionTool.run``;
+  ``BaseStreamTool.run_json_stream``, ``FunctionTool.run``;
 - a method of a whole class family (`FamilyPatch`): ``create``/``create_stream`` of every
   ``ChatCompletionClient`` and ``on_messages``/``on_messages_stream`` of every ``BaseChatAgent``,
   wherever a class defines them: the classes that exist when the module is patched, and every
@@ -25,7 +25,7 @@ import logging
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -188,17 +188,46 @@ def _result_attributes(result: Any) -> dict[str, Any]:
     }
 
 
-def _record(call: LlmCall, client: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], result: Any = None) -> None:
-    """The request, and the result when there is one, in one write to the span; a part that cannot
-    be read is logged and the rest still recorded."""
+@dataclass
+class _StreamedReply:
+    """What a model stream yielded: text chunks, then the final ``CreateResult``. Until that arrives
+    (a stream closed early, or failing midway) the text stands in for the reply, as the openai
+    instrumentor records an unfinished stream."""
+
+    text: list[str] = field(default_factory=list)
+    result: Any = None
+
+    def add(self, item: Any) -> None:
+        if isinstance(item, str):
+            self.text.append(item)
+        elif type(item).__name__ == "CreateResult":
+            self.result = item
+
+    def attributes(self) -> dict[str, Any]:
+        if self.result is not None:
+            return _result_attributes(self.result)
+        if not self.text:
+            return {}
+        return {semconv.OUTPUT_MESSAGES: [{"role": "assistant", "content": "".join(self.text)}]}
+
+
+def _record(
+    call: LlmCall,
+    client: Any,
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    reply: Callable[[], Mapping[str, Any]] | None = None,
+) -> None:
+    """The request, and the reply's attributes when there is one, in one write to the span; a part
+    that cannot be read is logged and the rest still recorded."""
     attributes: dict[str, Any] = {}
     try:
         attributes.update(_request_attributes(client, args, kwargs))
     except Exception:
         _recording_failed("an AutoGen model request")
-    if result is not None:
+    if reply is not None:
         try:
-            attributes.update(_result_attributes(result))
+            attributes.update(reply())
         except Exception:
             _recording_failed("an AutoGen model result")
     _safely("an AutoGen model call", call.fill, attributes)
@@ -237,7 +266,7 @@ async def _create(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, .
         _record(call, instance, args, kwargs)
         _end_call(call, token, error)
         raise
-    _record(call, instance, args, kwargs, result)
+    _record(call, instance, args, kwargs, lambda: _result_attributes(result))
     _end_call(call, token, None)
     return result
 
@@ -264,29 +293,46 @@ def _create_stream(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, 
     except Exception:
         _recording_failed("the start of an AutoGen model stream")
         return wrapped(*args, **kwargs)
-    context = call.context()
-
-    def on_item(item: Any) -> None:
-        if type(item).__name__ == "CreateResult":
-            _safely("an AutoGen model result", lambda: call.fill(_result_attributes(item)))
+    reply = _StreamedReply()
 
     def on_end(error: BaseException | None) -> None:
-        _record(call, instance, args, kwargs)
+        _record(call, instance, args, kwargs, reply.attributes)
         _safely("the end of an AutoGen model stream", call.end, error)
 
-    return _stepped(wrapped(*args, **kwargs), context, on_item, on_end)
+    return _stream(lambda: wrapped(*args, **kwargs), call.context(), reply.add, on_end)
+
+
+def _stream(
+    make: Callable[[], Any],
+    context: otel_context.Context,
+    on_item: Callable[[Any], None] | None,
+    on_end: Callable[[BaseException | None], None],
+) -> Any:
+    """``make()``'s stream, stepped in ``context``. It is made in ``context`` too: a client whose
+    ``create_stream`` returns another client's at once (a router, a wrapper) must join this call's
+    span, not open a second one; and if making it raises, the span ends with that error."""
+    token = otel_context.attach(context)
+    try:
+        stream = make()
+    except BaseException as error:
+        on_end(error)
+        raise
+    finally:
+        otel_context.detach(token)
+    return _stepped(stream, context, on_item, on_end)
 
 
 async def _stepped(
     stream: Any,
     context: otel_context.Context,
-    on_item: Callable[[Any], None] | None = None,
-    on_end: Callable[[BaseException | None], None] | None = None,
+    on_item: Callable[[Any], None] | None,
+    on_end: Callable[[BaseException | None], None],
 ) -> AsyncIterator[Any]:
     """Iterate ``stream`` with ``context`` current while it computes each item, and only then: the
     consumer between items keeps its own context (an async generator otherwise leaks its span into
-    the caller, or detaches a token in the wrong context). ``on_end`` gets the stream's error, if
-    any, once the stream is exhausted, fails or is closed."""
+    the caller, or detaches a token in the wrong context). What the stream makes current itself (a
+    span it holds open across its ``yield``) stays current for its next step. ``on_end`` gets the
+    stream's error, if any, once the stream is exhausted, fails or is closed."""
     iterator = stream.__aiter__()
     error: BaseException | None = None
     try:
@@ -300,20 +346,32 @@ async def _stepped(
                 error = raised
                 raise
             finally:
+                context = otel_context.get_current()
                 otel_context.detach(token)
             if on_item is not None:
                 on_item(item)
             yield item
     finally:
-        close = getattr(iterator, "aclose", None)
-        if close is not None and error is None:
-            token = otel_context.attach(context)
-            try:
-                await close()
-            finally:
-                otel_context.detach(token)
-        if on_end is not None:
+        try:
+            if error is None:
+                await _close(iterator, context)
+        except BaseException as raised:
+            error = raised
+            raise
+        finally:
             on_end(error)
+
+
+async def _close(iterator: Any, context: otel_context.Context) -> None:
+    """Close a stream left unfinished (a no-op on an exhausted one) in its own context."""
+    close = getattr(iterator, "aclose", None)
+    if close is None:
+        return
+    token = otel_context.attach(context)
+    try:
+        await close()
+    finally:
+        otel_context.detach(token)
 
 
 # --- agents and teams -------------------------------------------------------------------------
@@ -448,7 +506,7 @@ def _on_messages_stream(
     scope = _agent_scope(instance) if _config.active else None
     if scope is None:
         return wrapped(*args, **kwargs)
-    return _stepped(wrapped(*args, **kwargs), scope.context, None, scope.end)
+    return _stream(lambda: wrapped(*args, **kwargs), scope.context, None, scope.end)
 
 
 def _run_stream(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -456,21 +514,19 @@ def _run_stream(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...
     scope = _team_scope(instance) if _config.active else None
     if scope is None:
         return wrapped(*args, **kwargs)
-    return _stepped(wrapped(*args, **kwargs), scope.context, None, scope.end)
+    return _stream(lambda: wrapped(*args, **kwargs), scope.context, None, scope.end)
 
 
 # --- tools ------------------------------------------------------------------------------------
 
 
-async def _run_json(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """``BaseTool.run_json(args, cancellation_token, call_id=None)``: the ``execute_tool`` span,
-    with the arguments and the result as text; current while the tool runs."""
-    if not _config.active:
-        return await wrapped(*args, **kwargs)
+def _tool_scope(tool: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> _Scope | None:
+    """The ``execute_tool`` span of ``tool.run_json(args, cancellation_token, call_id=None)`` (or
+    ``run_json_stream``, same arguments), with the arguments as JSON; None if it cannot be opened."""
     try:
         arguments = args[0] if args else kwargs.get("args")
         call_id = kwargs.get("call_id", args[2] if len(args) > 2 else None)
-        name = str(instance.name)
+        name = str(tool.name)
         attributes: dict[str, Any] = {
             semconv.OPERATION_NAME: semconv.EXECUTE_TOOL,
             semconv.TOOL_NAME: name,
@@ -482,23 +538,55 @@ async def _run_json(wrapped: Callable[..., Any], instance: Any, args: tuple[Any,
         context = otel_context.set_value(_TOOL_SPAN, (span, name), trace.set_span_in_context(span))
     except Exception:
         _recording_failed("the start of an AutoGen tool call")
+        return None
+    return _Scope(span, True, context)
+
+
+def _record_tool_result(scope: _Scope, tool: Any, result: Any) -> None:
+    try:
+        if scope.span is not None:
+            scope.span.set_attribute(semconv.TOOL_CALL_RESULT, tool.return_value_as_string(result))
+    except Exception:
+        _recording_failed("an AutoGen tool result")
+
+
+async def _run_json(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``BaseTool.run_json``: the ``execute_tool`` span, with the arguments and the result as text;
+    current while the tool runs."""
+    scope = _tool_scope(instance, args, kwargs) if _config.active else None
+    if scope is None:
         return await wrapped(*args, **kwargs)
-    scope = _Scope(span, True, context)
 
     async def run() -> Any:
         result = await wrapped(*args, **kwargs)
-        try:
-            span.set_attribute(semconv.TOOL_CALL_RESULT, instance.return_value_as_string(result))
-        except Exception:
-            _recording_failed("an AutoGen tool result")
+        _record_tool_result(scope, instance, result)
         return result
 
     return await _in_scope(scope, run)
 
 
+def _run_json_stream(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``BaseStreamTool.run_json_stream``: how AutoGen's workbench runs a streaming tool (an agent
+    or a team as a tool, ``AgentTool``/``TeamTool``), never through ``run_json``. The same span,
+    for as long as the stream runs; the result is the item of the tool's return type (the last)."""
+    scope = _tool_scope(instance, args, kwargs) if _config.active else None
+    if scope is None:
+        return wrapped(*args, **kwargs)
+
+    def on_item(item: Any) -> None:
+        try:
+            returned = isinstance(item, instance.return_type())
+        except Exception:
+            returned = False
+        if returned:
+            _record_tool_result(scope, instance, item)
+
+    return _stream(lambda: wrapped(*args, **kwargs), scope.context, on_item, scope.end)
+
+
 def _trace_tool_span(original: Callable[..., Any]) -> Callable[..., Any]:
-    """AutoGen's ``trace_tool_span``, which yields the ``execute_tool`` span that `_run_json` just
-    opened for the same call instead of opening a second one."""
+    """AutoGen's ``trace_tool_span``, which yields the ``execute_tool`` span that `_run_json` (or
+    `_run_json_stream`) just opened for the same call instead of opening a second one."""
 
     @contextmanager
     def trace_tool_span(tool_name: str, **kwargs: Any) -> Iterator[trace.Span]:
@@ -553,6 +641,7 @@ PATCHER = Patcher(
         ),
         Patch("autogen_agentchat.teams._group_chat._base_group_chat", "BaseGroupChat", "run_stream", _run_stream),
         Patch("autogen_core.tools._base", "BaseTool", "run_json", _run_json),
+        Patch("autogen_core.tools._base", "BaseStreamTool", "run_json_stream", _run_json_stream),
         Replacement("autogen_core.tools._base", "trace_tool_span", _trace_tool_span),
         Patch("autogen_core.tools._function_tool", "FunctionTool", "run", _function_tool_run),
     ),
