@@ -168,6 +168,52 @@ def test_a_stream_closed_early_or_dropped_still_ends_its_span(traced, instrument
     assert collected.end_time is not None
 
 
+def test_a_stream_left_early_ends_its_span_when_its_context_manager_exits(traced, instrument, serve) -> None:
+    """openai's ``.stream()`` helper and ``with_streaming_response`` close the HTTP response, not
+    the stream: the span still ends there, not when the objects are collected much later."""
+    instrument()
+    served = serve(["abcdef", "ghijkl", "mnopqr"])
+    with served.client.chat.completions.stream(model=MODEL, messages=ASK) as helper:
+        for event in helper:
+            if event.type == "content.delta" and event.delta:
+                break
+    assert [attribute(span, semconv.OUTPUT_MESSAGES) for span in traced.spans()] == [
+        [{"role": "assistant", "content": "a"}]
+    ]
+    create = served.client.chat.completions.with_streaming_response.create
+    with create(model=MODEL, messages=ASK, stream=True) as response:
+        lines = list(response.iter_lines())  # read, never parsed
+    with create(model=MODEL, messages=ASK, stream=True) as parsed_response:
+        stream = parsed_response.parse()
+        next(stream), next(stream)
+    read, parsed = traced.spans()[1:]
+    assert semconv.OUTPUT_MESSAGES not in (read.attributes or {}) and lines
+    assert attribute(parsed, semconv.OUTPUT_MESSAGES) == [{"role": "assistant", "content": "m"}]
+    assert (helper, response, stream) and all(span.end_time for span in traced.spans())  # all still referenced
+
+
+async def test_an_async_stream_left_early_ends_its_span_when_its_context_manager_exits(
+    traced, instrument, serve
+) -> None:
+    instrument()
+    served = serve(["abcdef", "ghijkl"])
+    async with openai.AsyncOpenAI(base_url=served.url, api_key="test", max_retries=0) as client:
+        async with client.chat.completions.stream(model=MODEL, messages=ASK) as helper:
+            async for event in helper:
+                if event.type == "content.delta" and event.delta:
+                    break
+        create = client.chat.completions.with_streaming_response.create
+        async with create(model=MODEL, messages=ASK, stream=True) as response:
+            stream = await response.parse()
+            await stream.__anext__(), await stream.__anext__()
+        spans = traced.spans()
+    assert (helper, response, stream) and len(spans) == 2  # both ended while still referenced
+    assert [attribute(span, semconv.OUTPUT_MESSAGES) for span in spans] == [
+        [{"role": "assistant", "content": "a"}],
+        [{"role": "assistant", "content": "g"}],
+    ]
+
+
 async def test_async_calls_and_streams(traced, instrument, serve) -> None:
     instrument(capture_token_ids=True)
     served = serve(["whole", Reply(tool_calls=[ToolCall("add", {"a": 1, "b": 2})])])
@@ -206,6 +252,17 @@ def test_a_tool_round_trip_records_what_was_sent_each_time(traced, instrument, s
     assert attribute(spans[1], semconv.INPUT_MESSAGES)[1]["tool_calls"][0]["id"] == call.id
     continued = attribute(spans[0], semconv.PROMPT_TOKEN_IDS) + attribute(spans[0], semconv.RESPONSE_TOKEN_IDS)
     assert attribute(spans[1], semconv.PROMPT_TOKEN_IDS)[: len(continued)] == continued
+
+
+def test_content_parts_given_as_a_generator_are_recorded_and_still_sent(traced, instrument, serve) -> None:
+    """The client takes any iterable of parts; recording must neither consume nor stringify it."""
+    instrument()
+    served = serve(["seen"])
+    parts = [{"type": "text", "text": "What is "}, {"type": "text", "text": "2 + 3?"}]
+    served.client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": (part for part in parts)}])
+    sent = [{"role": "user", "content": parts}]
+    assert served.log.requests[0]["messages"] == sent
+    assert attribute(the_span(traced.spans()), semconv.INPUT_MESSAGES) == sent
 
 
 def test_an_outer_llm_span_is_joined_and_enriched_not_duplicated(traced, instrument, serve) -> None:
@@ -407,6 +464,50 @@ def test_the_responses_api_is_recorded_in_the_chat_shape(traced, instrument, str
     )
     assert (attribute(span, semconv.USAGE_INPUT_TOKENS), attribute(span, semconv.USAGE_OUTPUT_TOKENS)) == (12, 7)
     assert (attribute(span, "gen_ai.request.temperature"), attribute(span, "gen_ai.request.max_tokens")) == (0.2, 50)
+
+
+FAILED_RESPONSE = {
+    **RESPONSE,
+    "status": "failed",
+    "output": [],
+    "error": {"code": "server_error", "message": "overloaded"},
+}
+
+
+def failing_responses_handler(request: httpx2.Request) -> httpx2.Response:
+    """A reply the API reports failed: a failed response, or in a stream a ``response.failed`` or an
+    ``error`` event (chosen by the request's ``metadata.end``); the client returns these, it does not raise."""
+    sent = json.loads(request.content)
+    if not sent.get("stream"):
+        return httpx2.Response(200, json=FAILED_RESPONSE)
+    delta = {"type": "response.output_text.delta", "sequence_number": 1, "item_id": "m-1", "output_index": 0}
+    events = [{**delta, "content_index": 0, "delta": "Let me", "logprobs": []}]
+    if sent["metadata"]["end"] == "failed":
+        events.append({"type": "response.failed", "sequence_number": 2, "response": FAILED_RESPONSE})
+    else:
+        events.append(
+            {"type": "error", "sequence_number": 2, "code": "server_error", "message": "overloaded", "param": None}
+        )
+    body = "".join(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n" for event in events)
+    return httpx2.Response(200, content=body.encode(), headers={"content-type": "text/event-stream"})
+
+
+@pytest.mark.parametrize(
+    ("stream", "end", "why"),
+    [
+        (False, "failed", "response.failed: overloaded"),
+        (True, "failed", "response.failed: overloaded"),
+        (True, "error", "error: overloaded"),
+    ],
+)
+def test_a_reply_the_responses_api_reports_failed_is_a_failed_call(traced, instrument, stream, end, why) -> None:
+    instrument()
+    with mock_client(failing_responses_handler) as client:
+        result = client.responses.create(model=MODEL, input="What is 2 + 3?", stream=stream, metadata={"end": end})
+        if stream:
+            list(result)  # type: ignore[call-overload]
+    span = the_span(traced.spans())
+    assert (span.status.status_code, span.status.description) == (StatusCode.ERROR, why)
 
 
 async def test_the_async_responses_api(traced, instrument) -> None:

@@ -149,6 +149,13 @@ class LlmCall:
             return base
         return otel_context.set_value(_OPEN_CALL, self.span, trace.set_span_in_context(self.span, base))
 
+    def fail(self, why: str) -> None:
+        """Mark the call failed where no exception says so: a reply the API itself reports failed
+        (a Responses stream's ``response.failed`` or ``error`` event), which the client returns
+        rather than raises. Only the owner marks it, as in `end`."""
+        if self.owner:
+            self.span.set_status(Status(StatusCode.ERROR, why))
+
     def end(self, error: BaseException | None = None) -> None:
         """End the span if this layer opened it. An error is recorded either way, but only the
         owner marks the span failed: the layer above may retry and succeed."""

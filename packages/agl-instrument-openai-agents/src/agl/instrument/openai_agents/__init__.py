@@ -34,8 +34,12 @@ How, and why this way:
   (``system_instructions`` as a system message, then the input items rendered by the SDK's own
   chat-completions converter), the tools and handoffs as chat tool definitions, the sampling
   settings, the output as chat assistant messages, usage and response id, and the enclosing
-  agent's name. When the model is the SDK's OpenAI model and ``agl_openai`` is on, the openai call
-  underneath *joins* this span ("outermost wins"): one span per physical call, and since this layer
+  agent's name. An item with no chat form (a hosted tool's call such as ``web_search_call``, an
+  ``item_reference``) is kept as the item it is, in its place. A stream that ends without
+  ``response.completed`` (a ``response.failed``, ``response.incomplete`` or ``error`` event, or
+  none) is a failed call, as the SDK treats it: status ERROR, with what it produced. When the
+  model is the SDK's OpenAI model and ``agl_openai`` is on, the openai call underneath *joins* this
+  span ("outermost wins"): one span per physical call, and since this layer
   records its request and response only where the wire layer left them unset, the messages and
   token ids are exactly what went over the wire.
 

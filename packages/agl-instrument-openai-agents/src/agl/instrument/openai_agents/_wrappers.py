@@ -159,7 +159,7 @@ def _finish_wrapper(key: str) -> Callable[..., Any]:
         if node.token is not None:  # first: our context sits on top of any other processor's
             token, node.token = node.token, None
             try:
-                otel_context.detach(token)  # type: ignore[arg-type]
+                _detach(token)
             except Exception:
                 recording_failed("the current span")
         try:
@@ -173,6 +173,19 @@ def _finish_wrapper(key: str) -> Callable[..., Any]:
                 recording_failed("the end of an Agents SDK span")
 
     return wrapper
+
+
+def _detach(token: Any) -> None:
+    """Detach, quietly where the token belongs to another context. The SDK finishes a span or trace
+    whose ``with`` block sat in an abandoned async generator from whichever task closes it, and
+    skips its own reset there (nothing can be undone from that task); OpenTelemetry's ``detach``
+    would log an error with a traceback instead, on the user's behalf."""
+    var = getattr(token, "var", None)
+    if not isinstance(var, contextvars.ContextVar):  # another runtime context than OpenTelemetry's default
+        otel_context.detach(token)
+        return
+    with contextlib.suppress(ValueError):  # created in another context
+        var.reset(token)
 
 
 def _tool_context_wrapper(
@@ -285,7 +298,7 @@ def _json(value: Any) -> str:
 
 def _messages(system: str | None, items: Any) -> list[Any]:
     """The conversation in the chat format, as `OpenAIChatCompletionsModel` renders it."""
-    messages: list[Any] = list(_converter().items_to_messages(items))
+    messages = _chat_messages(items)
     if system:
         messages.insert(0, {"role": "system", "content": system})
     return messages
@@ -366,18 +379,48 @@ def _reply(response: Any) -> list[Any]:
     return direct if direct is not None else _chat_messages(response.to_input_items())
 
 
-def _chat_messages(items: list[Any]) -> list[Any]:
-    """Output items (as input items) in the chat format, as the SDK's converter renders them."""
-    return _converter().items_to_messages(items) if items else []
+def _chat_messages(items: Any) -> list[Any]:
+    """Items in the chat format, as the SDK's converter renders them. The converter refuses the
+    whole list over one item it has no chat form for (a hosted tool's call, such as
+    ``web_search_call``, an ``item_reference``): the conversation is then rendered run by run, and
+    each such item is kept as it is, in its place, rather than losing the whole record."""
+    if not items:
+        return []
+    try:
+        return list(_converter().items_to_messages(items))
+    except Exception:
+        if isinstance(items, str):
+            raise
+    messages: list[Any] = []
+    run: list[Any] = []
+    for item in items:
+        if _renders(item):
+            run.append(item)
+            continue
+        messages += _converter().items_to_messages(run) if run else []
+        messages.append(_plain(item))
+        run = []
+    return messages + (_converter().items_to_messages(run) if run else [])
 
 
-def _output_attributes(messages: list[Any], usage: Any, response_id: Any) -> dict[str, Any]:
+def _renders(item: Any) -> bool:
+    """Whether the SDK's converter has a chat form for this item."""
+    try:
+        _converter().items_to_messages([item])
+    except Exception:
+        return False
+    return True
+
+
+def _output_attributes(messages: list[Any], usage: Any, response_id: Any, finish: str | None = None) -> dict[str, Any]:
+    """``finish``: the reason a response did not complete, if it did not."""
     for message in messages:
-        message.setdefault("content", None)
+        if "role" in message:  # not an item kept as it is
+            message.setdefault("content", None)
     tool_calls = any(message.get("tool_calls") for message in messages)
     return {
         semconv.OUTPUT_MESSAGES: _json(messages),
-        semconv.FINISH_REASONS: ["tool_calls" if tool_calls else "stop"],
+        semconv.FINISH_REASONS: [finish or ("tool_calls" if tool_calls else "stop")],
         semconv.RESPONSE_ID: response_id if isinstance(response_id, str) else None,
         semconv.USAGE_INPUT_TOKENS: getattr(usage, "input_tokens", None) or None,
         semconv.USAGE_OUTPUT_TOKENS: getattr(usage, "output_tokens", None) or None,
@@ -462,6 +505,7 @@ async def _observed_stream(
         return
     request = _request(args, kwargs)
     final: list[Any] = []
+    failure: str | None = _UNFINISHED
     error: BaseException | None = None
     try:
         while True:
@@ -475,8 +519,13 @@ async def _observed_stream(
                 _current_call.reset(current)
                 if token is not None:
                     otel_context.detach(token)
-            if getattr(event, "type", None) in ("response.completed", "response.incomplete", "response.failed"):
+            kind = getattr(event, "type", None)
+            if kind in ("response.completed", "response.incomplete", "response.failed"):
                 final[:] = [event.response]
+            if kind == "response.completed":
+                failure = None
+            elif kind in _FAILURES:
+                failure = _failure(event)
             yield event
     except GeneratorExit:
         raise
@@ -497,9 +546,44 @@ async def _observed_stream(
             response = final[0]
             items = [item.model_dump(mode="json", exclude_none=True) for item in response.output or ()]
             usage, response_id = getattr(response, "usage", None), getattr(response, "id", None)
-            return _output_attributes(_chat_messages(items), usage, response_id)
+            return _output_attributes(_chat_messages(items), usage, response_id, _unfinished_reason(response))
 
+        if error is None and failure is not None:
+            _mark_failed(call, failure)
         _end(call, request, error, output)
+
+
+_FAILURES = frozenset({"response.incomplete", "response.failed", "error", "response.error"})
+"""Stream events on which the SDK raises instead of taking the reply."""
+_UNFINISHED = "the model stream ended without response.completed"
+
+
+def _failure(event: Any) -> str:
+    """What a failure event says went wrong."""
+    response = getattr(event, "response", None)
+    detail = (
+        getattr(event, "message", None)
+        or getattr(getattr(response, "error", None), "message", None)
+        or getattr(getattr(response, "incomplete_details", None), "reason", None)
+    )
+    return f"{event.type}: {detail}" if detail else str(event.type)
+
+
+def _unfinished_reason(response: Any) -> str | None:
+    """Why a response did not complete (``max_output_tokens``, ``failed``); None if it did."""
+    status = getattr(response, "status", None)
+    if status in (None, "completed"):
+        return None
+    return getattr(getattr(response, "incomplete_details", None), "reason", None) or str(status)
+
+
+def _mark_failed(call: LlmCall, why: str) -> None:
+    """A stream that ended without its reply is a failed call, as the SDK treats it (it raises), so
+    its span says so (status ERROR), whatever partial output it keeps."""
+    try:
+        call.fail(why)
+    except Exception:
+        recording_failed("a model call")
 
 
 # --- the patches ----------------------------------------------------------------------------

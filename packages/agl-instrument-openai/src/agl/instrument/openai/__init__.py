@@ -33,8 +33,11 @@ open, the one that is enriched instead of opening a second):
   request carries ``"return_token_ids": true``: ``prompt_token_ids`` on the chat completion (on
   the first chunk of a stream) and ``token_ids`` on each choice (each chunk's own, in a stream).
 - Errors: the exception and an ERROR status; the exception itself reaches the caller unchanged.
+  A reply the Responses API reports failed (status ``failed``, a stream's ``response.failed`` or
+  ``error`` event), which the client returns rather than raises, is an ERROR status too.
 
-A stream's span ends when the stream is exhausted, fails, is closed, or is dropped unfinished.
+A stream's span ends when the stream is exhausted, fails, is closed, or is dropped unfinished;
+leaving the context manager of ``.stream()`` or of ``with_streaming_response`` closes it.
 Recording never raises into the caller: a failure to record is logged (logger
 ``agl.instrument.openai``) and the call goes on.
 

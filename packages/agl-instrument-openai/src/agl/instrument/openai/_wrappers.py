@@ -71,14 +71,22 @@ def _materialized(kwargs: dict[str, Any], keys: Iterable[str]) -> dict[str, Any]
     recording them does not consume what the client must send."""
     prepared = dict(kwargs)
     for key in keys:
-        value = prepared.get(key)
-        if (
-            _is_given(value)
-            and isinstance(value, Iterable)
-            and not isinstance(value, list | tuple | str | bytes | Mapping)
-        ):
-            prepared[key] = list(value)
+        if _is_given(prepared.get(key)):
+            prepared[key] = _listed(prepared[key])
     return prepared
+
+
+def _listed(value: Any) -> Any:
+    """``value`` with every iterable that the client sends as a list made one, at any depth (a
+    message's content parts may come as a generator too); what holds none is kept as it is."""
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable) or hasattr(value, "model_dump"):
+        return value
+    if isinstance(value, Mapping):
+        listed = {key: _listed(item) for key, item in value.items()}
+        return listed if any(listed[key] is not item for key, item in value.items()) else value
+    items = [_listed(item) for item in value]
+    same = isinstance(value, list | tuple) and all(new is old for new, old in zip(items, value, strict=True))
+    return value if same else items
 
 
 def _parameters(kwargs: Mapping[str, Any], names: Mapping[str, str]) -> dict[str, Any]:
@@ -275,6 +283,8 @@ class _ResponsesApi:
         if tool_calls:
             message["tool_calls"] = tool_calls
         status = getattr(response, "status", None)
+        if status == "failed":
+            call.fail(_failure("response.failed", getattr(getattr(response, "error", None), "message", None)))
         incomplete = getattr(getattr(response, "incomplete_details", None), "reason", None)
         finish = "tool_calls" if tool_calls else "stop" if status == "completed" else incomplete or status
         usage = getattr(response, "usage", None)
@@ -294,15 +304,22 @@ class _ResponsesApi:
 _FINAL_EVENTS = ("response.completed", "response.incomplete", "response.failed")
 
 
+def _failure(what: str, detail: Any) -> str:
+    """A failed reply's status description: what said so, and its message if it has one."""
+    return f"{what}: {detail}" if detail else what
+
+
 @dataclass
 class _ResponsesStream:
     """A streamed response: the final event carries the whole response; until it arrives, the
-    text deltas stand in for it (a stream closed early)."""
+    text deltas stand in for it (a stream closed early). An ``error`` event, after which no final
+    one comes, fails the call."""
 
     final: Any = None
     response_id: str | None = None
     model: str | None = None
     text: list[str] = field(default_factory=list)
+    error: str | None = None
 
     def add(self, event: Any) -> None:
         kind = getattr(event, "type", None)
@@ -314,11 +331,15 @@ class _ResponsesStream:
                 self.final = response
         if kind == "response.output_text.delta":
             self.text.append(event.delta)
+        elif kind == "error":
+            self.error = _failure("error", getattr(event, "message", None))
 
     def record(self, call: LlmCall) -> None:
         if self.final is not None:
             RESPONSES.record_result(call, self.final)
             return
+        if self.error is not None:
+            call.fail(self.error)
         messages = [{"role": "assistant", "content": "".join(self.text)}] if self.text else None
         call.record_response(messages, model=self.model, response_id=self.response_id)
 
@@ -409,7 +430,8 @@ def _observe(api: _Api, call: LlmCall, result: Any) -> Any:
         if isinstance(result, AsyncStream):
             return _ObservedAsyncStream(result, call, api.accumulator())
         if hasattr(result, "http_response") and hasattr(result, "parse"):  # with_raw_response / with_streaming_response
-            return _ObservedRawResponse(result, call, api)
+            closable = callable(getattr(result, "close", None))
+            return (_ObservedClosableResponse if closable else _ObservedRawResponse)(result, call, api)
     except Exception:
         _recording_failed("an openai stream")
         _finish(call, None)
@@ -418,30 +440,72 @@ def _observe(api: _Api, call: LlmCall, result: Any) -> Any:
     return result
 
 
-class _ObservedStreamBase(wrapt.ObjectProxy):  # type: ignore[misc]
-    """A stream that feeds each chunk to the accumulator; the span ends when the stream is
-    exhausted, fails, is closed, or is dropped unfinished."""
+@dataclass
+class _StreamRecord:
+    """What a stream records, held by the stream and by its HTTP response: whichever is closed
+    first ends the span."""
 
-    def __init__(self, stream: Any, call: LlmCall, accumulator: _ChatStream | _ResponsesStream) -> None:
-        super().__init__(stream)
-        self._self_call = call
-        self._self_accumulator = accumulator
-        self._self_done = False
+    call: LlmCall
+    accumulator: _ChatStream | _ResponsesStream
+    done: bool = False
 
-    def _self_finish(self, error: BaseException | None = None) -> None:
-        if getattr(self, "_self_done", True):
-            return
-        self._self_done = True
-        _finish(self._self_call, self._self_accumulator.record, error)
-
-    def _self_add(self, chunk: Any) -> None:
+    def add(self, chunk: Any) -> None:
         try:
-            self._self_accumulator.add(chunk)
+            self.accumulator.add(chunk)
         except Exception:
             _recording_failed("an openai stream chunk")
 
+    def finish(self, error: BaseException | None = None) -> None:
+        if self.done:
+            return
+        self.done = True
+        _finish(self.call, self.accumulator.record, error)
+
+
+class _ClosingResponse(wrapt.ObjectProxy):  # type: ignore[misc]
+    """A stream's HTTP response. openai's ``.stream()`` helpers close it, not the stream, when
+    their context manager exits: closing it ends the span then, not when the stream is collected."""
+
+    def __init__(self, response: Any, record: _StreamRecord) -> None:
+        super().__init__(response)
+        self._self_record = record
+
+    def close(self) -> None:
+        try:
+            self.__wrapped__.close()
+        finally:
+            self._self_record.finish()
+
+    async def aclose(self) -> None:
+        try:
+            await self.__wrapped__.aclose()
+        finally:
+            self._self_record.finish()
+
+
+class _ObservedStreamBase(wrapt.ObjectProxy):  # type: ignore[misc]
+    """A stream that feeds each chunk to the accumulator; the span ends when the stream is
+    exhausted, fails, is closed (or its response is), or is dropped unfinished."""
+
+    def __init__(self, stream: Any, call: LlmCall, accumulator: _ChatStream | _ResponsesStream) -> None:
+        super().__init__(stream)
+        self._self_record = _StreamRecord(call, accumulator)
+        self._self_response = _ClosingResponse(stream.response, self._self_record)
+
+    @property
+    def response(self) -> Any:
+        return self._self_response
+
+    def _self_finish(self, error: BaseException | None = None) -> None:
+        self._self_record.finish(error)
+
+    def _self_add(self, chunk: Any) -> None:
+        self._self_record.add(chunk)
+
     def __del__(self) -> None:
-        self._self_finish()
+        record = getattr(self, "_self_record", None)
+        if record is not None:
+            record.finish()
 
 
 class _ObservedStream(_ObservedStreamBase):
@@ -521,13 +585,14 @@ class _ObservedRawResponse(wrapt.ObjectProxy):  # type: ignore[misc]
         self._self_call = call
         self._self_api = api
         self._self_parsed: list[Any] = []
+        self._self_pending = True  # the call is still this response's to end
 
     def parse(self, *args: Any, **kwargs: Any) -> Any:
         if self._self_parsed and not args and not kwargs:
             parsed = self._self_parsed[0]
             return _already(parsed) if inspect.iscoroutinefunction(self.__wrapped__.parse) else parsed
         parsed = self.__wrapped__.parse(*args, **kwargs)
-        if self._self_parsed:
+        if not self._self_pending:
             return parsed
         if inspect.isawaitable(parsed):
             return self._self_observe_later(parsed)
@@ -537,14 +602,46 @@ class _ObservedRawResponse(wrapt.ObjectProxy):  # type: ignore[misc]
         return self._self_observe(await parsing)
 
     def _self_observe(self, parsed: Any) -> Any:
+        if not self._self_pending:  # closed while an async parse ran
+            return parsed
+        self._self_pending = False
         observed = _observe(self._self_api, self._self_call, parsed)
         self._self_parsed.append(observed)
         return observed
 
+    def _self_end_unparsed(self) -> None:
+        """End the span of a response never parsed: the request is all there is to record."""
+        self._self_pending = False
+        _finish(self._self_call, None)
+
     def __del__(self) -> None:
-        if not getattr(self, "_self_parsed", True):  # never parsed: the request is all there is to record
-            self._self_parsed.append(None)
-            _finish(self._self_call, None)
+        if getattr(self, "_self_pending", False):
+            self._self_end_unparsed()
+
+
+class _ObservedClosableResponse(_ObservedRawResponse):
+    """``with_streaming_response``'s response, which its context manager closes: closing it ends
+    the span, with a stream parsed from it as far as it was read, or the request alone if it was
+    never parsed (read as bytes or lines, say)."""
+
+    def close(self) -> Any:
+        closing = self.__wrapped__.close()
+        if inspect.isawaitable(closing):
+            return self._self_end_after(closing)
+        self._self_end()
+        return closing
+
+    async def _self_end_after(self, closing: Any) -> Any:
+        try:
+            return await closing
+        finally:
+            self._self_end()
+
+    def _self_end(self) -> None:
+        if self._self_pending:
+            self._self_end_unparsed()
+        elif self._self_parsed and isinstance(self._self_parsed[0], _ObservedStreamBase):
+            self._self_parsed[0]._self_finish()
 
 
 async def _already(value: Any) -> Any:
