@@ -174,3 +174,48 @@ def test_a_span_naming_only_a_queued_rollout_is_refused_in_words(
     assert refused.status_code == 400
     assert f"rollout {queued.rollout_id!r} has no attempt yet" in refused.json()["message"]
     assert run(backing.statistics()).spans == 0 and run(backing.get_latest_attempt(queued.rollout_id)) is None
+
+
+@pytest.mark.parametrize("protobuf", [False, True])
+def test_a_span_over_the_size_limit_is_refused_alone(tmp_path: Path, protobuf: bool) -> None:
+    """Exporters do not resend a refused request: the batch's other spans are stored, and the
+    answer's ``partial_success`` says which span was not."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    store = SqliteLightningStore(tmp_path / "small.db", watchdog_interval=None, max_span_bytes=2048)
+    kept = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(kept))
+    tracer = provider.get_tracer("app")
+    with tracer.start_as_current_span("agent"):
+        with tracer.start_as_current_span("tool read", attributes={"output": "x" * 4096}):
+            pass
+        with tracer.start_as_current_span("chat tiny"):
+            pass
+    spans = kept.get_finished_spans()
+    trace = format(spans[0].context.trace_id, "032x")
+    if protobuf:
+        body = encode_spans(spans).SerializeToString()
+    else:
+        documents = [json_span(trace, format(s.context.span_id, "016x"), s.name) for s in spans]
+        documents[0]["attributes"] = [{"key": "output", "value": {"stringValue": "x" * 4096}}]  # the tool span
+        body = otlp_json(trace, documents)
+    with ServingThread(create_app(ServerSettings(), store)) as running:
+        answer = httpx.post(
+            f"{running.url}/v1/traces",
+            content=body,
+            headers={"content-type": "application/x-protobuf" if protobuf else "application/json"},
+        )
+    assert answer.status_code == 200
+    if protobuf:
+        partial = ExportTraceServiceResponse.FromString(answer.content).partial_success
+        rejected, message = partial.rejected_spans, partial.error_message
+    else:
+        partial = answer.json()["partialSuccess"]
+        rejected, message = int(partial["rejectedSpans"]), partial["errorMessage"]
+    assert rejected == 1 and "('tool read') is" in message and "the limit is 2048" in message
+    stored = run(store.query_spans(f"ro-trace-{trace}"))
+    assert sorted(s.name for s in stored) == ["agent", "chat tiny"]
+    run(store.close())

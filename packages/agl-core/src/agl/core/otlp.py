@@ -323,6 +323,24 @@ def load_protobuf() -> tuple[type[Any], type[Exception]]:
     return ExportTraceServiceRequest, DecodeError
 
 
+def export_response(rejected_spans: int, error_message: str, protobuf: bool) -> bytes:
+    """An ``ExportTraceServiceResponse``: empty for full success, else its ``partial_success``
+    saying how many spans were refused and why (OTLP's answer when a request is accepted in part)."""
+    if protobuf:
+        if not rejected_spans:
+            return b""
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+
+        partial = {"rejected_spans": rejected_spans, "error_message": error_message}
+        return ExportTraceServiceResponse(partial_success=partial).SerializeToString()
+    if not rejected_spans:
+        return b"{}"
+    # OTLP/JSON writes 64-bit integers as strings.
+    return json.dumps(
+        {"partialSuccess": {"rejectedSpans": str(rejected_spans), "errorMessage": error_message}}
+    ).encode()
+
+
 def _decode_protobuf(body: bytes, make: Callable[..., _T]) -> Iterator[_T]:
     ExportTraceServiceRequest, DecodeError = load_protobuf()
     request = ExportTraceServiceRequest()

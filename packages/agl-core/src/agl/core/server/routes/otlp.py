@@ -15,6 +15,7 @@ byte for byte the same (``tests/test_otlp_documents.py``). Any other store gets 
 from __future__ import annotations
 
 import gc
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -30,6 +31,7 @@ from agl.core.otlp import (
     OtlpUnsupportedMediaType,
     decode_documents,
     decompress,
+    export_response,
     load_protobuf,
 )
 from agl.core.server.metrics import Metrics
@@ -42,6 +44,7 @@ from agl.core.tracing.semconv import ATTEMPT_ID, ROLLOUT_ID, SEQUENCE_ID
 from agl.core.types import Span
 
 PROTOBUF = "application/x-protobuf"
+logger = logging.getLogger(__name__)
 MAX_ID_LENGTH = 256
 """`agl.core.types.fields.Id`'s bound, checked here because documents skip the model's validation."""
 
@@ -66,32 +69,40 @@ def build(store: LightningStore, metrics: Metrics, settings: ServerSettings) -> 
         body = await request.body()
         try:
             with _collector_paused():
-                count = await _ingest(store, body, content_type, request.headers.get("content-encoding"), settings)
+                count, refused = await _ingest(
+                    store, body, content_type, request.headers.get("content-encoding"), settings
+                )
         except OtlpDecodeError as error:
             return JSONResponse(error_body(error).model_dump(), status_code=_status_of(error))
         if count:
             metrics.spans.labels("otlp").inc(count)
-        # An empty ExportTraceServiceResponse: full success.
-        if content_type.split(";", 1)[0].strip().lower() == PROTOBUF:
-            return Response(b"", media_type=PROTOBUF)
-        return Response(b"{}", media_type="application/json")
+        message = ""
+        if refused:
+            message = f"{len(refused)} span(s) refused, the rest stored; the first: {refused[0]}"
+            logger.warning("OTLP export: %s", message)
+        protobuf = content_type.split(";", 1)[0].strip().lower() == PROTOBUF
+        return Response(
+            export_response(len(refused), message, protobuf), media_type=PROTOBUF if protobuf else "application/json"
+        )
 
     return router
 
 
 async def _ingest(
     store: LightningStore, body: bytes, content_type: str, content_encoding: str | None, settings: ServerSettings
-) -> int:
-    """Decode, file and store one request's spans; how many. Everything it made is freed on return."""
+) -> tuple[int, list[str]]:
+    """Decode, file and store one request's spans; how many were stored, and why each span refused
+    was. Everything it made is freed on return."""
     body = decompress(body, content_encoding, settings.max_decompressed_bytes)
-    spans, new_rollouts = await _file(store, decode_documents(body, content_type))
+    max_bytes = store.max_span_bytes if isinstance(store, LifecycleStore) else None
+    spans, new_rollouts, refused = await _file(store, decode_documents(body, content_type), max_bytes)
     if spans:
         if isinstance(store, LifecycleStore):
             await store.add_observed_span_documents(spans, new_rollout_metadata=new_rollouts, encode=orjson.dumps)
         else:
             models = [Span.model_validate(document) for document, _ in spans]
             await store.add_observed_spans(models, new_rollout_metadata=new_rollouts)
-    return len(spans)
+    return len(spans), refused
 
 
 @contextmanager
@@ -125,12 +136,15 @@ def _status_of(error: OtlpDecodeError) -> int:
 
 
 async def _file(
-    store: LightningStore, documents: Iterator[dict[str, Any]]
-) -> tuple[list[tuple[dict[str, Any], bytes | None]], dict[str, dict[str, Any]]]:
+    store: LightningStore, documents: Iterator[dict[str, Any]], max_bytes: int | None
+) -> tuple[list[tuple[dict[str, Any], bytes | None]], dict[str, dict[str, Any]], list[str]]:
     """Give every span document its rollout, attempt and sequence id (in place) and its JSON (None
-    while the store has still to number it); describe the per-trace rollouts to create."""
+    while the store has still to number it); describe the per-trace rollouts to create. A span
+    whose JSON is over ``max_bytes`` is left out, and why said: an exporter does not resend a
+    refused request, so refusing it whole would lose every other span of the batch too."""
     spans: list[tuple[dict[str, Any], bytes | None]] = []
     new_rollouts: dict[str, dict[str, Any]] = {}
+    refused: list[str] = []
     latest_attempts: dict[str, str] = {}
     # A span that names no rollout, attempt or sequence id itself is filed by its resource and trace
     # alone: `file_span` once per (resource, trace), as most spans of a batch share both.
@@ -159,13 +173,19 @@ async def _file(
                 f"span {document['span_id']!r} ({document['name']!r}): a rollout or attempt id is longer than"
                 f" {MAX_ID_LENGTH} characters"
             )
-        if metadata is not None:
-            new_rollouts[rollout_id] = metadata
         document["rollout_id"] = rollout_id
         document["attempt_id"] = attempt_id
         document["sequence_id"] = sequence_id
-        spans.append((document, _encode(document) if sequence_id else None))
-    return spans, new_rollouts
+        data = _encode(document) if sequence_id else None
+        if data is not None and max_bytes is not None and len(data) > max_bytes:
+            refused.append(
+                f"span {document['span_id']!r} ({document['name']!r}) is {len(data)} bytes; the limit is {max_bytes}"
+            )
+            continue
+        if metadata is not None:
+            new_rollouts[rollout_id] = metadata
+        spans.append((document, data))
+    return spans, new_rollouts, refused
 
 
 async def _latest_attempt_id(store: LightningStore, rollout_id: str, document: dict[str, Any]) -> str:
