@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 
+from agl.core.errors import AglError
 from agl.core.types import LLM, NamedResources, PromptTemplate, Rollout, RolloutMode
 from agl.trainer.algorithm import Algorithm, AlgorithmContext
 
@@ -38,8 +39,9 @@ EDITOR = (
 )
 
 
-class OptimizerError(RuntimeError):
-    """The optimizer endpoint answered with an error or without a message."""
+class OptimizerError(AglError, RuntimeError):
+    """The optimizer endpoint could not be reached, answered with an error or without a message
+    (an `AglError`: a setting of the user's to fix, which `agl train` reports in one line)."""
 
 
 @dataclass
@@ -68,11 +70,13 @@ class APO(Algorithm):
     ``optimizer_api_key``; an ``optimizer`` `LLM` resource supplies whichever is not given.
     ``timeout`` bounds each batch of rollouts, in seconds.
 
-    A child edits every optimised template of its parent; an edit that is malformed or whose
-    placeholders differ from the original template's is rejected (that template stays the parent's),
-    and a child that ends up identical to a known candidate is dropped. The best candidate is
-    published as the next version of the fit's resources. Returns ``{"best_prompts": {name:
-    template}, "best_reward": float, "resources_id": str, "version": int}``.
+    A child edits every optimised template of its parent; an edit that is empty, malformed, cut
+    short (an unclosed ``<prompt>``) or whose placeholders differ from the original template's is
+    rejected (that template stays the parent's), and a child that ends up identical to a known
+    candidate is dropped. The best candidate is published as the next version of the fit's
+    resources; a search that fails (the optimizer unreachable, say) or is interrupted publishes the
+    best scored so far before it raises, since each candidate's own resources became the latest.
+    Returns ``{"best_prompts": {name: template}, "best_reward": float, "resources_id": str, "version": int}``.
     """
 
     name = "apo"
@@ -137,9 +141,14 @@ class APO(Algorithm):
         if not context.train_dataset:
             raise ValueError("apo needs a non-empty train dataset")
         val_tasks = list(context.val_dataset or context.train_dataset)[: self.val_batch_size]
+        initial = _Candidate(dict(originals))
         async with _Optimizer.from_options(self, base) as optimizer:
             run = _Run(self, context, base, optimizer, placeholders)
-            best = await run.search(_Candidate(dict(originals)), val_tasks)
+            try:
+                best = await run.search(initial, val_tasks)
+            except BaseException:
+                await run.publish_best_so_far(initial)
+                raise
         update = await context.publish_resources({**base, **best.templates})
         return {
             "best_prompts": {name: template.template for name, template in best.templates.items()},
@@ -215,6 +224,16 @@ class _Run:
             )
         return beam[0]
 
+    async def publish_best_so_far(self, initial: _Candidate) -> None:
+        """After a failed or interrupted search: each candidate's `add_resources` made it the store's
+        latest, so publish the best scored yet (else the initial templates) in its place."""
+        scored = [c for c in self.seen.values() if c.val_reward is not None]
+        best = max(scored, key=lambda c: c.val_reward or 0.0) if scored else initial
+        try:
+            await self.context.publish_resources({**self.base, **best.templates})
+        except Exception as error:  # the search's own error matters more
+            self.context.logger.warning("apo could not publish its best prompts after failing: %s", error)
+
     async def _expand(self, parent: _Candidate) -> tuple[list[_Candidate], int]:
         """Run a train batch with ``parent``, critique each template, and make its children;
         also returns how many template edits were rejected."""
@@ -235,9 +254,9 @@ class _Run:
             for name, template in parent.templates.items():
                 reply = await self.optimizer.complete(EDITOR, _edit_request(template.template, critiques[name]))
                 edited = _edited_template(reply)
-                if _placeholders_or_none(edited) != self.placeholders[name]:
+                if edited is None or _placeholders_or_none(edited) != self.placeholders[name]:
                     rejected += 1
-                    self.context.logger.info("apo: rejected an edit of %r that changes its placeholders", name)
+                    self.context.logger.info("apo: rejected an empty, cut or placeholder-changing edit of %r", name)
                     continue
                 templates[name] = PromptTemplate(template=edited, engine=template.engine)
             child = _Candidate(templates)
@@ -307,10 +326,14 @@ class _Optimizer:
             "model": self.model,
             "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
         }
-        async with self.session.post(self.url, json=body) as response:
-            text = await response.text()
-            if response.status >= 400:
-                raise OptimizerError(f"optimizer {self.url} answered {response.status}: {text[:500]}")
+        try:
+            async with self.session.post(self.url, json=body) as response:
+                text = await response.text()
+        except (aiohttp.ClientError, TimeoutError) as error:
+            reason = str(error) or type(error).__name__
+            raise OptimizerError(f"optimizer {self.url} could not be reached: {reason}") from None
+        if response.status >= 400:
+            raise OptimizerError(f"optimizer {self.url} answered {response.status}: {text[:500]}")
         try:
             content = json.loads(text)["choices"][0]["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError):
@@ -332,10 +355,14 @@ def _edit_request(template: str, critique: str) -> str:
     )
 
 
-def _edited_template(reply: str) -> str:
-    """The text between the last ``<prompt>`` tags, or the whole reply when the optimizer left them out."""
+def _edited_template(reply: str) -> str | None:
+    """The text between the last ``<prompt>`` tags, or the whole reply when the optimizer left them out;
+    None when that is empty, or when a ``<prompt>`` is never closed (a reply cut at its token limit)."""
     found = EDITED.findall(reply)
-    return (found[-1] if found else reply).strip()
+    if not found and "<prompt>" in reply:
+        return None
+    edited = (found[-1] if found else reply).strip()
+    return edited or None
 
 
 def _placeholders(template: str) -> set[str]:

@@ -25,6 +25,7 @@ from typing import Any
 from agl.trainer.algorithm import Algorithm, AlgorithmContext
 from agl.trainer.learning.options import (
     check_model,
+    check_outputs,
     check_serving,
     check_trainable,
     checkpoint_folder,
@@ -137,6 +138,9 @@ class GRPO(Algorithm):
         if val_every is not None:
             positive_int("grpo", "val_every", val_every)
         check_trainable("grpo", top_layers, lora_rank)
+        check_outputs("grpo", seed, checkpoint_dir, resource)
+        if not isinstance(scale_advantages, bool):
+            raise ValueError(f"grpo option scale_advantages must be true or false, not {scale_advantages!r}")
         if failed_rollouts not in ("zero", "drop_group"):
             raise ValueError(f"grpo option failed_rollouts must be 'zero' or 'drop_group', not {failed_rollouts!r}")
         if timeout is not None:

@@ -22,6 +22,7 @@ from typing import Any
 from agl.trainer.algorithm import Algorithm, AlgorithmContext
 from agl.trainer.learning.options import (
     check_model,
+    check_outputs,
     check_serving,
     check_trainable,
     checkpoint_folder,
@@ -41,7 +42,8 @@ class SFT(Algorithm):
     ``top_layers`` the last k layers, else every weight; ``max_tokens`` [64] and ``temperature``
     [1.0] are published in the resource's ``sampling_parameters``; ``max_length`` [1024] tokens per
     triplet (longer dropped); ``seed`` [0]; ``checkpoint_dir`` holds ``round-K`` folders (default
-    ``<trainer output dir>/sft``, else a temporary folder removed at the end); ``resource``
+    ``<trainer output dir>/sft``, else a temporary folder removed at the end; a round that trained
+    nothing, say because no rollout reached ``threshold``, saves none and logs a warning saying why); ``resource``
     ["llm"]; ``timeout`` seconds per batch of rollouts; ``grad_clip`` [1.0]; ``device`` ["cpu"] where the
     engine (and so the training) runs; ``model_server`` (a name registered with
     ``agl_register_model_servers``, e.g. "vllm", started with ``model_server_options``) serves the
@@ -88,6 +90,7 @@ class SFT(Algorithm):
         for option in ("lr", "temperature", "grad_clip"):
             positive_number("sft", option, values[option])
         check_trainable("sft", top_layers, lora_rank)
+        check_outputs("sft", seed, checkpoint_dir, resource)
         if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, int | float)):
             raise ValueError(f"sft option threshold must be a number, not {threshold!r}")
         if isinstance(top_fraction, bool) or not isinstance(top_fraction, int | float) or not 0 < top_fraction <= 1:
@@ -178,9 +181,13 @@ class SFT(Algorithm):
                     pending = {"loss": loss, "epoch": float(epoch), "round": float(round_number), "dropped": dropped}
                 if losses:
                     epoch_losses.append(sum(losses) / len(losses))
-            checkpoint = root / f"round-{round_number}"
-            await asyncio.to_thread(save_checkpoint, student, policy.tokenizer, checkpoint)
-            await asyncio.to_thread(policy.load_weights, checkpoint)
+            if not pending:  # the weights did not change: no checkpoint to save and serve
+                reason = self._untrained(scored, kept)
+                context.logger.warning("sft round %d trained nothing: %s", round_number, reason)
+            else:
+                checkpoint = root / f"round-{round_number}"
+                await asyncio.to_thread(save_checkpoint, student, policy.tokenizer, checkpoint)
+                await asyncio.to_thread(policy.load_weights, checkpoint)
             summary = {**pending, "train/reward_mean": train_rewards[-1], "kept": float(len(kept))}
             measured = await validation_reward(context, resources_id, self.timeout)
             if measured is not None:
@@ -203,6 +210,15 @@ class SFT(Algorithm):
             return [s for s in usable if s.reward >= self.threshold]
         count = max(1, round(self.top_fraction * len(scored))) if usable else 0
         return sorted(usable, key=lambda s: s.reward, reverse=True)[:count]
+
+    def _untrained(self, scored: list[Any], kept: list[Any]) -> str:
+        """Why a round took no optimizer step, for its warning."""
+        if kept:
+            return f"its {len(kept)} kept rollouts held no token to train on (no token ids, or over max_length)"
+        rewards = [s.reward for s in scored if not s.failed and s.triplets]
+        if not rewards:
+            return "every rollout failed, had no reward or made no LLM call"
+        return f"no rollout reached the threshold {self.threshold} (best reward {max(rewards):.4g})"
 
     def _step(
         self, model: Any, optimizer: Any, parameters: list[Any], chunk: list[Any], pad_token_id: int

@@ -56,6 +56,17 @@ def check_serving(algorithm: str, device: Any, model_server: Any, model_server_o
     return dict(model_server_options or {})
 
 
+def check_outputs(algorithm: str, seed: Any, checkpoint_dir: Any, resource: Any) -> None:
+    """``seed`` an integer, ``checkpoint_dir`` None or a path, ``resource`` a name: checked when the
+    trainer is built, since the first use of ``checkpoint_dir`` can come after the whole training."""
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ValueError(f"{algorithm} option seed must be an integer, not {seed!r}")
+    if checkpoint_dir is not None and (not isinstance(checkpoint_dir, str | Path) or not str(checkpoint_dir)):
+        raise ValueError(f"{algorithm} option checkpoint_dir must be a folder path, not {checkpoint_dir!r}")
+    if not isinstance(resource, str) or not resource:
+        raise ValueError(f"{algorithm} option resource must be a resource name, not {resource!r}")
+
+
 def checkpoint_folder(checkpoint_dir: str | None, trainer: Any, default_name: str) -> Path | None:
     """``checkpoint_dir`` when given, else ``<trainer output dir>/<default_name>``, else None."""
     if checkpoint_dir is not None:
