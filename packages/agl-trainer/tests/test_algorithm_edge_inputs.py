@@ -122,3 +122,33 @@ def test_options_of_the_wrong_type_are_refused_by_name(algorithm: str, bad: dict
 def test_grpo_scale_advantages_must_be_a_boolean() -> None:
     with pytest.raises(ValueError, match="grpo option scale_advantages"):
         Trainer("grpo", store=object(), algorithm_options={"model": "m", "scale_advantages": "no"})  # type: ignore[arg-type]
+
+
+@rollout
+def agent_ignoring_its_llm(task: dict[str, Any], llm: Any) -> float:
+    """An agent that answers without the model it was given: nothing of it can be trained."""
+    return float(len(task["prompt"]) % 2)
+
+
+async def test_grpo_says_when_a_step_has_nothing_to_train_on(
+    store: LightningStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from agl.trainer.testing import build_tiny_model
+
+    options = {
+        "model": str(build_tiny_model(tmp_path / "tiny", seed=0)),
+        "steps": 2,
+        "n": 2,
+        "tasks_per_step": 2,
+        "val_every": 100,
+        "timeout": 60.0,
+    }
+    with caplog.at_level(logging.WARNING, logger="agl.trainer.algorithm"):
+        await Trainer("grpo", store=store, n_runners=4, algorithm_options=options).fit_async(
+            agent_ignoring_its_llm, TRAIN
+        )
+    warnings = [r.getMessage() for r in caplog.records if "nothing to train on" in r.getMessage()]
+    assert warnings == [
+        "grpo step 1 has nothing to train on: its rollouts made no LLM call"
+        " (the agent must call the LLM resource grpo publishes)"
+    ]

@@ -211,3 +211,14 @@ def test_train_reports_rollouts_outliving_the_timeout_in_one_line(
     result = cli.invoke(app, [*cli_agent, "--dataset", "train.jsonl", "--option", "timeout=0"])
     assert result.exit_code == 1, result.output
     assert result.stderr.strip() == "error: 1 of 1 rollouts unfinished after 0 s"
+
+
+def test_a_plain_function_as_the_agent_is_refused_in_words(tmp_path: Path) -> None:
+    def undecorated(task: dict[str, Any]) -> float:
+        return 1.0
+
+    store = open_store(f"sqlite:///{tmp_path / 'store.db'}")
+    with pytest.raises(TypeError, match=r"^the agent is a function, not a LitAgent: decorate a function with @rollout"):
+        Trainer("baseline", store=store).fit(undecorated, [{"x": 1}])  # type: ignore[arg-type]
+    assert asyncio.run(store.statistics()).rollouts == 0
+    asyncio.run(store.close())

@@ -119,6 +119,11 @@ class Trainer:
         agent = agent or self.agent
         if agent is None and self.runner_mode != "command":  # a command is its own agent
             raise ValueError("fit needs an agent (pass it to fit or to Trainer)")
+        if agent is not None and not isinstance(agent, LitAgent | str):
+            raise TypeError(
+                f"the agent is a {type(agent).__name__}, not a LitAgent: decorate a function with @rollout,"
+                " or pass 'module:object'"
+            )
         runners = create_runner_group(self.runner_mode, self.store, agent, self.runner_options)
         setup_tracing(store=self.store)
         resources_id = None

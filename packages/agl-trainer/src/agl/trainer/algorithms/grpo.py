@@ -85,7 +85,9 @@ class GRPO(Algorithm):
     ``grad_norm``, ``tokens``, ``rollouts``, ``failed``, ``dropped`` (over-long triplets),
     ``skipped`` (triplets without token ids), ``seconds`` (the whole step, validation included),
     ``rollout_seconds``, ``update_seconds`` and ``update_skipped`` (1 when every group tied and
-    there is no KL term: no gradient, so no optimizer step). Returns ``{"val_reward_before",
+    there is no KL term: no gradient, so no optimizer step). The first step with nothing to train
+    on (no LLM call with token ids: an agent calling another model than the one published) logs a
+    warning saying why. Returns ``{"val_reward_before",
     "val_reward_after", "train_reward_first", "train_reward_last", "steps", "checkpoint"}``.
     """
 
@@ -200,6 +202,7 @@ class GRPO(Algorithm):
         val_after = val_before
         train_rewards: list[float] = []
         tasks = task_cycle(context.train_dataset, self.seed)
+        warned = False
         for step in range(1, self.steps + 1):
             started = time.perf_counter()
             kept, ran, failed, resampled = await self._groups(context, tasks, resources_id)
@@ -207,6 +210,9 @@ class GRPO(Algorithm):
             train_rewards.append(train_reward)
             mismatch = sum(1 for s in ran for t in s.temperatures if abs(t - self.temperature) > 1e-6)
             batch = self._batch(kept, policy.pad_token_id)
+            if kept and not batch.rows and not warned:  # else only the step's metrics would say so
+                context.logger.warning("grpo step %d has nothing to train on: %s", step, _untrainable(batch))
+                warned = True
             rollouts_done = time.perf_counter()
             update = await asyncio.to_thread(self._update, policy, optimizer, parameters, batch, reference)
             if not policy.in_process and "loss" in update:
@@ -354,3 +360,17 @@ class GRPO(Algorithm):
         folder = Path(self._scratch.name) / f"step-{step}"
         policy.push(folder)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _untrainable(batch: Any) -> str:
+    """Why a step's rollouts gave no row to train on, for the fit's one warning (later steps say it
+    in their ``skipped`` and ``dropped`` metrics)."""
+    reasons = []
+    if batch.skipped:
+        reasons.append(
+            f"{batch.skipped} LLM calls carried no token ids (the agent must call the LLM resource grpo"
+            " publishes: its proxy records them)"
+        )
+    if batch.dropped:
+        reasons.append(f"{batch.dropped} LLM calls were longer than max_length")
+    return "; ".join(reasons) or "its rollouts made no LLM call (the agent must call the LLM resource grpo publishes)"
