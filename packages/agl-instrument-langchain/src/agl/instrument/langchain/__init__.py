@@ -35,7 +35,12 @@ What is instrumented (patching is lazy: each class is patched when its module is
 
 Parentage holds across LangGraph's executor threads, LangChain's ``run_in_executor`` and asyncio
 tasks: spans are current around the work they cover, and streams make theirs current around each
-step only. Recording never raises into the caller: a failure is logged (logger
+step only. A stream (a model's or a graph's, sync or async) ends its span when it is exhausted,
+fails, is closed (``aclose`` also closes LangChain's own stream) or is dropped midway, a model's
+with the reply streamed so far; async streams are not async generators, so the event loop's
+shutdown closes only LangChain's, as without agl. LangGraph's control flow (an ``interrupt``, a
+``Command`` for the parent graph) is no failure: its spans end without an error status.
+Recording never raises into the caller: a failure is logged (logger
 ``agl.instrument.langchain``) and the call goes on; the caller's own exceptions are recorded on
 the span and reach it unchanged.
 

@@ -17,6 +17,7 @@ import functools
 import json
 import logging
 import operator
+import sys
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -82,12 +83,19 @@ def _tracer() -> trace.Tracer:
 
 def _end(span: Span, error: BaseException | None = None) -> None:
     try:
-        if error is not None:
+        if error is not None and not _bubbles_up(error):
             span.record_exception(error)
             span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
         span.end()
     except Exception:
         _recording_failed("the end of a span")
+
+
+def _bubbles_up(error: BaseException) -> bool:
+    """Whether ``error`` is LangGraph's control flow rather than a failure: an interrupt (the graph
+    pauses for input and returns), a ``Command`` for the parent graph, a drain."""
+    errors = sys.modules.get("langgraph.errors")
+    return errors is not None and isinstance(error, errors.GraphBubbleUp)
 
 
 @dataclass
@@ -114,6 +122,13 @@ class _Scope:
         if graph_token is not None:
             _graph.reset(graph_token)  # type: ignore[arg-type]
         otel_context.detach(span_token)  # type: ignore[arg-type]
+
+    collects = False
+    """Whether a stream's items are kept for `finish` (a model's chunks are its reply; a graph's are not recorded)."""
+
+    def finish(self, items: list[Any] | None, error: BaseException | None = None) -> None:
+        """End the span of a stream that yielded ``items`` (kept if `collects`)."""
+        _end(self.span, error)
 
 
 def _run_in(scope: _Scope | None, wrapped: Callable[..., Any], args: Any, kwargs: Any, record: Any = None) -> Any:
@@ -158,15 +173,13 @@ def _record_then_end(span: Span, record: Callable[[Span, Any], None] | None, res
     _end(span)
 
 
-def _traced_iterator(
-    scope: _Scope | None, iterator: Iterator[Any], on_end: Callable[[list[Any]], None]
-) -> Iterator[Any]:
-    """Each step of ``iterator`` with ``scope`` current (never across a yield); ``on_end(items)``
-    when it is exhausted, fails or is closed."""
+def _traced_iterator(scope: _Scope | None, iterator: Iterator[Any]) -> Iterator[Any]:
+    """Each step of ``iterator`` with ``scope`` current (never across a yield); the scope is
+    finished when the iterator is exhausted, fails or is closed."""
     if scope is None:
         yield from iterator
         return
-    items: list[Any] = []
+    items: list[Any] | None = [] if scope.collects else None
     try:
         while True:
             tokens = scope.enter()
@@ -175,60 +188,86 @@ def _traced_iterator(
             except StopIteration:
                 break
             finally:
-                _Scope.leave(tokens)
-            items.append(item)
+                scope.leave(tokens)
+            if items is not None:
+                items.append(item)
             yield item
     except GeneratorExit:
-        _close(iterator)
-        on_end(items)
-        _end(scope.span)
+        try:
+            _close(iterator)
+        finally:
+            scope.finish(items)
         raise
     except BaseException as error:
-        on_end(items)
-        _end(scope.span, error)
+        scope.finish(items, error)
         raise
-    on_end(items)
-    _end(scope.span)
-
-
-async def _traced_async_iterator(
-    scope: _Scope | None, iterator: AsyncIterator[Any], on_end: Callable[[list[Any]], None]
-) -> AsyncIterator[Any]:
-    if scope is None:
-        async for item in iterator:
-            yield item
-        return
-    items: list[Any] = []
-    try:
-        while True:
-            tokens = scope.enter()
-            try:
-                item = await iterator.__anext__()
-            except StopAsyncIteration:
-                break
-            finally:
-                _Scope.leave(tokens)
-            items.append(item)
-            yield item
-    except GeneratorExit:
-        aclose = getattr(iterator, "aclose", None)
-        if aclose is not None:
-            await aclose()
-        on_end(items)
-        _end(scope.span)
-        raise
-    except BaseException as error:
-        on_end(items)
-        _end(scope.span, error)
-        raise
-    on_end(items)
-    _end(scope.span)
+    scope.finish(items)
 
 
 def _close(iterator: Iterator[Any]) -> None:
     close = getattr(iterator, "close", None)
     if close is not None:
         close()
+
+
+class _AsyncStream:
+    """An async stream's items, each step with its scope current; the scope opens on the first
+    step (``open_scope()``, None: no span) and is finished when the stream is exhausted, fails, is
+    closed (``aclose`` closes the framework's stream too), or is dropped unfinished.
+
+    A class, not an async generator, so that the event loop sees only the framework's own
+    generators, as without agl: at shutdown it closes every async generator it has seen at once,
+    and a wrapper generator closing the one inside it meanwhile made asyncio log "aclose():
+    asynchronous generator is already running" (and left the span open)."""
+
+    def __init__(self, stream: AsyncIterator[Any], open_scope: Callable[[], _Scope | None]) -> None:
+        self._stream = stream
+        self._open_scope: Callable[[], _Scope | None] | None = open_scope
+        self._scope: _Scope | None = None
+        self._items: list[Any] | None = None
+
+    def __aiter__(self) -> _AsyncStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._open_scope is not None:
+            self._scope, self._open_scope = self._open_scope(), None
+            self._items = [] if self._scope is not None and self._scope.collects else None
+        scope = self._scope
+        if scope is None:
+            return await self._stream.__anext__()
+        tokens = scope.enter()
+        try:
+            item = await self._stream.__anext__()
+        except StopAsyncIteration:
+            self._finish()
+            raise
+        except BaseException as error:
+            self._finish(error)
+            raise
+        finally:
+            scope.leave(tokens)
+        if self._items is not None:
+            self._items.append(item)
+        return item
+
+    async def aclose(self) -> None:
+        self._open_scope = None  # closed before its first step: no span
+        try:
+            aclose = getattr(self._stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        finally:
+            self._finish()
+
+    def __del__(self) -> None:
+        if not sys.is_finalizing():  # at exit there is nothing left to record into
+            self._finish()
+
+    def _finish(self, error: BaseException | None = None) -> None:
+        scope, self._scope = self._scope, None
+        if scope is not None:
+            scope.finish(self._items, error)
 
 
 # --- chat models ----------------------------------------------------------------------------
@@ -574,7 +613,11 @@ def _stream_request(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 
 
 class _CallScope(_Scope):
-    """An LLM call's span as a scope: current only if this layer opened it."""
+    """An LLM call's span as a stream's scope: current only if this layer opened it, and then marked
+    as the open call (`LlmCall.context`), so a layer below joins it even past spans others opened in
+    between, as in a call that does not stream."""
+
+    collects = True
 
     def __init__(self, call: LlmCall) -> None:
         super().__init__(call.span)
@@ -582,7 +625,7 @@ class _CallScope(_Scope):
 
     def enter(self) -> tuple[object, object | None, object | None]:
         if self.call.owner:
-            return super().enter()
+            return (otel_context.attach(self.call.context()), None, None)
         return (None, None, None)
 
     @staticmethod
@@ -590,55 +633,12 @@ class _CallScope(_Scope):
         if tokens[0] is not None:
             _Scope.leave(tokens)
 
-
-def _call_stream(call: LlmCall, iterator: Iterator[Any]) -> Iterator[Any]:
-    scope = _CallScope(call)
-    items: list[Any] = []
-    try:
-        while True:
-            tokens = scope.enter()
-            try:
-                item = next(iterator)
-            except StopIteration:
-                break
-            finally:
-                scope.leave(tokens)
-            items.append(item)
-            yield item
-    except GeneratorExit:
-        _close(iterator)
-        _finish_call(call, lambda: _record_chunks(call, items))
-        raise
-    except BaseException as error:
-        _finish_call(call, lambda: _record_chunks(call, items), error)
-        raise
-    _finish_call(call, lambda: _record_chunks(call, items))
+    def finish(self, items: list[Any] | None, error: BaseException | None = None) -> None:
+        _finish_call(self.call, lambda: _record_chunks(self.call, items or []), error)
 
 
-async def _call_astream(call: LlmCall, iterator: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    scope = _CallScope(call)
-    items: list[Any] = []
-    try:
-        while True:
-            tokens = scope.enter()
-            try:
-                item = await iterator.__anext__()
-            except StopAsyncIteration:
-                break
-            finally:
-                scope.leave(tokens)
-            items.append(item)
-            yield item
-    except GeneratorExit:
-        aclose = getattr(iterator, "aclose", None)
-        if aclose is not None:
-            await aclose()
-        _finish_call(call, lambda: _record_chunks(call, items))
-        raise
-    except BaseException as error:
-        _finish_call(call, lambda: _record_chunks(call, items), error)
-        raise
-    _finish_call(call, lambda: _record_chunks(call, items))
+def _call_scope(call: LlmCall | None) -> _CallScope | None:
+    return _CallScope(call) if call is not None else None
 
 
 def _stream(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -650,28 +650,13 @@ def _stream(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], k
 def _lazy_stream(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """The span starts when the stream is first iterated, as the model call does."""
     call = _stream_request(instance, args, kwargs)
-    if call is None:
-        yield from wrapped(*args, **kwargs)
-        return
-    yield from _call_stream(call, wrapped(*args, **kwargs))
+    yield from _traced_iterator(_call_scope(call), wrapped(*args, **kwargs))
 
 
 def _astream(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     if not _config.active:
         return wrapped(*args, **kwargs)
-    return _lazy_astream(wrapped, instance, args, kwargs)
-
-
-async def _lazy_astream(
-    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> AsyncIterator[Any]:
-    call = _stream_request(instance, args, kwargs)
-    if call is None:
-        async for item in wrapped(*args, **kwargs):
-            yield item
-        return
-    async for item in _call_astream(call, wrapped(*args, **kwargs)):
-        yield item
+    return _AsyncStream(wrapped(*args, **kwargs), lambda: _call_scope(_stream_request(instance, args, kwargs)))
 
 
 # --- tools, retrievers, chains --------------------------------------------------------------
@@ -844,27 +829,16 @@ def _graph_stream(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, .
     return _lazy_graph_stream(wrapped, instance, args, kwargs)
 
 
-def _ignore(items: list[Any]) -> None:
-    return None
-
-
 def _lazy_graph_stream(
     wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
-    yield from _traced_iterator(_graph_scope(instance), wrapped(*args, **kwargs), _ignore)
+    yield from _traced_iterator(_graph_scope(instance), wrapped(*args, **kwargs))
 
 
 def _graph_astream(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     if not _config.active or _invoked_stream(instance):
         return wrapped(*args, **kwargs)
-    return _lazy_graph_astream(wrapped, instance, args, kwargs)
-
-
-async def _lazy_graph_astream(
-    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> AsyncIterator[Any]:
-    async for item in _traced_async_iterator(_graph_scope(instance), wrapped(*args, **kwargs), _ignore):
-        yield item
+    return _AsyncStream(wrapped(*args, **kwargs), lambda: _graph_scope(instance))
 
 
 def _node_agent(task: Any) -> str | None:
