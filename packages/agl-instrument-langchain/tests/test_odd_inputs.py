@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
+from langchain_core.documents import Document
 from langchain_core.messages import HumanMessage, ToolMessage
+from langchain_core.retrievers import BaseRetriever
 from langchain_openai import ChatOpenAI
 
 from agl.core.testing.chat_server import Reply, ToolCall, chat_log, chat_server_app
@@ -31,3 +34,16 @@ def test_a_tool_call_whose_arguments_are_not_json_is_recorded_as_made_and_as_sen
     recorded = json.loads(second.attributes[semconv.INPUT_MESSAGES])
     sent = chat_log(app).requests[1]["messages"]
     assert [message.get("tool_calls") for message in recorded] == [message.get("tool_calls") for message in sent]
+
+
+def test_documents_whose_metadata_has_keys_json_lacks_are_still_recorded(captured_spans, instrument) -> None:
+    class Grid(BaseRetriever):
+        def _get_relevant_documents(self, query: str, *, run_manager: Any) -> list[Document]:
+            return [Document(page_content="cell", metadata={(0, 1): "B1", "sheet": "main"})]
+
+    instrument()
+    Grid().invoke("cells")
+    (span,) = captured_spans.get_finished_spans()
+    assert json.loads(span.attributes[semconv.OPERATION_OUTPUT]) == [
+        {"page_content": "cell", "metadata": {"(0, 1)": "B1", "sheet": "main"}}
+    ]
