@@ -523,6 +523,31 @@ async def test_the_async_responses_api(traced, instrument) -> None:
     assert attribute(span, semconv.OUTPUT_MESSAGES) == [RESPONSE_MESSAGE]
 
 
+def unnumbered_tool_calls(request: httpx2.Request) -> httpx2.Response:
+    """A stream whose tool-call deltas carry no index, as some OpenAI-compatible servers send them:
+    the first call in two deltas (its arguments continued without an id), the second whole."""
+    deltas = [
+        {"id": "call-1", "type": "function", "function": {"name": "add", "arguments": '{"a": '}},
+        {"function": {"arguments": "1}"}},
+        {"id": "call-2", "type": "function", "function": {"name": "sub", "arguments": '{"b": 2}'}},
+    ]
+    chunks = [{"id": "s", "model": MODEL, "choices": [{"index": 0, "delta": {"tool_calls": [d]}}]} for d in deltas]
+    chunks.append({"id": "s", "model": MODEL, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})
+    body = "".join(f"data: {json.dumps(chunk)}\n\n" for chunk in chunks) + "data: [DONE]\n\n"
+    return httpx2.Response(200, content=body.encode(), headers={"content-type": "text/event-stream"})
+
+
+def test_tool_call_deltas_without_an_index_are_told_apart(traced, instrument) -> None:
+    instrument()
+    with mock_client(unnumbered_tool_calls) as client:
+        list(client.chat.completions.create(model=MODEL, messages=ASK, stream=True))
+    (reply,) = attribute(the_span(traced.spans()), semconv.OUTPUT_MESSAGES)
+    assert [(call["id"], call["function"]) for call in reply["tool_calls"]] == [
+        ("call-1", {"name": "add", "arguments": '{"a": 1}'}),
+        ("call-2", {"name": "sub", "arguments": '{"b": 2}'}),
+    ]
+
+
 # --- never in the caller's way ----------------------------------------------------------------
 
 

@@ -72,8 +72,12 @@ class ChoiceDraft:
         if isinstance(value, str) and value:
             self.reasoning.setdefault(key, []).append(value)
 
-    def add_tool_call(self, index: int, call_id: Any, call_type: Any, name: Any, arguments: Any) -> None:
-        """A tool-call delta: id and type when it has them, name and arguments appended."""
+    def add_tool_call(self, index: int | None, call_id: Any, call_type: Any, name: Any, arguments: Any) -> None:
+        """A tool-call delta: id and type when it has them, name and arguments appended. Without an
+        index (some OpenAI-compatible servers send each call whole, unnumbered), a delta with an id
+        of its own starts the next call, and one without continues the last."""
+        if not isinstance(index, int):
+            index = self._position(call_id)
         draft = self.tool_calls.setdefault(
             index, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
         )
@@ -81,6 +85,12 @@ class ChoiceDraft:
         draft["type"] = call_type or draft["type"]
         draft["function"]["name"] += name or ""
         draft["function"]["arguments"] += arguments or ""
+
+    def _position(self, call_id: Any) -> int:
+        last = max(self.tool_calls, default=None)
+        if last is None:
+            return 0
+        return last + 1 if call_id and self.tool_calls[last]["id"] not in (None, call_id) else last
 
     def message(self) -> dict[str, Any]:
         """The chat shape: role, content, tool calls (by index), reasoning."""

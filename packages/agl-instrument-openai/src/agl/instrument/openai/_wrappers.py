@@ -198,7 +198,7 @@ class _ChoiceDraft(ChoiceDraft):
             for call in delta.tool_calls or ():
                 function = call.function
                 self.add_tool_call(
-                    call.index,
+                    getattr(call, "index", None),
                     call.id,
                     call.type,
                     function.name if function is not None else None,

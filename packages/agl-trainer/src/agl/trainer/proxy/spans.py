@@ -60,7 +60,7 @@ class _Choice(ChoiceDraft):
                 continue
             function = call.get("function") or {}
             self.add_tool_call(
-                call.get("index", len(self.tool_calls)),
+                call.get("index"),
                 call.get("id"),
                 call.get("type"),
                 function.get("name"),
