@@ -7,6 +7,7 @@ not the agent, deals with the store, tracing context, timeouts and attempt statu
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any, overload
@@ -64,8 +65,8 @@ class FunctionAgent(LitAgent):
     def __init__(self, function: AgentFunction, name: str | None = None) -> None:
         self.function = function
         self.parameters = _check_parameters(function)
-        self._is_async = inspect.iscoroutinefunction(function)
-        super().__init__(name or getattr(function, "__name__", None))
+        self._is_async = _is_coroutine_function(function)
+        super().__init__(name or _name_of(function))
 
     @property
     def is_async(self) -> bool:
@@ -102,6 +103,31 @@ class FunctionAgent(LitAgent):
                     f"resources do not have (they have: {', '.join(resources) or 'nothing'})"
                 )
         return arguments
+
+
+def _unwrapped(function: AgentFunction) -> AgentFunction:
+    while isinstance(function, functools.partial):
+        function = function.func
+    return function
+
+
+def _is_coroutine_function(function: AgentFunction) -> bool:
+    """`inspect.iscoroutinefunction` that also sees, through partials, an object whose ``__call__``
+    is async (called in a thread, it would return a coroutine that nothing awaits)."""
+    called = _unwrapped(function)
+    called = called if inspect.isroutine(called) else called.__call__
+    if inspect.isasyncgenfunction(called) or inspect.isgeneratorfunction(called):
+        raise TypeError(
+            f"agent {_name_of(function)!r} is a generator; an agent returns its reward (a float or None) "
+            "and emits anything else with the agl.core.tracing emitters"
+        )
+    return inspect.iscoroutinefunction(called)
+
+
+def _name_of(function: AgentFunction) -> str:
+    """The function's name, through partials; a callable object's class name."""
+    function = _unwrapped(function)
+    return getattr(function, "__name__", None) or type(function).__name__
 
 
 def _check_parameters(function: AgentFunction) -> list[inspect.Parameter]:

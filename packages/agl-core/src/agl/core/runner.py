@@ -2,9 +2,9 @@
 
 For each rollout: dequeue, fetch its resources, mark the attempt running, run the agent inside
 the rollout's tracing context under one root span, record a returned finite number as the final
-reward (or the exception, `sys.exit` included, as a failed attempt), flush the spans, and only
-then set the attempt's final status, so whoever sees the rollout finished also sees all of its
-spans. A background task heartbeats meanwhile.
+reward (or the exception, `sys.exit` and a cancellation from inside the agent included, as a
+failed attempt), flush the spans, and only then set the attempt's final status, so whoever sees
+the rollout finished also sees all of its spans. A background task heartbeats meanwhile.
 
 Timeouts (``RolloutConfig.timeout_seconds``, counted from the dequeue, which is when the store
 starts the attempt) are enforced by cancelling. An async agent is cancelled and given
@@ -52,6 +52,13 @@ class AgentExited(RuntimeError):
 
     def __init__(self, code: object) -> None:
         super().__init__(f"the agent called sys.exit({code!r})")
+
+
+class AgentCancelled(RuntimeError):
+    """The agent's task ended cancelled though the runner did not cancel it."""
+
+    def __init__(self) -> None:
+        super().__init__("the agent's task was cancelled from inside the agent, not by the runner")
 
 
 class Runner:
@@ -195,7 +202,7 @@ class Runner:
                 span.set_status(Status(StatusCode.ERROR, reason))
                 return "timeout", reason
             try:
-                reward = _as_reward(work.result())
+                reward = _as_reward(_outcome(work))
             except Exception as error:
                 emit_exception(error)
                 span.set_status(Status(StatusCode.ERROR, _describe(error)))
@@ -294,6 +301,15 @@ async def _abandon(work: asyncio.Future[Any]) -> None:
         if not work.done():
             logger.warning("agent task ignored cancellation for %s s; leaving it behind", CANCEL_GRACE_SECONDS)
         work.add_done_callback(lambda task: task.cancelled() or task.exception())  # never "never retrieved"
+
+
+def _outcome(work: asyncio.Future[Any]) -> Any:
+    """The agent's result. A cancellation here is the agent's own (a task or library it uses
+    cancelled it): the runner's would have reached it at its ``await``, so it is an agent error."""
+    try:
+        return work.result()
+    except asyncio.CancelledError:
+        raise AgentCancelled() from None
 
 
 def _as_reward(result: object) -> float | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import sys
 from collections.abc import Collection
 from importlib.metadata import entry_points
 from typing import Any
@@ -40,6 +41,8 @@ DEFAULTS = {
     # A killed process loses at most half a second of spans.
     "OTEL_BSP_SCHEDULE_DELAY": "500",
 }
+EXIT_WAIT_SECONDS = 5.0
+"""How long an exiting program waits for agl's store (a healthy one answers in milliseconds)."""
 
 
 class AglDistro(BaseDistro):
@@ -130,14 +133,42 @@ def flush_spans(timeout_millis: int = 30000) -> bool:
 def _finish_at_exit(provider: Any) -> None:
     """At exit, a program that ran as its own observed rollout sends one last span with its outcome;
     the store ends the rollout when it arrives (over agl's exporter or plain OTLP alike).
-    Registered after the provider's own exit hook, so it runs first, while exporters still work."""
+    Registered after the provider's own exit hook, so it runs first, while exporters still work.
+    From then on agl waits at most `EXIT_WAIT_SECONDS` for its store, so a store that is gone
+    costs the exiting program a warning, not a hang. A forked child shares its parent's observed
+    rollout: only the process that set tracing up ends it."""
+    owner = os.getpid()
 
     def finish() -> None:
+        _stop_waiting_for_stores()
         state = process_rollout()
-        if not state.active.used:
+        if not state.active.used or os.getpid() != owner:
             return
         outcome = "failed" if state.crashed else "succeeded"
         provider.get_tracer(TRACER_NAME).start_span(PROCESS_EXIT_SPAN, attributes={PROCESS_OUTCOME: outcome}).end()
         getattr(provider, "force_flush", lambda: None)()
 
     atexit.register(finish)
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=lambda: _flush_at_child_exit(provider))
+
+
+def _stop_waiting_for_stores() -> None:
+    bridge = sys.modules.get("agl.core.bridge")  # not loaded: no store to wait for
+    if bridge is not None:
+        bridge.stop_waiting_after(EXIT_WAIT_SECONDS)
+
+
+def _flush_at_child_exit(provider: Any) -> None:
+    """A child of `multiprocessing` (fork) ends with ``os._exit``, skipping atexit, so its spans
+    would be lost: its exit runs a flush instead. Registered as an after-forker, since the child
+    clears its finalizers first; a child of a plain `os.fork` ends through atexit as usual."""
+    util = sys.modules.get("multiprocessing.util")
+    if util is None:
+        return
+
+    def flush() -> None:
+        _stop_waiting_for_stores()
+        getattr(provider, "force_flush", lambda: None)()
+
+    util.register_after_fork(provider, lambda _: util.Finalize(None, flush, exitpriority=0))

@@ -43,20 +43,33 @@ class ActiveRollout:
 
 
 _current: contextvars.ContextVar[ActiveRollout | None] = contextvars.ContextVar("agl_rollout", default=None)
+_open = 0  # rollout contexts open in this process, in any thread or task
+_open_lock = threading.Lock()
 
 
 def current_rollout() -> ActiveRollout | None:
     return _current.get()
 
 
+def rollouts_open() -> bool:
+    """Whether any code of this process runs inside `rollout_context` now: code outside one then is
+    likely an agent's thread started without `run_in_context`, whose spans miss their rollout."""
+    return _open > 0
+
+
 @contextmanager
 def rollout_context(rollout_id: str, attempt_id: str) -> Iterator[ActiveRollout]:
     """Everything started inside belongs to this rollout and attempt."""
+    global _open
     active = ActiveRollout(rollout_id, attempt_id)
     token = _current.set(active)
+    with _open_lock:
+        _open += 1
     try:
         yield active
     finally:
+        with _open_lock:
+            _open -= 1
         _current.reset(token)
 
 

@@ -21,6 +21,7 @@ import functools
 import inspect
 import json
 import logging
+import math
 import numbers
 import sys
 import threading
@@ -32,6 +33,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
 from agl.core.tracing import semconv
+from agl.core.tracing.context import current_rollout, rollouts_open
 from agl.core.tracing.llm import agl_tracer
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -53,6 +55,7 @@ def emit_reward(value: float | Mapping[str, float], *, primary: str | None = Non
     unset (no silent pick); adapters then see a reward span without a primary value. ``primary``
     is ignored for a plain number. A value that is not a number, or a ``primary`` that names no
     dimension, raises at once, even outside a rollout: a lost reward would otherwise go unnoticed.
+    NaN or infinity raises too (`ValueError`): a store keeps neither, and the runner refuses both.
     """
     attributes: dict[str, Any] = {semconv.SPAN_KIND: "reward"}
     if isinstance(value, Mapping):
@@ -192,17 +195,30 @@ def agl_tracing_active() -> bool:
 
 def _tracer(emitter: str) -> trace.Tracer | None:
     if agl_tracing_active():
+        if current_rollout() is None and rollouts_open():
+            _warn_once(
+                f"{emitter} outside",
+                "agl %s ran outside any rollout while rollouts run in this process, so it is filed under the "
+                "process's own rollout: start the agent's threads and executor tasks with "
+                "agl.core.tracing.run_in_context (asyncio.to_thread and tasks carry the rollout already).",
+                emitter,
+            )
         return agl_tracer()
-    with _warned_lock:
-        if emitter in _warned:
-            return None
-        _warned.add(emitter)
-    logger.warning(
+    _warn_once(
+        emitter,
         "agl %s did nothing: agl tracing is not set up in this process. Run the agent through an agl "
         "runner or `opentelemetry-instrument`, or call agl.core.tracing.setup_tracing() first.",
         emitter,
     )
     return None
+
+
+def _warn_once(key: str, message: str, *arguments: Any) -> None:
+    with _warned_lock:
+        if key in _warned:
+            return
+        _warned.add(key)
+    logger.warning(message, *arguments)
 
 
 def _emit(emitter: str, name: str, attributes: Mapping[str, Any]) -> None:
@@ -212,9 +228,15 @@ def _emit(emitter: str, name: str, attributes: Mapping[str, Any]) -> None:
 
 
 def _number(value: Any) -> float:
-    if isinstance(value, numbers.Real):  # numpy scalars too; True is a reward of 1.0
-        return float(value)
-    raise TypeError(f"a reward must be a number, not {type(value).__name__}: {_text(value)!r}")
+    if not isinstance(value, numbers.Real):  # numpy scalars too; True is a reward of 1.0
+        raise TypeError(f"a reward must be a number, not {type(value).__name__}: {_text(value)!r}")
+    try:
+        number = float(value)
+    except OverflowError:  # an int past float's range
+        number = math.inf
+    if not math.isfinite(number):  # stored as null: the reward would be silently lost
+        raise ValueError(f"a reward must be a finite number, not {_text(value)[:40]}")
+    return number
 
 
 def _arguments_of(function: Callable[..., Any]) -> Callable[[tuple[Any, ...], dict[str, Any]], dict[str, Any]]:

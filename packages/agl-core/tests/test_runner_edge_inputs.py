@@ -1,0 +1,156 @@
+"""Agents of unusual shapes and rewards of unusual values, through a real runner on a real store.
+
+Tracing as in test_runner.py: one `setup_tracing` for the module, under a fresh global provider
+given back afterwards, writing into the current test's store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import math
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agl.core import open_store
+from agl.core.agent import rollout
+from agl.core.runner import Runner
+from agl.core.store.base import LightningStore
+from agl.core.testing.tracing import fresh_global_tracer_provider
+from agl.core.tracing import emitters, run_in_context, semconv
+from agl.core.tracing.configure import flush_spans, setup_tracing
+from agl.core.tracing.emitters import emit_reward
+
+LIMIT = 30.0
+
+
+class Forwarder:
+    """The store the module's exporter was made for: hands each batch to the current test's store."""
+
+    def __init__(self) -> None:
+        self.target: LightningStore | None = None
+
+    async def add_observed_spans(self, spans: Any, **options: Any) -> Any:
+        assert self.target is not None, "spans arrived between tests"
+        return await self.target.add_observed_spans(spans, **options)
+
+
+@pytest.fixture(scope="module")
+def forwarder() -> Iterator[Forwarder]:
+    forwarder = Forwarder()
+    with fresh_global_tracer_provider():
+        provider = setup_tracing(store=forwarder)
+        yield forwarder
+        provider.shutdown()
+
+
+@pytest.fixture
+async def store(tmp_path: Path, forwarder: Forwarder) -> AsyncIterator[LightningStore]:
+    opened = open_store(f"sqlite:///{tmp_path / 'store.db'}", watchdog_interval=None)
+    forwarder.target = opened
+    yield opened
+    assert flush_spans()
+    forwarder.target = None
+    await opened.close()
+
+
+async def run_one(agent: Any, store: LightningStore) -> tuple[Any, list[float]]:
+    """The attempt and the ``agl.reward`` values of one rollout of ``agent``."""
+    rollout_id = (await store.enqueue_rollout({"q": 1})).rollout_id
+    async with asyncio.timeout(LIMIT):
+        assert await Runner(agent, store).run(until_empty=True) == 1
+    attempt = await store.get_latest_attempt(rollout_id)
+    spans = await store.query_spans(rollout_id)
+    return attempt, [span.attributes[semconv.REWARD] for span in spans if semconv.REWARD in span.attributes]
+
+
+class Judge:
+    """An agent as an object whose ``__call__`` is async."""
+
+    async def __call__(self, task: Any, scale: float = 1.0) -> float:
+        await asyncio.sleep(0)
+        return 0.5 * scale
+
+
+async def test_an_object_with_an_async_call_is_an_async_agent_named_after_its_class(store: LightningStore) -> None:
+    for function, reward in ((Judge(), 0.5), (functools.partial(Judge(), scale=2.0), 1.0)):
+        agent = rollout(function)
+        assert agent.is_async and agent.name == "Judge"
+        attempt, rewards = await run_one(agent, store)
+        assert attempt.status == "succeeded", attempt.metadata
+        assert rewards == [reward]
+
+
+def test_generator_agents_are_refused_when_decorated() -> None:
+    async def streams(task: Any) -> Any:
+        yield 1.0
+
+    def steps(task: Any) -> Any:
+        yield 1.0
+
+    for function in (streams, steps, functools.partial(steps)):
+        with pytest.raises(TypeError, match="is a generator; an agent returns its reward"):
+            rollout(function)
+
+
+@pytest.mark.parametrize("value", [math.nan, -math.inf, 10**400], ids=["nan", "-inf", "10**400"])
+async def test_an_agent_that_emits_a_reward_no_store_keeps_fails_instead_of_losing_it(
+    store: LightningStore, value: Any
+) -> None:
+    @rollout
+    def agent(task: Any) -> None:
+        emit_reward({"correct": value, "brevity": 1.0}, primary="brevity")
+
+    attempt, rewards = await run_one(agent, store)
+    assert attempt.status == "failed" and "a reward must be a finite number" in attempt.metadata["error"]
+    assert rewards == []
+
+
+async def test_an_agent_cancelled_from_inside_fails_as_an_agent_error_not_as_a_stopped_runner(
+    store: LightningStore,
+) -> None:
+    @rollout
+    async def agent(task: Any) -> float:
+        asyncio.current_task().cancel()  # type: ignore[union-attr]  # as a library it awaits might
+        await asyncio.sleep(0)
+        return 1.0
+
+    rollout_id = (await store.enqueue_rollout({"q": 1})).rollout_id
+    async with asyncio.timeout(LIMIT):
+        assert await Runner(agent, store).run(until_empty=True) == 1
+    attempt = await store.get_latest_attempt(rollout_id)
+    assert attempt is not None and attempt.status == "failed"
+    assert attempt.metadata["error"].startswith("AgentCancelled: "), attempt.metadata
+    [exception] = [span for span in await store.query_spans(rollout_id) if span.name == "agl.exception"]
+    assert exception.events[0].attributes["exception.type"].endswith("AgentCancelled")
+
+
+async def test_a_reward_from_a_thread_without_the_rollout_s_context_is_flagged_not_silently_misfiled(
+    store: LightningStore, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(emitters, "_warned", set())
+
+    def warnings() -> list[logging.LogRecord]:
+        return [record for record in caplog.records if record.name == emitters.__name__]
+
+    @rollout
+    def agent(task: Any) -> None:
+        carried = threading.Thread(target=run_in_context(emit_reward), args=(1.0,))
+        carried.start()
+        carried.join()
+        assert not warnings()  # the rollout's context went with it: nothing to say
+        plain = threading.Thread(target=emit_reward, args=(0.5,))
+        plain.start()
+        plain.join()
+
+    with caplog.at_level(logging.WARNING, logger=emitters.__name__):
+        attempt, rewards = await run_one(agent, store)
+    assert attempt.status == "succeeded" and rewards == [1.0]
+    [warning] = warnings()
+    assert "emit_reward ran outside any rollout" in warning.getMessage()
+    assert "run_in_context" in warning.getMessage()
