@@ -100,44 +100,111 @@ class SqliteLightningStore(LifecycleStore):
         clock: Callable[[], float] | None = None,
         watchdog_interval: float | None = 1.0,
         max_span_bytes: int = DEFAULT_MAX_SPAN_BYTES,
+        read_only: bool = False,
     ) -> None:
+        """``read_only`` opens the file as SQLite's ``mode=ro`` (inspection): nothing is written,
+        not even the schema, so a read-only copy can be read; every write is refused, and no
+        watchdog runs (it would write)."""
         kwargs: dict[str, Any] = {"clock": clock} if clock is not None else {}
-        super().__init__(watchdog_interval=watchdog_interval, max_span_bytes=max_span_bytes, **kwargs)
+        super().__init__(
+            watchdog_interval=None if read_only else watchdog_interval, max_span_bytes=max_span_bytes, **kwargs
+        )
         if synchronous not in ("normal", "full"):
             raise InvalidInput(f"invalid synchronous {synchronous!r}; expected 'normal' or 'full'")
         self.path = Path(path)
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise StoreUnavailable(f"store at {self.path}: cannot create its folder ({error.strerror})") from None
         self._lock = threading.RLock()
         self._closed = False
         self._depth = 0
         self._data_version: int | None = None
-        with _unavailable_on_failure(self.path):  # a folder in its place, a file that is not a database
-            self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout)
-            # WAL is a property of the file: set once, outside any transaction, and checked.
-            mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if mode.lower() != "wal":
-            raise AglError(f"cannot put {self.path} in WAL mode (journal_mode is {mode!r})")
-        self._conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
-        # Checkpoints (copying the WAL into the database file) halve write throughput when a
-        # writer runs them inline. The watchdog thread runs them in the background on its own
-        # connection; SQLite's automatic checkpoint stays as a backstop at a larger WAL size.
-        self._conn.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_CHECKPOINT_PAGES}")
-        # Reads through a memory map skip a copy per page (about 10% on span queries).
-        self._conn.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
         self._checkpoint_conn: sqlite3.Connection | None = None
-        self._migrate()
+        if read_only:
+            self._conn = self._connect_read_only(busy_timeout)
+        else:
+            self._conn = self._connect(synchronous, busy_timeout)
+            try:
+                self._migrate()
+            except BaseException:
+                self._conn.close()  # the caller never gets the store, so nobody else could close it
+                raise
         self._start_watchdog()
 
     # --- connection and transactions ------------------------------------------------------
+    def _connect(self, synchronous: Synchronous, busy_timeout: float) -> sqlite3.Connection:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StoreUnavailable(f"store at {self.path}: cannot create its folder ({error.strerror})") from None
+        with _unavailable_on_failure(self.path):  # a folder in its place, a file that is not a database
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout)
+        try:
+            with _unavailable_on_failure(self.path):
+                # WAL is a property of the file: set once, outside any transaction, and checked.
+                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise AglError(f"cannot put {self.path} in WAL mode (journal_mode is {mode!r})")
+            conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
+            # Checkpoints (copying the WAL into the database file) halve write throughput when a
+            # writer runs them inline. The watchdog thread runs them in the background on its own
+            # connection; SQLite's automatic checkpoint stays as a backstop at a larger WAL size.
+            conn.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_CHECKPOINT_PAGES}")
+            # Reads through a memory map skip a copy per page (about 10% on span queries).
+            conn.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _connect_read_only(self, busy_timeout: float) -> sqlite3.Connection:
+        try:
+            return self._open_read_only(busy_timeout, immutable=False)
+        except sqlite3.Error as error:
+            # Reading a WAL database takes a -shm file beside it, which a read-only folder cannot
+            # hold. No -wal file there means no process has the store open for writing, so the
+            # file cannot change while we read it.
+            if error.sqlite_errorname != "SQLITE_READONLY_DIRECTORY" or Path(f"{self.path}-wal").exists():
+                raise _unavailable(self.path, error) from None
+        try:
+            return self._open_read_only(busy_timeout, immutable=True)
+        except sqlite3.Error as error:
+            raise _unavailable(self.path, error) from None
+
+    def _open_read_only(self, busy_timeout: float, *, immutable: bool) -> sqlite3.Connection:
+        uri = f"{self.path.absolute().as_uri()}?mode=ro{'&immutable=1' if immutable else ''}"
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=busy_timeout)
+        try:
+            ours = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'agl_migrations'").fetchone()
+            applied = {row[0] for row in conn.execute("SELECT name FROM agl_migrations")} if ours else None
+            self._check_schema(applied, upgrading=False)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _check_schema(self, applied: set[str] | None, *, upgrading: bool) -> None:
+        """Refuse a schema this code would misread: a newer agl's migrations may have changed
+        what rows mean, and a read-only store cannot bring an older one up to date."""
+        if applied is None:
+            raise StoreUnavailable(f"store at {self.path}: not an agl store (no agl_migrations table)")
+        unknown = sorted(applied - {name for name, _ in MIGRATIONS})
+        if unknown:
+            raise StoreUnavailable(
+                f"store at {self.path}: written by a newer agl (unknown migrations: {', '.join(unknown)});"
+                " upgrade agl to open it"
+            )
+        missing = [name for name, _ in MIGRATIONS if name not in applied]
+        if missing and not upgrading:
+            raise StoreUnavailable(
+                f"store at {self.path}: written by an older agl (migrations not applied: {', '.join(missing)});"
+                " open it once for writing to upgrade it"
+            )
+
     def _migrate(self) -> None:
         with self._transaction():
             self._conn.execute(
                 "CREATE TABLE IF NOT EXISTS agl_migrations (name TEXT PRIMARY KEY, applied_time REAL NOT NULL)"
             )
             applied = {row[0] for row in self._conn.execute("SELECT name FROM agl_migrations")}
+            self._check_schema(applied, upgrading=True)
             for name, script in MIGRATIONS:
                 if name in applied:
                     continue
@@ -149,8 +216,7 @@ class SqliteLightningStore(LifecycleStore):
     def _transaction(self) -> Iterator[None]:
         """``BEGIN IMMEDIATE`` at the outermost level (savepoints inside); rollback on any error."""
         with self._lock:
-            if self._closed:
-                raise AglError(f"the store at {self.path} is closed")
+            self._check_open()
             outermost = self._depth == 0
             rows_before = self._conn.total_changes
             with _unavailable_on_failure(self.path):
@@ -160,23 +226,38 @@ class SqliteLightningStore(LifecycleStore):
                 with _unavailable_on_failure(self.path):
                     yield
             except BaseException:
-                self._conn.execute("ROLLBACK" if outermost else "ROLLBACK TO nested")
-                if not outermost:
-                    self._conn.execute("RELEASE nested")
+                self._undo(outermost)
                 raise
             else:
-                self._conn.execute("COMMIT" if outermost else "RELEASE nested")
+                try:
+                    self._conn.execute("COMMIT" if outermost else "RELEASE nested")
+                except sqlite3.Error as error:  # a full disk: the log could not take the pages
+                    self._undo(outermost)
+                    raise _unavailable(self.path, error) from None
                 if outermost and self._conn.total_changes - rows_before >= CHECKPOINT_NOW_ROWS:
                     self._checkpoint_soon()
             finally:
                 self._depth -= 1
 
+    def _undo(self, outermost: bool) -> None:
+        """Roll back what the failed section wrote. After some errors (a full disk, an I/O error)
+        SQLite has already rolled the whole transaction back, and a second rollback would fail
+        and hide the reason."""
+        if not self._conn.in_transaction:
+            return
+        self._conn.execute("ROLLBACK" if outermost else "ROLLBACK TO nested")
+        if not outermost:
+            self._conn.execute("RELEASE nested")
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise AglError(f"the store at {self.path} is closed")
+
     @contextmanager
     def _read(self) -> Iterator[None]:
         """A deferred transaction: one consistent snapshot without taking the write lock."""
         with self._lock:
-            if self._closed:
-                raise AglError(f"the store at {self.path} is closed")
+            self._check_open()
             if self._depth:
                 yield
                 return
@@ -437,7 +518,11 @@ class SqliteLightningStore(LifecycleStore):
         page_params = [*params, -1 if limit is None else limit, offset]
         if limit is None and offset == 0:
             with self._lock:  # one statement is a consistent snapshot on its own
-                rows = self._conn.execute(select_page, page_params).fetchall()
+                self._check_open()
+                try:
+                    rows = self._conn.execute(select_page, page_params).fetchall()
+                except sqlite3.Error as error:
+                    raise _unavailable(self.path, error) from None
             return rows, len(rows)
         with self._read():
             rows = self._conn.execute(select_page, page_params).fetchall()
@@ -552,12 +637,15 @@ def _unavailable_on_failure(path: Path) -> Iterator[None]:
     `StoreUnavailable`; constraint violations are bugs and stay as they are."""
     try:
         yield
-    except sqlite3.IntegrityError:
-        raise
-    except (sqlite3.OperationalError, sqlite3.DatabaseError) as error:
-        if type(error) not in (sqlite3.OperationalError, sqlite3.DatabaseError):
-            raise
-        raise StoreUnavailable(f"store at {path}: {error}") from None
+    except sqlite3.Error as error:
+        raise _unavailable(path, error) from None
+
+
+def _unavailable(path: Path, error: sqlite3.Error) -> Exception:
+    """What to raise for ``error`` (see `_unavailable_on_failure`)."""
+    if type(error) in (sqlite3.OperationalError, sqlite3.DatabaseError):
+        return StoreUnavailable(f"store at {path}: {error}")
+    return error
 
 
 def _statements(script: str) -> Iterator[str]:

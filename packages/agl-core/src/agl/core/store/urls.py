@@ -52,11 +52,9 @@ def _open_sqlite(url: str, path: str, options: dict[str, str], read_only: bool, 
                 raise StoreUrlError(url, f"busy_timeout must be a number of seconds, not {value!r}") from None
         else:
             raise StoreUrlError(url, f"unknown option {key!r} (known: synchronous, busy_timeout)")
-    if read_only:
-        if not Path(file_path).is_file():
-            raise StoreUnavailable(f"no store file at {file_path}")  # the URL is fine; the file is not there
-        kwargs.setdefault("watchdog_interval", None)  # reading must not change anything
-    return SqliteLightningStore(Path(file_path), **settings, **kwargs)
+    if read_only and not Path(file_path).is_file():
+        raise StoreUnavailable(f"no store file at {file_path}")  # the URL is fine; the file is not there
+    return SqliteLightningStore(Path(file_path), read_only=read_only, **settings, **kwargs)
 
 
 def _open_http(url: str, path: str, options: dict[str, str], read_only: bool, **kwargs: Any) -> LightningStore:
@@ -78,9 +76,9 @@ BACKENDS: dict[str, Callable[..., LightningStore]] = {
 def open_store(url: str | None = None, *, read_only: bool = False, **kwargs: Any) -> LightningStore:
     """Open the store named by ``url`` (default: ``$AGL_STORE``, else ``sqlite:///.agl/store.db``).
 
-    ``read_only`` is for inspection: a SQLite file must exist already and no watchdog runs, so
-    looking changes nothing. Extra keyword arguments (``clock``, ``watchdog_interval``…) go to
-    the backend.
+    ``read_only`` is for inspection: a SQLite file must exist already and is opened read-only
+    (a read-only copy works; writes are refused) with no watchdog, so looking changes nothing.
+    Extra keyword arguments (``clock``, ``watchdog_interval``…) go to the backend.
     """
     url = url or default_store_url()
     try:
@@ -94,6 +92,8 @@ def open_store(url: str | None = None, *, read_only: bool = False, **kwargs: Any
         raise StoreUrlError(url, f"unknown scheme {parts.scheme!r}; expected one of {', '.join(BACKENDS)}")
     if parts.scheme == "sqlite" and parts.netloc:
         raise StoreUrlError(url, f"unexpected host {parts.netloc!r}; use three slashes: {parts.scheme}:///path")
+    if parts.scheme == "sqlite" and "#" in url:  # urlsplit drops it: the store would be another file
+        raise StoreUrlError(url, "'#' is not allowed in a file path (it starts a URL fragment)")
     if parts.scheme in ("http", "https") and not parts.hostname:
         raise StoreUrlError(url, "needs a host, as in http://127.0.0.1:4747")
     try:
