@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 from pydantic import TypeAdapter, ValidationError
+from pydantic_core import ErrorDetails
 from rich.markup import escape
 from rich.text import Text
 
@@ -22,7 +23,7 @@ from agl.core.cli._common import JsonOutput, StoreUrl, console, parse_option, pr
 from agl.core.errors import AglError
 from agl.core.store import LightningStore, open_store
 from agl.core.types import NamedResources, Rollout
-from agl.trainer.algorithm import RolloutsIncomplete
+from agl.trainer.algorithm import Algorithm, RolloutsIncomplete
 from agl.trainer.hookspecs import hookimpl
 from agl.trainer.metrics import METRICS_FILE
 from agl.trainer.plugins import algorithms as registered_algorithms
@@ -31,8 +32,14 @@ from agl.trainer.runners import DEFAULT_MODE, MODES, RunnerLost, check_mode
 from agl.trainer.runners.specs import load_agent
 from agl.trainer.trainer import Trainer, UnknownAlgorithm
 
+
+class AlgorithmFailed(RuntimeError):
+    """A plugin's algorithm factory raised, or made no `Algorithm`: the plugin's to fix, reported by name."""
+
+
 REPORTED = (
     AglError,
+    AlgorithmFailed,
     UnknownAlgorithm,
     RunnerLost,
     RolloutsIncomplete,
@@ -80,7 +87,7 @@ def algorithms(json_output: JsonOutput = False) -> None:
         out.print()
         failed = table()
         failed.add_column("plugin not loaded", style="red")
-        failed.add_column("error")
+        failed.add_column("error", overflow="fold")  # a module name cut at the terminal's edge is no help
         for failure in manager.failures:
             label = failure.name if failure.distribution is None else f"{failure.name} ({failure.distribution})"
             failed.add_row(label, Text(failure.error))
@@ -167,6 +174,8 @@ def train(
         reward = reward or file.get("reward")
         store = store or file.get("store")
         output_dir = output_dir or file.get("output_dir")
+        if runners < 1:
+            raise ValueError(f"--runners must be at least 1, not {runners}")
         if command is not None:
             runner_mode = "command"
         check_mode(runner_mode)
@@ -174,7 +183,9 @@ def train(
         if runner_mode == "command":
             if command is None or agent is not None:
                 raise ValueError("--runner-mode command takes a --command (and a --reward), not an --agent")
-            runner_options.update(command=shlex.split(command), reward=reward)
+            runner_options.update(command=_split_command(command), reward=reward)
+        elif reward is not None:
+            raise ValueError("--reward goes with a --command; an --agent computes its own reward")
         elif agent is None:
             raise ValueError("--agent is required (module:attribute)")
         else:
@@ -186,19 +197,20 @@ def train(
         tally = _RolloutTally()
         manager = plugin_manager([tally])
         found = registered_algorithms(manager)
+        chosen: str | Algorithm = algorithm
         if algorithm in found:  # else the Trainer names the installed ones
-            _check_required_options(algorithm, found[algorithm][0], options)
+            _check_options(algorithm, found[algorithm][0], options)
+            chosen = _create_algorithm(algorithm, *found[algorithm], options)
         backend = open_store(store)
         run_dir = output_dir or RUNS_DIR / datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         created = [folder for folder in (run_dir, *run_dir.parents) if not folder.exists()]
         trainer = Trainer(
-            algorithm,
+            chosen,
             store=backend,
             n_runners=runners,
             agent=agent,
             runner_mode=runner_mode,
             runner_options=runner_options,
-            algorithm_options=options,
             output_dir=run_dir,
             progress=sys.stderr.isatty() if progress is None else progress,
             plugins=manager,
@@ -258,19 +270,46 @@ class _RolloutTally:
         return f"{message}: {error}" if error else message
 
 
-def _check_required_options(name: str, factory: Callable[..., Any], options: dict[str, Any]) -> None:
-    """Refuse to start without an option the algorithm's factory requires, naming the --option that gives
-    it (the factory's own TypeError would name a Python parameter of some __init__)."""
+def _check_options(name: str, factory: Callable[..., Any], options: dict[str, Any]) -> None:
+    """Refuse to start without an option the algorithm's factory requires, or with one it does not
+    take, naming the --option (the factory's own TypeError would name a Python parameter of some __init__)."""
     try:
         parameters = inspect.signature(factory).parameters.values()
     except (TypeError, ValueError):  # no signature to read: the factory's own error stands
         return
     kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    known = [p.name for p in parameters if p.kind in kinds]
     missing = [p.name for p in parameters if p.kind in kinds and p.default is p.empty and p.name not in options]
     if missing:
         noun = "options" if len(missing) > 1 else "option"
         flags = " ".join(f"--option {key}=VALUE" for key in missing)
         raise ValueError(f"algorithm {name} needs the {noun} {', '.join(missing)} ({flags})")
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+    unknown = [key for key in options if key not in known]
+    if unknown and not takes_any:
+        raise ValueError(
+            f"algorithm {name} has no option {', '.join(unknown)} (its options: {', '.join(known) or 'none'})"
+        )
+
+
+def _create_algorithm(name: str, factory: Callable[..., Any], provider: str, options: dict[str, Any]) -> Algorithm:
+    """The algorithm from its plugin's factory; whatever the factory raises is reported in one line
+    naming the plugin, which is the one to fix it (or to be told of a bad option value)."""
+    try:
+        created = factory(**options)
+    except Exception as error:
+        reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        raise AlgorithmFailed(f"algorithm {name} (from {provider}) could not be created: {reason}") from None
+    if not isinstance(created, Algorithm):
+        raise AlgorithmFailed(f"algorithm {name} (from {provider}) made a {type(created).__name__}, not an Algorithm")
+    return created
+
+
+def _split_command(command: str) -> list[str]:
+    try:
+        return shlex.split(command)
+    except ValueError as error:  # shlex's own message ("No closing quotation") does not say what it read
+        raise ValueError(f"--command {command!r}: {error}") from None
 
 
 def _remove_if_unused(run_dir: Path, created: list[Path]) -> None:
@@ -326,24 +365,44 @@ def _read_config(path: Path) -> dict[str, Any]:
 
 def _read_jsonl(path: Path) -> list[Any]:
     """The tasks of a JSON lines file; one without any is refused (a wrong or truncated file would
-    otherwise train on nothing and exit as a success)."""
+    otherwise train on nothing and exit as a success). UTF-8, with or without the BOM that some
+    Windows editors write."""
     tasks = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(_read_utf8(path).splitlines(), 1):
         if line.strip():
             try:
                 tasks.append(json.loads(line))
             except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not JSON: {error}") from None
+                array = number == 1 and line.lstrip().startswith("[")
+                hint = " (expected JSON lines: one task per line, not a JSON array)" if array else ""
+                raise ValueError(f"{path}:{number}: not JSON: {error}{hint}") from None
     if not tasks:
         raise ValueError(f"{path}: no tasks (expected one JSON value per line)")
     return tasks
 
 
-def _read_resources(path: Path) -> NamedResources:
+def _read_utf8(path: Path) -> str:
     try:
-        return TypeAdapter(NamedResources).validate_json(path.read_text())
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:  # its own message names a byte position, not the file
+        raise ValueError(f"{path}: not UTF-8 text: {error.reason} at byte {error.start}") from None
+
+
+def _read_resources(path: Path) -> NamedResources:
+    """The resources of a JSON file; a wrong one is refused with each problem where it is (pydantic's
+    own message runs over many lines, with a union's name and links)."""
+    try:
+        return TypeAdapter(NamedResources).validate_json(_read_utf8(path))
     except ValidationError as error:
-        raise ValueError(f"{path}: not resources: {error}") from None
+        problems = "; ".join(_problem(detail) for detail in error.errors(include_url=False))
+        raise ValueError(
+            f'{path}: not resources ({{"name": {{"resource_type": "llm", ...}}, ...}}): {problems}'
+        ) from None
+
+
+def _problem(detail: ErrorDetails) -> str:
+    where = ".".join(str(part) for part in detail["loc"])
+    return f"{where}: {detail['msg']}" if where else detail["msg"]
 
 
 def _jsonable(value: Any) -> Any:

@@ -65,6 +65,11 @@ def remote_agent_spec(agent: LitAgent | str | None, mode: str) -> str:
     if agent is None:
         raise ValueError(f"runner_mode={mode!r} needs an agent, as 'module:object' or a module-level agent")
     if isinstance(agent, str):
+        if agent.partition(":")[0] == "__main__":  # the children's __main__ is the worker, not this script
+            raise ValueError(
+                f"runner_mode={mode!r} cannot import {agent!r} in another process: "
+                "move the agent to an importable module and name it as 'module:object'"
+            )
         load_agent(agent)
     return agent_spec(agent)
 

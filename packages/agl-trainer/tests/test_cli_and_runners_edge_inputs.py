@@ -1,0 +1,198 @@
+"""`agl train` and `agl algorithms` given files, flags and plugins a user gets wrong, and runner
+modes given agents they cannot run: each is refused in one line that says what to fix."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sys
+from collections.abc import Callable
+from importlib.metadata import EntryPoint
+from pathlib import Path
+from typing import Any
+
+import pytest
+from agents_for_runner_tests import double
+from typer.testing import CliRunner
+
+from agl.core import open_store
+from agl.core.cli import add_plugin_commands, app
+from agl.trainer import plugins as plugins_module
+from agl.trainer.runners.processes import ProcessRunners
+
+LONG_MODULE = "agl_no_such_module_for_tests_" + "x" * 60
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+EXPLODING_PLUGIN = """
+from agl.trainer import hookimpl
+
+
+def exploding(**options):
+    raise RuntimeError("factory exploded")
+
+
+@hookimpl
+def agl_register_algorithms(register):
+    register("exploding", exploding)
+"""
+"""A third-party plugin whose factory raises when `agl train` creates its algorithm."""
+
+
+@pytest.fixture
+def cli() -> CliRunner:
+    assert add_plugin_commands(app) == []
+    return CliRunner()
+
+
+@pytest.fixture
+def install(monkeypatch: pytest.MonkeyPatch) -> Callable[[EntryPoint], None]:
+    """Install a plugin's entry point beside the real ones."""
+
+    def add(entry_point: EntryPoint) -> None:
+        real = plugins_module.entry_points(group=plugins_module.ENTRY_POINT_GROUP)
+        monkeypatch.setattr(plugins_module, "entry_points", lambda group: [*real, entry_point])
+
+    return add
+
+
+@pytest.fixture
+def train(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """`agl train` arguments for a test agent over a memory store, run in ``tmp_path``."""
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "--algorithm", "baseline", "--store", "memory://", "--output-dir", "run", "--no-progress"]
+    return [*args, "--agent", "agents_for_runner_tests:double"]
+
+
+def one_line_error(result: Any) -> str:
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: ")
+    return str(line)
+
+
+def test_a_dataset_saved_with_a_byte_order_mark_trains(
+    cli: CliRunner, train: list[str], tmp_path: Path, tracing: None
+) -> None:
+    """Windows editors start UTF-8 files with a BOM: line 1 was refused as not JSON."""
+    (tmp_path / "train.jsonl").write_bytes(b'\xef\xbb\xbf{"x": 1}\r\n{"x": 2}\r\n')
+    result = cli.invoke(app, [*train, "--dataset", "train.jsonl"])
+    assert result.exit_code == 0, result.output
+    assert '"train/reward_mean": 3.0' in result.stdout
+
+
+def test_a_dataset_that_is_not_utf8_is_refused_by_name(cli: CliRunner, train: list[str], tmp_path: Path) -> None:
+    """The error was Python's codec message, naming neither the file nor the problem in words."""
+    (tmp_path / "train.jsonl").write_bytes(b'{"x": "caf\xe9"}\n')
+    line = one_line_error(cli.invoke(app, [*train, "--dataset", "train.jsonl"]))
+    assert line.startswith("error: train.jsonl: not UTF-8 text")
+
+
+def test_a_dataset_written_as_a_json_array_is_told_to_be_json_lines(
+    cli: CliRunner, train: list[str], tmp_path: Path
+) -> None:
+    (tmp_path / "train.jsonl").write_text('[\n  {"x": 1},\n  {"x": 2}\n]\n')
+    line = one_line_error(cli.invoke(app, [*train, "--dataset", "train.jsonl"]))
+    assert line.startswith("error: train.jsonl:1: not JSON")
+    assert line.endswith("(expected JSON lines: one task per line, not a JSON array)")
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("[1, 2]", ": Input should be an object"),
+        ('{"llm": {"resource_type": "llm"}}', ": llm.llm.endpoint: Field required; llm.llm.model: Field required"),
+    ],
+    ids=["a-list", "an-llm-without-endpoint"],
+)
+def test_resources_of_the_wrong_shape_are_refused_by_field(
+    cli: CliRunner, train: list[str], tmp_path: Path, content: str, problem: str
+) -> None:
+    """pydantic's own message ran to a union's type name and a link per problem."""
+    (tmp_path / "train.jsonl").write_text('{"x": 1}\n')
+    (tmp_path / "resources.json").write_text(content)
+    line = one_line_error(cli.invoke(app, [*train, "--dataset", "train.jsonl", "--resources", "resources.json"]))
+    assert line.startswith("error: resources.json: not resources (")
+    assert line.endswith(problem)
+    assert "pydantic" not in line and "tagged-union" not in line
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--option", "bogus=1"], "error: algorithm baseline has no option bogus (its options: timeout)"),
+        (["--reward", "agents_for_runner_tests:reward_from_output"], "error: --reward goes with a --command"),
+    ],
+    ids=["unknown-option", "reward-without-command"],
+)
+def test_a_flag_the_run_would_not_use_is_refused_in_words(
+    cli: CliRunner, train: list[str], tmp_path: Path, extra: list[str], message: str
+) -> None:
+    """An unknown option named Baseline.__init__'s keyword argument; a --reward beside an --agent was ignored."""
+    (tmp_path / "train.jsonl").write_text('{"x": 1}\n')
+    line = one_line_error(cli.invoke(app, [*train, "--dataset", "train.jsonl", *extra]))
+    assert line.startswith(message)
+
+
+def test_runners_below_one_in_a_config_file_are_refused_as_the_setting(cli: CliRunner, tmp_path: Path) -> None:
+    """The error named the Trainer's parameter n_runners, which no setting is called."""
+    (tmp_path / "train.jsonl").write_text('{"x": 1}\n')
+    (tmp_path / "train.toml").write_text(
+        'algorithm = "baseline"\ndataset = "train.jsonl"\nagent = "agents_for_runner_tests:double"\nrunners = 0\n'
+    )
+    line = one_line_error(cli.invoke(app, ["train", str(tmp_path / "train.toml"), "--store", "memory://"]))
+    assert line == "error: --runners must be at least 1, not 0"
+
+
+def test_a_command_with_an_unclosed_quote_is_refused_naming_the_flag(cli: CliRunner, tmp_path: Path) -> None:
+    """The error was shlex's bare "No closing quotation", naming neither the flag nor the text."""
+    (tmp_path / "train.jsonl").write_text('{"x": 1}\n')
+    args = ["train", "--algorithm", "baseline", "--dataset", str(tmp_path / "train.jsonl"), "--store", "memory://"]
+    line = one_line_error(cli.invoke(app, [*args, "--output-dir", str(tmp_path / "run"), "--command", "sh -c 'x"]))
+    assert line == 'error: --command "sh -c \'x": No closing quotation'
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_algorithm_factory_that_raises_is_reported_naming_its_plugin(
+    cli: CliRunner,
+    train: list[str],
+    tmp_path: Path,
+    install: Callable[[EntryPoint], None],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """It ended `agl train` with a traceback that named no plugin."""
+    (tmp_path / "agl_exploding_plugin_for_tests.py").write_text(EXPLODING_PLUGIN)
+    monkeypatch.syspath_prepend(tmp_path)
+    install(EntryPoint("exploding", "agl_exploding_plugin_for_tests", plugins_module.ENTRY_POINT_GROUP))
+    listed = cli.invoke(app, ["algorithms"])
+    assert listed.exit_code == 0, listed.output
+    rows = [line.split() for line in listed.stdout.splitlines()]
+    assert ["exploding", "exploding"] in rows and ["baseline", "agl-trainer"] in rows
+    (tmp_path / "train.jsonl").write_text('{"x": 1}\n')
+    args = [arg if arg != "baseline" else "exploding" for arg in train]
+    line = one_line_error(cli.invoke(app, [*args, "--dataset", "train.jsonl"]))
+    assert line == "error: algorithm exploding (from exploding) could not be created: RuntimeError: factory exploded"
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_broken_plugins_error_is_folded_not_cut_at_80_columns(
+    cli: CliRunner, install: Callable[[EntryPoint], None]
+) -> None:
+    """The error column ended in an ellipsis, cutting the name of the missing module."""
+    install(EntryPoint("broken", LONG_MODULE, plugins_module.ENTRY_POINT_GROUP))
+    result = cli.invoke(app, ["algorithms"], env={"TTY_COMPATIBLE": "1", "COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    shown = ANSI.sub("", result.stdout)
+    assert max(map(len, shown.splitlines())) <= 80
+    assert f"Nomodulenamed'{LONG_MODULE}'" in re.sub(r"\s+", "", shown)
+
+
+def test_processes_refuse_an_agent_named_in_main(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``__main__:agent`` imported in the trainer, but a child's ``__main__`` is the worker: every child
+    failed to import it and was restarted until the fit gave up."""
+    monkeypatch.setattr(sys.modules["__main__"], "edge_agent", double, raising=False)
+    store = open_store(f"sqlite:///{tmp_path / 'store.db'}")
+    try:
+        with pytest.raises(ValueError, match=r"cannot import '__main__:edge_agent' in another process"):
+            ProcessRunners(store, "__main__:edge_agent", max_restarts=0)
+    finally:
+        asyncio.run(store.close())
