@@ -12,16 +12,21 @@ In code::
 What is instrumented, and the span each call opens:
 
 - ``Crew.kickoff``/``akickoff`` (``kickoff_async`` and ``kickoff_for_each`` go through them):
-  ``invoke_workflow {crew name}``, with ``crewai.crew.inputs`` and ``crewai.crew.output``.
+  ``invoke_workflow {crew name}``, with ``crewai.crew.inputs`` and ``crewai.crew.output``. A
+  streaming crew (``stream=True``) has its one span from the run its iteration starts.
 - ``Task`` execution, sync, async or in its own thread: ``task {task name, else the first line of
   its description, shortened to 48 characters}``, ``gen_ai.operation.name=task``, with the
   description, expected output, the agent's role (``crewai.task.agent``) and the output.
-- ``Agent.execute_task``/``aexecute_task`` and standalone ``Agent.kickoff``/``akickoff``:
+- ``Agent.execute_task``/``aexecute_task`` and standalone ``Agent.kickoff``/``kickoff_async``/
+  ``akickoff`` (``kickoff`` inside a running event loop returns a coroutine, whose span it is):
   ``invoke_agent {role}``, with ``gen_ai.operation.name=invoke_agent`` and ``agl.agent.name`` =
   ``gen_ai.agent.name`` = the role.
 - Tools, by CrewAI's text format (``CrewStructuredTool.invoke``) or native function calling
   (``BaseTool.run``): ``execute_tool {tool}``, with ``gen_ai.tool.name``,
-  ``gen_ai.tool.call.arguments`` (JSON) and ``gen_ai.tool.call.result``.
+  ``gen_ai.tool.call.arguments`` (JSON) and ``gen_ai.tool.call.result``. A function of
+  ``available_functions`` that a provider runs inside the model call (CrewAI's reasoning step)
+  gets its span under the model call's, and the call's recorded reply is that tool call, not the
+  function's result that ``call`` returns.
 - Every model call, at the ``BaseLLM`` boundary: the ``call``/``acall`` of each ``BaseLLM``
   subclass, CrewAI's own providers and yours alike (subclasses defined after instrumenting are
   wrapped as they are defined). The span is `agl.core.tracing.llm`'s ``chat {model}``

@@ -13,6 +13,7 @@ in place after `deactivate` (because another library wrapped it over ours) only 
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 from collections.abc import Callable, Mapping
@@ -25,7 +26,7 @@ from opentelemetry.trace import Span, Status, StatusCode
 
 from agl.core.tracing import semconv
 from agl.core.tracing.jsontext import json_text
-from agl.core.tracing.llm import LlmCall, start_llm_call
+from agl.core.tracing.llm import LlmCall, open_llm_span, start_llm_call
 from agl.core.tracing.patching import FamilyPatch, Patch, Patcher
 
 logger = logging.getLogger("agl.instrument.crewai")
@@ -127,7 +128,8 @@ class Opening:
 class _Kind:
     """One kind of span (crew, task, agent, tool): how it opens and what its result adds."""
 
-    def opening(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Opening:
+    def opening(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Opening | None:
+        """None for a call that only hands its work to another patched call, which opens the span."""
         raise NotImplementedError
 
     def result(self, span: Span, result: Any) -> None:
@@ -135,7 +137,9 @@ class _Kind:
 
 
 class _Crew(_Kind):
-    def opening(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Opening:
+    def opening(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Opening | None:
+        if getattr(instance, "stream", False) is True:
+            return None  # returns a stream whose iteration runs ``kickoff`` again, with ``stream`` off
         name = getattr(instance, "name", None) or "crew"
         attributes: dict[str, Any] = {semconv.OPERATION_NAME: semconv.INVOKE_WORKFLOW, CREW_NAME: name}
         inputs = _argument(args, kwargs, 0, "inputs")
@@ -144,7 +148,7 @@ class _Crew(_Kind):
         return Opening(f"{semconv.INVOKE_WORKFLOW} {name}", attributes, ("crew", id(instance)))
 
     def result(self, span: Span, result: Any) -> None:
-        if _has_text(result):  # not a streaming output, whose text comes later
+        if _has_text(result):
             span.set_attribute(CREW_OUTPUT, _text(result))
 
 
@@ -190,8 +194,20 @@ class _Agent(_Kind):
         return Opening(f"{semconv.INVOKE_AGENT} {role}", attributes, ("agent", id(instance)), agent_role=role)
 
     def result(self, span: Span, result: Any) -> None:
-        if _has_text(result):  # not the coroutine that ``kickoff`` returns inside a flow
+        if _has_text(result):
             span.set_attribute(AGENT_OUTPUT, _text(result))
+
+
+class _AgentKickoff(_Agent):
+    """The sync ``Agent.kickoff``, which inside a running event loop (a flow, async code) only
+    returns ``kickoff_async``'s coroutine: the span is that coroutine's, opened when it is awaited."""
+
+    def opening(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Opening | None:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return super().opening(instance, args, kwargs)
+        return None
 
 
 class _Tool(_Kind):
@@ -218,12 +234,44 @@ class _Tool(_Kind):
         span.set_attribute(semconv.TOOL_CALL_RESULT, _text(result))
 
 
+class _ProviderTool(_Kind):
+    """``BaseLLM._handle_tool_execution``: a function of ``available_functions`` that the provider
+    runs inside the model call, returning its result in place of the model's reply. That reply was
+    this tool call: it becomes the call's recorded output unless the wire (the openai layer) gave one."""
+
+    def opening(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Opening:
+        name = str(_argument(args, kwargs, 0, "function_name"))
+        arguments = _json(_argument(args, kwargs, 1, "function_args") or {})
+        _record_tool_reply(name, arguments)
+        attributes = {
+            semconv.OPERATION_NAME: semconv.EXECUTE_TOOL,
+            semconv.TOOL_NAME: name,
+            semconv.TOOL_CALL_ARGUMENTS: arguments,
+        }
+        return Opening(f"{semconv.EXECUTE_TOOL} {name}", attributes, ("tool", name))
+
+    def result(self, span: Span, result: Any) -> None:
+        if result is not None:  # None: the function is unknown or raised, which CrewAI logs and swallows
+            span.set_attribute(semconv.TOOL_CALL_RESULT, _text(result))
+
+
+def _record_tool_reply(name: str, arguments: str) -> None:
+    """The open model call's reply as this tool call, where no reply is recorded yet (the first
+    tool run in the call: CrewAI's providers run one)."""
+    span = open_llm_span()
+    if span is None or semconv.OUTPUT_MESSAGES in (getattr(span, "attributes", None) or {}):
+        return
+    call = {"id": None, "type": "function", "function": {"name": name, "arguments": arguments}}
+    reply = {"role": "assistant", "content": None, "tool_calls": [call]}
+    span.set_attribute(semconv.OUTPUT_MESSAGES, json_text([reply]))
+
+
 def _start(kind: _Kind, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Span, list[Any]] | None:
     """Open ``kind``'s span and make it current; None when it is already open or cannot be recorded."""
     try:
         opening = kind.opening(instance, args, kwargs)
         open_now = _open.get()
-        if opening.key in open_now or _config.tracer is None:
+        if opening is None or opening.key in open_now or _config.tracer is None:
             return None
         span = _config.tracer.start_span(opening.name, attributes=opening.attributes)
         tokens: list[Any] = [
@@ -487,7 +535,8 @@ PATCHER = Patcher(
         Patch("crewai.task", "Task", "_aexecute_core", _async_wrapper(_Task())),
         Patch("crewai.agent.core", "Agent", "execute_task", _sync_wrapper(_Agent())),
         Patch("crewai.agent.core", "Agent", "aexecute_task", _async_wrapper(_Agent())),
-        Patch("crewai.agent.core", "Agent", "kickoff", _sync_wrapper(_Agent())),
+        Patch("crewai.agent.core", "Agent", "kickoff", _sync_wrapper(_AgentKickoff())),
+        Patch("crewai.agent.core", "Agent", "kickoff_async", _async_wrapper(_Agent())),
         Patch("crewai.agent.core", "Agent", "akickoff", _async_wrapper(_Agent())),
         Patch("crewai.tools.base_tool", "BaseTool", "run", _sync_wrapper(_Tool(structured=False))),
         Patch("crewai.tools.base_tool", "BaseTool", "arun", _async_wrapper(_Tool(structured=False))),
@@ -495,6 +544,7 @@ PATCHER = Patcher(
         Patch("crewai.tools.base_tool", "Tool", "arun", _async_wrapper(_Tool(structured=False))),
         Patch("crewai.tools.structured_tool", "CrewStructuredTool", "invoke", _sync_wrapper(_Tool(structured=True))),
         Patch("crewai.tools.structured_tool", "CrewStructuredTool", "ainvoke", _async_wrapper(_Tool(structured=True))),
+        Patch("crewai.llms.base_llm", "BaseLLM", "_handle_tool_execution", _sync_wrapper(_ProviderTool())),
         # Every `BaseLLM` subclass (CrewAI's providers and the user's) defines its own ``call``/``acall``.
         FamilyPatch("crewai.llms.base_llm", "BaseLLM", {"call": _model_call, "acall": _async_model_call}),
     ),
