@@ -1,9 +1,14 @@
 """``store``: one store per backend (memory, SQLite, and the HTTP client of a server over SQLite),
 for tests that hold every backend to the same answer. A test file that defines its own ``store``
-fixture uses that one instead."""
+fixture uses that one instead.
+
+This folder goes on ``sys.path`` so that the tests' shared helper modules (``adapter_spans``) are
+importable by name.
+"""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,6 +19,10 @@ from agl.core.store import InMemoryLightningStore, SqliteLightningStore
 from agl.core.store.base import LightningStore
 from agl.core.store.http import HttpLightningStore
 from agl.core.testing.server import ServingThread
+
+TESTS = str(Path(__file__).parent)
+if TESTS not in sys.path:
+    sys.path.insert(0, TESTS)
 
 
 @pytest.fixture(params=["memory", "sqlite", "http"])

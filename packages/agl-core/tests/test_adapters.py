@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import pytest
+from adapter_spans import reward, span
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -15,27 +16,6 @@ from agl.core.errors import InvalidInput
 from agl.core.tracing import llm_call, rollout_context, semconv
 from agl.core.tracing.emitters import emit_message, emit_reward, operation
 from agl.core.types import Span
-
-
-def make(
-    sequence_id: int,
-    name: str = "step",
-    *,
-    parent: int | None = None,
-    attempt: str = "at-1",
-    attributes: dict[str, Any] | None = None,
-) -> Span:
-    """A stored span; its span id is derived from its sequence id so that parents are easy to name."""
-    return Span(
-        rollout_id="ro-1",
-        attempt_id=attempt,
-        sequence_id=sequence_id,
-        trace_id="0" * 31 + "1",
-        span_id=f"{sequence_id:016x}",
-        parent_id=f"{parent:016x}" if parent is not None else None,
-        name=name,
-        attributes=attributes or {},
-    )
 
 
 def call(
@@ -62,14 +42,7 @@ def call(
         attributes[semconv.RESPONSE_LOGPROBS] = logprobs
     if agent is not None:
         attributes[semconv.AGENT_NAME] = agent
-    return make(sequence_id, "chat tiny", parent=parent, attributes=attributes)
-
-
-def reward(sequence_id: int, value: float | None, **dimensions: float) -> Span:
-    attributes: dict[str, Any] = {semconv.SPAN_KIND: "reward", **{f"agl.reward.{k}": v for k, v in dimensions.items()}}
-    if value is not None:
-        attributes[semconv.REWARD] = value
-    return make(sequence_id, "agl.reward", attributes=attributes)
+    return span(sequence_id, "chat tiny", parent=parent, attributes=attributes)
 
 
 def user(text: str) -> dict[str, str]:
@@ -90,9 +63,9 @@ def tool(text: str) -> dict[str, str]:
 def test_triplets_follow_sequence_ids_and_carry_exact_token_ids() -> None:
     spans = [
         call(4, [user("b")], [bot("B")], ids=([7, 8], [9]), logprobs=[-0.5]),
-        make(1, "agent"),
+        span(1, "agent"),
         call(2, [user("a")], [bot("A")], ids=([1, 2], [3, 4]), logprobs=[-0.1, -0.2]),
-        make(3, "tool"),
+        span(3, "tool"),
     ]
     first, second = spans_to_triplets(spans, merge=False)
     assert (first.prompt, first.response) == ([user("a")], [bot("A")])
@@ -148,11 +121,11 @@ def test_agent_match_uses_the_calls_own_agent_name() -> None:
 
 def test_agent_match_falls_back_to_the_nearest_named_ancestor() -> None:
     spans = [
-        make(1, "solver agent", attributes={semconv.AGENT_NAME: "solver"}),
-        make(2, "turn", parent=1),
+        span(1, "solver agent", attributes={semconv.AGENT_NAME: "solver"}),
+        span(2, "turn", parent=1),
         call(3, [user("solve")], [bot("S")], parent=2),  # named only through its grandparent
         call(4, [user("lookup")], [bot("L")], parent=2, agent="retriever"),  # its own name wins
-        make(5, "checker agent", attributes={semconv.AGENT_NAME: "checker"}),
+        span(5, "checker agent", attributes={semconv.AGENT_NAME: "checker"}),
         call(6, [user("check")], [bot("C")], parent=5),
         call(7, [user("orphan")], [bot("O")], parent=99),  # parent not recorded: no name
     ]
@@ -168,7 +141,7 @@ def continuing_calls() -> list[Span]:
     """Three calls of one conversation whose prompt ids extend the previous prompt + response."""
     return [
         call(1, [user("q")], [bot("t1")], ids=([1, 2, 3], [4, 5]), logprobs=[-0.1, -0.2]),
-        make(2, "tool"),
+        span(2, "tool"),
         call(
             3,
             [user("q"), bot("t1"), tool("r1")],
@@ -237,7 +210,7 @@ def test_matched_rewards_between_merged_calls_belong_to_the_merged_triplet() -> 
 
 
 def test_spans_of_several_attempts_and_unknown_reward_rules_are_refused() -> None:
-    spans = [call(1, [user("a")], [bot("A")]), make(2, attempt="at-2")]
+    spans = [call(1, [user("a")], [bot("A")]), span(2, attempt="at-2")]
     with pytest.raises(InvalidInput, match="one attempt"):
         spans_to_triplets(spans)
     with pytest.raises(InvalidInput, match="'best'"):
@@ -264,7 +237,7 @@ def test_messages_are_the_last_calls_prompt_and_answer() -> None:
     assert spans_to_messages(spans[:-1]) == [user("q"), bot("t1"), tool("r1"), bot("t2"), tool("r2"), bot("answer")]
     assert spans_to_messages(spans) == [user("grade this"), bot("ok")]
     assert spans_to_messages(spans, agent_match="grader") == [user("grade this"), bot("ok")]
-    assert spans_to_messages([make(1, "agent")]) == []
+    assert spans_to_messages([span(1, "agent")]) == []
 
 
 # --- real spans from the tracing runtime ------------------------------------------------------

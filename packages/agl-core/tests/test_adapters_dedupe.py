@@ -7,25 +7,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from adapter_spans import reward, span
+
 from agl.core.adapters import spans_to_messages, spans_to_triplets
 from agl.core.tracing import semconv
 from agl.core.types import Span
 
 PROMPT = [{"role": "user", "content": "hi"}]
 ANSWER = [{"role": "assistant", "content": "hello"}]
-
-
-def span(sequence_id: int, name: str, attributes: dict[str, Any]) -> Span:
-    """A span of the one rollout and attempt these tests use, with its ``sequence_id`` as span id."""
-    return Span(
-        rollout_id="ro-1",
-        attempt_id="at-1",
-        sequence_id=sequence_id,
-        trace_id="1" * 32,
-        span_id=f"{sequence_id:016x}",
-        name=name,
-        attributes=attributes,
-    )
 
 
 def record(
@@ -49,11 +38,6 @@ def record(
     if agent is not None:
         attributes[semconv.AGENT_NAME] = agent
     return span(sequence_id, "chat tiny", attributes)
-
-
-def reward(sequence_id: int, value: float) -> Span:
-    attributes = {semconv.SPAN_KIND: "reward", semconv.REWARD: value}
-    return span(sequence_id, "agl.reward", attributes)
 
 
 def test_the_record_with_token_ids_is_kept_once() -> None:

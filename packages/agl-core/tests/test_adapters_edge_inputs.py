@@ -10,13 +10,13 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
+from adapter_spans import reward, span
 
 from agl.core import open_store
 from agl.core.adapters import spans_to_messages, spans_to_triplets
 from agl.core.store.base import LightningStore
 from agl.core.tracing import semconv
 from agl.core.types import Span
-from agl.core.types.spans import SpanStatus
 
 PROMPT = [{"role": "user", "content": "hi"}]
 
@@ -40,24 +40,6 @@ async def stored(store: LightningStore, spans: Sequence[Span]) -> list[Span]:
     return list(await store.query_spans(attempt.rollout_id, attempt.attempt.attempt_id))
 
 
-def span(
-    sequence_id: int, name: str, attributes: dict[str, Any], *, parent: int | None = None, error: bool = False
-) -> Span:
-    """A span whose span id is its sequence id, so that parents are easy to name."""
-    return Span(
-        rollout_id="ro-1",
-        attempt_id="at-1",
-        sequence_id=sequence_id,
-        trace_id="1" * 32,
-        span_id=f"{sequence_id:016x}",
-        parent_id=f"{parent:016x}" if parent is not None else None,
-        name=name,
-        status=SpanStatus(status_code="ERROR", description="boom") if error else SpanStatus(),
-        attributes=attributes,
-        start_time=1_700_000_000.0 + sequence_id / 1e3,
-    )
-
-
 def record(
     sequence_id: int,
     *,
@@ -77,10 +59,6 @@ def record(
     if ids is not None:
         attributes[semconv.PROMPT_TOKEN_IDS], attributes[semconv.RESPONSE_TOKEN_IDS] = ids
     return span(sequence_id, "chat tiny", attributes, parent=parent, error=error)
-
-
-def reward(sequence_id: int, value: float) -> Span:
-    return span(sequence_id, "agl.reward", {semconv.SPAN_KIND: "reward", semconv.REWARD: value})
 
 
 async def test_a_request_that_failed_and_was_retried_is_no_call(store: LightningStore) -> None:
