@@ -495,7 +495,13 @@ def test_corrupt_gzip_in_the_middle() -> None:
         decompress(bytes(body), "gzip", CAP)
 
 
-@pytest.mark.parametrize("encoding", ["br", "zstd", "gzip, br", "compress"])
+@pytest.mark.parametrize("encoding", ["gzip, identity", "identity,gzip", " GZIP "])
+def test_identity_in_a_list_of_content_encodings_is_ignored(sdk_spans: tuple[ReadableSpan, ...], encoding: str) -> None:
+    body = protobuf_body(sdk_spans)
+    assert decompress(gzip.compress(body), encoding, CAP) == body
+
+
+@pytest.mark.parametrize("encoding", ["br", "zstd", "gzip, br", "compress", "gzip, gzip"])
 def test_unknown_content_encoding(encoding: str) -> None:
     with pytest.raises(OtlpUnsupportedMediaType, match=f"unsupported content encoding '{encoding}'"):
         decompress(b"", encoding, CAP)
@@ -581,7 +587,12 @@ JSON_ERRORS: list[tuple[tuple[str | int, ...], Any, str]] = [
     ((*_S, "traceId"), "zz" * 16, f'{SPAN}.traceId must be 32 hex characters, got a string "{"zz" * 16}"'),
     ((*_S, "traceId"), "ab" * 8, f'{SPAN}.traceId must be 32 hex characters, got a string "{"ab" * 8}"'),
     ((*_S, "traceId"), "0" * 32, f"{SPAN}.traceId must not be all zeros"),
-    ((*_S, "traceId"), base64.b64encode(bytes(range(1, 17))).decode(), f"{SPAN}.traceId must be 32 hex characters"),
+    (
+        (*_S, "traceId"),
+        base64.b64encode(bytes(range(1, 17))).decode(),
+        f'{SPAN}.traceId must be 32 hex characters, got a string "{base64.b64encode(bytes(range(1, 17))).decode()}"'
+        " (this is base64, as protobuf's own JSON mapping writes bytes; OTLP/JSON ids are hex)",
+    ),
     ((*_S, "traceId"), 12345, f"{SPAN}.traceId must be 32 hex characters, got a number 12345"),
     ((*_S, "spanId"), "0102030405060708aa", f"{SPAN}.spanId must be 16 hex characters"),
     ((*_S, "parentSpanId"), "xyz", f'{SPAN}.parentSpanId must be 16 hex characters, got a string "xyz"'),

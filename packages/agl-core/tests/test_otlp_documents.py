@@ -242,7 +242,7 @@ async def ingest_with_models(store: LightningStore, body: bytes, content_type: s
 
 
 async def ingest_with_documents(store: LifecycleStore, body: bytes, content_type: str) -> None:
-    spans, new_rollouts, _ = await route._file(store, decode_documents(body, content_type), None)
+    spans, new_rollouts, _, _ = await route._file(store, decode_documents(body, content_type), None)
     if spans:
         await store.add_observed_span_documents(spans, new_rollout_metadata=new_rollouts, encode=orjson.dumps)
 
@@ -599,7 +599,7 @@ def test_route_files_every_span_as_file_span_does(data: list[tuple[int, bytes, i
         )
     body = ExportTraceServiceRequest(resource_spans=resources).SerializeToString()
     store = InMemoryLightningStore(watchdog_interval=None)
-    filed, new_rollouts, _ = asyncio.run(route._file(store, decode_documents(body, PROTOBUF), None))
+    filed, new_rollouts, _, _ = asyncio.run(route._file(store, decode_documents(body, PROTOBUF), None))
     expected_rollouts = {}
     for (document, _), span in zip(filed, decode_traces(body, PROTOBUF), strict=True):
         filing = file_span(span.attributes, span.resource_attributes, span.trace_id, span.start_time)

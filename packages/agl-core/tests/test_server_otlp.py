@@ -176,32 +176,12 @@ def test_a_span_naming_only_a_queued_rollout_is_refused_in_words(
     assert run(backing.statistics()).spans == 0 and run(backing.get_latest_attempt(queued.rollout_id)) is None
 
 
-@pytest.mark.parametrize("protobuf", [False, True])
-def test_a_span_over_the_size_limit_is_refused_alone(tmp_path: Path, protobuf: bool) -> None:
-    """Exporters do not resend a refused request: the batch's other spans are stored, and the
-    answer's ``partial_success`` says which span was not."""
-    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+def export_to_small_store(tmp_path: Path, body: bytes, protobuf: bool) -> tuple[SqliteLightningStore, int, str]:
+    """Post one OTLP body to a server over a store whose spans are limited to 2,048 bytes; the store,
+    and the answer's ``partial_success`` (rejected spans, message)."""
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
     store = SqliteLightningStore(tmp_path / "small.db", watchdog_interval=None, max_span_bytes=2048)
-    kept = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(kept))
-    tracer = provider.get_tracer("app")
-    with tracer.start_as_current_span("agent"):
-        with tracer.start_as_current_span("tool read", attributes={"output": "x" * 4096}):
-            pass
-        with tracer.start_as_current_span("chat tiny"):
-            pass
-    spans = kept.get_finished_spans()
-    trace = format(spans[0].context.trace_id, "032x")
-    if protobuf:
-        body = encode_spans(spans).SerializeToString()
-    else:
-        documents = [json_span(trace, format(s.context.span_id, "016x"), s.name) for s in spans]
-        documents[0]["attributes"] = [{"key": "output", "value": {"stringValue": "x" * 4096}}]  # the tool span
-        body = otlp_json(trace, documents)
     with ServingThread(create_app(ServerSettings(), store)) as running:
         answer = httpx.post(
             f"{running.url}/v1/traces",
@@ -211,11 +191,69 @@ def test_a_span_over_the_size_limit_is_refused_alone(tmp_path: Path, protobuf: b
     assert answer.status_code == 200
     if protobuf:
         partial = ExportTraceServiceResponse.FromString(answer.content).partial_success
-        rejected, message = partial.rejected_spans, partial.error_message
+        return store, partial.rejected_spans, partial.error_message
+    partial = answer.json()["partialSuccess"]
+    return store, int(partial["rejectedSpans"]), partial["errorMessage"]
+
+
+@pytest.mark.parametrize("protobuf", [False, True])
+def test_a_span_over_the_size_limit_is_stored_without_its_content(tmp_path: Path, protobuf: bool) -> None:
+    """Exporters do not resend a refused request: the batch is stored, the large span without its
+    large attributes (its place in the tree and small attributes kept), and the answer's
+    ``partial_success`` warns which span lost what."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    kept = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(kept))
+    tracer = provider.get_tracer("app")
+    with tracer.start_as_current_span("agent"):
+        with tracer.start_as_current_span("tool read", attributes={"output": "x" * 4096, "tool": "read"}):
+            pass
+        with tracer.start_as_current_span("chat tiny"):
+            pass
+    spans = kept.get_finished_spans()
+    trace = format(spans[0].context.trace_id, "032x")
+    if protobuf:
+        body = encode_spans(spans).SerializeToString()
     else:
-        partial = answer.json()["partialSuccess"]
-        rejected, message = int(partial["rejectedSpans"]), partial["errorMessage"]
-    assert rejected == 1 and "('tool read') is" in message and "the limit is 2048" in message
-    stored = run(store.query_spans(f"ro-trace-{trace}"))
-    assert sorted(s.name for s in stored) == ["agent", "chat tiny"]
+        documents = [
+            json_span(
+                trace, format(s.context.span_id, "016x"), s.name, format(s.parent.span_id, "016x") if s.parent else ""
+            )
+            for s in spans
+        ]
+        documents[0]["attributes"] = [
+            {"key": "output", "value": {"stringValue": "x" * 4096}},
+            {"key": "tool", "value": {"stringValue": "read"}},
+        ]
+        body = otlp_json(trace, documents)
+    store, rejected, message = export_to_small_store(tmp_path, body, protobuf)
+    assert rejected == 0 and "1 span(s) stored without their content" in message and "the limit is 2048" in message
+    stored = {s.name: s for s in run(store.query_spans(f"ro-trace-{trace}"))}
+    assert sorted(stored) == ["agent", "chat tiny", "tool read"]
+    tool = stored["tool read"]
+    assert "output" not in tool.attributes and tool.attributes["tool"] == "read"
+    assert "attributes output" in tool.attributes["agl.span.dropped"]
+    assert tool.parent_id == stored["agent"].span_id
+    run(store.close())
+
+
+def test_a_root_span_over_the_size_limit_still_ends_its_observed_rollout(tmp_path: Path) -> None:
+    trace = "ab" * 16
+    root = json_span(trace, "1" * 16, "agent")
+    root["attributes"] = [{"key": "input", "value": {"stringValue": "x" * 4096}}]
+    store, rejected, _ = export_to_small_store(tmp_path, otlp_json(trace, [root]), protobuf=False)
+    assert rejected == 0
+    assert run(store.get_rollout_by_id(f"ro-trace-{trace}")).status == "succeeded"
+    run(store.close())
+
+
+def test_a_span_too_large_even_without_its_content_is_refused_alone(tmp_path: Path) -> None:
+    trace = "cd" * 16
+    spans = [json_span(trace, "1" * 16, "agent"), json_span(trace, "2" * 16, "n" * 4096, parent="1" * 16)]
+    store, rejected, message = export_to_small_store(tmp_path, otlp_json(trace, spans), protobuf=False)
+    assert rejected == 1 and "1 span(s) refused, the first: span '2222222222222222'" in message
+    assert [s.name for s in run(store.query_spans(f"ro-trace-{trace}"))] == ["agent"]
     run(store.close())

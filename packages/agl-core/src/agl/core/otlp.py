@@ -114,8 +114,13 @@ def decompress(body: bytes, content_encoding: str | None, max_decompressed_bytes
     memory and time, not its full size. ``deflate`` is the zlib format, as HTTP (and the Python
     OTLP exporter) use it; gzip may have several members, as RFC 1952 allows.
     """
-    encoding = (content_encoding or "identity").strip().lower()
-    if encoding in ("identity", "none", ""):
+    codings = [c for c in (content_encoding or "").lower().split(",") if c.strip() not in ("identity", "none", "")]
+    if len(codings) > 1:
+        raise OtlpUnsupportedMediaType(
+            f"unsupported content encoding {content_encoding!r}: expected one of gzip, deflate or identity"
+        )
+    encoding = codings[0].strip() if codings else "identity"
+    if encoding == "identity":
         if len(body) > max_decompressed_bytes:
             raise OtlpBodyTooLarge(f"body exceeds {max_decompressed_bytes} bytes", max_decompressed_bytes)
         return body
@@ -325,15 +330,16 @@ def load_protobuf() -> tuple[type[Any], type[Exception]]:
 
 def export_response(rejected_spans: int, error_message: str, protobuf: bool) -> bytes:
     """An ``ExportTraceServiceResponse``: empty for full success, else its ``partial_success``
-    saying how many spans were refused and why (OTLP's answer when a request is accepted in part)."""
+    saying how many spans were refused and why (OTLP's answer when a request is accepted in part;
+    with none refused, the message is a warning, as OTLP allows)."""
     if protobuf:
-        if not rejected_spans:
+        if not rejected_spans and not error_message:
             return b""
         from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
         partial = {"rejected_spans": rejected_spans, "error_message": error_message}
         return ExportTraceServiceResponse(partial_success=partial).SerializeToString()
-    if not rejected_spans:
+    if not rejected_spans and not error_message:
         return b"{}"
     # OTLP/JSON writes 64-bit integers as strings.
     return json.dumps(
@@ -607,7 +613,19 @@ def _json_id(parent: dict[str, Any], key: str, size: int) -> str:
             return raw.hex()
     if not value:
         raise _Invalid(f"is missing{_snake_case_hint(parent, key)}", key)
-    raise _Invalid(f"must be {2 * size} hex characters, got {_json_type(value)}", key)
+    raise _Invalid(f"must be {2 * size} hex characters, got {_json_type(value)}{_base64_hint(value, size)}", key)
+
+
+def _base64_hint(value: Any, size: int) -> str:
+    """Protobuf's standard JSON mapping writes ids as base64, OTLP/JSON as hex: say so when the
+    sender took one for the other."""
+    if type(value) is str:
+        try:
+            if len(base64.b64decode(value, validate=True)) == size:
+                return " (this is base64, as protobuf's own JSON mapping writes bytes; OTLP/JSON ids are hex)"
+        except ValueError:
+            pass
+    return ""
 
 
 def _json_parent_id(span: dict[str, Any]) -> str | None:

@@ -19,6 +19,9 @@ AGENT_NAME = "agl.agent.name"
 PROCESS_EXIT_SPAN = "agl.process.exit"
 PROCESS_OUTCOME = "agl.process.outcome"
 
+# Set by the store server on an OTLP span too large to store whole: what it dropped, and why.
+SPAN_DROPPED = "agl.span.dropped"
+
 # A training run is a rollout (its metadata has "agl.trainer.run": true) with one span per step,
 # named "agl.trainer.step", carrying the step number and each metric as "agl.trainer.metric.<name>".
 TRAINER_RUN = "agl.trainer.run"

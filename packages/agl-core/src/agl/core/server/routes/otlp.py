@@ -40,7 +40,7 @@ from agl.core.store.base import LightningStore
 from agl.core.store.lifecycle import LifecycleStore
 from agl.core.store.wire import error_body
 from agl.core.tracing.identity import file_span
-from agl.core.tracing.semconv import ATTEMPT_ID, ROLLOUT_ID, SEQUENCE_ID
+from agl.core.tracing.semconv import ATTEMPT_ID, ROLLOUT_ID, SEQUENCE_ID, SPAN_DROPPED
 from agl.core.types import Span
 
 PROTOBUF = "application/x-protobuf"
@@ -69,16 +69,15 @@ def build(store: LightningStore, metrics: Metrics, settings: ServerSettings) -> 
         body = await request.body()
         try:
             with _collector_paused():
-                count, refused = await _ingest(
+                count, slimmed, refused = await _ingest(
                     store, body, content_type, request.headers.get("content-encoding"), settings
                 )
         except OtlpDecodeError as error:
             return JSONResponse(error_body(error).model_dump(), status_code=_status_of(error))
         if count:
             metrics.spans.labels("otlp").inc(count)
-        message = ""
-        if refused:
-            message = f"{len(refused)} span(s) refused, the rest stored; the first: {refused[0]}"
+        message = "; ".join(filter(None, (_told(refused, "refused"), _told(slimmed, "stored without their content"))))
+        if message:
             logger.warning("OTLP export: %s", message)
         protobuf = content_type.split(";", 1)[0].strip().lower() == PROTOBUF
         return Response(
@@ -88,21 +87,25 @@ def build(store: LightningStore, metrics: Metrics, settings: ServerSettings) -> 
     return router
 
 
+def _told(spans: list[str], what: str) -> str:
+    return f"{len(spans)} span(s) {what}, the first: {spans[0]}" if spans else ""
+
+
 async def _ingest(
     store: LightningStore, body: bytes, content_type: str, content_encoding: str | None, settings: ServerSettings
-) -> tuple[int, list[str]]:
-    """Decode, file and store one request's spans; how many were stored, and why each span refused
-    was. Everything it made is freed on return."""
+) -> tuple[int, list[str], list[str]]:
+    """Decode, file and store one request's spans: how many were stored, and which were stored
+    without their content or refused, and why. Everything it made is freed on return."""
     body = decompress(body, content_encoding, settings.max_decompressed_bytes)
     max_bytes = store.max_span_bytes if isinstance(store, LifecycleStore) else None
-    spans, new_rollouts, refused = await _file(store, decode_documents(body, content_type), max_bytes)
+    spans, new_rollouts, slimmed, refused = await _file(store, decode_documents(body, content_type), max_bytes)
     if spans:
         if isinstance(store, LifecycleStore):
             await store.add_observed_span_documents(spans, new_rollout_metadata=new_rollouts, encode=orjson.dumps)
         else:
             models = [Span.model_validate(document) for document, _ in spans]
             await store.add_observed_spans(models, new_rollout_metadata=new_rollouts)
-    return len(spans), refused
+    return len(spans), slimmed, refused
 
 
 @contextmanager
@@ -137,13 +140,18 @@ def _status_of(error: OtlpDecodeError) -> int:
 
 async def _file(
     store: LightningStore, documents: Iterator[dict[str, Any]], max_bytes: int | None
-) -> tuple[list[tuple[dict[str, Any], bytes | None]], dict[str, dict[str, Any]], list[str]]:
+) -> tuple[list[tuple[dict[str, Any], bytes | None]], dict[str, dict[str, Any]], list[str], list[str]]:
     """Give every span document its rollout, attempt and sequence id (in place) and its JSON (None
-    while the store has still to number it); describe the per-trace rollouts to create. A span
-    whose JSON is over ``max_bytes`` is left out, and why said: an exporter does not resend a
-    refused request, so refusing it whole would lose every other span of the batch too."""
+    while the store has still to number it); describe the per-trace rollouts to create.
+
+    A span whose JSON is over ``max_bytes`` is stored without its large attributes, events and
+    links (`_without_content`), and left out only if even that is too large; either is said. An
+    exporter does not resend a refused request, so refusing the batch would lose all of it, and
+    leaving the span out would cut its children from the tree (and, for a trace's root, leave
+    the observed rollout running)."""
     spans: list[tuple[dict[str, Any], bytes | None]] = []
     new_rollouts: dict[str, dict[str, Any]] = {}
+    slimmed: list[str] = []
     refused: list[str] = []
     latest_attempts: dict[str, str] = {}
     # A span that names no rollout, attempt or sequence id itself is filed by its resource and trace
@@ -178,14 +186,36 @@ async def _file(
         document["sequence_id"] = sequence_id
         data = _encode(document) if sequence_id else None
         if data is not None and max_bytes is not None and len(data) > max_bytes:
-            refused.append(
-                f"span {document['span_id']!r} ({document['name']!r}) is {len(data)} bytes; the limit is {max_bytes}"
-            )
-            continue
+            why = f"span {document['span_id']!r} ({document['name']!r}) is {len(data)} bytes; the limit is {max_bytes}"
+            document = _without_content(document, why)
+            data = _encode(document)
+            if data is None or len(data) > max_bytes:
+                refused.append(why)
+                continue
+            slimmed.append(why)
         if metadata is not None:
             new_rollouts[rollout_id] = metadata
         spans.append((document, data))
-    return spans, new_rollouts, refused
+    return spans, new_rollouts, slimmed, refused
+
+
+LARGE_ATTRIBUTE_CHARACTERS = 256
+
+
+def _without_content(document: dict[str, Any], why: str) -> dict[str, Any]:
+    """The span with its events, links and large attributes (strings over
+    `LARGE_ATTRIBUTE_CHARACTERS`, lists) dropped and `SPAN_DROPPED` saying which and why: its
+    name, times, status, place in the tree and small attributes (ids, kinds, names) are kept."""
+    kept: dict[str, Any] = {}
+    dropped: list[str] = []
+    for key, value in document["attributes"].items():
+        large = isinstance(value, list | dict) or (isinstance(value, str) and len(value) > LARGE_ATTRIBUTE_CHARACTERS)
+        if large:
+            dropped.append(key)
+        else:
+            kept[key] = value
+    kept[SPAN_DROPPED] = f"{why}: dropped its events, links and attributes {', '.join(dropped) or '(none)'}"
+    return {**document, "attributes": kept, "events": [], "links": []}
 
 
 async def _latest_attempt_id(store: LightningStore, rollout_id: str, document: dict[str, Any]) -> str:
