@@ -1,7 +1,7 @@
 """``memory://``: the store in one process's memory, for tests and throwaway runs.
 
-Nothing survives the process. Safe across threads (one lock) and event loops. Spans of
-running rollouts are never evicted.
+Nothing survives the process, and nothing is evicted: memory grows with every rollout and span.
+Safe across threads (one lock) and event loops.
 """
 
 from __future__ import annotations
