@@ -13,12 +13,14 @@ import pytest
 from autogen_agentchat.agents import AssistantAgent, BaseChatAgent
 from autogen_agentchat.base import Response
 from autogen_agentchat.messages import BaseChatMessage, TextMessage, ThoughtEvent
+from autogen_agentchat.teams import RoundRobinGroupChat
 from autogen_agentchat.tools import AgentTool
 from autogen_core import CancellationToken
 from autogen_core.models import UserMessage
 from autogen_ext.models.replay import ReplayChatCompletionClient
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import StatusCode
 
 from agl.core.tracing import rollout_context, semconv
@@ -102,6 +104,58 @@ async def test_a_stream_closed_early_or_failing_midway_keeps_the_text_it_streame
     assert output(closed) == [{"role": "assistant", "content": first}]
     assert failed.status.status_code is StatusCode.ERROR
     assert output(failed) == [{"role": "assistant", "content": "The answer "}]
+
+
+class OpenSpans(SpanProcessor):
+    """Every span started, and those not ended yet: what an exporter never sees."""
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+        self.open: dict[int, str] = {}
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        self.started.append(span.name)
+        self.open[span.context.span_id] = span.name
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self.open.pop(span.context.span_id, None)
+
+
+def watch_spans() -> OpenSpans:
+    watcher = OpenSpans()
+    trace.get_tracer_provider().add_span_processor(watcher)  # type: ignore[attr-defined]
+    return watcher
+
+
+async def test_a_model_stream_never_stepped_is_no_call_and_leaves_no_span_open(traced, instrument) -> None:
+    instrument()
+    watcher = watch_spans()
+    question = [UserMessage(content="Say three words.", source="user")]
+    client = replay("one two three")
+    with rollout_context("ro-test", "at-test"):
+        dropped = client.create_stream(question)
+        del dropped  # made and dropped: no request was sent
+        closed = client.create_stream(question)
+        await closed.aclose()  # closed before its first step: none either
+        assert watcher.started == [] and watcher.open == {}
+        chunks = [chunk async for chunk in client.create_stream(question)]
+    assert chunks[-1].content == "one two three"
+    (call,) = llm_calls(traced.ours())
+    assert watcher.started == [call.name] and watcher.open == {}
+    assert output(call) == [{"role": "assistant", "content": "one two three"}]
+
+
+async def test_an_agent_turn_or_team_run_never_stepped_leaves_no_span_open(traced, instrument) -> None:
+    instrument()
+    agent = AssistantAgent("idle", model_client=replay("Hi."))
+    team = RoundRobinGroupChat([agent], max_turns=1)
+    watcher = watch_spans()  # after AutoGen's own create_agent spans
+    with rollout_context("ro-test", "at-test"):
+        turn = agent.on_messages_stream([TextMessage(content="Hello.", source="user")], CancellationToken())
+        await turn.aclose()
+        run = team.run_stream(task="Hello.")
+        del run
+    assert watcher.started == [] and watcher.open == {}
 
 
 class Planner(BaseChatAgent):

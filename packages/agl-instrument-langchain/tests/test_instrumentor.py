@@ -27,7 +27,7 @@ from langchain_core.messages import (
 )
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.retrievers import BaseRetriever
-from langchain_core.runnables import RunnableSequence
+from langchain_core.runnables import RunnableConfig, RunnableSequence
 from langchain_core.tools import BaseTool, tool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph._internal._runnable import RunnableCallable
@@ -458,6 +458,58 @@ def test_a_chain_and_a_retriever_get_their_spans(captured_spans, instrument) -> 
     ]
     (call,) = llm_spans(spans)
     assert attribute(call, semconv.INPUT_MESSAGES) == [{"role": "user", "content": "Say hi."}]
+
+
+async def test_a_graph_run_is_named_by_its_run_name_on_every_path(captured_spans, instrument) -> None:
+    """``config["run_name"]`` names the run, as LangChain's callbacks name it (the call's config over
+    the graph's own); the agents keep the graph's name, and a subgraph its own."""
+
+    async def astream(graph: Any, config: Any) -> list[Any]:
+        return [chunk async for chunk in graph.astream({"messages": QUESTION}, config)]
+
+    instrument()
+    runs = {
+        "invoke": lambda graph, config: graph.invoke({"messages": QUESTION}, config),
+        "stream": lambda graph, config: list(graph.stream({"messages": QUESTION}, config=config)),
+        "ainvoke": lambda graph, config: graph.ainvoke({"messages": QUESTION}, config=config),
+        "astream": astream,
+        "with_config": lambda graph, config: graph.with_config(config).invoke({"messages": QUESTION}),
+    }
+    workflow = "invoke_workflow calculator"
+    renamed = [
+        (
+            name.replace(workflow, "invoke_workflow weekly sums"),
+            parent and parent.replace(workflow, "invoke_workflow weekly sums"),
+        )
+        for name, parent in CALCULATOR_TREE
+    ]
+    for name, run in runs.items():
+        captured_spans.clear()
+        done = run(react_graph(tool_model()), {"run_name": "weekly sums"})
+        if name.startswith("a"):
+            await done
+        spans = captured_spans.get_finished_spans()
+        assert tree(spans) == renamed, name
+        assert [attribute(call, semconv.AGENT_NAME) for call in llm_spans(spans)] == ["calculator"] * 2, name
+
+
+def test_a_subgraph_run_from_a_named_run_keeps_its_graph_name(captured_spans, instrument) -> None:
+    inner = react_graph(tool_model(), name="inner")
+
+    def delegate(state: MessagesState, config: RunnableConfig) -> dict[str, Any]:
+        return {"messages": inner.invoke(state, config)["messages"][-1:]}
+
+    outer = StateGraph(MessagesState)
+    outer.add_node("delegate", delegate)
+    outer.add_edge(START, "delegate")
+    instrument()
+    outer.compile(name="outer").invoke({"messages": QUESTION}, {"run_name": "monday"})
+
+    assert tree(captured_spans.get_finished_spans())[:3] == [
+        ("invoke_workflow monday", None),
+        ("invoke_agent delegate", "invoke_workflow monday"),
+        ("invoke_workflow inner", "invoke_agent delegate"),
+    ]
 
 
 def test_errors_reach_the_caller_unchanged_and_are_recorded(captured_spans, instrument) -> None:

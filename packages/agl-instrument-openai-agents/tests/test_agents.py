@@ -11,12 +11,14 @@ from agents import (
     Agent,
     GuardrailFunctionOutput,
     InputGuardrailTripwireTriggered,
+    RunConfig,
     Runner,
     function_tool,
     handoff,
     input_guardrail,
 )
 from opentelemetry.sdk.trace import ReadableSpan
+from pydantic import BaseModel
 
 from agl.core.adapters import spans_to_triplets
 from agl.core.tracing import semconv
@@ -129,6 +131,62 @@ async def test_a_one_tool_agent_gives_the_exact_span_tree(captured_spans, instru
 
     (triplet_one, triplet_two) = spans_to_triplets(stored(spans))
     assert triplet_two.reward == 1.0 and triplet_one.prompt == asked
+
+
+class Forecast(BaseModel):
+    city: str
+    celsius: float
+
+
+@function_tool
+def weather(city: str) -> dict[str, Any]:
+    """The weather in a city, as a plain dict."""
+    return {"city": city, "celsius": 21.5, "sunny": True}
+
+
+@function_tool(output_type=Forecast)
+def forecast(city: str) -> Forecast:
+    """The weather in a city, under a declared output type."""
+    return Forecast(city=city, celsius=21.5)
+
+
+async def test_a_tools_result_is_recorded_as_the_model_got_it(captured_spans, instrument, scripted, tool_call) -> None:
+    """The SDK sends ``str()`` of a plain non-string result (JSON only under a declared output
+    type); the tool span and the next call's input hold exactly that."""
+    instrument()
+    calls = [tool_call("weather", {"city": "Oslo"}, "call-w"), tool_call("forecast", {"city": "Oslo"}, "call-f")]
+    model = scripted([calls, "Sunny, 21.5."])
+    agent = Agent(name="forecaster", tools=[weather, forecast], model=model)
+    with rollout_context("ro-3", "at-3"):
+        await Runner.run(agent, "Weather in Oslo?")
+
+    seen = {item["call_id"]: item["output"] for item in model.seen[1][1] if item.get("type") == "function_call_output"}
+    assert seen == {
+        "call-w": "{'city': 'Oslo', 'celsius': 21.5, 'sunny': True}",
+        "call-f": '{"city":"Oslo","celsius":21.5}',
+    }
+    spans = list(captured_spans.get_finished_spans())
+    results = {
+        span.attributes[semconv.TOOL_CALL_ID]: span.attributes[semconv.TOOL_CALL_RESULT]
+        for span in spans
+        if span.name.startswith("execute_tool")
+    }
+    assert results == seen
+    _, second = named(spans, "chat scripted")
+    sent = {m["tool_call_id"]: m["content"] for m in attribute(second, semconv.INPUT_MESSAGES) if m["role"] == "tool"}
+    assert sent == seen
+
+
+async def test_a_tools_result_stays_unrecorded_without_the_sdks_sensitive_data(
+    captured_spans, instrument, scripted, tool_call
+) -> None:
+    instrument()
+    model = scripted([[tool_call("weather", {"city": "Oslo"}, "call-w")], "Sunny."])
+    agent = Agent(name="forecaster", tools=[weather], model=model)
+    with rollout_context("ro-4", "at-4"):
+        await Runner.run(agent, "Weather in Oslo?", run_config=RunConfig(trace_include_sensitive_data=False))
+    (tool,) = named(list(captured_spans.get_finished_spans()), "execute_tool weather")
+    assert semconv.TOOL_CALL_RESULT not in tool.attributes and semconv.TOOL_CALL_ARGUMENTS not in tool.attributes
 
 
 async def test_a_handoff_and_training_one_agent_of_two(captured_spans, instrument, scripted, tool_call) -> None:

@@ -26,7 +26,7 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -283,56 +283,81 @@ def _end_call(call: LlmCall, token: object | None, error: BaseException | None) 
 
 
 def _create_stream(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """``ChatCompletionClient.create_stream``: the span lasts until the stream ends, fails or is closed."""
+    """``ChatCompletionClient.create_stream``: the span opens when the stream is first stepped, since
+    the request goes out only then (the openai instrumentor opens it with the request too): a
+    stream made and dropped, or closed unstepped, is no model call. It lasts until the stream ends,
+    fails or is closed."""
     if not _config.active:
         return wrapped(*args, **kwargs)
+    return _stream(lambda: wrapped(*args, **kwargs), lambda: _model_stream_scope(instance, args, kwargs))
+
+
+@dataclass
+class _ModelStreamScope:
+    """One streamed model call: its span (opened or joined), the reply as it streams, and the
+    request, recorded with the reply when the stream ends."""
+
+    call: LlmCall
+    context: otel_context.Context
+    client: Any
+    args: tuple[Any, ...]
+    kwargs: Mapping[str, Any]
+    reply: _StreamedReply = field(default_factory=_StreamedReply)
+
+    def add(self, item: Any) -> None:
+        self.reply.add(item)
+
+    def end(self, error: BaseException | None) -> None:
+        _record(self.call, self.client, self.args, self.kwargs, self.reply.attributes)
+        _safely("the end of an AutoGen model stream", self.call.end, error)
+
+
+def _model_stream_scope(client: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> _ModelStreamScope | None:
     try:
         call = start_llm_call(
-            model_name(instance), provider=provider_name(instance), agent_name=_agent_name(), tracer=_config.tracer
+            model_name(client), provider=provider_name(client), agent_name=_agent_name(), tracer=_config.tracer
         )
     except Exception:
         _recording_failed("the start of an AutoGen model stream")
-        return wrapped(*args, **kwargs)
-    reply = _StreamedReply()
-
-    def on_end(error: BaseException | None) -> None:
-        _record(call, instance, args, kwargs, reply.attributes)
-        _safely("the end of an AutoGen model stream", call.end, error)
-
-    return _stream(lambda: wrapped(*args, **kwargs), call.context(), reply.add, on_end)
+        return None
+    return _ModelStreamScope(call, call.context(), client, args, kwargs)
 
 
-def _stream(
-    make: Callable[[], Any],
-    context: otel_context.Context,
-    on_item: Callable[[Any], None] | None,
-    on_end: Callable[[BaseException | None], None],
-) -> Any:
-    """``make()``'s stream, stepped in ``context``. It is made in ``context`` too: a client whose
-    ``create_stream`` returns another client's at once (a router, a wrapper) must join this call's
-    span, not open a second one; and if making it raises, the span ends with that error."""
-    token = otel_context.attach(context)
+class _StreamScope(Protocol):
+    """What a stream records under: the context its steps run in, each item, and its end."""
+
+    context: otel_context.Context
+
+    def add(self, item: Any) -> None: ...
+
+    def end(self, error: BaseException | None) -> None: ...
+
+
+def _stream(make: Callable[[], Any], open_scope: Callable[[], _StreamScope | None]) -> Any:
+    """``make()``'s stream, its scope opened by ``open_scope()`` when the stream is first stepped:
+    an async generator runs nothing until then, and one dropped or closed unstepped never runs
+    (so a span opened with it would never end). A layer below that the stream steps (a client
+    handing over another client's stream) runs inside the scope and joins it. If making the
+    stream raises, the scope opens and ends at once with that error."""
     try:
         stream = make()
     except BaseException as error:
-        on_end(error)
+        scope = open_scope()
+        if scope is not None:
+            scope.end(error)
         raise
-    finally:
-        otel_context.detach(token)
-    return _stepped(stream, context, on_item, on_end)
+    return _stepped(stream, open_scope)
 
 
-async def _stepped(
-    stream: Any,
-    context: otel_context.Context,
-    on_item: Callable[[Any], None] | None,
-    on_end: Callable[[BaseException | None], None],
-) -> AsyncIterator[Any]:
-    """Iterate ``stream`` with ``context`` current while it computes each item, and only then: the
-    consumer between items keeps its own context (an async generator otherwise leaks its span into
-    the caller, or detaches a token in the wrong context). What the stream makes current itself (a
-    span it holds open across its ``yield``) stays current for its next step. ``on_end`` gets the
-    stream's error, if any, once the stream is exhausted, fails or is closed."""
+async def _stepped(stream: Any, open_scope: Callable[[], _StreamScope | None]) -> AsyncIterator[Any]:
+    """Iterate ``stream`` with its scope's context current while it computes each item, and only
+    then: the consumer between items keeps its own context (an async generator otherwise leaks its
+    span into the caller, or detaches a token in the wrong context). What the stream makes current
+    itself (a span it holds open across its ``yield``) stays current for its next step. The scope
+    ends with the stream's error, if any, once the stream is exhausted, fails or is closed. With no
+    scope (it could not be opened) the stream is stepped in the context of its first step."""
+    scope = open_scope() or _Scope(None, False, otel_context.get_current())
+    context = scope.context
     iterator = stream.__aiter__()
     error: BaseException | None = None
     try:
@@ -348,8 +373,7 @@ async def _stepped(
             finally:
                 context = otel_context.get_current()
                 otel_context.detach(token)
-            if on_item is not None:
-                on_item(item)
+            scope.add(item)
             yield item
     finally:
         try:
@@ -359,7 +383,7 @@ async def _stepped(
             error = raised
             raise
         finally:
-            on_end(error)
+            scope.end(error)
 
 
 async def _close(iterator: Any, context: otel_context.Context) -> None:
@@ -389,6 +413,12 @@ class _Scope:
     span: trace.Span | None
     owner: bool
     context: otel_context.Context
+    on_item: Callable[[Any], None] | None = None
+    """What a stream run in this scope records of each item (a streaming tool's result)."""
+
+    def add(self, item: Any) -> None:
+        if self.on_item is not None:
+            self.on_item(item)
 
     def end(self, error: BaseException | None) -> None:
         if self.span is None:
@@ -501,20 +531,19 @@ async def _on_messages(
 def _on_messages_stream(
     wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
-    """Decided when called (AutoGen iterates a turn's stream where it asks for it): the turn's
-    span, or nothing when this agent's turn is traced already (its ``on_messages`` calls this)."""
-    scope = _agent_scope(instance) if _config.active else None
-    if scope is None:
+    """The turn's span, opened when its stream is first stepped (`_stream`); nothing when this
+    agent's turn is traced already (its ``on_messages`` calls this), decided when called."""
+    if not _config.active or _is_running(instance, otel_context.get_current()):
         return wrapped(*args, **kwargs)
-    return _stream(lambda: wrapped(*args, **kwargs), scope.context, None, scope.end)
+    return _stream(lambda: wrapped(*args, **kwargs), lambda: _agent_scope(instance))
 
 
 def _run_stream(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """``BaseGroupChat.run_stream`` (``run`` goes through it)."""
-    scope = _team_scope(instance) if _config.active else None
-    if scope is None:
+    """``BaseGroupChat.run_stream`` (``run`` goes through it): the run's span, opened when its
+    stream is first stepped."""
+    if not _config.active or _is_running(instance, otel_context.get_current()):
         return wrapped(*args, **kwargs)
-    return _stream(lambda: wrapped(*args, **kwargs), scope.context, None, scope.end)
+    return _stream(lambda: wrapped(*args, **kwargs), lambda: _team_scope(instance))
 
 
 # --- tools ------------------------------------------------------------------------------------
@@ -568,20 +597,28 @@ async def _run_json(wrapped: Callable[..., Any], instance: Any, args: tuple[Any,
 def _run_json_stream(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """``BaseStreamTool.run_json_stream``: how AutoGen's workbench runs a streaming tool (an agent
     or a team as a tool, ``AgentTool``/``TeamTool``), never through ``run_json``. The same span,
-    for as long as the stream runs; the result is the item of the tool's return type (the last)."""
-    scope = _tool_scope(instance, args, kwargs) if _config.active else None
-    if scope is None:
+    for as long as the stream runs (from its first step); the result is the item of the tool's
+    return type (the last)."""
+    if not _config.active:
         return wrapped(*args, **kwargs)
+    return _stream(lambda: wrapped(*args, **kwargs), lambda: _tool_stream_scope(instance, args, kwargs))
+
+
+def _tool_stream_scope(tool: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> _Scope | None:
+    scope = _tool_scope(tool, args, kwargs)
+    if scope is None:
+        return None
 
     def on_item(item: Any) -> None:
         try:
-            returned = isinstance(item, instance.return_type())
+            returned = isinstance(item, tool.return_type())
         except Exception:
             returned = False
         if returned:
-            _record_tool_result(scope, instance, item)
+            _record_tool_result(scope, tool, item)
 
-    return _stream(lambda: wrapped(*args, **kwargs), scope.context, on_item, scope.end)
+    scope.on_item = on_item
+    return scope
 
 
 def _trace_tool_span(original: Callable[..., Any]) -> Callable[..., Any]:

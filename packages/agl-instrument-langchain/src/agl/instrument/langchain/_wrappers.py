@@ -772,17 +772,30 @@ _chain, _achain = _scoped_wrappers(_chain_scope)
 # --- LangGraph ------------------------------------------------------------------------------
 
 
-def _graph_scope(graph: Any) -> _Scope | None:
-    """A graph run (``Pregel.invoke``/``ainvoke``, or a ``stream``/``astream`` of the caller's own):
-    "invoke_workflow {name}"."""
+def _graph_scope(graph: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> _Scope | None:
+    """A graph run (``Pregel.invoke(input, config=None, ...)``, its async and stream forms):
+    "invoke_workflow {run name}", the run named as LangGraph names its own (`_run_name`). The graph's
+    name stays what its agents are named after: a run's name labels one run, not the agent."""
     try:
         name = str(getattr(graph, "name", None) or DEFAULT_GRAPH_NAME)
+        run_name = _run_name(args[1] if len(args) > 1 else kwargs.get("config"), graph) or name
     except Exception:
         _recording_failed("a graph run")
         return None
     return _start_span(
-        f"{semconv.INVOKE_WORKFLOW} {name}", {semconv.OPERATION_NAME: semconv.INVOKE_WORKFLOW}, graph=name
+        f"{semconv.INVOKE_WORKFLOW} {run_name}", {semconv.OPERATION_NAME: semconv.INVOKE_WORKFLOW}, graph=name
     )
+
+
+def _run_name(config: Any, graph: Any) -> str | None:
+    """``config["run_name"]``, the call's over the graph's own (``with_config(run_name=...)``), as
+    LangGraph names the run for LangChain's callbacks; None when neither names it. LangGraph drops
+    a run name before handing a config to a node, so a subgraph is named by its graph as before."""
+    for given in (config, getattr(graph, "config", None)):
+        name = given.get("run_name") if isinstance(given, Mapping) else None
+        if name:
+            return str(name)
+    return None
 
 
 # The graph whose ``invoke``/``ainvoke`` runs and has not yet called its own ``stream``/``astream``.
@@ -794,7 +807,7 @@ def _graph_invoke(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, .
     graph's span is current around the whole call: entered once, not once per step of the stream."""
     if not _config.active:
         return wrapped(*args, **kwargs)
-    scope = _graph_scope(instance)
+    scope = _graph_scope(instance, args, kwargs)
     token = _invoking.set(instance if scope is not None else None)
     try:
         return _run_in(scope, wrapped, args, kwargs)
@@ -807,7 +820,7 @@ async def _graph_ainvoke(
 ) -> Any:
     if not _config.active:
         return await wrapped(*args, **kwargs)
-    scope = _graph_scope(instance)
+    scope = _graph_scope(instance, args, kwargs)
     token = _invoking.set(instance if scope is not None else None)
     try:
         return await _arun_in(scope, wrapped, args, kwargs)
@@ -832,13 +845,13 @@ def _graph_stream(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, .
 def _lazy_graph_stream(
     wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
-    yield from _traced_iterator(_graph_scope(instance), wrapped(*args, **kwargs))
+    yield from _traced_iterator(_graph_scope(instance, args, kwargs), wrapped(*args, **kwargs))
 
 
 def _graph_astream(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     if not _config.active or _invoked_stream(instance):
         return wrapped(*args, **kwargs)
-    return _AsyncStream(wrapped(*args, **kwargs), lambda: _graph_scope(instance))
+    return _AsyncStream(wrapped(*args, **kwargs), lambda: _graph_scope(instance, args, kwargs))
 
 
 def _node_agent(task: Any) -> str | None:

@@ -51,6 +51,11 @@ class Node:
     kind: str
     token: object | None = None
     """The OpenTelemetry context token while the SDK holds the span as its current one."""
+    call_id: str | None = None
+    """A function span's tool call id (`_wrappers` reads it off the tool's context)."""
+    result: str | None = None
+    """A function span's result as the model got it: the SDK's own conversion of the tool's return
+    value (``str()`` of most values), caught by `_wrappers`; None where it was not seen."""
 
     def nearest_span(self) -> trace.Span | None:
         node: Node | None = self
@@ -203,8 +208,12 @@ class AglTracingProcessor:
         data, span = sdk_span.span_data, node.span
         assert span is not None
         if node.kind == "function":
-            given = {semconv.TOOL_CALL_ARGUMENTS: data.input, semconv.TOOL_CALL_RESULT: data.output}
-            span.set_attributes({key: _text(value) for key, value in given.items() if value is not None})
+            if data.input is not None:
+                span.set_attribute(semconv.TOOL_CALL_ARGUMENTS, _text(data.input))
+            if data.output is not None:  # the SDK records it only with its sensitive data included
+                span.set_attribute(
+                    semconv.TOOL_CALL_RESULT, node.result if node.result is not None else _text(data.output)
+                )
         elif node.kind == "handoff":
             if data.to_agent:
                 span.set_attribute(HANDOFF_TO, data.to_agent)

@@ -7,6 +7,8 @@
   guardrail or a handoff callback (``emit_reward``, an openai call, a nested agent) nest under the
   right span.
 - ``ToolContext.from_agent_context``: made inside the SDK's function span; gives the tool call id.
+- ``ItemHelpers.tool_call_output_item``: the SDK's conversion of a tool's result into what the
+  model gets, made inside the function span; the span records the result as converted.
 - every `Model` subclass's ``get_response`` and ``stream_response`` (those defined before
   instrumenting, found through ``__subclasses__``, and later ones, through a
   ``Model.__init_subclass__`` hook): one `llm_call` per physical call.
@@ -198,10 +200,37 @@ def _tool_context_wrapper(
             node = _nodes().get(getattr(current, "span_id", None) or "")
             call_id = getattr(tool_context, "tool_call_id", None)
             if node is not None and node.kind == "function" and node.span is not None and call_id:
-                node.span.set_attribute(semconv.TOOL_CALL_ID, str(call_id))
+                node.call_id = str(call_id)
+                node.span.set_attribute(semconv.TOOL_CALL_ID, node.call_id)
         except Exception:
             recording_failed("a tool call id")
     return tool_context
+
+
+def _tool_output_wrapper(
+    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """``ItemHelpers.tool_call_output_item``: the SDK turning a tool's return value into what the
+    model gets (``str()`` of most values, JSON under a declared output schema, content parts for
+    images and files), inside the tool's function span. The span's result is recorded as converted
+    here, not as the value the SDK hands its span (the model never saw ``{"a": 1}`` as JSON)."""
+    item = wrapped(*args, **kwargs)
+    if _config.active:
+        try:
+            _note_tool_result(item)
+        except Exception:
+            recording_failed("a tool result")
+    return item
+
+
+def _note_tool_result(item: Any) -> None:
+    node = _nodes().get(getattr(_scope().get_current_span(), "span_id", None) or "")
+    if node is None or node.kind != "function" or not isinstance(item, Mapping):
+        return
+    if node.call_id is not None and item.get("call_id") != node.call_id:
+        return  # another call's output, made while this tool runs
+    output = item.get("output")
+    node.result = output if isinstance(output, str) else json_text(output)
 
 
 # --- the Model boundary: the canonical LLM span ----------------------------------------------
@@ -612,6 +641,7 @@ PATCHER = Patcher(
         Patch(_TRACES, "TraceImpl", "start", _start_wrapper("trace_id")),
         Patch(_TRACES, "TraceImpl", "finish", _finish_wrapper("trace_id")),
         Patch("agents.tool_context", "ToolContext", "from_agent_context", _tool_context_wrapper),
+        Patch("agents.items", "ItemHelpers", "tool_call_output_item", _tool_output_wrapper),
         FamilyPatch(
             "agents.models.interface", "Model", {"get_response": _get_response, "stream_response": _stream_response}
         ),
