@@ -5,8 +5,9 @@
         opentelemetry-instrument python examples/autogen_agent.py
 
 The model is whatever OpenAI-compatible server ``OPENAI_BASE_URL`` names (``AGENT_MODEL``,
-default ``agl-toy``; ``agl serve MODEL`` answers to any model name, as does the scripted server
-agl's tests use).
+default ``agl-toy``; ``agl serve MODEL`` answers only to its served name: serve with
+``--served-model-name agl-toy``, or set the variable to the name ``/v1/models`` lists; the scripted
+server agl's tests use answers to any name).
 """
 
 import asyncio

@@ -8,8 +8,9 @@ code change:
 
 A ReAct loop as a graph named "calculator": the node ``calculator`` asks the model, which calls the
 ``add`` tool; the ``tools`` node runs it and the model answers. The model is ``$OPENAI_MODEL``
-(default ``agl-toy``; ``agl serve MODEL`` answers to any model name, as does the scripted server
-agl's tests use).
+(default ``agl-toy``; ``agl serve MODEL`` answers only to its served name: serve with
+``--served-model-name agl-toy``, or set the variable to the name ``/v1/models`` lists; the scripted
+server agl's tests use answers to any name).
 """
 
 from __future__ import annotations

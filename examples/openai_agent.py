@@ -7,8 +7,9 @@
 
 It asks a calculator question (a tool-call round trip: the model calls ``add``, the agent runs it
 and sends the result back), then asks for a greeting as a stream. The model is ``$OPENAI_MODEL``
-(default ``agl-toy``; ``agl serve MODEL`` answers to any model name, as does the scripted server
-agl's tests use).
+(default ``agl-toy``; ``agl serve MODEL`` answers only to its served name: serve with
+``--served-model-name agl-toy``, or set the variable to the name ``/v1/models`` lists; the scripted
+server agl's tests use answers to any name).
 """
 
 from __future__ import annotations

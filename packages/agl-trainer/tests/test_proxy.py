@@ -7,7 +7,7 @@ import asyncio
 import json
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +15,8 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from opentelemetry import trace
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -269,6 +270,84 @@ async def test_text_completions_whole_and_streamed(
         assert span.attributes[semconv.PROMPT_TOKEN_IDS] == sent.prompt_token_ids
         assert span.attributes[semconv.RESPONSE_TOKEN_IDS] == sent.token_ids
         assert span.attributes[semconv.RESPONSE_LOGPROBS] == [token_logprob(t) for t in sent.token_ids]
+
+
+PROMPT_IDS = [1, 20, 21, 2]
+CHOICE_IDS = {0: [30, 31, 2], 1: [40, 41, 42, 43, 2]}  # choice 1 longer: its ids outlast choice 0's
+
+
+def chosen_logprob(token_id: int) -> float:
+    return -token_id / 100
+
+
+def two_choice_engine() -> FastAPI:
+    """An engine answering ``n=2`` the way vLLM does (the scripted server answers one choice): each
+    choice its own token ids and logprobs; streamed, the choices' chunks interleave."""
+    app = FastAPI()
+    head = {"id": "chatcmpl-two", "created": 0, "model": MODEL}
+
+    def logprobs(ids: list[int]) -> dict[str, Any]:
+        return {"content": [{"token": f"token_id:{t}", "logprob": chosen_logprob(t), "top_logprobs": []} for t in ids]}
+
+    def chunk(index: int, delta: dict[str, Any], ids: list[int], finish: str | None = None) -> bytes:
+        choice = {"index": index, "delta": delta, "logprobs": logprobs(ids), "token_ids": ids, "finish_reason": finish}
+        return f"data: {json.dumps({**head, 'object': 'chat.completion.chunk', 'choices': [choice]})}\n\n".encode()
+
+    async def events() -> AsyncIterator[bytes]:
+        first = {"choices": [], "prompt_token_ids": PROMPT_IDS, "object": "chat.completion.chunk", **head}
+        yield f"data: {json.dumps(first)}\n\n".encode()
+        for step in range(max(len(ids) for ids in CHOICE_IDS.values())):
+            for index, ids in CHOICE_IDS.items():
+                if step < len(ids):
+                    yield chunk(index, {"content": f"<{ids[step]}>"}, [ids[step]])
+        for index in CHOICE_IDS:
+            yield chunk(index, {}, [], "stop")
+        yield b"data: [DONE]\n\n"
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat(request: Request) -> Response:
+        body = await request.json()
+        assert body["n"] == 2 and body["return_token_ids"] is True
+        if body.get("stream"):
+            return StreamingResponse(events(), media_type="text/event-stream")
+        choices = [
+            {
+                "index": index,
+                "message": {"role": "assistant", "content": "".join(f"<{t}>" for t in ids)},
+                "logprobs": logprobs(ids),
+                "token_ids": ids,
+                "finish_reason": "stop",
+            }
+            for index, ids in CHOICE_IDS.items()
+        ]
+        reply = {**head, "object": "chat.completion", "choices": choices, "prompt_token_ids": PROMPT_IDS}
+        return JSONResponse(reply)
+
+    return app
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_every_choice_of_an_n_sample_reply_keeps_its_token_ids(
+    sqlite_store: LightningStore, attempt: AttemptedRollout, proxies: Callable[..., Any], streamed: bool
+) -> None:
+    """``n=2`` samples two answers to one prompt (GRPO's groups, say); only the first choice's ids
+    used to be recorded, and the other samples could not be trained on."""
+    with ServingThread(two_choice_engine()) as engine:
+        llm = proxies([f"{engine.url}/v1"]).resource
+        client = agent_client(llm, attempt)
+        reply = await client.chat.completions.create(model=llm.model, messages=HI, n=2, stream=streamed)  # type: ignore[call-overload]
+        if streamed:
+            [chunk async for chunk in reply]
+    [span] = await llm_spans(sqlite_store, attempt)
+    attributes = span.attributes
+    assert attributes[semconv.PROMPT_TOKEN_IDS] == PROMPT_IDS
+    for index, suffix in ((0, ""), (1, ".1")):  # choice 0 where the adapters read it; choice i at ".i"
+        assert attributes[semconv.RESPONSE_TOKEN_IDS + suffix] == CHOICE_IDS[index]
+        assert attributes[semconv.RESPONSE_LOGPROBS + suffix] == [chosen_logprob(t) for t in CHOICE_IDS[index]]
+    assert [message["content"] for message in json.loads(attributes[semconv.OUTPUT_MESSAGES])] == [
+        "".join(f"<{t}>" for t in ids) for ids in CHOICE_IDS.values()
+    ]
+    assert attributes[semconv.USAGE_OUTPUT_TOKENS] == sum(len(ids) for ids in CHOICE_IDS.values())
 
 
 async def test_triplets_carry_the_engines_ids_and_merge_continuing_turns(

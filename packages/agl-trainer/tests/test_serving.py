@@ -22,12 +22,13 @@ from agl.trainer.serving.transformers_engine import TransformersEngine
 from agl.trainer.testing import build_tiny_model
 
 TOKEN = "serving-test-token"
+MODEL = "tiny"  # the served name: the model folder's
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny"), seed=0)
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / MODEL, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,7 @@ def client(server: EmbeddedModelServer) -> Iterator[httpx.Client]:
 
 
 def chat(client: httpx.Client, **body: Any) -> dict[str, Any]:
-    response = client.post("/chat/completions", json={"model": "tiny", "messages": MESSAGES, **body})
+    response = client.post("/chat/completions", json={"model": MODEL, "messages": MESSAGES, **body})
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -101,7 +102,7 @@ def test_same_seed_same_answer(client: httpx.Client) -> None:
 
 
 def test_stream_chunks_add_up_to_the_whole_answer(client: httpx.Client) -> None:
-    body = {"model": "tiny", "messages": MESSAGES, "max_tokens": 16, "seed": 3, "return_token_ids": True}
+    body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 16, "seed": 3, "return_token_ids": True}
     whole = chat(client, **{k: v for k, v in body.items() if k not in ("model", "messages")}, logprobs=True)
     chunks = stream(client, "/chat/completions", {**body, "logprobs": True, "stream_options": {"include_usage": True}})
     assert chunks[0]["prompt_token_ids"] == whole["prompt_token_ids"]
@@ -232,7 +233,7 @@ def test_models_lists_the_served_model(client: httpx.Client, tiny_dir: Path) -> 
         (b"[]", "object"),
         (json.dumps({"messages": []}).encode(), "messages"),
         (json.dumps({"messages": [{"content": "hi"}]}).encode(), "role"),
-        (json.dumps({"messages": MESSAGES, "n": 2}).encode(), "n=1"),
+        (json.dumps({"messages": MESSAGES, "n": 2}).encode(), "n=2 is not supported"),
         (json.dumps({"messages": MESSAGES, "temperature": -1}).encode(), "temperature"),
         (json.dumps({"messages": MESSAGES, "max_tokens": 0}).encode(), "max_tokens"),
     ],
@@ -266,7 +267,7 @@ def test_the_openai_client_gets_token_ids(server: EmbeddedModelServer) -> None:
     openai = pytest.importorskip("openai")
     client = openai.OpenAI(base_url=server.base_url, api_key=TOKEN)
     answer = client.chat.completions.create(
-        model="tiny", messages=MESSAGES, max_tokens=5, seed=1, logprobs=True, extra_body={"return_token_ids": True}
+        model=MODEL, messages=MESSAGES, max_tokens=5, seed=1, logprobs=True, extra_body={"return_token_ids": True}
     )
     extra = answer.model_extra or {}
     assert extra["prompt_token_ids"] == server.engine.chat_prompt_token_ids(MESSAGES)

@@ -2,7 +2,8 @@
 
 The same attributes `agl.core.tracing.llm` writes (so adapters, the CLI and the dedupe of
 `agl.core.adapters` read proxy spans and instrumented spans alike): messages as JSON text, the
-engine's exact token ids and logprobs, usage, response id and model, the rollout and attempt.
+engine's exact token ids and logprobs (of each choice, see `choice_attribute`), usage, response id
+and model, the rollout and attempt.
 The span is built as a stored `Span` and written to the store directly, not through an
 OpenTelemetry provider, so the proxy records the same way in any process.
 """
@@ -176,17 +177,15 @@ class CallRecord:
             attributes[semconv.RESPONSE_ID] = self.response_id
         if self.model:
             attributes[semconv.RESPONSE_MODEL] = self.model
-        first = drafts[0] if drafts else None
         prompt_ids = self.prompt_token_ids or _int_list(self.body.get("prompt"))
         if prompt_ids:
             attributes[semconv.PROMPT_TOKEN_IDS] = prompt_ids
-        if first is not None and first.token_ids:
-            attributes[semconv.RESPONSE_TOKEN_IDS] = first.token_ids
-            if first.logprobs and len(first.logprobs) == len(first.token_ids):
-                attributes[semconv.RESPONSE_LOGPROBS] = first.logprobs
+        for index in sorted(self.choices):
+            attributes.update(_choice_token_attributes(index, self.choices[index]))
+        generated = sum(len(draft.token_ids) for draft in drafts)
         usage = self.usage or {}
         input_tokens = usage.get("prompt_tokens", len(prompt_ids) if prompt_ids else None)
-        output_tokens = usage.get("completion_tokens", len(first.token_ids) if first and first.token_ids else None)
+        output_tokens = usage.get("completion_tokens", generated or None)
         if isinstance(input_tokens, int):
             attributes[semconv.USAGE_INPUT_TOKENS] = input_tokens
         if isinstance(output_tokens, int):
@@ -220,6 +219,23 @@ class CallRecord:
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
             prompt = prompt[0]
         return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else None
+
+
+def choice_attribute(name: str, index: int) -> str:
+    """Where choice ``index`` of a reply keeps a per-choice attribute: choice 0 under ``name`` itself
+    (what the adapters read), choice ``i`` under ``name.i`` (``agl.llm.response_token_ids.1``), so a
+    reply of ``n`` samples keeps the token ids of each, not only of the first."""
+    return name if index == 0 else f"{name}.{index}"
+
+
+def _choice_token_attributes(index: int, draft: _Choice) -> dict[str, Any]:
+    """A choice's response token ids, and their logprobs when there is one per id."""
+    if not draft.token_ids:
+        return {}
+    attributes: dict[str, Any] = {choice_attribute(semconv.RESPONSE_TOKEN_IDS, index): draft.token_ids}
+    if draft.logprobs and len(draft.logprobs) == len(draft.token_ids):
+        attributes[choice_attribute(semconv.RESPONSE_LOGPROBS, index)] = draft.logprobs
+    return attributes
 
 
 def _index(choice: dict[str, Any], position: int) -> int:

@@ -33,7 +33,10 @@ def serve(
         typer.Option(help="Bearer token required on every route but /health.", envvar="AGL_SERVE_TOKEN"),
     ] = None,
     insecure: Annotated[bool, typer.Option(help="Allow a non-loopback host without a token.")] = False,
-    served_model_name: Annotated[str | None, typer.Option(help="The model's name in the API.")] = None,
+    served_model_name: Annotated[
+        str | None,
+        typer.Option(help="The model's name in the API (default: the folder's or file's); others get a 404."),
+    ] = None,
     option: Annotated[
         list[str] | None, typer.Option(help="An engine option KEY=JSON (repeatable), e.g. device=cuda.")
     ] = None,

@@ -7,8 +7,10 @@ Routes: ``POST /v1/chat/completions`` (the model's chat template; streaming or n
 With ``"return_token_ids": true`` a chat completion carries ``prompt_token_ids`` at the top level
 (in a stream, on the first chunk) and ``token_ids`` on its choice (in a stream, each chunk's ids,
 which add up to the whole); a completion carries both on its choice. ``"logprobs": true`` (chat) or
-``"logprobs": N`` (completions) adds the sampled tokens' logprobs; top alternatives are not
-computed (``top_logprobs`` come back empty). One choice per request (``n=1``).
+``"logprobs": 0`` (completions) adds the sampled tokens' logprobs; top alternatives are not
+computed (``top_logprobs`` come back empty, and asking for some is a 400). One choice per request
+(``n=1``). Options the engine cannot honour are a 400 naming them (see `openai_wire`); a request
+naming another model than the one ``/v1/models`` lists is a 404 (no model: the served one).
 
 Messages take OpenAI's roles and text content (a string or text parts); other roles and parts
 (images) are a 400. Replies are text: tool definitions reach the chat template, and the model's
@@ -92,6 +94,7 @@ def create_openai_app(
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(request: Request) -> Response:
         body: wire.ChatRequest = wire.parse(wire.ChatRequest, await request.body())
+        body.check_model(engine.model_name)
         prompt = await tokenized(engine.chat_prompt_token_ids, body.messages, body.tools)
         answer = _Chat(engine, body, prompt, body.sampling(default_max_tokens))
         if body.stream:
@@ -101,6 +104,7 @@ def create_openai_app(
     @app.post("/v1/completions", response_model=None)
     async def completions(request: Request) -> Response:
         body: wire.CompletionRequest = wire.parse(wire.CompletionRequest, await request.body())
+        body.check_model(engine.model_name)
         prompt = await tokenized(body.prompt_ids, engine.encode)
         answer = _Completion(engine, body, prompt, body.sampling(default_max_tokens))
         if body.stream:

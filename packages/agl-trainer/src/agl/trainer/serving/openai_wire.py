@@ -1,14 +1,19 @@
 """The OpenAI request bodies the app accepts, and the pieces of its answers, in vLLM's shape.
 
-Unknown request fields are accepted and ignored (clients send many), except those that would
-change the answer in a way this server cannot honour (``n > 1``, ``echo``, ``best_of``), which
-are refused with a 400. Token ids come only when asked for (``"return_token_ids": true``).
+Sampling options are honoured (``max_tokens``, ``temperature``, ``top_p``, ``seed``, ``stop``) or,
+when they would change the answer in a way this server cannot (a penalty, ``logit_bias``,
+``top_k``, ``n > 1``, ``response_format``, top logprobs, ...), refused with a 400 naming the option;
+their neutral values (``presence_penalty=0``, ``n=1``, ...), which clients send by default, are
+accepted. Other unknown fields (``user``, ``metadata``, ...) are accepted and ignored. A request
+naming a model other than the served one is a 404, as from vLLM. Token ids come only when asked
+for (``"return_token_ids": true``).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -23,12 +28,39 @@ class WireError(ValueError):
         self.status = status
 
 
+UNSUPPORTED: dict[str, tuple[Any, ...]] = {
+    "n": (1,),
+    "best_of": (1,),
+    "presence_penalty": (0,),
+    "frequency_penalty": (0,),
+    "repetition_penalty": (1,),
+    "logit_bias": ({},),
+    "top_k": (0, -1),
+    "min_p": (0,),
+    "min_tokens": (0,),
+    "ignore_eos": (False,),
+    "use_beam_search": (False,),
+    "stop_token_ids": ([],),
+    "include_stop_str_in_output": (False,),
+    "skip_special_tokens": (True,),
+    "prompt_logprobs": (),
+    "response_format": ({"type": "text"},),
+    "guided_json": (),
+    "guided_regex": (),
+    "guided_choice": (),
+    "guided_grammar": (),
+    "structured_outputs": (),
+}
+"""Options this server cannot honour, each with the values that change nothing (``None`` always
+does): those are accepted, since clients send them by default; any other value is a 400."""
+
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 """OpenAI's message roles; it refuses others with a 400, and so does this server."""
 
 
 class _Sampling(BaseModel):
     model_config = ConfigDict(extra="allow")
+    unsupported: ClassVar[dict[str, tuple[Any, ...]]] = UNSUPPORTED
 
     model: str | None = None
     max_tokens: int | None = Field(default=None, ge=1)
@@ -36,18 +68,24 @@ class _Sampling(BaseModel):
     top_p: float | None = Field(default=None, gt=0, le=1)
     seed: int | None = None
     stop: str | list[str] | None = None
-    n: int | None = None
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     return_token_ids: bool = False
     return_tokens_as_token_ids: bool = False
 
-    @field_validator("n")
-    @classmethod
-    def _one_choice(cls, n: int | None) -> int | None:
-        if n not in (None, 1):
-            raise ValueError("this server answers one choice per request (n=1)")
-        return n
+    def refuse_unsupported(self) -> None:
+        """A `WireError` naming the first option sent with a value this server would silently ignore."""
+        sent = {**(self.model_extra or {}), **{name: getattr(self, name) for name in type(self).model_fields}}
+        for name, neutral in self.unsupported.items():
+            value = sent.get(name)
+            if value is not None and not any(_same(value, accepted) for accepted in neutral):
+                allowed = " or ".join(json.dumps(accepted) for accepted in neutral) or "null"
+                raise WireError(f"{name}={json.dumps(value)[:80]} is not supported by this server (only {allowed})")
+
+    def check_model(self, served: str) -> None:
+        """As vLLM: no model (or an empty name) means the served one; any other name is a 404."""
+        if self.model and self.model != served:
+            raise WireError(f"The model `{self.model[:200]}` does not exist.", 404)
 
     def sampling(self, default_max_tokens: int) -> SamplingParams:
         stop = tuple(s for s in ([self.stop] if isinstance(self.stop, str) else self.stop or ()) if s)
@@ -69,7 +107,12 @@ class ChatRequest(_Sampling):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     tools: list[dict[str, Any]] | None = None
     logprobs: bool = False
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    unsupported: ClassVar[dict[str, tuple[Any, ...]]] = {
+        **UNSUPPORTED,
+        "top_logprobs": (0,),  # top alternatives are not computed
+        "tool_choice": ("auto", "none"),  # a tool call cannot be forced: tool-call markup comes back as text
+        "parallel_tool_calls": (True,),
+    }
 
     @field_validator("messages")
     @classmethod
@@ -106,22 +149,12 @@ class ChatRequest(_Sampling):
 class CompletionRequest(_Sampling):
     prompt: str | list[int] | list[str] | list[list[int]]
     logprobs: int | None = Field(default=None, ge=0, le=20)
-    echo: bool = False
-    best_of: int | None = None
-
-    @field_validator("echo")
-    @classmethod
-    def _no_echo(cls, echo: bool) -> bool:
-        if echo:
-            raise ValueError("echo is not supported")
-        return echo
-
-    @field_validator("best_of")
-    @classmethod
-    def _no_best_of(cls, best_of: int | None) -> int | None:
-        if best_of not in (None, 1):
-            raise ValueError("best_of is not supported")
-        return best_of
+    unsupported: ClassVar[dict[str, tuple[Any, ...]]] = {
+        **UNSUPPORTED,
+        "logprobs": (0,),  # 0: the sampled tokens' logprobs; more asks for top alternatives, not computed
+        "echo": (False,),
+        "suffix": ("",),
+    }
 
     def prompt_ids(self, encode: Callable[[str], list[int]]) -> list[int]:
         """One prompt: a string, a list of token ids, or a batch of exactly one of those."""
@@ -135,10 +168,10 @@ class CompletionRequest(_Sampling):
         return [int(token) for token in prompt]
 
 
-def parse(model: type[BaseModel], body: bytes) -> Any:
+def parse(model: type[_Sampling], body: bytes) -> Any:
     """A request model from a JSON body; a `WireError` naming the first problem otherwise."""
     try:
-        return model.model_validate_json(body)
+        request = model.model_validate_json(body)
     except ValidationError as error:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first.get("loc", ())) or "body"
@@ -146,6 +179,13 @@ def parse(model: type[BaseModel], body: bytes) -> Any:
         raise WireError(
             "the body is not JSON" if first.get("type") == "json_invalid" else f"{where}: {message}"
         ) from None
+    request.refuse_unsupported()
+    return request
+
+
+def _same(value: Any, accepted: Any) -> bool:
+    """JSON equality: ``0`` is ``0.0``, but ``false`` is not ``0`` (``==`` alone would say it is)."""
+    return isinstance(value, bool) == isinstance(accepted, bool) and bool(value == accepted)
 
 
 def usage(prompt_ids: Sequence[int], token_ids: Sequence[int]) -> dict[str, int]:
