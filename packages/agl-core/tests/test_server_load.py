@@ -329,8 +329,9 @@ async def test_workers_ride_out_a_sigkill_of_the_server(server: Server, workers:
         #   unresponsive (the workers end attempts only as the input says, and only once), and
         #   the last one ended as the input says: the rollout's final status is still right.
         # - An attempt may have been claimed without the claim reaching a worker (a dequeue in
-        #   flight at the crash). Then that worker saw StoreUnavailable, no span was written for
-        #   the attempt, and the watchdog ended it as unresponsive.
+        #   flight at the crash whose claim the client could not find again through the worker's
+        #   record; test_http_restart.py pins the recovery). Then that worker saw StoreUnavailable,
+        #   no span was written for the attempt, and the watchdog ended it as unresponsive.
         # - A worker may have been refused its final status because the watchdog ended the
         #   attempt while the server was down (unresponsive); its spans are kept all the same.
         unclaimed: Counter[str] = Counter()

@@ -13,6 +13,8 @@ import pytest
 
 from agl.core.errors import AglError, StoreUnavailable, StoreUrlError
 from agl.core.store import SqliteLightningStore, open_store
+from agl.core.testing import ManualClock
+from agl.core.types import RolloutConfig
 
 FILL_THE_DISK = """
     import asyncio, os, resource, signal, sys
@@ -126,3 +128,25 @@ def test_a_hash_in_a_sqlite_url_is_refused_not_cut_off(tmp_path: Path) -> None:
     with pytest.raises(StoreUrlError, match="'#'"):
         open_store(f"sqlite:///{tmp_path}/runs#1.db")
     assert list(tmp_path.iterdir()) == []  # not a store at "runs"
+
+
+async def test_a_reopened_store_counts_workers_silence_from_its_opening(tmp_path: Path) -> None:
+    """A store server restarted after a crash: its workers could not heartbeat while it was down,
+    so its first watchdog tick must not mark their attempts unresponsive and requeue running work."""
+    path = tmp_path / "restart.db"
+    config = RolloutConfig(unresponsive_seconds=30, max_attempts=2, retry_condition=("unresponsive",))
+    clock = ManualClock()
+    before = SqliteLightningStore(path, clock=clock, watchdog_interval=None)
+    await before.enqueue_rollout("task", config=config)
+    claimed = await before.dequeue_rollout(worker_id="w")
+    await before.close()
+    clock.advance(120)  # the server was down for two minutes
+    after = SqliteLightningStore(path, clock=clock, watchdog_interval=None)
+    try:
+        assert await after.check_deadlines() == 0
+        clock.advance(31)  # silent for longer than unresponsive_seconds since the store opened
+        assert await after.check_deadlines() == 1
+        attempt = await after.get_latest_attempt(claimed.rollout_id)
+        assert attempt.attempt_id == claimed.attempt.attempt_id and attempt.status == "unresponsive"
+    finally:
+        await after.close()

@@ -100,8 +100,10 @@ class Runner:
     ) -> int:
         """Run rollouts until ``max_rollouts`` were taken, the queue is empty (``until_empty``;
         rollouts in flight may requeue, so they finish first) or ``stop`` is set; returns how many
-        were taken. On ``stop``, or if this call is cancelled, rollouts in flight are cancelled and
-        their attempts marked failed."""
+        attempts were taken, which is more than the rollouts when the store requeued some (their
+        ``retry_condition``, e.g. attempts it marked ``unresponsive`` after a server outage) and
+        this runner took them again. On ``stop``, or if this call is cancelled, rollouts in flight
+        are cancelled and their attempts marked failed."""
         setup_tracing(store=self.store)
         stopped = asyncio.ensure_future((stop or asyncio.Event()).wait())
         heartbeat = asyncio.ensure_future(self._heartbeat())

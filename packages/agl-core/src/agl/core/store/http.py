@@ -7,7 +7,10 @@ their own loops can share one store object.
 
 Retries: a request that never reached the server (connection refused) is retried whatever it
 is; a request that may have been processed is retried only when repeating it is harmless —
-reads, upserts, and enqueues and starts that carry a client-chosen id. A failed TLS handshake
+reads, upserts, and enqueues and starts that carry a client-chosen id. A dequeue for a worker
+whose answer was lost (the server killed after its commit) is recovered, not lost: the worker's
+record says whether that dequeue claimed an attempt, and if so that attempt is returned (see
+`HttpLightningStore.dequeue_rollout`); otherwise it is sent again. A failed TLS handshake
 (``https://`` to a plain-HTTP server, an untrusted certificate) is not retried: no retry mends
 it. Errors the server answers (unknown id, bad input, illegal transition) are raised at once as
 the same typed error the store raised.
@@ -71,6 +74,10 @@ _adapters: dict[Any, TypeAdapter[Any]] = {}
 _request_list: TypeAdapter[list[RolloutRequest]] = TypeAdapter(list[RolloutRequest])
 
 
+class _Unanswered(StoreUnavailable):
+    """A request was sent but no answer came back: the server may have carried it out."""
+
+
 def _config_body(config: RolloutConfig | dict[str, Any] | None) -> dict[str, Any] | None:
     """Checked here, as in process, so NaN or a wrong field is `InvalidInput`, not a server refusal."""
     if isinstance(config, dict):
@@ -131,6 +138,10 @@ class HttpLightningStore(LightningStore):
         self.retry_seconds = retry_seconds
         self.request_timeout = request_timeout
         self._pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ConnectionPool] = weakref.WeakKeyDictionary()
+        self._dequeue_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._last_claims: dict[str, str] = {}  # worker id -> the attempt id of the last claim answered to it
 
     # --- transport ------------------------------------------------------------------------
     def _pool(self) -> ConnectionPool:
@@ -171,7 +182,7 @@ class HttpLightningStore(LightningStore):
             except RequestFailed as error:
                 problem = f"store request {method} {path} failed: {error}"
                 if not idempotent:  # it may have been carried out; repeating it could do it twice
-                    raise StoreUnavailable(problem) from None
+                    raise _Unanswered(problem) from None
             else:
                 if status < 400:
                     return payload
@@ -241,9 +252,60 @@ class HttpLightningStore(LightningStore):
         return _decode(await self._call("POST", "/rollouts/batch", body=body, idempotent=True), list[Rollout])
 
     async def dequeue_rollout(self, worker_id: str | None = None) -> AttemptedRollout | None:
+        """A dequeue whose answer is lost may have claimed a rollout. Without a worker id nothing
+        tells whose claim it was, so it raises `StoreUnavailable`; with one, the claim is found
+        through the worker's record (`_lost_claim`) and returned, or, if none was made, the
+        dequeue is sent again. Dequeues for one worker id are therefore one at a time per event
+        loop, and a worker id must not be shared by two clients."""
         check_id("worker_id", worker_id, optional=True)
+        if worker_id is None:
+            return await self._dequeue(None)
+        async with self._dequeue_lock(worker_id):
+            give_up = time.monotonic() + self.retry_seconds
+            while True:
+                try:
+                    return self._noted(worker_id, await self._dequeue(worker_id))
+                except _Unanswered:
+                    if time.monotonic() > give_up:
+                        raise
+                    claimed = await self._lost_claim(worker_id)
+                    if claimed is not None:
+                        return self._noted(worker_id, claimed)
+
+    async def _dequeue(self, worker_id: str | None) -> AttemptedRollout | None:
         payload = await self._call("POST", "/dequeue", body={"worker_id": worker_id}, idempotent=False)
         return _decode(payload, AttemptedRollout | None)
+
+    def _dequeue_lock(self, worker_id: str) -> asyncio.Lock:
+        locks = self._dequeue_locks.setdefault(asyncio.get_running_loop(), {})
+        return locks.setdefault(worker_id, asyncio.Lock())
+
+    def _noted(self, worker_id: str | None, claimed: T) -> T:
+        """Remember the last claim answered for ``worker_id``: `_lost_claim` must not return it again."""
+        if worker_id is not None and isinstance(claimed, AttemptedRollout):
+            self._last_claims[worker_id] = claimed.attempt.attempt_id
+        return claimed
+
+    async def _lost_claim(self, worker_id: str) -> AttemptedRollout | None:
+        """The attempt an unanswered dequeue claimed for ``worker_id``, or None if it claimed none.
+
+        A claim makes its attempt the worker's current one, started at the worker's last dequeue
+        time, and nothing but its holder moves it past ``preparing``. So the lost claim is the
+        current attempt if it is such an attempt and not the last claim this client received;
+        anything else means the dequeue was not carried out, found the queue empty, or its
+        attempt has since been ended (by the watchdog): then there is nothing to return.
+        """
+        worker = await self.update_worker(worker_id)  # a heartbeat, answered with the worker's record
+        rollout_id, attempt_id = worker.current_rollout_id, worker.current_attempt_id
+        if rollout_id is None or attempt_id is None or attempt_id == self._last_claims.get(worker_id):
+            return None
+        rollout = await self.get_rollout_by_id(rollout_id)
+        attempt = await self.get_latest_attempt(rollout_id)
+        if rollout is None or attempt is None or attempt.attempt_id != attempt_id:
+            return None
+        if attempt.status != "preparing" or attempt.start_time != worker.last_dequeue_time:
+            return None
+        return AttemptedRollout(**dict(rollout), attempt=attempt)
 
     async def start_rollout(
         self,
@@ -259,7 +321,8 @@ class HttpLightningStore(LightningStore):
         request = self._request(input, mode, resources_id, config, metadata, rollout_id)
         check_id("worker_id", worker_id, optional=True)
         body = {**request.model_dump(mode="json"), "worker_id": worker_id}
-        return _decode(await self._call("POST", "/rollouts/start", body=body, idempotent=True), AttemptedRollout)
+        payload = await self._call("POST", "/rollouts/start", body=body, idempotent=True)
+        return self._noted(worker_id, _decode(payload, AttemptedRollout))
 
     async def start_attempt(self, rollout_id: str, worker_id: str | None = None) -> AttemptedRollout:
         check_id("worker_id", worker_id, optional=True)
@@ -269,7 +332,7 @@ class HttpLightningStore(LightningStore):
             body={"worker_id": worker_id},
             idempotent=False,
         )
-        return _decode(payload, AttemptedRollout)
+        return self._noted(worker_id, _decode(payload, AttemptedRollout))
 
     async def get_rollout_by_id(self, rollout_id: str) -> Rollout | None:
         return await self._get_or_none(f"/rollouts/{_segment('rollout_id', rollout_id)}", Rollout)

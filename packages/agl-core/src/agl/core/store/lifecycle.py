@@ -219,6 +219,8 @@ class LifecycleStore(LightningStore):
         max_span_bytes: int = DEFAULT_MAX_SPAN_BYTES,
     ) -> None:
         self._clock = clock
+        self._opened_at = clock()
+        """Workers' silence before this is not held against them (`_due_attempts`)."""
         self.max_span_bytes = max_span_bytes
         self._watchdog_interval = watchdog_interval
         self._next_deadline_check = 0.0
@@ -1017,7 +1019,10 @@ class LifecycleStore(LightningStore):
             if config.timeout_seconds is not None and now - attempt.start_time > config.timeout_seconds:
                 due.append((attempt, "timeout"))
             elif config.unresponsive_seconds is not None:
-                last_sign_of_life = attempt.last_heartbeat_time or attempt.start_time
+                # A store opened anew (a server restarted after a crash) counts silence from its
+                # opening: workers could not reach it while it was down, and marking every attempt
+                # unresponsive at its first tick would requeue work still running.
+                last_sign_of_life = max(attempt.last_heartbeat_time or attempt.start_time, self._opened_at)
                 if now - last_sign_of_life > config.unresponsive_seconds:
                     due.append((attempt, "unresponsive"))
         return due
