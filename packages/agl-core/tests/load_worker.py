@@ -13,7 +13,8 @@ once the call has returned, it prints one JSON line:
 
 and a line for each of two events that are not acknowledgements:
 
-    {"op": "lost", "worker": w, "error": e}  a dequeue raised StoreUnavailable: it may have claimed work
+    {"op": "lost", "worker": w, "error": e}  a dequeue raised StoreUnavailable (its claim, if it made
+                                    one, not found again within retry_seconds)
     {"op": "rejected", "worker": w, "rollout": r, "attempt": a, "status": s, "current": c}
                                     the attempt had ended already (the server's watchdog)
 
@@ -51,7 +52,7 @@ async def work(store: HttpLightningStore, worker: str, spans_per_attempt: int, l
     while True:
         try:
             claimed = await store.dequeue_rollout(worker_id=worker)
-        except StoreUnavailable as error:  # not retried by the client: it may have claimed a rollout
+        except StoreUnavailable as error:  # recovery gave up: it may have claimed a rollout
             report("lost", worker=worker, error=str(error))
             continue
         if claimed is None:

@@ -4,6 +4,7 @@ the `agl` script adds them (through the `agl.cli` entry point)."""
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from importlib.metadata import EntryPoint
 from pathlib import Path
@@ -158,11 +159,12 @@ def test_train_fails_when_no_rollout_succeeded_after_writing_its_metrics(
 ) -> None:
     (tmp_path / "train.jsonl").write_text('{"x": 1}\n{"x": 2}\n')
     args = ["train", "--algorithm", "baseline", "--dataset", str(tmp_path / "train.jsonl"), "--store", "memory://"]
-    result = cli.invoke(app, [*args, "--command", "agl-no-such-program", "--output-dir", str(tmp_path / "run")])
+    failing = shlex.join([sys.executable, "-c", "raise SystemExit(3)"])
+    result = cli.invoke(app, [*args, "--command", failing, "--output-dir", str(tmp_path / "run")])
     assert result.exit_code == 1, result.output
     assert json.loads(result.stdout)["train/succeeded"] == 0.0
     [error] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert "none of the 2 rollouts succeeded" in error and "agl-no-such-program" in error  # the store's error
+    assert "none of the 2 rollouts succeeded" in error and "exited with status 3" in error  # the store's error
     [step] = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert step["train/succeeded"] == 0.0
 

@@ -4,6 +4,7 @@ modes given agents they cannot run: each is refused in one line that says what t
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import sys
 from collections.abc import Callable
@@ -17,6 +18,8 @@ from typer.testing import CliRunner
 
 from agl.core import open_store
 from agl.core.cli import add_plugin_commands, app
+from agl.core.types import Span
+from agl.trainer import Trainer
 from agl.trainer import plugins as plugins_module
 from agl.trainer.runners.processes import ProcessRunners
 
@@ -35,6 +38,22 @@ def agl_register_algorithms(register):
     register("exploding", exploding)
 """
 """A third-party plugin whose factory raises when `agl train` creates its algorithm."""
+DIVERGING_PLUGIN = """
+from agl.trainer import Algorithm, hookimpl
+
+
+class Diverging(Algorithm):
+    async def run(self, context):
+        await context.enqueue_and_wait(context.train_dataset, "train")
+        context.log_step(0, {"loss": float("nan")})
+        return {"loss": float("nan"), "grad_norm": [1.0, float("inf")]}
+
+
+@hookimpl
+def agl_register_algorithms(register):
+    register("diverging", Diverging)
+"""
+"""A third-party plugin whose loss diverges: NaN in its step and in its result."""
 
 
 @pytest.fixture
@@ -152,6 +171,59 @@ def test_a_command_with_an_unclosed_quote_is_refused_naming_the_flag(cli: CliRun
     assert not (tmp_path / "run").exists()
 
 
+def test_a_command_whose_program_is_missing_is_refused_before_any_rollout(cli: CliRunner, tmp_path: Path) -> None:
+    """Every rollout ran the command and failed with FileNotFoundError; the fit reported it only at
+    its end, as "none of the 2 rollouts succeeded"."""
+    (tmp_path / "train.jsonl").write_text('{"x": 1}\n{"x": 2}\n')
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    args = ["train", "--algorithm", "baseline", "--dataset", str(tmp_path / "train.jsonl"), "--store", store]
+    command = "agl-no-such-program --task 'two words'"
+    line = one_line_error(cli.invoke(app, [*args, "--output-dir", str(tmp_path / "run"), "--command", command]))
+    assert line == "error: the command's program 'agl-no-such-program' is not on PATH"
+    assert not (tmp_path / "run").exists()
+    opened = open_store(store)
+    try:
+        assert asyncio.run(opened.statistics()).rollouts == 0
+    finally:
+        asyncio.run(opened.close())
+
+
+def printed_reward(task: Any, output: str, spans: list[Span]) -> float:
+    return float(output)
+
+
+@pytest.mark.parametrize(
+    ("program", "message"),
+    [
+        ("./missing.sh", "the command's program './missing.sh' is not an executable file"),
+        ("./not_executable.sh", "the command's program './not_executable.sh' is not an executable file"),
+        ("tool_on_the_runner_path", None),  # found on the PATH its env gives it, not the trainer's
+    ],
+    ids=["missing-file", "not-executable", "on-the-env-path"],
+)
+def test_command_runners_look_the_program_up_as_it_will_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tracing: None, program: str, message: str | None
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "not_executable.sh").write_text("#!/bin/sh\necho 1\n")
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "tool_on_the_runner_path").write_text(f"#!{sys.executable}\nprint(0.5)\n")
+    (tools / "tool_on_the_runner_path").chmod(0o755)
+    store = open_store(f"sqlite:///{tmp_path / 'store.db'}", watchdog_interval=None)
+    options = {"command": [program], "reward": printed_reward, "env": {"PATH": str(tools)}}
+    trainer = Trainer("baseline", store=store, runner_mode="command", runner_options=options)
+    try:
+        if message is None:
+            assert trainer.fit(None, [{"x": 1}])["train/reward_mean"] == 0.5
+        else:
+            with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+                trainer.fit(None, [{"x": 1}])
+            assert asyncio.run(store.statistics()).rollouts == 0
+    finally:
+        asyncio.run(store.close())
+
+
 def test_an_algorithm_factory_that_raises_is_reported_naming_its_plugin(
     cli: CliRunner,
     train: list[str],
@@ -172,6 +244,31 @@ def test_an_algorithm_factory_that_raises_is_reported_naming_its_plugin(
     line = one_line_error(cli.invoke(app, [*args, "--dataset", "train.jsonl"]))
     assert line == "error: algorithm exploding (from exploding) could not be created: RuntimeError: factory exploded"
     assert not (tmp_path / "run").exists()
+
+
+def test_a_result_and_metrics_that_are_not_finite_are_printed_and_written_as_json(
+    cli: CliRunner,
+    train: list[str],
+    tmp_path: Path,
+    install: Callable[[EntryPoint], None],
+    monkeypatch: pytest.MonkeyPatch,
+    tracing: None,
+) -> None:
+    """stdout and metrics.jsonl held a bare NaN (and Infinity), which JSON parsers other than Python's refuse."""
+    (tmp_path / "agl_diverging_plugin_for_tests.py").write_text(DIVERGING_PLUGIN)
+    monkeypatch.syspath_prepend(tmp_path)
+    install(EntryPoint("diverging", "agl_diverging_plugin_for_tests", plugins_module.ENTRY_POINT_GROUP))
+    (tmp_path / "train.jsonl").write_text('{"x": 1}\n')
+    args = [arg if arg != "baseline" else "diverging" for arg in train]
+    result = cli.invoke(app, [*args, "--dataset", "train.jsonl"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout, parse_constant=refuse_constant) == {"loss": None, "grad_norm": [1.0, None]}
+    [line] = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(line, parse_constant=refuse_constant)["loss"] is None
+
+
+def refuse_constant(name: str) -> None:
+    raise ValueError(f"not JSON: {name}")
 
 
 def test_a_broken_plugins_error_is_folded_not_cut_at_80_columns(

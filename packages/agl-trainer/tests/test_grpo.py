@@ -23,8 +23,8 @@ from step_log import StepLog
 
 from agl.core.agent import rollout
 from agl.core.store.base import LightningStore
-from agl.core.types import LLM, ProxyLLM
-from agl.trainer import Trainer
+from agl.core.types import LLM, PromptTemplate, ProxyLLM
+from agl.trainer import Trainer, hookimpl
 from agl.trainer.algorithms.grpo import GRPO
 from agl.trainer.testing import build_tiny_model
 
@@ -93,9 +93,13 @@ async def test_grpo_raises_validation_reward_training_on_the_engine_token_ids(
         key = (tuple(item.triplet.prompt_token_ids or ()), tuple(item.triplet.response_token_ids or ()))
         assert key in by_ids and item.triplet.response_logprobs == pytest.approx(by_ids[key])
 
-    # The published resource is the proxy; the final checkpoint loads as a plain model.
+    # The rollouts ran on the proxy; the stopped proxy is not left the latest resources; the final
+    # checkpoint loads as a plain model.
+    [first, *_] = await store.query_rollouts(mode="train")
+    served = await store.get_resources_by_id(first.resources_id or "")
+    assert served is not None and isinstance(served.resources["llm"], ProxyLLM)
     latest = await store.get_latest_resources()
-    assert latest is not None and isinstance(latest.resources["llm"], ProxyLLM)
+    assert latest is not None and latest.resources_id != served.resources_id and latest.resources == {}
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     assert AutoModelForCausalLM.from_pretrained(result["checkpoint"]) is not None
@@ -284,6 +288,42 @@ async def test_grpo_resample_tied_draws_fresh_tasks_in_place_of_groups_that_tied
         rollouts = {item.rollout_id for item in items}
         assert len(rollouts) == 2
         assert {inputs[rollout_id]["kind"] for rollout_id in rollouts} == {"vary"}
+
+
+class FailsAtTheFirstStep:
+    @hookimpl
+    def agl_step_end(self, step: int, metrics: dict[str, float]) -> None:
+        raise RuntimeError("a plugin failed")
+
+
+async def test_grpo_publishes_the_resources_it_was_given_again_when_its_model_stops(
+    store: LightningStore, tiny_model: Path
+) -> None:
+    """The proxy stayed the latest resources after the fit had stopped it: an agent run afterwards
+    on the latest resources got a connection error, whether the fit ended or failed."""
+    initial = {"prompt": PromptTemplate(template="Say {x}.")}
+    options = {"model": str(tiny_model), "n": 2, "tasks_per_step": 1, "steps": 1, "max_tokens": 4}
+    trainer = Trainer("grpo", store=store, n_runners=2, algorithm_options=options)
+    await trainer.fit_async(constant_agent, TRAIN, None, initial)
+    [served] = [found for found in await store.query_resources() if "llm" in found.resources]
+    latest = await store.get_latest_resources()
+    assert isinstance(served.resources["llm"], ProxyLLM)  # the record of what the rollouts ran with
+    assert latest is not None and latest.resources == initial and latest.resources_id != served.resources_id
+
+    # An agent run afterwards on the latest resources is told what is missing, not refused a connection.
+    earlier = {found.rollout_id for found in await store.query_rollouts()}
+    assert (await Trainer("baseline", store=store).fit_async(constant_agent, TRAIN[:1]))["train/succeeded"] == 0.0
+    [after] = [found for found in await store.query_rollouts() if found.rollout_id not in earlier]
+    attempt = await store.get_latest_attempt(after.rollout_id)
+    error = attempt.metadata.get("error") if attempt is not None else None
+    assert "needs a resource that this rollout's resources do not have (they have: prompt)" in str(error)
+
+    known = {found.resources_id for found in await store.query_resources()}
+    failing = Trainer("grpo", store=store, n_runners=2, plugins=[FailsAtTheFirstStep()], algorithm_options=options)
+    with pytest.raises(RuntimeError, match="a plugin failed"):
+        await failing.fit_async(constant_agent, TRAIN, None, initial)
+    latest = await store.get_latest_resources()
+    assert latest is not None and latest.resources_id not in known and latest.resources == initial
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ from step_log import StepLog
 from agl.core.agent import rollout
 from agl.core.store.base import LightningStore
 from agl.trainer import Algorithm, AlgorithmContext, Trainer
+from agl.trainer.metrics import reward_series
 from agl.trainer.progress import ProgressDisplay
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -111,3 +112,46 @@ async def test_the_progress_display_counts_rollouts_and_steps_and_prints_each_st
     assert [line for line in shown.getvalue().splitlines() if line.startswith("step")] == [
         f"step {step}  train/reward_mean {step + 1}  val/reward_mean {step}" for step in range(3)
     ]
+
+
+class NotFiniteStep(Algorithm):
+    """Logs a step whose loss diverged (NaN), whose gradient norm overflowed, and whose reward is fine."""
+
+    async def run(self, context: AlgorithmContext) -> None:
+        rollouts = await context.enqueue_and_wait(context.train_dataset, "train")
+        reward = await context.reward(rollouts[0])
+        context.log_step(0, {"loss": float("nan"), "grad_norm": float("inf"), "train/reward_mean": reward or 0.0})
+        context.log_step(1, {"train/reward_mean": float("-inf")})
+
+
+def refuse_constant(name: str) -> None:
+    raise ValueError(f"not JSON: {name}")
+
+
+@pytest.mark.parametrize("url", ["memory://", "sqlite"])
+async def test_a_metric_that_is_not_finite_is_null_in_metrics_jsonl_and_absent_from_the_store(
+    url: str, tmp_path: Path, tracing: None
+) -> None:
+    """``json.dumps`` wrote NaN and Infinity bare, which no JSON parser but Python's reads; the step's
+    span kept NaN in a memory store and came back with null from SQLite."""
+    from agl.core import open_store
+    from agl.core.tracing.semconv import TRAINER_METRIC_PREFIX, TRAINER_STEP
+
+    store = open_store(f"sqlite:///{tmp_path}/store.db" if url == "sqlite" else url, watchdog_interval=None)
+    try:
+        trainer = Trainer(NotFiniteStep(), store=store, output_dir=tmp_path / "run", record_steps=True)
+        await trainer.fit_async(reward_is_x, [{"x": 1}])
+        [run] = [found for found in await store.query_rollouts() if found.mode is None]
+        spans = [span for span in await store.query_spans(run.rollout_id, "latest") if span.name == TRAINER_STEP]
+    finally:
+        await store.close()
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line, parse_constant=refuse_constant) for line in lines]
+    assert [{k: v for k, v in r.items() if k != "time"} for r in records] == [
+        {"step": 0, "loss": None, "grad_norm": None, "train/reward_mean": 1.0},
+        {"step": 1, "train/reward_mean": None},
+    ]
+    metrics = [{k: v for k, v in s.attributes.items() if k.startswith(TRAINER_METRIC_PREFIX)} for s in spans]
+    assert metrics == [{TRAINER_METRIC_PREFIX + "train/reward_mean": 1.0}, {}]
+    assert reward_series(records) == {"train/reward_mean": [(0, 1.0)]}  # read back, a null step has no point
+    assert (tmp_path / "run" / "reward.png").read_bytes().startswith(PNG_SIGNATURE)

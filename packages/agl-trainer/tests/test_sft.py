@@ -20,6 +20,7 @@ from digits_task import TRAIN, VAL, digits_agent
 from step_log import StepLog
 
 from agl.core.store.base import LightningStore
+from agl.core.types import LLM, ProxyLLM
 from agl.trainer import Trainer
 from agl.trainer.algorithms.sft import SFT
 from agl.trainer.testing import build_tiny_model
@@ -91,6 +92,23 @@ async def test_sft_trains_on_the_best_rollouts_and_serves_each_new_checkpoint(
     _, prompt, ids, logprobs = next(g for g in generated if g[0] == 1)
     assert logprobs == pytest.approx(logprobs_under(loaded[0], prompt, ids), abs=1e-3)
     assert max(abs(a - b) for a, b in zip(logprobs, logprobs_under(initial, prompt, ids), strict=True)) > 1e-2
+
+
+async def test_sft_publishes_the_resources_it_was_given_again_when_its_model_stops(
+    store: LightningStore, tmp_path: Path
+) -> None:
+    """The stopped proxy stayed the latest `llm`: an agent run after the fit on the latest resources
+    got a connection error instead of the endpoint the fit had been given."""
+    own = LLM(endpoint="http://127.0.0.1:8000/v1", model="the-users-own")
+    options = {"model": str(build_tiny_model(tmp_path / "tiny", seed=0)), "rounds": 1, "n": 2, "max_tokens": 4}
+    await Trainer("sft", store=store, n_runners=2, algorithm_options=options).fit_async(
+        digits_agent, TRAIN[:2], None, {"llm": own}
+    )
+    [first, *_] = await store.query_rollouts(mode="train")
+    served = await store.get_resources_by_id(first.resources_id or "")
+    assert served is not None and isinstance(served.resources["llm"], ProxyLLM)
+    latest = await store.get_latest_resources()  # its own id: the rollouts' keeps what they ran with
+    assert latest is not None and latest.resources_id != served.resources_id and latest.resources == {"llm": own}
 
 
 def test_selection_by_threshold_or_top_fraction_never_keeps_failures() -> None:

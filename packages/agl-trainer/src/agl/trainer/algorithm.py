@@ -131,6 +131,19 @@ class AlgorithmContext:
             return update
         return await self.store.update_resources(self.resources_id, resources)
 
+    async def republish_initial_resources(self, why: str) -> None:
+        """Publish the fit's initial resources again, under an id of their own, as the latest: after
+        an algorithm stops a model endpoint it published (its LLM proxy), left the latest, that
+        endpoint would give any agent run after the fit a connection error. The fit's own id keeps
+        what its rollouts ran with. A failure is logged, not raised: the fit's own error, if any,
+        matters more."""
+        try:
+            update = await self.store.add_resources(dict(self.initial_resources or {}))
+        except Exception as error:
+            self.logger.warning("%s; the fit's initial resources could not be published again: %s", why, error)
+            return
+        self.logger.info("%s; the fit's initial resources are the latest again, as %s", why, update.resources_id)
+
     def log_step(self, step: int, metrics: dict[str, float]) -> None:
         """Report one step's metrics: logged, recorded in the store as a span of the training run
         (when the trainer records steps), and passed to every ``agl_step_end`` hook."""

@@ -25,7 +25,7 @@ from agl.core.store import LightningStore, open_store
 from agl.core.types import NamedResources, Rollout
 from agl.trainer.algorithm import Algorithm, RolloutsIncomplete
 from agl.trainer.hookspecs import hookimpl
-from agl.trainer.metrics import METRICS_FILE
+from agl.trainer.metrics import METRICS_FILE, finite_or_null
 from agl.trainer.plugins import algorithms as registered_algorithms
 from agl.trainer.plugins import plugin_manager
 from agl.trainer.runners import DEFAULT_MODE, MODES, RunnerLost, check_mode
@@ -406,8 +406,9 @@ def _problem(detail: ErrorDetails) -> str:
 
 
 def _jsonable(value: Any) -> Any:
+    """The result as JSON can print it: its repr if it is not JSON, NaN and infinities as null."""
     try:
         json.dumps(value)
     except TypeError:
         return repr(value)
-    return value
+    return finite_or_null(value)

@@ -2,14 +2,16 @@
 third-party observer sees.
 
 With ``Trainer(output_dir=...)`` each ``log_step`` becomes one line of ``metrics.jsonl``
-(``{"step", "time", **metrics}``), appended as it happens so a running fit can be followed; at the
-end of the fit the reward metrics are drawn to ``reward.png`` (when matplotlib is installed).
+(``{"step", "time", **metrics}``), appended as it happens so a running fit can be followed; a
+metric that is NaN or infinite is written as ``null``, so every line stays JSON. At the end of the
+fit the reward metrics are drawn to ``reward.png`` (when matplotlib is installed).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -48,10 +50,10 @@ class MetricsWriter:
 
     @hookimpl
     def agl_step_end(self, step: int, metrics: dict[str, float]) -> None:
-        record = {"step": step, "time": time.time(), **metrics}
+        record = {"step": step, "time": time.time(), **finite_or_null(metrics)}
         self.records.append(record)
         with self.metrics_path.open("a") as file:
-            file.write(json.dumps(record) + "\n")
+            file.write(json.dumps(record, allow_nan=False) + "\n")
 
     @hookimpl
     def agl_fit_end(self) -> None:
@@ -59,12 +61,25 @@ class MetricsWriter:
         write_reward_chart(self.records, self.chart_path)
 
 
+def finite_or_null(value: Any) -> Any:
+    """``value`` with every NaN and infinity (in lists and dicts too) replaced by None: JSON has no
+    number for them, and Python's ``json.dumps`` would write the bare ``NaN`` no JSON parser reads."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_null(item) for item in value]
+    return value
+
+
 def reward_series(records: list[dict[str, Any]]) -> dict[str, list[tuple[int, float]]]:
-    """Metric name -> [(step, value)] for each ``train/…reward_mean`` and ``val/…reward_mean`` metric."""
+    """Metric name -> [(step, value)] for each ``train/…reward_mean`` and ``val/…reward_mean`` metric
+    (a step where it was null, not a number, has no point)."""
     series: dict[str, list[tuple[int, float]]] = {}
     for record in records:
         for key, value in record.items():
-            if key.startswith(CHART_PREFIXES) and key.endswith(REWARD_SUFFIX):
+            if key.startswith(CHART_PREFIXES) and key.endswith(REWARD_SUFFIX) and value is not None:
                 series.setdefault(key, []).append((record["step"], value))
     return series
 

@@ -4,13 +4,16 @@ The store has no metrics table, and metrics.jsonl only exists where the trainer 
 is what every store backend, the store server and the ``agl`` CLI already show
 (``agl rollouts list``, ``agl spans ROLLOUT_ID``). The run's rollout skips the queue (runners
 never see it), has no mode and carries ``{"agl.trainer.run": true}`` in its metadata; its
-attempt ends succeeded or failed with the fit.
+attempt ends succeeded or failed with the fit. A metric that is NaN or infinite is left out of its
+step's span (metrics.jsonl has it as null): a span attribute cannot be null, and a NaN would be kept
+by a memory store but come back as null from SQLite or over HTTP.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from concurrent.futures import Future
 from typing import Any
 
@@ -46,7 +49,7 @@ class TrainingRun:
     def log_step(self, step: int, metrics: dict[str, float]) -> None:
         span = self._tracer.start_span(
             TRAINER_STEP,
-            attributes={TRAINER_STEP: step, **{TRAINER_METRIC_PREFIX + k: float(v) for k, v in metrics.items()}},
+            attributes={TRAINER_STEP: step, **_finite_attributes(metrics)},
         )
         span.end()
         previous = self._last
@@ -68,6 +71,12 @@ class TrainingRun:
         status = "succeeded" if error is None else "failed"
         metadata = {} if error is None else {"error": f"{type(error).__name__}: {error}".rstrip(": ")}
         await self.store.update_attempt(self.rollout_id, self.attempt_id, status=status, metadata=metadata)
+
+
+def _finite_attributes(metrics: dict[str, float]) -> dict[str, float]:
+    """The step's metrics as span attributes, those that are NaN or infinite left out."""
+    values = {TRAINER_METRIC_PREFIX + name: float(value) for name, value in metrics.items()}
+    return {key: value for key, value in values.items() if math.isfinite(value)}
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

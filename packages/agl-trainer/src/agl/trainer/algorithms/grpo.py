@@ -89,6 +89,9 @@ class GRPO(Algorithm):
     on (no LLM call with token ids: an agent calling another model than the one published) logs a
     warning saying why. Returns ``{"val_reward_before",
     "val_reward_after", "train_reward_first", "train_reward_last", "steps", "checkpoint"}``.
+
+    When the fit ends (also when it fails), the proxy stops and the resources the fit was given are
+    published again as the latest (`ServedPolicy.retire`); the trained model is the checkpoint.
     """
 
     name = "grpo"
@@ -181,7 +184,7 @@ class GRPO(Algorithm):
         try:
             return await self._train(context, policy)
         finally:
-            await asyncio.to_thread(policy.stop)
+            await policy.retire(context, "grpo")
             if self._scratch is not None:
                 self._scratch.cleanup()
                 self._scratch = None

@@ -54,6 +54,9 @@ class SFT(Algorithm):
     ``val/reward_mean`` (after the round's checkpoint is served; step 0 has it for the initial
     model). Returns ``{"val_reward_before", "val_reward_after", "train_rewards" (per round),
     "losses" (per epoch, all rounds), "checkpoint"}``.
+
+    When the fit ends (also when it fails), the proxy stops and the resources the fit was given are
+    published again as the latest (`ServedPolicy.retire`); the trained model is the checkpoint.
     """
 
     name = "sft"
@@ -131,7 +134,7 @@ class SFT(Algorithm):
         try:
             return await self._train(context, policy, root, keep=temporary is None)
         finally:
-            await asyncio.to_thread(policy.stop)
+            await policy.retire(context, "sft")
             if temporary is not None:
                 temporary.cleanup()
 

@@ -137,6 +137,15 @@ class ServedPolicy:
         resources_id: str | None = context.resources_id
         return resources_id
 
+    async def retire(self, context: AlgorithmContext, algorithm: str) -> None:
+        """`stop`, and if the proxy was published, make the fit's initial resources the latest again
+        (`AlgorithmContext.republish_initial_resources`). The trained model is a checkpoint on disk,
+        not an endpoint an `LLM` resource could name, until someone serves it (``agl serve``)."""
+        published = self.proxy is not None
+        await asyncio.to_thread(self.stop)
+        if published:
+            await context.republish_initial_resources(f"{algorithm} stopped serving its model")
+
 
 async def open_policy(
     context: AlgorithmContext,

@@ -11,6 +11,8 @@ rollout it gets:
   ``agl.attempt.id`` in ``OTEL_RESOURCE_ATTRIBUTES``, so spans from ``opentelemetry-instrument``
   land in this attempt whether they go through agl's exporter or plain OTLP.
 
+The program (the command's first word, found on the ``PATH`` it will run with) must exist and be
+executable when the runners are made: a missing one is one error up front, not a failure per rollout.
 A non-zero exit fails the attempt. The reward is ``reward(task, output, spans)`` (sync or async,
 named ``module:function`` or given as a callable): ``output`` is the program's stdout, ``spans``
 the attempt's spans in the store once the program has exited; without a reward function the
@@ -25,6 +27,7 @@ import inspect
 import json
 import os
 import shlex
+import shutil
 import signal
 import tempfile
 from collections.abc import Callable, Sequence
@@ -65,10 +68,11 @@ class CommandAgent(LitAgent):
         self.command = shlex.split(command) if isinstance(command, str) else list(command)
         if not self.command:
             raise ValueError("the command is empty")
+        self.env = dict(env or {})
+        check_program(self.command[0], self.env.get("PATH", os.environ.get("PATH")))
         self.store = store
         self.store_url = store_url
         self.reward = load_object(reward) if isinstance(reward, str) else reward
-        self.env = dict(env or {})
         super().__init__(name=os.path.basename(self.command[0]))
 
     async def rollout_async(self, task: Any, resources: NamedResources, rollout: AttemptedRollout) -> float | None:
@@ -120,6 +124,16 @@ class CommandAgent(LitAgent):
             environment["OPENAI_MODEL"] = routed.model
             environment["OPENAI_API_KEY"] = routed.api_key or os.environ.get("OPENAI_API_KEY") or "none"
         return environment
+
+
+def check_program(program: str, path: str | None) -> None:
+    """Refuse a program that is not there to run, as the process would look it up: a name on
+    ``path`` (a PATH value), or a file when it has a directory in it (relative to the current one)."""
+    if shutil.which(program, path=path) is not None:
+        return
+    if os.sep in program or (os.altsep is not None and os.altsep in program):
+        raise ValueError(f"the command's program {program!r} is not an executable file")
+    raise ValueError(f"the command's program {program!r} is not on PATH")
 
 
 def _chosen_llm(resources: NamedResources) -> LLM | None:

@@ -112,6 +112,7 @@ class Verl(Algorithm):
         finally:
             if proxy is not None:
                 await asyncio.to_thread(proxy.stop)
+                await context.republish_initial_resources("verl stopped its LLM proxy")
             await asyncio.to_thread(cluster.stop)
 
     async def _publish(self, context: AlgorithmContext, cluster: VerlCluster) -> tuple[Any, str | None]:
