@@ -4,6 +4,7 @@ terminal or Python's stack, names and errors over several lines, escape codes in
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import sys
 from pathlib import Path
@@ -99,3 +100,15 @@ def test_a_span_is_one_line_and_escape_codes_in_its_text_never_reach_the_termina
     assert lines[2].endswith("fetch page one  500 ms")
     listing = agl(url, "rollouts", "list").stdout + agl(url, "rollouts", "show", rollout_id).stdout
     assert "\x1b" not in listing and f"ro-{bad}[31mred" in listing
+
+
+def test_json_output_writes_nan_and_infinities_as_null(capsys) -> None:
+    """A memory store keeps a span attribute's NaN; ``--json`` must still print JSON any parser reads."""
+    from agl.core.cli._common import print_json
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not JSON: {constant}")
+
+    print_json({"attributes": {"loss": float("nan"), "bounds": [float("-inf"), 1.5]}, "name": "é"})
+    printed = json.loads(capsys.readouterr().out, parse_constant=refuse)
+    assert printed == {"attributes": {"loss": None, "bounds": [None, 1.5]}, "name": "é"}

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
 import typer
+from pydantic_core import to_json
 from rich import box
 from rich.console import Console
 from rich.measure import Measurement
@@ -140,8 +141,10 @@ def fit(out: Console, rows: Table, drop: Sequence[str]) -> Table:
 
 
 def print_json(data: Any) -> None:
-    """Print straight to stdout, never through rich, so no line is ever wrapped."""
-    typer.echo(json.dumps(data, indent=2, ensure_ascii=False))
+    """Print straight to stdout, never through rich, so no line is ever wrapped. NaN and infinities
+    (a memory store keeps them in span attributes) are null: ``json.dumps`` would write a bare
+    ``NaN``, which JSON parsers other than Python's refuse."""
+    typer.echo(to_json(data, indent=2, inf_nan_mode="null").decode())
 
 
 def status_text(status: str) -> Text:
