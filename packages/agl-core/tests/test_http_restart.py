@@ -17,13 +17,12 @@ wait is on an event, a process exit or a store call, bounded by `LIMIT`.
 from __future__ import annotations
 
 import asyncio
-import socket
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from opentelemetry import trace
+from store_server_process import Server, running
 
 from agl.core.agent import rollout
 from agl.core.runner import Runner
@@ -33,34 +32,6 @@ from agl.core.testing.tracing import fresh_global_tracer_provider
 LIMIT = 60.0
 """Bounds every wait; a healthy test needs a few seconds (two server start-ups)."""
 WORKER = "wk-restart"
-
-
-class Server:
-    """``agl store serve`` over a SQLite file, restartable on the same port."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.db = tmp_path / "store.db"
-        self.log = tmp_path / "server.log"
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.process: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        """Returns at once: clients retry until the server listens."""
-        command = ["-m", "agl.core.cli", "store", "serve", "--store", f"sqlite:///{self.db}", "--port", str(self.port)]
-        with self.log.open("a") as log:
-            self.process = await asyncio.create_subprocess_exec(sys.executable, *command, stdout=log, stderr=log)
-
-    async def kill(self) -> None:
-        assert self.process is not None
-        self.process.kill()
-        await asyncio.wait_for(self.process.wait(), LIMIT)
-
-    async def stop(self) -> None:
-        if self.process is not None and self.process.returncode is None:
-            self.process.terminate()
-            await asyncio.wait_for(self.process.wait(), LIMIT)
 
 
 class Relay:
@@ -146,13 +117,8 @@ async def _message(reader: asyncio.StreamReader) -> bytes:
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[Server]:
-    server = Server(tmp_path)
-    await server.start()
-    try:
+    async with running(Server(tmp_path)) as server:
         yield server
-    finally:
-        await server.stop()
-        print(server.log.read_text())  # shown by pytest when the test failed
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import socket
 import sqlite3
 import sys
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from store_server_process import TIMEOUT, Server, running
 
 from agl.core.errors import AglError
 from agl.core.store.http import HttpLightningStore
@@ -35,7 +35,6 @@ WORKER = Path(__file__).with_name("load_worker.py")
 PROCESSES, WORKERS_PER_PROCESS = 4, 4
 ROLLOUTS = 160
 SPANS = 5  # per attempt: two add_span calls, then one add_many_spans of three
-TIMEOUT = 90.0  # bounds every wait; a healthy run needs a fraction of it
 ACKS = ("claim", "span", "status")
 
 
@@ -46,42 +45,6 @@ def expected_status(rollout: Rollout) -> str:
 def integrity(path: Path) -> str:
     with closing(sqlite3.connect(path)) as raw:
         return raw.execute("PRAGMA integrity_check").fetchone()[0]
-
-
-class Server:
-    """``agl store serve`` as a child process, restartable on the same port and SQLite file."""
-
-    def __init__(self, tmp_path: Path, processes: int = 1) -> None:
-        self.processes = processes
-        self.db = tmp_path / "store.db"
-        self.log = tmp_path / "server.log"
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        """Returns at once; clients retry a refused connection until the server listens."""
-        command = ["-m", "agl.core.cli", "store", "serve", "--store", f"sqlite:///{self.db}", "--port", str(self.port),
-                   "--workers", str(self.processes)]  # fmt: skip
-        with self.log.open("a") as log:
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable, *command, env={**os.environ, "AGL_STORE_TOKEN": TOKEN}, stdout=log, stderr=log
-            )
-
-    async def kill(self) -> None:
-        assert self.process is not None
-        self.process.kill()
-        assert await asyncio.wait_for(self.process.wait(), TIMEOUT) == -signal.SIGKILL
-
-    async def stop(self) -> bool:
-        """SIGTERM; True when the server shut down on it (uvicorn exits by re-raising the signal)."""
-        if self.process is None:
-            return False
-        if self.process.returncode is None:
-            self.process.terminate()
-        return await asyncio.wait_for(self.process.wait(), TIMEOUT) in (0, -signal.SIGTERM)
 
 
 class Workers:
@@ -154,13 +117,8 @@ class Workers:
 
 @pytest.fixture
 async def server(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Server]:
-    server = Server(tmp_path, getattr(request, "param", 1))
-    await server.start()
-    try:
+    async with running(Server(tmp_path, getattr(request, "param", 1), TOKEN)) as server:
         yield server
-    finally:
-        await server.stop()
-        print(server.log.read_text())  # shown by pytest when the test failed
 
 
 @pytest.fixture
