@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from agl.core.server.auth import TokenAuth, document_bearer_auth
+from agl.core.server.auth import TokenAuth, check_token, document_bearer_auth
 from agl.core.server.calls import HotCalls
 from agl.core.server.errors import install_error_handlers
 from agl.core.server.fast import FastPath, routes
@@ -67,6 +67,7 @@ def create_app(settings: ServerSettings, store: LightningStore, *, fast_path: bo
             CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["*"], allow_headers=["*"]
         )
     if settings.token is not None:
+        check_token(settings.token.get_secret_value())
         app.add_middleware(TokenAuth, token=settings.token.get_secret_value())
         document_bearer_auth(app)
     app.add_middleware(MetricsMiddleware, metrics=metrics)

@@ -7,6 +7,7 @@ import ipaddress
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from agl.core.errors import AglError
+from agl.core.server.auth import check_token
 
 DEFAULT_PORT = 4747
 
@@ -36,7 +37,9 @@ def is_loopback(host: str) -> bool:
 
 
 def check_exposure(settings: ServerSettings) -> None:
-    """Refuse to listen beyond this machine without a token, unless told ``insecure``."""
+    """Refuse a blank token, and to listen beyond this machine without a token unless told ``insecure``."""
+    if settings.token is not None:
+        check_token(settings.token.get_secret_value())
     if not is_loopback(settings.host) and settings.token is None and not settings.insecure:
         raise AglError(
             f"refusing to serve on {settings.host} without a token: set AGL_STORE_TOKEN or --token, "

@@ -13,7 +13,6 @@ answered (a 4xx, a 500) is passed on as it is.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import inspect
 import json
 import logging
@@ -26,6 +25,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agl.core.errors import AglError, NotFound
+from agl.core.server.auth import TokenAuth, check_token
 from agl.core.store.base import LightningStore
 from agl.trainer.proxy.forward import (
     DEFAULT_RETRY,
@@ -75,7 +75,7 @@ def create_proxy_app(
     app = FastAPI(
         title="agl LLM proxy", docs_url=None, redoc_url=None, lifespan=lifespan, **_without_native_telemetry()
     )
-    calls = _Calls(store, token, max_body_bytes)
+    calls = _Calls(store, max_body_bytes)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> Response:
@@ -95,37 +95,30 @@ def create_proxy_app(
         return await calls.handle("completions", request, rollout_id, attempt_id)
 
     @app.get(PREFIX + "/models", response_model=None)
-    async def rollout_models(request: Request, rollout_id: str, attempt_id: str) -> Response:
-        return await calls.models(request, rollout_id)
+    async def rollout_models(rollout_id: str, attempt_id: str) -> Response:
+        return await calls.models(rollout_id)
 
     @app.get("/v1/models", response_model=None)
-    async def models(request: Request) -> Response:
-        return await calls.models(request, "")
+    async def models() -> Response:
+        return await calls.models("")
 
+    if token:
+        check_token(token)
+        unauthorized = json.dumps(_error_body(401, "missing or wrong bearer token")).encode()
+        # A middleware, so every route is guarded, /openapi.json and unknown paths included.
+        app.add_middleware(TokenAuth, token=token, error_body=unauthorized)
     return app
 
 
 class _Calls:
     """The handlers' shared state and steps."""
 
-    def __init__(self, store: LightningStore, token: str | None, max_body_bytes: int) -> None:
+    def __init__(self, store: LightningStore, max_body_bytes: int) -> None:
         self.store = store
         self.max_body_bytes = max_body_bytes
         self.forwarder: Forwarder | None = None
-        self._expected = f"Bearer {token}".encode() if token else None
 
-    def refuse_unauthorized(self, request: Request) -> Response | None:
-        if self._expected is None:
-            return None
-        given = (request.headers.get("authorization") or "").encode()
-        if hmac.compare_digest(given, self._expected):  # constant time: no timing oracle
-            return None
-        return _error(401, "missing or wrong bearer token", headers={"www-authenticate": "Bearer"})
-
-    async def models(self, request: Request, rollout_id: str) -> Response:
-        refusal = self.refuse_unauthorized(request)
-        if refusal is not None:
-            return refusal
+    async def models(self, rollout_id: str) -> Response:
         assert self.forwarder is not None
         try:
             sent = await self.forwarder.send(rollout_id, "GET", "/models")
@@ -142,9 +135,6 @@ class _Calls:
         return Response(payload, sent.status, media_type=sent.content_type)
 
     async def handle(self, endpoint: Endpoint, request: Request, rollout_id: str, attempt_id: str) -> Response:
-        refusal = self.refuse_unauthorized(request)
-        if refusal is not None:
-            return refusal
         for name, value in (("rollout id", rollout_id), ("attempt id", attempt_id)):
             if not _valid_id(value):
                 return _error(400, f"malformed {name} {value[:80]!r}")
@@ -354,9 +344,9 @@ def _one_line(text: str, limit: int = 300) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
-def _error(status: int, message: str, *, headers: dict[str, str] | None = None) -> JSONResponse:
+def _error(status: int, message: str) -> JSONResponse:
     """OpenAI's error shape, which openai clients turn into their typed exceptions."""
-    return JSONResponse(_error_body(status, message), status, headers=headers)
+    return JSONResponse(_error_body(status, message), status)
 
 
 def _error_body(status: int, message: str) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from agl.core.server.app import without_native_telemetry
-from agl.core.server.auth import TokenAuth
+from agl.core.server.auth import TokenAuth, check_token
 from agl.core.server.limits import BodyLimit
 from agl.trainer.serving import openai_wire as wire
 from agl.trainer.serving.engine import Engine, Generation, PromptError, SamplingParams
@@ -113,7 +113,9 @@ def create_openai_app(
 
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes, error_body=_too_large)
     if token:
-        app.add_middleware(TokenAuth, token=token)  # added last: runs first, before reading any body
+        check_token(token)
+        unauthorized = json.dumps(wire.error_body("missing or wrong bearer token", 401)).encode()
+        app.add_middleware(TokenAuth, token=token, error_body=unauthorized)  # added last: runs first
     return app
 
 
