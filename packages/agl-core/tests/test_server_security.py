@@ -20,6 +20,7 @@ from websockets.sync.client import connect
 from agl.core.errors import InvalidInput
 from agl.core.server import ServerSettings, create_app
 from agl.core.server.auth import TokenAuth
+from agl.core.server.protocol import MAX_HEAD_BYTES, OneWriteHttpProtocol
 from agl.core.server.settings import check_exposure
 from agl.core.store import SqliteLightningStore
 from agl.core.testing.server import ServingThread
@@ -234,3 +235,52 @@ def test_a_chunked_body_over_the_limit_is_a_413(server: ServingThread) -> None:
         status, _, answer = exchange(server, head, b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
         assert status == 413, answer
         assert json.loads(answer)["error"] == "BodyTooLarge"
+
+
+def received_until_closed(connection: socket.socket) -> bytes:
+    received = b""
+    while chunk := connection.recv(65536):
+        received += chunk
+    return received
+
+
+class QuickHeadDeadline(OneWriteHttpProtocol):
+    head_timeout_seconds = 0.2  # the default's 30 s, shortened so the test need not wait for it
+
+
+@pytest.mark.parametrize("sent", ["", "GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: 1"], ids=["nothing", "half a head"])
+def test_a_head_that_does_not_arrive_in_time_is_a_408_and_the_connection_closed(
+    backing: SqliteLightningStore, sent: str
+) -> None:
+    """A slow client (one header a minute, or a connection that never sends) held its connection
+    for as long as it liked."""
+    app = create_app(ServerSettings(), backing)
+    with (
+        ServingThread(app, http=QuickHeadDeadline) as running,
+        socket.create_connection(("127.0.0.1", running.port), timeout=30) as connection,
+    ):
+        connection.sendall(sent.encode())
+        received = received_until_closed(connection)  # the server's answer, then its close
+    assert received.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+    assert json.loads(received.partition(b"\r\n\r\n")[2])["message"] == "the request's head did not arrive within 0.2 s"
+
+
+def test_the_deadline_is_on_the_head_only(backing: SqliteLightningStore) -> None:
+    """A request whose head arrived is answered however long it runs; so is the next on the connection."""
+    app = create_app(ServerSettings(), backing)
+    with (
+        ServingThread(app, http=QuickHeadDeadline) as running,
+        socket.create_connection(("127.0.0.1", running.port), timeout=30) as connection,
+    ):
+        for _ in range(2):
+            connection.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert connection.recv(65536).startswith(b"HTTP/1.1 200 OK\r\n")
+
+
+def test_headers_without_end_are_a_431(server: ServingThread) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as connection:
+        connection.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        for index in range(2 * MAX_HEAD_BYTES // 1024):  # the server reads on after refusing: no reset
+            connection.sendall(f"X-Filler-{index}: {'y' * 1000}\r\n".encode())
+        received = received_until_closed(connection)
+    assert received.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n")

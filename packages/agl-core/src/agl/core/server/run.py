@@ -34,16 +34,15 @@ PR_SET_PDEATHSIG = 1
 
 def uvicorn_config(app: FastAPI | Callable[[], FastAPI], **options: Any) -> uvicorn.Config:
     """How every store server runs under uvicorn (``agl store serve``, the trainer's, the tests')."""
-    return uvicorn.Config(
-        app,
-        log_level="warning",
-        access_log=False,
-        timeout_keep_alive=KEEP_ALIVE_SECONDS,
-        timeout_graceful_shutdown=5,
-        http=OneWriteHttpProtocol,
-        proxy_headers=False,  # nothing here reads the client's address: no layer rewriting it per request
-        **options,
-    )
+    defaults: dict[str, Any] = {
+        "log_level": "warning",
+        "access_log": False,
+        "timeout_keep_alive": KEEP_ALIVE_SECONDS,
+        "timeout_graceful_shutdown": 5,
+        "http": OneWriteHttpProtocol,
+        "proxy_headers": False,  # nothing here reads the client's address: no layer rewriting it per request
+    }
+    return uvicorn.Config(app, **{**defaults, **options})
 
 
 def serve(
