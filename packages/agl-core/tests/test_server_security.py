@@ -284,3 +284,9 @@ def test_headers_without_end_are_a_431(server: ServingThread) -> None:
             connection.sendall(f"X-Filler-{index}: {'y' * 1000}\r\n".encode())
         received = received_until_closed(connection)
     assert received.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n")
+
+
+def test_an_unknown_path_of_kilobytes_is_not_echoed_whole(server: ServingThread) -> None:
+    status, _, body = get(server, "/v1/agl/" + "x" * 20_000, f"Authorization: Bearer {TOKEN}")
+    message = json.loads(body)["message"]
+    assert status == 404 and len(message) < 300 and message.startswith("GET /v1/agl/xxx")

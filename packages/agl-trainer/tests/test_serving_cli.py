@@ -66,6 +66,14 @@ def test_agl_serve_refuses_a_public_address_without_a_token(tiny_dir: Path) -> N
     assert "without a token" in result.output
 
 
+@pytest.mark.parametrize("engine", ["transformers", "vllm"])
+def test_agl_serve_refuses_a_blank_token_before_starting_any_engine(tiny_dir: Path, engine: str) -> None:
+    """vLLM would have taken it as its API key; the embedded server refused it with a traceback."""
+    result = CliRunner().invoke(_app(), ["serve", str(tiny_dir), "--engine", engine], env={"AGL_SERVE_TOKEN": "  "})
+    assert result.exit_code == 1
+    assert result.output.strip() == "error: the token is blank: set a real token, or none to serve without one"
+
+
 def test_agl_serve_names_the_installed_engines_when_asked_for_another(tiny_dir: Path) -> None:
     result = CliRunner().invoke(_app(), ["serve", str(tiny_dir), "--engine", "nonesuch"])
     assert result.exit_code == 1

@@ -191,3 +191,12 @@ def test_a_model_name_is_never_a_path(model_server: httpx.Client, model: str) ->
 
 def test_the_model_server_answers_no_cors(model_server: httpx.Client) -> None:
     assert_no_cors(model_server, "/v1/models")
+
+
+@pytest.mark.parametrize(("method", "path", "status"), [("GET", "/v1/nowhere", 404), ("DELETE", "/v1/models", 405)])
+def test_an_unknown_route_or_method_is_answered_in_openais_shape(
+    model_server: httpx.Client, method: str, path: str, status: int
+) -> None:
+    answered = model_server.request(method, path, headers={"authorization": f"Bearer {TOKEN}"})
+    assert answered.status_code == status
+    assert isinstance(answered.json()["error"]["message"], str)

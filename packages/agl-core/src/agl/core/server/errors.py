@@ -57,11 +57,13 @@ async def _agl_error(request: Request, error: Exception) -> JSONResponse:
     return error_response(error)
 
 
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _describe(error: dict) -> str:
     where = ".".join(str(part) for part in error.get("loc", ())) or "request"
-    given = repr(error.get("input"))
-    given = given if len(given) <= 60 else given[:57] + "..."
-    return f"{where}: {error.get('msg', 'invalid')} (got {given})"
+    return f"{where}: {error.get('msg', 'invalid')} (got {_cut(repr(error.get('input')), 60)})"
 
 
 async def _validation_error(request: Request, error: Exception) -> JSONResponse:
@@ -78,7 +80,7 @@ async def _validation_error(request: Request, error: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, HTTPException)
-    message = f"{request.method} {request.url.path}: {error.detail}"
+    message = f"{request.method} {_cut(request.url.path, 200)}: {error.detail}"  # a path may be kilobytes
     return _respond(error.status_code, ErrorBody(error="HTTPError", message=message), error.headers)
 
 

@@ -42,8 +42,16 @@ def serve(
     ] = None,
 ) -> None:
     """Serve MODEL over an OpenAI-compatible API (/v1/chat/completions, /v1/completions) with token ids."""
+    from agl.core.errors import InvalidInput
+    from agl.core.server.auth import check_token
     from agl.core.server.settings import is_loopback
 
+    if token:  # any engine: vLLM would take a blank one as its API key
+        try:
+            check_token(token)
+        except InvalidInput as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(1) from None
     if not is_loopback(host) and not token and not insecure:
         typer.echo(
             f"error: refusing to listen on {host} without a token: set --token (or AGL_SERVE_TOKEN), "

@@ -35,6 +35,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agl.core.server.app import without_native_telemetry
 from agl.core.server.auth import TokenAuth, check_token
@@ -72,6 +73,11 @@ def create_openai_app(
     @app.exception_handler(wire.WireError)
     async def refused(request: Request, error: wire.WireError) -> JSONResponse:
         return JSONResponse(wire.error_body(str(error), error.status), error.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        """An unknown route or method, in OpenAI's error shape like every other answer."""
+        return JSONResponse(wire.error_body(str(error.detail), error.status_code), error.status_code, error.headers)
 
     @app.exception_handler(PromptError)
     async def bad_prompt(request: Request, error: PromptError) -> JSONResponse:
