@@ -276,11 +276,43 @@ def test() -> None:
     for name, tool in TOOL_ENVIRONMENTS.items():
         if not os.environ.get(tool.variable):
             os.environ[tool.variable] = str(ensure_tool(name))
-    runs = [(python, elsewhere)]
+    options, paths = split_selection(sys.argv[2:], Path.cwd())
+    runs = [(python, elsewhere, owned_by(paths, None, envs))]
     for name, own in envs.items():
         if name != "main" and own:
-            runs.append((ensure(name, own), [str(package.relative_to(ROOT)) for package in own]))
-    pytest_in(runs, sys.argv[2:])
+            runs.append(
+                (ensure(name, own), [str(package.relative_to(ROOT)) for package in own], owned_by(paths, name, envs))
+            )
+    pytest_in([(python, mine or defaults) for python, defaults, mine in runs if mine or not paths], options)
+
+
+def split_selection(selection: list[str], cwd: Path) -> tuple[list[str], list[Path]]:
+    """The user's pytest arguments: options for every environment, and the test paths (files,
+    folders, node ids; as given from ``cwd``), each for the environment whose package holds it:
+    passed to all, CrewAI's environment would run agl-core's tests, and its own besides."""
+    options: list[str] = []
+    paths: list[Path] = []
+    for argument in selection:
+        file_part, separator, node = argument.partition("::")
+        target = (cwd / file_part).resolve()
+        if argument.startswith("-") or not target.exists() or not target.is_relative_to(ROOT):
+            options.append(argument)
+        else:
+            paths.append(Path(str(target.relative_to(ROOT)) + separator + node))
+    return options, paths
+
+
+def owned_by(paths: list[Path], environment: str | None, envs: dict[str, list[Path]]) -> list[str]:
+    """Those of ``paths`` that belong to ``environment`` (None: the main one, which holds all but
+    the other environments' packages)."""
+
+    def owner(path: Path) -> str | None:
+        for name, own in envs.items():
+            if name != "main" and any((ROOT / path).is_relative_to(package) for package in own):
+                return name
+        return None
+
+    return [str(path) for path in paths if owner(path) == environment]
 
 
 def pytest_in(runs: list[tuple[Path, list[str]]], selection: list[str]) -> None:

@@ -312,3 +312,24 @@ def test_a_selection_may_match_nothing_in_one_environment_but_not_in_all(
     with pytest.raises(SystemExit) as empty:
         dev.pytest_in(runs[1:], [])
     assert empty.value.code == 5, "without a selection, an environment with no test is a failure"
+
+
+def test_a_test_path_runs_in_the_environment_whose_package_holds_it(tmp_path: Path) -> None:
+    """`python3 dev.py test packages/agl-core/tests/test_cli.py` ran that file in CrewAI's environment
+    too, beside CrewAI's whole suite; paths are routed, options go everywhere."""
+    repo = scratch_repository(tmp_path)
+    crew = add_package(repo, "agl-instrument-crewai")
+    (crew / "tests").mkdir()
+    (crew / "tests" / "test_crew.py").write_text("")
+    (repo / "packages" / "agl-core" / "tests").mkdir()
+    (repo / "packages" / "agl-core" / "tests" / "test_cli.py").write_text("")
+    dev = load_dev(repo)
+    envs = {"main": [repo / "packages" / "agl-core"], "crewai": [crew]}
+    from_core = repo / "packages" / "agl-core"
+    options, paths = dev.split_selection(
+        ["-k", "cli", "tests/test_cli.py::test_x", "../agl-instrument-crewai/tests"], from_core
+    )
+    assert options == ["-k", "cli"]
+    assert dev.owned_by(paths, None, envs) == ["packages/agl-core/tests/test_cli.py::test_x"]
+    assert dev.owned_by(paths, "crewai", envs) == ["packages/agl-instrument-crewai/tests"]
+    assert dev.split_selection(["-x", "nowhere.py"], repo) == (["-x", "nowhere.py"], [])
