@@ -6,6 +6,7 @@ or the model server's files."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -200,3 +201,20 @@ def test_an_unknown_route_or_method_is_answered_in_openais_shape(
     answered = model_server.request(method, path, headers={"authorization": f"Bearer {TOKEN}"})
     assert answered.status_code == status
     assert isinstance(answered.json()["error"]["message"], str)
+
+
+def head_of_kilobytes_refused(base_url: str) -> bytes:
+    """A request whose headers never end (70 KiB and counting): the store server's protocol answers 431."""
+    address = httpx.URL(base_url)
+    with socket.create_connection((address.host, address.port), timeout=30) as connection:
+        connection.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Filler: " + b"y" * 70_000)
+        received = b""
+        while chunk := connection.recv(65536):
+            received += chunk
+    return received
+
+
+def test_the_model_server_and_the_proxy_bound_a_requests_head(model_server: httpx.Client, proxy: httpx.Client) -> None:
+    """They ran uvicorn's own protocol, which bounds neither the size nor the time of a head."""
+    for client in (model_server, proxy):
+        assert head_of_kilobytes_refused(str(client.base_url)).startswith(b"HTTP/1.1 431 ")

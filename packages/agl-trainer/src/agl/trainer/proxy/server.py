@@ -17,6 +17,7 @@ from typing import Any
 import uvicorn
 
 from agl.core.errors import AglError
+from agl.core.server.run import uvicorn_config
 from agl.core.server.settings import is_loopback
 from agl.core.store.base import LightningStore
 from agl.core.types.resources import ProxyLLM
@@ -118,8 +119,7 @@ class LlmProxy:
             on_startup=ready.set,
             **self._app_options,
         )
-        config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_keep_alive=65, lifespan="on")
-        self._server = uvicorn.Server(config)
+        self._server = uvicorn.Server(uvicorn_config(app, lifespan="on"))  # the store server's protocol and limits
         self._thread = threading.Thread(target=self._run, args=(ready,), name=f"agl-llm-proxy-{self.port}", daemon=True)
         self._thread.start()
         if not ready.wait(START_TIMEOUT) or not self._thread.is_alive():

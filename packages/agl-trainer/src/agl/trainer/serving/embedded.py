@@ -20,6 +20,7 @@ from typing import Any
 
 import uvicorn
 
+from agl.core.server.run import uvicorn_config
 from agl.trainer.serving.openai_app import create_openai_app
 from agl.trainer.serving.transformers_engine import TransformersEngine
 
@@ -37,8 +38,7 @@ class AppThread:
         self.host, self.port = host, self._socket.getsockname()[1]
         shown = f"[{host}]" if family == socket.AF_INET6 else host
         self.url = f"http://{shown}:{self.port}"
-        config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_keep_alive=65)
-        self._server = uvicorn.Server(config)
+        self._server = uvicorn.Server(uvicorn_config(app))  # the store server's: one write a head, head limits
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"agl-model-server-{self.port}", daemon=True)
 
