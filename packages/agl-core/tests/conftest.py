@@ -1,6 +1,6 @@
 """``store``: one store per backend (memory, SQLite, and the HTTP client of a server over SQLite),
-for tests that hold every backend to the same answer. A test file that defines its own ``store``
-fixture uses that one instead.
+for tests that hold every backend to the same answer; ``backing``: a SQLite store for a server
+under test to serve. A test file that defines its own fixture of either name uses that one instead.
 
 This folder goes on ``sys.path`` so that the tests' shared helper modules (``adapter_spans``) are
 importable by name.
@@ -8,8 +8,9 @@ importable by name.
 
 from __future__ import annotations
 
+import asyncio
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -36,3 +37,10 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     else:
         yield opened
     await opened.close()
+
+
+@pytest.fixture
+def backing(tmp_path: Path) -> Iterator[SqliteLightningStore]:
+    store = SqliteLightningStore(tmp_path / "served.db")
+    yield store
+    asyncio.run(store.close())

@@ -10,7 +10,6 @@ import socket
 import sys
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -31,13 +30,6 @@ from agl.core.types import PromptTemplate
 
 TOKEN = "s3cret-token"
 JSON = {"content-type": "application/json"}
-
-
-@pytest.fixture
-def backing(tmp_path: Path) -> Iterator[SqliteLightningStore]:
-    store = SqliteLightningStore(tmp_path / "served.db")
-    yield store
-    asyncio.run(store.close())
 
 
 @pytest.fixture

@@ -5,11 +5,9 @@ internal, and body limits hold without a Content-Length."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from fastapi import FastAPI, WebSocket
@@ -27,13 +25,6 @@ from agl.core.testing.server import ServingThread
 
 TOKEN = "s3cret-token"
 MAX_BODY = 4096
-
-
-@pytest.fixture
-def backing(tmp_path: Path) -> Iterator[SqliteLightningStore]:
-    store = SqliteLightningStore(tmp_path / "served.db")
-    yield store
-    asyncio.run(store.close())
 
 
 @pytest.fixture
