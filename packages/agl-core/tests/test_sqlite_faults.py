@@ -150,3 +150,24 @@ async def test_a_reopened_store_counts_workers_silence_from_its_opening(tmp_path
         assert attempt.attempt_id == claimed.attempt.attempt_id and attempt.status == "unresponsive"
     finally:
         await after.close()
+
+
+async def test_a_resumed_store_counts_workers_silence_from_its_resumption(tmp_path: Path) -> None:
+    """A machine that slept (or a stopped server): the clock jumps between two watchdog ticks, and
+    heartbeats could not arrive meanwhile, so the tick after must not requeue running work."""
+    config = RolloutConfig(unresponsive_seconds=30, timeout_seconds=3600, max_attempts=2)
+    clock = ManualClock()
+    store = SqliteLightningStore(tmp_path / "suspended.db", clock=clock, watchdog_interval=None)
+    try:
+        await store.enqueue_rollout("task", config=config)
+        claimed = await store.dequeue_rollout(worker_id="w")
+        store._watchdog_tick()
+        clock.advance(600)  # asleep for ten minutes
+        store._watchdog_tick()
+        assert (await store.get_latest_attempt(claimed.rollout_id)).status == "preparing"
+        for _ in range(31):  # then silent for longer than unresponsive_seconds, awake, ticking
+            clock.advance(1)
+            store._watchdog_tick()
+        assert (await store.get_latest_attempt(claimed.rollout_id)).status == "unresponsive"
+    finally:
+        await store.close()

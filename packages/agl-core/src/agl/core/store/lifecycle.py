@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import logging
 import math
 import threading
 import time
@@ -53,9 +54,13 @@ from agl.core.types.rollouts import (
 )
 from agl.core.types.spans import MAX_INT64
 
+logger = logging.getLogger(__name__)
 DEFAULT_MAX_SPAN_BYTES = 16 * 1024 * 1024
 WATCHDOG_PERIOD = 0.1
 """Seconds between watchdog ticks. A tick is cheap (no query unless something can be due)."""
+SUSPENSION_SECONDS = 5.0
+"""A gap this long between two watchdog ticks (50 periods; the wait between them takes no lock)
+means the process or the machine was suspended, not busy."""
 
 _DEFAULT_CONFIG = RolloutConfig()
 _rollout_list: TypeAdapter[list[Rollout]] = TypeAdapter(list[Rollout])
@@ -219,8 +224,10 @@ class LifecycleStore(LightningStore):
         max_span_bytes: int = DEFAULT_MAX_SPAN_BYTES,
     ) -> None:
         self._clock = clock
-        self._opened_at = clock()
-        """Workers' silence before this is not held against them (`_due_attempts`)."""
+        self._silence_counted_from = clock()
+        """Workers' silence before this is not held against them (`_due_attempts`): the store's
+        opening, or its resumption after a suspension (`_watchdog_tick`)."""
+        self._last_tick_end: float | None = None
         self.max_span_bytes = max_span_bytes
         self._watchdog_interval = watchdog_interval
         self._next_deadline_check = 0.0
@@ -1019,10 +1026,10 @@ class LifecycleStore(LightningStore):
             if config.timeout_seconds is not None and now - attempt.start_time > config.timeout_seconds:
                 due.append((attempt, "timeout"))
             elif config.unresponsive_seconds is not None:
-                # A store opened anew (a server restarted after a crash) counts silence from its
-                # opening: workers could not reach it while it was down, and marking every attempt
-                # unresponsive at its first tick would requeue work still running.
-                last_sign_of_life = max(attempt.last_heartbeat_time or attempt.start_time, self._opened_at)
+                # A store opened anew (a server restarted after a crash) or resumed (a suspended
+                # machine or process) counts silence from then: workers could not reach it, and
+                # marking every attempt unresponsive at its first tick would requeue running work.
+                last_sign_of_life = max(attempt.last_heartbeat_time or attempt.start_time, self._silence_counted_from)
                 if now - last_sign_of_life > config.unresponsive_seconds:
                     due.append((attempt, "unresponsive"))
         return due
@@ -1043,12 +1050,26 @@ class LifecycleStore(LightningStore):
             return len(due)
 
     def _watchdog_tick(self) -> None:
+        self._notice_suspension()
         if self._waiters and self._changed_elsewhere():
             self._wake_waiters()
         now = time.monotonic()
         if now >= self._next_deadline_check:
             self._next_deadline_check = now + (self._watchdog_interval or 0.0)
             self._enforce_deadlines()
+        self._last_tick_end = self._clock()
+
+    def _notice_suspension(self) -> None:
+        """After a suspension (a laptop's sleep, a stopped process) the clock has jumped: count
+        workers' silence from now, as after a restart. The gap is measured from the previous tick's
+        end, so a tick slowed by a busy store does not count; a timeout still counts the whole time."""
+        now = self._clock()
+        if self._last_tick_end is not None and now - self._last_tick_end > SUSPENSION_SECONDS:
+            logger.info(
+                "store resumed after %.0f s without a watchdog tick; workers' silence counts from now",
+                now - self._last_tick_end,
+            )
+            self._silence_counted_from = now
 
     async def statistics(self) -> StoreStatistics:
         with self._read():
