@@ -257,3 +257,18 @@ def test_a_span_too_large_even_without_its_content_is_refused_alone(tmp_path: Pa
     assert rejected == 1 and "1 span(s) refused, the first: span '2222222222222222'" in message
     assert [s.name for s in run(store.query_spans(f"ro-trace-{trace}"))] == ["agent"]
     run(store.close())
+
+
+def test_a_span_without_a_start_time_over_the_size_limit_is_stored_without_its_content(tmp_path: Path) -> None:
+    """The store numbers a span that has no start time; its size is checked here all the same, so
+    one such span does not refuse the whole batch."""
+    trace = "ef" * 16
+    untimed = json_span(trace, "2" * 16, "tool read", parent="1" * 16, output="x" * 4096)
+    del untimed["startTimeUnixNano"]
+    spans = [json_span(trace, "1" * 16, "agent"), untimed]
+    store, rejected, message = export_to_small_store(tmp_path, otlp_json(trace, spans), protobuf=False)
+    assert rejected == 0 and "1 span(s) stored without their content" in message
+    stored = {s.name: s for s in run(store.query_spans(f"ro-trace-{trace}"))}
+    assert sorted(stored) == ["agent", "tool read"] and "output" not in stored["tool read"].attributes
+    assert stored["tool read"].sequence_id > 0
+    run(store.close())

@@ -42,6 +42,7 @@ from agl.core.store.wire import error_body
 from agl.core.tracing.identity import file_span
 from agl.core.tracing.semconv import ATTEMPT_ID, ROLLOUT_ID, SEQUENCE_ID, SPAN_DROPPED
 from agl.core.types import Span
+from agl.core.types.spans import MAX_INT64
 
 PROTOBUF = "application/x-protobuf"
 logger = logging.getLogger(__name__)
@@ -184,22 +185,26 @@ async def _file(
         document["rollout_id"] = rollout_id
         document["attempt_id"] = attempt_id
         document["sequence_id"] = sequence_id
-        data = _encode(document) if sequence_id else None
-        if data is not None and max_bytes is not None and len(data) > max_bytes:
+        data = _encode(document)
+        # A span with no start time is numbered by the store, whose id takes up to 18 more digits.
+        room = None if max_bytes is None else max_bytes - (0 if sequence_id else UNNUMBERED_GROWTH)
+        if data is not None and room is not None and len(data) > room:
             why = f"span {document['span_id']!r} ({document['name']!r}) is {len(data)} bytes; the limit is {max_bytes}"
             document = _without_content(document, why)
             data = _encode(document)
-            if data is None or len(data) > max_bytes:
+            if data is None or len(data) > room:
                 refused.append(why)
                 continue
             slimmed.append(why)
         if metadata is not None:
             new_rollouts[rollout_id] = metadata
-        spans.append((document, data))
+        spans.append((document, data if sequence_id else None))
     return spans, new_rollouts, slimmed, refused
 
 
 LARGE_ATTRIBUTE_CHARACTERS = 256
+UNNUMBERED_GROWTH = len(str(MAX_INT64)) - 1
+"""How much longer a span's JSON grows when the store replaces its ``"sequence_id": 0``."""
 
 
 def _without_content(document: dict[str, Any], why: str) -> dict[str, Any]:
