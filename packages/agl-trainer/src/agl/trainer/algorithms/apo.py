@@ -10,6 +10,7 @@ edits the template along it. Parents and children are scored on validation tasks
 from __future__ import annotations
 
 import json
+import math
 import re
 import string
 from collections.abc import Mapping, Sequence
@@ -27,6 +28,8 @@ OPTIMIZER_RESOURCE = "optimizer"
 MAX_EXAMPLE_CHARS = 4000
 """An example's conversation is cut to this many characters, so one long rollout cannot swamp the critique."""
 EDITED = re.compile(r"<prompt>(.*?)</prompt>", re.DOTALL)
+Placeholder = tuple[str, str | None, str]
+"""A replacement field as written: name, conversion (``!r``), format spec (``:>8``, may nest fields)."""
 
 CRITIC = (
     "You review prompt templates of an AI agent. Given a template and conversations in which the agent "
@@ -64,18 +67,21 @@ class APO(Algorithm):
     Options: ``beam_width`` candidates survive each of ``rounds`` rounds; each expands into
     ``branch_factor`` children after running ``train_batch_size`` training tasks (taken in turn
     from the train dataset); ``critique_examples`` of its lowest-reward rollouts go to the critique.
-    Candidates are scored by mean reward (a rollout without one counts 0) over the first
+    Candidates are scored by mean reward (a rollout without one counts ``missing_reward``, 0 unless
+    set: with rewards that can be negative, set it to the lowest, or a prompt whose rollouts fail
+    outscores working ones) over the first
     ``val_batch_size`` validation tasks (train tasks when there is no val dataset). The optimizer is
     ``optimizer_model`` at ``optimizer_endpoint`` (a base URL ending in ``/v1``) with
     ``optimizer_api_key``; an ``optimizer`` `LLM` resource supplies whichever is not given.
     ``timeout`` bounds each batch of rollouts, in seconds.
 
     A child edits every optimised template of its parent; an edit that is empty, malformed, cut
-    short (an unclosed ``<prompt>``) or whose placeholders differ from the original template's is
-    rejected (that template stays the parent's), and a child that ends up identical to a known
-    candidate is dropped. The best candidate is published as the next version of the fit's
-    resources; a search that fails (the optimizer unreachable, say) or is interrupted publishes the
-    best scored so far before it raises, since each candidate's own resources became the latest.
+    short (an unclosed ``<prompt>``) or whose placeholders (names, conversions, format specs) differ
+    from the original template's is rejected (that template stays the parent's), and a child that
+    ends up identical to a known candidate is dropped. The best candidate is published as the next
+    version of the fit's resources; a search that fails (the optimizer unreachable, say) or is
+    interrupted publishes the best scored so far before it raises, since each candidate's own
+    resources became the latest.
     Returns ``{"best_prompts": {name: template}, "best_reward": float, "resources_id": str, "version": int}``.
     """
 
@@ -95,6 +101,7 @@ class APO(Algorithm):
         optimizer_endpoint: str | None = None,
         optimizer_api_key: str | None = None,
         timeout: float | None = None,
+        missing_reward: float = 0.0,
     ) -> None:
         counts = {
             "beam_width": beam_width,
@@ -122,6 +129,12 @@ class APO(Algorithm):
                 raise ValueError(f"apo option {option} must be a non-empty string, not {text!r}")
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0):
             raise ValueError(f"apo option timeout must be a positive number of seconds, not {timeout!r}")
+        if (
+            isinstance(missing_reward, bool)
+            or not isinstance(missing_reward, int | float)
+            or not math.isfinite(missing_reward)
+        ):
+            raise ValueError(f"apo option missing_reward must be a finite number, not {missing_reward!r}")
         self.prompts = prompts
         self.beam_width = beam_width
         self.branch_factor = branch_factor
@@ -133,6 +146,7 @@ class APO(Algorithm):
         self.optimizer_endpoint = optimizer_endpoint
         self.optimizer_api_key = optimizer_api_key
         self.timeout = timeout
+        self.missing_reward = float(missing_reward)
 
     async def run(self, context: AlgorithmContext) -> dict[str, Any]:
         base = dict(context.initial_resources or {})
@@ -185,7 +199,7 @@ class _Run:
         context: AlgorithmContext,
         base: NamedResources,
         optimizer: _Optimizer,
-        placeholders: dict[str, set[str]],
+        placeholders: dict[str, set[Placeholder]],
     ) -> None:
         self.apo = apo
         self.context = context
@@ -240,7 +254,7 @@ class _Run:
         tasks = self._next_train_batch()
         rollouts = await self._run(parent, tasks, "train")
         scored = [(await self.context.reward(rollout), rollout) for rollout in rollouts]
-        parent.train_rewards = [reward or 0.0 for reward, _ in scored]
+        parent.train_rewards = [self.apo.missing_reward if reward is None else reward for reward, _ in scored]
         worst = sorted(scored, key=lambda pair: pair[0] if pair[0] is not None else float("-inf"))
         examples = [await self._example(reward, rollout) for reward, rollout in worst[: self.apo.critique_examples]]
         critiques = {
@@ -281,12 +295,13 @@ class _Run:
 
     async def _rewards(self, candidate: _Candidate, tasks: Sequence[Any], mode: RolloutMode) -> list[float]:
         rollouts = await self._run(candidate, tasks, mode)
-        return [(await self.context.reward(rollout)) or 0.0 for rollout in rollouts]
+        rewards = [await self.context.reward(rollout) for rollout in rollouts]
+        return [self.apo.missing_reward if reward is None else reward for reward in rewards]
 
     async def _example(self, reward: float | None, rollout: Rollout) -> str:
         spans = await self.context.store.query_spans(rollout.rollout_id, "latest")
         conversation = self.context.adapter.adapt(spans)
-        shown = "none (failed)" if reward is None else f"{reward:.4g}"
+        shown = f"none (rollout {rollout.status})" if reward is None else f"{reward:.4g}"
         text = f"Task: {_text(rollout.input)}\nReward: {shown}\nConversation:\n{_render(conversation)}"
         return text[:MAX_EXAMPLE_CHARS]
 
@@ -358,19 +373,23 @@ def _edit_request(template: str, critique: str) -> str:
 def _edited_template(reply: str) -> str | None:
     """The text between the last ``<prompt>`` tags, or the whole reply when the optimizer left them out;
     None when that is empty, or when a ``<prompt>`` is never closed (a reply cut at its token limit)."""
-    found = EDITED.findall(reply)
-    if not found and "<prompt>" in reply:
+    if reply.rfind("<prompt>") > reply.rfind("</prompt>"):  # also after an earlier, quoted template
         return None
+    found = EDITED.findall(reply)
     edited = (found[-1] if found else reply).strip()
     return edited or None
 
 
-def _placeholders(template: str) -> set[str]:
-    """The fields ``str.format`` fills in; raises ValueError for a malformed template."""
-    return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+def _placeholders(template: str) -> set[Placeholder]:
+    """The fields ``str.format`` fills in, each whole: an edit that keeps a name but changes its spec
+    or conversion (``{q:.2f}``, ``{q:{width}}``) would make ``format(q=...)`` raise in every agent.
+    Raises ValueError for a malformed template."""
+    return {
+        (name, conversion, spec) for _, name, spec, conversion in string.Formatter().parse(template) if name is not None
+    }
 
 
-def _placeholders_or_none(template: str) -> set[str] | None:
+def _placeholders_or_none(template: str) -> set[Placeholder] | None:
     try:
         return _placeholders(template)
     except ValueError:
