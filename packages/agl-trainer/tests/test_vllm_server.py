@@ -63,6 +63,7 @@ def test_arguments_on_cpu_and_gpu(tmp_path: Path) -> None:
     assert on_cpu[on_cpu.index("--kv-cache-memory-bytes") + 1] == str(1 << 30)
     assert on_cpu[on_cpu.index("--api-key") + 1] == "t"
     assert on_cpu[on_cpu.index("--served-model-name") + 1] == "m"
+    assert on_cpu[on_cpu.index("--logprobs-mode") + 1] == "processed_logprobs"
     assert on_cpu[-2:] == ["--seed", "3"]
     on_gpu = server._arguments(tmp_path, 8123, on_cpu=False)
     assert on_gpu[on_gpu.index("--dtype") + 1] == "auto"
@@ -198,6 +199,36 @@ def test_chat_returns_the_tokenizers_prompt_ids_and_sampled_ids(server: VllmServ
     logprobs = [entry["logprob"] for entry in choice["logprobs"]["content"]]
     assert len(logprobs) == len(choice["token_ids"])
     assert all(value <= 0 for value in logprobs)
+
+
+@needs_vllm
+def test_logprobs_are_of_the_distribution_sampled_after_temperature(server: VllmServer, tiny_dir: Path) -> None:
+    """A policy-gradient ratio compares them with the trainer's, computed at the sampling temperature;
+    vLLM's own default reports the model's before temperature."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    temperature = 0.5
+    body = {
+        "model": server.model_name,
+        "messages": MESSAGES,
+        "max_tokens": 6,
+        "temperature": temperature,
+        "seed": 7,
+        "return_token_ids": True,
+        "logprobs": True,
+    }
+    answer = post(server, "/chat/completions", body)
+    prompt, sampled = answer["prompt_token_ids"], answer["choices"][0]["token_ids"]
+    served = torch.tensor([entry["logprob"] for entry in answer["choices"][0]["logprobs"]["content"]])
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, torch_dtype=torch.float32).eval()
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + sampled])).logits[0, len(prompt) - 1 : -1]
+    positions = torch.arange(len(sampled)), torch.tensor(sampled)
+    at_temperature = torch.log_softmax(logits / temperature, dim=-1)[positions]
+    before_temperature = torch.log_softmax(logits, dim=-1)[positions]
+    assert torch.allclose(served, at_temperature, atol=1e-3), (served, at_temperature)
+    assert not torch.allclose(served, before_temperature, atol=1e-3)
 
 
 @needs_vllm

@@ -248,6 +248,9 @@ class VllmServer:
         dtype = "float32" if self.dtype == "auto" and on_cpu else self.dtype
         arguments = ["--model", str(folder), "--served-model-name", self.model_name, "--dtype", dtype]
         arguments += ["--host", self.host, "--port", str(port)]
+        # Logprobs of the distribution tokens were sampled from (after temperature, top-p, top-k), as
+        # the embedded engine reports them and a policy-gradient ratio needs; vLLM's default is before.
+        arguments += ["--logprobs-mode", "processed_logprobs"]
         if on_cpu if self.enforce_eager is None else self.enforce_eager:
             arguments.append("--enforce-eager")
         kv_cache_bytes = self.kv_cache_bytes or (CPU_KV_CACHE_BYTES if on_cpu else None)
