@@ -118,6 +118,18 @@ def test_k3_kl_by_hand() -> None:
     assert float(result.loss) == pytest.approx(0.1 * expected, abs=1e-6)
 
 
+def test_kl_ignores_untrained_positions_however_far_the_models_drift_there() -> None:
+    # Position 2 is padding: nothing anchors its logprob, and a gap over ~88 nats overflows exp().
+    logprobs = torch.tensor([[-5.0, -1.0, -120.0]], requires_grad=True)
+    ref = torch.tensor([[-5.0, -1.5, -10.0]])
+    weights = torch.tensor([[0.0, 1.0, 0.0]])
+    result = policy_loss(logprobs, logprobs.detach(), torch.tensor([0.0]), weights, ref_logprobs=ref, kl_coef=0.1)
+    assert result.kl == pytest.approx(math.exp(-0.5) + 0.5 - 1, abs=1e-6)
+    result.loss.backward()
+    assert logprobs.grad is not None
+    assert logprobs.grad[0].tolist() == pytest.approx([0.0, 0.1 * (1 - math.exp(-0.5)), 0.0])
+
+
 def test_sft_loss_is_the_weighted_cross_entropy_of_trained_tokens() -> None:
     logprobs = torch.tensor([[-9.0, -1.0, -3.0]])
     assert float(sft_loss(logprobs, torch.tensor([[0.0, 0.5, 0.5]]))) == pytest.approx(2.0)

@@ -190,13 +190,12 @@ class GRPO(Algorithm):
                 self._scratch = None
 
     async def _train(self, context: AlgorithmContext, policy: Any) -> dict[str, Any]:
-        import torch
-
         from agl.trainer.learning.model import prepare_trainable, save_checkpoint
+        from agl.trainer.learning.optimizer import MasterAdamW
 
         reference = copy.deepcopy(policy.model).eval().requires_grad_(False) if self.kl_coef > 0 else None
         parameters = prepare_trainable(policy.model, top_layers=self.top_layers, lora_rank=self.lora_rank)
-        optimizer = torch.optim.AdamW(parameters, lr=self.lr, weight_decay=0.0)
+        optimizer = MasterAdamW(parameters, lr=self.lr)
         resources_id = await policy.publish(context, self.resource)
 
         val_before = await validation_reward(context, resources_id, self.timeout)
@@ -217,7 +216,7 @@ class GRPO(Algorithm):
                 context.logger.warning("grpo step %d has nothing to train on: %s", step, _untrainable(batch))
                 warned = True
             rollouts_done = time.perf_counter()
-            update = await asyncio.to_thread(self._update, policy, optimizer, parameters, batch, reference)
+            update = await asyncio.to_thread(self._update, policy, optimizer, batch, reference)
             if not policy.in_process and "loss" in update:
                 await asyncio.to_thread(self._push, policy, step)
             update_seconds = time.perf_counter() - rollouts_done
@@ -295,9 +294,7 @@ class GRPO(Algorithm):
         ]
         return build_batch(items, max_length=self.max_length, pad_token_id=pad_token_id)
 
-    def _update(
-        self, policy: Any, optimizer: Any, parameters: list[Any], batch: Any, reference: Any
-    ) -> dict[str, float]:
+    def _update(self, policy: Any, optimizer: Any, batch: Any, reference: Any) -> dict[str, float]:
         """``updates_per_step`` optimizer steps on one batch, holding the engine so no token is sampled
         from half-updated weights. Returns the metrics averaged over the updates."""
         import torch
@@ -342,18 +339,17 @@ class GRPO(Algorithm):
 
             totals: dict[str, float] = {}
             for update in range(self.updates_per_step):
-                optimizer.zero_grad(set_to_none=True)
+                optimizer.zero_grad()
                 metrics = backward(
                     model, batch, loss_of, micro_batch_size=self.micro_batch_size, temperature=self.temperature
                 )
-                metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(parameters, self.grad_clip))
-                optimizer.step()
+                metrics["grad_norm"] = optimizer.step(self.grad_clip)
                 if update == 0:
                     totals["ratio_mean"] = metrics["ratio_mean"]  # before any update: engine vs trainer
                 for name, value in metrics.items():
                     if name != "ratio_mean":
                         totals[name] = totals.get(name, 0.0) + value / self.updates_per_step
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad()
         return totals
 
     def _push(self, policy: Any, step: int) -> None:

@@ -139,15 +139,14 @@ class SFT(Algorithm):
                 temporary.cleanup()
 
     async def _train(self, context: AlgorithmContext, policy: Any, root: Path, *, keep: bool) -> dict[str, Any]:
-        import torch
-
         from agl.trainer.learning.model import prepare_trainable, save_checkpoint
+        from agl.trainer.learning.optimizer import MasterAdamW
         from agl.trainer.learning.rollouts import mean_reward, run_groups, validation_reward
 
         # A copy trains; the served model changes only when a round's checkpoint is loaded.
         student = copy.deepcopy(policy.model)
         parameters = prepare_trainable(student, top_layers=self.top_layers, lora_rank=self.lora_rank)
-        optimizer = torch.optim.AdamW(parameters, lr=self.lr, weight_decay=0.0)
+        optimizer = MasterAdamW(parameters, lr=self.lr)
         resources_id = await policy.publish(context, self.resource)
 
         val_before = await validation_reward(context, resources_id, self.timeout)
@@ -172,9 +171,7 @@ class SFT(Algorithm):
                 losses = []
                 for start in range(0, len(order), self.batch_size):
                     chunk = order[start : start + self.batch_size]
-                    loss, dropped = await asyncio.to_thread(
-                        self._step, student, optimizer, parameters, chunk, policy.pad_token_id
-                    )
+                    loss, dropped = await asyncio.to_thread(self._step, student, optimizer, chunk, policy.pad_token_id)
                     if loss is None:
                         continue
                     if pending:
@@ -223,12 +220,8 @@ class SFT(Algorithm):
             return "every rollout failed, had no reward or made no LLM call"
         return f"no rollout reached the threshold {self.threshold} (best reward {max(rewards):.4g})"
 
-    def _step(
-        self, model: Any, optimizer: Any, parameters: list[Any], chunk: list[Any], pad_token_id: int
-    ) -> tuple[float | None, float]:
+    def _step(self, model: Any, optimizer: Any, chunk: list[Any], pad_token_id: int) -> tuple[float | None, float]:
         """One optimizer step of cross-entropy on the chunk's generated tokens (per-rollout weights)."""
-        import torch
-
         from agl.trainer.learning.batches import Item, build_batch
         from agl.trainer.learning.losses import sft_loss
         from agl.trainer.learning.step import backward
@@ -237,7 +230,7 @@ class SFT(Algorithm):
         batch = build_batch(items, max_length=self.max_length, pad_token_id=pad_token_id)
         if batch.num_tokens == 0:
             return None, float(batch.dropped)
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad()
         totals = backward(
             model,
             batch,
@@ -245,6 +238,5 @@ class SFT(Algorithm):
             micro_batch_size=self.batch_size,
             temperature=1.0,
         )
-        torch.nn.utils.clip_grad_norm_(parameters, self.grad_clip)
-        optimizer.step()
+        optimizer.step(self.grad_clip)
         return totals["loss"], float(batch.dropped)

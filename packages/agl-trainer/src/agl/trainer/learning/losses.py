@@ -55,8 +55,8 @@ def policy_loss(
 
     ``ratio = exp(logprobs - old_logprobs)``; per token ``-min(ratio * A, clip(ratio, 1 - clip,
     1 + clip_high) * A)`` with ``A`` the row's advantage ([B], broadcast). The KL is the k3
-    estimator ``exp(ref - new) - (ref - new) - 1`` (unbiased, always ≥ 0). ``clip_fraction`` is the
-    weighted share of tokens whose clipped term was the one taken.
+    estimator ``exp(ref - new) - (ref - new) - 1`` (unbiased, always ≥ 0), on trained tokens only.
+    ``clip_fraction`` is the weighted share of tokens whose clipped term was the one taken.
     """
     high = clip if clip_high is None else clip_high
     advantage = advantages.unsqueeze(-1).to(logprobs.dtype)
@@ -68,7 +68,9 @@ def policy_loss(
     loss = policy
     kl_value = 0.0
     if ref_logprobs is not None:
-        delta = ref_logprobs - logprobs
+        # Only trained positions: elsewhere (prompt, padding) nothing bounds the gap between the two
+        # models, its exp can overflow, and a zero weight times inf is NaN (in the loss and the gradient).
+        delta = torch.where(weights > 0, ref_logprobs - logprobs, torch.zeros_like(logprobs))
         kl = (weights * (torch.exp(delta) - delta - 1.0)).sum()
         kl_value = float(kl.detach())
         if kl_coef:
