@@ -12,6 +12,7 @@ import logging
 import math
 import threading
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from agl.core.store.base import LightningStore
 from agl.core.testing.tracing import fresh_global_tracer_provider
 from agl.core.tracing import emitters, run_in_context, semconv
 from agl.core.tracing.configure import flush_spans, setup_tracing
+from agl.core.tracing.context import current_rollout
 from agl.core.tracing.emitters import emit_reward
 
 LIMIT = 30.0
@@ -130,10 +132,33 @@ async def test_an_agent_cancelled_from_inside_fails_as_an_agent_error_not_as_a_s
     assert exception.events[0].attributes["exception.type"].endswith("AgentCancelled")
 
 
-async def test_a_reward_from_a_thread_without_the_rollout_s_context_is_flagged_not_silently_misfiled(
+async def test_threads_and_pool_tasks_an_agent_starts_carry_its_rollout(store: LightningStore) -> None:
+    """An agent's own threads need no `run_in_context`: their rewards are the rollout's."""
+
+    @rollout
+    def agent(task: Any) -> None:
+        plain = threading.Thread(target=emit_reward, args=(0.5,))
+        plain.start()
+        plain.join()
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(emit_reward, [0.25, 0.125]))
+
+    attempt, rewards = await run_one(agent, store)
+    assert attempt.status == "succeeded" and sorted(rewards) == [0.125, 0.25, 0.5]
+
+
+async def test_a_reward_from_a_thread_started_outside_the_rollout_is_flagged_not_silently_misfiled(
     store: LightningStore, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A thread started before the rollout (a long-lived worker) does not have its context: what it
+    emits while the rollout runs goes under the process's rollout, with a warning naming the remedy."""
     monkeypatch.setattr(emitters, "_warned", set())
+    go, done = threading.Event(), threading.Event()
+
+    def long_lived() -> None:
+        go.wait()
+        emit_reward(0.5)
+        done.set()
 
     def warnings() -> list[logging.LogRecord]:
         return [record for record in caplog.records if record.name == emitters.__name__]
@@ -143,14 +168,33 @@ async def test_a_reward_from_a_thread_without_the_rollout_s_context_is_flagged_n
         carried = threading.Thread(target=run_in_context(emit_reward), args=(1.0,))
         carried.start()
         carried.join()
-        assert not warnings()  # the rollout's context went with it: nothing to say
-        plain = threading.Thread(target=emit_reward, args=(0.5,))
-        plain.start()
-        plain.join()
+        assert not warnings()
+        go.set()
+        done.wait(LIMIT)
 
+    worker = threading.Thread(target=long_lived)
+    worker.start()
     with caplog.at_level(logging.WARNING, logger=emitters.__name__):
         attempt, rewards = await run_one(agent, store)
+    worker.join()
     assert attempt.status == "succeeded" and rewards == [1.0]
     [warning] = warnings()
     assert "emit_reward ran outside any rollout" in warning.getMessage()
     assert "run_in_context" in warning.getMessage()
+
+
+async def test_a_pool_worker_started_in_a_rollout_does_not_keep_it_for_later_tasks(store: LightningStore) -> None:
+    """A pool outlives the rollout whose task started its worker thread: each task brings its own
+    context, so one submitted later from outside any rollout is not filed under that rollout."""
+    pool = ThreadPoolExecutor(1)
+
+    @rollout
+    def agent(task: Any) -> None:
+        assert pool.submit(current_rollout).result() is not None  # starts the worker, inside the rollout
+
+    try:
+        attempt, _ = await run_one(agent, store)
+        assert attempt.status == "succeeded", attempt.metadata
+        assert pool.submit(current_rollout).result() is None
+    finally:
+        pool.shutdown()

@@ -1,7 +1,7 @@
 """The rollout a piece of code runs for, carried in a context variable.
 
 The runner enters `rollout_context` around an agent; every span started inside (in this thread,
-in tasks it spawns, and in threads started with `run_in_context`) is stamped with the rollout,
+in tasks it spawns, in threads and thread-pool tasks it starts: `threads`) is stamped with the rollout,
 the attempt and a sequence id on the clock every producer of the attempt shares (`sequence_clock`).
 """
 
@@ -59,8 +59,11 @@ def rollouts_open() -> bool:
 
 @contextmanager
 def rollout_context(rollout_id: str, attempt_id: str) -> Iterator[ActiveRollout]:
-    """Everything started inside belongs to this rollout and attempt."""
+    """Everything started inside belongs to this rollout and attempt, threads it starts included."""
     global _open
+    from agl.core.tracing.threads import carry_rollouts_into_threads  # it imports this module
+
+    carry_rollouts_into_threads()
     active = ActiveRollout(rollout_id, attempt_id)
     token = _current.set(active)
     with _open_lock:

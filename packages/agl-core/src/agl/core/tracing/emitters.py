@@ -199,8 +199,9 @@ def _tracer(emitter: str) -> trace.Tracer | None:
             _warn_once(
                 f"{emitter} outside",
                 "agl %s ran outside any rollout while rollouts run in this process, so it is filed under the "
-                "process's own rollout: start the agent's threads and executor tasks with "
-                "agl.core.tracing.run_in_context (asyncio.to_thread and tasks carry the rollout already).",
+                "process's own rollout: a thread started before the rollout (a long-lived worker) does not "
+                "carry it; hand it the work through agl.core.tracing.run_in_context (threads and thread-pool "
+                "tasks started inside the rollout, asyncio tasks and asyncio.to_thread carry it already).",
                 emitter,
             )
         return agl_tracer()
