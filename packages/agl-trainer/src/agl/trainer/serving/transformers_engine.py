@@ -9,7 +9,8 @@ Generation runs on one worker thread (torch releases the GIL, so the event loop 
 Requests waiting when the worker is free (or queued while a trainer held the model) are decoded
 together as one batch, up to ``max_batch_size``: prompts left-padded,
 an attention mask and explicit positions, one forward pass per token over the KV cache. A request
-arriving mid-batch waits for the next batch (static batching, no continuous batching). Each row
+arriving mid-batch waits for the next batch (static batching, no continuous batching); a request
+whose caller stopped waiting before its batch began takes no row. Each row
 samples with its own seeded generator, so a request's tokens do not depend on its neighbours'
 random draws; the logits of a batched row may differ from an unbatched run in the last bits.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import numbers
 import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -57,6 +59,7 @@ class _Request:
     on_token: Callable[[Token], None] | None
     on_done: Callable[[Generation | BaseException], None]
     cancelled: threading.Event = field(default_factory=threading.Event)
+    """Set once the caller stopped waiting (a client gone): nobody listens for the answer any more."""
 
 
 class _Row:
@@ -97,6 +100,16 @@ class _Row:
         return Generation(
             list(self.request.prompt), self.token_ids, self.logprobs, self.finish_reason or "length", text
         )
+
+    def outcome(self) -> Generation | Exception:
+        """The answer, or this request's own failure: one raised here would stop the worker thread,
+        leaving this batch's other callers and every later request waiting for ever."""
+        if self.error is not None:
+            return self.error
+        try:
+            return self.generation()
+        except Exception as error:  # a tokenizer that cannot decode these ids
+            return error
 
 
 class TransformersEngine:
@@ -169,7 +182,9 @@ class TransformersEngine:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     def decode(self, token_ids: Sequence[int]) -> str:
-        return str(self.tokenizer.decode(list(token_ids), skip_special_tokens=True))
+        # No clean-up of spaces before punctuation: it would make the text differ from the ids and
+        # change text a stream already sent ("Hello " then "Hello,"); vLLM does not clean up either.
+        return str(self.tokenizer.decode(list(token_ids), skip_special_tokens=True, clean_up_tokenization_spaces=False))
 
     # --- generation ---------------------------------------------------------------------------
 
@@ -226,7 +241,7 @@ class TransformersEngine:
         on_done: Callable[[Generation | BaseException], None],
     ) -> _Request:
         self._check(prompt, params)
-        seed = params.seed if params.seed is not None else self._seeds.for_prompt(prompt)
+        seed = int(params.seed) if params.seed is not None else self._seeds.for_prompt(prompt)
         seed %= 2**64  # any integer a client sends is a valid torch seed
         request = _Request([int(token) for token in prompt], params, seed, on_token, on_done)
         self._requests.put(request)
@@ -243,14 +258,18 @@ class TransformersEngine:
             raise PromptError(f"prompt token ids must be in [0, {self.vocab_size})")
         if params.max_tokens < 1:
             raise PromptError("max_tokens must be at least 1")
-        if params.temperature < 0 or not 0 < params.top_p <= 1:  # the app checks these; direct callers too
+        if not params.temperature >= 0 or not 0 < params.top_p <= 1:  # the app checks these; direct callers too
             raise PromptError("temperature must be >= 0 and top_p in (0, 1]")
+        if params.seed is not None and not isinstance(params.seed, numbers.Integral):  # torch would fail the batch
+            raise PromptError(f"seed must be an integer, not {type(params.seed).__name__}")
 
     def _work(self) -> None:
         while True:
             first = self._requests.get()
             if first is None:
                 break
+            if first.cancelled.is_set():
+                continue
             with self.lock:  # requests that queue while a trainer holds the model are batched together
                 batch = self._batch_after(first)
                 try:
@@ -263,7 +282,7 @@ class TransformersEngine:
             self.stats["requests"] += len(batch)
             self.stats["largest_batch"] = max(self.stats["largest_batch"], len(batch))
             for row in rows:
-                row.request.on_done(row.error if row.error is not None else row.generation())
+                row.request.on_done(row.outcome())
         while True:  # closed: fail what is still queued
             try:
                 left = self._requests.get_nowait()
@@ -283,7 +302,8 @@ class TransformersEngine:
             if more is None:
                 self._requests.put(None)  # finish this batch, then stop
                 break
-            batch.append(more)
+            if not more.cancelled.is_set():  # a request nobody waits for would take a row and widen the prefill
+                batch.append(more)
         return batch
 
     def _decode(self, rows: list[_Row]) -> list[_Row]:
@@ -312,7 +332,7 @@ class TransformersEngine:
                     )
                     cache = out.past_key_values
                     logits = out.logits[:, -1, :]
-                    step = []
+                    step, moving = [], []
                     for i, row in enumerate(rows):
                         if not row.done:
                             try:
@@ -321,11 +341,15 @@ class TransformersEngine:
                             except Exception as error:  # fails this request only, not its neighbours
                                 row.error = error
                         step.append(row.token_ids[-1] if row.token_ids and not row.done else self.pad_token_id)
+                        moving.append(0 if row.done else 1)
                     if all(row.done for row in rows):
                         return rows
                     input_ids = torch.tensor(step, device=self.device)[:, None]
                     mask = torch.cat([mask, torch.ones_like(input_ids)], dim=-1)
-                    positions = positions[:, -1:] + 1
+                    # A finished row stays at its last position: past the context length a model with
+                    # learned positions fails the whole batch, and RoPE scaling that follows the
+                    # batch's largest position (dynamic, longrope) would change its neighbours' logits.
+                    positions = positions[:, -1:] + torch.tensor(moving, device=self.device)[:, None]
             finally:
                 model.train(was_training)
 
