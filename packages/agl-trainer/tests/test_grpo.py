@@ -342,3 +342,25 @@ async def test_grpo_publishes_the_resources_it_was_given_again_when_its_model_st
 def test_bad_options_are_refused_by_name(bad: dict[str, Any], option: str) -> None:
     with pytest.raises(ValueError, match=option):
         GRPO(**{"model": "m", **bad})
+
+
+@rollout
+def nucleus_agent(task: dict[str, Any], llm: LLM) -> float:
+    """Samples with top-p 0.9 and the server's default temperature, not the published ones."""
+    client = OpenAI(base_url=llm.endpoint, api_key=llm.api_key or "unused", max_retries=0)
+    reply = client.chat.completions.create(
+        model=llm.model, messages=[{"role": "user", "content": task["prompt"]}], max_tokens=4, top_p=0.9
+    )
+    return digit_share(reply.choices[0].message.content or "")
+
+
+async def test_grpo_counts_rollouts_sampled_unlike_its_logprobs(store: LightningStore, tiny_model: Path) -> None:
+    """The trainer's logprobs use the published temperature over the whole vocabulary: a call that
+    ran at the default temperature (named none) or within a top-p nucleus skews the ratio; both say so."""
+    steps = StepLog()
+    options = {"model": str(tiny_model), "n": 2, "tasks_per_step": 1, "steps": 1, "temperature": 0.7, "timeout": 60.0}
+    trainer = Trainer("grpo", store=store, n_runners=2, plugins=[steps], algorithm_options=options)
+    await trainer.fit_async(nucleus_agent, TRAIN[:1])
+
+    [(_, metrics)] = steps.seen
+    assert metrics["train/temperature_mismatch"] == 2 and metrics["train/top_p_mismatch"] == 2

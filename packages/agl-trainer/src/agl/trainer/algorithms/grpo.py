@@ -55,7 +55,8 @@ class GRPO(Algorithm):
     ``[1 - clip, 1 + clip_high]``; ``kl_coef`` [0] weighs the k3 KL to a frozen copy of the initial
     model (kept only when > 0); ``max_tokens`` [64] and ``temperature`` [1.0] are published in the
     resource's ``sampling_parameters`` for the agent to pass on (the trainer's logprobs use the same
-    temperature; calls recorded with another are counted in ``train/temperature_mismatch``);
+    temperature; rollouts whose calls ran at another, or with a top-p below 1, which the trainer's
+    logprobs do not model, are counted in ``train/temperature_mismatch`` and ``train/top_p_mismatch``);
     ``top_layers`` trains only the last k decoder layers (and the final norm), ``lora_rank`` trains
     LoRA adapters instead (default: every weight); ``seed`` [0]; ``val_every`` [5] steps (plus
     before the first and after the last; needs a val dataset); ``updates_per_step`` [1] optimizer
@@ -211,6 +212,7 @@ class GRPO(Algorithm):
             train_reward = mean_reward(ran)
             train_rewards.append(train_reward)
             mismatch = sum(1 for s in ran for t in s.temperatures if abs(t - self.temperature) > 1e-6)
+            nucleus = sum(1 for s in ran for p in s.top_ps if p < 1)
             batch = self._batch(kept, policy.pad_token_id)
             if kept and not batch.rows and not warned:  # else only the step's metrics would say so
                 context.logger.warning("grpo step %d has nothing to train on: %s", step, _untrainable(batch))
@@ -230,6 +232,7 @@ class GRPO(Algorithm):
                 "dropped": float(batch.dropped),
                 "skipped": float(batch.skipped),
                 "train/temperature_mismatch": float(mismatch),
+                "train/top_p_mismatch": float(nucleus),
             }
             if (self.val_every and step % self.val_every == 0) or step == self.steps:
                 measured = await validation_reward(context, resources_id, self.timeout)

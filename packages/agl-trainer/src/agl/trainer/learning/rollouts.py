@@ -19,6 +19,7 @@ from agl.core.types.triplets import Triplet
 from agl.trainer.algorithm import AlgorithmContext
 
 TEMPERATURE = f"{semconv.REQUEST_PREFIX}temperature"
+TOP_P = f"{semconv.REQUEST_PREFIX}top_p"
 
 FailurePolicy = Literal["zero", "drop_group"]
 """What a failed rollout (not succeeded, or no reward) does: ``zero`` scores it 0 and still trains on
@@ -35,7 +36,10 @@ class Scored:
     reward: float | None
     triplets: list[Triplet] = field(default_factory=list)
     temperatures: set[float] = field(default_factory=set)
-    """The sampling temperatures its LLM calls asked for (as the proxy recorded them)."""
+    """The sampling temperatures its LLM calls ran at, as the proxy recorded them (1, OpenAI's
+    default, which agl's engines apply, for a call that named none)."""
+    top_ps: set[float] = field(default_factory=set)
+    """Their top-p, the same way (1 when not named)."""
 
     @property
     def failed(self) -> bool:
@@ -66,13 +70,10 @@ async def run_groups(
         spans = await context.store.query_spans(rollout.rollout_id, "latest")
         reward = await context.reward(rollout)
         triplets = spans_to_triplets(spans, merge=True) if with_triplets and spans else []
-        temperatures = {
-            float(value)
-            for span in spans
-            if span.attributes.get(semconv.LLM_CALL) is True
-            and isinstance(value := span.attributes.get(TEMPERATURE), int | float)
-        }
-        scored.append(Scored(rollout, first_group + index // n, reward, triplets, temperatures))
+        calls = [span.attributes for span in spans if span.attributes.get(semconv.LLM_CALL) is True]
+        temperatures = {_number(call.get(TEMPERATURE), 1.0) for call in calls}
+        top_ps = {_number(call.get(TOP_P), 1.0) for call in calls}
+        scored.append(Scored(rollout, first_group + index // n, reward, triplets, temperatures, top_ps))
     scored.sort(key=lambda s: (s.group, [t.response_token_ids or [] for t in s.triplets]))
     return scored
 
@@ -121,3 +122,7 @@ def task_cycle(tasks: Sequence[Any], seed: int) -> Iterator[Any]:
         shuffle.shuffle(order)
         for index in order:
             yield tasks[index]
+
+
+def _number(value: Any, default: float) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else default
