@@ -101,3 +101,9 @@ def test_agl_serve_refuses_a_port_out_of_range(tiny_dir: Path) -> None:
     result = CliRunner().invoke(_app(), ["serve", str(tiny_dir), "--port", "99999"])
     assert result.exit_code == 2
     assert "--port" in result.output and "65535" in result.output
+
+
+def test_agl_serve_refuses_an_unknown_tool_call_parser_naming_the_known_ones(tiny_dir: Path) -> None:
+    result = CliRunner().invoke(_app(), ["serve", str(tiny_dir), "--tool-call-parser", "mistral"])
+    assert result.exit_code == 2
+    assert "'auto', 'hermes', 'none'" in result.output

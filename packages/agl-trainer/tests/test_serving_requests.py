@@ -111,7 +111,8 @@ def test_neutral_values_of_unsupported_options_are_answered_as_if_absent(client:
         ("best_of", 3),
         ("top_logprobs", 3),
         ("response_format", {"type": "json_object"}),
-        ("tool_choice", "required"),
+        ("tool_choice", "required"),  # a call cannot be forced: nothing constrains decoding to the markup
+        ("tool_choice", {"type": "function", "function": {"name": "get_weather"}}),
         ("ignore_eos", True),
         ("presence_penalty", False),  # not a number: not the neutral 0
     ],

@@ -64,12 +64,42 @@ def test_arguments_on_cpu_and_gpu(tmp_path: Path) -> None:
     assert on_cpu[on_cpu.index("--api-key") + 1] == "t"
     assert on_cpu[on_cpu.index("--served-model-name") + 1] == "m"
     assert on_cpu[on_cpu.index("--logprobs-mode") + 1] == "processed_logprobs"
+    assert on_cpu[on_cpu.index("--generation-config") + 1] == "vllm"
     assert on_cpu[-2:] == ["--seed", "3"]
     on_gpu = server._arguments(tmp_path, 8123, on_cpu=False)
     assert on_gpu[on_gpu.index("--dtype") + 1] == "auto"
     assert "--kv-cache-memory-bytes" not in on_gpu
     assert "--enforce-eager" in on_cpu
     assert "--enforce-eager" not in on_gpu
+
+
+HERMES = ["--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
+
+
+def tool_flags(folder: Path, setting: str | None) -> list[str]:
+    """The tool-call arguments vLLM gets for ``folder`` under ``setting`` (nothing or `HERMES`)."""
+    arguments = VllmServer(folder, tool_call_parser=setting)._arguments(folder, 8123, on_cpu=True)
+    return [argument for argument in arguments if argument in HERMES]
+
+
+def test_tool_calls_are_on_when_the_chat_template_writes_hermes_markup(tmp_path: Path) -> None:
+    """Without these flags vLLM leaves the markup as text, and refuses ``tool_choice: "auto"``."""
+    plain, current, legacy = (tmp_path / name for name in ("plain", "current", "legacy"))
+    for folder in (plain, current, legacy):
+        folder.mkdir()
+    (plain / "chat_template.jinja").write_text("{{ messages }}")
+    (current / "chat_template.jinja").write_text("{{ '<tool_call>' }}")  # transformers 5 writes this file
+    (legacy / "tokenizer_config.json").write_text(
+        json.dumps({"chat_template": [{"name": "tool_use", "template": "<tool_call>"}]})
+    )
+    assert [tool_flags(folder, "auto") for folder in (plain, current, legacy)] == [[], HERMES, HERMES]
+    assert tool_flags(plain, "hermes") == HERMES
+    assert tool_flags(current, "none") == tool_flags(current, None) == []
+
+
+def test_an_unknown_tool_call_parser_is_refused_before_starting(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="'pythonic' is not known"):
+        VllmServer(tmp_path, tool_call_parser="pythonic")
 
 
 def test_missing_model_is_refused(tmp_path: Path) -> None:
@@ -154,7 +184,13 @@ def perturbed_copy(source: Path, folder: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return vllm_tiny_model(tmp_path_factory.mktemp("tiny"))
+    folder = vllm_tiny_model(tmp_path_factory.mktemp("tiny"))
+    # Sampling defaults of the kind models ship (Qwen's: temperature 0.7, a repetition penalty...),
+    # which the embedded engine does not apply, and neither may vLLM.
+    config = folder / "generation_config.json"
+    defaults = json.loads(config.read_text()) if config.exists() else {}
+    config.write_text(json.dumps({**defaults, "temperature": 0.3, "do_sample": True}))
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -202,21 +238,22 @@ def test_chat_returns_the_tokenizers_prompt_ids_and_sampled_ids(server: VllmServ
 
 
 @needs_vllm
-def test_logprobs_are_of_the_distribution_sampled_after_temperature(server: VllmServer, tiny_dir: Path) -> None:
-    """A policy-gradient ratio compares them with the trainer's, computed at the sampling temperature;
-    vLLM's own default reports the model's before temperature."""
+@pytest.mark.parametrize("named", [0.5, None], ids=["temperature-named", "none-named"])
+def test_logprobs_are_of_the_distribution_sampled(server: VllmServer, tiny_dir: Path, named: float | None) -> None:
+    """After temperature (vLLM's own default reports them before): a policy-gradient ratio compares
+    them with the trainer's. A request naming none samples at 1, as on the embedded engine, not at
+    the model folder's generation_config.json default (0.3 here)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    temperature = 0.5
     body = {
         "model": server.model_name,
         "messages": MESSAGES,
         "max_tokens": 6,
-        "temperature": temperature,
         "seed": 7,
         "return_token_ids": True,
         "logprobs": True,
+        **({} if named is None else {"temperature": named}),
     }
     answer = post(server, "/chat/completions", body)
     prompt, sampled = answer["prompt_token_ids"], answer["choices"][0]["token_ids"]
@@ -225,10 +262,10 @@ def test_logprobs_are_of_the_distribution_sampled_after_temperature(server: Vllm
     with torch.no_grad():
         logits = model(torch.tensor([prompt + sampled])).logits[0, len(prompt) - 1 : -1]
     positions = torch.arange(len(sampled)), torch.tensor(sampled)
-    at_temperature = torch.log_softmax(logits / temperature, dim=-1)[positions]
-    before_temperature = torch.log_softmax(logits, dim=-1)[positions]
-    assert torch.allclose(served, at_temperature, atol=1e-3), (served, at_temperature)
-    assert not torch.allclose(served, before_temperature, atol=1e-3)
+    expected = torch.log_softmax(logits / (named or 1.0), dim=-1)[positions]
+    assert torch.allclose(served, expected, atol=1e-3), (served, expected)
+    for other in {0.3, 0.5, 1.0} - {named or 1.0}:
+        assert not torch.allclose(served, torch.log_softmax(logits / other, dim=-1)[positions], atol=1e-3)
 
 
 @needs_vllm
@@ -326,6 +363,38 @@ def lora_adapter(base: Path, folder: Path) -> Path:
     config = LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     get_peft_model(model, config).save_pretrained(folder)
     return folder
+
+
+@needs_vllm
+def test_a_model_whose_template_writes_hermes_markup_gets_tool_calls(tmp_path: Path) -> None:
+    """The mapping of the embedded server's default: vLLM reads the overfit model's call, and takes
+    the next turn with OpenAI's JSON-string arguments."""
+    from test_serving_tool_calls_model import ASK, MARKUP, TOOLS, tool_calling_model
+
+    folder = tool_calling_model(tmp_path / "tool-model", build=vllm_tiny_model)
+    with VllmServer(folder, token=TOKEN, python=VLLM_PYTHON, kv_cache_bytes=256 << 20) as running:
+        body = {"messages": ASK, "tools": TOOLS, "max_tokens": 80, "temperature": 0, "return_token_ids": True}
+        answer = post(running, "/chat/completions", {**body, "model": running.model_name})
+        [choice] = answer["choices"]
+        assert choice["finish_reason"] == "tool_calls"
+        [call] = choice["message"]["tool_calls"]
+        assert (call["function"]["name"], json.loads(call["function"]["arguments"])) == (
+            "get_weather",
+            {"city": "Paris"},
+        )
+        turn = [
+            *ASK,
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": call["id"], "content": "18 C"},
+        ]
+        later = post(
+            running,
+            "/chat/completions",
+            {**body, "messages": turn, "max_tokens": 2, "model": running.model_name},
+        )
+    from transformers import AutoTokenizer
+
+    assert MARKUP in AutoTokenizer.from_pretrained(folder).decode(later["prompt_token_ids"])
 
 
 @needs_vllm

@@ -10,12 +10,21 @@ from __future__ import annotations
 
 import signal
 import threading
+from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
 
 from agl.core.cli._common import parse_option
 from agl.trainer.plugins import model_servers, plugin_manager
+
+
+class ToolCallParser(StrEnum):
+    """The values of `--tool-call-parser` (see `agl.trainer.serving.tool_calls`)."""
+
+    auto = "auto"
+    hermes = "hermes"
+    none = "none"
 
 
 def add_commands(root: typer.Typer) -> None:
@@ -39,6 +48,13 @@ def serve(
     ] = None,
     option: Annotated[
         list[str] | None, typer.Option(help="An engine option KEY=JSON (repeatable), e.g. device=cuda.")
+    ] = None,
+    tool_call_parser: Annotated[
+        ToolCallParser | None,
+        typer.Option(
+            help="Read the model's tool calls into OpenAI tool_calls: hermes (<tool_call> markup), none "
+            "(leave them as text), auto (hermes when the chat template writes <tool_call>; the default)."
+        ),
     ] = None,
 ) -> None:
     """Serve MODEL over an OpenAI-compatible API (/v1/chat/completions, /v1/completions) with token ids."""
@@ -68,6 +84,8 @@ def serve(
         options = dict(parse_option(text) for text in option or [])
         if served_model_name:
             options["model_name"] = served_model_name
+        if tool_call_parser is not None:  # else the engine's default, auto
+            options["tool_call_parser"] = tool_call_parser.value
         factory, _ = found[engine]
         server = factory(model, host=host, port=port, token=token or None, **options)
         stopping = _stop_signal()

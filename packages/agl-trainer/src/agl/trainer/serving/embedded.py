@@ -22,6 +22,7 @@ import uvicorn
 
 from agl.core.server.run import uvicorn_config
 from agl.trainer.serving.openai_app import create_openai_app
+from agl.trainer.serving.tool_calls import resolve_parser
 from agl.trainer.serving.transformers_engine import TransformersEngine
 
 
@@ -67,13 +68,16 @@ class EmbeddedModelServer:
         port: int = 0,
         token: str | None = None,
         engine: TransformersEngine | None = None,
+        tool_call_parser: str | None = "auto",
         **engine_options: Any,
     ) -> None:
         """``engine``: an engine already loaded (``model`` is then only its description); `stop`
-        closes it too. ``engine_options`` go to `TransformersEngine.load` (device, dtype, seed,
-        model_name...)."""
+        closes it too. ``tool_call_parser`` as `create_openai_app` takes it. ``engine_options`` go
+        to `TransformersEngine.load` (device, dtype, seed, model_name...)."""
+        resolve_parser(tool_call_parser, "")  # an unknown name fails here, not at start
         self.model = model
         self.host, self.port, self.token = host, port, token
+        self.tool_call_parser = tool_call_parser
         self._engine = engine
         self._engine_options = engine_options
         self._thread: AppThread | None = None
@@ -92,7 +96,8 @@ class EmbeddedModelServer:
 
     def start(self) -> str:
         if self._thread is None:
-            self._thread = AppThread(create_openai_app(self.engine, token=self.token), self.host, self.port)
+            app = create_openai_app(self.engine, token=self.token, tool_call_parser=self.tool_call_parser)
+            self._thread = AppThread(app, self.host, self.port)
             self.base_url = f"{self._thread.start()}/v1"
         return self.base_url
 

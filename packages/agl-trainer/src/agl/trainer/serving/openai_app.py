@@ -13,10 +13,14 @@ computed (``top_logprobs`` come back empty, and asking for some is a 400). One c
 naming another model than the one ``/v1/models`` lists is a 404 (no model: the served one).
 
 Messages take OpenAI's roles and text content (a string or text parts); other roles and parts
-(images) are a 400. Replies are text: tool definitions reach the chat template, and the model's
-tool-call markup comes back as content, unparsed. Prompts are tokenized off the event loop, one at
-a time: one near the body limit takes many seconds, which would otherwise stall every other request
-and stream.
+(images) are a 400. Tool definitions reach the chat template, and so do earlier turns' tool calls
+(their JSON-string ``arguments`` decoded, as templates expect) and ``tool`` messages. With a tool
+call parser on (``tool_call_parser``: by default, when the chat template itself writes the hermes
+``<tool_call>`` markup), a request offering ``tools`` (``tool_choice`` not "none") gets the calls
+the model wrote as ``tool_calls`` (in a stream, one delta per complete call) and ``finish_reason``
+"tool_calls"; token ids and logprobs stay those of the raw markup, which is what a trainer learns
+from (see `tool_calls`). Prompts are tokenized off the event loop, one at a time: one near the body
+limit takes many seconds, which would otherwise stall every other request and stream.
 A bearer token (when set) guards every route but ``/health``; bodies over ``max_body_bytes`` get
 a 413; bad bodies a 400 with a one-line message; an engine failure a 500 saying only "internal
 server error" (the traceback goes to the log).
@@ -43,6 +47,7 @@ from agl.core.server.limits import BodyLimit
 from agl.trainer.serving import openai_wire as wire
 from agl.trainer.serving.engine import Engine, Generation, PromptError, SamplingParams
 from agl.trainer.serving.text_stream import TextStream
+from agl.trainer.serving.tool_calls import Delta, ToolCallStream, parse_tool_calls, resolve_parser
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +66,13 @@ def create_openai_app(
     token: str | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
     default_max_tokens: int = DEFAULT_MAX_TOKENS,
+    tool_call_parser: str | None = "auto",
 ) -> FastAPI:
-    """The app; the caller owns ``engine`` (it is neither started nor closed here)."""
+    """The app; the caller owns ``engine`` (it is neither started nor closed here).
+
+    ``tool_call_parser``: "hermes" reads tool calls out of replies, None leaves them as text, and
+    "auto" reads them when the engine's chat template writes the hermes markup itself."""
+    parser = resolve_parser(tool_call_parser, _chat_template(engine))
     app = FastAPI(title="agl model server", docs_url=None, redoc_url=None, **without_native_telemetry())
     tokenizing = asyncio.Lock()  # one prompt at a time: a fast tokenizer refuses concurrent mutable use
 
@@ -102,7 +112,7 @@ def create_openai_app(
         body: wire.ChatRequest = wire.parse(wire.ChatRequest, await request.body())
         body.check_model(engine.model_name)
         prompt = await tokenized(engine.chat_prompt_token_ids, body.messages, body.tools)
-        answer = _Chat(engine, body, prompt, body.sampling(default_max_tokens))
+        answer = _Chat(engine, body, prompt, body.sampling(default_max_tokens), parser is not None)
         if body.stream:
             return await _event_stream(answer.chunks())
         return JSONResponse(await answer.whole())
@@ -123,6 +133,15 @@ def create_openai_app(
         unauthorized = json.dumps(wire.error_body("missing or wrong bearer token", 401)).encode()
         app.add_middleware(TokenAuth, token=token, error_body=unauthorized)  # added last: runs first
     return app
+
+
+def _chat_template(engine: Engine) -> str:
+    """The engine's chat template text, if it has a tokenizer that holds one (several named
+    templates: all of them)."""
+    template = getattr(getattr(engine, "tokenizer", None), "chat_template", None)
+    if isinstance(template, dict):
+        return "\n".join(str(text) for text in template.values())
+    return template if isinstance(template, str) else ""
 
 
 async def _event_stream(chunks: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
@@ -179,6 +198,11 @@ class _Answer:
 class _Chat(_Answer):
     kind = "chatcmpl"
 
+    def __init__(self, engine: Engine, body: Any, prompt: list[int], params: SamplingParams, parser_on: bool) -> None:
+        super().__init__(engine, body, prompt, params)
+        self.reads_tool_calls = parser_on and body.may_call_tools
+        """Whether tool-call markup in the reply becomes ``tool_calls`` (else it stays content)."""
+
     def _logprobs(self, token_ids: Sequence[int], logprobs: Sequence[float]) -> dict[str, Any] | None:
         if not self.body.logprobs:
             return None
@@ -190,11 +214,17 @@ class _Chat(_Answer):
 
     async def whole(self) -> dict[str, Any]:
         generation = await self.engine.generate(self.prompt, self.params)
+        message: dict[str, Any] = {"role": "assistant", "content": generation.text}
+        finish = generation.finish_reason
+        if self.reads_tool_calls:
+            message["content"], calls = parse_tool_calls(generation.text)
+            if calls:
+                message["tool_calls"], finish = calls, "tool_calls"
         choice: dict[str, Any] = {
             "index": 0,
-            "message": {"role": "assistant", "content": generation.text},
+            "message": message,
             "logprobs": self._logprobs(generation.token_ids, generation.logprobs),
-            "finish_reason": generation.finish_reason,
+            "finish_reason": finish,
         }
         answer: dict[str, Any] = {**self.head, "object": "chat.completion", "choices": [choice]}
         answer["usage"] = wire.usage(self.prompt, generation.token_ids)
@@ -226,16 +256,29 @@ class _Chat(_Answer):
                 first["prompt_token_ids"] = self.prompt
             yield first
             text = TextStream(self.engine.decode, self.params.stop)
+            calls = ToolCallStream() if self.reads_tool_calls else None
             ids: list[int] = []
             while not isinstance(step, Generation):
                 ids.append(step[0])
-                yield self._chunk({"content": text.delta(ids)}, [step[0]], [step[1]], None)
+                piece = text.delta(ids)
+                delta = _delta(calls.feed(piece)) if calls else {"content": piece}
+                yield self._chunk(delta, [step[0]], [step[1]], None)
                 step = await anext(steps)
         rest = text.finish(step.text)
-        yield self._chunk({"content": rest} if rest else {}, [], [], step.finish_reason)
+        last = calls.finish(rest) if calls else Delta(rest)
+        finish = "tool_calls" if calls and calls.calls else step.finish_reason
+        yield self._chunk(_delta(last) if last.content or last.tool_calls else {}, [], [], finish)
         if self.body.include_usage:
             usage = wire.usage(self.prompt, step.token_ids)
             yield {**self.head, "object": "chat.completion.chunk", "choices": [], "usage": usage}
+
+
+def _delta(piece: Delta) -> dict[str, Any]:
+    """A chunk's delta: its content (empty while text is held back) and the calls it completes."""
+    delta: dict[str, Any] = {"content": piece.content} if piece.content or not piece.tool_calls else {}
+    if piece.tool_calls:
+        delta["tool_calls"] = piece.tool_calls
+    return delta
 
 
 class _Completion(_Answer):

@@ -6,7 +6,9 @@ when they would change the answer in a way this server cannot (a penalty, ``logi
 their neutral values (``presence_penalty=0``, ``n=1``, ...), which clients send by default, are
 accepted. Other unknown fields (``user``, ``metadata``, ...) are accepted and ignored. A request
 naming a model other than the served one is a 404, as from vLLM. Token ids come only when asked
-for (``"return_token_ids": true``).
+for (``"return_token_ids": true``). Earlier turns' tool calls reach the chat template with their
+``function.arguments`` decoded from OpenAI's JSON string into the object templates render, as vLLM
+does; arguments that are not JSON are a 400 naming the message.
 """
 
 from __future__ import annotations
@@ -106,13 +108,20 @@ class ChatRequest(_Sampling):
     messages: list[dict[str, Any]] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
     logprobs: bool = False
     unsupported: ClassVar[dict[str, tuple[Any, ...]]] = {
         **UNSUPPORTED,
         "top_logprobs": (0,),  # top alternatives are not computed
-        "tool_choice": ("auto", "none"),  # a tool call cannot be forced: tool-call markup comes back as text
-        "parallel_tool_calls": (True,),
+        # The model may call a tool or not: nothing constrains its decoding to the markup of a call.
+        "tool_choice": ("auto", "none"),
+        "parallel_tool_calls": (True,),  # one reply may hold several calls
     }
+
+    @property
+    def may_call_tools(self) -> bool:
+        """Whether the reply is read for tool calls: tools offered and not ruled out."""
+        return bool(self.tools) and self.tool_choice != "none"
 
     @field_validator("messages")
     @classmethod
@@ -135,7 +144,7 @@ class ChatRequest(_Sampling):
                         raise ValueError(f"message {number}: content part {index} has no text")
             elif content is not None and not isinstance(content, str):
                 raise ValueError(f"message {number}: content must be a string or a list of text parts")
-        return messages
+        return [_with_argument_objects(number, message) for number, message in enumerate(messages)]
 
     def sampling(self, default_max_tokens: int) -> SamplingParams:
         params = super().sampling(default_max_tokens)
@@ -166,6 +175,27 @@ class CompletionRequest(_Sampling):
         if isinstance(prompt, str):
             return encode(prompt)
         return [int(token) for token in prompt]
+
+
+def _with_argument_objects(number: int, message: dict[str, Any]) -> dict[str, Any]:
+    """``message`` with its tool calls' ``function.arguments`` decoded, as vLLM does: OpenAI sends
+    them as a JSON string, chat templates render them as an object (``arguments | tojson``)."""
+    calls = message.get("tool_calls")
+    if calls is None:
+        return message
+    if not isinstance(calls, list) or not all(isinstance(call, dict) for call in calls):
+        raise ValueError(f"message {number}: tool_calls must be a list of objects")
+    decoded = []
+    for index, call in enumerate(calls):
+        function = call.get("function")
+        if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+            try:
+                arguments = json.loads(function["arguments"])
+            except ValueError:
+                raise ValueError(f"message {number}: tool call {index}'s function.arguments is not JSON") from None
+            call = {**call, "function": {**function, "arguments": arguments}}
+        decoded.append(call)
+    return {**message, "tool_calls": decoded}
 
 
 def parse(model: type[_Sampling], body: bytes) -> Any:

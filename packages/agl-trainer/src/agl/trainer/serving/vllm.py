@@ -14,7 +14,9 @@ float32, a fixed KV-cache size instead of a fraction of the machine's memory).
 
 vLLM answers ``"return_token_ids": true`` with ``prompt_token_ids`` and per-choice ``token_ids``,
 and ``"logprobs": true`` with OpenAI logprobs, so nothing here touches the requests: agents and the
-proxy talk to `base_url` directly.
+proxy talk to `base_url` directly. Tool calls: with ``tool_call_parser`` "hermes" (by default when the
+model's chat template writes the ``<tool_call>`` markup) vLLM runs with ``--enable-auto-tool-choice
+--tool-call-parser hermes``, as the embedded server reads them (see `tool_calls`).
 
 Weights are reloaded in place through vLLM's development endpoints (``VLLM_SERVER_DEV_MODE=1``):
 generation paused (in-flight requests finish first), ``reload_weights`` from the new folder on
@@ -45,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from agl.trainer.hookspecs import RegisterModelServer, hookimpl
+from agl.trainer.serving.tool_calls import resolve_parser
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +83,9 @@ class VllmServer:
         startup_timeout: seconds `start` waits for the server to answer before giving up.
         extra_args: more ``vllm.entrypoints.openai.api_server`` arguments, passed as they are.
         model_name: the name clients ask for; default the folder's (or GGUF file's) name.
+        tool_call_parser: "hermes" turns on vLLM's tool calls with its hermes parser; "none" (or None)
+            leaves tool-call markup as text; "auto": hermes when the model's chat template writes
+            ``<tool_call>``.
     """
 
     def __init__(
@@ -98,7 +104,9 @@ class VllmServer:
         startup_timeout: float = 600.0,
         extra_args: Sequence[str] = (),
         model_name: str | None = None,
+        tool_call_parser: str | None = "auto",
     ) -> None:
+        resolve_parser(tool_call_parser, "")  # an unknown name is refused before anything starts
         self.model = Path(model)
         if not self.model.exists():
             raise FileNotFoundError(f"no such model folder or GGUF file: {self.model}")
@@ -115,6 +123,7 @@ class VllmServer:
         self.reloadable = _is_loopback(host) if reloadable is None else reloadable
         self.startup_timeout = startup_timeout
         self.extra_args = tuple(extra_args)
+        self.tool_call_parser = tool_call_parser
         self.base_url = ""
         self.log_path: Path | None = None
         """vLLM's output: deleted when it ends cleanly, kept when it failed (see `stop`)."""
@@ -251,6 +260,9 @@ class VllmServer:
         # Logprobs of the distribution tokens were sampled from (after temperature, top-p, top-k), as
         # the embedded engine reports them and a policy-gradient ratio needs; vLLM's default is before.
         arguments += ["--logprobs-mode", "processed_logprobs"]
+        # A request's sampling is what it names, else OpenAI's defaults, as on the embedded engine;
+        # vLLM's own default applies the folder's generation_config.json (temperature, penalties).
+        arguments += ["--generation-config", "vllm"]
         if on_cpu if self.enforce_eager is None else self.enforce_eager:
             arguments.append("--enforce-eager")
         kv_cache_bytes = self.kv_cache_bytes or (CPU_KV_CACHE_BYTES if on_cpu else None)
@@ -260,6 +272,9 @@ class VllmServer:
             arguments += ["--max-model-len", str(self.max_model_len)]
         if self.token:
             arguments += ["--api-key", self.token]
+        parser = resolve_parser(self.tool_call_parser, chat_templates(folder))
+        if parser:
+            arguments += ["--enable-auto-tool-choice", "--tool-call-parser", parser]
         return [*arguments, *self.extra_args]
 
     def _model_folder(self) -> Path:
@@ -319,6 +334,17 @@ def vllm_distribution(python: str) -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return {0: CPU_DISTRIBUTION, 1: "vllm"}.get(status)
+
+
+def chat_templates(folder: Path) -> str:
+    """The chat templates a model folder holds, as one text (empty when none): transformers writes
+    them to ``chat_template*.jinja``, older versions into ``tokenizer_config.json``."""
+    texts = [path.read_text(errors="replace") for path in sorted(folder.glob("chat_template*.jinja"))]
+    config = folder / "tokenizer_config.json"
+    if config.is_file():
+        with contextlib.suppress(ValueError, OSError, AttributeError):
+            texts.append(json.dumps(json.loads(config.read_text()).get("chat_template")))  # a string or named ones
+    return "\n".join(texts)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
