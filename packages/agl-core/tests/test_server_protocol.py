@@ -2,19 +2,28 @@
 
 `HeadHoldingTransport` is checked over a real socket pair (what the peer can read after each
 write); the server itself end to end on 127.0.0.1: keep-alive answers, a HEAD request's bodiless
-answer, ``100 Continue``, and uvicorn's own answer-and-close for a malformed request.
+answer, ``100 Continue``, uvicorn's own answer-and-close for a malformed request, and the deadline
+on a request's body.
+
+The body's deadline is shortened (`QuickDeadlines`), and time is told without sleeping by the
+server's own clock: a connection that sends nothing gets its 408 once the head's deadline (the
+same length) has passed, so by then every body on the server older than it has been judged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
+import threading
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from fastapi import FastAPI, Request
+from starlette.types import Receive, Scope, Send
 
 from agl.core.server import ServerSettings, create_app
-from agl.core.server.protocol import HeadHoldingTransport
+from agl.core.server.protocol import HeadHoldingTransport, OneWriteHttpProtocol
 from agl.core.store import InMemoryLightningStore
 from agl.core.testing.server import ServingThread
 
@@ -86,7 +95,7 @@ def _answer(stream: socket.SocketIO | object, *, body: bool = True) -> tuple[byt
     """Status line and body of one answer read from a binary file over the socket."""
     status = stream.readline()  # type: ignore[attr-defined]
     length = 0
-    while (line := stream.readline()) != b"\r\n":  # type: ignore[attr-defined]
+    while (line := stream.readline()) not in (b"\r\n", b""):  # type: ignore[attr-defined]  # b"": closed
         name, _, value = line.partition(b":")
         if name.lower() == b"content-length":
             length = int(value)
@@ -127,3 +136,190 @@ def test_a_malformed_request_gets_its_400_whole_then_the_close(server: ServingTh
         answer = client.makefile("rb").read()  # uvicorn writes its 400 and closes
         assert answer.startswith(b"HTTP/1.1 400")
         assert answer.endswith(b"Invalid HTTP request received.")
+
+
+class QuickDeadlines(OneWriteHttpProtocol):
+    """The defaults' 30 s and 16 KiB/s, shortened so the tests need not wait for them."""
+
+    head_timeout_seconds = 0.2
+    body_timeout_seconds = 0.2
+    body_min_bytes_per_second = 10_000
+
+
+class NoCredit(QuickDeadlines):
+    """Bytes received buy no time: a body's deadline is 0.2 s from when the server reads it."""
+
+    body_min_bytes_per_second = 10**12
+
+
+BODY_408 = "the request's body did not arrive within 0.2 s plus 1 s per 10000 bytes received"
+
+
+@pytest.fixture
+def quick_server() -> Iterator[ServingThread]:
+    store = InMemoryLightningStore()
+    with ServingThread(create_app(ServerSettings(), store), http=QuickDeadlines) as serving:
+        yield serving
+    asyncio.run(store.close())
+
+
+def _rollout(size: int) -> bytes:
+    """A request creating a rollout, its body ``size`` bytes of JSON (the head's bytes come on top)."""
+    body = json.dumps({"input": "x" * (size - len(json.dumps({"input": ""})))}).encode()
+    head = b"POST /v1/agl/rollouts HTTP/1.1\r\nHost: agl\r\nContent-Type: application/json\r\n"
+    return head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+
+def _received_until_closed(connection: socket.socket) -> bytes:
+    received = b""
+    while chunk := connection.recv(65536):
+        received += chunk
+    return received
+
+
+def _refused_for_its_body(received: bytes) -> bool:
+    head, _, body = received.partition(b"\r\n\r\n")
+    return head.startswith(b"HTTP/1.1 408 Request Timeout\r\n") and json.loads(body)["message"] == BODY_408
+
+
+def _a_deadline_passes(server: ServingThread) -> None:
+    """Return once a connection that sends nothing has got its 408: a head's deadline has passed."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as idle:
+        assert _received_until_closed(idle).startswith(b"HTTP/1.1 408 ")
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        _rollout(1000)[:-500],
+        b'POST /v1/agl/rollouts HTTP/1.1\r\nHost: agl\r\nTransfer-Encoding: chunked\r\n\r\nb\r\n{"input": "\r\n',
+    ],
+    ids=["content-length", "chunked"],
+)
+def test_a_body_that_stops_midway_is_a_408_and_the_connection_closed(quick_server: ServingThread, sent: bytes) -> None:
+    """A client declaring a body and sending part of it, then nothing, held its connection and the
+    body so far for as long as it liked."""
+    with socket.create_connection(("127.0.0.1", quick_server.port), timeout=10) as client:
+        client.sendall(sent)
+        assert _refused_for_its_body(_received_until_closed(client))
+
+
+def test_a_body_sent_steadily_completes_and_a_trickle_is_refused(quick_server: ServingThread) -> None:
+    """Each time a deadline passes (~0.25 s), one client sends 8000 bytes of its body (0.8 s more at
+    the minimum 10000 bytes/s) and completes, though the whole takes far longer than the deadline;
+    the other sends 100 bytes (0.01 s more) and is refused."""
+    steady, trickle = _rollout(32_000), _rollout(1000)
+    pieces = range(len(steady) - 32_000 + 8000, len(steady), 8000)  # after the head and the first piece
+    with (
+        socket.create_connection(("127.0.0.1", quick_server.port), timeout=10) as steady_client,
+        socket.create_connection(("127.0.0.1", quick_server.port), timeout=10) as trickle_client,
+    ):
+        steady_client.sendall(steady[: pieces[0]])
+        trickle_client.sendall(trickle[:-900])
+        for start in pieces:
+            _a_deadline_passes(quick_server)
+            steady_client.sendall(steady[start : start + 8000])
+            if start == pieces[0]:
+                trickle_client.sendall(trickle[-900:-800])  # then nothing: refused by the next deadline
+        status, body = _answer(steady_client.makefile("rb"))
+        assert status.startswith(b"HTTP/1.1 200") and b'"rollout_id"' in body
+        assert _refused_for_its_body(_received_until_closed(trickle_client))
+
+
+def test_each_request_on_a_kept_alive_connection_has_its_own_body_deadline(quick_server: ServingThread) -> None:
+    """An idle kept-alive connection is not cut for a body finished before, and its next request's
+    body is bounded again."""
+    with socket.create_connection(("127.0.0.1", quick_server.port), timeout=10) as client:
+        stream = client.makefile("rb")
+        client.sendall(_rollout(100))
+        assert _answer(stream)[0].startswith(b"HTTP/1.1 200")
+        for _ in range(2):  # longer than the first body's deadline, with its bytes' credit
+            _a_deadline_passes(quick_server)
+        client.sendall(_rollout(100))
+        assert _answer(stream)[0].startswith(b"HTTP/1.1 200")
+        client.sendall(_rollout(100)[:-50])
+        assert _refused_for_its_body(stream.read())
+
+
+def _slow_app(entered: threading.Event, release: threading.Event) -> FastAPI:
+    """``/slow`` waits for ``release`` before it reads the body; ``/echo`` reads it at once."""
+    app = FastAPI()
+
+    @app.post("/slow")
+    async def slow(request: Request) -> dict[str, int]:
+        entered.set()
+        await asyncio.to_thread(release.wait, 10)
+        return {"received": len(await request.body())}
+
+    @app.post("/echo")
+    async def echo(request: Request) -> dict[str, int]:
+        return {"received": len(await request.body())}
+
+    return app
+
+
+@pytest.mark.parametrize(
+    ("expect", "first", "rest"),
+    [(b"Expect: 100-continue\r\n", 0, 10), (b"", 70_000, 10_000)],
+    ids=["client waiting for 100 Continue", "server's read buffer full"],
+)
+def test_the_body_deadline_waits_while_the_app_has_not_asked_for_the_body(expect: bytes, first: int, rest: int) -> None:
+    """A handler slow to read the body is not cut off, however long it takes: while it has not
+    asked, the client cannot send (it waits for ``100 Continue``, or uvicorn stopped reading past
+    its 64 KiB buffer). Meanwhile a body stalled on the same server is refused as usual."""
+    entered, release = threading.Event(), threading.Event()
+    with (
+        ServingThread(_slow_app(entered, release), http=NoCredit) as server,
+        socket.create_connection(("127.0.0.1", server.port), timeout=10) as client,
+    ):
+        head = b"POST /slow HTTP/1.1\r\nHost: agl\r\n%sContent-Length: %d\r\n\r\n" % (expect, first + rest)
+        client.sendall(head + b"x" * first)
+        assert entered.wait(10)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as stalled:
+            stalled.sendall(b"POST /echo HTTP/1.1\r\nHost: agl\r\nContent-Length: 10\r\n\r\nhalf")
+            assert _received_until_closed(stalled).startswith(b"HTTP/1.1 408 ")  # /slow's body is older
+        stream = client.makefile("rb")
+        if expect:
+            release.set()
+            assert stream.readline() == b"HTTP/1.1 100 Continue\r\n" and stream.readline() == b"\r\n"
+            client.sendall(b"x" * rest)
+        else:
+            client.sendall(b"x" * rest)  # into the kernel's buffers, the server reading none of it
+            release.set()
+        status, body = _answer(stream)
+        assert status.startswith(b"HTTP/1.1 200") and json.loads(body) == {"received": first + rest}
+
+
+async def _answering(scope: Scope, receive: Receive, send: Send) -> None:
+    """Begins its answer at once, and reads the body on (until the client goes away)."""
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"100")]})
+    await send({"type": "http.response.body", "body": b"first", "more_body": True})
+    while (await receive()).get("more_body"):
+        pass
+
+
+def _answering_app() -> FastAPI:
+    """``/answered`` answers without reading the body; ``/answering/`` is `_answering`."""
+    app = FastAPI()
+
+    @app.post("/answered")
+    async def answered() -> dict[str, bool]:
+        return {"answered": True}
+
+    app.mount("/answering", _answering)
+    return app
+
+
+@pytest.mark.parametrize(("path", "answer"), [(b"/answered", b'{"answered":true}'), (b"/answering/", b"first")])
+def test_a_body_overdue_once_the_app_has_begun_its_answer_ends_the_connection_without_a_408(
+    path: bytes, answer: bytes
+) -> None:
+    """The app may answer before the body is in (a refusal by its declared length, say): a client
+    then owing the rest of it held the kept-alive connection as long as it liked."""
+    with (
+        ServingThread(_answering_app(), http=QuickDeadlines) as server,
+        socket.create_connection(("127.0.0.1", server.port), timeout=10) as client,
+    ):
+        client.sendall(b"POST %s HTTP/1.1\r\nHost: agl\r\nContent-Length: 1000\r\n\r\nhalf" % path)
+        received = _received_until_closed(client)
+    assert received.startswith(b"HTTP/1.1 200 OK\r\n") and received.endswith(answer)

@@ -14,12 +14,23 @@ listens beyond loopback: a request's head (its line and headers) must arrive wit
 answer 408 otherwise), and within `MAX_HEAD_BYTES` (431). uvicorn's httptools protocol has
 neither: a client sending a header a byte a minute, or headers without end, held a connection
 and its memory for as long as it liked. Idle keep-alive connections are uvicorn's own timeout.
+
+A request's body, after its head, must keep coming too, as Apache's ``mod_reqtimeout
+body=30,MinRate=16384`` has it: it must be whole within `OneWriteHttpProtocol.body_timeout_seconds`
+of the head's end (up to a sweep later, at most 1 s), plus a second for every
+`OneWriteHttpProtocol.body_min_bytes_per_second` bytes received (a 408, or the connection
+closed if the app has answered already). A client declaring ``Content-Length: 1000000`` and
+sending a byte every 20 s, or nothing, held the connection and the body buffered so far for as
+long as it liked. The clock stops while the server is not reading the body (the app has not
+asked for it yet: uvicorn's read buffer is full, or the client waits for ``100 Continue``): only
+the client's sending is bounded, never the app's work.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import weakref
 from collections.abc import Iterable
 from typing import Any
@@ -29,8 +40,11 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 _INTERIM = (b"HTTP/1.1 1", b"HTTP/1.0 1")
 MAX_HEAD_BYTES = 64 * 1024
 """A request line and headers larger than this are refused (431); agl's clients send well under 1 KiB."""
+_CLOCK_STOPPED = math.inf
+"""A body's clock before the first sweep that finds the server reading it: sweeps, not each request, read the time."""
+_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 _sweeping: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
-"""Event loops whose connections' heads a `OneWriteHttpProtocol._sweep` is watching."""
+"""Event loops whose connections' heads and bodies a `OneWriteHttpProtocol._sweep` is watching."""
 
 
 class HeadHoldingTransport:
@@ -74,37 +88,79 @@ class HeadHoldingTransport:
 
 class OneWriteHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol over a `HeadHoldingTransport` (pass as ``uvicorn.Config(http=…)``),
-    with a deadline and a size limit on each request's head.
+    with a deadline and a size limit on each request's head, and a deadline on its body.
 
-    The deadline costs a request two attribute writes: one sweep per event loop (`_sweep`), every
-    quarter of the deadline, looks for heads overdue, where a timer per request would cost ~2.4 µs
-    to schedule and cancel (a few % of a small call's server time)."""
+    The deadlines cost a request a clock read and a few attribute writes: one sweep per event loop
+    (`_sweep`), every quarter of the shorter deadline (at most a second), looks for heads and bodies
+    overdue, where a timer per request would cost ~2.4 µs to schedule and cancel (a few % of a
+    small call's server time).
+
+    The body's numbers: 30 s, like the head's, outlasts a stalled link's TCP retransmissions and a
+    client's pauses (a garbage collection, a slow disk); 16 KiB/s (128 kbit/s) is below any link
+    that ships span batches, yet a trickler must spend that much bandwidth on every connection it
+    holds. The largest body the servers take (32 MiB by default) may take 30 s + 2048 s at that
+    rate; a 10 MB OTLP batch on a 1 Mbit/s link needs 80 s of the 640 s it is given."""
 
     head_timeout_seconds = 30.0
+    body_timeout_seconds = 30.0
+    body_min_bytes_per_second = 16 * 1024
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(HeadHoldingTransport(transport))  # type: ignore[arg-type]
         self._head_since: float | None = self.loop.time()
         self._head_bytes = 0
+        self._body_since: float | None = None
+        """When the body's clock started, or `_CLOCK_STOPPED`; None: no body awaited."""
+        self._body_bytes = 0
         self._closing_after_refusal: asyncio.TimerHandle | None = None
         if self.loop not in _sweeping:
             _sweeping.add(self.loop)
             self.loop.call_later(self._sweep_period(), self._sweep)
 
     def _sweep_period(self) -> float:
-        return min(self.head_timeout_seconds / 4, 1.0)
+        return min(self.head_timeout_seconds / 4, self.body_timeout_seconds / 4, 1.0)
 
     def _sweep(self) -> None:
-        """Refuse every head overdue on this loop's connections; again later while there are any."""
+        """Refuse every head and body overdue on this loop's connections; again later while there are any."""
         now = self.loop.time()
         for connection in list(self.connections):
             since = getattr(connection, "_head_since", None)
             if since is not None and now - since > connection.head_timeout_seconds:
-                connection._refuse(408, "the request's head")
+                connection._refuse(
+                    408, f"the request's head did not arrive within {connection.head_timeout_seconds:g} s"
+                )
+            elif (body_since := getattr(connection, "_body_since", None)) is not None:
+                connection._check_body(now, body_since)
         if self.connections:
             self.loop.call_later(self._sweep_period(), self._sweep)
         else:
             _sweeping.discard(self.loop)
+
+    def _check_body(self, now: float, since: float) -> None:
+        """End a body overdue; stop its clock while the server is not reading it, and start it
+        (afresh, credit spent, after a stop) at the first sweep that finds the server reading."""
+        if self.flow.read_paused or self.cycle.waiting_for_100_continue:
+            self._body_since, self._body_bytes = _CLOCK_STOPPED, 0
+        elif since == _CLOCK_STOPPED:
+            self._body_since = now
+        elif now - since > self.body_timeout_seconds + self._body_bytes / self.body_min_bytes_per_second:
+            self._end_overdue_body()
+
+    def _end_overdue_body(self) -> None:
+        """A 408 if the app has not begun its answer (the app is told the client went away, and
+        what it sends is dropped); once it has, the connection ends without one."""
+        cycle = self.cycle
+        if not cycle.response_started:
+            cycle.disconnected = True
+            cycle.message_event.set()
+            allowed = f"{self.body_timeout_seconds:g} s plus 1 s per {self.body_min_bytes_per_second:g} bytes received"
+            self._refuse(408, f"the request's body did not arrive within {allowed}")
+        elif cycle.response_complete:
+            self._body_since = None
+            self._close_after_answer()
+        else:  # an answer half sent: nothing more can be said in this connection
+            self._body_since = None
+            self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         if self._closing_after_refusal is not None:
@@ -112,6 +168,10 @@ class OneWriteHttpProtocol(HttpToolsProtocol):
         if self._head_since is not None:
             self._head_bytes += len(data)
         super().data_received(data)
+        # Counted after parsing, so a read that ends a head counts its head bytes to the body too:
+        # a few seconds' credit at most (MAX_HEAD_BYTES), for no work on each read.
+        if self._body_since is not None:
+            self._body_bytes += len(data)
         # Counted before parsing, checked after: one read may hold a whole head and some body.
         if self._head_since is not None and self._head_bytes > MAX_HEAD_BYTES:
             self._refuse(431, f"request line and headers over {MAX_HEAD_BYTES} bytes")
@@ -124,28 +184,35 @@ class OneWriteHttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._head_since, self._head_bytes = None, 0
         super().on_headers_complete()
+        self._body_since, self._body_bytes = _CLOCK_STOPPED, 0  # after: a head refused has no body awaited
+
+    def on_message_complete(self) -> None:
+        self._body_since = None
+        super().on_message_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._head_since = None
+        self._head_since = self._body_since = None
         if self._closing_after_refusal is not None:
             self._closing_after_refusal.cancel()
         super().connection_lost(exc)
 
-    def _refuse(self, status: int, what: str) -> None:
-        """Answer ``status`` with a one-line JSON message and end the connection: the answer, then
-        our half of it closed; what the client still sends is dropped until it closes its half, or
-        the head's deadline passes again. Closing at once, with the client's bytes unread, would
-        make the kernel reset the connection, and the client would lose the answer."""
-        self._head_since, self._head_bytes = None, 0
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer ``status`` with a one-line JSON message and end the connection."""
+        self._head_since, self._head_bytes, self._body_since = None, 0, None
         if self.transport.is_closing():
             return
-        if status == 408:
-            reason, message = b"Request Timeout", f"{what} did not arrive within {self.head_timeout_seconds:g} s"
-        else:
-            reason, message = b"Request Header Fields Too Large", what
+        reason = _REASONS[status]
         body = json.dumps({"error": reason.decode(), "message": message, "detail": {}}).encode()
         head = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
         self.transport.write(head % (status, reason, len(body)) + body)
+        self._close_after_answer()
+
+    def _close_after_answer(self) -> None:
+        """Close our half of the connection; what the client still sends is dropped until it closes
+        its half, or the head's deadline passes again. Closing at once, with the client's bytes
+        unread, would make the kernel reset the connection, and the client would lose the answer."""
+        if self.transport.is_closing():
+            return
         if not self.transport.can_write_eof():  # TLS has no half-close
             self.transport.close()
             return
