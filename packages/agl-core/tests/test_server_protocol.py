@@ -323,3 +323,25 @@ def test_a_body_overdue_once_the_app_has_begun_its_answer_ends_the_connection_wi
         client.sendall(b"POST %s HTTP/1.1\r\nHost: agl\r\nContent-Length: 1000\r\n\r\nhalf" % path)
         received = _received_until_closed(client)
     assert received.startswith(b"HTTP/1.1 200 OK\r\n") and received.endswith(answer)
+
+
+class FailingBodyCheck(QuickDeadlines):
+    """Checking a body's deadline raises, as an unforeseen state of a connection might."""
+
+    checked = threading.Event()
+
+    def _check_body(self, now: float, since: float) -> None:
+        type(self).checked.set()
+        raise RuntimeError("an unforeseen state")
+
+
+def test_one_connections_failed_check_does_not_end_the_watch_over_the_others() -> None:
+    store = InMemoryLightningStore()
+    with (
+        ServingThread(create_app(ServerSettings(), store), http=FailingBodyCheck) as server,
+        socket.create_connection(("127.0.0.1", server.port), timeout=10) as failing,
+    ):
+        failing.sendall(_rollout(1000)[:-500])  # awaiting its body: the sweep checks it, and fails
+        assert FailingBodyCheck.checked.wait(10)
+        _a_deadline_passes(server)  # a later connection's head is still refused on time
+    asyncio.run(store.close())

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import weakref
 from collections.abc import Iterable
@@ -37,6 +38,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+logger = logging.getLogger(__name__)
 _INTERIM = (b"HTTP/1.1 1", b"HTTP/1.0 1")
 MAX_HEAD_BYTES = 64 * 1024
 """A request line and headers larger than this are refused (431); agl's clients send well under 1 KiB."""
@@ -121,20 +123,26 @@ class OneWriteHttpProtocol(HttpToolsProtocol):
         return min(self.head_timeout_seconds / 4, self.body_timeout_seconds / 4, 1.0)
 
     def _sweep(self) -> None:
-        """Refuse every head and body overdue on this loop's connections; again later while there are any."""
+        """Refuse every head and body overdue on this loop's connections; again later while there
+        are any. One connection's failure is logged and skipped: raised, it would end the watch
+        over every connection of the loop for good."""
         now = self.loop.time()
         for connection in list(self.connections):
-            since = getattr(connection, "_head_since", None)
-            if since is not None and now - since > connection.head_timeout_seconds:
-                connection._refuse(
-                    408, f"the request's head did not arrive within {connection.head_timeout_seconds:g} s"
-                )
-            elif (body_since := getattr(connection, "_body_since", None)) is not None:
-                connection._check_body(now, body_since)
+            try:
+                connection._check_deadlines(now)
+            except Exception:
+                logger.exception("checking a connection's deadlines failed")
         if self.connections:
             self.loop.call_later(self._sweep_period(), self._sweep)
         else:
             _sweeping.discard(self.loop)
+
+    def _check_deadlines(self, now: float) -> None:
+        since = getattr(self, "_head_since", None)
+        if since is not None and now - since > self.head_timeout_seconds:
+            self._refuse(408, f"the request's head did not arrive within {self.head_timeout_seconds:g} s")
+        elif (body_since := getattr(self, "_body_since", None)) is not None:
+            self._check_body(now, body_since)
 
     def _check_body(self, now: float, since: float) -> None:
         """End a body overdue; stop its clock while the server is not reading it, and start it
