@@ -93,8 +93,11 @@ class ChoiceDraft:
         return last + 1 if call_id and self.tool_calls[last]["id"] not in (None, call_id) else last
 
     def message(self) -> dict[str, Any]:
-        """The chat shape: role, content, tool calls (by index), reasoning."""
-        result: dict[str, Any] = {"role": "assistant", "content": "".join(self.content) if self.content else None}
+        """The chat shape: role, content, tool calls (by index), reasoning. A reply of tool calls
+        alone has no content (None), as OpenAI sends it whole, though servers stream ``""`` pieces."""
+        text = "".join(self.content)
+        content = None if not self.content or (not text and self.tool_calls) else text
+        result: dict[str, Any] = {"role": "assistant", "content": content}
         if self.tool_calls:
             result["tool_calls"] = [self.tool_calls[index] for index in sorted(self.tool_calls)]
         result.update({key: "".join(parts) for key, parts in self.reasoning.items()})
