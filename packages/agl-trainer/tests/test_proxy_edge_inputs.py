@@ -136,3 +136,18 @@ async def test_a_relay_closed_between_events_is_recorded_as_cancelled() -> None:
     [span] = saved
     assert span.status.status_code == "ERROR" and span.attributes["error.type"] == "cancelled"
     assert upstreams.candidates("ro-1") == [f"{engine.url}/v1"]
+
+
+async def test_the_responses_api_is_a_404_that_says_to_use_chat_completions(
+    sqlite_store: LightningStore, attempt: AttemptedRollout, model_server: EmbeddedModelServer
+) -> None:
+    """An OpenAI Agents SDK agent, on its default API, is told how to switch to the proxy's."""
+    from openai import AsyncOpenAI, NotFoundError
+
+    with LlmProxy(sqlite_store, [model_server.base_url]) as proxy:
+        base = proxy.resource.base_url(attempt.rollout_id, attempt.attempt.attempt_id)
+        client = AsyncOpenAI(base_url=base, api_key="unused", max_retries=0)
+        with pytest.raises(NotFoundError, match=r'set_default_openai_api\("chat_completions"\)'):
+            await client.responses.create(model=proxy.resource.model, input="hi")
+        await client.close()
+    assert await llm_spans(sqlite_store, attempt) == []

@@ -203,6 +203,15 @@ def test_an_unknown_route_or_method_is_answered_in_openais_shape(
     assert isinstance(answered.json()["error"]["message"], str)
 
 
+def test_the_responses_api_is_a_404_that_says_to_use_chat_completions(model_server: httpx.Client) -> None:
+    """The OpenAI Agents SDK calls the Responses API by default; the 404 says how to switch it."""
+    from openai import NotFoundError, OpenAI
+
+    client = OpenAI(base_url=f"{model_server.base_url}/v1", api_key=TOKEN, max_retries=0)
+    with pytest.raises(NotFoundError, match=r'set_default_openai_api\("chat_completions"\)'):
+        client.responses.create(model="any", input="hi")
+
+
 def head_of_kilobytes_refused(base_url: str) -> bytes:
     """A request whose headers never end (70 KiB and counting): the store server's protocol answers 431."""
     address = httpx.URL(base_url)

@@ -40,6 +40,7 @@ from agl.trainer.proxy.forward import (
 from agl.trainer.proxy.routing import Upstreams
 from agl.trainer.proxy.shape import PATHS, Asked, Endpoint, asked, reshape, upstream_body
 from agl.trainer.proxy.spans import CallRecord
+from agl.trainer.serving.openai_wire import not_found
 
 logger = logging.getLogger("agl.trainer.proxy")
 
@@ -79,8 +80,10 @@ def create_proxy_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> Response:
-        message = "no such route; calls go to /rollout/{rollout_id}/attempt/{attempt_id}/v1/..."
-        return _error(error.status_code, message if error.status_code == 404 else str(error.detail))
+        if error.status_code != 404:
+            return _error(error.status_code, str(error.detail))
+        where = "no such route; calls go to /rollout/{rollout_id}/attempt/{attempt_id}/v1/..."
+        return _error(404, not_found(request.url.path, where))
 
     @app.get("/health")
     async def health() -> dict[str, str]:

@@ -87,7 +87,10 @@ def create_openai_app(
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         """An unknown route or method, in OpenAI's error shape like every other answer."""
-        return JSONResponse(wire.error_body(str(error.detail), error.status_code), error.status_code, error.headers)
+        message = str(error.detail)
+        if error.status_code == 404:
+            message = wire.not_found(request.url.path, message)
+        return JSONResponse(wire.error_body(message, error.status_code), error.status_code, error.headers)
 
     @app.exception_handler(PromptError)
     async def bad_prompt(request: Request, error: PromptError) -> JSONResponse:

@@ -226,6 +226,18 @@ def usage(prompt_ids: Sequence[int], token_ids: Sequence[int]) -> dict[str, int]
     }
 
 
+RESPONSES_API = (
+    "the Responses API is not served here, only chat completions and completions: for the OpenAI "
+    'Agents SDK, set_default_openai_api("chat_completions") or use OpenAIChatCompletionsModel'
+)
+"""A 404's message for ``…/responses``: the Agents SDK calls that API by default."""
+
+
+def not_found(path: str, otherwise: str) -> str:
+    """What a 404 for ``path`` says: the Responses API's own message, else ``otherwise``."""
+    return RESPONSES_API if path.rstrip("/").endswith("/responses") or "/responses/" in path else otherwise
+
+
 def error_body(message: str, status: int) -> dict[str, Any]:
     """OpenAI's error shape, which the openai client turns into its typed exceptions."""
     kind = "invalid_request_error" if status < 500 else "server_error"
