@@ -6,13 +6,15 @@ from __future__ import annotations
 import json
 import numbers
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from agl.core.errors import InvalidInput
 from agl.core.tracing import semconv
 from agl.core.types.spans import Span
+
+CHOICE_COUNT = f"{semconv.REQUEST_PREFIX}choice.count"
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,12 @@ class Call:
     prompt_token_ids: list[int] | None
     response_token_ids: list[int] | None
     response_logprobs: list[float] | None
+
+    @property
+    def models(self) -> tuple[str | None, str | None]:
+        """The model asked for and the model that answered, as recorded (None where not)."""
+        attributes = self.span.attributes
+        return _text(attributes.get(semconv.REQUEST_MODEL)), _text(attributes.get(semconv.RESPONSE_MODEL))
 
     @property
     def generated(self) -> bool:
@@ -69,7 +77,7 @@ def llm_calls(ordered: Sequence[Span], agent_match: str | None) -> list[Call]:
                 span=span,
                 agent_name=agent_name,
                 prompt=_messages(attributes.get(semconv.INPUT_MESSAGES)),
-                response=_messages(attributes.get(semconv.OUTPUT_MESSAGES)),
+                response=_first_choice(attributes, _messages(attributes.get(semconv.OUTPUT_MESSAGES))),
                 prompt_token_ids=_ints(attributes.get(semconv.PROMPT_TOKEN_IDS)),
                 response_token_ids=_ints(attributes.get(semconv.RESPONSE_TOKEN_IDS)),
                 response_logprobs=_floats(attributes.get(semconv.RESPONSE_LOGPROBS)),
@@ -182,6 +190,21 @@ def _agent_name(span: Span, by_id: dict[str, Span]) -> str | None:
         seen.add(current.span_id)
         current = by_id.get(current.parent_id) if current.parent_id else None
     return None
+
+
+def _first_choice(attributes: Mapping[str, Any], messages: list[Any] | None) -> list[Any] | None:
+    """Choice 0's message of a reply of ``n`` choices, as its token ids are choice 0's: chat
+    recorders (the openai instrumentor, the LLM proxy) write one output message per choice, and
+    ``n`` under ``gen_ai.request.choice.count``. Otherwise the messages as recorded (a Responses-API
+    reply is several messages of one answer)."""
+    count = attributes.get(CHOICE_COUNT)
+    if messages and isinstance(count, int) and not isinstance(count, bool) and count > 1:
+        return messages[:1]
+    return messages
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def _messages(value: Any) -> list[Any] | None:

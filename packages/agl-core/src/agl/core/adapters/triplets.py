@@ -34,7 +34,8 @@ def spans_to_triplets(
     - ``merge``: a call whose prompt token ids start with the previous call's prompt + response ids
       extends that triplet: its response then covers everything after the first prompt, with
       ``response_mask`` 1 for generated tokens and 0 for inserted ones (tool output,
-      the next user turn), whose logprobs are 0.0. Calls without token ids are never merged.
+      the next user turn), whose logprobs are 0.0. Calls without token ids are never merged, nor
+      calls of two agents or two models (where both calls record the name).
     - ``reward``: only reward spans with a primary ``agl.reward`` value count. "final" puts the
       last one on the last triplet (the others get None); "matched" gives each triplet the first
       reward emitted after its first call and before the next triplet's first call.
@@ -90,12 +91,18 @@ class _Run:
         # Logprobs only with one per response token: a guessed alignment is worse than none.
         aligned = call.response_logprobs is not None and len(call.response_logprobs) == len(self.mask)
         self.logprobs = call.response_logprobs if aligned else None
+        self.source = _source(call)
 
     def extend(self, call: Call) -> bool:
-        """Take ``call`` if its prompt ids start with the whole sequence so far."""
+        """Take ``call`` if its prompt ids start with the whole sequence so far and it is the same
+        agent's call to the same model."""
         prompt, generated = call.prompt_token_ids, call.response_token_ids
         if self.tokens is None or prompt is None or generated is None or prompt[: len(self.tokens)] != self.tokens:
             return False
+        source = _source(call)
+        if not _agree(self.source, source):
+            return False
+        self.source = tuple(mine or theirs for mine, theirs in zip(self.source, source, strict=True))
         inserted = prompt[len(self.tokens) :]
         # Merged logprobs only where every call has one per generated token: a guessed value is worse than none.
         if (
@@ -134,6 +141,18 @@ class _Run:
             response_mask=self.mask if first.response_token_ids is not None else None,
             metadata=metadata,
         )
+
+
+def _source(call: Call) -> tuple[str | None, ...]:
+    """Who made a call, as far as recorded: its agent, the model asked for, the model that answered.
+    A run takes only calls whose known names agree with its own: another agent's call would be
+    filed under this agent's name and reward, another model's tokens and logprobs trained as the
+    policy's. A name left unrecorded (None) agrees with any."""
+    return (call.agent_name, *call.models)
+
+
+def _agree(mine: tuple[str | None, ...], theirs: tuple[str | None, ...]) -> bool:
+    return all(a is None or b is None or a == b for a, b in zip(mine, theirs, strict=True))
 
 
 def _reward_of(span: Span) -> float | None:
