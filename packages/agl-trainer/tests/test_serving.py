@@ -14,6 +14,8 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from sse import stream
+
 from agl.trainer.plugins import model_servers, plugin_manager
 from agl.trainer.serving.embedded import EmbeddedModelServer
 from agl.trainer.serving.engine import Generation, SamplingParams
@@ -54,16 +56,6 @@ def chat(client: httpx.Client, **body: Any) -> dict[str, Any]:
     response = client.post("/chat/completions", json={"model": MODEL, "messages": MESSAGES, **body})
     assert response.status_code == 200, response.text
     return response.json()
-
-
-def stream(client: httpx.Client, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
-    chunks = []
-    with client.stream("POST", path, json={**body, "stream": True}) as response:
-        assert response.status_code == 200
-        for line in response.iter_lines():
-            if line.startswith("data: ") and line != "data: [DONE]":
-                chunks.append(json.loads(line.removeprefix("data: ")))
-    return chunks
 
 
 def test_chat_prompt_ids_are_the_chat_template_and_reply_ids_decode_to_the_reply(

@@ -22,6 +22,8 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+import sse
+
 from agl.core.testing.server import ServingThread
 from agl.trainer.serving.embedded import EmbeddedModelServer
 from agl.trainer.serving.openai_app import create_openai_app
@@ -110,16 +112,6 @@ def weather_call(call: dict[str, Any]) -> bool:
     return call["function"]["name"] == "get_weather" and json.loads(call["function"]["arguments"]) == {"city": "Paris"}
 
 
-def streamed(client: httpx.Client, body: dict[str, Any]) -> list[dict[str, Any]]:
-    chunks = []
-    with client.stream("POST", "/chat/completions", json={**body, "stream": True}) as response:
-        assert response.status_code == 200, response.read()
-        for line in response.iter_lines():
-            if line.startswith("data: ") and line != "data: [DONE]":
-                chunks.append(json.loads(line.removeprefix("data: ")))
-    return chunks
-
-
 def test_a_reply_with_a_call_carries_it_as_tool_calls_and_the_markups_ids(
     client: httpx.Client, server: EmbeddedModelServer
 ) -> None:
@@ -137,7 +129,7 @@ def test_a_reply_with_a_call_carries_it_as_tool_calls_and_the_markups_ids(
 
 def test_a_streamed_call_comes_as_one_delta_and_the_ids_add_up(client: httpx.Client) -> None:
     whole = client.post("/chat/completions", json=GREEDY).json()["choices"][0]
-    chunks = streamed(client, GREEDY)
+    chunks = sse.stream(client, "/chat/completions", GREEDY)
     choices = [chunk["choices"][0] for chunk in chunks if chunk["choices"]]
     calls = [call for choice in choices for call in choice["delta"].get("tool_calls", [])]
     assert len(calls) == 1 and calls[0]["index"] == 0 and weather_call(calls[0])
@@ -155,7 +147,7 @@ def test_tool_choice_none_leaves_the_markup_as_content(client: httpx.Client, str
     assert auto["finish_reason"] == "tool_calls"
     body = {**GREEDY, "tool_choice": "none"}
     if stream:
-        choices = [chunk["choices"][0] for chunk in streamed(client, body) if chunk["choices"]]
+        choices = [chunk["choices"][0] for chunk in sse.stream(client, "/chat/completions", body) if chunk["choices"]]
         content = "".join(choice["delta"].get("content") or "" for choice in choices)
         assert not any("tool_calls" in choice["delta"] for choice in choices)
         finish = choices[-1]["finish_reason"]
