@@ -85,6 +85,11 @@ async def test_a_fit_without_verl_stops_at_its_start_naming_the_install_command(
         ({"verl": [1]}, "option verl must be a mapping"),
         ({"verl": {"actor_rollout_ref": {"actor": {"loss_agg_mode": "token-mean"}}}}, "loss_agg_mode, which the"),
         ({"verl": {"algorithm": {"adv_estimator": "gae"}}}, "algorithm.adv_estimator, which the plugin sets"),
+        # Keys the plugin reads from its options, not from verl's config: an override would do nothing.
+        ({"verl": {"actor_rollout_ref": {"actor": {"ppo_epochs": 3}}}}, "ppo_epochs, .*option updates_per_step"),
+        ({"verl": {"actor_rollout_ref": {"rollout": {"temperature": 0.7}}}}, "temperature, .*option temperature"),
+        ({"verl": {"data": {"max_response_length": 64}}}, "data.max_response_length, .*option max_response"),
+        ({"verl": {"trainer": {"save_freq": 5}}}, "trainer.save_freq, .*option save_every"),
     ],
 )
 def test_bad_options_are_errors_naming_the_option(options: dict[str, Any], message: str) -> None:
@@ -256,6 +261,94 @@ def _run_in_verl(script: str, expected: str) -> None:
 
 def test_verl_validates_the_config_and_takes_the_plugin_s_batch() -> None:
     _run_in_verl(VERL_PLUGIN_CHECK, "verl plugin ok")
+
+
+VERL_WORKER_CHECKS = """
+import importlib.util
+
+import ray
+import torch
+from agl.core.types.triplets import Triplet
+from agl.trainer.verl.cluster import VerlCluster, check_weight_push_backend, estimator_advantages, to_proto
+from agl.trainer.verl.config import build_config
+from agl.trainer.verl.conversion import FinishedRollout, pad_to_multiple, to_verl_batch
+from agl.trainer.verl.options import parse_options
+from verl.trainer.ppo import core_algos
+from verl.utils.config import omega_conf_to_dataclass
+
+# Keys verl's validate_config accepts but its actor worker asserts on at start (engine_workers.py).
+for override, named in (
+    ({"rollout": {"log_prob_use_dynamic_bsz": True}}, "log_prob_use_dynamic_bsz"),
+    ({"rollout": {"log_prob_micro_batch_size": 8, "log_prob_micro_batch_size_per_gpu": None}}, "log_prob_micro"),
+    ({"actor": {"ppo_micro_batch_size": 8, "ppo_micro_batch_size_per_gpu": None}}, "ppo_micro_batch_size_per_gpu"),
+):
+    try:
+        build_config(parse_options(model="m", verl={"actor_rollout_ref": override}), None)
+    except ValueError as error:
+        assert named in str(error), error
+    else:
+        raise AssertionError(f"a config verl's worker refuses was accepted: {override}")
+
+
+def one_row(rollout_id, group, reward, prompt, response):
+    triplet = Triplet(
+        prompt=None, response=None, prompt_token_ids=prompt, response_token_ids=response,
+        response_logprobs=[-0.5] * len(response),
+    )
+    return FinishedRollout(rollout_id, group, reward, [triplet])
+
+
+rollouts = [one_row("a", 0, 1.0, [1, 2], [3, 4]), one_row("b", 0, 0.0, [1, 2], [5])]
+unpadded = to_verl_batch(rollouts, max_prompt_length=4, max_response_length=4)
+batch = pad_to_multiple(unpadded, 4)
+# gpg scales advantages by the row count over the rewarded rows: padding rows must not count.
+gpg = build_config(parse_options(model="m", n=2, tasks_per_step=1, advantages="gpg"), None)
+real = estimator_advantages(to_proto(unpadded, temperature=1.0), gpg.algorithm)
+padded = estimator_advantages(to_proto(batch, temperature=1.0), gpg.algorithm)
+assert torch.equal(padded[:2], real) and not padded[2:].any(), (padded, real)
+# opo weighs a group by its response lengths: the padding rows' group (no generated token) is 0 / 0.
+config = build_config(parse_options(model="m", n=2, tasks_per_step=1, advantages="opo"), None)
+proto = to_proto(batch, temperature=1.0)
+advantages = estimator_advantages(proto, config.algorithm)
+assert torch.isfinite(advantages).all() and not advantages[2:].any(), advantages
+# What the actor's update does with them (verl's loss, as the plugin sets it): the gradient is finite.
+new_log_probs = batch.tensors["old_log_probs"].clone().requires_grad_(True)
+loss, _ = core_algos.get_policy_loss_fn("vanilla")(
+    old_log_prob=batch.tensors["old_log_probs"],
+    log_prob=new_log_probs,
+    advantages=advantages * batch.tensors["loss_weights"],
+    response_mask=batch.tensors["response_mask"].bool(),
+    loss_agg_mode="token-sum",
+    config=omega_conf_to_dataclass(config.actor_rollout_ref.actor),
+)
+loss.backward()
+assert torch.isfinite(new_log_probs.grad).all(), new_log_probs.grad
+
+# one_step_off pushes weights over NCCL, which verl loads with cupy: found missing before Ray starts.
+one_step_off = build_config(parse_options(model="m", mode="one_step_off"), None)
+check_weight_push_backend(build_config(parse_options(model="m"), None))  # sync's in-process push
+if importlib.util.find_spec("cupy") is None:
+    try:
+        VerlCluster.start(one_step_off, ray_address=None)
+    except ValueError as error:
+        assert "cupy" in str(error), error
+    else:
+        raise AssertionError("a one_step_off fit started without cupy")
+    assert not ray.is_initialized(), "Ray started before the missing weight-push backend was found"
+else:
+    check_weight_push_backend(one_step_off)
+print("worker checks ok")
+"""
+
+
+def test_configs_verl_s_worker_refuses_are_refused_and_padding_rows_stay_out_of_verl_s_estimators() -> None:
+    """What verl's own checks let through but a GPU run would trip on: batch-size keys its actor worker
+    asserts on when it starts (refused here, naming the key); and padding rows seen by verl's
+    estimators: ``gpg`` scales by the row count (padding inflated every advantage), ``opo`` gives their
+    group NaN, which verl's masked loss keeps out of the loss but not out of the gradient (a NaN
+    gradient norm, and verl skips the optimizer step); and a weight-push backend verl cannot load
+    (``nccl`` without cupy), found before Ray starts rather than by the workers after the model loads."""
+    _run_in_verl(VERL_WORKER_CHECKS, "worker checks ok")
 
 
 VERL_FIT_WITHOUT_GPUS = """

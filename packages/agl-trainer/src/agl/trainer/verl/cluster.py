@@ -59,6 +59,7 @@ class VerlCluster:
         import ray
         from verl.trainer.constants_ppo import get_ppo_ray_runtime_env
 
+        check_weight_push_backend(config)
         owns_ray = not ray.is_initialized()
         if owns_ray:
             ray.init(address=ray_address, runtime_env=dict(get_ppo_ray_runtime_env(config)))
@@ -202,6 +203,19 @@ class VerlCluster:
             ray.shutdown()
 
 
+def check_weight_push_backend(config: Any) -> None:
+    """Load verl's weight-push backend (``checkpoint_engine.backend``) here, before Ray starts, as its
+    manager and the actor's workers will: ``nccl`` (mode one_step_off) imports cupy and pyzmq, and
+    without them verl's workers fail only in ``init_model``, after the model has loaded. verl's error
+    names the module that failed to import."""
+    from verl.checkpoint_engine import CheckpointEngineRegistry
+    from verl.utils.import_utils import import_external_libs
+
+    engine = config.actor_rollout_ref.rollout.checkpoint_engine
+    import_external_libs(engine.custom_backend_module or None)
+    CheckpointEngineRegistry.get(engine.backend)
+
+
 def rows_multiple_for(config: Any, data_parallel_size: int) -> int:
     """What a batch's row count must divide by. verl splits a batch evenly over the actor's
     data-parallel ranks; without dynamic batch sizes each rank then cuts its share into micro-batches
@@ -228,19 +242,30 @@ def to_proto(batch: VerlBatch, *, temperature: float) -> Any:
 
 def estimator_advantages(proto: Any, algorithm: Any) -> torch.Tensor:
     """verl's own advantage estimator (``algorithm.adv_estimator``) over the rows of ``proto``, each row
-    its own sample and ``uid`` its group; the caller makes sure every rollout is one row."""
+    its own sample and ``uid`` its group; the caller makes sure every rollout is one row.
+
+    The estimator sees the real rows only; rows `conversion.pad_to_multiple` added get 0. Given them,
+    ``gpg`` scales every advantage by the row count over the rewarded rows (padding inflates it), and
+    ``opo`` gives their group 0 / 0 = NaN, which verl's loss masks out of its value but not out of
+    its gradient (NaN times the masked 0), so verl would skip the optimizer step for a NaN gradient
+    norm: steps that silently train at the wrong scale, or not at all."""
     from verl.trainer.ppo.ray_trainer import compute_advantage
 
-    proto.batch["token_level_rewards"] = proto.batch["token_level_scores"]
+    from agl.trainer.verl.conversion import PADDING
+
+    real = proto.non_tensor_batch["uid"] != PADDING
+    rows = proto.select_idxs(real)
+    rows.batch["token_level_rewards"] = rows.batch["token_level_scores"]
     scored = compute_advantage(
-        proto,
+        rows,
         adv_estimator=algorithm.adv_estimator,
         gamma=algorithm.gamma,
         lam=algorithm.lam,
         norm_adv_by_std_in_grpo=algorithm.norm_adv_by_std_in_grpo,
         config=algorithm,
     )
-    advantages: torch.Tensor = scored.batch["advantages"]
+    advantages = torch.zeros_like(proto.batch["token_level_scores"])
+    advantages[torch.from_numpy(real)] = scored.batch["advantages"]
     return advantages
 
 

@@ -10,7 +10,8 @@ Three layers, merged in this order:
 
 The merge keeps verl's struct mode, so a misspelt key is an error naming it; the result is checked
 with verl's own validation (`verl.utils.config.validate_config`, which builds verl's ``ActorConfig``
-dataclass) and the rollout and checkpoint-engine sections are built as verl's dataclasses too.
+dataclass) and against what verl's actor worker asserts at its start (`check_worker_batch_sizes`),
+and the rollout and checkpoint-engine sections are built as verl's dataclasses too.
 `plugin_settings` is plain Python; `build_config` imports verl.
 """
 
@@ -111,8 +112,33 @@ def build_config(options: VerlOptions, checkpoint_dir: str | None) -> Any:
     try:
         OmegaConf.resolve(config)
         validate_config(config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+        check_worker_batch_sizes(config)
         omega_conf_to_dataclass(config.actor_rollout_ref.rollout)
         omega_conf_to_dataclass(config.actor_rollout_ref.rollout.checkpoint_engine)
     except Exception as error:  # verl's checks raise assertions, ValueErrors and Hydra's wrappers of them
         raise ValueError(f"verl rejects the config the verl options give: {error}") from error
     return config
+
+
+def check_worker_batch_sizes(config: Any) -> None:
+    """What verl's actor worker asserts when it loads the model (``ActorRolloutRefWorker.init_model`` in
+    ``verl/workers/engine_workers.py``) but ``validate_config`` does not check: on a GPU a mismatch is a
+    bare AssertionError from a Ray worker after the cluster has started; here it is a ValueError naming
+    the keys, before anything starts. (The deprecated ``ppo_micro_batch_size`` and
+    ``log_prob_micro_batch_size`` pass verl's validation but not its worker.)"""
+    actor, rollout = config.actor_rollout_ref.actor, config.actor_rollout_ref.rollout
+    if actor.use_dynamic_bsz != rollout.log_prob_use_dynamic_bsz:
+        raise ValueError(
+            f"actor_rollout_ref.actor.use_dynamic_bsz ({actor.use_dynamic_bsz}) and"
+            f" actor_rollout_ref.rollout.log_prob_use_dynamic_bsz ({rollout.log_prob_use_dynamic_bsz}) must be equal"
+        )
+    sizes = (
+        {"actor": "ppo_max_token_len_per_gpu", "rollout": "log_prob_max_token_len_per_gpu"}
+        if actor.use_dynamic_bsz
+        else {"actor": "ppo_micro_batch_size_per_gpu", "rollout": "log_prob_micro_batch_size_per_gpu"}
+    )
+    for section, key in sizes.items():
+        if config.actor_rollout_ref[section][key] is None:
+            raise ValueError(
+                f"actor_rollout_ref.{section}.{key} must be set (use_dynamic_bsz is {bool(actor.use_dynamic_bsz)})"
+            )

@@ -3,8 +3,9 @@
 The plugin's own options cover what agl decides (rollouts per task, lengths, failure and staleness
 policy, the loss's per-rollout semantics, where checkpoints go); ``verl`` is a nested mapping merged
 last into verl's own configuration (`verl.config`), for everything else verl offers (parallelism,
-FSDP offload, vLLM engine settings). Keys the per-rollout loss depends on are refused there, with
-the reason, rather than silently changing what is trained.
+FSDP offload, vLLM engine settings). Keys the per-rollout loss depends on, and keys the plugin reads
+from its own options, are refused there, with the reason, rather than silently changing what is
+trained or being silently ignored.
 """
 
 from __future__ import annotations
@@ -36,6 +37,15 @@ LOCKED = {
     ("algorithm", "adv_estimator"): "use the option advantages",
     ("algorithm", "use_kl_in_reward"): "rewards come from the agents' rollouts",
     ("critic", "enable"): "no critic is built (option advantages)",
+    # Read from the options, not from verl's config, where the plugin uses them: an override would be
+    # silently ignored.
+    ("actor_rollout_ref", "actor", "ppo_epochs"): "each update is asked for option updates_per_step epochs",
+    ("actor_rollout_ref", "rollout", "temperature"): "the LLM proxy and the actor use option temperature",
+    ("data", "max_prompt_length"): "the conversion drops rows by option max_prompt_length",
+    ("data", "max_response_length"): "the conversion drops rows by option max_response_length",
+    ("data", "train_batch_size"): "each step queues option tasks_per_step tasks",
+    ("trainer", "total_training_steps"): "the fit runs option steps steps",
+    ("trainer", "save_freq"): "checkpoints follow option save_every",
 }
 """verl keys the plugin sets itself, and why; a ``verl`` override of one is an error."""
 
