@@ -22,7 +22,7 @@ import uvicorn
 
 from agl.core.server.run import uvicorn_config
 from agl.trainer.serving.openai_app import create_openai_app
-from agl.trainer.serving.tool_calls import resolve_parser
+from agl.trainer.serving.tool_calls import check_parser
 from agl.trainer.serving.transformers_engine import TransformersEngine
 
 
@@ -74,7 +74,7 @@ class EmbeddedModelServer:
         """``engine``: an engine already loaded (``model`` is then only its description); `stop`
         closes it too. ``tool_call_parser`` as `create_openai_app` takes it. ``engine_options`` go
         to `TransformersEngine.load` (device, dtype, seed, model_name...)."""
-        resolve_parser(tool_call_parser, "")  # an unknown name fails here, not at start
+        check_parser(tool_call_parser)
         self.model = model
         self.host, self.port, self.token = host, port, token
         self.tool_call_parser = tool_call_parser

@@ -93,15 +93,20 @@ def parse_tool_calls(text: str) -> tuple[str | None, list[dict[str, Any]]]:
     return (None if calls and not delta.content.strip() else delta.content), calls
 
 
+def check_parser(setting: str | None) -> None:
+    """Refuse a setting `resolve_parser` would: servers check it when built, not when started."""
+    if setting is not None and setting not in ("auto", "none", *PARSERS):
+        raise ValueError(f"tool call parser {setting!r} is not known (auto, none, {', '.join(PARSERS)})")
+
+
 def resolve_parser(setting: str | None, chat_template: str) -> str | None:
     """The parser ``setting`` names for a model with ``chat_template``: "auto" is "hermes" when
     the template writes ``<tool_call>`` itself (the markup the model was trained to produce)."""
+    check_parser(setting)
     if setting is None or setting == "none":
         return None
     if setting in PARSERS:
         return setting
-    if setting != "auto":
-        raise ValueError(f"tool call parser {setting!r} is not known (auto, none, {', '.join(PARSERS)})")
     return "hermes" if START in chat_template else None
 
 

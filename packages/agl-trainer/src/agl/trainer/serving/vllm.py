@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from agl.trainer.hookspecs import RegisterModelServer, hookimpl
-from agl.trainer.serving.tool_calls import resolve_parser
+from agl.trainer.serving.tool_calls import check_parser, resolve_parser
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class VllmServer:
         model_name: str | None = None,
         tool_call_parser: str | None = "auto",
     ) -> None:
-        resolve_parser(tool_call_parser, "")  # an unknown name is refused before anything starts
+        check_parser(tool_call_parser)
         self.model = Path(model)
         if not self.model.exists():
             raise FileNotFoundError(f"no such model folder or GGUF file: {self.model}")
