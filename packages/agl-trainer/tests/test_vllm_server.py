@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import threading
@@ -22,7 +23,14 @@ import pytest
 
 from agl.trainer.plugins import model_servers, plugin_manager
 from agl.trainer.serving.model_server import ModelServer
-from agl.trainer.serving.vllm import PYTHON_ENV, VllmServer, VllmServerError, vllm_server
+from agl.trainer.serving.vllm import (
+    CPU_DISTRIBUTION,
+    PYTHON_ENV,
+    VllmServer,
+    VllmServerError,
+    vllm_distribution,
+    vllm_server,
+)
 from agl.trainer.serving.vllm_bench import vllm_tiny_model
 
 TOKEN = "vllm-test-token"
@@ -112,9 +120,13 @@ def test_load_weights_needs_a_started_server(tmp_path: Path) -> None:
         VllmServer(tmp_path).load_weights(tmp_path)
 
 
-@pytest.mark.parametrize("python", [sys.executable, "/nonexistent/python"])
-def test_start_without_vllm_names_the_variable_that_finds_it(tmp_path: Path, python: str) -> None:
+@pytest.mark.parametrize("kind", ["without-vllm", "missing"])
+def test_start_without_vllm_names_the_variable_that_finds_it(tmp_path: Path, kind: str) -> None:
     """An interpreter without vLLM, or none at all: start says how to name one, and starts nothing."""
+    python = str(tmp_path / "python")
+    if kind == "without-vllm":  # this interpreter without its site-packages, where vLLM may be (on a GPU, say)
+        Path(python).write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -I -S "$@"\n')
+        Path(python).chmod(0o755)
     server = VllmServer(tmp_path, python=python)
     with pytest.raises(VllmServerError, match=rf"no vLLM in {re.escape(python)} .*\${PYTHON_ENV}"):
         server.start()
@@ -263,9 +275,11 @@ def test_logprobs_are_of_the_distribution_sampled(server: VllmServer, tiny_dir: 
         logits = model(torch.tensor([prompt + sampled])).logits[0, len(prompt) - 1 : -1]
     positions = torch.arange(len(sampled)), torch.tensor(sampled)
     expected = torch.log_softmax(logits / (named or 1.0), dim=-1)[positions]
-    assert torch.allclose(served, expected, atol=1e-3), (served, expected)
+    # GPU kernels differ from this float32 CPU reference by up to ~2e-3 at temperature 0.5 (an H100's).
+    atol = 1e-3 if vllm_distribution(str(VLLM_PYTHON)) == CPU_DISTRIBUTION else 5e-3
+    assert torch.allclose(served, expected, atol=atol), (served, expected)
     for other in {0.3, 0.5, 1.0} - {named or 1.0}:
-        assert not torch.allclose(served, torch.log_softmax(logits / other, dim=-1)[positions], atol=1e-3)
+        assert not torch.allclose(served, torch.log_softmax(logits / other, dim=-1)[positions], atol=atol)
 
 
 @needs_vllm

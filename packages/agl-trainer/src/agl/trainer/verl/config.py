@@ -8,19 +8,25 @@ Three layers, merged in this order:
    no KL or entropy term aggregated per token, vLLM as the engine, the lengths, the layout);
 3. the ``verl`` option, a nested mapping (for parallelism, offload, engine settings...).
 
-The merge keeps verl's struct mode, so a misspelt key is an error naming it; the result is checked
+The merge keeps verl's struct mode, so a misspelt key is an error naming it, except in verl's empty
+mappings of free keyword arguments (``override_config``, ``engine_kwargs``); the result is checked
 with verl's own validation (`verl.utils.config.validate_config`, which builds verl's ``ActorConfig``
 dataclass) and against what verl's actor worker asserts at its start (`check_worker_batch_sizes`),
 and the rollout and checkpoint-engine sections are built as verl's dataclasses too.
-`plugin_settings` is plain Python; `build_config` imports verl.
+`plugin_settings` is plain Python; `build_config` imports verl. Without the flash-attn package
+(a source build), `build_config` gives the actor PyTorch's attention (see `fit_attention`).
 """
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import os
 from typing import Any
 
 from agl.trainer.verl.options import VerlOptions
+
+logger = logging.getLogger(__name__)
 
 NO_DUAL_CLIP = 1e9
 """``clip_ratio_c``: verl's dual clip (3.0 by default) bounds the loss of negative advantages; `grpo`
@@ -105,10 +111,12 @@ def build_config(options: VerlOptions, checkpoint_dir: str | None) -> Any:
         config = compose(config_name="ppo_trainer")
     # verl's config is in struct mode: a key it does not define is an error (naming the key), not a new key.
     config = OmegaConf.merge(config, plugin_settings(options, checkpoint_dir))
+    _open_free_form_mappings(config)
     try:
         config = OmegaConf.merge(config, options.verl)
     except Exception as error:  # omegaconf's errors name the full key
         raise ValueError(f"verl option verl does not fit verl's config: {error}") from error
+    fit_attention(config, options.verl, has_flash_attn=importlib.util.find_spec("flash_attn") is not None)
     try:
         OmegaConf.resolve(config)
         validate_config(config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
@@ -118,6 +126,41 @@ def build_config(options: VerlOptions, checkpoint_dir: str | None) -> Any:
     except Exception as error:  # verl's checks raise assertions, ValueErrors and Hydra's wrappers of them
         raise ValueError(f"verl rejects the config the verl options give: {error}") from error
     return config
+
+
+def fit_attention(config: Any, overrides: dict[str, Any], *, has_flash_attn: bool) -> None:
+    """Without flash-attn, PyTorch's attention (``sdpa``) on padded rows, where the ``verl`` option
+    chose neither: verl's actor loads the model with FlashAttention 2 and packs rows for its
+    variable-length kernels ("remove padding"), so without the package every worker fails at its
+    model load. flash-attn has no wheels; it builds from source against the installed torch."""
+    if has_flash_attn:
+        return
+    chosen = overrides.get("actor_rollout_ref", {}).get("model", {})
+    model = config.actor_rollout_ref.model
+    if "attn_implementation" not in chosen.get("override_config", {}):
+        model.override_config.attn_implementation = "sdpa"
+    if "use_remove_padding" not in chosen:
+        model.use_remove_padding = False
+    logger.info(
+        "flash-attn is not installed: the verl actor uses attention %s, remove padding %s",
+        model.override_config.attn_implementation,
+        model.use_remove_padding,
+    )
+
+
+def _open_free_form_mappings(node: Any) -> None:
+    """Let the user's keys into verl's empty mappings (``override_config: {}``, ``engine_kwargs: {}``):
+    they hold keyword arguments of verl's choosing, which verl's own command line adds with
+    ``+key=value``. Every other mapping stays closed, so a misspelt verl key is still an error."""
+    from omegaconf import DictConfig, OmegaConf
+
+    for key in node:
+        child = node._get_node(key)
+        if isinstance(child, DictConfig):
+            if len(child) == 0:
+                OmegaConf.set_struct(child, False)
+            else:
+                _open_free_form_mappings(child)
 
 
 def check_worker_batch_sizes(config: Any) -> None:
