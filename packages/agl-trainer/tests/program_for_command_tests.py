@@ -3,11 +3,15 @@ environment (AGL_TASK, OPENAI_BASE_URL) and the OpenTelemetry API, which
 ``opentelemetry-instrument`` wires to the store.
 
 Task keys: ``x`` (prints 2x), ``exit`` (exits with that status), ``signals`` (writes
-``<pid>-<attempt id>`` there and hangs until stopped).
+``<pid>-<attempt id>`` there and hangs until stopped), ``leave_behind`` (starts a process that
+hangs, writes ``<its pid>-<attempt id>`` into that folder and exits without waiting for it),
+``kill`` (kills itself with that signal, as the OOM killer would).
 """
 
 import json
 import os
+import signal
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -23,6 +27,13 @@ with trace.get_tracer("program").start_as_current_span("program.work") as span:
         (Path(task["signals"]) / f".{name}").write_text("")
         (Path(task["signals"]) / f".{name}").rename(Path(task["signals"]) / name)
         threading.Event().wait()
+    if "leave_behind" in task:
+        left = subprocess.Popen([sys.executable, "-I", "-c", "import threading; threading.Event().wait()"])
+        name = f"{left.pid}-{os.environ['AGL_ATTEMPT_ID']}"
+        (Path(task["leave_behind"]) / f".{name}").write_text("")
+        (Path(task["leave_behind"]) / f".{name}").rename(Path(task["leave_behind"]) / name)
+    if "kill" in task:
+        os.kill(os.getpid(), signal.Signals(task["kill"]))
     if "exit" in task:
         sys.exit(task["exit"])
     print(2 * task["x"])

@@ -293,3 +293,56 @@ def test_processes_refuse_an_agent_named_in_main(tmp_path: Path, monkeypatch: py
             ProcessRunners(store, "__main__:edge_agent", max_restarts=0)
     finally:
         asyncio.run(store.close())
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            ["--runner-mode", "threads", "--runner-option", "stop_seconds=10s"],
+            "error: runner mode 'threads': option 'stop_seconds' must be float, not '10s'",
+        ),
+        (
+            ["--runner-mode", "processes", "--runner-option", 'max_restarts="3"'],
+            "error: runner mode 'processes': option 'max_restarts' must be int, not '3'",
+        ),
+        (
+            ["--runner-mode", "threads", "--runner-option", "stop_seconds=-1"],
+            "error: runner option 'stop_seconds' must be at least 0, not -1",
+        ),
+    ],
+    ids=["string-for-seconds", "string-for-count", "negative-seconds"],
+)
+def test_a_bad_runner_option_is_refused_in_one_line_naming_it(
+    cli: CliRunner, train: list[str], tmp_path: Path, extra: list[str], message: str
+) -> None:
+    """A string for ``stop_seconds`` ran the whole fit, then failed as "unsupported operand type(s)
+    for +"; one for ``max_restarts`` passed until a runner died; a negative one was taken."""
+    (tmp_path / "train.jsonl").write_text('{"x": 1}\n')
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    line = one_line_error(cli.invoke(app, [*train, "--dataset", "train.jsonl", "--store", store, *extra]))
+    assert line == message
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"env": {"SEED": 1}}, "runner mode 'command': option 'env' must be dict[str, str] | None, not {'SEED': 1}"),
+        ({"reward": 0.5}, "runner mode 'command': option 'reward' must be RewardFunction | str | None, not 0.5"),
+    ],
+    ids=["env-value-not-a-string", "reward-not-a-function"],
+)
+def test_command_options_that_would_fail_every_rollout_are_refused_before_any(
+    tmp_path: Path, tracing: None, options: dict[str, Any], message: str
+) -> None:
+    """Each rollout failed on them (a TypeError starting the program, or calling the reward) and
+    the fit reported only that none succeeded."""
+    store = open_store(f"sqlite:///{tmp_path / 'store.db'}", watchdog_interval=None)
+    runner_options = {"command": [sys.executable, "-c", "print(1)"], **options}
+    trainer = Trainer("baseline", store=store, runner_mode="command", runner_options=runner_options)
+    try:
+        with pytest.raises(TypeError, match=f"^{re.escape(message)}$"):
+            trainer.fit(None, [{"x": 1}])
+        assert asyncio.run(store.statistics()).rollouts == 0
+    finally:
+        asyncio.run(store.close())

@@ -8,6 +8,7 @@ synchronise on files the agents write (`wait_for_files`), never on sleeps.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shlex
@@ -261,6 +262,36 @@ async def test_a_program_exiting_non_zero_fails_its_attempt(sqlite_store: Lightn
     failed = [r for r in await job_rollouts(sqlite_store) if r.status == "failed"]
     [attempt] = await sqlite_store.query_attempts(failed[0].rollout_id)
     assert "exited with status 3" in attempt.metadata["error"]
+
+
+async def test_a_program_killed_by_a_signal_fails_its_attempt_naming_the_signal(sqlite_store: LightningStore) -> None:
+    """The OOM killer's SIGKILL read "exited with status -9"."""
+    trainer = Trainer(
+        "baseline", store=sqlite_store, runner_mode="command", runner_options={"command": PROGRAM_COMMAND}
+    )
+    metrics = await asyncio.wait_for(trainer.fit_async(None, [{"kill": int(signal.SIGKILL)}, {"x": 1}]), LIMIT)
+    assert metrics["train/succeeded"] == 1.0  # the next rollout still runs
+    [failed] = [r for r in await job_rollouts(sqlite_store) if r.status == "failed"]
+    [attempt] = await sqlite_store.query_attempts(failed.rollout_id)
+    assert attempt.metadata["error"].endswith("was killed by signal 9 (SIGKILL)")
+
+
+async def test_what_a_program_leaves_behind_ends_with_its_attempt(sqlite_store: LightningStore, tmp_path: Path) -> None:
+    """A process the program started and did not wait for outlived the fit and the trainer, and
+    its spans would have landed under an attempt already over."""
+    signals = tmp_path / "signals"
+    signals.mkdir()
+    options = {"command": PROGRAM_COMMAND, "env": PROGRAM_ENV}
+    trainer = Trainer("baseline", store=sqlite_store, runner_mode="command", runner_options=options)
+    try:
+        metrics = await asyncio.wait_for(trainer.fit_async(None, [{"x": 1, "leave_behind": str(signals)}]), LIMIT)
+        assert metrics["train/succeeded"] == 1.0
+        [left] = await wait_for_files(signals, 1)
+        assert is_gone(pid_of(left))
+    finally:
+        for path in await wait_for_files(signals, 0):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid_of(path), signal.SIGKILL)
 
 
 @pytest.mark.parametrize("mode", ["processes", "command"])

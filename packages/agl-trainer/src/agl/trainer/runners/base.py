@@ -46,6 +46,13 @@ class RunnerGroup(abc.ABC):
         Safe to call after a failed `start` and more than once."""
 
 
+def check_not_negative(**options: float) -> None:
+    """Options that count or wait (``stop_seconds``, ``max_restarts``): below 0 means nothing sensible."""
+    for name, value in options.items():
+        if value < 0:
+            raise ValueError(f"runner option {name!r} must be at least 0, not {value}")
+
+
 async def fail_attempts_of(store: LightningStore, worker_id: str, reason: str) -> int:
     """Fail the attempts a runner that is known dead still holds, so the rollouts' retry config
     acts now rather than after a heartbeat deadline (which only ``unresponsive_seconds`` sets).

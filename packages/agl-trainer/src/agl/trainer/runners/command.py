@@ -16,8 +16,9 @@ executable when the runners are made: a missing one is one error up front, not a
 A non-zero exit fails the attempt. The reward is ``reward(task, output, spans)`` (sync or async,
 named ``module:function`` or given as a callable): ``output`` is the program's stdout, ``spans``
 the attempt's spans in the store once the program has exited; without a reward function the
-program reports its own (``agl.reward`` spans) or none. Stopping the runner kills the program's
-whole process group.
+program reports its own (``agl.reward`` spans) or none. When the program exits, or the runner
+stops or the attempt times out, the program's whole process group is ended: nothing it started
+outlives its attempt.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from agl.trainer.runners.specs import load_object
 from agl.trainer.runners.store_server import StoreServer, http_url
 
 STOP_SECONDS = 3.0
+GROUP_POLL_SECONDS = 0.05
 RewardFunction = Callable[[Any, str, list[Span]], Any]
 _resources_adapter: TypeAdapter[NamedResources] = TypeAdapter(NamedResources)
 
@@ -85,13 +87,12 @@ class CommandAgent(LitAgent):
             )
             try:
                 await process.wait()
-            except BaseException:  # the runner stops or the attempt timed out: the program goes too
+            finally:  # also when the runner stops or the attempt timed out: the program goes too
                 await asyncio.shield(_end_group(process))
-                raise
             output.seek(0)
             stdout = output.read()
         if process.returncode != 0:
-            raise CommandFailed(f"{shlex.join(self.command)} exited with status {process.returncode}")
+            raise CommandFailed(f"{shlex.join(self.command)} {_how_it_ended(process.returncode)}")
         if self.reward is None:
             return None
         spans = list(await self.store.query_spans(rollout.rollout_id, rollout.attempt.attempt_id))
@@ -144,15 +145,40 @@ def _chosen_llm(resources: NamedResources) -> LLM | None:
 
 
 async def _end_group(process: asyncio.subprocess.Process) -> None:
-    """SIGTERM to the program's process group, SIGKILL to whatever is left after `STOP_SECONDS`
-    (within the runner's own grace for a cancelled agent)."""
-    with suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    with suppress(TimeoutError):
-        await asyncio.wait_for(process.wait(), STOP_SECONDS)
-    with suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
+    """End the program's process group: the program if it still runs, and whatever it left behind
+    (which would outlive the trainer and file spans under an attempt already over). SIGTERM, then
+    SIGKILL to whatever is left after `STOP_SECONDS` (within the runner's grace for a cancelled agent)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + STOP_SECONDS
+    if _signal_group(process.pid, signal.SIGTERM):  # usually not: the program ran alone and exited
+        with suppress(TimeoutError):
+            await asyncio.wait_for(process.wait(), STOP_SECONDS)
+        while _signal_group(process.pid, 0) and loop.time() < deadline:  # not our children: no wait()
+            await asyncio.sleep(GROUP_POLL_SECONDS)
+        _signal_group(process.pid, signal.SIGKILL)
     await process.wait()
+
+
+def _signal_group(group: int, signal_number: int) -> bool:
+    """Send ``signal_number`` to process group ``group``; whether any process was there."""
+    try:
+        os.killpg(group, signal_number)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a member changed its user: it is there, but not ours to signal
+        return True
+    return True
+
+
+def _how_it_ended(returncode: int) -> str:
+    """A status, or the signal that killed the program (SIGKILL is often the kernel's OOM killer)."""
+    if returncode >= 0:
+        return f"exited with status {returncode}"
+    try:
+        name = f" ({signal.Signals(-returncode).name})"
+    except ValueError:  # a real-time signal has no name
+        name = ""
+    return f"was killed by signal {-returncode}{name}"
 
 
 class CommandRunners(AsyncRunners):

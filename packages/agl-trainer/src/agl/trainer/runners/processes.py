@@ -23,7 +23,7 @@ from agl.core.agent import LitAgent
 from agl.core.ids import new_id
 from agl.core.runner import check_runner_options
 from agl.core.store.base import LightningStore
-from agl.trainer.runners.base import RunnerGroup, RunnerLost, fail_attempts_of
+from agl.trainer.runners.base import RunnerGroup, RunnerLost, check_not_negative, fail_attempts_of
 from agl.trainer.runners.specs import child_python_path, remote_agent_spec, shared_store_url
 from agl.trainer.runners.worker import WAKE
 
@@ -56,6 +56,7 @@ class ProcessRunners(RunnerGroup):
         stop_seconds: float = 10.0,
     ) -> None:
         check_runner_options(max_concurrency, heartbeat_seconds, poll_seconds)
+        check_not_negative(max_restarts=max_restarts, stop_seconds=stop_seconds)
         url = shared_store_url(store)
         if url is None:
             raise ValueError(

@@ -24,7 +24,7 @@ from agl.core.ids import new_id
 from agl.core.runner import Runner, check_runner_options
 from agl.core.store import open_store
 from agl.core.store.base import LightningStore
-from agl.trainer.runners.base import RunnerGroup, RunnerLost, fail_attempts_of
+from agl.trainer.runners.base import RunnerGroup, RunnerLost, check_not_negative, fail_attempts_of
 from agl.trainer.runners.specs import child_python_path, load_agent, remote_agent_spec
 from agl.trainer.runners.store_server import StoreServer, http_url
 
@@ -79,6 +79,7 @@ class RayRunners(RunnerGroup):
         except ImportError:
             raise ImportError("runner_mode='ray' needs Ray: pip install 'agl-trainer[ray]'") from None
         check_runner_options(max_concurrency, heartbeat_seconds, poll_seconds)
+        check_not_negative(max_restarts=max_restarts, stop_seconds=stop_seconds)
         self.agent_spec = remote_agent_spec(agent, self.mode)
         self._ray = ray
         self.store = store

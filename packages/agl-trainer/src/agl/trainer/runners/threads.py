@@ -16,7 +16,7 @@ from contextlib import suppress
 from agl.core.agent import LitAgent
 from agl.core.runner import Runner
 from agl.core.store.base import LightningStore
-from agl.trainer.runners.base import RunnerGroup, RunnerLost, fail_attempts_of
+from agl.trainer.runners.base import RunnerGroup, RunnerLost, check_not_negative, fail_attempts_of
 from agl.trainer.runners.specs import as_agent
 
 logger = logging.getLogger(__name__)
@@ -84,6 +84,7 @@ class ThreadRunners(RunnerGroup):
         max_concurrency: int = 1,
         stop_seconds: float = 10.0,
     ) -> None:
+        check_not_negative(stop_seconds=stop_seconds)
         self.store = store
         self.agent = as_agent(agent)
         self.max_concurrency = max_concurrency
