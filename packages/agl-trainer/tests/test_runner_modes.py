@@ -294,10 +294,22 @@ async def test_what_a_program_leaves_behind_ends_with_its_attempt(sqlite_store: 
                 os.kill(pid_of(path), signal.SIGKILL)
 
 
-@pytest.mark.parametrize("mode", ["processes", "command"])
-def test_ctrl_c_stops_agl_train_and_every_runner_process(mode: str, tmp_path: Path) -> None:
-    """SIGINT once both runners are inside a hanging rollout: `agl train` must exit (a timeout of
-    the wait is the failure) and take every process it started with it."""
+@pytest.mark.parametrize(
+    ("mode", "stop", "status", "says"),
+    [
+        ("processes", signal.SIGINT, 130, "interrupted"),
+        ("command", signal.SIGINT, 130, "interrupted"),
+        ("command", signal.SIGTERM, 143, "terminated"),
+    ],
+    ids=["processes-ctrl-c", "command-ctrl-c", "command-sigterm"],
+)
+def test_ctrl_c_or_sigterm_stops_agl_train_and_every_runner_process(
+    mode: str, stop: signal.Signals, status: int, says: str, tmp_path: Path
+) -> None:
+    """SIGINT (Ctrl-C), or SIGTERM (a job scheduler's stop, which by default killed the trainer at
+    once, leaving its programs running and its rollouts marked running), once both runners are
+    inside a hanging rollout: `agl train` must exit (a timeout of the wait is the failure) and
+    take every process it started with it."""
     signals = tmp_path / "signals"
     signals.mkdir()
     tasks = [{"signals": str(signals), "hang_attempts": 99}] * 4
@@ -312,12 +324,12 @@ def test_ctrl_c_stops_agl_train_and_every_runner_process(mode: str, tmp_path: Pa
     trainer = subprocess.Popen(command, cwd=tmp_path, env=environment, stderr=subprocess.PIPE, text=True)
     try:
         running = asyncio.run(wait_for_files(signals, 2))
-        trainer.send_signal(signal.SIGINT)
+        trainer.send_signal(stop)
         _, stderr = trainer.communicate(timeout=LIMIT)  # a timeout here is the failure: a hang
     finally:
         trainer.kill()
-    assert trainer.returncode == 130, stderr
-    assert "interrupted" in stderr
+    assert trainer.returncode == status, stderr
+    assert f"{says}: runners stopped" in stderr
     runner_pids = {pid_of(path) for path in running}
     assert len(runner_pids) == 2 and trainer.pid not in runner_pids
     assert all(is_gone(pid) for pid in runner_pids)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import shlex
+import signal
 import sys
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -157,8 +159,10 @@ def train(
 
     Shows finished rollouts and a line per step on stderr if it is a terminal, or with --progress (in a log too).
 
-    Exits with status 1 when no rollout succeeded, after writing the metrics.
+    Exits with status 1 when no rollout succeeded, after writing the metrics. Ctrl-C (130) and SIGTERM
+    (143) stop the runners and their programs and fail the attempts in flight.
     """
+    terminated: list[bool] = []
     try:
         file = _read_config(config) if config is not None else {}
         algorithm = algorithm or file.get("algorithm")
@@ -224,13 +228,15 @@ def train(
                 await backend.close()
 
         try:
-            result, failure = asyncio.run(session())
+            with _terminate_as_interrupt(terminated):
+                result, failure = asyncio.run(session())
         except BaseException:
             _remove_if_unused(run_dir, created)
             raise
     except KeyboardInterrupt:
-        typer.echo("interrupted: runners stopped", err=True)
-        raise typer.Exit(130) from None
+        how, status = ("terminated", 143) if terminated else ("interrupted", 130)
+        typer.echo(f"{how}: runners stopped", err=True)
+        raise typer.Exit(status) from None
     except REPORTED as error:
         typer.echo(f"error: {' '.join(str(error).split())}", err=True)
         raise typer.Exit(1) from None
@@ -239,6 +245,24 @@ def train(
     if failure is not None:
         typer.echo(f"error: {' '.join(failure.split())}", err=True)
         raise typer.Exit(1)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt(terminated: list[bool]) -> Iterator[None]:
+    """SIGTERM (what systemd, Kubernetes and Slurm send to stop a job) takes Ctrl-C's path: the fit
+    is cancelled, its runners and their programs stopped, its attempts failed. Python's default
+    ends the process at once, leaving programs running and rollouts marked running. ``terminated``
+    gets True once SIGTERM arrived."""
+
+    def interrupt(signal_number: int, frame: object) -> None:
+        terminated.append(True)
+        signal.raise_signal(signal.SIGINT)  # to asyncio.run's handler, which cancels the fit
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class _RolloutTally:
