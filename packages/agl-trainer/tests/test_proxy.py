@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import threading
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -41,6 +43,7 @@ from agl.core.testing.tracing import captured_spans
 from agl.core.tracing import emit_reward, rollout_context, semconv
 from agl.core.types import AttemptedRollout, ProxyLLM, Span
 from agl.trainer.proxy import LlmProxy, RetryPolicy
+from agl.trainer.serving.openai_wire import error_body
 
 MODEL = "agl-toy"
 HI = [{"role": "user", "content": "hi"}]
@@ -73,6 +76,7 @@ class FailFirst:
 class Engine:
     url: str
     log: ChatLog
+    gate: FailFirst | None = None
 
 
 @pytest.fixture
@@ -82,9 +86,9 @@ def engines() -> Iterator[Callable[..., Engine]]:
 
         def start(script: Script, *, failures: int = 0) -> Engine:
             app = chat_server_app(script)
-            served: Any = FailFirst(app, failures) if failures else app
-            server = stack.enter_context(ServingThread(served))
-            return Engine(f"{server.url}/v1", chat_log(app))
+            gate = FailFirst(app, failures) if failures else None
+            server = stack.enter_context(ServingThread(gate or app))
+            return Engine(f"{server.url}/v1", chat_log(app), gate)
 
         yield start
 
@@ -441,6 +445,21 @@ async def test_an_engine_that_stays_down_fails_over_to_the_next(
     assert down.log.requests == []
 
 
+async def test_new_rollouts_do_not_each_retry_an_engine_that_is_down(
+    sqlite_store: LightningStore, engines: Callable[..., Engine], proxies: Callable[..., Any]
+) -> None:
+    """Running nothing and serving no rollout, a down engine was the least busy: every new
+    rollout's first call went there first and paid its retries (seconds each for a lost host)."""
+    down = engines(["never"], failures=100)
+    up = engines(["from the other engine"] * 3)
+    llm = proxies([down.url, up.url]).resource
+    for task in range(3):
+        rollout = await sqlite_store.start_rollout({"task": task})
+        completion = await agent_client(llm, rollout).chat.completions.create(model=llm.model, messages=HI)
+        assert completion.choices[0].message.content == "from the other engine"
+    assert down.gate is not None and down.gate.refused == FAST_RETRY.tries_per_engine  # the first rollout's tries only
+
+
 async def test_the_engines_own_errors_are_passed_on_without_retrying(
     sqlite_store: LightningStore, attempt: AttemptedRollout, engines: Callable[..., Engine], proxies: Callable[..., Any]
 ) -> None:
@@ -480,6 +499,43 @@ async def test_a_stream_that_breaks_off_is_an_error_for_the_agent_and_in_the_spa
     [span] = await llm_spans(sqlite_store, attempt)
     assert span.status.status_code == "ERROR" and "broke off" in (span.status.description or "")
     assert span.attributes[semconv.RESPONSE_TOKEN_IDS] == [40, 41, 42]  # what did arrive is kept
+
+
+class EngineTheAgentLeaves:
+    """An engine that holds its reply until its client (the proxy) goes away, saying when a call
+    arrived and when the proxy left."""
+
+    def __init__(self) -> None:
+        self.arrived, self.left = threading.Event(), threading.Event()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        self.arrived.set()
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self.left.set()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+async def test_an_agent_that_leaves_before_the_reply_is_a_cancelled_call_and_the_engine_is_left(
+    sqlite_store: LightningStore, attempt: AttemptedRollout, proxies: Callable[..., Any], stream: bool
+) -> None:
+    """The proxy waited for the engine's reply whatever the agent did: when the agent's client
+    timed out, the engine generated on for nobody and the reply was stored as an OK call the
+    agent never saw (beside its retry's: two calls for one)."""
+    engine = EngineTheAgentLeaves()
+    with ServingThread(engine) as served:  # type: ignore[arg-type]
+        llm = proxies([f"{served.url}/v1"]).resource
+        url = llm.base_url(attempt.rollout_id, attempt.attempt.attempt_id) + "/chat/completions"
+        async with httpx.AsyncClient(timeout=60) as client:
+            call = asyncio.create_task(client.post(url, json={"model": MODEL, "messages": HI, "stream": stream}))
+            assert await asyncio.to_thread(engine.arrived.wait, 30)
+            call.cancel()  # the agent gives up: its connection closes
+            await asyncio.wait((call,))
+        assert await asyncio.to_thread(engine.left.wait, 30)  # the proxy stopped waiting for the engine
+    [span] = await llm_spans(sqlite_store, attempt)
+    assert span.status.status_code == "ERROR" and span.attributes["error.type"] == "cancelled"
 
 
 def closed_port_url() -> str:
@@ -532,6 +588,8 @@ async def test_bad_requests_are_one_line_4xx_and_touch_nothing(
     for case, (reply, status) in cases.items():
         assert reply.status_code == status, case
         assert "\n" not in reply.text, case
+        # agl serve's error shape (code: the status), as the engines' own errors passed on have it
+        assert reply.json() == error_body(reply.json()["error"]["message"], status), case
     assert engine.log.requests == []
     assert await llm_spans(sqlite_store, attempt) == []
 
@@ -577,6 +635,23 @@ async def test_models_are_listed_and_the_model_name_is_discovered(
     assert llm.model == MODEL
     models = await agent_client(llm, attempt).models.list()
     assert [model.id for model in models.data] == [MODEL]
+
+
+async def test_the_model_is_discovered_past_an_http_proxy_in_the_environment(
+    engines: Callable[..., Engine], proxies: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """urllib sends through $http_proxy by default: set, as on many clusters, discovery went to
+    that proxy instead of the engine and failed ("no engine named its model")."""
+    engine = engines([])
+    for name in ("http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(name, closed_port_url().removesuffix("/v1"))
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    urllib.request.install_opener(None)  # urlopen reads the environment when it first builds its opener
+    try:
+        assert proxies([engine.url], model=None).resource.model == MODEL
+    finally:
+        urllib.request.install_opener(None)  # none built under this environment stays
 
 
 def test_start_and_stop_are_idempotent_and_refuse_what_cannot_work(

@@ -37,6 +37,20 @@ def test_rollouts_of_a_removed_engine_move_and_old_rollouts_are_forgotten() -> N
     assert Upstreams([]).candidates("r1") == []
 
 
+def test_an_engine_that_did_not_answer_is_tried_last_until_it_may_be_back() -> None:
+    now = [0.0]
+    engines = Upstreams(["http://a/v1", "http://b/v1"], down_for=10, clock=lambda: now[0])
+    engines.stick("r1", "http://a/v1")
+    engines.failed("http://a/v1")
+    assert engines.candidates("r2") == ["http://b/v1", "http://a/v1"]  # idle, but down
+    assert engines.candidates("r1") == ["http://b/v1", "http://a/v1"]  # its own engine too
+    now[0] = 10.5
+    assert engines.candidates("r1")[0] == "http://a/v1"  # tried again: it may have restarted
+    engines.failed("http://a/v1")
+    engines.answered("http://a/v1")
+    assert engines.candidates("r1")[0] == "http://a/v1"  # it answered: up again
+
+
 def test_the_engine_is_asked_for_ids_and_logprobs_and_the_agent_gets_its_own_shape() -> None:
     chat = {"model": "m", "messages": [], "logprobs": False}
     agent = asked("chat", chat)

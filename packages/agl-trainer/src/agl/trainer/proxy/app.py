@@ -7,7 +7,8 @@ the agent has the whole reply. Errors are OpenAI's JSON shape with a one-line me
 openai client raises its usual typed exceptions: 400 bad ids or body, 401 token, 404 unknown
 rollout/attempt or route, 413 body too large, 502 no engine answered (or answered nonsense), 503
 the store is unavailable, 504 the engine's reply broke off or stalled. What the engine itself
-answered (a 4xx, a 500) is passed on as it is.
+answered (a 4xx, a 500) is passed on as it is. An agent that disconnects before the reply (its
+client timed out) ends the call: the engine's request is closed and the span says "cancelled".
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -40,7 +41,7 @@ from agl.trainer.proxy.forward import (
 from agl.trainer.proxy.routing import Upstreams
 from agl.trainer.proxy.shape import PATHS, Asked, Endpoint, asked, reshape, upstream_body
 from agl.trainer.proxy.spans import CallRecord
-from agl.trainer.serving.openai_wire import not_found
+from agl.trainer.serving.openai_wire import error_body, not_found
 
 logger = logging.getLogger("agl.trainer.proxy")
 
@@ -48,6 +49,8 @@ PREFIX = "/rollout/{rollout_id}/attempt/{attempt_id}/v1"
 MAX_BODY_BYTES = 32 * 1024 * 1024
 MAX_ID_LENGTH = 256
 _JSON = "application/json"
+_AGENT_LEFT = "the agent closed the connection before the reply"
+_T = TypeVar("_T")
 
 
 def create_proxy_app(
@@ -107,7 +110,7 @@ def create_proxy_app(
 
     if token:
         check_token(token)
-        unauthorized = json.dumps(_error_body(401, "missing or wrong bearer token")).encode()
+        unauthorized = json.dumps(error_body("missing or wrong bearer token", 401)).encode()
         # A middleware, so every route is guarded, /openapi.json and unknown paths included.
         app.add_middleware(TokenAuth, token=token, error_body=unauthorized)
     return app
@@ -171,7 +174,9 @@ class _Calls:
         )
         assert self.forwarder is not None
         try:
-            sent = await self.forwarder.send(rollout_id, "POST", PATHS[endpoint], content)
+            sent = await self._unless_agent_leaves(
+                request, record, self.forwarder.send(rollout_id, "POST", PATHS[endpoint], content)
+            )
         except NoEngineAnswered as error:
             record.fail(type(error).__name__, str(error))
             await self.save(record)
@@ -180,12 +185,16 @@ class _Calls:
             record.fail(type(error).__name__, f"the engine's reply broke off: {error}")
             await self.save(record)
             return _error(504, f"the engine's reply broke off: {error}")
+        if sent is None:
+            return _error(499, _AGENT_LEFT)
         record.upstream = sent.url
         if sent.status == 200 and sent.content_type.startswith("text/event-stream"):
             relay = _Relay(endpoint, sent, record, agent, self.save)
             return StreamingResponse(relay.events(), media_type="text/event-stream")
         try:
-            payload = await sent.read()
+            payload = await self._unless_agent_leaves(request, record, sent.read())
+            if payload is None:
+                return _error(499, _AGENT_LEFT)
         except BrokenReply as error:
             record.fail(type(error).__name__, f"the engine's reply broke off: {error}")
             await self.save(record)
@@ -211,6 +220,27 @@ class _Calls:
         if not agent.everything:
             payload = json.dumps(reshape(endpoint, data, agent), ensure_ascii=False).encode()
         return Response(payload, 200, media_type=_JSON)
+
+    async def _unless_agent_leaves(self, request: Request, record: CallRecord, work: Awaitable[_T]) -> _T | None:
+        """``work``'s result, or None if the agent disconnected first (its client timed out, say):
+        the call is then stored as cancelled and ``work`` cancelled, so neither a reply the agent
+        never got is recorded as its call (its retry is another) nor the engine generates for nobody."""
+        task = asyncio.ensure_future(work)
+        left = asyncio.ensure_future(_disconnected(request))
+        try:
+            await asyncio.wait((task, left), return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            task.cancel()
+            raise
+        finally:
+            left.cancel()
+        if task.done():
+            return task.result()
+        record.fail("cancelled", _AGENT_LEFT)
+        await self.save(record)
+        task.cancel()
+        await asyncio.wait((task,))
+        return None
 
     async def save(self, record: CallRecord) -> None:
         """Store the call's span. The agent's call matters more than its record: a failure is logged."""
@@ -241,7 +271,7 @@ class _Relay:
         pending = b""
         try:
             async for data in self.sent.chunks():
-                pending += data.replace(b"\r\n", b"\n")
+                pending = (pending + data).replace(b"\r\n", b"\n")  # whole, or a CRLF cut in two stays
                 *events, pending = pending.split(b"\n\n")
                 if events:
                     out, done = self._relay(events)
@@ -252,11 +282,13 @@ class _Relay:
                 out, _ = self._relay([pending])
                 yield out
         except BrokenReply as error:
+            if self.saved:  # after [DONE]: the agent has the whole reply, the call is complete
+                return
             message = f"the engine's stream broke off: {error}"
             self.record.fail(type(error).__name__, message)
             await self._save()  # before the agent hears of it, as for a whole stream
             # an error event: openai clients raise it, where a stream merely cut short would look complete
-            yield b"data: " + json.dumps(_error_body(502, message)).encode() + b"\n\n"
+            yield b"data: " + json.dumps(error_body(_one_line(message), 502)).encode() + b"\n\n"
         except (asyncio.CancelledError, GeneratorExit):  # cancelled awaiting the engine, or closed after a send failed
             self.record.fail("cancelled", "the agent closed the stream before its end")
             raise
@@ -298,6 +330,12 @@ class _Relay:
     async def _save(self) -> None:
         self.saved = True
         await self.save(self.record)
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns once the agent has disconnected (its body is read: the server has nothing else to say)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _body_within(request: Request, limit: int) -> bytes | None:
@@ -348,10 +386,6 @@ def _one_line(text: str, limit: int = 300) -> str:
 
 
 def _error(status: int, message: str) -> JSONResponse:
-    """OpenAI's error shape, which openai clients turn into their typed exceptions."""
-    return JSONResponse(_error_body(status, message), status)
-
-
-def _error_body(status: int, message: str) -> dict[str, Any]:
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    return {"error": {"message": _one_line(message), "type": kind, "param": None, "code": None}}
+    """OpenAI's error shape, which openai clients turn into their typed exceptions: the one `agl
+    serve` (and vLLM) answer too, so an agent sees one shape whether the proxy or the engine refused."""
+    return JSONResponse(error_body(_one_line(message), status), status)

@@ -82,10 +82,14 @@ class Sent:
             raise BrokenReply(_describe(error)) from None
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives; what arrived before it broke off comes out before `BrokenReply`."""
         try:
             async for data in self.response.content.iter_any():
                 yield data
         except (aiohttp.ClientError, TimeoutError) as error:
+            arrived = _unread(self.response.content)
+            if arrived:
+                yield arrived
             raise BrokenReply(_describe(error)) from None
 
     async def close(self) -> None:
@@ -100,10 +104,13 @@ class Sent:
 
 def new_session(timeout: float = DEFAULT_TIMEOUT) -> aiohttp.ClientSession:
     """The one pooled client of a proxy; make it on the loop that uses it. Generations can be long,
-    so only connecting is quick to give up."""
+    so only connecting is quick to give up. The pool has no cap: each call holds one connection
+    for its whole generation, and a cap would make the calls past it wait for a free connection
+    (and fail as "not answered" once the connect timeout, which counts that wait, ran out) while
+    the engine, which queues and batches calls itself, could have taken them."""
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=1024, limit_per_host=0, keepalive_timeout=60),
-        timeout=aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT, sock_read=timeout),
+        connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=60),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT, sock_read=timeout),
         trust_env=False,  # engines are local or named explicitly: no proxy settings from the environment
         auto_decompress=True,
     )
@@ -163,11 +170,21 @@ class Forwarder:
                     failure = f"{url}: HTTP {response.status}"
                     logger.debug("engine answered %s", failure)
                     continue
+                self.upstreams.answered(url)
                 if rollout_id:
                     self.upstreams.stick(rollout_id, url)
                 return Sent(url, response, self.upstreams)
+            self.upstreams.failed(url)
             failures.append(failure)
         raise NoEngineAnswered("no engine answered: " + "; ".join(failures))
+
+
+def _unread(content: aiohttp.StreamReader) -> bytes:
+    """The bytes received but not read yet. aiohttp's reads raise a broken connection's error
+    before they return what is buffered, so an engine's last chunks before it crashed were lost
+    unless read in time; its buffer (whole chunks, as `iter_any` reads them) is the only way."""
+    buffered = getattr(content, "_buffer", None)
+    return b"".join(buffered) if buffered and all(isinstance(part, bytes) for part in buffered) else b""
 
 
 def _describe(error: BaseException) -> str:

@@ -150,12 +150,13 @@ class LlmProxy:
 
     def _discover_model(self) -> str:
         headers = {"authorization": f"Bearer {self.upstream_token}"} if self.upstream_token else {}
+        # Straight to the engine, as the proxy's calls go: not through $http_proxy, which urllib
+        # follows by default (and which, on a cluster, rarely lets 127.0.0.1 through).
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         failures = []
         for url in self.upstreams.urls:
             try:
-                with urllib.request.urlopen(
-                    urllib.request.Request(f"{url}/models", headers=headers), timeout=10
-                ) as reply:
+                with opener.open(urllib.request.Request(f"{url}/models", headers=headers), timeout=10) as reply:
                     return str(json.load(reply)["data"][0]["id"])
             except (OSError, ValueError, KeyError, IndexError, TypeError) as error:
                 failures.append(f"{url}: {type(error).__name__}")
