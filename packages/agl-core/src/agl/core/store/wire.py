@@ -181,6 +181,7 @@ def error_from_body(body: ErrorBody) -> AglError:
         "InvalidInput",
         "StoreUrlError",
         "OtlpDecodeError",
+        "BodyTooLarge",
         "OtlpBodyTooLarge",
         "OtlpUnsupportedMediaType",
     ):

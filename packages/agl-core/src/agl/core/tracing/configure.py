@@ -13,6 +13,7 @@ import atexit
 import logging
 import os
 import sys
+import threading
 from collections.abc import Collection
 from importlib.metadata import entry_points
 from typing import Any
@@ -68,7 +69,7 @@ class AglConfigurator:
             for exporter in _trace_exporters():
                 provider.add_span_processor(BatchSpanProcessor(exporter))
             trace.set_tracer_provider(provider)
-        _finish_at_exit(trace.get_tracer_provider())
+        _finish_at_exit(trace.get_tracer_provider(), processor)
 
 
 def _otlp_flavour(available: Collection[str]) -> str:
@@ -116,11 +117,12 @@ def setup_tracing(store_url: str | None = None, *, store: Any = None) -> TracerP
         if key.startswith("OTEL_SPAN") or key.startswith("OTEL_EVENT") or key == "OTEL_BSP_SCHEDULE_DELAY":
             os.environ.setdefault(key, value)
     provider = TracerProvider()
-    provider.add_span_processor(RolloutSpanProcessor(process_rollout().active))
+    processor = RolloutSpanProcessor(process_rollout().active)
+    provider.add_span_processor(processor)
     exporter = StoreSpanExporter(store_url, store=store)
     provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
-    _finish_at_exit(provider)
+    _finish_at_exit(provider, processor)
     return provider
 
 
@@ -130,27 +132,42 @@ def flush_spans(timeout_millis: int = 30000) -> bool:
     return bool(getattr(provider, "force_flush", lambda _: True)(timeout_millis))
 
 
-def _finish_at_exit(provider: Any) -> None:
+def _finish_at_exit(provider: Any, processor: RolloutSpanProcessor) -> None:
     """At exit, a program that ran as its own observed rollout sends one last span with its outcome;
     the store ends the rollout when it arrives (over agl's exporter or plain OTLP alike).
     Registered after the provider's own exit hook, so it runs first, while exporters still work.
     From then on agl waits at most `EXIT_WAIT_SECONDS` for its store, so a store that is gone
-    costs the exiting program a warning, not a hang. A forked child shares its parent's observed
-    rollout: only the process that set tracing up ends it."""
+    costs the exiting program a warning, not a hang. A program that shuts its provider down
+    itself (as OpenTelemetry's examples end) sends the span then, before its exporters stop: after,
+    nothing would carry it and the rollout would stay running. A forked child shares its parent's
+    observed rollout: only the process that set tracing up ends it."""
     owner = os.getpid()
+    sent = threading.Event()
+
+    def send_exit_span(failed: bool) -> None:
+        state = process_rollout()
+        if sent.is_set() or not state.active.used or os.getpid() != owner:
+            return
+        sent.set()
+        outcome = "failed" if failed or state.crashed else "succeeded"
+        provider.get_tracer(TRACER_NAME).start_span(PROCESS_EXIT_SPAN, attributes={PROCESS_OUTCOME: outcome}).end()
 
     def finish() -> None:
         _stop_waiting_for_stores()
-        state = process_rollout()
-        if not state.active.used or os.getpid() != owner:
-            return
-        outcome = "failed" if state.crashed else "succeeded"
-        provider.get_tracer(TRACER_NAME).start_span(PROCESS_EXIT_SPAN, attributes={PROCESS_OUTCOME: outcome}).end()
+        send_exit_span(failed=False)
         getattr(provider, "force_flush", lambda: None)()
 
+    processor.before_shutdown = lambda: send_exit_span(failed=_exception_in_flight())
     atexit.register(finish)
     if hasattr(os, "register_at_fork"):
         os.register_at_fork(after_in_child=lambda: _flush_at_child_exit(provider))
+
+
+def _exception_in_flight() -> bool:
+    """Whether the provider is being shut down while an exception propagates (``finally:``); a
+    `SystemExit` is the program's own way out, not a crash."""
+    error = sys.exc_info()[1]
+    return error is not None and not isinstance(error, SystemExit)
 
 
 def _stop_waiting_for_stores() -> None:

@@ -2,9 +2,11 @@
 SQLite by default, a store server when it is an ``http://`` URL).
 
 Each batch goes in with one `add_observed_spans` call per store (one transaction); a batch the store
-refuses as invalid goes in again span by span (lone surrogates in its text replaced, which no JSON
-writer takes), so a bad span loses only itself. The exporter never
-raises into the program it observes: a failed write is logged and reported as FAILURE.
+refuses (a span it finds invalid, a body over a store server's limit) goes in again as two halves,
+down to single spans (lone surrogates in its text then replaced, which no JSON writer takes), so a
+bad span loses only itself. The exporter never raises into the program it observes: a failed write
+is reported as FAILURE and logged, once per run of failures (an outage of the store warns once,
+and again if the store fails after it recovered).
 
 A process has one tracer provider, so one exporter, but it may run rollouts of several stores: a
 notebook that fits twice on two stores, two runners on two stores at once. A runner routes the
@@ -18,7 +20,7 @@ import re
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
@@ -66,29 +68,45 @@ class StoreSpanExporter(SpanExporter):
         try:
             converted, metadata = self._convert(spans)
         except Exception as error:  # the observed program must never see our failure
-            return self._failed(len(spans), error)
+            self._failed(len(spans), error)
+            return SpanExportResult.FAILURE
         result = SpanExportResult.SUCCESS
         for store, batch in self._by_store(converted):  # a store that fails costs the others nothing
-            try:
-                self._write(store, batch, metadata)
-            except InvalidInput:  # the store took none of them: one span it refuses loses only itself
-                for span in batch:
-                    try:
-                        self._write(store, [_without_lone_surrogates(span)], metadata)
-                    except Exception as error:
-                        result = self._failed(1, error)
-            except Exception as error:
-                result = self._failed(len(batch), error)
+            if not self._store_batch(store, batch, metadata):
+                result = SpanExportResult.FAILURE
+        if result is SpanExportResult.SUCCESS:
+            self._warned = False  # the store took a whole batch again: its next failure is news
         return result
+
+    def _store_batch(self, store: LightningStore | None, batch: list[Any], metadata: dict[str, dict[str, Any]]) -> bool:
+        """Whether every span of ``batch`` went in. A batch the store refuses (a span it finds invalid,
+        a request body over the server's limit) goes in again as two halves, so a bad span loses only
+        itself and spans that are fine alone are not lost for being sent together. Any other failure
+        (a store that is gone, a wrong token) would meet every half: the batch is not sent again."""
+        try:
+            self._write(store, batch, metadata)
+            return True
+        except InvalidInput as error:
+            if len(batch) > 1:
+                middle = len(batch) // 2
+                first = self._store_batch(store, batch[:middle], metadata)
+                return self._store_batch(store, batch[middle:], metadata) and first
+            if (cleaned := _without_lone_surrogates(batch[0])) is not batch[0]:
+                return self._store_batch(store, [cleaned], metadata)
+            return self._failed(1, error)
+        except Exception as error:
+            return self._failed(len(batch), error)
 
     def _write(self, store: LightningStore | None, spans: list[Any], metadata: dict[str, dict[str, Any]]) -> None:
         self.bridge.call(lambda to: to.add_observed_spans(spans, new_rollout_metadata=metadata), store=store)
 
-    def _failed(self, count: int, error: Exception) -> SpanExportResult:
+    def _failed(self, count: int, error: Exception) -> Literal[False]:
+        """Warns at the first loss since the last whole batch stored, not at every batch of an outage,
+        nor only at the first outage: spans (rewards among them) lost later must not go unsaid."""
         if not self._warned:
             logger.warning("agl could not store %d spans: %s", count, error)
             self._warned = True
-        return SpanExportResult.FAILURE
+        return False
 
     def _by_store(self, spans: list[Any]) -> list[tuple[LightningStore | None, list[Any]]]:
         """The spans grouped by store: a routed rollout's, else this exporter's own (None)."""

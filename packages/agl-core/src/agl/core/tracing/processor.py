@@ -9,7 +9,9 @@ its children.
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Callable
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
@@ -21,6 +23,8 @@ from agl.core.tracing.semconv import ATTEMPT_ID, ROLLOUT_ID, SEQUENCE_ID
 ROLLOUT_ENV = "AGL_ROLLOUT_ID"
 ATTEMPT_ENV = "AGL_ATTEMPT_ID"
 
+logger = logging.getLogger(__name__)
+
 
 class RolloutSpanProcessor(SpanProcessor):
     def __init__(self, process_rollout: ActiveRollout) -> None:
@@ -29,6 +33,9 @@ class RolloutSpanProcessor(SpanProcessor):
         self.process = process_rollout
         self._by_resource: dict[tuple[str, str], ActiveRollout] = {}
         self._last_resource: tuple[Resource | None, ActiveRollout | None] = (None, None)
+        self.before_shutdown: Callable[[], None] | None = None
+        """Run when the provider shuts down. agl adds its processor before any exporting one, and the
+        provider shuts its processors down in that order, so spans sent now still go out."""
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         active = current_rollout() or self.launched or self._from_resource(span) or self.process
@@ -59,7 +66,12 @@ class RolloutSpanProcessor(SpanProcessor):
         pass
 
     def shutdown(self) -> None:
-        pass
+        if self.before_shutdown is None:
+            return
+        try:
+            self.before_shutdown()
+        except Exception:  # a provider's shutdown must not fail for agl's sake
+            logger.warning("agl could not finish tracing before the provider shut down", exc_info=True)
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return True
