@@ -243,3 +243,59 @@ async def test_a_tripped_guardrail_is_a_span(captured_spans, instrument, scripte
     assert guard.attributes["agl.guardrail.triggered"] is True
     assert ("agl.reward", "guardrail no_secrets") in tree(spans)
     assert ("guardrail no_secrets", "invoke_agent guarded") in tree(spans)
+
+
+@pytest.mark.parametrize("in_parallel", [True, False], ids=["parallel", "sequential"])
+async def test_a_tripped_input_guardrail_fails_its_agents_span(
+    captured_spans, instrument, scripted, in_parallel
+) -> None:
+    """The SDK records the trip on its turn span, which is not mapped: the agent's span says it."""
+    instrument()
+
+    @input_guardrail(run_in_parallel=in_parallel)
+    async def refuse(context: Any, agent: Any, text: Any) -> GuardrailFunctionOutput:
+        return GuardrailFunctionOutput(output_info=None, tripwire_triggered=True)
+
+    agent = Agent(name="guarded", input_guardrails=[refuse], model=scripted(["never"]))
+    with pytest.raises(InputGuardrailTripwireTriggered):
+        await Runner.run(agent, "hello")
+
+    (agent_span,) = named(list(captured_spans.get_finished_spans()), "invoke_agent guarded")
+    assert agent_span.status.status_code.name == "ERROR"
+    assert agent_span.status.description == "Guardrail tripwire triggered"
+    assert json.loads(agent_span.attributes["agl.error.data"]) == {"guardrail": "refuse"}
+
+
+@function_tool(needs_approval=True)
+def refund(amount: int) -> str:
+    """Refund an amount; a person approves it first."""
+    emit_reward(1.0)
+    return f"refunded {amount}"
+
+
+async def test_a_run_resumed_after_an_approval_nests_under_a_workflow(
+    captured_spans, instrument, scripted, tool_call
+) -> None:
+    """Resumed in the process that started it, the run goes on under the SDK's same trace, which
+    the SDK never reports to its processors: its spans still get their workflow span."""
+    instrument()
+    model = scripted([[tool_call("refund", {"amount": 5}, "call-r")], "Refunded."])
+    agent = Agent(name="support", tools=[refund], model=model)
+    paused = await Runner.run(agent, "Refund me.")
+    (approval,) = paused.interruptions
+    state = paused.to_state()
+    state.approve(approval)
+    assert (await Runner.run(agent, state)).final_output == "Refunded."
+
+    spans = list(captured_spans.get_finished_spans())
+    assert tree(spans) == [
+        ("invoke_workflow Agent workflow", None),
+        ("invoke_agent support", "invoke_workflow Agent workflow"),
+        ("chat scripted", "invoke_agent support"),
+        ("execute_tool refund", "invoke_agent support"),
+        ("invoke_workflow Agent workflow", None),
+        ("invoke_agent support", "invoke_workflow Agent workflow"),
+        ("execute_tool refund", "invoke_agent support"),
+        ("agl.reward", "execute_tool refund"),
+        ("chat scripted", "invoke_agent support"),
+    ]

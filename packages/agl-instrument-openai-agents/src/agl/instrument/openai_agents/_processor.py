@@ -37,6 +37,11 @@ HANDOFF_TO = "agl.handoff.to_agent"
 SDK_SPAN_TYPE = "agl.openai_agents.span_type"
 CUSTOM_DATA = "agl.openai_agents.data"
 MAPPED = frozenset({"agent", "function", "handoff", "guardrail", "custom", "mcp_tools"})
+ERRORS_PASSED_UP = frozenset({"turn", "task"})
+"""Unmapped kinds whose error goes on the nearest mapped span (a turn's on its agent, a task's on the
+workflow): the SDK records a tripped input guardrail, or a tool the model named that does not exist,
+on its current turn. Not the model spans: their errors are the LLM span's, and a call the SDK
+retries must not fail its agent."""
 
 
 @dataclass
@@ -146,7 +151,10 @@ class AglTracingProcessor:
     def on_span_end(self, sdk_span: Any) -> None:
         try:
             node = self.nodes.pop(sdk_span.span_id, None)
-            if node is None or node.span is None:
+            if node is None:
+                return
+            if node.span is None:
+                self._pass_error_up(node, sdk_span)
                 return
             try:
                 self._closing(node, sdk_span)
@@ -202,6 +210,13 @@ class AglTracingProcessor:
         return str(data.name), attributes  # custom
 
     @staticmethod
+    def _pass_error_up(node: Node, sdk_span: Any) -> None:
+        error = getattr(sdk_span, "error", None)
+        span = node.nearest_span() if error and node.kind in ERRORS_PASSED_UP else None
+        if span is not None and span.is_recording():
+            _record_error(span, error)
+
+    @staticmethod
     def _closing(node: Node, sdk_span: Any) -> None:
         """What is known only at the end: tool arguments and result, the handoff's target, whether a
         guardrail tripped, the error."""
@@ -224,7 +239,12 @@ class AglTracingProcessor:
             span.set_attribute(CUSTOM_DATA, _text(data.data))
         error = getattr(sdk_span, "error", None)
         if error:
-            message = error.get("message") if isinstance(error, dict) else str(error)
-            span.set_status(Status(StatusCode.ERROR, str(message)))
-            if isinstance(error, dict) and error.get("data") is not None:
-                span.set_attribute("agl.error.data", _text(error["data"]))
+            _record_error(span, error)
+
+
+def _record_error(span: trace.Span, error: Any) -> None:
+    """An SDK span's error (``{"message": ..., "data": ...}``) as the span's status."""
+    message = error.get("message") if isinstance(error, dict) else str(error)
+    span.set_status(Status(StatusCode.ERROR, str(message)))
+    if isinstance(error, dict) and error.get("data") is not None:
+        span.set_attribute("agl.error.data", _text(error["data"]))

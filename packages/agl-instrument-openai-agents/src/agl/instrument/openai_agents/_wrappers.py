@@ -6,6 +6,8 @@
   context, and stops being current when the SDK resets it. So spans opened inside a tool body, a
   guardrail or a handoff callback (``emit_reward``, an openai call, a nested agent) nest under the
   right span.
+- ``ReattachedTrace.start``/``finish``: the trace of a run resumed in its own process (after a tool
+  approval), which the SDK never reports to processors, gets its workflow span here.
 - ``ToolContext.from_agent_context``: made inside the SDK's function span; gives the tool call id.
 - ``ItemHelpers.tool_call_output_item``: the SDK's conversion of a tool's result into what the
   model gets, made inside the function span; the span records the result as converted.
@@ -102,7 +104,13 @@ _delivery: list[Any] = [None, True]
 """The SDK's last seen tuple of processors, and whether ours is among them (asked on every span)."""
 
 
-def _start_wrapper(key: str) -> Callable[..., Any]:
+RESUMED = "resumed trace"
+"""The kind of the node of a `ReattachedTrace`: the SDK's trace of a run resumed in the process that
+started it (after a tool approval), which the SDK never reports to its processors."""
+
+
+def _start_wrapper(key: str, resumed: bool = False) -> Callable[..., Any]:
+    """``resumed``: for `ReattachedTrace`, whose workflow span the hook opens itself."""
     spans = key == "span_id"
     started = "started_at" if spans else "_started"
 
@@ -117,7 +125,9 @@ def _start_wrapper(key: str) -> Callable[..., Any]:
         try:
             sdk_id = getattr(instance, key)
             node = processor.nodes.get(sdk_id)
-            if node is None and not _sdk_delivers(instance):  # a node means the SDK delivered the start
+            if resumed:  # a node already: the resumed run's trace is still open, its spans go there
+                node = None if node is not None else _open_resumed(processor, instance)
+            elif node is None and not _sdk_delivers(instance):  # a node means the SDK delivered the start
                 (processor.on_span_start if spans else processor.on_trace_start)(instance)
                 node = processor.nodes.get(sdk_id)
             marked = kwargs["mark_as_current"] if "mark_as_current" in kwargs else args and args[0]
@@ -128,6 +138,14 @@ def _start_wrapper(key: str) -> Callable[..., Any]:
         return result
 
     return wrapper
+
+
+def _open_resumed(processor: AglTracingProcessor, sdk_trace: Any) -> Node | None:
+    processor.on_trace_start(sdk_trace)
+    node = processor.nodes.get(sdk_trace.trace_id)
+    if node is not None:
+        node.kind = RESUMED
+    return node
 
 
 def _make_current(node: Node) -> None:
@@ -147,7 +165,9 @@ def _make_current(node: Node) -> None:
     node.token = otel_context.attach(trace.set_span_in_context(span))
 
 
-def _finish_wrapper(key: str) -> Callable[..., Any]:
+def _finish_wrapper(key: str, resumed: bool = False) -> Callable[..., Any]:
+    """``resumed``: for `ReattachedTrace`, whose workflow span the hook ends itself (only one it
+    opened: the run it resumes may still be open, under the same trace id)."""
     spans = key == "span_id"
 
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -156,7 +176,7 @@ def _finish_wrapper(key: str) -> Callable[..., Any]:
             return wrapped(*args, **kwargs)
         sdk_id = getattr(instance, key, None)
         node = processor.nodes.get(sdk_id) if sdk_id else None
-        if node is None:
+        if node is None or (resumed and node.kind != RESUMED):  # not ours: the resumed run's own trace
             return wrapped(*args, **kwargs)
         if node.token is not None:  # first: our context sits on top of any other processor's
             token, node.token = node.token, None
@@ -169,7 +189,7 @@ def _finish_wrapper(key: str) -> Callable[..., Any]:
         finally:
             try:
                 # Still there only if the SDK did not deliver the end (it pops the node).
-                if sdk_id in processor.nodes and not _sdk_delivers(instance):
+                if resumed or (sdk_id in processor.nodes and not _sdk_delivers(instance)):
                     (processor.on_span_end if spans else processor.on_trace_end)(instance)
             except Exception:
                 recording_failed("the end of an Agents SDK span")
@@ -640,6 +660,8 @@ PATCHER = Patcher(
         Patch(_SPANS, "SpanImpl", "finish", _finish_wrapper("span_id")),
         Patch(_TRACES, "TraceImpl", "start", _start_wrapper("trace_id")),
         Patch(_TRACES, "TraceImpl", "finish", _finish_wrapper("trace_id")),
+        Patch(_TRACES, "ReattachedTrace", "start", _start_wrapper("trace_id", resumed=True)),
+        Patch(_TRACES, "ReattachedTrace", "finish", _finish_wrapper("trace_id", resumed=True)),
         Patch("agents.tool_context", "ToolContext", "from_agent_context", _tool_context_wrapper),
         Patch("agents.items", "ItemHelpers", "tool_call_output_item", _tool_output_wrapper),
         FamilyPatch(
