@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import Tracer, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -24,17 +24,22 @@ from agl.core.tracing.processor import RolloutSpanProcessor
 BODY_LIMIT = 1024 * 1024
 
 
+def recording_provider() -> tuple[TracerProvider, InMemorySpanExporter, Tracer]:
+    """A provider with agl's processor whose ended spans are kept in memory, for an exporter to take."""
+    finished = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(RolloutSpanProcessor(ActiveRollout("ro-process", "at-process")))
+    provider.add_span_processor(SimpleSpanProcessor(finished))
+    return provider, finished, provider.get_tracer("test")
+
+
 def test_a_batch_over_the_server_s_body_limit_goes_in_as_smaller_requests(tmp_path: Path) -> None:
     """A long conversation's LLM spans ending in one batch can add up past the server's body limit
     (32 MiB by default) while each is far below it: the batch, reward included, must not be lost.
     A span over the limit on its own loses only itself."""
     backing = SqliteLightningStore(tmp_path / "served.db", watchdog_interval=None)
     started = asyncio.run(backing.start_rollout({"q": 1}))
-    finished = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(RolloutSpanProcessor(ActiveRollout("ro-process", "at-process")))
-    provider.add_span_processor(SimpleSpanProcessor(finished))
-    tracer = provider.get_tracer("test")
+    provider, finished, tracer = recording_provider()
     with rollout_context(started.rollout_id, started.attempt.attempt_id):
         for turn in range(6):  # 6 x 300 KiB: over the limit together, well under it one by one
             tracer.start_span(f"chat {turn}", attributes={"gen_ai.input.messages": "x" * 300 * 1024}).end()
@@ -60,11 +65,7 @@ def test_spans_lost_after_the_store_recovered_are_warned_about_again(
     used to come once per process, so a later outage lost spans and rewards without a word."""
     store = SqliteLightningStore(tmp_path / "spans.db", watchdog_interval=None, max_span_bytes=4096)
     started = asyncio.run(store.start_rollout({"q": 1}))
-    finished = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(RolloutSpanProcessor(ActiveRollout("ro-process", "at-process")))
-    provider.add_span_processor(SimpleSpanProcessor(finished))
-    tracer = provider.get_tracer("test")
+    provider, finished, tracer = recording_provider()
     exporter = StoreSpanExporter(store=store)
 
     def export(*attributes: dict[str, str]) -> str:
