@@ -41,6 +41,7 @@ from agl.core.agent import LitAgent, resolve_llm
 from agl.core.store.base import LightningStore
 from agl.core.tracing.semconv import ATTEMPT_ID, ROLLOUT_ID
 from agl.core.types import LLM, AttemptedRollout, NamedResources, Span
+from agl.trainer.process_groups import group_alive, signal_group
 from agl.trainer.runners.inprocess import AsyncRunners
 from agl.trainer.runners.specs import load_object
 from agl.trainer.runners.store_server import StoreServer, http_url
@@ -150,24 +151,13 @@ async def _end_group(process: asyncio.subprocess.Process) -> None:
     SIGKILL to whatever is left after `STOP_SECONDS` (within the runner's grace for a cancelled agent)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + STOP_SECONDS
-    if _signal_group(process.pid, signal.SIGTERM):  # usually not: the program ran alone and exited
+    if signal_group(process.pid, signal.SIGTERM):  # usually not: the program ran alone and exited
         with suppress(TimeoutError):
             await asyncio.wait_for(process.wait(), STOP_SECONDS)
-        while _signal_group(process.pid, 0) and loop.time() < deadline:  # not our children: no wait()
+        while group_alive(process.pid) and loop.time() < deadline:  # not our children: no wait()
             await asyncio.sleep(GROUP_POLL_SECONDS)
-        _signal_group(process.pid, signal.SIGKILL)
+        signal_group(process.pid, signal.SIGKILL)
     await process.wait()
-
-
-def _signal_group(group: int, signal_number: int) -> bool:
-    """Send ``signal_number`` to process group ``group``; whether any process was there."""
-    try:
-        os.killpg(group, signal_number)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # a member changed its user: it is there, but not ours to signal
-        return True
-    return True
 
 
 def _how_it_ended(returncode: int) -> str:

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from agl.trainer.hookspecs import RegisterModelServer, hookimpl
+from agl.trainer.process_groups import group_alive, signal_group
 from agl.trainer.serving.tool_calls import check_parser, resolve_parser
 
 logger = logging.getLogger(__name__)
@@ -189,17 +190,17 @@ class VllmServer:
             return
         atexit.unregister(self.stop)
         exited = process.poll()
-        _signal_group(process.pid, signal.SIGTERM)
+        signal_group(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             logger.warning("vLLM did not exit within %.0f s of SIGTERM; killing it", grace)
         # Workers may outlive the server process itself: the group goes in any case.
-        _signal_group(process.pid, signal.SIGKILL)
+        signal_group(process.pid, signal.SIGKILL)
         if process.poll() is None:
             process.wait(timeout=grace)
         deadline = time.monotonic() + grace
-        while _group_alive(process.pid) and time.monotonic() < deadline:
+        while group_alive(process.pid) and time.monotonic() < deadline:
             time.sleep(0.05)  # SIGKILL is delivered asynchronously; bounded wait for the kernel to finish
         self.base_url = ""
         if self.log_path is None or self._log_named:
@@ -408,31 +409,6 @@ def _url_host(host: str) -> str:
     if host == "::":
         return "[::1]"
     return f"[{host}]" if ":" in host else host
-
-
-def _group_alive(group: int) -> bool:
-    """Whether a process of ``group`` still lives (zombies, dead but not yet reaped, do not count)."""
-    proc = Path("/proc")
-    if not proc.is_dir():
-        try:
-            os.killpg(group, 0)
-        except ProcessLookupError:
-            return False
-        return True
-    for entry in proc.iterdir():
-        if entry.name.isdigit():
-            try:
-                state, _parent, member_of = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:3]
-            except (OSError, ValueError):
-                continue
-            if int(member_of) == group and state not in ("Z", "X"):
-                return True
-    return False
-
-
-def _signal_group(pid: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signum)
 
 
 def vllm_server(model: str, **options: Any) -> VllmServer:
