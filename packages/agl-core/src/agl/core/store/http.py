@@ -10,7 +10,9 @@ is; a request that may have been processed is retried only when repeating it is 
 reads, upserts, and enqueues and starts that carry a client-chosen id. A dequeue for a worker
 whose answer was lost (the server killed after its commit) is recovered, not lost: the worker's
 record says whether that dequeue claimed an attempt, and if so that attempt is returned (see
-`HttpLightningStore.dequeue_rollout`); otherwise it is sent again. A failed TLS handshake
+`HttpLightningStore.dequeue_rollout`); otherwise it is sent again. A 502 or 504 (a gateway's:
+its upstream failed or was slow, perhaps after carrying the request out) counts as a lost answer
+too; a 503 (a store whose database is unavailable) as not carried out. A failed TLS handshake
 (``https://`` to a plain-HTTP server, an untrusted certificate) is not retried: no retry mends
 it. Errors the server answers (unknown id, bad input, illegal transition) are raised at once as
 the same typed error the store raised.
@@ -24,12 +26,12 @@ import time
 import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, TypeVar
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import SplitResult, quote, urlencode, urlsplit
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_core import PydanticSerializationError, to_json
 
-from agl.core.errors import AglError, AttemptNotFound, InvalidInput, NotFound, StoreUnavailable
+from agl.core.errors import AglError, AttemptNotFound, InvalidInput, NotFound, StoreUnavailable, StoreUrlError
 from agl.core.ids import new_rollout_id
 from agl.core.store.base import UNSET, LightningStore, Page, StoreStatistics
 from agl.core.store.http1 import ConnectFailed, ConnectionPool, HandshakeFailed, RequestFailed
@@ -70,6 +72,7 @@ from agl.core.types.workers import WORKER_STATUSES
 T = TypeVar("T")
 TOKEN_ENV = "AGL_STORE_TOKEN"
 _RETRYABLE_STATUS = frozenset({502, 503, 504})
+"""Answers of a store or gateway that is down or restarting: idempotent calls are sent again."""
 _adapters: dict[Any, TypeAdapter[Any]] = {}
 _request_list: TypeAdapter[list[RolloutRequest]] = TypeAdapter(list[RolloutRequest])
 
@@ -88,10 +91,29 @@ def _config_body(config: RolloutConfig | dict[str, Any] | None) -> dict[str, Any
 
 
 def _decode(payload: bytes, kind: Any) -> Any:
+    """A store answer as ``kind``; anything else (a proxy's HTML page) is one clear `AglError`."""
     adapter = _adapters.get(kind)
     if adapter is None:
         adapter = _adapters[kind] = TypeAdapter(kind)
-    return adapter.validate_json(payload)
+    try:
+        return adapter.validate_json(payload)
+    except ValidationError:
+        name = getattr(kind, "__name__", str(kind))
+        raise AglError(
+            f"the store's answer is not a {name} (is the URL a store server's?): {_excerpt(payload)}"
+        ) from None
+
+
+def _excerpt(payload: bytes) -> str:
+    return payload[:200].decode(errors="replace")
+
+
+def _reason(payload: bytes) -> str:
+    """An error answer's message: the server's `ErrorBody`, else the start of whatever came (HTML)."""
+    try:
+        return ErrorBody.model_validate_json(payload).message
+    except ValidationError:
+        return _excerpt(payload)
 
 
 def _encode(body: Any) -> bytes:
@@ -106,6 +128,20 @@ def _segment(what: str, value: Any) -> str:
     """An id as one path segment, percent-encoded whole: "/" too, as the server routes on the path as sent."""
     check_id(what, value)
     return quote(value, safe="")
+
+
+def _check_origin(url: str, parts: SplitResult) -> None:
+    """Refuse when opened what would fail only at the first call (a bad port) or would leak: a
+    password in the URL is never sent, yet error messages and logs would show it."""
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise StoreUrlError(url, "expected http(s)://host[:port][/prefix]")
+    try:
+        parts.port  # noqa: B018 - parsed here for its ValueError
+    except ValueError as error:
+        raise StoreUrlError(url, str(error).lower()) from None
+    if parts.username is not None:
+        shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+        raise StoreUrlError(shown, f"credentials in the URL are not sent; pass the token in {TOKEN_ENV}")
 
 
 def _params(**values: Any) -> list[tuple[str, str]]:
@@ -129,6 +165,7 @@ class HttpLightningStore(LightningStore):
     ) -> None:
         self.url = url.rstrip("/")
         parts = urlsplit(self.url)
+        _check_origin(self.url, parts)
         self._api = quote(parts.path, safe="/:@!$&'()*+,;=~") + API_PREFIX
         token = token if token is not None else os.environ.get(TOKEN_ENV)
         headers = f"Host: {parts.netloc.rpartition('@')[2]}\r\nContent-Type: application/json\r\n"
@@ -182,24 +219,35 @@ class HttpLightningStore(LightningStore):
             except RequestFailed as error:
                 problem = f"store request {method} {path} failed: {error}"
                 if not idempotent:  # it may have been carried out; repeating it could do it twice
-                    raise _Unanswered(problem) from None
+                    raise _Unanswered(f"{problem}; it may have been carried out") from None
             else:
-                if status < 400:
+                if status < 300:
                     return payload
-                if status not in _RETRYABLE_STATUS or not idempotent:
+                if status not in _RETRYABLE_STATUS:
                     raise self._error(status, payload)
-                problem = f"store answered {status} to {method} {path}"
+                problem = f"store answered {status} to {method} {path}: {_reason(payload)}"
+                if not idempotent:  # 503: not carried out; a gateway's 502/504 may follow one it forwarded that was
+                    if status == 503:
+                        raise StoreUnavailable(f"{problem}; it was not carried out")
+                    raise _Unanswered(f"{problem}; it may have been carried out")
             if time.monotonic() + delay > give_up:
                 raise StoreUnavailable(f"{problem} (gave up after {self.retry_seconds:g} s)")
             await asyncio.sleep(delay)  # back off before the next try
             delay = min(delay * 2, 1.0)
 
-    @staticmethod
-    def _error(status: int, payload: bytes) -> AglError:
+    def _error(self, status: int, payload: bytes) -> AglError:
+        """The typed error the server raised; what else answered (a proxy, a redirect) in one line."""
+        if status == 401:
+            return AglError(
+                f"the store at {self.url} refused the request (HTTP 401: {_reason(payload)}); "
+                f"set {TOKEN_ENV} to the server's token"
+            )
+        if status < 400:
+            return AglError(f"the store at {self.url} answered HTTP {status}, a redirect, which is not followed")
         try:
             return error_from_body(ErrorBody.model_validate_json(payload))
         except ValidationError:
-            return AglError(f"store answered HTTP {status}: {payload[:200].decode(errors='replace')}")
+            return AglError(f"store answered HTTP {status}: {_excerpt(payload)}")
 
     async def _get_or_none(self, path: str, kind: Any) -> Any:
         try:
