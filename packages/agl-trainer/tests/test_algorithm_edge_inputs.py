@@ -112,6 +112,8 @@ async def test_sft_says_when_no_rollout_reaches_the_threshold_and_saves_no_untra
         ({"checkpoint_dir": 5}, "checkpoint_dir"),  # grpo would first use it after the whole training
         ({"resource": ""}, "resource"),
         ({"seed": "0"}, "seed"),
+        ({"grad_clip": float("nan")}, "grad_clip"),  # every gradient, then every weight, became NaN
+        ({"lr": float("nan")}, "lr"),
     ],
 )
 def test_options_of_the_wrong_type_are_refused_by_name(algorithm: str, bad: dict[str, Any], option: str) -> None:

@@ -111,16 +111,18 @@ async def test_sft_publishes_the_resources_it_was_given_again_when_its_model_sto
     assert latest is not None and latest.resources_id != served.resources_id and latest.resources == {"llm": own}
 
 
-def test_selection_by_threshold_or_top_fraction_never_keeps_failures() -> None:
+def scored(reward: float | None, status: str = "succeeded") -> Any:
+    """A finished rollout as `SFT._select` sees it, with one (empty) triplet."""
     from types import SimpleNamespace
 
     from agl.core.types.triplets import Triplet
     from agl.trainer.learning.rollouts import Scored
 
-    def scored(reward: float | None, status: str = "succeeded") -> Scored:
-        rollout: Any = SimpleNamespace(status=status)
-        return Scored(rollout=rollout, group=0, reward=reward, triplets=[Triplet(prompt=None, response=None)])
+    rollout: Any = SimpleNamespace(status=status)
+    return Scored(rollout=rollout, group=0, reward=reward, triplets=[Triplet(prompt=None, response=None)])
 
+
+def test_selection_by_threshold_or_top_fraction_never_keeps_failures() -> None:
     pool = [scored(0.2), scored(0.9), scored(None), scored(1.0, "failed"), scored(0.5), scored(0.7), scored(0.1)]
     pool += [scored(0.3)]
     assert [s.reward for s in SFT(model="m", threshold=0.5)._select(pool)] == [0.9, 0.5, 0.7]
@@ -128,7 +130,22 @@ def test_selection_by_threshold_or_top_fraction_never_keeps_failures() -> None:
     assert SFT(model="m")._select([scored(None), scored(1.0, "failed")]) == []
 
 
+def test_top_fraction_never_tops_up_the_share_with_the_rounds_worst_rollouts() -> None:
+    """With a pass/fail reward and 2 passes in 16 rollouts, the top quarter (4) was filled up with
+    2 failures, and the model was trained to repeat wrong answers; a round that scored alike
+    (every rollout 0) kept a quarter of its failures."""
+    pool = [scored(1.0), *[scored(0.0) for _ in range(14)], scored(1.0)]
+    assert [s.reward for s in SFT(model="m", top_fraction=0.25)._select(pool)] == [1.0, 1.0]
+    tied = [scored(0.0) for _ in range(8)]
+    sft = SFT(model="m", top_fraction=0.25)
+    assert sft._select(tied) == []
+    assert "every usable rollout scored 0" in sft._untrained(tied, [])
+    assert SFT(model="m", threshold=0.0)._select(tied) == tied  # an explicit threshold still keeps them
+
+
 def test_bad_options_are_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="threshold must be a number, not nan"):
+        SFT(model="m", threshold=float("nan"))  # it kept nothing, round after round
     for bad, option in [({"rounds": 0}, "rounds"), ({"top_fraction": 0}, "top_fraction"), ({"lr": -1}, "lr")]:
         with pytest.raises(ValueError, match=option):
             SFT(**{"model": "m", **bad})

@@ -159,8 +159,9 @@ def train(
 
     Shows finished rollouts and a line per step on stderr if it is a terminal, or with --progress (in a log too).
 
-    Exits with status 1 when no rollout succeeded, after writing the metrics. Ctrl-C (130) and SIGTERM
-    (143) stop the runners and their programs and fail the attempts in flight.
+    Exits with status 1 when no rollout succeeded, after writing the metrics.
+
+    Ctrl-C (exit 130) and SIGTERM (exit 143) stop the runners and their programs and fail the attempts in flight.
     """
     terminated: list[bool] = []
     try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import math
 import random
 import tempfile
 from pathlib import Path
@@ -36,7 +37,9 @@ class SFT(Algorithm):
 
     Options (defaults in brackets): ``rounds`` [2]; ``n`` [4] rollouts per train task per round;
     ``threshold`` keeps rollouts whose reward is at least it, else ``top_fraction`` [0.25] keeps
-    the best share of each round's rollouts (a rollout without reward, or failed, is never kept);
+    the best share of each round's rollouts, but never one that scored the round's lowest reward
+    (with a pass/fail reward only passes are imitated, and a round that scored alike trains
+    nothing); a rollout without reward, or failed, is never kept;
     ``epochs`` [2] over the kept rollouts per round; ``batch_size`` [8] rollouts per optimizer
     step; ``lr`` [1e-4] (AdamW); ``lora_rank`` trains LoRA adapters (merged when saved), else
     ``top_layers`` the last k layers, else every weight; ``max_tokens`` [64] and ``temperature``
@@ -94,7 +97,9 @@ class SFT(Algorithm):
             positive_number("sft", option, values[option])
         check_trainable("sft", top_layers, lora_rank)
         check_outputs("sft", seed, checkpoint_dir, resource)
-        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, int | float)):
+        if threshold is not None and (
+            isinstance(threshold, bool) or not isinstance(threshold, int | float) or math.isnan(threshold)
+        ):
             raise ValueError(f"sft option threshold must be a number, not {threshold!r}")
         if isinstance(top_fraction, bool) or not isinstance(top_fraction, int | float) or not 0 < top_fraction <= 1:
             raise ValueError(f"sft option top_fraction must be in (0, 1], not {top_fraction!r}")
@@ -204,20 +209,32 @@ class SFT(Algorithm):
         }
 
     def _select(self, scored: list[Any]) -> list[Any]:
-        """The rollouts to imitate: succeeded, rewarded, with triplets, and good enough."""
-        usable = [s for s in scored if not s.failed and s.triplets]
+        """The rollouts to imitate: succeeded, rewarded, with triplets, and good enough.
+
+        ``top_fraction`` never keeps a rollout scoring the round's lowest reward: with a pass/fail
+        reward and fewer passes than the share, the share would otherwise be topped up with failures."""
+        usable = _usable(scored)
         if self.threshold is not None:
             return [s for s in usable if s.reward >= self.threshold]
-        count = max(1, round(self.top_fraction * len(scored))) if usable else 0
-        return sorted(usable, key=lambda s: s.reward, reverse=True)[:count]
+        if not usable:
+            return []
+        worst = min(s.reward for s in usable)
+        count = max(1, round(self.top_fraction * len(scored)))
+        best = sorted(usable, key=lambda s: s.reward, reverse=True)[:count]
+        return [s for s in best if s.reward > worst]
 
     def _untrained(self, scored: list[Any], kept: list[Any]) -> str:
         """Why a round took no optimizer step, for its warning."""
         if kept:
             return f"its {len(kept)} kept rollouts held no token to train on (no token ids, or over max_length)"
-        rewards = [s.reward for s in scored if not s.failed and s.triplets]
+        rewards = [s.reward for s in _usable(scored)]
         if not rewards:
             return "every rollout failed, had no reward or made no LLM call"
+        if self.threshold is None:
+            return (
+                f"every usable rollout scored {rewards[0]:.4g}: top_fraction keeps only rollouts better than "
+                "the round's worst (set threshold to train on them)"
+            )
         return f"no rollout reached the threshold {self.threshold} (best reward {max(rewards):.4g})"
 
     def _step(self, model: Any, optimizer: Any, chunk: list[Any], pad_token_id: int) -> tuple[float | None, float]:
@@ -240,3 +257,8 @@ class SFT(Algorithm):
         )
         optimizer.step(self.grad_clip)
         return totals["loss"], float(batch.dropped)
+
+
+def _usable(scored: list[Any]) -> list[Any]:
+    """Rollouts that succeeded with a reward and made LLM calls: the only candidates to imitate."""
+    return [s for s in scored if not s.failed and s.triplets]

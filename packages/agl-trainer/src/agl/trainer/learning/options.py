@@ -18,12 +18,13 @@ def non_negative_int(algorithm: str, option: str, value: Any) -> None:
 
 
 def positive_number(algorithm: str, option: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+    """Written ``not value > 0`` so NaN is refused too (``grad_clip=nan`` would make every weight NaN)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
         raise ValueError(f"{algorithm} option {option} must be a positive number, not {value!r}")
 
 
 def non_negative_number(algorithm: str, option: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
         raise ValueError(f"{algorithm} option {option} must be a non-negative number, not {value!r}")
 
 
