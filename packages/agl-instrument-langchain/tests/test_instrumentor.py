@@ -25,6 +25,7 @@ from langchain_core.messages import (
     ToolMessage,
     convert_to_openai_messages,
 )
+from langchain_core.messages import ai as ai_messages
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import RunnableConfig, RunnableSequence
@@ -358,6 +359,33 @@ def test_a_streamed_model_call_is_one_span_with_the_whole_reply(captured_spans, 
     assert attribute(call, semconv.INPUT_MESSAGES) == [{"role": "user", "content": "Count."}]
     assert attribute(call, semconv.OUTPUT_MESSAGES) == [{"role": "assistant", "content": "one two three"}]
     assert attribute(call, "gen_ai.request.stop_sequences") == ["four"]
+
+
+def test_a_streamed_reply_is_merged_once_not_chunk_by_chunk(captured_spans, instrument, monkeypatch) -> None:
+    """Merged pairwise, each chunk copied the reply so far: recording a long stream grew with its square."""
+    merges: list[int] = []
+    merge = ai_messages.add_ai_message_chunks
+
+    def counted(left: AIMessageChunk, *others: AIMessageChunk) -> AIMessageChunk:
+        merges.append(len(others))
+        return merge(left, *others)
+
+    monkeypatch.setattr(ai_messages, "add_ai_message_chunks", counted)
+    reply = " ".join(f"w{number}" for number in range(100))
+
+    def stream() -> int:
+        merges.clear()
+        chunks = list(GenericFakeChatModel(messages=iter([reply])).stream("Count."))
+        return len(chunks)
+
+    stream()
+    by_langchain = len(merges)
+    instrument()
+    assert stream() > 100
+    assert len(merges) == by_langchain + 1  # agl's own merge: one
+
+    (call,) = captured_spans.get_finished_spans()
+    assert attribute(call, semconv.OUTPUT_MESSAGES) == [{"role": "assistant", "content": reply}]
 
 
 class TunedModel(GenericFakeChatModel):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from langchain_core.documents import Document
 from langchain_core.messages import HumanMessage, ToolMessage
 from langchain_core.retrievers import BaseRetriever
@@ -33,6 +34,35 @@ def test_a_tool_call_whose_arguments_are_not_json_is_recorded_as_made_and_as_sen
     assert json.loads(first.attributes[semconv.OUTPUT_MESSAGES])[0]["tool_calls"] == [made]
     recorded = json.loads(second.attributes[semconv.INPUT_MESSAGES])
     sent = chat_log(app).requests[1]["messages"]
+    assert [message.get("tool_calls") for message in recorded] == [message.get("tool_calls") for message in sent]
+
+
+@pytest.mark.parametrize("arguments", [TRUNCATED, "seventeen and twenty-five", '{"a": 17, "b": 25}', ""])
+def test_a_streamed_tool_call_is_recorded_as_the_same_call_not_streamed(captured_spans, instrument, arguments) -> None:
+    """A streamed reply's ``tool_calls`` are LangChain's reading of the chunks: cut-off JSON completed
+    (the call recorded with arguments the model never wrote), anything else dropped (no call at all)."""
+    instrument()
+    app = chat_server_app([Reply(tool_calls=[ToolCall("add", arguments, id="call-1")])] * 2 + ["Sorry."])
+    with ServingThread(app) as server:
+        model = ChatOpenAI(model="agl-toy", base_url=f"{server.url}/v1", api_key="test", max_retries=0)  # type: ignore[arg-type]
+        model.invoke([HumanMessage("What is 17 + 25?")])
+        streamed = list(model.stream([HumanMessage("What is 17 + 25?")]))
+        reply = streamed[0] + streamed[1:]  # what a streaming agent keeps in its history
+        model.invoke([HumanMessage("What is 17 + 25?"), reply, ToolMessage("Not JSON.", tool_call_id="call-1")])
+    assert len(streamed) > 2
+
+    whole, chunked, answer = sorted(
+        captured_spans.get_finished_spans(), key=lambda span: span.attributes[semconv.SEQUENCE_ID]
+    )
+    made = json.loads(whole.attributes[semconv.OUTPUT_MESSAGES])[0]["tool_calls"]
+    assert json.loads(chunked.attributes[semconv.OUTPUT_MESSAGES])[0]["tool_calls"] == made
+    assert [call["function"]["arguments"] for call in made] == [
+        arguments
+        if arguments in (TRUNCATED, "seventeen and twenty-five")
+        else json.dumps(json.loads(arguments or "{}"))
+    ]
+    recorded = json.loads(answer.attributes[semconv.INPUT_MESSAGES])
+    sent = chat_log(app).requests[2]["messages"]  # the streamed reply sent back as ChatOpenAI sends it
     assert [message.get("tool_calls") for message in recorded] == [message.get("tool_calls") for message in sent]
 
 

@@ -22,7 +22,10 @@ What is instrumented (patching is lazy: each class is patched when its module is
   openai instrumentor (``agl_openai``) under ``ChatOpenAI`` joins it ("outermost wins") and adds
   what only the wire knows: exact token ids, logprobs, the response id.
 - Tools (``BaseTool.run``/``arun``): ``execute_tool {tool}`` with ``gen_ai.tool.name``,
-  ``gen_ai.tool.call.id``, ``gen_ai.tool.call.arguments`` (JSON) and ``gen_ai.tool.call.result``.
+  ``gen_ai.tool.call.id``, ``gen_ai.tool.call.arguments`` (JSON, the model's: arguments LangGraph
+  injects, such as the graph's state or a ``ToolRuntime``, left out as in LangChain's callbacks)
+  and ``gen_ai.tool.call.result``. An error the tool handles itself (``handle_tool_error``,
+  ``handle_validation_error``) fails its span, with or without a tool-call id.
 - Retrievers (``BaseRetriever.invoke``/``ainvoke``): ``retrieve {name}`` with the query and the
   documents (``agl.operation.input``/``output``).
 - Chains (``RunnableSequence.invoke``/``ainvoke``, what ``a | b`` builds): ``chain {name}``.

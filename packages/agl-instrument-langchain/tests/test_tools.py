@@ -1,0 +1,122 @@
+"""Tool spans say what the model asked for and how the tool really ended: arguments LangGraph
+injects (the graph's state, a ``ToolRuntime``, the call id) are not the model's, and a failure the
+tool handled itself (``handle_tool_error``) is a failure however the tool was called."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from langchain_core.tools import InjectedToolCallId, StructuredTool, ToolException, tool
+from langgraph.graph import START, MessagesState, StateGraph
+from langgraph.prebuilt import InjectedState, ToolNode, ToolRuntime
+from opentelemetry.trace import StatusCode
+
+from agl.core.tracing import semconv
+
+
+@tool
+def count_words(text: str, state: Annotated[dict[str, Any], InjectedState]) -> int:
+    """Count the words of a text."""
+    return len(text.split())
+
+
+@tool
+def echo(text: str, runtime: ToolRuntime) -> str:
+    """Echo a text."""
+    return text
+
+
+@tool
+def stamp(text: str, call_id: Annotated[str, InjectedToolCallId]) -> str:
+    """Stamp a text with the call's id."""
+    return f"{text} ({call_id})"
+
+
+def test_arguments_langgraph_injects_are_not_recorded_as_the_models(captured_spans, instrument) -> None:
+    asked = [
+        {"name": name, "args": {"text": "one two"}, "id": f"call-{name}", "type": "tool_call"}
+        for name in ("count_words", "echo", "stamp")
+    ]
+    graph = StateGraph(MessagesState)
+    graph.add_node("tools", ToolNode([count_words, echo, stamp]))
+    graph.add_edge(START, "tools")
+    instrument()
+    result = graph.compile().invoke(
+        {"messages": [HumanMessage("A long conversation. " * 50), AIMessage("", tool_calls=asked)]}
+    )
+    assert [message.content for message in result["messages"][2:]] == ["2", "one two", "one two (call-stamp)"]
+
+    executed = {
+        span.attributes[semconv.TOOL_NAME]: span
+        for span in captured_spans.get_finished_spans()
+        if (span.attributes or {}).get(semconv.OPERATION_NAME) == semconv.EXECUTE_TOOL
+    }
+    for call in asked:
+        span = executed[call["name"]]
+        assert json.loads(span.attributes[semconv.TOOL_CALL_ARGUMENTS]) == {"text": "one two"}
+        assert span.attributes[semconv.TOOL_CALL_ID] == call["id"]
+
+
+def test_arguments_the_model_gave_beyond_the_schema_are_kept(captured_spans, instrument) -> None:
+    """The model's mistakes (an argument the tool does not take) are what a trace must show."""
+    graph = StateGraph(MessagesState)
+    graph.add_node("tools", ToolNode([count_words], handle_tool_errors=True))
+    graph.add_edge(START, "tools")
+    made = {"text": "one", "language": "en"}
+    instrument()
+    graph.compile().invoke(
+        {"messages": [AIMessage("", tool_calls=[{"name": "count_words", "args": made, "id": "call-1"}])]}
+    )
+
+    (span,) = [span for span in captured_spans.get_finished_spans() if span.name == "execute_tool count_words"]
+    assert json.loads(span.attributes[semconv.TOOL_CALL_ARGUMENTS]) == made
+
+
+def look_up(word: str) -> str:
+    """Look a word up."""
+    raise ToolException(f"No entry for {word}.")
+
+
+async def test_an_error_the_tool_handled_fails_its_span_however_it_was_called(captured_spans, instrument) -> None:
+    handled = StructuredTool.from_function(look_up, handle_tool_error=True)
+    instrument()
+    assert handled.invoke({"word": "agl"}) == "No entry for agl."  # no tool-call id: a plain string
+    assert await handled.ainvoke({"word": "agl"}) == "No entry for agl."
+    called = {"name": "look_up", "args": {"word": "agl"}, "id": "call-1", "type": "tool_call"}
+    message = handled.invoke(called)
+    assert isinstance(message, ToolMessage) and message.status == "error"
+
+    spans = captured_spans.get_finished_spans()
+    assert [span.name for span in spans] == ["execute_tool look_up"] * 3
+    for span in spans:
+        assert span.status.status_code is StatusCode.ERROR
+        assert span.attributes[semconv.TOOL_CALL_RESULT] == "No entry for agl."
+        assert [event.attributes["exception.message"] for event in span.events] == ["No entry for agl."]
+
+
+def test_invalid_arguments_the_tool_handled_fail_its_span(captured_spans, instrument) -> None:
+    handled = StructuredTool.from_function(look_up, handle_validation_error="Give a word.")
+    instrument()
+    assert handled.invoke({"word": ["not", "a", "word"]}) == "Give a word."
+
+    (span,) = captured_spans.get_finished_spans()
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.attributes[semconv.TOOL_CALL_RESULT] == "Give a word."
+
+
+def test_a_tool_that_succeeds_after_an_error_elsewhere_is_no_failure(captured_spans, instrument) -> None:
+    """The handled error fails only the span of the tool that handled it."""
+    handled = StructuredTool.from_function(look_up, handle_tool_error=True)
+
+    @tool
+    def spell(word: str) -> str:
+        """Spell a word, after looking it up."""
+        return f"{handled.invoke({'word': word})} {' '.join(word)}"
+
+    instrument()
+    assert spell.invoke({"word": "ab"}) == "No entry for ab. a b"
+
+    status = {span.name: span.status.status_code for span in captured_spans.get_finished_spans()}
+    assert status == {"execute_tool look_up": StatusCode.ERROR, "execute_tool spell": StatusCode.UNSET}
