@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 pytest.importorskip("transformers")
 
-from agl.trainer.serving.cli import add_commands
+from agl.trainer.serving.cli import StopSignal, add_commands
 from agl.trainer.testing import build_tiny_model
 
 AGL = Path(sys.executable).parent / "agl"
@@ -107,3 +107,21 @@ def test_agl_serve_refuses_an_unknown_tool_call_parser_naming_the_known_ones(tin
     result = CliRunner().invoke(_app(), ["serve", str(tiny_dir), "--tool-call-parser", "mistral"])
     assert result.exit_code == 2
     assert "'auto', 'hermes', 'none'" in result.output
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_ends_the_start_at_once_and_once_serving_stops_in_order(signum: int) -> None:
+    """A signal during the start (minutes for a large model or vLLM) used to be held until the
+    model was served, which it then stopped: Ctrl-C seemed ignored."""
+    previous = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        signals = StopSignal()
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signum)
+        assert not signals.stopping.is_set()
+        signals.serving = True
+        signal.raise_signal(signum)
+        assert signals.stopping.is_set()
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)

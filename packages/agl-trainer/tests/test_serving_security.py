@@ -47,6 +47,7 @@ MODEL_SERVER_PATHS = [
     *ODD_PATHS,
     ("POST", "/v1/chat/completions"),
     ("POST", "/v1/completions"),
+    ("GET", "/v1/models/tiny"),
     ("POST", "/load_weights"),
     ("POST", "/v1/load_weights"),
 ]

@@ -3,7 +3,7 @@
 Added to the ``agl`` command through the ``agl.cli`` entry point ``serving``. The engine is looked
 up among the model servers that plugins register (``agl_register_model_servers``): "transformers"
 (embedded, CPU or GPU) and "vllm" when installed. Prints the base URL once requests are answered;
-Ctrl-C (or SIGTERM) stops it cleanly.
+Ctrl-C (or SIGTERM) stops it cleanly, and while the model is still loading it ends the start at once.
 """
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ def serve(
         )
         raise typer.Exit(1)
     found = model_servers(plugin_manager())
+    server = None
     if engine not in found:
         names = ", ".join(sorted(found)) or "none"
         typer.echo(f"error: no model server named {engine!r} (installed: {names})", err=True)
@@ -88,26 +89,37 @@ def serve(
             options["tool_call_parser"] = tool_call_parser.value
         factory, _ = found[engine]
         server = factory(model, host=host, port=port, token=token or None, **options)
-        stopping = _stop_signal()
+        signals = StopSignal()
         base_url = server.start()
     except (ValueError, TypeError, OSError, ImportError, RuntimeError) as error:
         typer.echo(f"error: {' '.join(str(error).split())}", err=True)
         raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        if server is not None:
+            server.stop()
+        typer.echo("stopped before serving", err=True)
+        raise typer.Exit(130) from None
+    signals.serving = True
     typer.echo(f"serving {server.model_name} at {base_url}")
     try:
-        stopping.wait()
+        signals.stopping.wait()
     finally:
         server.stop()
     typer.echo("stopped", err=True)
 
 
-def _stop_signal() -> threading.Event:
-    """An event set by SIGINT or SIGTERM, so the main thread can stop the server in order."""
-    stopping = threading.Event()
+class StopSignal:
+    """SIGINT and SIGTERM. While the server starts (a model loading, vLLM warming up: minutes), a
+    `KeyboardInterrupt` that ends the start; once it serves, `stopping`, so the main thread stops
+    it in order. A signal that only set the event made Ctrl-C wait for the whole start."""
 
-    def handle(signum: int, frame: Any) -> None:
-        stopping.set()
+    def __init__(self) -> None:
+        self.stopping = threading.Event()
+        self.serving = False
+        signal.signal(signal.SIGINT, self._handle)
+        signal.signal(signal.SIGTERM, self._handle)
 
-    signal.signal(signal.SIGINT, handle)
-    signal.signal(signal.SIGTERM, handle)
-    return stopping
+    def _handle(self, signum: int, frame: Any) -> None:
+        if not self.serving:
+            raise KeyboardInterrupt
+        self.stopping.set()

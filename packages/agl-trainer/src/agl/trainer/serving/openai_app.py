@@ -3,7 +3,8 @@
     app = create_openai_app(engine, token="secret")
 
 Routes: ``POST /v1/chat/completions`` (the model's chat template; streaming or not),
-``POST /v1/completions`` (a string or a list of token ids), ``GET /v1/models``, ``GET /health``.
+``POST /v1/completions`` (a string or a list of token ids), ``GET /v1/models`` (and
+``/v1/models/{name}``, which ``client.models.retrieve`` reads), ``GET /health``.
 With ``"return_token_ids": true`` a chat completion carries ``prompt_token_ids`` at the top level
 (in a stream, on the first chunk) and ``token_ids`` on its choice (in a stream, each chunk's ids,
 which add up to the whole); a completion carries both on its choice. ``"logprobs": true`` (chat) or
@@ -19,8 +20,10 @@ call parser on (``tool_call_parser``: by default, when the chat template itself 
 ``<tool_call>`` markup), a request offering ``tools`` (``tool_choice`` not "none") gets the calls
 the model wrote as ``tool_calls`` (in a stream, one delta per complete call) and ``finish_reason``
 "tool_calls"; token ids and logprobs stay those of the raw markup, which is what a trainer learns
-from (see `tool_calls`). Prompts are tokenized off the event loop, one at a time: one near the body
-limit takes many seconds, which would otherwise stall every other request and stream.
+from (see `tool_calls`). A chat template that never names ``tools`` (SmolLM2's) cannot show them
+to the model: such requests are answered all the same, and the log says so once. Prompts are
+tokenized off the event loop, one at a time: one near the body limit takes many seconds, which
+would otherwise stall every other request and stream.
 A bearer token (when set) guards every route but ``/health``; bodies over ``max_body_bytes`` get
 a 413; bad bodies a 400 with a one-line message; an engine failure a 500 saying only "internal
 server error" (the traceback goes to the log).
@@ -52,6 +55,8 @@ from agl.trainer.serving.tool_calls import Delta, ToolCallStream, parse_tool_cal
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_TOKENS = 1024
+COMPLETION_MAX_TOKENS = 16
+"""A text completion's ``max_tokens`` when none is sent: OpenAI's and vLLM's default for that API."""
 MAX_BODY_BYTES = 16 * 1024 * 1024
 
 
@@ -71,8 +76,12 @@ def create_openai_app(
     """The app; the caller owns ``engine`` (it is neither started nor closed here).
 
     ``tool_call_parser``: "hermes" reads tool calls out of replies, None leaves them as text, and
-    "auto" reads them when the engine's chat template writes the hermes markup itself."""
-    parser = resolve_parser(tool_call_parser, _chat_template(engine))
+    "auto" reads them when the engine's chat template writes the hermes markup itself.
+    ``default_max_tokens``: a chat completion's ``max_tokens`` when none is sent (a text
+    completion's is `COMPLETION_MAX_TOKENS`, as in OpenAI's API)."""
+    template = _chat_template(engine)
+    parser = resolve_parser(tool_call_parser, template)
+    unseen_tools = _ToolsUnseen(engine.model_name) if not _renders_tools(template) else None
     app = FastAPI(title="agl model server", docs_url=None, redoc_url=None, **without_native_telemetry())
     tokenizing = asyncio.Lock()  # one prompt at a time: a fast tokenizer refuses concurrent mutable use
 
@@ -105,15 +114,26 @@ def create_openai_app(
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    def model_entry() -> dict[str, Any]:
+        return {"id": engine.model_name, "object": "model", "created": int(time.time()), "owned_by": "agl"}
+
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        entry = {"id": engine.model_name, "object": "model", "created": int(time.time()), "owned_by": "agl"}
-        return {"object": "list", "data": [entry]}
+        return {"object": "list", "data": [model_entry()]}
+
+    @app.get("/v1/models/{model:path}")
+    async def model(model: str) -> dict[str, Any]:
+        """``client.models.retrieve(name)``: the served model, or a 404 as for a request naming another."""
+        if model != engine.model_name:
+            raise wire.WireError(f"The model `{model[:200]}` does not exist.", 404)
+        return model_entry()
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(request: Request) -> Response:
         body: wire.ChatRequest = wire.parse(wire.ChatRequest, await request.body())
         body.check_model(engine.model_name)
+        if body.may_call_tools and unseen_tools:
+            unseen_tools.warn()
         prompt = await tokenized(engine.chat_prompt_token_ids, body.messages, body.tools)
         answer = _Chat(engine, body, prompt, body.sampling(default_max_tokens), parser is not None)
         if body.stream:
@@ -125,7 +145,7 @@ def create_openai_app(
         body: wire.CompletionRequest = wire.parse(wire.CompletionRequest, await request.body())
         body.check_model(engine.model_name)
         prompt = await tokenized(body.prompt_ids, engine.encode)
-        answer = _Completion(engine, body, prompt, body.sampling(default_max_tokens))
+        answer = _Completion(engine, body, prompt, body.sampling(COMPLETION_MAX_TOKENS))
         if body.stream:
             return await _event_stream(answer.chunks())
         return JSONResponse(await answer.whole())
@@ -145,6 +165,29 @@ def _chat_template(engine: Engine) -> str:
     if isinstance(template, dict):
         return "\n".join(str(text) for text in template.values())
     return template if isinstance(template, str) else ""
+
+
+def _renders_tools(template: str) -> bool:
+    """Whether a chat template can show the model the tools offered: it must name ``tools``, the
+    variable they come in (a template not known here is given the benefit of the doubt)."""
+    return not template or "tools" in template
+
+
+class _ToolsUnseen:
+    """Says once, in the server's log, that the tools requests offer never reach the model: its
+    answers carry no tool calls, and an agent stops at its first reply with no error to read."""
+
+    def __init__(self, model_name: str) -> None:
+        self.model_name, self.warned = model_name, False
+
+    def warn(self) -> None:
+        if not self.warned:
+            self.warned = True
+            logger.warning(
+                "model server: a request offers tools, but the chat template of %s does not render "
+                "tools: the model never sees them, and answers as if none were offered",
+                self.model_name,
+            )
 
 
 async def _event_stream(chunks: AsyncIterator[dict[str, Any]]) -> StreamingResponse:

@@ -4,7 +4,9 @@ Sampling options are honoured (``max_tokens``, ``temperature``, ``top_p``, ``see
 when they would change the answer in a way this server cannot (a penalty, ``logit_bias``,
 ``top_k``, ``n > 1``, ``response_format``, top logprobs, ...), refused with a 400 naming the option;
 their neutral values (``presence_penalty=0``, ``n=1``, ...), which clients send by default, are
-accepted. Other unknown fields (``user``, ``metadata``, ...) are accepted and ignored. A request
+accepted, and so is null for any option (OpenAI's flags ``stream`` and ``logprobs`` included).
+``max_completion_tokens`` wins over the deprecated ``max_tokens``, as in vLLM. Other unknown fields
+(``user``, ``metadata``, ...) are accepted and ignored. A request
 naming a model other than the served one is a 404, as from vLLM. Token ids come only when asked
 for (``"return_token_ids": true``). Earlier turns' tool calls reach the chat template with their
 ``function.arguments`` decoded from OpenAI's JSON string into the object templates render, as vLLM
@@ -13,6 +15,7 @@ does; arguments that are not JSON are a 400 naming the message.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
@@ -70,10 +73,11 @@ class _Sampling(BaseModel):
     top_p: float | None = Field(default=None, gt=0, le=1)
     seed: int | None = None
     stop: str | list[str] | None = None
-    stream: bool = False
+    # Flags are nullable (null: false), as in OpenAI's API: the openai client sends an explicit None as null.
+    stream: bool | None = False
     stream_options: dict[str, Any] | None = None
-    return_token_ids: bool = False
-    return_tokens_as_token_ids: bool = False
+    return_token_ids: bool | None = False
+    return_tokens_as_token_ids: bool | None = False
 
     def refuse_unsupported(self) -> None:
         """A `WireError` naming the first option sent with a value this server would silently ignore."""
@@ -109,13 +113,17 @@ class ChatRequest(_Sampling):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
-    logprobs: bool = False
+    logprobs: bool | None = False
     unsupported: ClassVar[dict[str, tuple[Any, ...]]] = {
         **UNSUPPORTED,
         "top_logprobs": (0,),  # top alternatives are not computed
         # The model may call a tool or not: nothing constrains its decoding to the markup of a call.
         "tool_choice": ("auto", "none"),
         "parallel_tool_calls": (True,),  # one reply may hold several calls
+        "functions": ([],),  # the legacy form of tools, which reaches no chat template
+        "function_call": ("auto", "none"),
+        "modalities": (["text"],),  # text out only: no audio
+        "audio": (),
     }
 
     @property
@@ -147,11 +155,10 @@ class ChatRequest(_Sampling):
         return [_with_argument_objects(number, message) for number, message in enumerate(messages)]
 
     def sampling(self, default_max_tokens: int) -> SamplingParams:
+        """``max_completion_tokens`` wins over the deprecated ``max_tokens`` when both come, as in vLLM."""
         params = super().sampling(default_max_tokens)
-        if self.max_completion_tokens is not None and self.max_tokens is None:
-            params = SamplingParams(
-                self.max_completion_tokens, params.temperature, params.top_p, params.seed, params.stop
-            )
+        if self.max_completion_tokens is not None:
+            params = dataclasses.replace(params, max_tokens=self.max_completion_tokens)
         return params
 
 
