@@ -38,6 +38,7 @@ PLAIN = [
     (Tool, "arun"),
     (CrewStructuredTool, "invoke"),
     (CrewStructuredTool, "ainvoke"),
+    (BaseLLM, "_emit_call_completed_event"),
 ]
 
 

@@ -31,10 +31,12 @@ What is instrumented, and the span each call opens:
   subclass, CrewAI's own providers and yours alike (subclasses defined after instrumenting are
   wrapped as they are defined). The span is `agl.core.tracing.llm`'s ``chat {model}``
   (``agl.llm.call=true``, ``agl.agent.name`` = the calling agent's role) with the messages in the
-  chat shape, the tool definitions, the LLM's sampling parameters and the reply (text, or native
-  tool calls). When the model is reached through the openai client and ``agl_openai`` is on too,
-  the client joins this span ("outermost wins"): what went over the wire (messages as sent,
-  reply, usage, token ids) is what the span holds, and this layer fills in only what is missing.
+  chat shape, the tool definitions, the LLM's sampling parameters, the reply (text, or native
+  tool calls) and what the provider reports at the call's end: token usage (as CrewAI counts it),
+  finish reason and response id. When the model is reached through the openai client and
+  ``agl_openai`` is on too, the client joins this span ("outermost wins"): what went over the wire
+  (messages as sent, reply, usage, token ids) is what the span holds, and this layer fills in
+  only what is missing.
 
 Patching is lazy: classes are patched when CrewAI's modules are imported, so ``instrument()``
 imports nothing and may come before or after ``import crewai``. ``instrument()`` twice is a

@@ -524,6 +524,37 @@ async def _async_model_call(
     return result
 
 
+def _call_completed(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``BaseLLM._emit_call_completed_event``, where every CrewAI provider reports what only the
+    response knows: the call's token usage, finish reason and response id. They go on the open
+    LLM span where no layer below (the openai client's, which read them off the wire) set them."""
+    if _config.active:
+        _record_completion(args, kwargs)
+    return wrapped(*args, **kwargs)
+
+
+def _record_completion(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+    try:
+        span = open_llm_span()
+        if span is None:
+            return
+        from crewai.types.usage_metrics import UsageMetrics  # loaded already: the caller's module imports it
+
+        usage = UsageMetrics.from_provider_dict(_argument(args, kwargs, 5, "usage"))  # CrewAI's own count
+        finish_reason = _argument(args, kwargs, 6, "finish_reason")
+        response_id = _argument(args, kwargs, 7, "response_id")
+        LlmCall(span, owner=False).fill(
+            {
+                semconv.USAGE_INPUT_TOKENS: usage.prompt_tokens if usage else None,
+                semconv.USAGE_OUTPUT_TOKENS: usage.completion_tokens if usage else None,
+                semconv.FINISH_REASONS: [finish_reason] if isinstance(finish_reason, str) else None,
+                semconv.RESPONSE_ID: response_id if isinstance(response_id, str) else None,
+            }
+        )
+    except Exception:
+        _recording_failed("a CrewAI model call's usage")
+
+
 # --- the patches ----------------------------------------------------------------------------
 
 
@@ -545,6 +576,7 @@ PATCHER = Patcher(
         Patch("crewai.tools.structured_tool", "CrewStructuredTool", "invoke", _sync_wrapper(_Tool(structured=True))),
         Patch("crewai.tools.structured_tool", "CrewStructuredTool", "ainvoke", _async_wrapper(_Tool(structured=True))),
         Patch("crewai.llms.base_llm", "BaseLLM", "_handle_tool_execution", _sync_wrapper(_ProviderTool())),
+        Patch("crewai.llms.base_llm", "BaseLLM", "_emit_call_completed_event", _call_completed),
         # Every `BaseLLM` subclass (CrewAI's providers and the user's) defines its own ``call``/``acall``.
         FamilyPatch("crewai.llms.base_llm", "BaseLLM", {"call": _model_call, "acall": _async_model_call}),
     ),
