@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from opentelemetry import trace
@@ -85,6 +86,8 @@ def test_a_bad_reward_raises_before_anything_is_emitted(exporter: InMemorySpanEx
         emit_reward({"correct": 1.0}, primary="speed")
     with pytest.raises(TypeError, match="str"):
         emit_reward("high")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="needs at least one dimension"):  # e.g. metrics of an empty batch
+        emit_reward({})
     assert exporter.get_finished_spans() == ()
 
 
@@ -234,6 +237,20 @@ async def test_operation_decorates_async_functions(exporter: InMemorySpanExporte
     failed = spans[broken.__qualname__]
     assert failed.status.status_code is trace.StatusCode.ERROR
     assert json.loads(str((failed.attributes or {})["agl.operation.input"])) == {}
+
+
+def test_operation_refuses_to_wrap_a_generator_whose_span_would_end_before_its_items() -> None:
+    def steps(n: int) -> Iterator[int]:
+        yield from range(n)
+
+    async def stream() -> AsyncIterator[int]:
+        yield 1
+
+    for function in (steps, stream):
+        with pytest.raises(TypeError, match=f"cannot wrap the generator '.*{function.__name__}': its span would end"):
+            operation(function)
+        with pytest.raises(TypeError, match="cannot wrap the generator"):
+            operation("named")(function)
 
 
 def test_an_sdk_provider_set_up_by_setup_tracing_is_recognised(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -539,3 +539,50 @@ async def test_an_idle_runner_woken_dequeues_at_once_instead_of_at_its_next_poll
     runner.wake()
     assert await running == 1  # within LIMIT, not after an hour
     assert (await store.get_rollout_by_id(rollout_id)).status == "succeeded"
+
+
+class CountingStore:
+    """A real store whose dequeues are counted: an idle runner must wait for its tasks, not poll."""
+
+    def __init__(self, store: LightningStore) -> None:
+        self.store = store
+        self.dequeues = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    async def dequeue_rollout(self, *args: Any, **kwargs: Any) -> AttemptedRollout | None:
+        self.dequeues += 1
+        return await self.store.dequeue_rollout(*args, **kwargs)
+
+
+def test_a_runner_run_again_in_a_new_event_loop_waits_instead_of_spinning(
+    span_router: SpanRouter, tmp_path: Path
+) -> None:
+    """As a script or notebook calling ``asyncio.run(runner.run(...))`` once per batch does."""
+    counted: CountingStore | None = None
+
+    @rollout
+    async def agent(task: Any) -> float:
+        assert counted is not None
+        while counted.dequeues < 2:  # the runner came back and found the queue empty
+            await asyncio.sleep(0)
+        for _ in range(100):  # the runner idles meanwhile, with this rollout in flight
+            await asyncio.sleep(0)
+        return 1.0
+
+    runner = Runner(agent, object(), max_concurrency=2, poll_seconds=3600)  # type: ignore[arg-type]
+
+    async def one_batch() -> int:
+        nonlocal counted
+        counted = CountingStore(open_store(f"sqlite:///{tmp_path / 'store.db'}", watchdog_interval=None))
+        runner.store = counted  # type: ignore[assignment]
+        await counted.enqueue_rollout({"x": 1})
+        try:
+            assert await run(runner, until_empty=True) == 1
+            assert await asyncio.to_thread(flush_spans)
+        finally:
+            await counted.store.close()
+        return counted.dequeues
+
+    assert [asyncio.run(one_batch()) for _ in range(2)] == [3, 3]  # the rollout, empty twice: no polling loop

@@ -20,6 +20,14 @@ AgentFunction = Callable[..., Any]
 ``resources`` or a resource key; it returns ``float | None`` (or an awaitable of one)."""
 
 
+_TYPED_PARAMETERS: dict[str, type] = {"llm": LLM, "prompt_template": PromptTemplate}
+"""Parameters filled by the kind of resource, not only by the key: never with another kind."""
+
+
+TASK_HINT = "; the rollout's input is passed only to a parameter named 'task'"
+"""Added when an agent has no ``task`` parameter: it likely named its input otherwise."""
+
+
 class LitAgent:
     """Override `rollout` (sync: the runner calls it in a worker thread) or `rollout_async`.
 
@@ -27,10 +35,27 @@ class LitAgent:
     through `resolve_llm` to get the endpoint routed to this rollout and attempt.
     """
 
+    def __init_subclass__(cls, **options: Any) -> None:
+        """Refuse ``async def rollout`` when the class is defined: the runner calls `rollout` in a
+        thread, so it would get a coroutine that nothing awaits instead of a reward."""
+        super().__init_subclass__(**options)
+        if inspect.iscoroutinefunction(cls.__dict__.get("rollout")):
+            raise TypeError(f"{cls.__name__}.rollout is async: name it rollout_async (rollout is for sync agents)")
+
     def __init__(self, name: str | None = None) -> None:
         if not self.is_async and type(self).rollout is LitAgent.rollout:
             raise TypeError(f"{type(self).__name__} must override rollout() or rollout_async()")
         self.name = name or type(self).__name__
+
+    @property
+    def name(self) -> str:
+        """The agent's name (its class's unless given): also set for a subclass whose own
+        ``__init__`` does not call ``super().__init__()``, which every runner would otherwise trip on."""
+        return self.__dict__.get("_name") or type(self).__name__
+
+    @name.setter
+    def name(self, value: str) -> None:
+        self.__dict__["_name"] = value
 
     @property
     def is_async(self) -> bool:
@@ -85,7 +110,7 @@ class FunctionAgent(LitAgent):
             key: resolve_llm(value, rollout) if isinstance(value, LLM) else value for key, value in resources.items()
         }
         available: dict[str, Any] = {"task": task, "rollout": rollout, "resources": resolved}
-        for name, kind in (("llm", LLM), ("prompt_template", PromptTemplate)):
+        for name, kind in _TYPED_PARAMETERS.items():
             chosen = resolved.get(name)
             if not isinstance(chosen, kind):
                 chosen = next((value for value in resolved.values() if isinstance(value, kind)), None)
@@ -95,14 +120,26 @@ class FunctionAgent(LitAgent):
         for parameter in self.parameters:
             if parameter.name in available:
                 arguments[parameter.name] = available[parameter.name]
-            elif parameter.name in resolved:
+            elif parameter.name in resolved and parameter.name not in _TYPED_PARAMETERS:
                 arguments[parameter.name] = resolved[parameter.name]
             elif parameter.default is inspect.Parameter.empty:
-                raise MissingResource(
-                    f"agent {self.name!r} parameter {parameter.name!r} needs a resource that this rollout's "
-                    f"resources do not have (they have: {', '.join(resources) or 'nothing'})"
-                )
+                raise MissingResource(self._missing(parameter.name, resources))
         return arguments
+
+    def _missing(self, parameter: str, resources: NamedResources) -> str:
+        """Why ``parameter`` has nothing to fill it; a resource of its name but of another kind
+        (a prompt keyed ``llm``) is named, since passing it would fail later, far from the cause."""
+        kind = _TYPED_PARAMETERS.get(parameter)
+        if kind is not None and parameter in resources:
+            return (
+                f"agent {self.name!r} parameter {parameter!r} needs a resource of type {kind.__name__}, but "
+                f"the resource {parameter!r} is a {type(resources[parameter]).__name__} and none is of that type"
+            )
+        hint = "" if any(each.name == "task" for each in self.parameters) else TASK_HINT
+        return (
+            f"agent {self.name!r} parameter {parameter!r} needs a resource that this rollout's "
+            f"resources do not have (they have: {', '.join(resources) or 'nothing'}){hint}"
+        )
 
 
 def _unwrapped(function: AgentFunction) -> AgentFunction:

@@ -16,9 +16,9 @@ runs to its end (its later spans still land under the attempt; its result is dro
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import math
-import numbers
 import threading
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
@@ -33,7 +33,7 @@ from agl.core.ids import new_id
 from agl.core.store.base import LightningStore
 from agl.core.tracing import rollout_context, run_in_context, semconv
 from agl.core.tracing.configure import flush_spans, setup_tracing
-from agl.core.tracing.emitters import emit_exception, emit_reward
+from agl.core.tracing.emitters import emit_exception, emit_reward, is_reward_number
 from agl.core.tracing.exporter import route_rollout
 from agl.core.types import AttemptedRollout, AttemptStatus, NamedResources
 
@@ -52,6 +52,14 @@ class AgentExited(RuntimeError):
 
     def __init__(self, code: object) -> None:
         super().__init__(f"the agent called sys.exit({code!r})")
+
+
+class AgentInterrupted(RuntimeError):
+    """A sync agent raised `KeyboardInterrupt` in its thread: no Ctrl-C reaches a worker thread, so it
+    is the agent's own error, and it ends its rollout as failed, not the runner."""
+
+    def __init__(self) -> None:
+        super().__init__("the agent raised KeyboardInterrupt in its thread")
 
 
 class AgentCancelled(RuntimeError):
@@ -80,6 +88,8 @@ class Runner:
         poll_seconds: float = 1.0,
     ) -> None:
         check_runner_options(max_concurrency, heartbeat_seconds, poll_seconds)
+        if not isinstance(agent, LitAgent):  # else every rollout would fail on a missing attribute
+            raise TypeError(f"the agent is a {type(agent).__name__}, not a LitAgent: decorate a function with @rollout")
         self.agent = agent
         self.store = store
         self.worker_id = worker_id or new_id("wk")
@@ -105,6 +115,10 @@ class Runner:
         this runner took them again. On ``stop``, or if this call is cancelled, rollouts in flight
         are cancelled and their attempts marked failed."""
         setup_tracing(store=self.store)
+        # An event is bound to the first loop that waits on it: one per run, so a runner run again
+        # under another loop (one `asyncio.run` per batch) idles instead of polling without pause.
+        # A wake before the run needs no keeping: the run asks the store first.
+        self._woken = asyncio.Event()
         stopped = asyncio.ensure_future((stop or asyncio.Event()).wait())
         heartbeat = asyncio.ensure_future(self._heartbeat())
         tasks: set[asyncio.Task[None]] = set()
@@ -278,7 +292,9 @@ def _in_thread(function: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         try:
             result = function(*args)
         except SystemExit as error:
-            deliver(future.set_exception, AgentExited(error.code))
+            deliver(future.set_exception, _caused_by(AgentExited(error.code), error))
+        except KeyboardInterrupt as error:
+            deliver(future.set_exception, _caused_by(AgentInterrupted(), error))
         except BaseException as error:
             deliver(future.set_exception, error)
         else:
@@ -291,8 +307,15 @@ def _in_thread(function: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
 async def _contained(work: Awaitable[Any]) -> Any:
     try:
         return await work
-    except SystemExit as error:
-        raise AgentExited(error.code) from None
+    except SystemExit as error:  # chained: the exception span's stack trace shows where it exited
+        raise AgentExited(error.code) from error
+
+
+def _caused_by(error: Exception, cause: BaseException) -> Exception:
+    """``error`` chained to ``cause``, as ``raise error from cause`` would: the stack trace recorded
+    for it then shows where in the agent ``cause`` was raised."""
+    error.__cause__ = cause
+    return error
 
 
 async def _abandon(work: asyncio.Future[Any]) -> None:
@@ -317,7 +340,10 @@ def _outcome(work: asyncio.Future[Any]) -> Any:
 def _as_reward(result: object) -> float | None:
     if result is None:
         return None
-    if not isinstance(result, numbers.Real):  # numpy scalars too, as `emit_reward` takes them
+    if inspect.iscoroutine(result):  # closed: the "never awaited" warning would only add noise
+        result.close()
+        raise TypeError("the agent returned a coroutine that nothing awaited: make the agent async, or await the call")
+    if not is_reward_number(result):  # numpy scalars too, as `emit_reward` takes them
         raise TypeError(f"the agent returned {type(result).__name__}; expected a float reward or None")
     reward = float(result)
     if not math.isfinite(reward):  # stores keep no NaN or infinity: it would vanish or poison a mean

@@ -54,12 +54,15 @@ def emit_reward(value: float | Mapping[str, float], *, primary: str | None = Non
     named by ``primary``, else the only dimension. Several dimensions and no ``primary`` leave it
     unset (no silent pick); adapters then see a reward span without a primary value. ``primary``
     is ignored for a plain number. A value that is not a number, or a ``primary`` that names no
-    dimension, raises at once, even outside a rollout: a lost reward would otherwise go unnoticed.
+    dimension, or no dimension at all, raises at once, even outside a rollout: a lost reward would
+    otherwise go unnoticed.
     NaN or infinity raises too (`ValueError`): a store keeps neither, and the runner refuses both.
     """
     attributes: dict[str, Any] = {semconv.SPAN_KIND: "reward"}
     if isinstance(value, Mapping):
         dimensions = {str(name): _number(score) for name, score in value.items()}
+        if not dimensions:  # a reward span with no value: the reward would be lost without a word
+            raise ValueError("a reward of named dimensions needs at least one dimension")
         if primary is not None and primary not in dimensions:
             raise ValueError(f"primary reward {primary!r} is not one of {sorted(dimensions)}")
         attributes.update({semconv.REWARD_PREFIX + name: score for name, score in dimensions.items()})
@@ -142,6 +145,11 @@ class Operation(AbstractContextManager["Operation"]):
 
     def __call__(self, function: F) -> F:
         """Wrap a sync or async function: its arguments are the inputs, its return value the output."""
+        if inspect.isgeneratorfunction(function) or inspect.isasyncgenfunction(function):
+            raise TypeError(
+                f"operation cannot wrap the generator {function.__qualname__!r}: its span would end before the "
+                "first item; use `with operation(...)` inside it"
+            )
         name = self.name or function.__qualname__
         inputs = _arguments_of(function)
         if inspect.iscoroutinefunction(function):
@@ -228,8 +236,15 @@ def _emit(emitter: str, name: str, attributes: Mapping[str, Any]) -> None:
         tracer.start_span(name, attributes=attributes).end()
 
 
+def is_reward_number(value: object) -> bool:
+    """A real number: numpy scalars too, and, as True is a reward of 1.0, numpy's booleans (what
+    comparing numpy values gives), which are no `numbers.Real`."""
+    kind = type(value)
+    return isinstance(value, numbers.Real) or (kind.__module__ == "numpy" and kind.__name__ in ("bool", "bool_"))
+
+
 def _number(value: Any) -> float:
-    if not isinstance(value, numbers.Real):  # numpy scalars too; True is a reward of 1.0
+    if not is_reward_number(value):
         raise TypeError(f"a reward must be a number, not {type(value).__name__}: {_text(value)!r}")
     try:
         number = float(value)
