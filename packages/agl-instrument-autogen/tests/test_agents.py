@@ -95,7 +95,7 @@ async def test_a_tool_using_agent_gives_the_exact_span_tree(traced, instrument) 
     assert attribute(first, semconv.INPUT_MESSAGES) == asked
     assert attribute(first, semconv.TOOL_DEFINITIONS) == TOOLS
     assert attribute(first, semconv.OUTPUT_MESSAGES) == [{"role": "assistant", "content": None, "tool_calls": calls}]
-    assert attribute(first, semconv.FINISH_REASONS) == ("function_calls",)
+    assert attribute(first, semconv.FINISH_REASONS) == ("tool_calls",)  # OpenAI's word for it
     assert (attribute(first, semconv.USAGE_INPUT_TOKENS), attribute(first, semconv.USAGE_OUTPUT_TOKENS)) == (10, 5)
     assert attribute(reflection, semconv.INPUT_MESSAGES) == [
         *asked,

@@ -8,6 +8,9 @@ import json
 
 import pytest
 from autogen_agentchat.agents import AssistantAgent
+from autogen_core import InMemoryStore
+from autogen_core.models import UserMessage
+from autogen_ext.models.cache import ChatCompletionCache
 from autogen_ext.models.openai import OpenAIChatCompletionClient
 from openinference.instrumentation.autogen_agentchat import AutogenAgentChatInstrumentor
 
@@ -82,3 +85,54 @@ async def test_one_llm_span_per_call_with_the_servers_token_ids(
     scopes = {span.instrumentation_scope.name for span in spans}
     assert ("openinference.instrumentation.autogen_agentchat" in scopes) is (openinference_order is not None)
     assert [span.name for span in spans].count("execute_tool add") == 1
+
+
+@pytest.mark.parametrize("wire", [False, True], ids=["autogen-only", "with-agl-openai"])
+async def test_a_stream_without_usage_records_none_and_finish_reasons_are_openais(
+    traced, instrument, serve, wire: bool
+) -> None:
+    """Asked for no usage, the server streams none and AutoGen reports 0 tokens: the trace leaves
+    usage out rather than saying the call cost nothing. AutoGen's finish reasons are recorded as
+    the server sent them (``tool_calls``, not AutoGen's ``function_calls``), whichever layer writes
+    them."""
+    instrument(openai=wire)
+    served = serve(SCRIPT)
+    client = OpenAIChatCompletionClient(
+        model=MODEL, base_url=served.url, api_key="test", model_info=MODEL_INFO, max_retries=0
+    )
+    agent = AssistantAgent(
+        "calculator", model_client=client, tools=[add], reflect_on_tool_use=True, model_client_stream=True
+    )
+    with rollout_context("ro-test", "at-test"):
+        await agent.run(task="What is 17 + 25?")
+    await client.close()
+    calls = [span for span in traced.ours() if (span.attributes or {}).get(semconv.LLM_CALL)]
+    assert (
+        [list((span.attributes or {})[semconv.FINISH_REASONS]) for span in calls]
+        == [[sent.finish_reason] for sent in served.log.replies]
+        == [["tool_calls"], ["stop"]]
+    )
+    for span in calls:
+        attributes = span.attributes or {}
+        assert semconv.USAGE_INPUT_TOKENS not in attributes and semconv.USAGE_OUTPUT_TOKENS not in attributes
+
+
+async def test_a_cached_client_is_recorded_with_the_model_and_provider_it_wraps(traced, instrument, serve) -> None:
+    """``ChatCompletionCache`` only wraps a client: the calls name the model and provider behind it."""
+    instrument()
+    served = serve(["Hello."])
+    inner = OpenAIChatCompletionClient(
+        model=MODEL, base_url=served.url, api_key="test", model_info=MODEL_INFO, max_retries=0
+    )
+    client = ChatCompletionCache(inner, InMemoryStore())
+    question = [UserMessage(content="Say hello.", source="user")]
+    with rollout_context("ro-test", "at-test"):
+        await client.create(question)
+        hit = await client.create(question)
+    await inner.close()
+    assert hit.cached and len(served.log.requests) == 1
+    calls = [span for span in traced.ours() if (span.attributes or {}).get(semconv.LLM_CALL)]
+    assert [span.name for span in calls] == [f"chat {MODEL}", f"chat {MODEL}"]
+    for span in calls:
+        attributes = span.attributes or {}
+        assert (attributes[semconv.REQUEST_MODEL], attributes[semconv.PROVIDER_NAME]) == (MODEL, "openai")

@@ -11,19 +11,24 @@ In code::
 
 What is recorded:
 
-- ``invoke_workflow {team}`` around ``BaseGroupChat.run_stream`` (``run`` goes through it).
+- ``invoke_workflow {team}`` around ``BaseGroupChat.run_stream`` (``run`` goes through it). The
+  team's own model calls (a selector picking the next speaker) carry the team's name as
+  ``agl.agent.name``, not that of an agent whose turn runs the team (``SocietyOfMindAgent``).
 - ``invoke_agent {agent}`` around each turn of an agent (``on_messages``/``on_messages_stream`` of
   every ``BaseChatAgent`` subclass, custom ones included), with ``agl.agent.name`` and
   ``gen_ai.agent.name``. Where AutoGen opened its own ``invoke_agent`` span for the same agent
   (its ``run`` and team containers do, when a global tracer provider is set), that span is
   labelled with ``agl.agent.name`` instead of being doubled.
 - ``chat {model}`` (``agl.llm.call=true``, see `agl.core.tracing.llm`) around ``create`` and
-  ``create_stream`` of every ``ChatCompletionClient`` (OpenAI, replay, custom), with the
-  messages in the OpenAI chat shape, the tools, sampling parameters, the output message, usage and
-  ``agl.agent.name`` of the agent whose turn it is. When the ``openai`` client underneath is
-  instrumented too (``agl_openai``), it joins this span ("outermost wins") and adds what only the
-  wire knows: the messages exactly as sent, token ids, logprobs, the response id. A stream closed
-  early or failing midway keeps the text it streamed as its output message.
+  ``create_stream`` of every ``ChatCompletionClient`` (OpenAI, replay, custom; a
+  ``ChatCompletionCache`` is recorded as the model and provider it wraps), with the messages in
+  the OpenAI chat shape, the tools, sampling parameters, the output message, the finish reason in
+  OpenAI's words (``tool_calls``), the usage (left out where AutoGen reports 0 and 0: a stream
+  that came without usage) and ``agl.agent.name`` of the agent whose turn it is.
+  When the ``openai`` client underneath is instrumented too (``agl_openai``), it joins this span
+  ("outermost wins") and adds what only the wire knows: the messages exactly as sent, token ids,
+  logprobs, the response id. A stream closed early or failing midway keeps the text it streamed
+  as its output message.
 - ``execute_tool {tool}`` around ``BaseTool.run_json`` and ``BaseStreamTool.run_json_stream`` (an
   agent or a team as a tool: ``AgentTool``, ``TeamTool``; AutoGen's own tool span for that call is
   this one, not a second), with ``gen_ai.tool.name``, ``gen_ai.tool.call.id``,

@@ -145,6 +145,14 @@ def assistant_message(result: Any) -> dict[str, Any]:
     return message
 
 
+def _serving_client(client: Any) -> Any:
+    """The client that talks to the model, whose model, provider and settings a call records:
+    autogen-ext's ``ChatCompletionCache`` only wraps one (its ``client``)."""
+    while type(client).__module__.startswith("autogen_ext.models.cache") and hasattr(client, "client"):
+        client = client.client
+    return client
+
+
 def _client_settings(client: Any) -> Mapping[str, Any]:
     """The create arguments a client was configured with (autogen-ext's clients keep them here)."""
     settings = getattr(client, "_create_args", None)
@@ -175,15 +183,28 @@ def _request_attributes(client: Any, args: tuple[Any, ...], kwargs: Mapping[str,
     }
 
 
+# AutoGen's finish reasons in OpenAI's words, as the messages are: it renames ``tool_calls``, and
+# says ``unknown`` where the model gave none (or one it does not know), which is no reason.
+_FINISH_REASONS = {"function_calls": "tool_calls", "unknown": None}
+
+
+def _usage_attributes(usage: Any) -> dict[str, Any]:
+    """The token counts, none where AutoGen reports 0 and 0: its placeholder for a reply that came
+    with no usage (a stream not asked for it), not a call that cost nothing."""
+    prompt, completion = getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None)
+    if not prompt and not completion:
+        return {}
+    return {semconv.USAGE_INPUT_TOKENS: prompt, semconv.USAGE_OUTPUT_TOKENS: completion}
+
+
 def _result_attributes(result: Any) -> dict[str, Any]:
-    usage = getattr(result, "usage", None)
     finish = getattr(result, "finish_reason", None)
+    finish = _FINISH_REASONS.get(finish, finish)
     logprobs = getattr(result, "logprobs", None) or ()
     return {
         semconv.OUTPUT_MESSAGES: [assistant_message(result)],
         semconv.FINISH_REASONS: [finish] if finish else None,
-        semconv.USAGE_INPUT_TOKENS: getattr(usage, "prompt_tokens", None),
-        semconv.USAGE_OUTPUT_TOKENS: getattr(usage, "completion_tokens", None),
+        **_usage_attributes(getattr(result, "usage", None)),
         semconv.RESPONSE_LOGPROBS: [float(entry.logprob) for entry in logprobs] or None,
     }
 
@@ -253,8 +274,9 @@ async def _create(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, .
     if not _config.active:
         return await wrapped(*args, **kwargs)
     try:
+        client = _serving_client(instance)
         call = start_llm_call(
-            model_name(instance), provider=provider_name(instance), agent_name=_agent_name(), tracer=_config.tracer
+            model_name(client), provider=provider_name(client), agent_name=_agent_name(), tracer=_config.tracer
         )
         token = otel_context.attach(call.context()) if call.owner else None  # current while the call runs
     except Exception:
@@ -263,10 +285,10 @@ async def _create(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, .
     try:
         result = await wrapped(*args, **kwargs)
     except BaseException as error:
-        _record(call, instance, args, kwargs)
+        _record(call, client, args, kwargs)
         _end_call(call, token, error)
         raise
-    _record(call, instance, args, kwargs, lambda: _result_attributes(result))
+    _record(call, client, args, kwargs, lambda: _result_attributes(result))
     _end_call(call, token, None)
     return result
 
@@ -314,6 +336,7 @@ class _ModelStreamScope:
 
 def _model_stream_scope(client: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> _ModelStreamScope | None:
     try:
+        client = _serving_client(client)
         call = start_llm_call(
             model_name(client), provider=provider_name(client), agent_name=_agent_name(), tracer=_config.tracer
         )
@@ -489,6 +512,10 @@ def _agent_scope(agent: Any) -> _Scope | None:
 
 
 def _team_scope(team: Any) -> _Scope | None:
+    """The span of a team run. Its group chat manager's own model calls (a selector picking the
+    next speaker) are nobody's turn: they carry the team's name as their agent, not that of an
+    agent whose turn runs the team (``SocietyOfMindAgent``, ``TeamTool``), whose training data
+    they are not; each participant's turn sets its own name."""
     current = otel_context.get_current()
     if _is_running(team, current):
         return None
@@ -499,7 +526,8 @@ def _team_scope(team: Any) -> _Scope | None:
             context=current,
             attributes={semconv.OPERATION_NAME: semconv.INVOKE_WORKFLOW},
         )
-        context = otel_context.set_value(_RUNNING, _running_mark(team), trace.set_span_in_context(span, current))
+        context = otel_context.set_value(_AGENT_NAME, name, trace.set_span_in_context(span, current))
+        context = otel_context.set_value(_RUNNING, _running_mark(team), context)
         return _Scope(span, True, context)
     except Exception:
         _recording_failed("the start of an AutoGen team run")
