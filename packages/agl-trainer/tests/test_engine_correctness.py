@@ -182,3 +182,43 @@ def test_a_request_whose_ids_cannot_be_decoded_fails_alone(tiny_dir: Path) -> No
     assert not fine.cancelled(), "the neighbour was never answered"
     assert len(fine.result().token_ids) == 5
     assert isinstance(failing.exception(), IndexError)
+
+
+def _byte_fallback_tokenizer() -> PreTrainedTokenizerFast:
+    """A Llama-style SentencePiece BPE with byte fallback: a character outside its vocabulary is one
+    ``<0xNN>`` piece per UTF-8 byte, each of which decodes alone to U+FFFD."""
+    from tokenizers import Tokenizer, decoders, models, normalizers
+
+    vocab = {"<unk>": 0, "</s>": 1, **{f"<0x{byte:02X}>": 2 + byte for byte in range(256)}}
+    for piece in ["▁", *"abcdefghijklmnopqrstuvwxyz"]:
+        vocab[piece] = len(vocab)
+    bpe = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", byte_fallback=True))
+    bpe.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    bpe.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="</s>", unk_token="<unk>")
+
+
+def test_the_bytes_of_byte_fallback_tokens_are_their_bytes() -> None:
+    """Logprobs' ``bytes`` of a ``<0xE6>`` piece were those of U+FFFD, its text decoded alone: a client
+    could not put a character split across such tokens back together, which is what they are for."""
+    tokenizer = _byte_fallback_tokenizer()
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    engine = TransformersEngine(Qwen2ForCausalLM(config), tokenizer, model_name="byte-fallback-tiny")
+    try:
+        ids = engine.encode("日本😀ok")
+        assert engine.decode(ids[1:2]) == "\ufffd"
+        assert engine.token_bytes(ids[1]) == b"\xe6"
+        assert b"".join(engine.token_bytes(token) for token in ids).decode() == engine.decode(ids) == "日本😀ok"
+        assert engine.token_bytes(tokenizer.eos_token_id) == b""  # special tokens: skipped, as in the text
+    finally:
+        engine.close_sync()

@@ -112,8 +112,9 @@ def test_the_served_model_can_be_retrieved_by_name(client: Any) -> None:
     """``client.models.retrieve`` (``GET /v1/models/{model}``) was a bare 404 "Not Found"."""
     model = client.models.retrieve(SERVED)
     assert model.id == SERVED and model.object == "model"
-    with pytest.raises(openai.NotFoundError, match="does not exist"):
+    with pytest.raises(openai.NotFoundError, match="does not exist") as unknown:
         client.models.retrieve("gpt-4o")
+    assert unknown.value.param == "model"
 
 
 def test_a_stream_with_usage_ends_on_a_chunk_without_choices(client: Any) -> None:
@@ -125,3 +126,67 @@ def test_a_stream_with_usage_ends_on_a_chunk_without_choices(client: Any) -> Non
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 3
     assert [chunk.usage for chunk in chunks[:-1]] == [None] * (len(chunks) - 1)
     assert chunks[-2].choices[0].finish_reason == "length"
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("n", 2),
+        ("top_logprobs", 3),
+        ("functions", [WEATHER]),
+        ("temperature", 3),  # refused by validation, not as unsupported
+        ("messages", [{"role": "wizard", "content": "hi"}]),
+    ],
+)
+def test_a_400_about_one_option_names_it_in_param(client: Any, option: str, value: Any) -> None:
+    """``BadRequestError.param`` names the option, as from OpenAI and vLLM; it was always None, so a
+    client could not tell which of its options to change without parsing the message."""
+    options = {"model": SERVED, "messages": HI, "max_tokens": 2, option: value}
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError) as refusal:
+            client.chat.completions.create(**{**options, "stream": stream})
+        assert refusal.value.param == option
+    with pytest.raises(openai.NotFoundError) as unknown:
+        client.chat.completions.create(model="gpt-4o", messages=HI, max_tokens=2)
+    assert unknown.value.param == "model" and unknown.value.body["message"] == "The model `gpt-4o` does not exist."
+
+
+def test_stream_options_without_a_stream_are_a_400(client: Any) -> None:
+    """As OpenAI and vLLM: they were accepted and ignored, and a client expecting the usage chunk it
+    asked for got a whole answer instead."""
+    usage = {"include_usage": True}
+    with pytest.raises(openai.BadRequestError, match="stream_options can only be set when stream is true") as chat:
+        client.chat.completions.create(model=SERVED, messages=HI, max_tokens=2, stream_options=usage)
+    with pytest.raises(openai.BadRequestError) as text:
+        client.completions.create(model=SERVED, prompt="hi", max_tokens=2, stream=False, stream_options=usage)
+    assert chat.value.param == text.value.param == "stream_options"
+    answer = client.chat.completions.create(model=SERVED, messages=HI, max_tokens=2, stream_options=None)
+    assert answer.usage.completion_tokens == 2
+
+
+def test_logprobs_bytes_add_up_to_characters_split_across_tokens(client: Any) -> None:
+    """The tiny model's byte-level tokenizer spells any non-ASCII character with one token per byte.
+    Each token's ``bytes`` were those of its text decoded alone, U+FFFD: the bytes OpenAI sends so
+    that a client can put such a character back together held three bytes of "\ufffd" instead."""
+    for seed in range(60):  # the first seeded reply holding a non-ASCII character
+        answer = client.chat.completions.create(
+            model=SERVED, messages=HI, max_tokens=24, temperature=1, seed=seed, logprobs=True
+        )
+        text = answer.choices[0].message.content
+        if any(ord(char) > 127 and char != "\ufffd" for char in text):
+            break
+    else:
+        pytest.fail("no reply held a non-ASCII character")
+    tokens = answer.choices[0].logprobs.content
+    assert b"".join(bytes(token.bytes) for token in tokens).decode(errors="replace") == text
+    assert any(token.token == "\ufffd" and token.bytes != list("\ufffd".encode()) for token in tokens)
+    stream = client.chat.completions.create(
+        model=SERVED, messages=HI, max_tokens=24, temperature=1, seed=seed, logprobs=True, stream=True
+    )
+    streamed = [
+        token
+        for chunk in stream
+        if chunk.choices and chunk.choices[0].logprobs
+        for token in chunk.choices[0].logprobs.content
+    ]
+    assert [token.bytes for token in streamed] == [token.bytes for token in tokens]

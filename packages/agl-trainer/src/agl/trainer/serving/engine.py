@@ -47,7 +47,8 @@ class Generation:
 
 @runtime_checkable
 class Engine(Protocol):
-    """An inference engine serving one model."""
+    """An inference engine serving one model. It may also offer ``token_bytes(token_id) -> bytes``, a
+    token's own bytes, for logprobs' ``bytes`` (without it: the UTF-8 of ``decode([token_id])``)."""
 
     model_name: str
 

@@ -9,7 +9,9 @@ With ``"return_token_ids": true`` a chat completion carries ``prompt_token_ids``
 (in a stream, on the first chunk) and ``token_ids`` on its choice (in a stream, each chunk's ids,
 which add up to the whole); a completion carries both on its choice. ``"logprobs": true`` (chat) or
 ``"logprobs": 0`` (completions) adds the sampled tokens' logprobs; top alternatives are not
-computed (``top_logprobs`` come back empty, and asking for some is a 400). One choice per request
+computed (``top_logprobs`` come back empty, and asking for some is a 400). A chat logprob's
+``bytes`` are the token's own bytes (see `TransformersEngine.token_bytes`), which add up to a
+character that spans several tokens, whose ``token`` text alone is U+FFFD. One choice per request
 (``n=1``). Options the engine cannot honour are a 400 naming them (see `openai_wire`); a request
 naming another model than the one ``/v1/models`` lists is a 404 (no model: the served one).
 
@@ -91,7 +93,7 @@ def create_openai_app(
 
     @app.exception_handler(wire.WireError)
     async def refused(request: Request, error: wire.WireError) -> JSONResponse:
-        return JSONResponse(wire.error_body(str(error), error.status), error.status)
+        return JSONResponse(wire.error_body(str(error), error.status, error.param), error.status)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
@@ -125,7 +127,7 @@ def create_openai_app(
     async def model(model: str) -> dict[str, Any]:
         """``client.models.retrieve(name)``: the served model, or a 404 as for a request naming another."""
         if model != engine.model_name:
-            raise wire.WireError(f"The model `{model[:200]}` does not exist.", 404)
+            raise wire.WireError(f"The model `{model[:200]}` does not exist.", 404, param="model")
         return model_entry()
 
     @app.post("/v1/chat/completions", response_model=None)
@@ -240,6 +242,12 @@ class _Answer:
     def token_name(self, token_id: int) -> str:
         return f"token_id:{token_id}" if self.body.return_tokens_as_token_ids else self.engine.decode([token_id])
 
+    def token_bytes(self, token_id: int) -> list[int]:
+        """The token's own bytes (see `TransformersEngine.token_bytes`), which add up to the reply's
+        text where a character spans several tokens; an engine without them: its decoded text's."""
+        token_bytes = getattr(self.engine, "token_bytes", None)
+        return list(token_bytes(token_id) if token_bytes else self.engine.decode([token_id]).encode())
+
 
 class _Chat(_Answer):
     kind = "chatcmpl"
@@ -254,8 +262,8 @@ class _Chat(_Answer):
             return None
         content = []
         for token_id, logprob in zip(token_ids, logprobs, strict=True):
-            name = self.token_name(token_id)
-            content.append({"token": name, "logprob": logprob, "bytes": list(name.encode()), "top_logprobs": []})
+            entry = {"token": self.token_name(token_id), "logprob": logprob, "bytes": self.token_bytes(token_id)}
+            content.append({**entry, "top_logprobs": []})
         return {"content": content}
 
     async def whole(self) -> dict[str, Any]:

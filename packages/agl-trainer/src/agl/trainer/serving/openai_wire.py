@@ -5,6 +5,8 @@ when they would change the answer in a way this server cannot (a penalty, ``logi
 ``top_k``, ``n > 1``, ``response_format``, top logprobs, ...), refused with a 400 naming the option;
 their neutral values (``presence_penalty=0``, ``n=1``, ...), which clients send by default, are
 accepted, and so is null for any option (OpenAI's flags ``stream`` and ``logprobs`` included).
+``stream_options`` without ``stream: true`` is a 400, as from OpenAI and vLLM. An error about one
+field names it in the body's ``param`` (``BadRequestError.param`` in the openai client).
 ``max_completion_tokens`` wins over the deprecated ``max_tokens``, as in vLLM. Other unknown fields
 (``user``, ``metadata``, ...) are accepted and ignored. A request
 naming a model other than the served one is a 404, as from vLLM. Token ids come only when asked
@@ -26,11 +28,13 @@ from agl.trainer.serving.engine import SamplingParams
 
 
 class WireError(ValueError):
-    """A request this server refuses: a 4xx with a one-line message."""
+    """A request this server refuses: a 4xx with a one-line message, and the name of the request
+    field at fault when there is one (OpenAI's ``param``, which the openai client exposes)."""
 
-    def __init__(self, message: str, status: int = 400) -> None:
+    def __init__(self, message: str, status: int = 400, param: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.param = param
 
 
 UNSUPPORTED: dict[str, tuple[Any, ...]] = {
@@ -86,12 +90,19 @@ class _Sampling(BaseModel):
             value = sent.get(name)
             if value is not None and not any(_same(value, accepted) for accepted in neutral):
                 allowed = " or ".join(json.dumps(accepted) for accepted in neutral) or "null"
-                raise WireError(f"{name}={json.dumps(value)[:80]} is not supported by this server (only {allowed})")
+                message = f"{name}={json.dumps(value)[:80]} is not supported by this server (only {allowed})"
+                raise WireError(message, param=name)
+
+    def refuse_stream_options_without_stream(self) -> None:
+        """As OpenAI and vLLM: ``stream_options`` (say, ``include_usage``) has no effect on a whole
+        answer, and a client sending it without ``stream`` expects a stream it would not get."""
+        if self.stream_options and not self.stream:
+            raise WireError("stream_options can only be set when stream is true", param="stream_options")
 
     def check_model(self, served: str) -> None:
         """As vLLM: no model (or an empty name) means the served one; any other name is a 404."""
         if self.model and self.model != served:
-            raise WireError(f"The model `{self.model[:200]}` does not exist.", 404)
+            raise WireError(f"The model `{self.model[:200]}` does not exist.", 404, param="model")
 
     def sampling(self, default_max_tokens: int) -> SamplingParams:
         stop = tuple(s for s in ([self.stop] if isinstance(self.stop, str) else self.stop or ()) if s)
@@ -177,7 +188,7 @@ class CompletionRequest(_Sampling):
         prompt: Any = self.prompt
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
             if len(prompt) != 1:
-                raise WireError("this server completes one prompt per request")
+                raise WireError("this server completes one prompt per request", param="prompt")
             prompt = prompt[0]
         if isinstance(prompt, str):
             return encode(prompt)
@@ -211,12 +222,15 @@ def parse(model: type[_Sampling], body: bytes) -> Any:
         request = model.model_validate_json(body)
     except ValidationError as error:
         first = error.errors()[0]
-        where = ".".join(str(part) for part in first.get("loc", ())) or "body"
+        location = first.get("loc", ())
+        where = ".".join(str(part) for part in location) or "body"
         message = first.get("msg", "invalid")
         raise WireError(
-            "the body is not JSON" if first.get("type") == "json_invalid" else f"{where}: {message}"
+            "the body is not JSON" if first.get("type") == "json_invalid" else f"{where}: {message}",
+            param=str(location[0]) if location else None,  # the request field at fault, as OpenAI names it
         ) from None
     request.refuse_unsupported()
+    request.refuse_stream_options_without_stream()
     return request
 
 
@@ -245,7 +259,8 @@ def not_found(path: str, otherwise: str) -> str:
     return RESPONSES_API if path.rstrip("/").endswith("/responses") or "/responses/" in path else otherwise
 
 
-def error_body(message: str, status: int) -> dict[str, Any]:
-    """OpenAI's error shape, which the openai client turns into its typed exceptions."""
+def error_body(message: str, status: int, param: str | None = None) -> dict[str, Any]:
+    """OpenAI's error shape, which the openai client turns into its typed exceptions; ``param``
+    names the request field at fault (``BadRequestError.param``)."""
     kind = "invalid_request_error" if status < 500 else "server_error"
-    return {"error": {"message": message, "type": kind, "param": None, "code": status}}
+    return {"error": {"message": message, "type": kind, "param": param, "code": status}}

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import numbers
 import queue
+import re
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -136,6 +138,7 @@ class TransformersEngine:
         self.max_positions = int(getattr(model.config, "max_position_embeddings", None) or 1 << 20)
         self.vocab_size = int(model.get_input_embeddings().num_embeddings)
         self._seeds = RequestSeeds(seed)
+        self._token_bytes: dict[int, bytes] = {}
         self._base_weights: dict[str, torch.Tensor] | None = None  # the weights adapters are merged into
         self._requests: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._closed = False
@@ -185,6 +188,15 @@ class TransformersEngine:
         # No clean-up of spaces before punctuation: it would make the text differ from the ids and
         # change text a stream already sent ("Hello " then "Hello,"); vLLM does not clean up either.
         return str(self.tokenizer.decode(list(token_ids), skip_special_tokens=True, clean_up_tokenization_spaces=False))
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes one token stands for, which OpenAI's logprobs carry so that a character split
+        across tokens can be put back together: ``decode([id])`` alone turns a piece of a character
+        into U+FFFD. Cached per id (logprobs ask for every sampled token)."""
+        cached = self._token_bytes.get(token_id)
+        if cached is None:
+            cached = self._token_bytes[token_id] = _token_bytes(self.tokenizer, token_id, self.decode)
+        return cached
 
     # --- generation ---------------------------------------------------------------------------
 
@@ -431,6 +443,41 @@ def _eos_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:
         elif isinstance(value, list | tuple):
             ids.update(int(v) for v in value)
     return frozenset(ids)
+
+
+_BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+"""SentencePiece's byte-fallback pieces: ``<0xE6>`` is the byte 0xE6."""
+
+
+def _token_bytes(tokenizer: Any, token_id: int, decode: Callable[[Sequence[int]], str]) -> bytes:
+    """A token's own bytes: a byte-level BPE piece through GPT-2's byte alphabet, a byte-fallback
+    piece as its byte, and any other token (added and special ones included) as its decoded text."""
+    piece = tokenizer.convert_ids_to_tokens(token_id)
+    if isinstance(piece, str) and token_id not in getattr(tokenizer, "added_tokens_decoder", {}):
+        if byte := _BYTE_FALLBACK.fullmatch(piece):
+            return bytes([int(byte.group(1), 16)])
+        if _is_byte_level(tokenizer) and all(char in _byte_of_char() for char in piece):
+            return bytes(_byte_of_char()[char] for char in piece)
+    return decode([token_id]).encode()
+
+
+def _is_byte_level(tokenizer: Any) -> bool:
+    """Whether the tokenizer's pieces spell bytes in GPT-2's alphabet (GPT-2, Qwen, SmolLM2, Llama 3)."""
+    if hasattr(tokenizer, "byte_decoder"):  # the slow GPT-2 tokenizers
+        return True
+    from tokenizers import decoders
+
+    return isinstance(getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None), decoders.ByteLevel)
+
+
+@functools.cache
+def _byte_of_char() -> dict[str, int]:
+    """GPT-2's byte alphabet, reversed: printable bytes stand for themselves, the others for the
+    characters from U+0100 on, in order (``Ġ`` is the space). Written here because transformers
+    moves its own copy (``bytes_to_unicode``) between modules across versions."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [byte for byte in range(256) if byte not in printable]
+    return {chr(byte): byte for byte in printable} | {chr(256 + n): byte for n, byte in enumerate(others)}
 
 
 def _first_int(*values: Any) -> int:
