@@ -152,6 +152,45 @@ def test_a_flag_the_run_would_not_use_is_refused_in_words(
     assert line.startswith(message)
 
 
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--option", "timeout=[1,"], "error: option timeout: not JSON: "),
+        (["--runner-option", 'max_concurrency={"a":'], "error: option max_concurrency: not JSON: "),
+        (["--option", 'timeout="2'], "error: option timeout: not JSON: "),
+    ],
+    ids=["list", "object", "string"],
+)
+def test_an_option_that_opens_as_json_but_is_not_is_refused_before_the_run(
+    cli: CliRunner, train: list[str], tmp_path: Path, extra: list[str], message: str
+) -> None:
+    """A typo in a JSON value reached the algorithm or runners as a bare string: the run started and
+    failed later on a type error that did not say the JSON was broken."""
+    (tmp_path / "train.jsonl").write_text('{"x": 1}\n')
+    result = cli.invoke(app, [*train, "--dataset", "train.jsonl", *extra])
+    assert one_line_error(result).startswith(message)
+    assert not (tmp_path / "run").exists()  # refused before anything started
+
+
+def test_a_config_file_saved_with_a_byte_order_mark_trains(
+    cli: CliRunner, train: list[str], tmp_path: Path, tracing: None
+) -> None:
+    """Windows editors start UTF-8 files with a BOM: the file was refused as not TOML at line 1."""
+    (tmp_path / "train.jsonl").write_text('{"x": 1}\n')
+    settings = 'algorithm = "baseline"\ndataset = "train.jsonl"\nagent = "agents_for_runner_tests:double"\n'
+    (tmp_path / "train.toml").write_bytes(b"\xef\xbb\xbf" + settings.encode())
+    result = cli.invoke(app, ["train", "train.toml", "--store", "memory://", "--output-dir", "run"])
+    assert result.exit_code == 0, result.output
+    assert '"train/reward_mean": 2.0' in result.stdout
+
+
+def test_a_config_file_that_is_not_utf8_is_refused_naming_it(cli: CliRunner, tmp_path: Path) -> None:
+    """TOML is UTF-8: a file in another encoding was read in the locale's, or failed naming no file."""
+    (tmp_path / "train.toml").write_bytes('algorithm = "été"\n'.encode("latin-1"))
+    line = one_line_error(cli.invoke(app, ["train", str(tmp_path / "train.toml"), "--store", "memory://"]))
+    assert line.startswith(f"error: {tmp_path / 'train.toml'}: not UTF-8 text: ")
+
+
 def test_runners_below_one_in_a_config_file_are_refused_as_the_setting(cli: CliRunner, tmp_path: Path) -> None:
     """The error named the Trainer's parameter n_runners, which no setting is called."""
     (tmp_path / "train.jsonl").write_text('{"x": 1}\n')

@@ -370,9 +370,9 @@ CONFIG_KEYS = {
 
 def _read_config(path: Path) -> dict[str, Any]:
     """The settings of a TOML config file, paths made relative to its folder; unknown keys and
-    wrong types are refused by name."""
+    wrong types are refused by name. UTF-8 as TOML requires, whatever the locale, BOM or not."""
     try:
-        settings = tomllib.loads(path.read_text())
+        settings = tomllib.loads(_read_utf8(path))
     except tomllib.TOMLDecodeError as error:
         raise ValueError(f"{path}: not TOML: {error}") from None
     checked: dict[str, Any] = {}

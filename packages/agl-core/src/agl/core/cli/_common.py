@@ -94,13 +94,17 @@ def one_line(text: str) -> str:
 
 
 def parse_option(text: str) -> tuple[str, Any]:
-    """A repeatable ``KEY=JSON`` option as ``(key, value)``; a value that is not JSON is a bare string."""
+    """A repeatable ``KEY=JSON`` option as ``(key, value)``; a value that is not JSON is a bare string
+    (``model=gpt-4o``), unless it opens as JSON's lists, objects and strings do: a typo there
+    (``variants='[1, 2'``) would otherwise reach the algorithm as a string."""
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise ValueError(f"--option must be KEY=JSON, not {text!r}")
     try:
         return key, json.loads(value)
-    except json.JSONDecodeError:
+    except json.JSONDecodeError as error:
+        if value.lstrip().startswith(("[", "{", '"')):
+            raise ValueError(f"option {key}: not JSON: {error}") from None
         return key, value
 
 
@@ -130,11 +134,12 @@ def add_id_column(rows: Table, header: str, ids: Iterable[str]) -> None:
     rows.add_column(header, no_wrap=True, min_width=max(map(len, ids), default=0))
 
 
-def fit(out: Console, rows: Table, drop: Sequence[str]) -> Table:
-    """``rows`` without the columns headed ``drop``, taken in that order, until it fits ``out``:
-    on a narrow terminal a missing column reads better than cut ones (piped, all fit)."""
+def fit(out: Console, rows: Table, drop: Sequence[str], room: int = 0) -> Table:
+    """``rows`` without the columns headed ``drop``, taken in that order, until it fits ``out``
+    with ``room`` columns to spare: on a narrow terminal a missing column reads better than cut
+    ones (piped, all fit)."""
     for header in drop:
-        if Measurement.get(out, out.options.update_width(sys.maxsize), rows).maximum <= out.width:
+        if Measurement.get(out, out.options.update_width(sys.maxsize), rows).maximum <= out.width - room:
             break
         rows.columns = [column for column in rows.columns if column.header != header]
     return rows
@@ -182,8 +187,9 @@ def format_ago(timestamp: float | None, now: float) -> str:
 
 
 def short_json(value: Any, limit: int = 200) -> str:
-    """Compact JSON, cut at ``limit`` characters: inputs can be whole conversations."""
-    text = json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
+    """Compact JSON, cut at ``limit`` characters: inputs can be whole conversations. `printable`:
+    JSON escapes C0 controls but not C1 ones (U+009B starts a colour code, as ESC [ does)."""
+    text = printable(json.dumps(value, ensure_ascii=False, separators=(", ", ": ")))
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

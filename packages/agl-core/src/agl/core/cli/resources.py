@@ -8,17 +8,30 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from rich.console import Group, RenderableType
+from rich.console import Console, Group, RenderableType
 from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
-from agl.core.cli._common import JsonOutput, StoreUrl, console, format_time, print_json, table, with_store
+from agl.core.cli._common import (
+    JsonOutput,
+    StoreUrl,
+    add_id_column,
+    console,
+    fit,
+    format_time,
+    print_json,
+    printable,
+    table,
+    with_store,
+)
 from agl.core.errors import ResourcesNotFound
 from agl.core.store import LightningStore
 from agl.core.types import LLM, PromptTemplate, Resource, ResourcesUpdate
 
 HIDDEN = "<hidden>"
+CONTENTS_ROOM = 24
+"""Columns the listing keeps for its contents (and the gap before them) on a narrow terminal."""
 
 
 def resources(
@@ -49,7 +62,7 @@ def resources(
     if resources_id is not None:
         out.print(_details(updates[0], latest_id))
     elif updates:
-        out.print(_listing(updates, latest_id))
+        out.print(_listing(out, updates, latest_id), crop=False)
     else:
         out.print("no resources yet", style="dim")
 
@@ -62,21 +75,26 @@ def _redacted(update: ResourcesUpdate) -> dict[str, Any]:
     return document
 
 
-def _listing(updates: list[ResourcesUpdate], latest_id: str | None) -> Group:
+def _listing(out: Console, updates: list[ResourcesUpdate], latest_id: str | None) -> Group:
+    """One row per id; on a narrow terminal the time, then the version, go before an id is cut
+    (an id can be any string `update_resources` was given), and the contents fold into the rest."""
     rows = table()
-    rows.add_column("resources", no_wrap=True)
-    rows.add_column("version", justify="right")
+    ids = [printable(update.resources_id) for update in updates]
+    add_id_column(rows, "resources", ids)
+    rows.add_column("version", justify="right", no_wrap=True)
     rows.add_column("updated", no_wrap=True)
     rows.add_column("contents", overflow="fold")
-    for update in updates:
+    for update, shown_id in zip(updates, ids, strict=True):
         contents = ", ".join(f"{name} ({resource.resource_type})" for name, resource in update.resources.items())
-        rows.add_row(update.resources_id, str(update.version), format_time(update.update_time), contents or "-")
-    return Group(rows, Text(f"latest: {latest_id}", style="dim"))
+        rows.add_row(shown_id, str(update.version), format_time(update.update_time), printable(contents) or "-")
+    contents = rows.columns.pop()  # measured apart: it folds into whatever room the others leave
+    fit(out, rows, drop=("updated", "version"), room=CONTENTS_ROOM).columns.append(contents)
+    return Group(rows, Text(f"latest: {printable(str(latest_id))}", style="dim"))
 
 
 def _details(update: ResourcesUpdate, latest_id: str | None) -> Group:
     header = Text.assemble(
-        (update.resources_id, "bold"),
+        (printable(update.resources_id), "bold"),
         f" · version {update.version} · updated {format_time(update.update_time)}",
         (" · latest", "green") if update.resources_id == latest_id else "",
     )
