@@ -592,6 +592,10 @@ PATCHED = [
     (BaseRetriever, "ainvoke"),
     (RunnableSequence, "invoke"),
     (RunnableSequence, "ainvoke"),
+    (RunnableSequence, "transform"),
+    (RunnableSequence, "atransform"),
+    (RunnableSequence, "batch"),
+    (RunnableSequence, "abatch"),
 ]
 
 

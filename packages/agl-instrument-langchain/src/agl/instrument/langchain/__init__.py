@@ -28,13 +28,19 @@ What is instrumented (patching is lazy: each class is patched when its module is
   ``handle_validation_error``) fails its span, with or without a tool-call id.
 - Retrievers (``BaseRetriever.invoke``/``ainvoke``): ``retrieve {name}`` with the query and the
   documents (``agl.operation.input``/``output``).
-- Chains (``RunnableSequence.invoke``/``ainvoke``, what ``a | b`` builds): ``chain {name}``.
+- Chains (``RunnableSequence``, what ``a | b`` builds: ``invoke``/``ainvoke``, ``transform``/
+  ``atransform``, which ``stream``/``astream`` run, ``batch``/``abatch``): ``chain {name}``, one
+  tree however the chain is run. A batch gets a span per input, with the spans of that input's
+  steps under it (found by LangChain's run ids, as the steps run batched in LangChain's threads;
+  work nested inside another step, a lambda's model call, stays under the caller).
 - LangGraph graphs (``Pregel.invoke``/``ainvoke``/``stream``/``astream``; an ``invoke``'s own
   stream makes no second span): ``invoke_workflow {graph name}``; each node run: ``invoke_agent {agent}`` with
   ``agl.agent.name``/``gen_ai.agent.name``. The agent is the node's name, except for the model
   node of an agent made by ``create_react_agent``/``create_agent`` in a graph given a ``name``,
   whose agent is that name. LangGraph's own nodes (``__start__``…) and tool nodes get no agent
-  span; their tools get their own spans.
+  span; their tools get their own spans. A node with a ``RetryPolicy`` gets an agent span per
+  attempt, numbered (``langgraph.node.attempt``, from 1), a failed attempt's in error: the model
+  calls of an attempt whose output LangGraph threw away sit under a failed span.
 
 Parentage holds across LangGraph's executor threads, LangChain's ``run_in_executor`` and asyncio
 tasks: spans are current around the work they cover, and streams make theirs current around each

@@ -13,6 +13,7 @@ step only (never across a ``yield``), so contexts copied into threads and tasks 
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import functools
 import json
 import logging
@@ -499,12 +500,17 @@ def _start_chat(
     """The call's span (joined or opened), with the request recorded; None if that failed."""
     try:
         ls_params = _ls_params(model, stop, options, run_manager)
-        call = start_llm_call(
-            _model_of(model, ls_params),
-            provider=ls_params.get("ls_provider"),
-            agent_name=_agent.get(),
-            tracer=_config.tracer,
-        )
+        token = _attach_batch_parent(run_manager) if _batch_parents else None  # the hot path: one test
+        try:
+            call = start_llm_call(
+                _model_of(model, ls_params),
+                provider=ls_params.get("ls_provider"),
+                agent_name=_agent.get(),
+                tracer=_config.tracer,
+            )
+        finally:
+            if token is not None:
+                otel_context.detach(token)
     except Exception:
         _recording_failed("the start of a chat model call")
         return None
@@ -709,10 +715,16 @@ def _astream(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], 
 
 
 def _start_span(
-    name: str, attributes: Mapping[str, Any], *, graph: str | None = None, agent: str | None = None
+    name: str,
+    attributes: Mapping[str, Any],
+    *,
+    graph: str | None = None,
+    agent: str | None = None,
+    parent: otel_context.Context | None = None,
 ) -> _Scope | None:
+    """A span under ``parent`` (None: the current context), not yet current."""
     try:
-        return _Scope(_tracer().start_span(name, attributes=attributes), graph, agent)
+        return _Scope(_tracer().start_span(name, context=parent, attributes=attributes), graph, agent)
     except Exception:
         _recording_failed(f"the start of {name}")
         return None
@@ -738,7 +750,7 @@ def _tool_scope(tool: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> 
     except Exception:
         _recording_failed("a tool call")
         return None
-    return _start_span(f"{semconv.EXECUTE_TOOL} {name}", attributes)
+    return _start_span(f"{semconv.EXECUTE_TOOL} {name}", attributes, parent=_batch_parent(kwargs.get("callbacks")))
 
 
 _shown_fields: weakref.WeakKeyDictionary[type, frozenset[str]] = weakref.WeakKeyDictionary()
@@ -838,10 +850,12 @@ def _retriever_scope(retriever: Any, args: tuple[Any, ...], kwargs: Mapping[str,
         name = retriever.get_name()
         query = args[0] if args else kwargs.get("input")
         attributes: dict[str, Any] = {semconv.OPERATION_NAME: RETRIEVE, semconv.OPERATION_INPUT: _json(query)}
+        config = args[1] if len(args) > 1 else kwargs.get("config")
+        parent = _batch_parent((config or {}).get("callbacks"))
     except Exception:
         _recording_failed("a retriever call")
         return None
-    return _start_span(f"{RETRIEVE} {name}", attributes)
+    return _start_span(f"{RETRIEVE} {name}", attributes, parent=parent)
 
 
 def _record_documents(span: Span, documents: Any) -> None:
@@ -856,17 +870,163 @@ CHAIN = "chain"
 
 
 def _chain_scope(chain: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> _Scope | None:
-    """``RunnableSequence.invoke(input, config=None, **kwargs)``: "chain {name}"."""
+    """``RunnableSequence.invoke(input, config=None, **kwargs)`` (and ``transform``): "chain {name}"."""
+    return _chain_run_scope(chain, args[1] if len(args) > 1 else kwargs.get("config"))
+
+
+def _chain_run_scope(chain: Any, config: Any) -> _Scope | None:
+    """The span ``chain {run name}`` of one run of ``chain`` with ``config`` (in a batch, its input's)."""
     try:
-        config = args[1] if len(args) > 1 else kwargs.get("config")
-        name = (config or {}).get("run_name") or chain.get_name()
+        config = config or {}
+        name = config.get("run_name") or chain.get_name()
+        parent = _batch_parent(config.get("callbacks"))
     except Exception:
         _recording_failed("a chain call")
         return None
-    return _start_span(f"{CHAIN} {name}", {semconv.OPERATION_NAME: CHAIN})
+    return _start_span(f"{CHAIN} {name}", {semconv.OPERATION_NAME: CHAIN}, parent=parent)
 
 
 _chain, _achain = _scoped_wrappers(_chain_scope)
+
+
+def _chain_transform(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``RunnableSequence.transform`` (what ``stream`` runs, and a sequence nested in a stream):
+    the chain's span covers the whole iteration, current around each step only."""
+    if not _config.active:
+        return wrapped(*args, **kwargs)
+    return _lazy_chain_stream(wrapped, instance, args, kwargs)
+
+
+def _lazy_chain_stream(
+    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    yield from _traced_iterator(_chain_scope(instance, args, kwargs), wrapped(*args, **kwargs))
+
+
+def _chain_atransform(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if not _config.active:
+        return wrapped(*args, **kwargs)
+    return _AsyncStream(wrapped(*args, **kwargs), lambda: _chain_scope(instance, args, kwargs))
+
+
+# --- chains run as a batch --------------------------------------------------------------------
+#
+# ``RunnableSequence.batch`` runs each step once for all inputs (``step.batch``, in LangChain's
+# executor threads), so no context of the caller's can carry one input's span to that input's
+# work. LangChain tells the inputs apart by their root run: each input's steps get callbacks whose
+# ``parent_run_id`` is that run. The batch names each input's run (``config["run_id"]``, from
+# LangChain's own generator, where the caller gave none), and the spans its steps open find their
+# parent here by that id. Work nested inside another step (a lambda's model call) is not found.
+
+_batch_parents: dict[Any, otel_context.Context] = {}
+"""A batched chain input's root run id -> the context with that input's chain span; empty but
+during a batch, so a model call checks it at the cost of one truth test."""
+
+
+def _batch_parent(callbacks: Any) -> otel_context.Context | None:
+    """The batched chain input whose direct step runs under ``callbacks`` (a callback or run
+    manager), as the parent of the step's span; None outside a batch."""
+    if not _batch_parents or callbacks is None:
+        return None
+    return _batch_parents.get(getattr(callbacks, "parent_run_id", None))
+
+
+def _attach_batch_parent(run_manager: Any) -> object | None:
+    """The span of the batched chain input a model call is a step of, made current; None if none."""
+    parent = _batch_parent(run_manager)
+    return otel_context.attach(parent) if parent is not None else None
+
+
+@dataclass
+class _Batch:
+    """One chain batch: each input's config (with its run id) and span."""
+
+    configs: list[Any]
+    scopes: list[_Scope | None]
+
+    def __enter__(self) -> _Batch:
+        for config, scope in zip(self.configs, self.scopes, strict=True):
+            if scope is not None:
+                _batch_parents[config["run_id"]] = trace.set_span_in_context(scope.span)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for config in self.configs:
+            _batch_parents.pop(config["run_id"], None)
+
+    def finish(self, outputs: Any, error: BaseException | None = None) -> None:
+        """Each input's span ends with its own outcome (``return_exceptions``: its exception)."""
+        for index, scope in enumerate(self.scopes):
+            if scope is not None:
+                _end(scope.span, error if error is not None else _error_at(outputs, index))
+
+
+def _error_at(outputs: Any, index: int) -> BaseException | None:
+    """The exception ``batch(..., return_exceptions=True)`` returned for input ``index``, if any."""
+    try:
+        output = outputs[index]
+    except Exception:
+        _recording_failed("a chain batch's outputs")
+        return None
+    return output if isinstance(output, Exception) else None
+
+
+def _start_batch(chain: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[_Batch | None, Any, Any]:
+    """``batch(inputs, config=None, *, return_exceptions=False, **kwargs)``: the batch with a span
+    per input, and the arguments to call it with (the configs, as LangChain lists them, with a run id each)."""
+    try:
+        from langchain_core.runnables.config import get_config_list
+        from langchain_core.utils.uuid import uuid7
+
+        inputs = args[0] if args else kwargs["inputs"]
+        try:
+            configs = get_config_list(args[1] if len(args) > 1 else kwargs.get("config"), len(inputs))
+        except ValueError:  # as many configs as inputs, or a single one: LangChain says so itself
+            return None, args, kwargs
+        for config in configs:
+            config["run_id"] = config.get("run_id") or uuid7()
+        batch = _Batch(configs, [_chain_run_scope(chain, config) for config in configs])
+    except Exception:
+        _recording_failed("a chain batch")
+        return None, args, kwargs
+    kwargs = {key: value for key, value in kwargs.items() if key not in ("inputs", "config")}
+    return batch, (inputs, configs), kwargs
+
+
+def _chain_batch(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``RunnableSequence.batch``: a "chain {name}" span per input, as ``invoke`` gives each, with
+    the spans of that input's steps under it."""
+    if not _config.active:
+        return wrapped(*args, **kwargs)
+    batch, args, kwargs = _start_batch(instance, args, kwargs)
+    if batch is None:
+        return wrapped(*args, **kwargs)
+    with batch:
+        try:
+            outputs = wrapped(*args, **kwargs)
+        except BaseException as error:
+            batch.finish(None, error)
+            raise
+    batch.finish(outputs)
+    return outputs
+
+
+async def _chain_abatch(
+    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    if not _config.active:
+        return await wrapped(*args, **kwargs)
+    batch, args, kwargs = _start_batch(instance, args, kwargs)
+    if batch is None:
+        return await wrapped(*args, **kwargs)
+    with batch:
+        try:
+            outputs = await wrapped(*args, **kwargs)
+        except BaseException as error:
+            batch.finish(None, error)
+            raise
+    batch.finish(outputs)
+    return outputs
 
 
 # --- LangGraph ------------------------------------------------------------------------------
@@ -878,12 +1038,17 @@ def _graph_scope(graph: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -
     name stays what its agents are named after: a run's name labels one run, not the agent."""
     try:
         name = str(getattr(graph, "name", None) or DEFAULT_GRAPH_NAME)
-        run_name = _run_name(args[1] if len(args) > 1 else kwargs.get("config"), graph) or name
+        config = args[1] if len(args) > 1 else kwargs.get("config")
+        run_name = _run_name(config, graph) or name
+        parent = _batch_parent(config.get("callbacks")) if isinstance(config, Mapping) else None
     except Exception:
         _recording_failed("a graph run")
         return None
     return _start_span(
-        f"{semconv.INVOKE_WORKFLOW} {run_name}", {semconv.OPERATION_NAME: semconv.INVOKE_WORKFLOW}, graph=name
+        f"{semconv.INVOKE_WORKFLOW} {run_name}",
+        {semconv.OPERATION_NAME: semconv.INVOKE_WORKFLOW},
+        graph=name,
+        parent=parent,
     )
 
 
@@ -975,6 +1140,9 @@ def _node_agent(task: Any) -> str | None:
     return name
 
 
+NODE_ATTEMPT = "langgraph.node.attempt"
+
+
 def _node_scope(function: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> _Scope | None:
     """``run_with_retry(task, ...)``: "invoke_agent {agent}" for a node that stands for an agent."""
     try:
@@ -982,19 +1150,91 @@ def _node_scope(function: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any])
         agent = _node_agent(task)
         if agent is None:
             return None
-        attributes = {
-            semconv.OPERATION_NAME: semconv.INVOKE_AGENT,
-            semconv.AGENT_NAME: agent,
-            semconv.GEN_AI_AGENT_NAME: agent,
-            "langgraph.node": str(task.name),
-        }
+        attributes = _agent_attributes(agent, task)
     except Exception:
         _recording_failed("a graph node")
         return None
     return _start_span(f"{semconv.INVOKE_AGENT} {agent}", attributes, agent=agent)
 
 
-_node, _anode = _scoped_wrappers(_node_scope)
+def _agent_attributes(agent: str, task: Any) -> dict[str, Any]:
+    return {
+        semconv.OPERATION_NAME: semconv.INVOKE_AGENT,
+        semconv.AGENT_NAME: agent,
+        semconv.GEN_AI_AGENT_NAME: agent,
+        "langgraph.node": str(task.name),
+    }
+
+
+_node_run, _anode_run = _scoped_wrappers(_node_scope)
+
+
+# A node with a retry policy: LangGraph's ``run_with_retry`` runs ``task.proc`` once per attempt,
+# throwing a failed attempt's writes away. Each attempt gets its own agent span, numbered
+# (``langgraph.node.attempt``, as LangGraph's ``node_attempt``), a failed one ending in error, so
+# the model calls of a failed attempt sit under a failed span, apart from those of the attempt
+# whose output the graph kept.
+
+
+def _retried_task(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...] | None:
+    """``run_with_retry(task, retry_policy, ...)``'s arguments with the task's runnable opening a span
+    per attempt; None for a node without a retry policy or not an agent (one span, or none, as before)."""
+    try:
+        task = args[0] if args else kwargs["task"]
+        retry_policy = args[1] if len(args) > 1 else kwargs.get("retry_policy")
+        if not (task.retry_policy or retry_policy):
+            return None
+        agent = _node_agent(task)
+        if agent is None:
+            return None
+        proc = _Attempts(task.proc, agent, _agent_attributes(agent, task))
+        retried = dataclasses.replace(task, proc=proc)
+    except Exception:
+        _recording_failed("a graph node's retries")
+        return None
+    return (retried, *args[1:]) if args else None
+
+
+class _Attempts:
+    """A node's runnable whose every run, one attempt of LangGraph's retry loop, is an agent span."""
+
+    def __init__(self, proc: Any, agent: str, attributes: dict[str, Any]) -> None:
+        self._proc, self._agent, self._attributes = proc, agent, attributes
+        self._count = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._proc, name)
+
+    def _next_attempt(self) -> _Scope | None:
+        self._count += 1
+        attributes = {**self._attributes, NODE_ATTEMPT: self._count}
+        return _start_span(f"{semconv.INVOKE_AGENT} {self._agent}", attributes, agent=self._agent)
+
+    def invoke(self, *args: Any, **kwargs: Any) -> Any:
+        return _run_in(self._next_attempt(), self._proc.invoke, args, kwargs)
+
+    async def ainvoke(self, *args: Any, **kwargs: Any) -> Any:
+        return await _arun_in(self._next_attempt(), self._proc.ainvoke, args, kwargs)
+
+    def astream(self, *args: Any, **kwargs: Any) -> Any:
+        return _AsyncStream(self._proc.astream(*args, **kwargs), self._next_attempt)
+
+
+def _node(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``run_with_retry``: an agent span per node run, or per attempt under a retry policy."""
+    if _config.active:
+        retried = _retried_task(args, kwargs)
+        if retried is not None:
+            return wrapped(*retried, **kwargs)
+    return _node_run(wrapped, instance, args, kwargs)
+
+
+async def _anode(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if _config.active:
+        retried = _retried_task(args, kwargs)
+        if retried is not None:
+            return await wrapped(*retried, **kwargs)
+    return await _anode_run(wrapped, instance, args, kwargs)
 
 
 # --- the patches ----------------------------------------------------------------------------
@@ -1024,6 +1264,10 @@ PATCHER = Patcher(
         Patch(_RETRIEVERS, "BaseRetriever", "ainvoke", _aretriever),
         Patch(_RUNNABLES, "RunnableSequence", "invoke", _chain),
         Patch(_RUNNABLES, "RunnableSequence", "ainvoke", _achain),
+        Patch(_RUNNABLES, "RunnableSequence", "transform", _chain_transform),
+        Patch(_RUNNABLES, "RunnableSequence", "atransform", _chain_atransform),
+        Patch(_RUNNABLES, "RunnableSequence", "batch", _chain_batch),
+        Patch(_RUNNABLES, "RunnableSequence", "abatch", _chain_abatch),
         Patch(_PREGEL, "Pregel", "invoke", _graph_invoke),
         Patch(_PREGEL, "Pregel", "ainvoke", _graph_ainvoke),
         Patch(_PREGEL, "Pregel", "stream", _graph_stream),
