@@ -12,6 +12,7 @@ from pathlib import Path
 
 from crewai import Crew
 from crewai.agent.core import Agent
+from crewai.flow.runtime import Flow
 from crewai.llms.base_llm import BaseLLM
 from crewai.task import Task
 from crewai.tools.base_tool import BaseTool, Tool
@@ -39,6 +40,9 @@ PLAIN = [
     (CrewStructuredTool, "invoke"),
     (CrewStructuredTool, "ainvoke"),
     (BaseLLM, "_emit_call_completed_event"),
+    (Flow, "kickoff_async"),
+    (Flow, "resume_async"),
+    (Flow, "_execute_method"),
 ]
 
 

@@ -14,6 +14,18 @@ What is instrumented, and the span each call opens:
 - ``Crew.kickoff``/``akickoff`` (``kickoff_async`` and ``kickoff_for_each`` go through them):
   ``invoke_workflow {crew name}``, with ``crewai.crew.inputs`` and ``crewai.crew.output``. A
   streaming crew (``stream=True``) has its one span from the run its iteration starts.
+- Flows (``crewai.flow.flow.Flow``): ``kickoff_async`` (``kickoff`` and ``akickoff`` go through
+  it) opens ``invoke_workflow {flow's name, else its class name}``, with ``crewai.flow.inputs`` and
+  ``crewai.flow.output``; ``resume``/``resume_async`` after a pause for human feedback open it too,
+  with ``crewai.flow.feedback``. Each executed ``@start``/``@listen``/``@router`` method has its
+  span ``flow_method {method}`` under it (``gen_ai.operation.name=flow_method``,
+  ``crewai.flow.method``; a text result as ``crewai.flow.method.output``; a router's
+  ``crewai.flow.route``), and the crews, agents and model calls it runs are under that span,
+  concurrent listeners and sync methods (run by CrewAI in threads) included. A raising method
+  fails its span and the flow's; a pause for human feedback and a listener cancelled because
+  another won its ``or_`` race are not failures: ``crewai.flow.stopped`` = ``paused`` or
+  ``cancelled``. CrewAI's own internal flows (each agent's ``AgentExecutor``, memory's) get no
+  flow spans: their steps are the agent's.
 - ``Task`` execution, sync, async or in its own thread: ``task {task name, else the first line of
   its description, shortened to 48 characters}``, ``gen_ai.operation.name=task``, with the
   description, expected output, the agent's role (``crewai.task.agent``) and the output.

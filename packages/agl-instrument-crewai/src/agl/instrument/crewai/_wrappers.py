@@ -1,7 +1,7 @@
 """The patches, listed once in `PATCHER` (applied by `activate`, removed by `deactivate`), and
 what each patched call records.
 
-Crews, tasks, agents and tools are plain methods patched on their classes. Model calls are
+Crews, flows, tasks, agents and tools are plain methods patched on their classes. Model calls are
 different: every `BaseLLM` subclass (CrewAI's own providers and the user's) defines its own
 ``call``/``acall``, so each subclass's methods are wrapped, those already defined when CrewAI is
 imported and those defined later (through ``BaseLLM.__init_subclass__``).
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import enum
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -44,6 +45,18 @@ TASK_AGENT = "crewai.task.agent"
 TASK_OUTPUT = "crewai.task.output"
 AGENT_GOAL = "crewai.agent.goal"
 AGENT_OUTPUT = "crewai.agent.output"
+FLOW_METHOD_SPAN = "flow_method"
+FLOW_NAME = "crewai.flow.name"
+FLOW_INPUTS = "crewai.flow.inputs"
+FLOW_OUTPUT = "crewai.flow.output"
+FLOW_METHOD = "crewai.flow.method"
+FLOW_METHOD_OUTPUT = "crewai.flow.method.output"
+FLOW_ROUTER = "crewai.flow.method.router"
+FLOW_ROUTE = "crewai.flow.route"
+FLOW_FEEDBACK = "crewai.flow.feedback"
+FLOW_STOPPED = "crewai.flow.stopped"
+"""Why a flow or flow method ended without failing and without its result: "paused" (it waits for
+human feedback) or "cancelled" (a listener racing in an ``or_`` that another one won)."""
 TASK_NAME_LENGTH = 48  # characters of a task's description in its span name
 _CHAT_KEYS = ("role", "content", "name", "tool_calls", "tool_call_id")
 
@@ -134,6 +147,10 @@ class _Kind:
 
     def result(self, span: Span, result: Any) -> None:
         pass
+
+    def stopped(self, error: BaseException) -> str | None:
+        """Why ``error`` is control flow rather than a failure, or None for a failure."""
+        return None
 
 
 class _Crew(_Kind):
@@ -255,6 +272,86 @@ class _ProviderTool(_Kind):
             span.set_attribute(semconv.TOOL_CALL_RESULT, _text(result))
 
 
+class _Flow(_Kind):
+    """``Flow.kickoff_async`` (``kickoff`` runs it in a new event loop, ``akickoff`` calls it): the
+    whole flow run, under which each executed method has its span."""
+
+    def opening(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Opening | None:
+        if _is_internal(instance):
+            return None
+        if getattr(instance, "stream", False) is True:
+            return None  # returns a stream whose iteration runs ``kickoff_async`` again, with ``stream`` off
+        name = str(getattr(instance, "name", None) or type(instance).__name__)
+        attributes: dict[str, Any] = {semconv.OPERATION_NAME: semconv.INVOKE_WORKFLOW, FLOW_NAME: name}
+        inputs = _argument(args, kwargs, 0, "inputs")
+        if inputs:
+            attributes[FLOW_INPUTS] = _json(inputs)
+        return Opening(f"{semconv.INVOKE_WORKFLOW} {name}", attributes, ("flow", id(instance)))
+
+    def result(self, span: Span, result: Any) -> None:
+        if _is_human_feedback_pending(result):  # CrewAI returns the pause rather than raising it
+            span.set_attribute(FLOW_STOPPED, "paused")
+        elif result is not None:
+            span.set_attribute(FLOW_OUTPUT, _text(result))
+
+
+class _FlowResume(_Flow):
+    """``Flow.resume_async`` (``resume`` runs it in a new event loop): the rest of a flow paused for
+    human feedback, a run of its own with the feedback it resumed with."""
+
+    def opening(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Opening | None:
+        opening = super().opening(instance, (), {})
+        if opening is not None:
+            opening.attributes[FLOW_FEEDBACK] = str(_argument(args, kwargs, 0, "feedback") or "")
+        return opening
+
+
+class _FlowMethod(_Kind):
+    """``Flow._execute_method``, which runs every ``@start``/``@listen``/``@router`` method (a sync
+    one in a thread, with the context copied) and returns ``(result, event id)``. Concurrent
+    listeners each run it in their own asyncio task, so each has its own span current."""
+
+    def opening(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Opening | None:
+        if _is_internal(instance):
+            return None
+        method = str(_argument(args, kwargs, 0, "method_name"))
+        attributes: dict[str, Any] = {semconv.OPERATION_NAME: FLOW_METHOD_SPAN, FLOW_METHOD: method}
+        if _is_router(instance, method):
+            attributes[FLOW_ROUTER] = True
+        return Opening(f"{FLOW_METHOD_SPAN} {method}", attributes, ("flow_method", id(instance), method))
+
+    def result(self, span: Span, result: Any) -> None:
+        value = result[0] if isinstance(result, tuple) and result else result
+        if (getattr(span, "attributes", None) or {}).get(FLOW_ROUTER):
+            if value is not None:  # CrewAI's route: an enum's value, else the result as text
+                span.set_attribute(FLOW_ROUTE, str(value.value if isinstance(value, enum.Enum) else value))
+        elif _has_text(value):
+            span.set_attribute(FLOW_METHOD_OUTPUT, _text(value))
+
+    def stopped(self, error: BaseException) -> str | None:
+        if _is_human_feedback_pending(error):
+            return "paused"
+        return "cancelled" if isinstance(error, asyncio.CancelledError) else None
+
+
+def _is_internal(flow: Any) -> bool:
+    """A flow CrewAI runs for itself (every agent's ``AgentExecutor``, memory's encoding and recall),
+    whose steps are the agent's own and have their spans as such, not as flow methods."""
+    return getattr(type(flow), "is_crewai_internal", False) is True
+
+
+def _is_router(flow: Any, method: str) -> bool:
+    try:
+        return flow._is_router(method) is True
+    except Exception:  # another CrewAI version: the method's span without its route
+        return False
+
+
+def _is_human_feedback_pending(value: Any) -> bool:
+    """CrewAI's ``HumanFeedbackPending``: a flow paused for feedback, by design, not a failure."""
+    return isinstance(value, BaseException) and type(value).__name__ == "HumanFeedbackPending"
+
+
 def _record_tool_reply(name: str, arguments: str) -> None:
     """The open model call's reply as this tool call, where no reply is recorded yet (the first
     tool run in the call: CrewAI's providers run one)."""
@@ -296,11 +393,13 @@ def _end(kind: _Kind, started: tuple[Span, list[Any]], result: Any, error: BaseE
     except Exception:
         _recording_failed("the context of a CrewAI call")
     try:
-        if error is not None:
+        if error is None:
+            kind.result(span, result)
+        elif (stopped := kind.stopped(error)) is not None:
+            span.set_attribute(FLOW_STOPPED, stopped)
+        else:
             span.record_exception(error)
             span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
-        else:
-            kind.result(span, result)
     except Exception:
         _recording_failed("the result of a CrewAI call")
     finally:
@@ -576,6 +675,9 @@ PATCHER = Patcher(
         Patch("crewai.tools.structured_tool", "CrewStructuredTool", "invoke", _sync_wrapper(_Tool(structured=True))),
         Patch("crewai.tools.structured_tool", "CrewStructuredTool", "ainvoke", _async_wrapper(_Tool(structured=True))),
         Patch("crewai.llms.base_llm", "BaseLLM", "_handle_tool_execution", _sync_wrapper(_ProviderTool())),
+        Patch("crewai.flow.runtime", "Flow", "kickoff_async", _async_wrapper(_Flow())),
+        Patch("crewai.flow.runtime", "Flow", "resume_async", _async_wrapper(_FlowResume())),
+        Patch("crewai.flow.runtime", "Flow", "_execute_method", _async_wrapper(_FlowMethod())),
         Patch("crewai.llms.base_llm", "BaseLLM", "_emit_call_completed_event", _call_completed),
         # Every `BaseLLM` subclass (CrewAI's providers and the user's) defines its own ``call``/``acall``.
         FamilyPatch("crewai.llms.base_llm", "BaseLLM", {"call": _model_call, "acall": _async_model_call}),
