@@ -1,5 +1,6 @@
-"""agl instrumentation for CrewAI: one span per crew run, task, agent turn and tool call, and one
-canonical LLM-call span per model call, attributed to the agent (its ``role``) that made it.
+"""agl instrumentation for CrewAI: one span per crew run, flow run, flow method, task, agent turn
+and tool call, and one canonical LLM-call span per model call, attributed to the agent (its
+``role``) that made it.
 
 Zero code: ``pip install 'agl-instrument-crewai[instruments]'`` and run the unchanged program
 under ``opentelemetry-instrument python my_crew.py``; the entry point ``agl_crewai`` loads it.

@@ -131,8 +131,8 @@ def build_config(options: VerlOptions, checkpoint_dir: str | None) -> Any:
 def fit_attention(config: Any, overrides: dict[str, Any], *, has_flash_attn: bool) -> None:
     """Without flash-attn, PyTorch's attention (``sdpa``) on padded rows, where the ``verl`` option
     chose neither: verl's actor loads the model with FlashAttention 2 and packs rows for its
-    variable-length kernels ("remove padding"), so without the package every worker fails at its
-    model load. flash-attn has no wheels; it builds from source against the installed torch."""
+    variable-length kernels ("remove padding"), which need the package (transformers refuses
+    FlashAttention 2 without it). flash-attn has no wheels; it builds from source against the installed torch."""
     if has_flash_attn:
         return
     chosen = overrides.get("actor_rollout_ref", {}).get("model", {})
