@@ -13,6 +13,7 @@ import pytest
 from autogen_core import FunctionCall
 from autogen_core.models import CreateResult, ModelInfo, RequestUsage
 from autogen_ext.models.replay import ReplayChatCompletionClient
+from fastapi import FastAPI
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -94,13 +95,23 @@ class Served:
 
 
 @pytest.fixture
-def serve() -> Iterator[Callable[[Script], Served]]:
-    """``serve(script)``: the scripted chat server (exact token ids) on 127.0.0.1."""
+def serve() -> Iterator[Callable[..., Served]]:
+    """``serve(script)``: the scripted chat server (exact token ids) on 127.0.0.1; with
+    ``azure_deployment=`` it also answers at Azure OpenAI's path for that deployment."""
     with ExitStack() as stack:
 
-        def start(script: Script) -> Served:
+        def start(script: Script, *, azure_deployment: str | None = None) -> Served:
             app = chat_server_app(script)
+            if azure_deployment is not None:
+                _answer_as_azure_deployment(app, azure_deployment)
             server = stack.enter_context(ServingThread(app))
             return Served(f"{server.url}/v1", chat_log(app))
 
         yield start
+
+
+def _answer_as_azure_deployment(app: FastAPI, deployment: str) -> None:
+    """Azure OpenAI's chat completions path (under ``{azure_endpoint}/openai``), same handler."""
+    (route,) = [route for route in app.routes if getattr(route, "path", None) == "/v1/chat/completions"]
+    path = f"/openai/deployments/{deployment}/chat/completions"
+    app.add_api_route(path, route.endpoint, methods=["POST"], response_model=None)

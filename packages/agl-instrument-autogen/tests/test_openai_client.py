@@ -9,9 +9,9 @@ import json
 import pytest
 from autogen_agentchat.agents import AssistantAgent
 from autogen_core import InMemoryStore
-from autogen_core.models import UserMessage
+from autogen_core.models import CreateResult, UserMessage
 from autogen_ext.models.cache import ChatCompletionCache
-from autogen_ext.models.openai import OpenAIChatCompletionClient
+from autogen_ext.models.openai import AzureOpenAIChatCompletionClient, OpenAIChatCompletionClient
 from openinference.instrumentation.autogen_agentchat import AutogenAgentChatInstrumentor
 
 from agl.core.testing.chat_server import Reply, ToolCall
@@ -117,8 +117,13 @@ async def test_a_stream_without_usage_records_none_and_finish_reasons_are_openai
         assert semconv.USAGE_INPUT_TOKENS not in attributes and semconv.USAGE_OUTPUT_TOKENS not in attributes
 
 
-async def test_a_cached_client_is_recorded_with_the_model_and_provider_it_wraps(traced, instrument, serve) -> None:
-    """``ChatCompletionCache`` only wraps a client: the calls name the model and provider behind it."""
+@pytest.mark.parametrize("stream", [False, True], ids=["create", "create_stream"])
+async def test_a_cached_client_is_recorded_with_the_model_and_provider_it_wraps(
+    traced, instrument, serve, stream: bool
+) -> None:
+    """``ChatCompletionCache`` only wraps a client: the calls name the model and provider behind it.
+    A cache hit sent no request: it is marked ``agl.llm.cached`` and spent no tokens, though AutoGen
+    hands back the first call's usage; it stays a model call, the agent's step that it was."""
     instrument()
     served = serve(["Hello."])
     inner = OpenAIChatCompletionClient(
@@ -126,13 +131,54 @@ async def test_a_cached_client_is_recorded_with_the_model_and_provider_it_wraps(
     )
     client = ChatCompletionCache(inner, InMemoryStore())
     question = [UserMessage(content="Say hello.", source="user")]
+
+    async def ask() -> CreateResult:
+        if not stream:
+            return await client.create(question)
+        items = [item async for item in client.create_stream(question)]
+        assert isinstance(items[-1], CreateResult)
+        return items[-1]
+
     with rollout_context("ro-test", "at-test"):
-        await client.create(question)
-        hit = await client.create(question)
+        first = await ask()
+        usage = (first.usage.prompt_tokens, first.usage.completion_tokens)
+        hit = await ask()
     await inner.close()
     assert hit.cached and len(served.log.requests) == 1
+    assert (hit.usage.prompt_tokens, hit.usage.completion_tokens) == usage  # AutoGen's, from the first call
     calls = [span for span in traced.ours() if (span.attributes or {}).get(semconv.LLM_CALL)]
     assert [span.name for span in calls] == [f"chat {MODEL}", f"chat {MODEL}"]
     for span in calls:
         attributes = span.attributes or {}
         assert (attributes[semconv.REQUEST_MODEL], attributes[semconv.PROVIDER_NAME]) == (MODEL, "openai")
+        (message,) = json.loads(attributes[semconv.OUTPUT_MESSAGES])
+        assert message["content"] == "Hello."
+    sent, served_from_cache = (span.attributes or {} for span in calls)
+    assert "agl.llm.cached" not in sent and served_from_cache["agl.llm.cached"] is True
+    assert (sent.get(semconv.USAGE_INPUT_TOKENS), sent.get(semconv.USAGE_OUTPUT_TOKENS)) == (
+        (None, None) if stream else usage  # a stream not asked for usage has none
+    )
+    assert semconv.USAGE_INPUT_TOKENS not in served_from_cache
+    assert semconv.USAGE_OUTPUT_TOKENS not in served_from_cache
+
+
+async def test_an_azure_openai_client_is_recorded_with_azures_provider_name(traced, instrument, serve) -> None:
+    """AutoGen's Azure client lives in its ``openai`` module; OpenTelemetry names its provider
+    ``azure.ai.openai``."""
+    instrument()
+    served = serve(["Hello."], azure_deployment=MODEL)
+    client = AzureOpenAIChatCompletionClient(
+        model=MODEL,
+        azure_deployment=MODEL,
+        azure_endpoint=served.url.removesuffix("/v1"),
+        api_version="2024-06-01",
+        api_key="test",
+        model_info=MODEL_INFO,
+        max_retries=0,
+    )
+    with rollout_context("ro-test", "at-test"):
+        result = await client.create([UserMessage(content="Say hello.", source="user")])
+    await client.close()
+    assert result.content == "Hello." and len(served.log.requests) == 1
+    (call,) = [span for span in traced.ours() if (span.attributes or {}).get(semconv.LLM_CALL)]
+    assert (call.attributes or {})[semconv.PROVIDER_NAME] == "azure.ai.openai"

@@ -9,6 +9,7 @@ SEQUENCE_ID = "agl.sequence_id"
 
 # The canonical LLM-call span: one per physical model call, named "chat {model}".
 LLM_CALL = "agl.llm.call"
+LLM_CACHED = "agl.llm.cached"  # true: answered from a client-side cache, no request sent (off-policy)
 PROMPT_TOKEN_IDS = "agl.llm.prompt_token_ids"
 RESPONSE_TOKEN_IDS = "agl.llm.response_token_ids"
 RESPONSE_LOGPROBS = "agl.llm.response_logprobs"

@@ -21,18 +21,23 @@ What is recorded:
   labelled with ``agl.agent.name`` instead of being doubled.
 - ``chat {model}`` (``agl.llm.call=true``, see `agl.core.tracing.llm`) around ``create`` and
   ``create_stream`` of every ``ChatCompletionClient`` (OpenAI, replay, custom; a
-  ``ChatCompletionCache`` is recorded as the model and provider it wraps), with the messages in
+  ``ChatCompletionCache`` is recorded as the model and provider it wraps; Azure OpenAI's provider
+  is ``azure.ai.openai``), with the messages in
   the OpenAI chat shape, the tools, sampling parameters, the output message, the finish reason in
   OpenAI's words (``tool_calls``), the usage (left out where AutoGen reports 0 and 0: a stream
-  that came without usage) and ``agl.agent.name`` of the agent whose turn it is.
+  that came without usage) and ``agl.agent.name`` of the agent whose turn it is. A call the cache
+  answered sent no request: it is marked ``agl.llm.cached=true`` and has no usage; it stays an
+  LLM call, since the agent acted on that reply (a trainer may leave it out as off-policy).
   When the ``openai`` client underneath is instrumented too (``agl_openai``), it joins this span
   ("outermost wins") and adds what only the wire knows: the messages exactly as sent, token ids,
   logprobs, the response id. A stream closed early or failing midway keeps the text it streamed
   as its output message.
 - ``execute_tool {tool}`` around ``BaseTool.run_json`` and ``BaseStreamTool.run_json_stream`` (an
   agent or a team as a tool: ``AgentTool``, ``TeamTool``; AutoGen's own tool span for that call is
-  this one, not a second), with ``gen_ai.tool.name``, ``gen_ai.tool.call.id``,
-  ``gen_ai.tool.call.arguments`` (JSON) and ``gen_ai.tool.call.result``. A sync tool function runs
+  this one, not a second), and around autogen-ext's ``McpWorkbench.call_tool`` (an MCP server's
+  tools), with ``gen_ai.tool.name``, ``gen_ai.tool.call.id``, ``gen_ai.tool.call.arguments``
+  (JSON) and ``gen_ai.tool.call.result`` (for MCP, the text the model gets; an error result marks
+  the span failed). A sync tool function runs
   in AutoGen's thread pool with the caller's context, so spans opened inside it (an LLM call, an
   ``emit_reward``) are children of the tool span and belong to the rollout.
 

@@ -4,13 +4,14 @@ what each patched call records.
 Three kinds of patch:
 
 - a method of one class (`Patch`): ``BaseGroupChat.run_stream``, ``BaseTool.run_json``,
-  ``BaseStreamTool.run_json_stream``, ``FunctionTool.run``;
+  ``BaseStreamTool.run_json_stream``, ``FunctionTool.run``, autogen-ext's ``McpWorkbench.call_tool``;
 - a method of a whole class family (`FamilyPatch`): ``create``/``create_stream`` of every
   ``ChatCompletionClient`` and ``on_messages``/``on_messages_stream`` of every ``BaseChatAgent``,
   wherever a class defines them: the classes that exist when the module is patched, and every
   subclass defined later (through ``__init_subclass__``), so custom clients and agents count;
 - a module-level function replaced (`Replacement`): AutoGen's own ``trace_tool_span`` in
-  ``autogen_core.tools._base``, so that a tool call makes one ``execute_tool`` span, not two.
+  ``autogen_core.tools._base`` and in autogen-ext's MCP workbench module, so that a tool call makes
+  one ``execute_tool`` span, not two.
 
 Every wrapper keeps the user's call intact: recording errors are logged and swallowed, the user's
 own exceptions pass through unchanged (and are recorded on the span), and a wrapper left in place
@@ -165,10 +166,23 @@ def model_name(client: Any) -> str:
     return model if isinstance(model, str) and model else type(client).__name__
 
 
+# autogen-ext's clients whose module does not say the provider in OpenTelemetry's words: Azure
+# OpenAI shares the ``openai`` module, Azure AI Inference is ``azure``, Bedrock shares ``anthropic``.
+_PROVIDERS = {
+    "AzureOpenAIChatCompletionClient": "azure.ai.openai",
+    "AzureAIChatCompletionClient": "azure.ai.inference",
+    "AnthropicBedrockChatCompletionClient": "aws.bedrock",
+}
+
+
 def provider_name(client: Any) -> str | None:
-    """``autogen_ext.models.<provider>``'s clients are named after their module; others have none."""
-    parts = type(client).__module__.split(".")
-    return parts[2] if parts[:2] == ["autogen_ext", "models"] and len(parts) > 2 else None
+    """``autogen_ext.models.<provider>``'s clients are named after their module (but `_PROVIDERS`);
+    others have none."""
+    kind = type(client)
+    parts = kind.__module__.split(".")
+    if parts[:2] != ["autogen_ext", "models"] or len(parts) < 3:
+        return None
+    return _PROVIDERS.get(kind.__name__, parts[2])
 
 
 def _request_attributes(client: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -198,13 +212,16 @@ def _usage_attributes(usage: Any) -> dict[str, Any]:
 
 
 def _result_attributes(result: Any) -> dict[str, Any]:
+    """A ``CreateResult``'s attributes. A ``ChatCompletionCache`` hit (``cached``) sent no request:
+    it is marked ``agl.llm.cached`` and has no usage, though AutoGen hands back the first call's."""
     finish = getattr(result, "finish_reason", None)
     finish = _FINISH_REASONS.get(finish, finish)
     logprobs = getattr(result, "logprobs", None) or ()
+    cached = getattr(result, "cached", False) is True
     return {
         semconv.OUTPUT_MESSAGES: [assistant_message(result)],
         semconv.FINISH_REASONS: [finish] if finish else None,
-        **_usage_attributes(getattr(result, "usage", None)),
+        **({semconv.LLM_CACHED: True} if cached else _usage_attributes(getattr(result, "usage", None))),
         semconv.RESPONSE_LOGPROBS: [float(entry.logprob) for entry in logprobs] or None,
     }
 
@@ -579,23 +596,28 @@ def _run_stream(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...
 
 def _tool_scope(tool: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> _Scope | None:
     """The ``execute_tool`` span of ``tool.run_json(args, cancellation_token, call_id=None)`` (or
-    ``run_json_stream``, same arguments), with the arguments as JSON; None if it cannot be opened."""
+    ``run_json_stream``, same arguments); None if it cannot be opened."""
     try:
         arguments = args[0] if args else kwargs.get("args")
         call_id = kwargs.get("call_id", args[2] if len(args) > 2 else None)
-        name = str(tool.name)
-        attributes: dict[str, Any] = {
-            semconv.OPERATION_NAME: semconv.EXECUTE_TOOL,
-            semconv.TOOL_NAME: name,
-            semconv.TOOL_CALL_ARGUMENTS: _json(dict(arguments) if isinstance(arguments, Mapping) else arguments),
-        }
-        if call_id is not None:
-            attributes[semconv.TOOL_CALL_ID] = str(call_id)
-        span = _tracer().start_span(f"{semconv.EXECUTE_TOOL} {name}", attributes=attributes)
-        context = otel_context.set_value(_TOOL_SPAN, (span, name), trace.set_span_in_context(span))
+        return _open_tool_scope(str(tool.name), arguments, call_id)
     except Exception:
         _recording_failed("the start of an AutoGen tool call")
         return None
+
+
+def _open_tool_scope(name: str, arguments: Any, call_id: Any) -> _Scope:
+    """An ``execute_tool`` span with the arguments as JSON, current in the scope's context and
+    marked there as the span AutoGen's ``trace_tool_span`` for this tool is to yield."""
+    attributes: dict[str, Any] = {
+        semconv.OPERATION_NAME: semconv.EXECUTE_TOOL,
+        semconv.TOOL_NAME: name,
+        semconv.TOOL_CALL_ARGUMENTS: _json(dict(arguments) if isinstance(arguments, Mapping) else arguments),
+    }
+    if call_id is not None:
+        attributes[semconv.TOOL_CALL_ID] = str(call_id)
+    span = _tracer().start_span(f"{semconv.EXECUTE_TOOL} {name}", attributes=attributes)
+    context = otel_context.set_value(_TOOL_SPAN, (span, name), trace.set_span_in_context(span))
     return _Scope(span, True, context)
 
 
@@ -649,6 +671,50 @@ def _tool_stream_scope(tool: Any, args: tuple[Any, ...], kwargs: Mapping[str, An
     return scope
 
 
+async def _mcp_call_tool(
+    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """``McpWorkbench.call_tool(name, arguments=None, cancellation_token=None, call_id=None)``: how
+    an agent calls an MCP server's tool, never through ``run_json``. The same ``execute_tool`` span
+    as other tools, AutoGen's own for the call being this one; the result is the text the model
+    gets (``ToolResult.to_text()``), and a result the workbench reports as an error (the server's
+    ``isError``, or a call that failed, which it returns rather than raises) marks the span failed."""
+    scope = _mcp_tool_scope(args, kwargs) if _config.active else None
+    if scope is None:
+        return await wrapped(*args, **kwargs)
+
+    async def run() -> Any:
+        result = await wrapped(*args, **kwargs)
+        _record_tool_result_text(scope, result)
+        return result
+
+    return await _in_scope(scope, run)
+
+
+def _mcp_tool_scope(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> _Scope | None:
+    try:
+        name = args[0] if args else kwargs["name"]
+        arguments = args[1] if len(args) > 1 else kwargs.get("arguments")
+        call_id = args[3] if len(args) > 3 else kwargs.get("call_id")
+        return _open_tool_scope(str(name), arguments or {}, call_id)
+    except Exception:
+        _recording_failed("the start of an MCP tool call")
+        return None
+
+
+def _record_tool_result_text(scope: _Scope, result: Any) -> None:
+    """A workbench's ``ToolResult``: its text on the span, and its error flag as the span's status."""
+    try:
+        if scope.span is None:
+            return
+        text = result.to_text()
+        scope.span.set_attribute(semconv.TOOL_CALL_RESULT, text)
+        if result.is_error:
+            scope.span.set_status(Status(StatusCode.ERROR, text))
+    except Exception:
+        _recording_failed("an MCP tool result")
+
+
 def _trace_tool_span(original: Callable[..., Any]) -> Callable[..., Any]:
     """AutoGen's ``trace_tool_span``, which yields the ``execute_tool`` span that `_run_json` (or
     `_run_json_stream`) just opened for the same call instead of opening a second one."""
@@ -691,6 +757,7 @@ def _is_async(function: Any) -> bool:
 
 # --- the patches ----------------------------------------------------------------------------
 
+_MCP_WORKBENCH = "autogen_ext.tools.mcp._workbench"
 
 PATCHER = Patcher(
     (
@@ -708,6 +775,8 @@ PATCHER = Patcher(
         Patch("autogen_core.tools._base", "BaseTool", "run_json", _run_json),
         Patch("autogen_core.tools._base", "BaseStreamTool", "run_json_stream", _run_json_stream),
         Replacement("autogen_core.tools._base", "trace_tool_span", _trace_tool_span),
+        Patch(_MCP_WORKBENCH, "McpWorkbench", "call_tool", _mcp_call_tool),
+        Replacement(_MCP_WORKBENCH, "trace_tool_span", _trace_tool_span),  # imported there by name
         Patch("autogen_core.tools._function_tool", "FunctionTool", "run", _function_tool_run),
     ),
     logger,
