@@ -47,7 +47,8 @@ def solve(client: OpenAI, model: str, question: str) -> str:
         {"role": "user", "content": question},
     ]
     while True:
-        reply = client.chat.completions.create(model=model, messages=messages, tools=TOOLS).choices[0].message
+        answer = client.chat.completions.create(model=model, messages=messages, tools=TOOLS, max_tokens=256)
+        reply = answer.choices[0].message
         if not reply.tool_calls:
             return reply.content or ""
         messages.append(reply.model_dump(exclude_none=True))
@@ -58,7 +59,11 @@ def solve(client: OpenAI, model: str, question: str) -> str:
 
 def greet(client: OpenAI, model: str) -> str:
     stream = client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": "Say hello."}], stream=True
+        model=model,
+        messages=[{"role": "user", "content": "Say hello."}],
+        max_tokens=256,
+        stream=True,
+        stream_options={"include_usage": True},  # the token counts come in a last chunk
     )
     return "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
 

@@ -191,6 +191,22 @@ def test_a_config_file_that_is_not_utf8_is_refused_naming_it(cli: CliRunner, tmp
     assert line.startswith(f"error: {tmp_path / 'train.toml'}: not UTF-8 text: ")
 
 
+def test_a_missing_file_is_named_by_the_setting_that_gave_it(cli: CliRunner, tmp_path: Path) -> None:
+    """Python's message ("[Errno 2] No such file or directory: 'train.jsonl'") named a path among
+    several on the command line, not which setting it was."""
+    (tmp_path / "train.jsonl").write_text('{"x": 1}\n')
+    common = ["train", "--algorithm", "baseline", "--agent", "agents_for_runner_tests:double", "--store", "memory://"]
+    missing = tmp_path / "none.jsonl"
+    for extra, setting in [
+        (["--dataset", str(missing)], "--dataset"),
+        (["--dataset", str(tmp_path / "train.jsonl"), "--val", str(missing)], "--val"),
+        (["--dataset", str(tmp_path / "train.jsonl"), "--resources", str(missing)], "--resources"),
+    ]:
+        assert one_line_error(cli.invoke(app, [*common, *extra])) == f"error: {setting} {missing}: no such file"
+    line = one_line_error(cli.invoke(app, ["train", str(tmp_path / "job.toml"), "--store", "memory://"]))
+    assert line == f"error: config file {tmp_path / 'job.toml'}: no such file"
+
+
 def test_runners_below_one_in_a_config_file_are_refused_as_the_setting(cli: CliRunner, tmp_path: Path) -> None:
     """The error named the Trainer's parameter n_runners, which no setting is called."""
     (tmp_path / "train.jsonl").write_text('{"x": 1}\n')

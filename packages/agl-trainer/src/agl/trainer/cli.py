@@ -195,8 +195,8 @@ def train(
             raise ValueError("--agent is required (module:attribute)")
         else:
             load_agent(agent)  # a bad name fails here, in one line, before anything starts
-        train_tasks = _read_jsonl(dataset)
-        val_tasks = _read_jsonl(val) if val is not None else None
+        train_tasks = _read_jsonl(dataset, "--dataset")
+        val_tasks = _read_jsonl(val, "--val") if val is not None else None
         initial = _read_resources(resources) if resources is not None else None
         options = {**file.get("options", {}), **dict(parse_option(text) for text in option or [])}
         tally = _RolloutTally()
@@ -372,7 +372,7 @@ def _read_config(path: Path) -> dict[str, Any]:
     """The settings of a TOML config file, paths made relative to its folder; unknown keys and
     wrong types are refused by name. UTF-8 as TOML requires, whatever the locale, BOM or not."""
     try:
-        settings = tomllib.loads(_read_utf8(path))
+        settings = tomllib.loads(_read_utf8(path, "config file"))
     except tomllib.TOMLDecodeError as error:
         raise ValueError(f"{path}: not TOML: {error}") from None
     checked: dict[str, Any] = {}
@@ -388,12 +388,12 @@ def _read_config(path: Path) -> dict[str, Any]:
     return checked
 
 
-def _read_jsonl(path: Path) -> list[Any]:
+def _read_jsonl(path: Path, what: str) -> list[Any]:
     """The tasks of a JSON lines file; one without any is refused (a wrong or truncated file would
     otherwise train on nothing and exit as a success). UTF-8, with or without the BOM that some
     Windows editors write."""
     tasks = []
-    for number, line in enumerate(_read_utf8(path).splitlines(), 1):
+    for number, line in enumerate(_read_utf8(path, what).splitlines(), 1):
         if line.strip():
             try:
                 tasks.append(json.loads(line))
@@ -406,9 +406,13 @@ def _read_jsonl(path: Path) -> list[Any]:
     return tasks
 
 
-def _read_utf8(path: Path) -> str:
+def _read_utf8(path: Path, what: str) -> str:
+    """The text of the file given as ``what`` (``--dataset``, ``config file``), named when missing:
+    Python's own message names the path alone, and a command line has several."""
     try:
         return path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ValueError(f"{what} {path}: no such file") from None
     except UnicodeDecodeError as error:  # its own message names a byte position, not the file
         raise ValueError(f"{path}: not UTF-8 text: {error.reason} at byte {error.start}") from None
 
@@ -417,7 +421,7 @@ def _read_resources(path: Path) -> NamedResources:
     """The resources of a JSON file; a wrong one is refused with each problem where it is (pydantic's
     own message runs over many lines, with a union's name and links)."""
     try:
-        return TypeAdapter(NamedResources).validate_json(_read_utf8(path))
+        return TypeAdapter(NamedResources).validate_json(_read_utf8(path, "--resources"))
     except ValidationError as error:
         problems = "; ".join(_problem(detail) for detail in error.errors(include_url=False))
         raise ValueError(
