@@ -1,60 +1,29 @@
 """A user's first agents, mistakes included, through a real runner on a real SQLite store.
 
-Tracing as in test_runner.py: one `setup_tracing` for the module, under a fresh global provider
-given back afterwards, writing into the current test's store.
+Tracing: conftest's `traced_sqlite_store` (one exporter for the module, each test's own SQLite store).
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from agl.core import open_store
 from agl.core.agent import LitAgent, rollout
 from agl.core.runner import ROOT_SPAN, Runner
 from agl.core.store.base import LightningStore
-from agl.core.testing.tracing import fresh_global_tracer_provider
 from agl.core.tracing import semconv
-from agl.core.tracing.configure import flush_spans, setup_tracing
 from agl.core.tracing.emitters import emit_reward
 from agl.core.types import LLM, AttemptedRollout, NamedResources, PromptTemplate, Span
 
 LIMIT = 30.0
 
 
-class Forwarder:
-    """The store the module's exporter was made for: hands each batch to the current test's store."""
-
-    def __init__(self) -> None:
-        self.target: LightningStore | None = None
-
-    async def add_observed_spans(self, spans: Any, **options: Any) -> Any:
-        assert self.target is not None, "spans arrived between tests"
-        return await self.target.add_observed_spans(spans, **options)
-
-
-@pytest.fixture(scope="module")
-def forwarder() -> Iterator[Forwarder]:
-    forwarder = Forwarder()
-    with fresh_global_tracer_provider():
-        provider = setup_tracing(store=forwarder)
-        yield forwarder
-        provider.shutdown()
-
-
 @pytest.fixture
-async def store(tmp_path: Path, forwarder: Forwarder) -> AsyncIterator[LightningStore]:
-    opened = open_store(f"sqlite:///{tmp_path / 'store.db'}", watchdog_interval=None)
-    forwarder.target = opened
-    yield opened
-    assert flush_spans()
-    forwarder.target = None
-    await opened.close()
+def store(traced_sqlite_store: LightningStore) -> LightningStore:
+    return traced_sqlite_store
 
 
 async def run_tasks(agent: Any, store: LightningStore, tasks: list[Any]) -> list[tuple[Any, list[Span]]]:

@@ -122,10 +122,8 @@ def _unigram_tokenizer_that_cleans_up_spaces() -> PreTrainedTokenizerFast:
     )
 
 
-def test_streamed_text_adds_up_to_the_text_of_the_ids_whatever_the_tokenizer_cleans_up() -> None:
-    """Clean-up turned "Hello " into "Hello," once "," came: a stream that had sent "Hello " could
-    send nothing more, and the whole text was not the text of the sampled ids."""
-    tokenizer = _unigram_tokenizer_that_cleans_up_spaces()
+def _tiny_engine(tokenizer: PreTrainedTokenizerFast, name: str) -> TransformersEngine:
+    """An engine on a one-layer random Qwen2 sized to ``tokenizer``: for what the tokenizer does."""
     config = Qwen2Config(
         vocab_size=len(tokenizer),
         hidden_size=32,
@@ -135,7 +133,14 @@ def test_streamed_text_adds_up_to_the_text_of_the_ids_whatever_the_tokenizer_cle
         num_key_value_heads=1,
         eos_token_id=tokenizer.eos_token_id,
     )
-    engine = TransformersEngine(Qwen2ForCausalLM(config), tokenizer, model_name="unigram-tiny")
+    return TransformersEngine(Qwen2ForCausalLM(config), tokenizer, model_name=name)
+
+
+def test_streamed_text_adds_up_to_the_text_of_the_ids_whatever_the_tokenizer_cleans_up() -> None:
+    """Clean-up turned "Hello " into "Hello," once "," came: a stream that had sent "Hello " could
+    send nothing more, and the whole text was not the text of the sampled ids."""
+    tokenizer = _unigram_tokenizer_that_cleans_up_spaces()
+    engine = _tiny_engine(tokenizer, "unigram-tiny")
     try:
         text = "Hello , world . I do n't know"
         ids = engine.encode(text)
@@ -204,16 +209,7 @@ def test_the_bytes_of_byte_fallback_tokens_are_their_bytes() -> None:
     """Logprobs' ``bytes`` of a ``<0xE6>`` piece were those of U+FFFD, its text decoded alone: a client
     could not put a character split across such tokens back together, which is what they are for."""
     tokenizer = _byte_fallback_tokenizer()
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    engine = TransformersEngine(Qwen2ForCausalLM(config), tokenizer, model_name="byte-fallback-tiny")
+    engine = _tiny_engine(tokenizer, "byte-fallback-tiny")
     try:
         ids = engine.encode("日本😀ok")
         assert engine.decode(ids[1:2]) == "\ufffd"
