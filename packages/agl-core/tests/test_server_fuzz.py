@@ -8,6 +8,7 @@ answer must match the spec, and afterwards the store must still be consistent an
 from __future__ import annotations
 
 import asyncio
+import shutil
 import sqlite3
 import tempfile
 from collections.abc import Iterator
@@ -37,8 +38,9 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 
 
 @pytest.fixture(scope="module", autouse=True)
-def seeded_store() -> None:
-    """Something for generated requests to hit: a running rollout with a span, and resources."""
+def seeded_store() -> Iterator[None]:
+    """Something for generated requests to hit: a running rollout with a span, and resources. The
+    store's folder goes at the end (made at import, for the schema: each run left one behind)."""
 
     async def seed() -> None:
         started = await STORE.start_rollout({"q": 1}, rollout_id="ro-fuzz", worker_id="w-fuzz")
@@ -47,6 +49,9 @@ def seeded_store() -> None:
         assert started.attempt.attempt_id
 
     asyncio.run(seed())
+    yield
+    asyncio.run(STORE.close())
+    shutil.rmtree(FOLDER)
 
 
 @schema.exclude(path="/v1/traces").parametrize()
