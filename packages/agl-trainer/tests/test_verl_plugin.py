@@ -379,7 +379,8 @@ from agl.core.agent import rollout
 from agl.trainer import Trainer
 from agl.trainer.testing import build_tiny_model
 
-model = build_tiny_model(Path(tempfile.mkdtemp()) / "model")
+scratch = tempfile.TemporaryDirectory()  # removed at exit (mkdtemp left a model behind each run)
+model = build_tiny_model(Path(scratch.name) / "model")
 wanted = torch.cuda.device_count() + 1  # more GPUs than this machine has, whatever it has
 
 
