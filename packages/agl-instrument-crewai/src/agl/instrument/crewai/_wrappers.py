@@ -153,16 +153,22 @@ class _Kind:
         return None
 
 
+def _workflow_opening(kind: str, instance: Any, name: str, keys: tuple[str, str], inputs: Any) -> Opening:
+    """The ``invoke_workflow {name}`` span of a crew or flow run, with its name and its inputs (if
+    any) under ``keys``."""
+    name_key, inputs_key = keys
+    attributes: dict[str, Any] = {semconv.OPERATION_NAME: semconv.INVOKE_WORKFLOW, name_key: name}
+    if inputs:
+        attributes[inputs_key] = _json(inputs)
+    return Opening(f"{semconv.INVOKE_WORKFLOW} {name}", attributes, (kind, id(instance)))
+
+
 class _Crew(_Kind):
     def opening(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Opening | None:
         if getattr(instance, "stream", False) is True:
             return None  # returns a stream whose iteration runs ``kickoff`` again, with ``stream`` off
         name = getattr(instance, "name", None) or "crew"
-        attributes: dict[str, Any] = {semconv.OPERATION_NAME: semconv.INVOKE_WORKFLOW, CREW_NAME: name}
-        inputs = _argument(args, kwargs, 0, "inputs")
-        if inputs:
-            attributes[CREW_INPUTS] = _json(inputs)
-        return Opening(f"{semconv.INVOKE_WORKFLOW} {name}", attributes, ("crew", id(instance)))
+        return _workflow_opening("crew", instance, name, (CREW_NAME, CREW_INPUTS), _argument(args, kwargs, 0, "inputs"))
 
     def result(self, span: Span, result: Any) -> None:
         if _has_text(result):
@@ -282,11 +288,7 @@ class _Flow(_Kind):
         if getattr(instance, "stream", False) is True:
             return None  # returns a stream whose iteration runs ``kickoff_async`` again, with ``stream`` off
         name = str(getattr(instance, "name", None) or type(instance).__name__)
-        attributes: dict[str, Any] = {semconv.OPERATION_NAME: semconv.INVOKE_WORKFLOW, FLOW_NAME: name}
-        inputs = _argument(args, kwargs, 0, "inputs")
-        if inputs:
-            attributes[FLOW_INPUTS] = _json(inputs)
-        return Opening(f"{semconv.INVOKE_WORKFLOW} {name}", attributes, ("flow", id(instance)))
+        return _workflow_opening("flow", instance, name, (FLOW_NAME, FLOW_INPUTS), _argument(args, kwargs, 0, "inputs"))
 
     def result(self, span: Span, result: Any) -> None:
         if _is_human_feedback_pending(result):  # CrewAI returns the pause rather than raising it
