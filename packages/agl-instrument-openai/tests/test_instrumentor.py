@@ -119,6 +119,24 @@ def test_the_capture_setting_keeps_what_the_caller_chose(traced, instrument, ser
     assert semconv.RESPONSE_LOGPROBS not in (span.attributes or {})  # the caller said no logprobs
 
 
+def test_token_ids_are_not_asked_of_services_that_refuse_the_field(traced, instrument) -> None:
+    """OpenAI's API and Azure's answer vLLM's ``return_token_ids`` with a 400: an agent that also
+    calls one of them (a judge, say) must keep working with the capture on."""
+    instrument(capture_token_ids=True)
+    sent: list[dict[str, Any]] = []
+
+    def record(request: httpx2.Request) -> httpx2.Response:
+        sent.append(json.loads(request.content))
+        return httpx2.Response(200, json=chat_completion("Hi."))
+
+    azure = {"azure_endpoint": "https://agl.openai.azure.com", "api_version": "2024-10-21"}
+    with httpx2.Client(transport=httpx2.MockTransport(record)) as http:
+        openai_api = openai.OpenAI(base_url="https://api.openai.com/v1", api_key="k", http_client=http)
+        for client in (openai_api, openai.AzureOpenAI(**azure, api_key="k", http_client=http)):
+            client.chat.completions.create(model=MODEL, messages=ASK)  # type: ignore[arg-type]
+    assert sent == [{"model": MODEL, "messages": ASK}] * 2
+
+
 def test_streams_are_put_together_from_content_tool_call_deltas_and_token_ids(traced, instrument, serve) -> None:
     instrument(capture_token_ids=True)
     calls = [ToolCall("add", {"a": 2, "b": 3}, id="call-a"), ToolCall("add", {"a": 10, "b": 20}, id="call-b")]
@@ -546,6 +564,141 @@ def test_tool_call_deltas_without_an_index_are_told_apart(traced, instrument) ->
         ("call-1", {"name": "add", "arguments": '{"a": 1}'}),
         ("call-2", {"name": "sub", "arguments": '{"b": 2}'}),
     ]
+
+
+def refusing_chat(request: httpx2.Request) -> httpx2.Response:
+    """A chat reply that refuses: ``refusal`` instead of content, whole or in two stream deltas."""
+    if not json.loads(request.content).get("stream"):
+        message = {"role": "assistant", "content": None, "refusal": "I can't help."}
+        choice = {"index": 0, "message": message, "finish_reason": "stop"}
+        return httpx2.Response(200, json={"id": "c", "object": "chat.completion", "model": MODEL, "choices": [choice]})
+    deltas = [({"role": "assistant", "refusal": "I can't"}, None), ({"refusal": " help."}, "stop")]
+    chunks = [
+        {"id": "c", "model": MODEL, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        for delta, finish in deltas
+    ]
+    body = "".join(f"data: {json.dumps(chunk)}\n\n" for chunk in chunks) + "data: [DONE]\n\n"
+    return httpx2.Response(200, content=body.encode(), headers={"content-type": "text/event-stream"})
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_refusal_is_recorded_whole_or_streamed(traced, instrument, stream: bool) -> None:
+    instrument()
+    with mock_client(refusing_chat) as client:
+        result = client.chat.completions.create(model=MODEL, messages=ASK, stream=stream)
+        if stream:
+            list(result)  # type: ignore[call-overload]
+    assert attribute(the_span(traced.spans()), semconv.OUTPUT_MESSAGES) == [
+        {"role": "assistant", "content": None, "refusal": "I can't help."}
+    ]
+
+
+REASONED_REFUSAL = {
+    **RESPONSE,
+    "output": [
+        {"type": "reasoning", "id": "rs-1", "summary": [{"type": "summary_text", "text": "Not safe."}]},
+        {
+            "type": "message",
+            "id": "m-1",
+            "role": "assistant",
+            "status": "completed",
+            "content": [{"type": "refusal", "refusal": "I can't help."}],
+        },
+    ],
+}
+
+
+def test_the_responses_api_records_reasoning_and_refusals(traced, instrument) -> None:
+    instrument()
+    with mock_client(lambda request: httpx2.Response(200, json=REASONED_REFUSAL)) as client:
+        client.responses.create(model=MODEL, input="How do I pick a lock?")
+    assert attribute(the_span(traced.spans()), semconv.OUTPUT_MESSAGES) == [
+        {"role": "assistant", "content": None, "refusal": "I can't help.", "reasoning_content": "Not safe."}
+    ]
+
+
+def long_responses_stream(request: httpx2.Request) -> httpx2.Response:
+    """A stream whose text message and tool call are done before a second message starts."""
+    delta = {"type": "response.output_text.delta", "content_index": 0, "logprobs": []}
+    events = [
+        {"type": "response.created", "response": {**RESPONSE, "status": "in_progress", "output": []}},
+        {**delta, "item_id": "m-1", "output_index": 0, "delta": "Let me"},
+        *(
+            {"type": "response.output_item.done", "output_index": i, "item": item}
+            for i, item in enumerate(RESPONSE["output"])
+        ),
+        {**delta, "item_id": "m-2", "output_index": 2, "delta": " Then"},
+        {"type": "response.completed", "response": RESPONSE},
+    ]
+    body = "".join(
+        f"event: {event['type']}\ndata: {json.dumps({**event, 'sequence_number': n})}\n\n"
+        for n, event in enumerate(events)
+    )
+    return httpx2.Response(200, content=body.encode(), headers={"content-type": "text/event-stream"})
+
+
+def test_a_responses_stream_closed_early_keeps_the_items_done_so_far(traced, instrument) -> None:
+    instrument()
+    with mock_client(long_responses_stream) as client:
+        stream = client.responses.create(model=MODEL, input="What is 2 + 3?", stream=True)
+        for event in stream:
+            if getattr(event, "item_id", None) == "m-2":
+                break
+        stream.close()
+    (reply,) = attribute(the_span(traced.spans()), semconv.OUTPUT_MESSAGES)
+    assert reply == {**RESPONSE_MESSAGE, "content": "Let me add. Then"}
+
+
+CUT_SHORT = {**RESPONSE, "status": "incomplete", "incomplete_details": {"reason": "max_output_tokens"}}
+
+
+def cut_short_handler(request: httpx2.Request) -> httpx2.Response:
+    """A reply cut short by ``max_output_tokens`` after a whole tool call: a response, or a stream's
+    ``response.incomplete`` event."""
+    if not json.loads(request.content).get("stream"):
+        return httpx2.Response(200, json=CUT_SHORT)
+    event = {"type": "response.incomplete", "sequence_number": 0, "response": CUT_SHORT}
+    body = f"event: {event['type']}\ndata: {json.dumps(event)}\n\n"
+    return httpx2.Response(200, content=body.encode(), headers={"content-type": "text/event-stream"})
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_response_cut_short_after_a_tool_call_says_why(traced, instrument, stream: bool) -> None:
+    instrument()
+    with mock_client(cut_short_handler) as client:
+        result = client.responses.create(model=MODEL, input="What is 2 + 3?", max_output_tokens=7, stream=stream)
+        if stream:
+            list(result)  # type: ignore[call-overload]
+    span = the_span(traced.spans())
+    assert attribute(span, semconv.FINISH_REASONS) == ["max_output_tokens"]
+    assert attribute(span, semconv.OUTPUT_MESSAGES) == [RESPONSE_MESSAGE]
+
+
+def azure_handler(request: httpx2.Request) -> httpx2.Response:
+    """Azure's routes: the deployment in the path, the API version in the query."""
+    assert request.url.params["api-version"] == "2024-10-21"
+    if request.url.path == f"/openai/deployments/{MODEL}/chat/completions":
+        return httpx2.Response(200, json=chat_completion("Hi."))
+    assert request.url.path == "/openai/responses"
+    return httpx2.Response(200, json=RESPONSE)
+
+
+def chat_completion(text: str) -> dict[str, Any]:
+    choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+    return {"id": "c", "object": "chat.completion", "model": MODEL, "choices": [choice]}
+
+
+async def test_azure_clients_are_recorded_as_azure_openai(traced, instrument) -> None:
+    instrument()
+    azure = {"azure_endpoint": "https://agl.openai.azure.com", "api_version": "2024-10-21", "api_key": "test"}
+    transport = httpx2.MockTransport(azure_handler)
+    with openai.AzureOpenAI(**azure, http_client=httpx2.Client(transport=transport)) as client:
+        client.chat.completions.create(model=MODEL, messages=ASK)  # type: ignore[arg-type]
+        client.chat.completions.with_raw_response.create(model=MODEL, messages=ASK).parse()  # type: ignore[arg-type]
+    async with openai.AsyncAzureOpenAI(**azure, http_client=httpx2.AsyncClient(transport=transport)) as aclient:
+        await aclient.responses.create(model=MODEL, input="Hi")
+    spans = traced.spans()
+    assert [attribute(span, semconv.PROVIDER_NAME) for span in spans] == ["azure.ai.openai"] * 3
 
 
 # --- never in the caller's way ----------------------------------------------------------------

@@ -16,7 +16,8 @@ are patched when openai's modules are imported, so ``instrument()`` imports noth
 before or after ``import openai``. ``instrument()`` twice is a no-op; ``uninstrument()`` puts
 every original method back.
 
-What each call records, on the span ``chat {model}`` (``agl.llm.call=true``; see
+What each call records, on the span ``chat {model}`` (``agl.llm.call=true``,
+``gen_ai.provider.name`` ``openai``, or ``azure.ai.openai`` for Azure's clients; see
 `agl.core.tracing.llm`, whose "outermost wins" rule makes a framework's own LLM span, when one is
 open, the one that is enriched instead of opening a second):
 
@@ -25,8 +26,10 @@ open, the one that is enriched instead of opening a second):
 - ``gen_ai.tool.definitions``, ``gen_ai.request.{temperature, top_p, top_k, max_tokens, seed,
   stop_sequences, frequency_penalty, presence_penalty, choice.count}``.
 - ``gen_ai.output.messages``: one assistant message per choice in the chat shape (``content``,
-  ``tool_calls``, and ``reasoning_content`` when the server sends one); streams are put together
-  from their deltas.
+  ``tool_calls``, ``refusal`` when the model refuses, and ``reasoning_content`` when the server
+  sends one: for the responses API, the reasoning items' text, else their summaries); streams are
+  put together from their deltas, and a responses stream closed early from the output items done
+  so far. A response cut short (``incomplete``) gives its reason as the finish reason.
 - ``gen_ai.response.{id, model, finish_reasons}``, ``gen_ai.usage.{input_tokens, output_tokens}``.
 - ``agl.llm.prompt_token_ids``, ``agl.llm.response_token_ids`` (the first choice's),
   ``agl.llm.response_logprobs``: when the server returns them. vLLM's OpenAI server does when the
@@ -46,7 +49,8 @@ Settings:
 - ``AGL_CAPTURE_TOKEN_IDS=1`` (or ``instrument(capture_token_ids=True)``): add
   ``extra_body={"return_token_ids": true}`` (and ``logprobs=true`` unless the caller set
   ``logprobs``) to every chat completion request, so a vLLM server returns token ids. Only for
-  servers that accept the field: OpenAI's own API refuses unknown fields.
+  servers that accept the field; requests of Azure's clients and to ``api.openai.com``, which
+  refuse unknown fields, are sent as they are.
 - ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=agl_openai``: leave the openai client alone under
   ``opentelemetry-instrument``.
 """

@@ -25,6 +25,8 @@ from agl.core.tracing.patching import Patch, Patcher
 logger = logging.getLogger("agl.instrument.openai")
 
 PROVIDER = "openai"
+AZURE_PROVIDER = "azure.ai.openai"  # gen_ai.provider.name of Azure OpenAI in the GenAI conventions
+OPENAI_API_HOST = "api.openai.com"
 UNKNOWN_MODEL = "unknown"
 # The vLLM request field that makes its OpenAI server return token ids (see `_ChatApi.request_token_ids`).
 RETURN_TOKEN_IDS = "return_token_ids"
@@ -125,6 +127,9 @@ def _assistant_message(message: Any) -> dict[str, Any]:
     tool_calls = [_tool_call(call) for call in getattr(message, "tool_calls", None) or ()]
     if tool_calls:
         result["tool_calls"] = tool_calls
+    refusal = getattr(message, "refusal", None)
+    if isinstance(refusal, str) and refusal:  # the model's refusal comes instead of content
+        result["refusal"] = refusal
     for key in REASONING_KEYS:
         value = getattr(message, key, None)
         if isinstance(value, str) and value:
@@ -187,12 +192,16 @@ class _ChoiceDraft(ChoiceDraft):
     """One choice of a chat stream, put together from its deltas (SDK objects)."""
 
     logprobs: list[float] = field(default_factory=list)
+    refusal: list[str] = field(default_factory=list)
 
     def add(self, choice: Any) -> None:
         delta = getattr(choice, "delta", None)
         if delta is not None:
             if delta.content:
                 self.content.append(delta.content)
+            refusal = getattr(delta, "refusal", None)
+            if isinstance(refusal, str) and refusal:
+                self.refusal.append(refusal)
             for key in REASONING_KEYS:
                 self.add_reasoning(key, getattr(delta, key, None))
             for call in delta.tool_calls or ():
@@ -207,6 +216,13 @@ class _ChoiceDraft(ChoiceDraft):
         self.finish_reason = choice.finish_reason or self.finish_reason
         self.token_ids += _int_list(getattr(choice, "token_ids", None)) or []
         self.logprobs += _chat_logprobs(getattr(choice, "logprobs", None))
+
+    def message(self) -> dict[str, Any]:
+        """The chat shape, with the refusal as a whole message carries it."""
+        result = super().message()
+        if self.refusal:
+            result["refusal"] = "".join(self.refusal)
+        return result
 
 
 @dataclass
@@ -270,23 +286,15 @@ class _ResponsesApi:
         )
 
     def record_result(self, call: LlmCall, response: Any) -> None:
-        texts: list[str] = []
-        tool_calls: list[dict[str, Any]] = []
-        for item in getattr(response, "output", None) or ():
-            kind = getattr(item, "type", None)
-            if kind == "message":
-                texts += [part.text for part in item.content if getattr(part, "type", None) == "output_text"]
-            elif kind == "function_call":
-                function = {"name": item.name, "arguments": item.arguments}
-                tool_calls.append({"id": item.call_id, "type": "function", "function": function})
-        message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts else None}
-        if tool_calls:
-            message["tool_calls"] = tool_calls
+        message = _output_message(getattr(response, "output", None) or ())
         status = getattr(response, "status", None)
         if status == "failed":
             call.fail(_failure("response.failed", getattr(getattr(response, "error", None), "message", None)))
         incomplete = getattr(getattr(response, "incomplete_details", None), "reason", None)
-        finish = "tool_calls" if tool_calls else "stop" if status == "completed" else incomplete or status
+        # a reply cut short says why even after a complete tool call, as a chat choice says "length"
+        finish = incomplete or (
+            "tool_calls" if "tool_calls" in message else "stop" if status == "completed" else status
+        )
         usage = getattr(response, "usage", None)
         call.record_response(
             [message],
@@ -301,6 +309,40 @@ class _ResponsesApi:
         return _ResponsesStream()
 
 
+def _output_message(items: Iterable[Any]) -> dict[str, Any]:
+    """A response's output items as one assistant message in the chat shape: text, function calls
+    as ``tool_calls``, refusal, reasoning."""
+    texts: list[str] = []
+    refusals: list[str] = []
+    reasoning: list[str] = []
+    tool_calls: list[dict[str, Any]] = []
+    for item in items:
+        kind = getattr(item, "type", None)
+        if kind == "message":
+            texts += [part.text for part in item.content if getattr(part, "type", None) == "output_text"]
+            refusals += [part.refusal for part in item.content if getattr(part, "type", None) == "refusal"]
+        elif kind == "function_call":
+            function = {"name": item.name, "arguments": item.arguments}
+            tool_calls.append({"id": item.call_id, "type": "function", "function": function})
+        elif kind == "reasoning":
+            reasoning += _reasoning_texts(item)
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts else None}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    if refusals:
+        message["refusal"] = "".join(refusals)
+    if reasoning:
+        message[REASONING_KEYS[0]] = "\n\n".join(reasoning)
+    return message
+
+
+def _reasoning_texts(item: Any) -> list[str]:
+    """A reasoning item's text: the reasoning itself where the server returns it (open models
+    served by vLLM do), else its summaries (OpenAI's models give only those)."""
+    parts = getattr(item, "content", None) or getattr(item, "summary", None) or ()
+    return [part.text for part in parts if isinstance(getattr(part, "text", None), str) and part.text]
+
+
 _FINAL_EVENTS = ("response.completed", "response.incomplete", "response.failed")
 
 
@@ -311,14 +353,15 @@ def _failure(what: str, detail: Any) -> str:
 
 @dataclass
 class _ResponsesStream:
-    """A streamed response: the final event carries the whole response; until it arrives, the
-    text deltas stand in for it (a stream closed early). An ``error`` event, after which no final
-    one comes, fails the call."""
+    """A streamed response: the final event carries the whole response; until it arrives (a
+    stream closed early), the output items done so far and the text deltas of the one under way
+    stand in for it. An ``error`` event, after which no final one comes, fails the call."""
 
     final: Any = None
     response_id: str | None = None
     model: str | None = None
-    text: list[str] = field(default_factory=list)
+    done: dict[int, Any] = field(default_factory=dict)  # output items by their output_index
+    text: dict[Any, list[str]] = field(default_factory=dict)  # text deltas by their item's id
     error: str | None = None
 
     def add(self, event: Any) -> None:
@@ -330,7 +373,9 @@ class _ResponsesStream:
             if kind in _FINAL_EVENTS:
                 self.final = response
         if kind == "response.output_text.delta":
-            self.text.append(event.delta)
+            self.text.setdefault(getattr(event, "item_id", None), []).append(event.delta)
+        elif kind == "response.output_item.done":
+            self.done[event.output_index] = event.item
         elif kind == "error":
             self.error = _failure("error", getattr(event, "message", None))
 
@@ -340,8 +385,17 @@ class _ResponsesStream:
             return
         if self.error is not None:
             call.fail(self.error)
-        messages = [{"role": "assistant", "content": "".join(self.text)}] if self.text else None
-        call.record_response(messages, model=self.model, response_id=self.response_id)
+        call.record_response(self._partial_messages(), model=self.model, response_id=self.response_id)
+
+    def _partial_messages(self) -> list[dict[str, Any]] | None:
+        """The reply as far as it came: the items done, then the text of any still under way."""
+        items = [self.done[index] for index in sorted(self.done)]
+        message = _output_message(items)
+        finished = {getattr(item, "id", None) for item in items}
+        pending = "".join(text for item_id, parts in self.text.items() if item_id not in finished for text in parts)
+        if pending:
+            message["content"] = (message["content"] or "") + pending
+        return [message] if items or pending else None
 
 
 CHAT = _ChatApi()
@@ -361,15 +415,34 @@ def _recording_failed(what: str) -> None:
     _warned = True
 
 
-def _start(api: _Api, kwargs: dict[str, Any]) -> tuple[LlmCall | None, dict[str, Any]]:
+def _provider(resource: Any) -> str:
+    """The provider of the client a resource (``client.chat.completions``…) belongs to: Azure's
+    clients are subclasses of openai's own, told apart by class."""
+    from openai import AsyncAzureOpenAI, AzureOpenAI
+
+    client = getattr(resource, "_client", None)
+    return AZURE_PROVIDER if isinstance(client, AzureOpenAI | AsyncAzureOpenAI) else PROVIDER
+
+
+def _refuses_token_ids(resource: Any, provider: str) -> bool:
+    """Whether the client talks to a service known to refuse vLLM's request fields with a 400
+    (OpenAI's API, Azure's): an agent that also calls one of them (a judge, say) keeps working
+    with token ids captured from its own vLLM server."""
+    host = getattr(getattr(getattr(resource, "_client", None), "base_url", None), "host", None)
+    return provider == AZURE_PROVIDER or host == OPENAI_API_HOST
+
+
+def _start(api: _Api, resource: Any, kwargs: dict[str, Any]) -> tuple[LlmCall | None, dict[str, Any]]:
     """The call's span (joined or opened) and the arguments to send. Materializing a generator of
     messages is the only step allowed to raise: it raises what the client itself would."""
     prepared = api.prepare(kwargs)
     try:
-        to_send = api.request_token_ids(prepared) if _config.capture_token_ids else prepared
+        provider = _provider(resource)
+        capture = _config.capture_token_ids and not _refuses_token_ids(resource, provider)
+        to_send = api.request_token_ids(prepared) if capture else prepared
         model = prepared.get("model")
         call = start_llm_call(
-            str(model) if _is_given(model) else UNKNOWN_MODEL, provider=PROVIDER, tracer=_config.tracer
+            str(model) if _is_given(model) else UNKNOWN_MODEL, provider=provider, tracer=_config.tracer
         )
     except Exception:
         _recording_failed("the start of an openai call")
@@ -652,7 +725,7 @@ def _sync_wrapper(api: _Api) -> Callable[..., Any]:
     def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if not _config.active:
             return wrapped(*args, **kwargs)
-        call, kwargs = _start(api, kwargs)
+        call, kwargs = _start(api, instance, kwargs)
         if call is None:
             return wrapped(*args, **kwargs)
         token = _attach(call)
@@ -672,7 +745,7 @@ def _async_wrapper(api: _Api) -> Callable[..., Any]:
     async def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if not _config.active:
             return await wrapped(*args, **kwargs)
-        call, kwargs = _start(api, kwargs)
+        call, kwargs = _start(api, instance, kwargs)
         if call is None:
             return await wrapped(*args, **kwargs)
         token = _attach(call)
