@@ -8,6 +8,7 @@ checkpoint runs inside a request (`SqliteLightningStore._checkpoint_soon`).
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -68,3 +69,46 @@ def test_a_large_batch_is_checkpointed_so_the_next_starts_the_log_over(
         await store.close()
 
     asyncio.run(scenario())
+
+
+async def test_the_checkpoint_finds_the_store_after_the_process_changes_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default store path is relative (``.agl/store.db``) and the checkpoint's connection is
+    opened at the first tick: an agent that changed folder before then made it open (or fail to
+    open, at every tick) a store in the new folder, and the real log was never checkpointed."""
+    (tmp_path / "project").mkdir()
+    (tmp_path / "workspace").mkdir()
+    monkeypatch.chdir(tmp_path / "project")
+    store = SqliteLightningStore("store.db", watchdog_interval=None)  # ticks are run by hand below
+    await store.enqueue_rollout("x")
+    file = tmp_path / "project" / "store.db"
+    before = file.stat().st_size
+    monkeypatch.chdir(tmp_path / "workspace")
+    store._watchdog_tick()  # what the watchdog thread does every 0.1 s
+    assert list((tmp_path / "workspace").iterdir()) == []
+    assert file.stat().st_size > before  # the log's pages were copied into the store's file
+    await store.close()
+
+
+def test_a_failure_at_every_tick_is_logged_once_not_ten_times_a_second(caplog: pytest.LogCaptureFixture) -> None:
+    """A full disk fails the checkpoint at every tick: a traceback each time flooded the log (on
+    that same full disk). A different failure is still logged at once."""
+    full = sqlite3.OperationalError("database or disk is full")
+    outcomes = [full, full, full, sqlite3.OperationalError("database is locked")]
+    done = threading.Event()
+
+    def tick() -> None:
+        if not outcomes:
+            done.set()
+            return
+        watchdog.wake()  # the next tick follows at once
+        raise outcomes.pop(0)
+
+    watchdog = Watchdog(tick, NEVER, "test-watchdog")
+    watchdog.start()
+    watchdog.wake()
+    assert done.wait(10)
+    watchdog.stop()
+    logged = [r.exc_info[1] for r in caplog.records if r.name == "agl.core.store.watchdog" and r.exc_info]
+    assert [str(error) for error in logged] == ["database or disk is full", "database is locked"]

@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -100,16 +101,61 @@ async def test_a_store_from_a_newer_agl_is_refused(tmp_path: Path) -> None:
             open_store(f"sqlite:///{path}", read_only=read_only)
 
 
-def test_inspecting_a_file_that_is_not_a_store_changes_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("read_only", [True, False], ids=["inspecting", "writing"])
+def test_opening_another_applications_database_changes_nothing(tmp_path: Path, read_only: bool) -> None:
+    """A mistyped ``AGL_STORE`` naming another application's database must not put that file in
+    WAL mode and add agl's tables to it."""
     path = tmp_path / "other.db"
     with sqlite3.connect(path) as raw:
         raw.execute("CREATE TABLE notes (text TEXT)")
     raw.close()
     before = path.read_bytes()
-    with pytest.raises(StoreUnavailable, match=rf"{path}: not an agl store"):
-        open_store(f"sqlite:///{path}", read_only=True)
+    with pytest.raises(StoreUnavailable, match=rf"{path}: not an agl store .*"):
+        open_store(f"sqlite:///{path}", read_only=read_only)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other.db"]
+
+
+async def test_an_empty_file_becomes_a_store(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    path.touch()  # made by mktemp, or by a tool that reserves the name first
+    store = SqliteLightningStore(path, watchdog_interval=None)
+    rollout = await store.enqueue_rollout("x")
+    assert await store.get_rollout_by_id(rollout.rollout_id) == rollout
+    await store.close()
+
+
+def overwrite_root_pages(path: Path, tables: list[str]) -> None:
+    """Damage the file as a failing disk or a torn copy would: the tables' first pages become junk."""
+    with closing(sqlite3.connect(path)) as raw:
+        page_size = raw.execute("PRAGMA page_size").fetchone()[0]
+        roots = [raw.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (t,)).fetchone()[0] for t in tables]
+    with path.open("r+b") as file:
+        for root in roots:
+            file.seek((root - 1) * page_size)
+            file.write(b"\xff" * page_size)
+
+
+@pytest.mark.parametrize("read_only", [True, False], ids=["inspecting", "writing"])
+async def test_a_damaged_file_is_one_clear_error_for_every_read(tmp_path: Path, read_only: bool) -> None:
+    """SQLite ends a read that meets a damaged page itself; ending it again raised a second, raw
+    ``sqlite3.DatabaseError`` that hid the clear one."""
+    path = tmp_path / "store.db"
+    store = SqliteLightningStore(path, watchdog_interval=None)
+    rollout_id = (await store.start_rollout({"task": 1})).rollout_id
+    await store.close()
+    overwrite_root_pages(path, ["rollouts", "attempts"])
+    damaged = SqliteLightningStore(path, watchdog_interval=None, read_only=read_only)
+    for call in (
+        damaged.statistics(),
+        damaged.get_rollout_by_id(rollout_id),
+        damaged.get_latest_attempt(rollout_id),
+        damaged.query_rollouts(),
+        damaged.query_rollouts(limit=1),
+    ):
+        with pytest.raises(StoreUnavailable, match=rf"{path}: database disk image is malformed"):
+            await call
+    await damaged.close()
 
 
 async def test_inspection_reads_and_refuses_writes(tmp_path: Path) -> None:

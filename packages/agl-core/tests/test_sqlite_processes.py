@@ -171,6 +171,25 @@ async def test_wait_for_rollouts_sees_another_process_finish_a_rollout(tmp_path:
     await store.close()
 
 
+async def test_a_rollout_finished_elsewhere_before_the_first_tick_wakes_the_waiter(tmp_path: Path) -> None:
+    """The watchdog's first tick with a waiter took the file's change counter as its baseline, so
+    a rollout another process finished between the wait's read and that tick went unnoticed and
+    ``wait_for_rollouts`` without a timeout hung."""
+    path = tmp_path / "store.db"
+    store = SqliteLightningStore(path, watchdog_interval=None)  # ticks are run by hand below
+    rollout = await store.enqueue_rollout("x")
+    waiter = asyncio.create_task(store.wait_for_rollouts([rollout.rollout_id]))
+    await asyncio.sleep(0)  # the waiter reads the rollout (still queuing) and waits
+    finisher = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", textwrap.dedent(FINISH), str(path), rollout.rollout_id
+    )
+    assert await finisher.wait() == 0
+    store._watchdog_tick()  # what the watchdog thread does every 0.1 s
+    finished = await asyncio.wait_for(waiter, timeout=20)
+    assert [r.status for r in finished] == ["cancelled"]
+    await store.close()
+
+
 async def test_file_is_wal_and_migrations_apply_once(tmp_path: Path) -> None:
     path = tmp_path / "store.db"
     first = SqliteLightningStore(path, watchdog_interval=None)

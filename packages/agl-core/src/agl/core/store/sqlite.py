@@ -112,10 +112,11 @@ class SqliteLightningStore(LifecycleStore):
         if synchronous not in ("normal", "full"):
             raise InvalidInput(f"invalid synchronous {synchronous!r}; expected 'normal' or 'full'")
         self.path = Path(path)
+        self._file = self.path.absolute()  # the watchdog connects later, maybe after a chdir
         self._lock = threading.RLock()
         self._closed = False
         self._depth = 0
-        self._data_version: int | None = None
+        self._data_version = 0
         self._checkpoint_conn: sqlite3.Connection | None = None
         if read_only:
             self._conn = self._connect_read_only(busy_timeout)
@@ -123,6 +124,9 @@ class SqliteLightningStore(LifecycleStore):
             self._conn = self._connect(synchronous, busy_timeout)
             try:
                 self._migrate()
+                # The baseline for noticing other processes' commits (`_changed_elsewhere`): taken
+                # at the first tick with a waiter instead, it hid a commit made just before that tick.
+                self._data_version = self._conn.execute("PRAGMA data_version").fetchone()[0]
             except BaseException:
                 self._conn.close()  # the caller never gets the store, so nobody else could close it
                 raise
@@ -138,6 +142,7 @@ class SqliteLightningStore(LifecycleStore):
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout)
         try:
             with _unavailable_on_failure(self.path):
+                self._refuse_foreign_tables(conn)
                 # WAL is a property of the file: set once, outside any transaction, and checked.
                 mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode.lower() != "wal":
@@ -153,6 +158,15 @@ class SqliteLightningStore(LifecycleStore):
             conn.close()
             raise
         return conn
+
+    def _refuse_foreign_tables(self, conn: sqlite3.Connection) -> None:
+        """Another application's database (a mistyped path) must not be switched to WAL and
+        given agl's tables; an empty file, or one another process is making a store, is ours."""
+        tables = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        if tables and "agl_migrations" not in tables:
+            raise StoreUnavailable(
+                f"store at {self.path}: not an agl store (it holds other tables: {', '.join(sorted(tables)[:5])})"
+            )
 
     def _connect_read_only(self, busy_timeout: float) -> sqlite3.Connection:
         try:
@@ -269,6 +283,13 @@ class SqliteLightningStore(LifecycleStore):
                     yield
             finally:
                 self._depth -= 1
+                self._end_read()
+
+    def _end_read(self) -> None:
+        """End the snapshot. After some errors (a damaged page, an I/O error) SQLite has ended it
+        already, and a COMMIT would fail and hide the reason."""
+        if self._conn.in_transaction:
+            with _unavailable_on_failure(self.path):
                 self._conn.execute("COMMIT")
 
     def _changed_elsewhere(self) -> bool:
@@ -276,7 +297,7 @@ class SqliteLightningStore(LifecycleStore):
             if self._closed:
                 return False
             version = self._conn.execute("PRAGMA data_version").fetchone()[0]
-        changed = self._data_version is not None and version != self._data_version
+        changed = version != self._data_version
         self._data_version = version
         return changed
 
@@ -296,7 +317,7 @@ class SqliteLightningStore(LifecycleStore):
     def _watchdog_tick(self) -> None:
         super()._watchdog_tick()
         if self._checkpoint_conn is None:
-            self._checkpoint_conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._checkpoint_conn = sqlite3.connect(self._file, isolation_level=None, check_same_thread=False)
         # PASSIVE never blocks writers or readers; it copies what it can and returns.
         self._checkpoint_conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 

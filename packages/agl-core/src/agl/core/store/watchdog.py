@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 logger = logging.getLogger(__name__)
+
+REPEAT_LOG_SECONDS = 60.0
+"""The same tick failure is logged at most this often."""
 
 
 class Watchdog:
@@ -31,6 +35,7 @@ class Watchdog:
         self._woken.set()
 
     def _run(self) -> None:
+        last_logged: tuple[str, float] | None = None  # the failure logged last, and when
         while True:
             self._woken.wait(self._period)
             self._woken.clear()
@@ -38,7 +43,11 @@ class Watchdog:
                 return
             try:
                 self._tick()
-            except Exception:
-                # A failed tick (a locked database, a full disk) must not kill the thread;
-                # the next tick tries again.
-                logger.exception("store watchdog tick failed")
+            except Exception as error:
+                # A failed tick (a locked database, a full disk) must not kill the thread; the next
+                # tick tries again. A failure repeated at every tick (ten a second) would flood the
+                # log, so the same one is logged again only after REPEAT_LOG_SECONDS.
+                reason, now = repr(error), time.monotonic()
+                if last_logged is None or last_logged[0] != reason or now - last_logged[1] >= REPEAT_LOG_SECONDS:
+                    logger.exception("store watchdog tick failed (repeats are logged once a minute)")
+                    last_logged = (reason, now)
