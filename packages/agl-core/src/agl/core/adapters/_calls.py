@@ -15,6 +15,10 @@ from agl.core.tracing import semconv
 from agl.core.types.spans import Span
 
 CHOICE_COUNT = f"{semconv.REQUEST_PREFIX}choice.count"
+# The attempt number of a LangGraph node run under a retry policy (agl-instrument-langchain writes
+# it on each attempt's agent span, a failed attempt's in error), and the node it ran.
+NODE_ATTEMPT = "langgraph.node.attempt"
+NODE = "langgraph.node"
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,9 @@ class Call:
     prompt_token_ids: list[int] | None
     response_token_ids: list[int] | None
     response_logprobs: list[float] | None
+    retried: bool = False
+    """Made in an attempt that failed and was retried (a LangGraph node's ``RetryPolicy``): the
+    framework threw its output away, so it is not on the path the rollout took."""
 
     @property
     def models(self) -> tuple[str | None, str | None]:
@@ -60,9 +67,10 @@ def llm_calls(ordered: Sequence[Span], agent_match: str | None) -> list[Call]:
     One physical call recorded twice (the agent's client-side instrumentor and the LLM proxy both
     saw it) is one call: records sharing ``gen_ai.response.id`` are merged (see `_physical_calls`).
     """
-    pattern = re.compile(agent_match) if agent_match is not None else None
+    pattern = agent_pattern(agent_match)
     by_id = {span.span_id: span for span in ordered}
     records = [span for span in ordered if span.attributes.get(semconv.LLM_CALL) is True]
+    retried = _retried_attempts(ordered)
     calls = []
     for anchor, kept, group in _physical_calls(records):
         agent_name = next((name for span in (anchor, kept, *group) if (name := _agent_name(span, by_id))), None)
@@ -81,9 +89,57 @@ def llm_calls(ordered: Sequence[Span], agent_match: str | None) -> list[Call]:
                 prompt_token_ids=_ints(attributes.get(semconv.PROMPT_TOKEN_IDS)),
                 response_token_ids=_ints(attributes.get(semconv.RESPONSE_TOKEN_IDS)),
                 response_logprobs=_floats(attributes.get(semconv.RESPONSE_LOGPROBS)),
+                retried=bool(retried) and any(_under_any(record, retried, by_id) for record in group),
             )
         )
     return calls
+
+
+def agent_pattern(agent_match: str | None) -> re.Pattern[str] | None:
+    """``agent_match`` compiled; one that is no regular expression is refused in one line."""
+    if agent_match is None:
+        return None
+    try:
+        return re.compile(agent_match)
+    except (re.error, TypeError) as error:
+        raise InvalidInput(f"agent_match is not a regular expression: {agent_match!r} ({error})") from None
+
+
+def _retried_attempts(ordered: Sequence[Span]) -> set[str]:
+    """The span ids of attempts that failed and were retried: a span in error numbered ``k`` under
+    ``langgraph.node.attempt`` whose node has an attempt ``k + 1`` after it, beside it (same parent).
+    The last attempt of a node that failed for good is not among them: the run failed with it."""
+    numbered = [
+        (span, number)
+        for span in ordered
+        if isinstance(number := span.attributes.get(NODE_ATTEMPT), int) and not isinstance(number, bool)
+    ]
+    starts: dict[tuple[str | None, str | None, str | None, int], list[int]] = {}
+    for span, number in numbered:
+        starts.setdefault(_attempt_key(span, number), []).append(span.sequence_id)
+    return {
+        span.span_id
+        for span, number in numbered
+        if span.status.status_code == "ERROR"
+        and any(start > span.sequence_id for start in starts.get(_attempt_key(span, number + 1), ()))
+    }
+
+
+def _attempt_key(span: Span, number: int) -> tuple[str | None, str | None, str | None, int]:
+    attributes = span.attributes
+    return (span.parent_id, _text(attributes.get(NODE)), _text(attributes.get(semconv.AGENT_NAME)), number)
+
+
+def _under_any(span: Span, ancestors: set[str], by_id: dict[str, Span]) -> bool:
+    """Whether ``span`` lies under (or is) one of ``ancestors``, by parent links."""
+    seen: set[str] = set()
+    current: Span | None = span
+    while current is not None and current.span_id not in seen:  # a malformed trace may loop
+        if current.span_id in ancestors:
+            return True
+        seen.add(current.span_id)
+        current = by_id.get(current.parent_id) if current.parent_id else None
+    return False
 
 
 def _physical_calls(records: Sequence[Span]) -> list[tuple[Span, Span, list[Span]]]:

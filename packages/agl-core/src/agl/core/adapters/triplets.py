@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from agl.core.adapters._calls import Call, in_order, llm_calls
+from agl.core.adapters._calls import Call, agent_pattern, in_order, llm_calls
 from agl.core.errors import InvalidInput
 from agl.core.tracing import semconv
 from agl.core.types.spans import Span
@@ -31,6 +31,11 @@ def spans_to_triplets(
       call's agent is its own ``agl.agent.name``, else its nearest named ancestor's.
     - A call that failed (status ERROR) without producing any output is skipped: it holds nothing
       to train on (a stream cut off midway keeps what it produced).
+    - Calls of an attempt that failed and was retried (a LangGraph node's ``RetryPolicy``) are
+      skipped: the framework threw their output away, so they are not the rollout's path.
+    - A call answered from a client-side cache (``agl.llm.cached``) stays a triplet, as the agent
+      acted on it, but has no token ids (no request was sent), so it merges with no other call and
+      id-based trainers skip it; its reply is no sample of this policy.
     - ``merge``: a call whose prompt token ids start with the previous call's prompt + response ids
       extends that triplet: its response then covers everything after the first prompt, with
       ``response_mask`` 1 for generated tokens and 0 for inserted ones (tool output,
@@ -42,12 +47,11 @@ def spans_to_triplets(
 
     Every triplet with response ids carries ``response_mask`` (all ones unless merged).
     """
-    if reward not in ("final", "matched"):
-        raise InvalidInput(f"reward must be 'final' or 'matched', not {reward!r}")
+    _check_reward_rule(reward)
     ordered = in_order(spans)
     runs: list[_Run] = []
     for call in llm_calls(ordered, agent_match):
-        if not call.generated:
+        if not call.generated or call.retried:
             continue
         if not (merge and runs and runs[-1].extend(call)):
             runs.append(_Run(call))
@@ -58,7 +62,7 @@ def spans_to_triplets(
     # Rewards are in sequence order: each run's window is found by bisection, not by a scan.
     positions = [at for at, _ in rewards]
     starts = [run.calls[0].span.sequence_id for run in runs]
-    ends: list[int | None] = [*starts[1:], None]
+    ends: list[int | None] = [*starts[1:], None] if runs else []  # no call: no window
     triplets = []
     for run, start, end in zip(runs, starts, ends, strict=True):
         first = bisect.bisect_right(positions, start)
@@ -75,8 +79,18 @@ class TraceTripletAdapter:
     merge: bool = True
     reward: RewardRule = "final"
 
+    def __post_init__(self) -> None:
+        """Bad options are refused when the adapter is made, not after a batch of rollouts ran."""
+        _check_reward_rule(self.reward)
+        agent_pattern(self.agent_match)
+
     def adapt(self, spans: Sequence[Span]) -> list[Triplet]:
         return spans_to_triplets(spans, agent_match=self.agent_match, merge=self.merge, reward=self.reward)
+
+
+def _check_reward_rule(reward: str) -> None:
+    if reward not in ("final", "matched"):
+        raise InvalidInput(f"reward must be 'final' or 'matched', not {reward!r}")
 
 
 class _Run:
