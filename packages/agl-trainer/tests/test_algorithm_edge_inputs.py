@@ -154,3 +154,37 @@ async def test_grpo_says_when_a_step_has_nothing_to_train_on(
         "grpo step 1 has nothing to train on: its rollouts made no LLM call"
         " (the agent must call the LLM resource grpo publishes)"
     ]
+
+
+@rollout
+def agent_whose_tool_is_down(task: dict[str, Any], llm: Any) -> float:
+    """Fails every rollout before its first LLM call, as an agent whose tool or service is down."""
+    raise ConnectionError("the search tool is unreachable")
+
+
+@pytest.mark.parametrize("policy", ["zero", "drop_group"])
+async def test_grpo_says_when_every_rollout_of_a_step_failed(
+    store: LightningStore, tmp_path: Path, caplog: pytest.LogCaptureFixture, policy: str
+) -> None:
+    """A broken agent made the fit run every step on nothing: under ``drop_group`` without a word,
+    under ``zero`` with a warning blaming an agent that made no LLM call, never the failure."""
+    from agl.trainer.testing import build_tiny_model
+
+    options = {
+        "model": str(build_tiny_model(tmp_path / "tiny", seed=0)),
+        "steps": 2,
+        "n": 2,
+        "tasks_per_step": 2,
+        "val_every": 100,
+        "timeout": 60.0,
+        "failed_rollouts": policy,
+    }
+    with caplog.at_level(logging.WARNING, logger="agl.trainer.algorithm"):
+        await Trainer("grpo", store=store, n_runners=4, algorithm_options=options).fit_async(
+            agent_whose_tool_is_down, TRAIN
+        )
+    warnings = [r.getMessage() for r in caplog.records if r.getMessage().startswith("grpo step")]
+    assert warnings == [
+        "grpo step 1 has nothing to train on: all 4 of its rollouts failed"
+        " (the first with ConnectionError: the search tool is unreachable)"
+    ]

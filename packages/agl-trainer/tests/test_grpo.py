@@ -239,18 +239,23 @@ async def test_grpo_takes_no_step_when_every_group_ties(
 
 @rollout
 def half_tied_agent(task: dict[str, Any], llm: LLM) -> float:
-    """A task of kind "tie" scores 1 whatever the answer, so its groups always tie; any other scores a
-    checksum of the answer, so different answers score differently."""
+    """A task of kind "tie" scores 1 whatever the answer (give or take its ``noise`` times a checksum of
+    the answer: rounding noise, as a score computed in float32 has), so its groups always tie; any
+    other scores a checksum of the answer, so different answers score differently."""
     client = OpenAI(base_url=llm.endpoint, api_key=llm.api_key or "unused", max_retries=0)
     reply = client.chat.completions.create(
         model=llm.model, messages=[{"role": "user", "content": task["prompt"]}], **llm.sampling_parameters
     )
-    return 1.0 if task["kind"] == "tie" else zlib.crc32((reply.choices[0].message.content or "").encode()) / 2**32
+    checksum = zlib.crc32((reply.choices[0].message.content or "").encode()) / 2**32
+    return 1.0 - task.get("noise", 0.0) * checksum if task["kind"] == "tie" else checksum
 
 
+@pytest.mark.parametrize("noise", [0.0, 1e-9], ids=["exact", "within-rounding"])
 async def test_grpo_resample_tied_draws_fresh_tasks_in_place_of_groups_that_tied(
-    store: LightningStore, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+    store: LightningStore, tiny_model: Path, monkeypatch: pytest.MonkeyPatch, noise: float
 ) -> None:
+    """A group whose rewards differ by rounding noise only gets all-zero advantages (their std is under
+    `group_advantages`' eps), so it ties too: it was neither trained on nor replaced."""
     from agl.trainer.learning import batches
     from agl.trainer.learning.rollouts import task_cycle
 
@@ -262,7 +267,7 @@ async def test_grpo_resample_tied_draws_fresh_tasks_in_place_of_groups_that_tied
         return build_batch(items, **options)
 
     monkeypatch.setattr(batches, "build_batch", recording_build_batch)
-    tasks = [{"prompt": "Say something.", "kind": "tie"}, {"prompt": "Hello!", "kind": "vary"}]
+    tasks = [{"prompt": "Say something.", "kind": "tie", "noise": noise}, {"prompt": "Hello!", "kind": "vary"}]
     rounds, steps_count = 3, 6
     steps = StepLog()
     options = {"model": str(tiny_model), "n": 2, "tasks_per_step": 1, "steps": steps_count, "max_tokens": 4}

@@ -13,6 +13,7 @@ from agl.core import open_store
 from agl.core.agent import rollout
 from agl.core.cli import app
 from agl.core.store.base import LightningStore
+from agl.core.tracing import emit_reward
 from agl.core.types import PromptTemplate, Rollout
 from agl.trainer import Algorithm, AlgorithmContext, Trainer, UnknownAlgorithm, hookimpl, plugin_manager
 
@@ -86,6 +87,23 @@ async def test_failed_rollouts_count_but_have_no_reward(store: LightningStore) -
     assert metrics["train/rollouts"] == 3.0
     assert metrics["train/succeeded"] == 2.0
     assert metrics["train/reward_mean"] == pytest.approx(0.5)
+
+
+async def test_a_reward_emitted_before_the_agent_failed_is_not_counted(store: LightningStore) -> None:
+    """The rollout failed, but the reward it emitted on its way (a partial score) went into the mean:
+    a baseline, and `Trainer.dev`, reported reward 1 for an agent that failed every task."""
+
+    @rollout
+    def fails_after_scoring(task: dict[str, Any]) -> float:
+        emit_reward(1.0)
+        if task["x"] < 0:
+            raise ValueError("negative")
+        return 0.0
+
+    metrics = await Trainer("baseline", store=store).fit_async(fails_after_scoring, [{"x": -1}, {"x": 1}])
+    assert metrics == {"train/rollouts": 2.0, "train/succeeded": 1.0, "train/reward_mean": 0.0}
+    metrics = await Trainer("baseline", store=store).fit_async(fails_after_scoring, [{"x": -1}])
+    assert metrics == {"train/rollouts": 1.0, "train/succeeded": 0.0}
 
 
 async def test_the_run_hooks_are_called_in_order(store: LightningStore) -> None:

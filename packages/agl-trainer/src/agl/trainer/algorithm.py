@@ -118,7 +118,11 @@ class AlgorithmContext:
         return cancelled
 
     async def reward(self, rollout: Rollout) -> float | None:
-        """The final reward of the rollout's latest attempt: the last ``agl.reward`` among its spans."""
+        """The final reward of the rollout's latest attempt: the last ``agl.reward`` among its spans.
+        None when the rollout did not succeed: a reward it emitted before failing is a partial score,
+        not its result (averaged in, an agent failing every task could score well)."""
+        if rollout.status != "succeeded":
+            return None
         spans = await self.store.query_spans(rollout.rollout_id, "latest")
         rewards = [span.attributes[REWARD] for span in spans if _is_number(span.attributes.get(REWARD))]
         return float(rewards[-1]) if rewards else None

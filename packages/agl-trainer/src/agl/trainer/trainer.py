@@ -159,7 +159,7 @@ class Trainer:
             await asyncio.to_thread(flush_spans)
             try:
                 if self.run is not None:
-                    await self.run.finish(result if isinstance(result, BaseException) else None)
+                    await _finish_run(self.run, result)
                 self.plugins.hook.agl_fit_end(trainer=self, result=result)
             finally:
                 for observer in observers:
@@ -228,6 +228,16 @@ async def _cancel_leftovers(context: AlgorithmContext) -> None:
         return
     if cancelled:
         logger.warning("cancelled %d rollouts the fit queued and did not see finish", cancelled)
+
+
+async def _finish_run(run: TrainingRun, result: Any) -> None:
+    """Mark the fit's training run succeeded or failed. A store that is gone by now (the fit's last
+    store call) is logged, not raised: the fit's own result or error, and the ``agl_fit_end``
+    hooks after this, matter more than the record."""
+    try:
+        await run.finish(result if isinstance(result, BaseException) else None)
+    except Exception as error:
+        logger.warning("could not mark the training run %s finished: %s", run.rollout_id, error)
 
 
 async def _first_to_end(work: Any, runners: RunnerGroup) -> Any:

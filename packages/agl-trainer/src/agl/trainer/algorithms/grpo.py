@@ -87,8 +87,8 @@ class GRPO(Algorithm):
     ``skipped`` (triplets without token ids), ``seconds`` (the whole step, validation included),
     ``rollout_seconds``, ``update_seconds`` and ``update_skipped`` (1 when every group tied and
     there is no KL term: no gradient, so no optimizer step). The first step with nothing to train
-    on (no LLM call with token ids: an agent calling another model than the one published) logs a
-    warning saying why. Returns ``{"val_reward_before",
+    on (every rollout failed: the warning quotes the first error; or no LLM call with token ids: an
+    agent calling another model than the one published) logs a warning saying why. Returns ``{"val_reward_before",
     "val_reward_after", "train_reward_first", "train_reward_last", "steps", "checkpoint"}``.
 
     When the fit ends (also when it fails), the proxy stops and the resources the fit was given are
@@ -214,8 +214,9 @@ class GRPO(Algorithm):
             mismatch = sum(1 for s in ran for t in s.temperatures if abs(t - self.temperature) > 1e-6)
             nucleus = sum(1 for s in ran for p in s.top_ps if p < 1)
             batch = self._batch(kept, policy.pad_token_id)
-            if kept and not batch.rows and not warned:  # else only the step's metrics would say so
-                context.logger.warning("grpo step %d has nothing to train on: %s", step, _untrainable(batch))
+            if not warned and (failed == len(ran) or (kept and not batch.rows)):  # else only the metrics say so
+                why = await _all_failed(context, ran) if failed == len(ran) else _untrainable(batch)
+                context.logger.warning("grpo step %d has nothing to train on: %s", step, why)
                 warned = True
             rollouts_done = time.perf_counter()
             update = await asyncio.to_thread(self._update, policy, optimizer, batch, reference)
@@ -362,6 +363,17 @@ class GRPO(Algorithm):
         folder = Path(self._scratch.name) / f"step-{step}"
         policy.push(folder)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+async def _all_failed(context: AlgorithmContext, ran: list[Any]) -> str:
+    """Why a step whose every rollout failed learns nothing, with the first failure's error: a broken
+    agent (a tool down, a bad import) otherwise shows only as the ``failed`` metric of every step."""
+    first = next((s for s in ran if s.rollout.status != "succeeded"), None)
+    if first is None:
+        return f"all {len(ran)} of its rollouts failed (they reported no reward)"
+    attempt = await context.store.get_latest_attempt(first.rollout.rollout_id)
+    error = attempt.metadata.get("error") if attempt is not None else None
+    return f"all {len(ran)} of its rollouts failed (the first with {error or f'status {first.rollout.status}'})"
 
 
 def _untrainable(batch: Any) -> str:

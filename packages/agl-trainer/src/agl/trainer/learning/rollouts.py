@@ -17,6 +17,7 @@ from agl.core.tracing import semconv
 from agl.core.types import Rollout, RolloutMode
 from agl.core.types.triplets import Triplet
 from agl.trainer.algorithm import AlgorithmContext
+from agl.trainer.learning.advantages import group_advantages
 
 TEMPERATURE = f"{semconv.REQUEST_PREFIX}temperature"
 TOP_P = f"{semconv.REQUEST_PREFIX}top_p"
@@ -92,11 +93,11 @@ def apply_failure_policy(scored: list[Scored], policy: FailurePolicy) -> tuple[l
 
 
 def tied_groups(scored: Sequence[Scored]) -> set[int]:
-    """Groups whose rollouts all scored alike: their advantages are all 0, so they teach nothing."""
-    rewards: dict[int, set[float | None]] = {}
-    for s in scored:
-        rewards.setdefault(s.group, set()).add(s.reward)
-    return {group for group, seen in rewards.items() if len(seen) == 1}
+    """Groups whose advantages are all 0, so they teach nothing: rewards all alike, or apart by no more
+    than `group_advantages` ignores (rounding noise). A rollout without a reward counts 0."""
+    advantages = group_advantages([s.reward or 0.0 for s in scored], [s.group for s in scored])
+    groups = {s.group for s in scored}
+    return groups - {s.group for s, advantage in zip(scored, advantages, strict=True) if advantage != 0.0}
 
 
 def mean_reward(scored: Sequence[Scored]) -> float:
