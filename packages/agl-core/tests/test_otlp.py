@@ -41,12 +41,13 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from opentelemetry.trace import INVALID_SPAN_CONTEXT, Link, SpanKind, Status, StatusCode
 
 from agl.core.errors import InvalidInput
 from agl.core.otlp import (
     OtlpBodyTooLarge,
     OtlpDecodeError,
+    OtlpLink,
     OtlpSpan,
     OtlpUnsupportedMediaType,
     decode_traces,
@@ -167,6 +168,34 @@ def test_json_round_trip_matches_from_otel_and_protobuf(
     decoded = decode_traces(json_body(sdk_spans, **options), JSON)
     assert_matches_sdk(decoded, sdk_spans)
     assert decoded == decode_traces(protobuf_body(sdk_spans), PROTOBUF)
+
+
+def test_links_to_an_invalid_context_are_kept_with_zero_ids() -> None:
+    """The SDK exports a link to an invalid (all-zero) context when the link has attributes, as
+    the OTel specification asks; the whole batch was refused (400: the exporter drops it)."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with provider.get_tracer("t").start_as_current_span("s", links=[Link(INVALID_SPAN_CONTEXT, {"why": "lost"})]):
+        pass
+    spans = exporter.get_finished_spans()
+    for body, content_type in ((protobuf_body(spans), PROTOBUF), (json_body(spans), JSON)):
+        decoded = decode_traces(body, content_type)
+        assert_matches_sdk(decoded, spans)  # as `Span.from_otel` keeps it
+        assert decoded[0].links == (OtlpLink("0" * 32, "0" * 16, {"why": "lost"}),)
+
+
+def test_link_ids_left_out_are_zero_ids() -> None:
+    """The Collector writes a zero id as no id at all (empty bytes in protobuf, no key in JSON)."""
+    request = any_value_request({})
+    span = request.resource_spans[0].scope_spans[0].spans[0]
+    span.links.add(attributes=[KeyValue(key="why", value=AnyValue(string_value="lost"))])
+    document = otlp_json_document(request)
+    for link in document["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["links"]:
+        link.pop("traceId", None), link.pop("spanId", None)
+    for body, content_type in ((request.SerializeToString(), PROTOBUF), (json.dumps(document).encode(), JSON)):
+        (decoded,) = decode_traces(body, content_type)
+        assert decoded.links == (OtlpLink("0" * 32, "0" * 16, {"why": "lost"}),)
 
 
 def test_decoded_fields(sdk_spans: tuple[ReadableSpan, ...]) -> None:
@@ -443,10 +472,11 @@ def test_gzip_bomb_is_refused_at_the_cap_quickly_and_without_inflating_it() -> N
     assert peak < 3 * CAP
 
 
-@pytest.mark.parametrize("encoding", ["gzip", "GZIP", "x-gzip", "deflate"])
+@pytest.mark.parametrize("encoding", ["gzip", "GZIP", "x-gzip", "deflate", "zlib"])
 def test_compressed_bodies(sdk_spans: tuple[ReadableSpan, ...], encoding: str) -> None:
+    """``zlib`` is what the Collector's otlphttp exporter sends with ``compression: zlib``."""
     body = protobuf_body(sdk_spans)
-    compressed = zlib.compress(body) if encoding == "deflate" else gzip.compress(body)
+    compressed = zlib.compress(body) if encoding in ("deflate", "zlib") else gzip.compress(body)
     assert decompress(compressed, encoding, CAP) == body
 
 
@@ -462,6 +492,30 @@ def test_gzip_members_are_concatenated_and_count_towards_the_cap() -> None:
     assert decompress(body, "gzip", 20) == b"a" * 10 + b"b" * 10
     with pytest.raises(OtlpBodyTooLarge):
         decompress(body, "gzip", 19)
+
+
+def test_many_gzip_members_never_copy_the_rest_of_the_body() -> None:
+    """zlib copies the input it was given past a member's end: given the whole rest each time,
+    a body of many tiny members was quadratic (1 MiB of empty members took over a second, the
+    default 32 MiB limit some 20 minutes, blocking the server). Each copy of the rest showed in
+    the peak memory, which now stays under the body's size."""
+    member = gzip.compress(b"")
+    body = member * (2**20 // len(member)) + gzip.compress(b"end")
+    tracemalloc.start()
+    try:
+        assert decompress(body, "gzip", CAP) == b"end"
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < len(body)
+
+
+def test_a_large_gzip_member_after_small_ones(sdk_spans: tuple[ReadableSpan, ...]) -> None:
+    body = protobuf_body(sdk_spans) * 50  # far past the first window
+    compressed = gzip.compress(b"a") * 3 + gzip.compress(body, compresslevel=1) + gzip.compress(b"z")
+    assert decompress(compressed, "gzip", CAP) == b"aaa" + body + b"z"
+    with pytest.raises(OtlpDecodeError, match=r"^gzip body is truncated$"):
+        decompress(compressed[: len(compressed) // 2], "gzip", CAP)
 
 
 def test_decompressed_exactly_at_the_cap_is_accepted() -> None:
@@ -547,8 +601,8 @@ def test_protobuf_that_parses_but_is_invalid() -> None:
     with pytest.raises(OtlpDecodeError, match=r"parent_span_id must be 8 bytes, got 2$"):
         decode_traces(request.SerializeToString(), PROTOBUF)
     span.parent_span_id = b""
-    span.links.add(trace_id=bytes(range(16)), span_id=b"")
-    with pytest.raises(OtlpDecodeError, match=r"spans\[0\]\.links\[0\]\.span_id must be 8 bytes, got 0$"):
+    span.links.add(trace_id=bytes(range(16)), span_id=b"\x01\x02\x03")  # empty or all zeros: the invalid context
+    with pytest.raises(OtlpDecodeError, match=r"spans\[0\]\.links\[0\]\.span_id must be 8 bytes, got 3$"):
         decode_traces(request.SerializeToString(), PROTOBUF)
     del span.links[:]
     assert decode_traces(request.SerializeToString(), PROTOBUF)[0].kind == "INTERNAL"  # UNSPECIFIED reads as INTERNAL
@@ -613,6 +667,12 @@ JSON_ERRORS: list[tuple[tuple[str | int, ...], Any, str]] = [
     ((*_S, "attributes"), attribute({"intValue": str(2**63)}), f"{VALUE}.intValue {2**63} is out of range"),
     (
         (*_S, "attributes"),
+        attribute({"intValue": "9" * 5000}),  # past Python's int() limit of 4,300 digits
+        f"{VALUE}.intValue a string of 5000 characters is out of range",
+    ),
+    ((*_S, "attributes"), attribute({"doubleValue": 10**400}), f"{VALUE}.doubleValue is out of range for a double"),
+    (
+        (*_S, "attributes"),
         attribute({"boolValue": "true"}),
         f'{VALUE}.boolValue must be a boolean, got a string "true"',
     ),
@@ -634,7 +694,7 @@ JSON_ERRORS: list[tuple[tuple[str | int, ...], Any, str]] = [
         f"{VALUE}.kvlistValue.values[0].value.boolValue must be a boolean, got a number 0",
     ),
     ((*_S, "events"), [{"name": "e", "timeUnixNano": "x"}], f"{SPAN}.events[0].timeUnixNano {NOT_INT}"),
-    ((*_S, "links"), [{"traceId": "ab" * 16}], f"{SPAN}.links[0].spanId is missing"),
+    ((*_S, "links"), [{"spanId": "xyz"}], f'{SPAN}.links[0].spanId must be 16 hex characters, got a string "xyz"'),
     ((*_S, "links"), {}, f"{SPAN}.links must be an array, got an object"),
     (_S, "span", f'{SPAN} must be an object, got a string "span"'),
     ((*_R, "resource"), [], "JSON body: resourceSpans[0].resource must be an object, got an array"),

@@ -221,7 +221,8 @@ async def ingest_with_models(store: LightningStore, body: bytes, content_type: s
         if attempt_id is None:
             if filing.rollout_id not in latest_attempts:
                 latest = await store.get_latest_attempt(filing.rollout_id)
-                latest_attempts[filing.rollout_id] = latest.attempt_id if latest else f"at-{filing.rollout_id[3:]}"
+                named = f"at-{filing.rollout_id.removeprefix('ro-')}"
+                latest_attempts[filing.rollout_id] = latest.attempt_id if latest else named
             attempt_id = latest_attempts[filing.rollout_id]
         if filing.new_rollout_metadata is not None:
             new_rollouts[filing.rollout_id] = filing.new_rollout_metadata
@@ -603,7 +604,7 @@ def test_route_files_every_span_as_file_span_does(data: list[tuple[int, bytes, i
     expected_rollouts = {}
     for (document, _), span in zip(filed, decode_traces(body, PROTOBUF), strict=True):
         filing = file_span(span.attributes, span.resource_attributes, span.trace_id, span.start_time)
-        attempt_id = filing.attempt_id or f"at-{filing.rollout_id[3:]}"  # no such rollout: no latest attempt
+        attempt_id = filing.attempt_id or f"at-{filing.rollout_id.removeprefix('ro-')}"  # no such rollout yet
         assert (document["rollout_id"], document["attempt_id"], document["sequence_id"]) == (
             filing.rollout_id,
             attempt_id,

@@ -16,7 +16,7 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.trace import Status, StatusCode
+from opentelemetry.trace import INVALID_SPAN_CONTEXT, Link, Status, StatusCode
 from pydantic import SecretStr
 
 from agl.core.server import ServerSettings, create_app
@@ -98,6 +98,19 @@ def test_spans_naming_a_rollout_join_it(server: ServingThread, backing: SqliteLi
     assert run(backing.get_latest_attempt(started.rollout_id)).status == "running"  # type: ignore[union-attr]
 
 
+def test_a_link_to_an_invalid_context_does_not_lose_the_batch(
+    server: ServingThread, backing: SqliteLightningStore
+) -> None:
+    """The SDK exports a link to an invalid context when it has attributes; the batch was a 400."""
+    provider = provider_for(server, {"service.name": "linker"}, Compression.Gzip)
+    lost = Link(INVALID_SPAN_CONTEXT, {"n": 1})
+    with provider.get_tracer("app").start_as_current_span("agent", links=[lost]) as root:
+        pass
+    provider.shutdown()
+    (span,) = run(backing.query_spans(f"ro-trace-{format(root.get_span_context().trace_id, '032x')}"))
+    assert [(link.trace_id, link.span_id, link.attributes) for link in span.links] == [("0" * 32, "0" * 16, {"n": 1})]
+
+
 def otlp_json(trace_id: str, spans: list[dict]) -> bytes:
     return json.dumps(
         {"resourceSpans": [{"resource": {"attributes": []}, "scopeSpans": [{"scope": {"name": "t"}, "spans": spans}]}]}
@@ -163,6 +176,22 @@ def test_bad_bodies_are_4xx_and_change_nothing(server: ServingThread, backing: S
     assert httpx.post(f"{server.url}/v1/traces", content=b"{}").status_code == 401
     assert run(backing.statistics()).spans == 0
     assert httpx.get(f"{server.url}/health").status_code == 200
+
+
+def test_spans_naming_only_rollouts_the_store_lacks_get_an_attempt_each(
+    server: ServingThread, backing: SqliteLightningStore
+) -> None:
+    """Their attempt is named after the rollout as the agl_store exporter names it: two rollouts
+    whose ids differ only in their first three characters do not share (and fight over) one."""
+    batch = [
+        json_span("ab" * 16, "1" * 16, "first", **{"agl.rollout.id": "job-1"}),
+        json_span("cd" * 16, "2" * 16, "second", **{"agl.rollout.id": "run-1"}),
+    ]
+    answer = post(server, otlp_json("ab" * 16, batch))
+    assert (answer.status_code, answer.json()) == (200, {})
+    for rollout_id, name in (("job-1", "first"), ("run-1", "second")):
+        (span,) = run(backing.query_spans(rollout_id))
+        assert (span.name, span.attempt_id) == (name, f"at-{rollout_id}")
 
 
 def test_a_span_naming_only_a_queued_rollout_is_refused_in_words(

@@ -104,11 +104,16 @@ class OtlpSpan:
 # Content-Encoding
 
 
-_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+_WBITS = {
+    "gzip": 16 + zlib.MAX_WBITS,
+    "x-gzip": 16 + zlib.MAX_WBITS,
+    "deflate": zlib.MAX_WBITS,
+    "zlib": zlib.MAX_WBITS,  # the Collector's otlphttp exporter's name for deflate
+}
 
 
 def decompress(body: bytes, content_encoding: str | None, max_decompressed_bytes: int) -> bytes:
-    """Undo ``Content-Encoding`` (identity, gzip, deflate) without ever holding more than the cap.
+    """Undo ``Content-Encoding`` (identity, gzip, deflate/zlib) without ever holding more than the cap.
 
     Inflating stops one byte past ``max_decompressed_bytes``, so a gzip bomb costs the cap in
     memory and time, not its full size. ``deflate`` is the zlib format, as HTTP (and the Python
@@ -117,7 +122,7 @@ def decompress(body: bytes, content_encoding: str | None, max_decompressed_bytes
     codings = [c for c in (content_encoding or "").lower().split(",") if c.strip() not in ("identity", "none", "")]
     if len(codings) > 1:
         raise OtlpUnsupportedMediaType(
-            f"unsupported content encoding {content_encoding!r}: expected one of gzip, deflate or identity"
+            f"unsupported content encoding {content_encoding!r}: expected one of gzip, deflate, zlib or identity"
         )
     encoding = codings[0].strip() if codings else "identity"
     if encoding == "identity":
@@ -127,32 +132,52 @@ def decompress(body: bytes, content_encoding: str | None, max_decompressed_bytes
     wbits = _WBITS.get(encoding)
     if wbits is None:
         raise OtlpUnsupportedMediaType(
-            f"unsupported content encoding {content_encoding!r}: expected gzip, deflate or identity"
+            f"unsupported content encoding {content_encoding!r}: expected gzip, deflate, zlib or identity"
         )
     return _inflate(body, encoding, wbits, max_decompressed_bytes)
 
 
+_FIRST_WINDOW = 1 << 16
+"""Bytes of a body first given to zlib: a gzipped batch of hundreds of LLM spans fits (one call)."""
+_MIN_WINDOW = 256
+
+
 def _inflate(body: bytes, encoding: str, wbits: int, limit: int) -> bytes:
+    """Inflate each stream (gzip member) of ``body`` in turn, fed in windows that double until it
+    ends; each next stream's first window is twice the size of the last stream.
+
+    Why windows: at a stream's end zlib copies whatever it was given past it (``unused_data``);
+    given the whole rest of the body each time, a body of many tiny gzip members was quadratic
+    (32 MiB of them, the default body limit, kept the server busy for about 20 minutes)."""
     parts: list[bytes] = []
     room = limit
-    data = body
+    data = memoryview(body)
+    start = 0
+    window = _FIRST_WINDOW
     while True:
         inflater = zlib.decompressobj(wbits)
-        try:
-            part = inflater.decompress(data, room + 1)
-        except zlib.error as error:
-            raise OtlpDecodeError(f"{encoding} body is corrupt: {error}") from None
-        if len(part) > room:
-            raise OtlpBodyTooLarge(f"decompressed body exceeds {limit} bytes", limit)
-        if not inflater.eof:
-            raise OtlpDecodeError(f"{encoding} body is truncated")
-        parts.append(part)
-        room -= len(part)
-        data = inflater.unused_data
-        if not data:
+        stream_start = start
+        while not inflater.eof:
+            if start >= len(data):
+                raise OtlpDecodeError(f"{encoding} body is truncated")
+            chunk = data[start : start + window]
+            start += len(chunk)
+            window *= 2
+            try:
+                part = inflater.decompress(chunk, room + 1)  # under room + 1 bytes: took all of chunk, or ended
+            except zlib.error as error:
+                raise OtlpDecodeError(f"{encoding} body is corrupt: {error}") from None
+            if len(part) > room:
+                raise OtlpBodyTooLarge(f"decompressed body exceeds {limit} bytes", limit)
+            if part:  # b"".join takes 80 bytes a part, and a chunk may inflate to nothing
+                parts.append(part)
+                room -= len(part)
+        start -= len(inflater.unused_data)
+        if start == len(data):
             return b"".join(parts)
         if wbits == zlib.MAX_WBITS:
             raise OtlpDecodeError(f"{encoding} body is corrupt: data after the end of the stream")
+        window = max(_MIN_WINDOW, 2 * (start - stream_start))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -415,8 +440,8 @@ def _pb_links(links: Any) -> list[dict[str, Any]]:
         try:
             decoded.append(
                 {
-                    "trace_id": _pb_id(link.trace_id, 16, "trace_id"),
-                    "span_id": _pb_id(link.span_id, 8, "span_id"),
+                    "trace_id": _pb_link_id(link.trace_id, 16, "trace_id"),
+                    "span_id": _pb_link_id(link.span_id, 8, "span_id"),
                     "attributes": _pb_attributes(link.attributes),
                 }
             )
@@ -426,6 +451,7 @@ def _pb_links(links: Any) -> list[dict[str, Any]]:
 
 
 _ZEROS = {16: bytes(16), 8: bytes(8)}
+_ZERO_HEX = {16: "0" * 32, 8: "0" * 16}
 
 
 def _pb_id(raw: bytes, size: int, field: str) -> str:
@@ -434,6 +460,13 @@ def _pb_id(raw: bytes, size: int, field: str) -> str:
     if raw == _ZEROS[size]:
         raise _Invalid("must not be all zeros", field)
     return raw.hex()
+
+
+def _pb_link_id(raw: bytes, size: int, field: str) -> str:
+    """A link's id; all zeros or empty is the invalid context, kept as zeros (see `_json_link_id`)."""
+    if not raw or raw == _ZEROS[size]:
+        return _ZERO_HEX[size]
+    return _pb_id(raw, size, field)
 
 
 def _pb_parent_id(raw: bytes) -> str | None:
@@ -481,6 +514,7 @@ _PB_SCALARS = frozenset({"string_value", "int_value", "double_value", "bool_valu
 
 _INT64 = (-(2**63), 2**63 - 1)
 _UINT64 = (0, 2**64 - 1)
+_MAX_DIGITS = len(str(2**64 - 1))
 
 
 def _decode_json(body: bytes, make: Callable[..., _T]) -> Iterator[_T]:
@@ -593,8 +627,8 @@ def _json_event(item: Any) -> dict[str, Any]:
 def _json_link(item: Any) -> dict[str, Any]:
     link = _json_object(item)
     return {
-        "trace_id": _json_id(link, "traceId", 16),
-        "span_id": _json_id(link, "spanId", 8),
+        "trace_id": _json_link_id(link, "traceId", 16),
+        "span_id": _json_link_id(link, "spanId", 8),
         "attributes": _json_attributes(link, "attributes"),
     }
 
@@ -614,6 +648,16 @@ def _json_id(parent: dict[str, Any], key: str, size: int) -> str:
     if not value:
         raise _Invalid(f"is missing{_snake_case_hint(parent, key)}", key)
     raise _Invalid(f"must be {2 * size} hex characters, got {_json_type(value)}{_base64_hint(value, size)}", key)
+
+
+def _json_link_id(link: dict[str, Any], key: str, size: int) -> str:
+    """A link's id. The SDK exports a link to an invalid (all-zero) context when the link has
+    attributes, as the OTel specification asks, and the Collector writes a zero id as none at
+    all: either is kept as zeros, as `Span.from_otel` keeps it, instead of refusing the batch."""
+    value = link.get(key)
+    if value is None or (type(value) is str and len(value) in (0, 2 * size) and not value.strip("0")):
+        return _ZERO_HEX[size]
+    return _json_id(link, key, size)
 
 
 def _base64_hint(value: Any, size: int) -> str:
@@ -669,7 +713,12 @@ def _to_integer(value: Any, field: str, bounds: tuple[int, int]) -> int:
     """A 64-bit integer: proto3 JSON writes a decimal string and accepts a number too."""
     if type(value) is str:
         digits = value[1:] if value[:1] == "-" else value
-        number = int(value) if digits.isascii() and digits.isdigit() else None
+        if not (digits.isascii() and digits.isdigit()):
+            number = None
+        elif len(digits) > _MAX_DIGITS:  # no 64-bit integer has more; int() refuses over 4,300 (ValueError)
+            raise _Invalid(f"{_json_type(value)} is out of range", field)
+        else:
+            number = int(value)
     elif type(value) is int:
         number = value
     elif type(value) is float and value.is_integer():
@@ -736,8 +785,13 @@ def _json_scalar(expected: type, name: str) -> Callable[[Any, str], Any]:
 
 def _json_double(raw: Any, field: str) -> float:
     """A number, or a string such as "NaN", "Infinity" or "1.5" (proto3 JSON)."""
-    if type(raw) is float or type(raw) is int:
-        return float(raw)
+    if type(raw) is float:
+        return raw
+    if type(raw) is int:
+        try:
+            return float(raw)
+        except OverflowError:  # an integer of hundreds of digits
+            raise _Invalid("is out of range for a double", field) from None
     if type(raw) is str:
         try:
             return float(raw)

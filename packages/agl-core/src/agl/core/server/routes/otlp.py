@@ -235,7 +235,7 @@ async def _latest_attempt_id(store: LightningStore, rollout_id: str, document: d
             f"span {document['span_id']!r} ({document['name']!r}): rollout {rollout_id!r} has no attempt yet;"
             " name one with agl.attempt.id, or start the rollout first"
         )
-    return f"at-{rollout_id[3:]}"
+    return f"at-{rollout_id.removeprefix('ro-')}"  # as the agl_store exporter names it
 
 
 def _encode(document: dict[str, Any]) -> bytes | None:
