@@ -157,7 +157,7 @@ async def _file(
     latest_attempts: dict[str, str] = {}
     # A span that names no rollout, attempt or sequence id itself is filed by its resource and trace
     # alone: `file_span` once per (resource, trace), as most spans of a batch share both.
-    by_trace: dict[tuple[int, str], tuple[str, str | None, dict[str, Any] | None]] = {}
+    by_trace: dict[tuple[int, str], tuple[str, str | None, dict[str, Any] | None, dict[str, Any]]] = {}
     for document in documents:
         attributes, start_time = document["attributes"], document["start_time"]
         resource_attributes, trace_id = document["resource"]["attributes"], document["trace_id"]
@@ -166,12 +166,19 @@ async def _file(
             rollout_id, attempt_id, sequence_id = filing.rollout_id, filing.attempt_id, filing.sequence_id
             metadata = filing.new_rollout_metadata
         else:
-            key = (id(resource_attributes), trace_id)  # the resource dict lives as long as the batch
+            key = (id(resource_attributes), trace_id)
             known = by_trace.get(key)
             if known is None:
                 filing = file_span(attributes, resource_attributes, trace_id, start_time)
-                known = by_trace[key] = filing.rollout_id, filing.attempt_id, filing.new_rollout_metadata
-            rollout_id, attempt_id, metadata = known
+                # The resource dict is kept in the entry: a dict freed (all its spans refused) could
+                # give its id to a later resource, whose spans would be filed under this one's rollout.
+                known = by_trace[key] = (
+                    filing.rollout_id,
+                    filing.attempt_id,
+                    filing.new_rollout_metadata,
+                    resource_attributes,
+                )
+            rollout_id, attempt_id, metadata, _ = known
             sequence_id = sequence_clock(start_time) if start_time else 0  # `file_span`'s, with no agl.sequence_id
         if attempt_id is None:  # only the rollout is named: its latest attempt
             if rollout_id not in latest_attempts:
