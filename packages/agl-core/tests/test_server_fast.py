@@ -231,6 +231,22 @@ async def test_requests_the_fast_path_leaves_to_fastapi(pair: Pair) -> None:
     assert not fast
 
 
+async def test_a_body_not_sent_as_json_is_refused_saying_so(pair: Pair) -> None:
+    """curl's ``-d`` sends a form's content type: pydantic's message blamed the body ("Input should
+    be a valid dictionary"), not the header."""
+    for headers, got in [
+        (
+            {**AUTH, "Content-Type": "application/x-www-form-urlencoded"},
+            "Content-Type: application/x-www-form-urlencoded",
+        ),
+        ({**AUTH, "Content-Type": "text/plain"}, "Content-Type: text/plain"),
+        (AUTH, "no Content-Type"),
+    ]:
+        status, answer, _ = await pair.both("POST", "/rollouts", {"input": 1}, headers=headers)
+        message = f"the request body must be JSON sent with Content-Type: application/json, got {got}"
+        assert (status, answer) == (422, {"error": "InvalidInput", "message": message, "detail": {}}), headers
+
+
 async def test_token_and_size_limit_hold_on_the_fast_path(pair: Pair) -> None:
     span = make_span("ro-t", "at-t", 1).model_dump(mode="json")
     for method, path, body in [

@@ -345,3 +345,113 @@ def test_one_connections_failed_check_does_not_end_the_watch_over_the_others() -
         assert FailingBodyCheck.checked.wait(10)
         _a_deadline_passes(server)  # a later connection's head is still refused on time
     asyncio.run(store.close())
+
+
+def test_an_empty_line_on_an_idle_kept_alive_connection_is_bounded_by_the_head_deadline(
+    quick_server: ServingThread,
+) -> None:
+    """The parser skips empty lines before a request line (RFC 9112 §2.2) without beginning a
+    request, yet uvicorn stopped its idle timer for them: one "\\r\\n" held the connection for good."""
+    with socket.create_connection(("127.0.0.1", quick_server.port), timeout=10) as client:
+        stream = client.makefile("rb")
+        client.sendall(b"GET /health HTTP/1.1\r\nHost: agl\r\n\r\n")
+        assert _answer(stream)[0].startswith(b"HTTP/1.1 200")
+        client.sendall(b"\r\n")
+        assert stream.read().startswith(b"HTTP/1.1 408 Request Timeout\r\n")  # then closed
+
+
+def _headers(stream: socket.SocketIO | object) -> tuple[bytes, dict[bytes, bytes]]:
+    """Status line and headers (lower-case names) of one answer read from a binary file over the socket."""
+    status = stream.readline()  # type: ignore[attr-defined]
+    headers = {}
+    while (line := stream.readline()) not in (b"\r\n", b""):  # type: ignore[attr-defined]
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers
+
+
+@pytest.mark.parametrize(
+    ("path", "length", "status"),
+    [(b"/v1/agl/unknown", 10, b"404"), (b"/v1/agl/rollouts", 64 * 1024 * 1024, b"413")],
+    ids=["not found", "too large by its declared length"],
+)
+def test_an_answer_before_the_body_a_client_holds_back_for_100_continue_ends_the_connection(
+    server: ServingThread, path: bytes, length: int, status: bytes
+) -> None:
+    """The client holds its body back until ``100 Continue``; answered without it, the server cannot
+    tell the body from the client's next request: uvicorn kept the connection and read the next
+    request as the body (a 400, or no answer at all). RFC 9110 §10.1.1: say which; here, close."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as client:
+        stream = client.makefile("rb")
+        client.sendall(
+            b"POST %s HTTP/1.1\r\nHost: agl\r\nContent-Type: application/json\r\n"
+            b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % (path, length)
+        )
+        answer, headers = _headers(stream)
+        assert answer.startswith(b"HTTP/1.1 " + status) and headers[b"connection"] == b"close"
+        stream.read(int(headers[b"content-length"]))
+        assert stream.read() == b""  # closed
+
+
+def test_a_body_sent_without_waiting_for_100_continue_keeps_the_connection(server: ServingThread) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as client:
+        stream = client.makefile("rb")
+        for _ in range(2):
+            client.sendall(
+                b"POST /v1/agl/unknown HTTP/1.1\r\nHost: agl\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n{}"
+            )
+            status, headers = _headers(stream)
+            assert status.startswith(b"HTTP/1.1 404") and b"connection" not in headers
+            stream.read(int(headers[b"content-length"]))
+
+
+def test_an_http_1_0_client_is_never_sent_100_continue(server: ServingThread) -> None:
+    """RFC 9110 §10.1.1 and §15.2: an HTTP/1.0 request's expectation is ignored, and an HTTP/1.0
+    client gets no 1xx answer (it would take ``100 Continue`` for its answer)."""
+    body = b'{"input": 1}'
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as client:
+        client.sendall(
+            b"POST /v1/agl/rollouts HTTP/1.0\r\nContent-Type: application/json\r\n"
+            b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        answer = _received_until_closed(client)
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and b'"rollout_id"' in answer
+
+
+def test_an_idle_connection_after_an_early_answer_and_its_body_is_closed_in_time() -> None:
+    """An answer sent before the body was in (a 401, a 413 by its declared length) arms uvicorn's
+    idle timer, and the body's bytes then stopped it: an idle connection was held for good."""
+    with (
+        ServingThread(_answering_app(), http=QuickDeadlines, timeout_keep_alive=1) as server,
+        socket.create_connection(("127.0.0.1", server.port), timeout=10) as client,
+    ):
+        stream = client.makefile("rb")
+        client.sendall(b"POST /answered HTTP/1.1\r\nHost: agl\r\nContent-Length: 10\r\n\r\n")
+        assert _answer(stream) == (b"HTTP/1.1 200 OK\r\n", b'{"answered":true}')
+        client.sendall(b"0123456789")
+        assert stream.read() == b""  # closed by the idle timeout, nothing said
+
+
+def test_a_request_after_an_early_answered_body_is_not_cut_by_the_idle_timeout() -> None:
+    """The idle timer armed again when such a body ends stops when the next request begins, in
+    the same read too: a request taking longer than the idle timeout still gets its answer."""
+    entered, release = threading.Event(), threading.Event()
+    app = _slow_app(entered, release)
+
+    @app.post("/answered")
+    async def answered() -> dict[str, bool]:
+        return {"answered": True}
+
+    with (
+        ServingThread(app, http=QuickDeadlines, timeout_keep_alive=1) as server,
+        socket.create_connection(("127.0.0.1", server.port), timeout=10) as client,
+    ):
+        stream = client.makefile("rb")
+        client.sendall(b"POST /answered HTTP/1.1\r\nHost: agl\r\nContent-Length: 10\r\n\r\n")
+        assert _answer(stream)[1] == b'{"answered":true}'
+        client.sendall(b"0123456789POST /slow HTTP/1.1\r\nHost: agl\r\nContent-Length: 0\r\n\r\n")
+        assert entered.wait(10)
+        for _ in range(6):  # more than the idle timeout's 1 s
+            _a_deadline_passes(server)
+        release.set()
+        assert _answer(stream) == (b"HTTP/1.1 200 OK\r\n", b'{"received":0}')

@@ -147,6 +147,34 @@ def test_a_blank_token_is_refused_before_serving(backing: SqliteLightningStore) 
         create_app(ServerSettings(token=SecretStr("")), backing)
 
 
+@pytest.mark.parametrize(
+    ("token", "why"),
+    [
+        ("s3cret\n", "a line break"),
+        ("s3cret\r\n", "a line break"),
+        ("s3cr\x00et", "a control character"),
+        ("s3cr\u00e9t", "a non-ASCII character"),
+    ],
+)
+def test_a_token_no_header_can_carry_is_refused_before_serving(
+    backing: SqliteLightningStore, token: str, why: str
+) -> None:
+    """A token from a file or a secret ending with a line break was taken: every client sending it
+    got a 400 "Invalid HTTP request" (agl's own, reading the same variable), never a word of the
+    token; a non-ASCII one was a 401 for the right token."""
+    message = f"the token has a character an HTTP header cannot carry \\({why}\\): use printable ASCII"
+    with pytest.raises(InvalidInput, match=message):
+        create_app(ServerSettings(token=SecretStr(token)), backing)
+    with pytest.raises(InvalidInput, match=message):
+        check_exposure(ServerSettings(host="0.0.0.0", token=SecretStr(token)))
+
+
+def test_a_token_with_inner_spaces_or_tabs_around_it_is_taken(backing: SqliteLightningStore) -> None:
+    settings = ServerSettings(token=SecretStr("\tmy s3cret "), max_body_bytes=MAX_BODY)
+    with ServingThread(create_app(settings, backing)) as running:
+        assert get(running, "/v1/agl/rollouts/x", "Authorization: Bearer my s3cret")[0] == 404
+
+
 def test_a_websocket_handshake_needs_the_token() -> None:
     """`TokenAuth` guards WebSocket routes as it does HTTP ones (none of agl's servers has one yet;
     an app that adds one must not open a hole)."""

@@ -69,6 +69,8 @@ def _describe(error: dict) -> str:
 async def _validation_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RequestValidationError)
     problems = error.errors()
+    if problems and problems[0]["loc"] == ("body",) and isinstance(problems[0].get("input"), bytes):
+        return _respond(422, ErrorBody(error="InvalidInput", message=_not_sent_as_json(request)))
     if problems and problems[0]["type"] == "json_invalid":  # FastAPI's report of a body it could not parse
         why = problems[0].get("ctx", {}).get("error", "unparseable")
         return _respond(400, ErrorBody(error="InvalidJson", message=f"the request body is not valid JSON: {why}"))
@@ -76,6 +78,14 @@ async def _validation_error(request: Request, error: Exception) -> JSONResponse:
         f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
     )
     return _respond(422, ErrorBody(error="InvalidInput", message=f"invalid request: {message}"))
+
+
+def _not_sent_as_json(request: Request) -> str:
+    """Why a body FastAPI kept as bytes was refused: its content type is not JSON (curl's ``-d``
+    sends ``application/x-www-form-urlencoded``), which pydantic's own message never said."""
+    kind = request.headers.get("content-type")
+    got = f"Content-Type: {_cut(kind, 80)}" if kind else "no Content-Type"
+    return f"the request body must be JSON sent with Content-Type: application/json, got {got}"
 
 
 async def _http_error(request: Request, error: Exception) -> JSONResponse:

@@ -36,7 +36,8 @@ import weakref
 from collections.abc import Iterable
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn._types import ASGISendEvent
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 logger = logging.getLogger(__name__)
 _INTERIM = (b"HTTP/1.1 1", b"HTTP/1.0 1")
@@ -173,6 +174,11 @@ class OneWriteHttpProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._closing_after_refusal is not None:
             return  # refused: what the client still sends is read and dropped
+        if self.timeout_keep_alive_task is not None and self._head_since is None and self._body_since is None:
+            # Bytes on an idle kept-alive connection: uvicorn stops its idle timer for them, but a
+            # request (`on_message_begin`) begins only with a method's first byte, not the empty
+            # lines the parser skips before one: a "\r\n" held the connection for good.
+            self._head_since = self.loop.time()
         if self._head_since is not None:
             self._head_bytes += len(data)
         super().data_received(data)
@@ -188,15 +194,33 @@ class OneWriteHttpProtocol(HttpToolsProtocol):
         super().on_message_begin()
         if self._head_since is None:  # the next request on a kept-alive connection
             self._head_since = self.loop.time()
+        if self.timeout_keep_alive_task is not None:  # armed by `on_message_complete` earlier in this read
+            self._unset_keepalive_if_required()
 
     def on_headers_complete(self) -> None:
         self._head_since, self._head_bytes = None, 0
+        if self.expect_100_continue and self.parser.get_http_version() == "1.0":
+            self.expect_100_continue = False  # RFC 9110 §10.1.1: ignored, and no 1xx to an HTTP/1.0 client
         super().on_headers_complete()
         self._body_since, self._body_bytes = _CLOCK_STOPPED, 0  # after: a head refused has no body awaited
+        if self.expect_100_continue:
+            _close_if_answered_before_continue(self.cycle)
 
     def on_message_complete(self) -> None:
         self._body_since = None
         super().on_message_complete()
+        cycle = self.cycle  # None: an upgrade first on its connection
+        if cycle is not None and cycle.response_complete and not self.parser.should_upgrade():
+            self._idle_after_early_answer()
+
+    def _idle_after_early_answer(self) -> None:
+        """The body of a request answered before it was in (a 401, a 413 by its declared length)
+        has ended: the connection is idle, so uvicorn's idle timer runs again. uvicorn armed it at
+        the answer and stopped it when the body's bytes came: the connection was held for good."""
+        if self.timeout_keep_alive_task is None and not self.transport.is_closing():
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._head_since = self._body_since = None
@@ -230,3 +254,21 @@ class OneWriteHttpProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         self.transport.flush()  # type: ignore[attr-defined]
         super().on_response_complete()
+
+
+def _close_if_answered_before_continue(cycle: RequestResponseCycle) -> None:
+    """End the connection after an answer that starts while the client still holds its body back,
+    waiting for ``100 Continue`` (a 401, a 413 by the declared length).
+
+    Why: the server then cannot tell whether the client's next bytes are that body or its next
+    request; RFC 9110 §10.1.1 asks the server to say which it expects, and ``Connection: close``
+    says it (as Go's and nginx's servers do). uvicorn kept the connection and read the next request
+    as the body: the client got a 400, or waited for an answer that never came."""
+    send = cycle.send
+
+    async def send_closing(message: ASGISendEvent) -> None:
+        if cycle.waiting_for_100_continue and cycle.more_body and message["type"] == "http.response.start":
+            cycle.keep_alive = False
+        await send(message)
+
+    cycle.send = send_closing  # type: ignore[method-assign]
