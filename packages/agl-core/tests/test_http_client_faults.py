@@ -197,3 +197,24 @@ def test_a_store_url_with_a_bad_port_or_credentials_is_refused_when_opened(url: 
     with pytest.raises(StoreUrlError, match=reason) as caught:
         open_store(url)
     assert "s3cret" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("token", "kind"),
+    [("s3cret\n", "a line break"), ("s3\x7fcret", "a control character"), ("s3crét", "a non-ASCII character")],
+)
+def test_a_token_no_header_can_carry_is_refused_when_the_client_is_made(
+    token: str, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A token read from a file with its line break broke every request's head (a bare 400 from
+    the server); a non-ASCII one raised `UnicodeEncodeError` or was a 401 for the right token.
+    Refused at once, from the argument or the variable, naming the kind of character, never the
+    secret (the server refuses the same tokens at start-up)."""
+    with pytest.raises(InvalidInput, match=f"cannot carry \\({kind}\\)") as caught:
+        HttpLightningStore("http://127.0.0.1:4747", token=token)
+    assert "s3" not in str(caught.value)
+    monkeypatch.setenv("AGL_STORE_TOKEN", token)
+    with pytest.raises(InvalidInput, match="AGL_STORE_TOKEN"):
+        open_store("http://127.0.0.1:4747")
+    monkeypatch.setenv("AGL_STORE_TOKEN", " \tright\t ")  # spaces and tabs around it: the header's own trim
+    HttpLightningStore("http://127.0.0.1:4747")

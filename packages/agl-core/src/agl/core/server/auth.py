@@ -9,12 +9,12 @@ surface is closed to a client without the token.
 from __future__ import annotations
 
 import hmac
-import re
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agl.core.errors import InvalidInput
+from agl.core.store.wire import unsendable_token
 
 OPEN_PATHS = frozenset({"/health"})
 STORE_UNAUTHORIZED = b'{"error":"Unauthorized","message":"missing or wrong bearer token","detail":{}}'
@@ -22,34 +22,16 @@ STORE_UNAUTHORIZED = b'{"error":"Unauthorized","message":"missing or wrong beare
 POLICY_VIOLATION = 1008
 """WebSocket close code for a refused handshake (the server answers it as a 403)."""
 _WHITESPACE = b" \t"
-_UNSENDABLE = re.compile(r"[^\t\x20-\x7e]")
-"""What a token must not hold: header values are visible ASCII, spaces and tabs (RFC 9110 §5.5)."""
 
 
 def check_token(token: str) -> None:
     """Refuse a blank token, which would guard nothing (``Authorization: Bearer`` alone would
-    match), and one no client can send. Called when an app is built: Starlette makes its
-    middleware only at the first request.
-
-    Why the second: a token read from a file or a secret often ends with a line break, which no
-    header can carry (agl's client sent it and got a 400 "Invalid HTTP request", no word of the
-    token); a non-ASCII one was compared as UTF-8 while clients send Latin-1 or refuse it: a 401
-    for the right token."""
+    match), and one no client can send (`unsendable_token`). Called when an app is built:
+    Starlette makes its middleware only at the first request."""
     if not token.strip(" \t"):
         raise InvalidInput("the token is blank: set a real token, or none to serve without one")
-    unsendable = _UNSENDABLE.search(token.strip(" \t"))
-    if unsendable is not None:
-        raise InvalidInput(
-            f"the token has a character an HTTP header cannot carry ({_describe(unsendable.group())}): "
-            "use printable ASCII"
-        )
-
-
-def _describe(character: str) -> str:
-    """The offending character without the secret around it."""
-    if character in "\r\n":
-        return "a line break"
-    return "a control character" if character.isascii() else "a non-ASCII character"
+    if (why := unsendable_token(token)) is not None:
+        raise InvalidInput(why)
 
 
 def bearer_token(header: bytes) -> bytes | None:

@@ -53,6 +53,7 @@ from agl.core.store.wire import (
     ErrorBody,
     PageBody,
     error_from_body,
+    unsendable_token,
     unset_to_absent,
 )
 from agl.core.types import (
@@ -168,6 +169,8 @@ class HttpLightningStore(LightningStore):
         _check_origin(self.url, parts)
         self._api = quote(parts.path, safe="/:@!$&'()*+,;=~") + API_PREFIX
         token = token if token is not None else os.environ.get(TOKEN_ENV)
+        if token and (why := unsendable_token(token)) is not None:
+            raise InvalidInput(f"store at {self.url}: {why} (the token given, or {TOKEN_ENV})")
         headers = f"Host: {parts.netloc.rpartition('@')[2]}\r\nContent-Type: application/json\r\n"
         if token:
             headers += f"Authorization: Bearer {token}\r\n"

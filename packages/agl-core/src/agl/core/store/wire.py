@@ -7,6 +7,7 @@ meaning. Errors travel as `ErrorBody` and are raised again as the same typed `Ag
 
 from __future__ import annotations
 
+import re
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -36,6 +37,26 @@ from agl.core.types.fields import Id
 API_PREFIX = "/v1/agl"
 LONG_POLL_MAX_SECONDS = 20.0
 """The longest one wait request holds; clients ask again until their own timeout."""
+
+_UNSENDABLE = re.compile(r"[^\t\x20-\x7e]")
+"""What a token must not hold: header values are visible ASCII, spaces and tabs (RFC 9110 §5.5)."""
+
+
+def unsendable_token(token: str) -> str | None:
+    """Why no HTTP header can carry ``token`` (None when one can), naming the kind of character,
+    never the secret. The server refuses such a token at start-up and the client when opened: one
+    read from a file with its line break failed every request with a bare 400 "Invalid HTTP
+    request", and a non-ASCII one was sent as Latin-1 and compared as UTF-8 (a 401 for the right token)."""
+    found = _UNSENDABLE.search(token.strip(" \t"))
+    if found is None:
+        return None
+    character = found.group()
+    if character in "\r\n":
+        kind = "a line break"
+    else:
+        kind = "a control character" if character.isascii() else "a non-ASCII character"
+    return f"the token has a character an HTTP header cannot carry ({kind}): use printable ASCII"
+
 
 T = TypeVar("T")
 

@@ -16,6 +16,10 @@ def build(store: LightningStore, metrics: Metrics) -> APIRouter:
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    # HEAD too (undocumented: the spec would list the operation twice): RFC 9110 has servers answer
+    # it wherever GET is, and uptime probes send it.
+    router.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)
+
     @router.get("/metrics", response_class=Response)
     async def prometheus_metrics() -> Response:
         metrics.observe_store(await store.statistics())
