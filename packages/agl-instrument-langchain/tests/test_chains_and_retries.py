@@ -8,10 +8,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from langchain_core.callbacks import BaseCallbackHandler, CallbackManager
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel, ParrotFakeChatModel
 from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableLambda
+from langchain_core.tools import tool
 from langgraph.graph import START, MessagesState, StateGraph
 from langgraph.types import RetryPolicy
 from opentelemetry.sdk.trace import ReadableSpan
@@ -250,3 +252,73 @@ def test_a_batch_with_the_wrong_number_of_configs_gets_langchains_error_and_no_w
         parrot_chain().batch([{"word": "one"}], [{}, {}])
     assert not [record for record in caplog.records if record.name == "agl.instrument.langchain"]
     assert not captured_spans.get_finished_spans()
+
+
+@tool
+def shout(word: str) -> str:
+    """Shout a word."""
+    return word.upper()
+
+
+def say_and_shout(word: str) -> str:
+    """A step that calls a model, a tool and a chain of its own, each once."""
+    said = ParrotFakeChatModel().invoke(f"Say {word}.").content
+    chained = parrot_chain().with_config(run_name="echo").invoke({"word": word}).content
+    return f"{said} {shout.invoke({'word': word})} {chained}"
+
+
+@pytest.mark.parametrize("how", ["batch", "abatch"])
+async def test_work_nested_inside_a_batched_step_is_under_its_own_inputs_span(captured_spans, instrument, how) -> None:
+    """A lambda step's own model and tool calls, and a chain it runs, sit under the span of the input
+    the lambda ran for (not under the batch's caller); the chain's steps stay under the chain."""
+    chain = RunnableLambda(say_and_shout) | RunnableLambda(str.strip)
+    inputs, configs = ["one", "two"], [{"run_name": "greet one"}, {"run_name": "greet two"}]
+    instrument()
+    outputs = chain.batch(inputs, configs) if how == "batch" else await chain.abatch(inputs, configs)
+    assert outputs == ["Say one. ONE Say one.", "Say two. TWO Say two."]
+
+    spans = captured_spans.get_finished_spans()
+    by_id = {span.context.span_id: span for span in spans}
+    chat = chat_name(spans)
+    each_input = [
+        ("chain greet {}", None),
+        (chat, "chain greet {}"),
+        ("execute_tool shout", "chain greet {}"),
+        ("chain echo", "chain greet {}"),
+        (chat, "chain echo"),
+    ]
+    assert sorted(tree(spans), key=str) == sorted(
+        ((name.format(word), parent and parent.format(word)) for word in inputs for name, parent in each_input), key=str
+    )
+    for span in spans:  # each under its own input's span: the word it was given is that input's
+        root = span
+        while root.parent is not None:
+            root = by_id[root.parent.span_id]
+        given = span.attributes.get(semconv.TOOL_CALL_ARGUMENTS) or span.attributes.get(semconv.INPUT_MESSAGES)
+        assert given is None or root.name.split()[-1] in given
+
+
+class ChatStarts(BaseCallbackHandler):
+    def __init__(self) -> None:
+        self.started = 0
+
+    def on_chat_model_start(self, *args: Any, **kwargs: Any) -> None:
+        self.started += 1
+
+
+@pytest.mark.parametrize("shared", ["handlers", "manager"])
+def test_a_batch_given_its_callbacks_finds_nested_work_and_leaves_the_callbacks_working(
+    captured_spans, instrument, shared
+) -> None:
+    """The batch's one config for every input, its callbacks a list or a manager (shared by the inputs)."""
+    starts = ChatStarts()
+    callbacks: Any = [starts] if shared == "handlers" else CallbackManager([starts], inheritable_handlers=[starts])
+    chain = RunnableLambda(lambda word: ParrotFakeChatModel().invoke(f"Say {word}.").content) | RunnableLambda(str)
+    instrument()
+    assert chain.batch(["one", "two"], {"callbacks": callbacks, "run_name": "greet"}) == ["Say one.", "Say two."]
+    assert starts.started == 2
+
+    spans = captured_spans.get_finished_spans()
+    assert sorted(tree(spans), key=str) == sorted(
+        [("chain greet", None), (chat_name(spans), "chain greet")] * 2, key=str
+    )

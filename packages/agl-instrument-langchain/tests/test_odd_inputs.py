@@ -10,6 +10,7 @@ from langchain_core.documents import Document
 from langchain_core.messages import HumanMessage, ToolMessage
 from langchain_core.retrievers import BaseRetriever
 from langchain_openai import ChatOpenAI
+from langgraph.graph import START, MessagesState, StateGraph
 
 from agl.core.testing.chat_server import Reply, ToolCall, chat_log, chat_server_app
 from agl.core.testing.server import ServingThread
@@ -64,6 +65,45 @@ def test_a_streamed_tool_call_is_recorded_as_the_same_call_not_streamed(captured
     recorded = json.loads(answer.attributes[semconv.INPUT_MESSAGES])
     sent = chat_log(app).requests[2]["messages"]  # the streamed reply sent back as ChatOpenAI sends it
     assert [message.get("tool_calls") for message in recorded] == [message.get("tool_calls") for message in sent]
+
+
+def truncated_call_server() -> Any:
+    return chat_server_app([Reply(tool_calls=[ToolCall("add", TRUNCATED, id="call-1")])])
+
+
+def recorded_arguments(spans: Any) -> list[str]:
+    (call,) = [span for span in spans if (span.attributes or {}).get(semconv.LLM_CALL)]
+    return [
+        made["function"]["arguments"] for made in json.loads(call.attributes[semconv.OUTPUT_MESSAGES])[0]["tool_calls"]
+    ]
+
+
+@pytest.mark.parametrize("how", ["invoke", "ainvoke"])
+async def test_a_tool_call_streamed_inside_invoke_is_recorded_as_streamed(captured_spans, instrument, how) -> None:
+    """``streaming=True``: the model streams inside ``invoke`` and LangChain returns the merged reply,
+    cut-off JSON completed (``{"a": 17}``); the model wrote ``{"a": 17, "b": ``."""
+    instrument()
+    with ServingThread(truncated_call_server()) as server:
+        model = ChatOpenAI(model="agl-toy", base_url=f"{server.url}/v1", api_key="test", max_retries=0, streaming=True)  # type: ignore[arg-type]
+        question = [HumanMessage("What is 17 + 25?")]
+        reply = model.invoke(question) if how == "invoke" else await model.ainvoke(question)
+    assert reply.tool_calls[0]["args"] == {"a": 17}  # LangChain's completion, which the program gets unchanged
+
+    assert recorded_arguments(captured_spans.get_finished_spans()) == [TRUNCATED]
+
+
+def test_a_tool_call_a_graph_streams_as_messages_is_recorded_as_streamed(captured_spans, instrument) -> None:
+    """LangGraph's ``stream_mode="messages"`` makes a model called by ``invoke`` in a node stream."""
+    instrument()
+    with ServingThread(truncated_call_server()) as server:
+        model = ChatOpenAI(model="agl-toy", base_url=f"{server.url}/v1", api_key="test", max_retries=0)  # type: ignore[arg-type]
+        graph = StateGraph(MessagesState)
+        graph.add_node("agent", lambda state: {"messages": [model.invoke(state["messages"])]})
+        graph.add_edge(START, "agent")
+        streamed = list(graph.compile().stream({"messages": [HumanMessage("17 + 25?")]}, stream_mode="messages"))
+    assert len(streamed) > 2
+
+    assert recorded_arguments(captured_spans.get_finished_spans()) == [TRUNCATED]
 
 
 def test_documents_whose_metadata_has_keys_json_lacks_are_still_recorded(captured_spans, instrument) -> None:

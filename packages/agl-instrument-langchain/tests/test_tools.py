@@ -7,10 +7,13 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
+import pytest
+from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import InjectedToolCallId, StructuredTool, ToolException, tool
+from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.graph import START, MessagesState, StateGraph
-from langgraph.prebuilt import InjectedState, ToolNode, ToolRuntime
+from langgraph.prebuilt import InjectedState, ToolNode, ToolRuntime, create_react_agent
 from opentelemetry.trace import StatusCode
 
 from agl.core.tracing import semconv
@@ -120,3 +123,112 @@ def test_a_tool_that_succeeds_after_an_error_elsewhere_is_no_failure(captured_sp
 
     status = {span.name: span.status.status_code for span in captured_spans.get_finished_spans()}
     assert status == {"execute_tool look_up": StatusCode.ERROR, "execute_tool spell": StatusCode.UNSET}
+
+
+@tool
+def divide(a: int, b: int) -> float:
+    """Divide two integers."""
+    return a / b
+
+
+def tool_node_graph(handle_tool_errors: Any = True) -> Any:
+    graph = StateGraph(MessagesState)
+    graph.add_node("tools", ToolNode([divide], handle_tool_errors=handle_tool_errors))
+    graph.add_edge(START, "tools")
+    return graph.compile()
+
+
+def divided(args: dict[str, Any]) -> dict[str, Any]:
+    return {"messages": [AIMessage("", tool_calls=[{"name": "divide", "args": args, "id": "call-1"}])]}
+
+
+@pytest.mark.parametrize(
+    ("handle_tool_errors", "args", "error"),
+    [
+        (True, {"a": 1, "b": 0}, "ZeroDivisionError: division by zero"),
+        ("Do not divide by zero.", {"a": 1, "b": 0}, "ZeroDivisionError: division by zero"),
+        (True, {"a": "one", "b": 2}, "ValidationError: "),  # LangGraph's default handles invalid arguments only
+    ],
+)
+@pytest.mark.parametrize("how", ["invoke", "ainvoke"])
+async def test_a_tool_error_a_tool_node_answers_is_the_failed_spans_result(
+    captured_spans, instrument, handle_tool_errors, args, error, how
+) -> None:
+    """A ToolNode that handles a tool's error tells the model in a ToolMessage: that message, what
+    the model sees next, is the failed span's result (the error stays its status and event)."""
+    graph = tool_node_graph(handle_tool_errors)
+    instrument()
+    result = graph.invoke(divided(args)) if how == "invoke" else await graph.ainvoke(divided(args))
+    answer = result["messages"][-1]
+    assert answer.status == "error"
+
+    (span,) = [span for span in captured_spans.get_finished_spans() if span.name == "execute_tool divide"]
+    assert span.attributes[semconv.TOOL_CALL_RESULT] == answer.content
+    assert span.status.status_code is StatusCode.ERROR and span.status.description.startswith(error)
+    assert [event.name for event in span.events] == ["exception"]
+
+
+def test_a_tool_error_a_tool_node_does_not_handle_still_ends_the_span_failed(captured_spans, instrument) -> None:
+    graph = tool_node_graph(handle_tool_errors=False)
+    instrument()
+    with pytest.raises(ZeroDivisionError):
+        graph.invoke(divided({"a": 1, "b": 0}))
+
+    (span,) = [span for span in captured_spans.get_finished_spans() if span.name == "execute_tool divide"]
+    assert span.status.status_code is StatusCode.ERROR and semconv.TOOL_CALL_RESULT not in span.attributes
+
+
+class ToolModel(GenericFakeChatModel):
+    def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
+        return self.bind(tools=[convert_to_openai_tool(tool) for tool in tools], **kwargs)
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+@tool
+def multiply(a: int, b: int) -> int:
+    """Multiply two integers."""
+    return a * b
+
+
+@pytest.mark.filterwarnings("ignore:create_react_agent has been moved")
+@pytest.mark.parametrize("how", ["invoke", "ainvoke"])
+async def test_parallel_tool_calls_of_a_prebuilt_agent_are_sibling_spans_each_with_its_call(
+    captured_spans, instrument, how
+) -> None:
+    """One reply calling two tools: LangGraph runs them at once (threads, or tasks); each gets its
+    span, side by side under the graph's, and the next model call sees both answers in order."""
+    calls = [
+        {"name": "add", "args": {"a": 1, "b": 2}, "id": "call-add"},
+        {"name": "multiply", "args": {"a": 3, "b": 4}, "id": "call-multiply"},
+    ]
+    model = ToolModel(messages=iter([AIMessage("", tool_calls=calls), AIMessage("3 and 12.")]))
+    agent = create_react_agent(model, [add, multiply], name="calculator")
+    question = {"messages": [HumanMessage("1 + 2 and 3 * 4?")]}
+    instrument()
+    agent.invoke(question) if how == "invoke" else await agent.ainvoke(question)
+
+    spans = sorted(captured_spans.get_finished_spans(), key=lambda span: span.attributes[semconv.SEQUENCE_ID])
+    (workflow,) = [span for span in spans if span.name == "invoke_workflow calculator"]
+    executed = {span.attributes[semconv.TOOL_CALL_ID]: span for span in spans if span.name.startswith("execute_tool")}
+    assert sorted(executed) == ["call-add", "call-multiply"]
+    for call, result in zip(calls, ["3", "12"], strict=True):
+        span = executed[call["id"]]
+        assert span.parent.span_id == workflow.context.span_id
+        assert json.loads(span.attributes[semconv.TOOL_CALL_ARGUMENTS]) == call["args"]
+        assert span.attributes[semconv.TOOL_CALL_RESULT] == result
+
+    first, second = [span for span in spans if span.attributes.get(semconv.LLM_CALL)]
+    seen = json.loads(second.attributes[semconv.INPUT_MESSAGES])
+    assert [(message["role"], message.get("tool_call_id"), message["content"]) for message in seen[2:]] == [
+        ("tool", "call-add", "3"),
+        ("tool", "call-multiply", "12"),
+    ]
+    assert [made["id"] for made in json.loads(first.attributes[semconv.OUTPUT_MESSAGES])[0]["tool_calls"]] == [
+        "call-add",
+        "call-multiply",
+    ]

@@ -124,6 +124,13 @@ class _Scope:
             _graph.reset(graph_token)  # type: ignore[arg-type]
         otel_context.detach(span_token)  # type: ignore[arg-type]
 
+    def fail(self, error: BaseException) -> None:
+        """End the span of a call that raised ``error``; a tool's span whose error a ToolNode may
+        answer for stays open until the ToolNode is done (`_ToolNodeCall`)."""
+        handling = _tool_node_call.get()
+        if handling is None or not handling.keep_open(self.span, error):
+            _end(self.span, error)
+
     collects = False
     """Whether a stream's items are kept for `finish` (a model's chunks are its reply; a graph's are not recorded)."""
 
@@ -140,7 +147,7 @@ def _run_in(scope: _Scope | None, wrapped: Callable[..., Any], args: Any, kwargs
     try:
         result = wrapped(*args, **kwargs)
     except BaseException as error:
-        _end(scope.span, error)
+        scope.fail(error)
         raise
     finally:
         _Scope.leave(tokens)
@@ -157,7 +164,7 @@ async def _arun_in(
     try:
         result = await wrapped(*args, **kwargs)
     except BaseException as error:
-        _end(scope.span, error)
+        scope.fail(error)
         raise
     finally:
         _Scope.leave(tokens)
@@ -528,7 +535,9 @@ def _start_chat(
     return call
 
 
-def _record_messages(call: LlmCall, messages: list[Any], generation_info: list[Mapping[str, Any]]) -> None:
+def _record_messages(
+    call: LlmCall, messages: list[Any], generation_info: list[Mapping[str, Any]], streamed: Any = None
+) -> None:
     """The reply messages (AIMessages) of one call: content, tool calls, model, usage, finish reason.
     Filled in, not overwritten: an openai layer underneath recorded the reply as the wire carried it
     (reasoning, tool calls LangChain could not parse), which LangChain's messages may have lost."""
@@ -539,7 +548,7 @@ def _record_messages(call: LlmCall, messages: list[Any], generation_info: list[M
     finish = finish or [m.response_metadata["finish_reason"] for m in messages if _finish_reason(m)]
     call.fill(
         {
-            semconv.OUTPUT_MESSAGES: _reply_messages(messages) if messages else None,
+            semconv.OUTPUT_MESSAGES: _reply_messages(messages, streamed) if messages else None,
             semconv.RESPONSE_MODEL: metadata.get("model_name") or metadata.get("model"),
             semconv.FINISH_REASONS: [str(reason) for reason in finish] or None,
             semconv.USAGE_INPUT_TOKENS: usage.get("input_tokens"),
@@ -548,12 +557,14 @@ def _record_messages(call: LlmCall, messages: list[Any], generation_info: list[M
     )
 
 
-def _reply_messages(messages: list[Any]) -> list[dict[str, Any]]:
-    """The reply messages in OpenAI's format, a streamed one's tool calls as streamed."""
+def _reply_messages(messages: list[Any], streamed: Any = None) -> list[dict[str, Any]]:
+    """The reply messages in OpenAI's format, a streamed one's tool calls as streamed (``streamed``:
+    the first reply as streamed inside the call, when LangChain returned it merged)."""
     converted = _openai_messages(messages)
-    for message, reply in zip(messages, converted, strict=False):
-        if getattr(message, "tool_call_chunks", None) and reply.get("role") == "assistant":
-            reply["tool_calls"] = _tool_calls_streamed(message)
+    for index, (message, reply) in enumerate(zip(messages, converted, strict=False)):
+        source = streamed if streamed is not None and index == 0 else message
+        if getattr(source, "tool_call_chunks", None) and reply.get("role") == "assistant":
+            reply["tool_calls"] = _tool_calls_streamed(source)
     return converted
 
 
@@ -561,13 +572,57 @@ def _finish_reason(message: Any) -> Any:
     return (getattr(message, "response_metadata", None) or {}).get("finish_reason")
 
 
-def _record_chat_result(call: LlmCall, result: Any) -> None:
+def _record_chat_result(call: LlmCall, result: Any, streamed: Any = None) -> None:
+    """``streamed``: the reply as the model streamed it inside the call, if it did (its tool calls as streamed)."""
     generations = list(getattr(result, "generations", None) or ())
     _record_messages(
         call,
         [generation.message for generation in generations],
         [generation.generation_info or {} for generation in generations],
+        streamed,
     )
+
+
+_streamed: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
+"""A chat model run's manager -> the chunks the model streamed to it (``on_llm_new_token``). A call
+that streams inside ``invoke`` (``streaming=True``, LangGraph's ``stream_mode="messages"``) returns
+the reply LangChain merged, whose tool calls are LangChain's completion of the streamed JSON; these
+chunks keep them as streamed. Empty unless a model streams; gone with the run."""
+
+
+def _token_streamed(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``CallbackManagerForLLMRun.on_llm_new_token(token, *, chunk=None, ...)``: the chunk noted for
+    the call's record."""
+    _note_chunk(instance, kwargs.get("chunk"))
+    return wrapped(*args, **kwargs)
+
+
+async def _atoken_streamed(
+    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    _note_chunk(instance, kwargs.get("chunk"))
+    return await wrapped(*args, **kwargs)
+
+
+def _note_chunk(run_manager: Any, chunk: Any) -> None:
+    if _config.active and chunk is not None:
+        try:
+            _streamed.setdefault(run_manager, []).append(chunk)
+        except Exception:
+            _recording_failed("a streamed chunk")
+
+
+def _streamed_reply(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
+    """The reply a ``_generate_with_cache(messages, stop, run_manager, ...)`` call streamed to its run
+    manager, merged; None if it streamed no AI message chunks."""
+    from langchain_core.messages import AIMessageChunk
+
+    run_manager = kwargs.get("run_manager", args[2] if len(args) > 2 else None)
+    chunks = _streamed.pop(run_manager, None) if run_manager is not None else None
+    messages = [getattr(chunk, "message", None) for chunk in chunks or ()]
+    if not messages or not all(isinstance(message, AIMessageChunk) for message in messages):
+        return None
+    return _merged(messages)
 
 
 def _record_chunks(call: LlmCall, chunks: list[Any]) -> None:
@@ -630,7 +685,7 @@ def _generate(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
         raise
     finally:
         _detach(token)
-    _finish_call(call, lambda: _record_chat_result(call, result))
+    _finish_call(call, lambda: _record_chat_result(call, result, _streamed_reply(args, kwargs) if _streamed else None))
     return result
 
 
@@ -648,7 +703,7 @@ async def _agenerate(wrapped: Callable[..., Any], instance: Any, args: tuple[Any
         raise
     finally:
         _detach(token)
-    _finish_call(call, lambda: _record_chat_result(call, result))
+    _finish_call(call, lambda: _record_chat_result(call, result, _streamed_reply(args, kwargs) if _streamed else None))
     return result
 
 
@@ -753,6 +808,40 @@ def _tool_scope(tool: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> 
     return _start_span(f"{semconv.EXECUTE_TOOL} {name}", attributes, parent=_batch_parent(kwargs.get("callbacks")))
 
 
+@dataclass
+class _ToolNodeCall:
+    """One tool call a LangGraph ``ToolNode`` runs (its id), and the call's span if the tool failed.
+    That span stays open until the ToolNode is done, since the ToolNode may answer the model with an
+    error message instead of raising (``handle_tool_errors``): the span's result."""
+
+    call_id: Any
+    failed: Span | None = None
+
+    def keep_open(self, span: Span, error: BaseException) -> bool:
+        """Whether ``span``, failing with ``error``, is this call's tool span, kept open (failed) for
+        the ToolNode's answer. Not a span of other work in the tool, nor LangGraph's control flow."""
+        attributes = getattr(span, "attributes", None) or {}
+        if (
+            self.failed is not None
+            or _bubbles_up(error)
+            or attributes.get(semconv.OPERATION_NAME) != semconv.EXECUTE_TOOL
+            or attributes.get(semconv.TOOL_CALL_ID) != self.call_id
+        ):
+            return False
+        try:
+            span.record_exception(error)
+            span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+        except Exception:
+            _recording_failed("a tool's error")
+        self.failed = span
+        return True
+
+
+_tool_node_call: contextvars.ContextVar[_ToolNodeCall | None] = contextvars.ContextVar(
+    "agl_langchain_tool_node_call", default=None
+)
+
+
 _shown_fields: weakref.WeakKeyDictionary[type, frozenset[str]] = weakref.WeakKeyDictionary()
 """A tool's argument schema -> the fields its model is shown (LangChain's ``tool_call_schema``),
 found once: LangChain's own memo of that schema costs more per call than the rest of the tool's span."""
@@ -841,6 +930,63 @@ def _fail_tool_span(error: BaseException) -> None:
         span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
 
 
+def _tool_node_run(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``ToolNode._execute_tool_sync(request, input_type, config)``: one tool call, whose failed
+    span gets the error message the ToolNode answers the model with."""
+    if not _config.active:
+        return wrapped(*args, **kwargs)
+    handling = _ToolNodeCall(_requested_call_id(args, kwargs))
+    token = _tool_node_call.set(handling)
+    try:
+        answer = wrapped(*args, **kwargs)
+    except BaseException:
+        if handling.failed is not None:
+            _end(handling.failed)
+        raise
+    finally:
+        _tool_node_call.reset(token)
+    if handling.failed is not None:
+        _end_failed_tool(handling.failed, answer)
+    return answer
+
+
+async def _atool_node_run(
+    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    if not _config.active:
+        return await wrapped(*args, **kwargs)
+    handling = _ToolNodeCall(_requested_call_id(args, kwargs))
+    token = _tool_node_call.set(handling)
+    try:
+        answer = await wrapped(*args, **kwargs)
+    except BaseException:
+        if handling.failed is not None:
+            _end(handling.failed)
+        raise
+    finally:
+        _tool_node_call.reset(token)
+    if handling.failed is not None:
+        _end_failed_tool(handling.failed, answer)
+    return answer
+
+
+def _requested_call_id(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
+    call = getattr(args[0] if args else kwargs.get("request"), "tool_call", None)
+    call_id = call.get("id") if isinstance(call, Mapping) else None
+    return str(call_id) if call_id else None  # as the tool's span records it
+
+
+def _end_failed_tool(span: Span, answer: Any) -> None:
+    """End the span of a tool that failed under a ToolNode, with the error message the ToolNode
+    answered the model with (``answer``: a ``ToolMessage`` with status "error") as its result."""
+    try:
+        if type(answer).__name__ == "ToolMessage" and getattr(answer, "status", None) == "error":
+            span.set_attribute(semconv.TOOL_CALL_RESULT, _json(answer.content))
+    except Exception:
+        _recording_failed("a tool's error message")
+    _end(span)
+
+
 RETRIEVE = "retrieve"
 
 
@@ -916,7 +1062,8 @@ def _chain_atransform(wrapped: Callable[..., Any], instance: Any, args: tuple[An
 # work. LangChain tells the inputs apart by their root run: each input's steps get callbacks whose
 # ``parent_run_id`` is that run. The batch names each input's run (``config["run_id"]``, from
 # LangChain's own generator, where the caller gave none), and the spans its steps open find their
-# parent here by that id. Work nested inside another step (a lambda's model call) is not found.
+# parent here by that id. Work nested inside a step (a lambda's model call) is found by a marker
+# handler (`_BatchInput`) in the input's callbacks, which LangChain hands down to every run under it.
 
 _batch_parents: dict[Any, otel_context.Context] = {}
 """A batched chain input's root run id -> the context with that input's chain span; empty but
@@ -924,11 +1071,57 @@ during a batch, so a model call checks it at the cost of one truth test."""
 
 
 def _batch_parent(callbacks: Any) -> otel_context.Context | None:
-    """The batched chain input whose direct step runs under ``callbacks`` (a callback or run
-    manager), as the parent of the step's span; None outside a batch."""
+    """The batched chain input whose work runs under ``callbacks`` (a callback or run manager, or a
+    config's list of handlers), as the parent of that work's span; None outside a batch."""
     if not _batch_parents or callbacks is None:
         return None
-    return _batch_parents.get(getattr(callbacks, "parent_run_id", None))
+    direct = _batch_parents.get(getattr(callbacks, "parent_run_id", None))
+    return direct if direct is not None else _nested_batch_parent(callbacks)
+
+
+def _nested_batch_parent(callbacks: Any) -> otel_context.Context | None:
+    """The batched chain input whose work nested inside a step (a lambda's model call) runs under
+    ``callbacks``, found by the input's marker among its handlers (the innermost batch's first).
+    Only where the batch's caller's span is still current: that work runs in LangChain's threads
+    with the caller's context; work under a span of its own (a chain's) stays under that span."""
+    handlers = callbacks if isinstance(callbacks, list) else getattr(callbacks, "handlers", None)
+    if not handlers:
+        return None
+    marker, current = _batch_input_class(), trace.get_current_span()
+    for handler in reversed(handlers):
+        if isinstance(handler, marker) and handler.caller is current:
+            return handler.parent
+    return None
+
+
+@functools.cache
+def _batch_input_class() -> type:
+    """`_BatchInput`, made on first use: this module does not import LangChain."""
+    from langchain_core.callbacks import BaseCallbackHandler
+
+    class _BatchInput(BaseCallbackHandler):
+        """A callback handler marking the runs of one batched chain input: LangChain hands it down
+        to every run under the input. It asks for no event."""
+
+        run_inline = True
+        ignore_llm = ignore_chain = ignore_agent = ignore_retriever = True
+        ignore_chat_model = ignore_retry = ignore_custom_event = True
+
+        def __init__(self, parent: otel_context.Context, caller: Span) -> None:
+            self.parent, self.caller = parent, caller
+
+    return _BatchInput
+
+
+def _with_marker(config: Any, marker: Any) -> None:
+    """``config``'s callbacks with ``marker`` handed down to every run under them."""
+    callbacks = config.get("callbacks")
+    if callbacks is None or isinstance(callbacks, list):
+        config["callbacks"] = [*(callbacks or ()), marker]
+    else:  # a callback manager, perhaps shared by the batch's configs
+        callbacks = callbacks.copy()
+        callbacks.add_handler(marker, inherit=True)
+        config["callbacks"] = callbacks
 
 
 def _attach_batch_parent(run_manager: Any) -> object | None:
@@ -986,6 +1179,10 @@ def _start_batch(chain: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> t
         for config in configs:
             config["run_id"] = config.get("run_id") or uuid7()
         batch = _Batch(configs, [_chain_run_scope(chain, config) for config in configs])
+        caller = trace.get_current_span()
+        for config, scope in zip(configs, batch.scopes, strict=True):
+            if scope is not None:
+                _with_marker(config, _batch_input_class()(trace.set_span_in_context(scope.span), caller))
     except Exception:
         _recording_failed("a chain batch")
         return None, args, kwargs
@@ -1247,11 +1444,14 @@ _RETRIEVERS = "langchain_core.retrievers"
 _RUNNABLES = "langchain_core.runnables.base"
 _PREGEL = "langgraph.pregel.main"
 _RUNNER = "langgraph.pregel._runner"  # calls run_with_retry by its global name, once per node run
+_TOOL_NODE = "langgraph.prebuilt.tool_node"
 
 PATCHER = Patcher(
     (
         Patch(_CALLBACKS, "CallbackManager", "on_chat_model_start", _chat_run_started),
         Patch(_CALLBACKS, "AsyncCallbackManager", "on_chat_model_start", _achat_run_started),
+        Patch(_CALLBACKS, "CallbackManagerForLLMRun", "on_llm_new_token", _token_streamed),
+        Patch(_CALLBACKS, "AsyncCallbackManagerForLLMRun", "on_llm_new_token", _atoken_streamed),
         Patch(_CHAT, "BaseChatModel", "_generate_with_cache", _generate),
         Patch(_CHAT, "BaseChatModel", "_agenerate_with_cache", _agenerate),
         Patch(_CHAT, "BaseChatModel", "stream", _stream),
@@ -1274,6 +1474,8 @@ PATCHER = Patcher(
         Patch(_PREGEL, "Pregel", "astream", _graph_astream),
         Patch(_RUNNER, None, "run_with_retry", _node),
         Patch(_RUNNER, None, "arun_with_retry", _anode),
+        Patch(_TOOL_NODE, "ToolNode", "_execute_tool_sync", _tool_node_run),
+        Patch(_TOOL_NODE, "ToolNode", "_execute_tool_async", _atool_node_run),
     ),
     logger,
 )
