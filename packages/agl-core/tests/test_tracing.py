@@ -27,6 +27,7 @@ from agl.core.tracing.chat import request_parameters
 from agl.core.tracing.configure import DEFAULTS, AglDistro
 from agl.core.tracing.context import ActiveRollout
 from agl.core.tracing.exporter import StoreSpanExporter, route_rollout
+from agl.core.tracing.llm import start_llm_call
 from agl.core.tracing.processor import RolloutSpanProcessor
 
 BIN = Path(sys.executable).parent
@@ -224,6 +225,65 @@ def test_a_failed_llm_call_is_recorded_and_raised(traced: tuple[TracerProvider, 
         raise TimeoutError("model too slow")
     (span,) = exporter.get_finished_spans()
     assert span.status.status_code.name == "ERROR" and span.events[0].name == "exception"
+    assert span.attributes[semconv.ERROR_TYPE] == "TimeoutError"  # the GenAI conventions require it on a failure
+
+
+def test_a_failed_llm_call_s_error_type_is_the_fully_qualified_class_and_only_the_owner_sets_it(
+    traced: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    provider, exporter = traced
+    tracer = provider.get_tracer("test")
+    with llm_call("tiny", tracer=tracer) as outer:
+        with pytest.raises(json.JSONDecodeError), llm_call("tiny", tracer=tracer):  # joins: the outer may retry
+            json.loads("{")
+        assert semconv.ERROR_TYPE not in outer.span.attributes  # type: ignore[attr-defined]
+    with pytest.raises(json.JSONDecodeError), llm_call("tiny", tracer=tracer):
+        json.loads("{")
+    retried, failed = exporter.get_finished_spans()
+    assert retried.status.status_code.name == "UNSET" and semconv.ERROR_TYPE not in (retried.attributes or {})
+    assert failed.attributes[semconv.ERROR_TYPE] == "json.decoder.JSONDecodeError"
+    assert failed.attributes[semconv.ERROR_TYPE] == failed.events[0].attributes["exception.type"]  # type: ignore[index]
+
+
+def test_a_reply_reported_failed_gets_an_error_type_too(traced: tuple[TracerProvider, InMemorySpanExporter]) -> None:
+    provider, exporter = traced
+    tracer = provider.get_tracer("test")
+    with llm_call("tiny", tracer=tracer) as coded:
+        coded.fail("response.failed: overloaded", "server_error")
+    with llm_call("tiny", tracer=tracer) as uncoded:
+        uncoded.fail("the stream ended without its final event")
+    assert [(s.status.status_code.name, s.attributes[semconv.ERROR_TYPE]) for s in exporter.get_finished_spans()] == [
+        ("ERROR", "server_error"),
+        ("ERROR", "_OTHER"),  # the conventions' value when no type is known
+    ]
+
+
+def test_the_server_is_set_when_the_span_starts_or_by_the_layer_that_joins(
+    traced: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    provider, exporter = traced
+    tracer = provider.get_tracer("test")
+    server = {semconv.SERVER_ADDRESS: "127.0.0.1", semconv.SERVER_PORT: 8000}
+    start_llm_call("tiny", tracer=tracer, server=server).end()
+    with llm_call("tiny", provider="framework", tracer=tracer) as outer:  # a framework's layer knows no server
+        inner = start_llm_call("tiny", tracer=tracer, server=server)
+        assert not inner.owner and outer.span.attributes[semconv.SERVER_ADDRESS] == "127.0.0.1"  # type: ignore[attr-defined]
+    for span in exporter.get_finished_spans():
+        assert (span.attributes[semconv.SERVER_ADDRESS], span.attributes[semconv.SERVER_PORT]) == ("127.0.0.1", 8000)
+
+
+def test_cached_and_reasoning_token_counts_are_recorded_by_the_layer_that_saw_the_wire(
+    traced: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    provider, exporter = traced
+    tracer = provider.get_tracer("test")
+    with llm_call("tiny", tracer=tracer) as outer:
+        outer.record_response([{"role": "assistant", "content": "hi"}], input_tokens=10, output_tokens=8)
+        with llm_call("tiny", tracer=tracer) as inner:
+            inner.record_response(None, cache_read_input_tokens=6, reasoning_output_tokens=5)
+    (span,) = exporter.get_finished_spans()
+    assert span.attributes[semconv.USAGE_CACHE_READ_INPUT_TOKENS] == 6
+    assert span.attributes[semconv.USAGE_REASONING_OUTPUT_TOKENS] == 5
 
 
 # --- zero code: real opentelemetry-instrument subprocesses ----------------------------------

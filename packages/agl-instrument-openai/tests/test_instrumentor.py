@@ -18,7 +18,7 @@ import pytest
 import wrapt
 from openai.resources.chat.completions import AsyncCompletions, Completions
 from openai.resources.responses import AsyncResponses, Responses
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.trace import SpanKind, StatusCode
 from pydantic import BaseModel
 
@@ -526,6 +526,119 @@ def test_a_reply_the_responses_api_reports_failed_is_a_failed_call(traced, instr
             list(result)  # type: ignore[call-overload]
     span = the_span(traced.spans())
     assert (span.status.status_code, span.status.description) == (StatusCode.ERROR, why)
+    assert attribute(span, semconv.ERROR_TYPE) == "server_error"  # the API's error code, as the conventions ask
+
+
+def test_a_failed_reply_without_an_error_code_is_typed_by_what_said_it_failed(traced, instrument) -> None:
+    def uncoded(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, json={**FAILED_RESPONSE, "error": {"code": None, "message": "overloaded"}})
+
+    instrument()
+    with mock_client(uncoded) as client:
+        client.responses.create(model=MODEL, input="What is 2 + 3?")
+    assert attribute(the_span(traced.spans()), semconv.ERROR_TYPE) == "response.failed"
+
+
+@pytest.mark.parametrize("conversation", ["conv_1", {"id": "conv_1"}])
+def test_a_responses_call_in_a_stored_conversation_records_its_id(traced, instrument, conversation) -> None:
+    # The server prepends the conversation's items to the input: without the id a trace cannot
+    # tell that the recorded messages are not the whole prompt.
+    instrument()
+    with mock_client(responses_handler) as client:
+        client.responses.create(model=MODEL, input="What is 2 + 3?", conversation=conversation)
+        client.responses.create(model=MODEL, input="What is 2 + 3?")
+    in_conversation, alone = traced.spans()
+    assert attribute(in_conversation, semconv.CONVERSATION_ID) == "conv_1"
+    assert semconv.CONVERSATION_ID not in (alone.attributes or {})
+
+
+DETAILED_USAGE = {
+    "prompt_tokens": 20,
+    "completion_tokens": 9,
+    "total_tokens": 29,
+    "prompt_tokens_details": {"cached_tokens": 16},
+    "completion_tokens_details": {"reasoning_tokens": 5},
+}
+
+
+def detailed_usage_handler(request: httpx2.Request) -> httpx2.Response:
+    """A chat completion, or a Responses reply, whose usage details cached and reasoning tokens."""
+    sent = json.loads(request.content)
+    if request.url.path == "/v1/responses":
+        usage = {
+            "input_tokens": 20,
+            "output_tokens": 9,
+            "total_tokens": 29,
+            "input_tokens_details": {"cached_tokens": 16},
+            "output_tokens_details": {"reasoning_tokens": 5},
+        }
+        done = {**RESPONSE, "usage": usage}
+        if not sent.get("stream"):
+            return httpx2.Response(200, json=done)
+        event = {"type": "response.completed", "sequence_number": 0, "response": done}
+        body = f"event: {event['type']}\ndata: {json.dumps(event)}\n\n"
+        return httpx2.Response(200, content=body.encode(), headers={"content-type": "text/event-stream"})
+    message = {"role": "assistant", "content": "5"}
+    if not sent.get("stream"):
+        choice = {"index": 0, "message": message, "finish_reason": "stop"}
+        completion = {"id": "c-1", "object": "chat.completion", "created": 0, "model": MODEL, "choices": [choice]}
+        return httpx2.Response(200, json={**completion, "usage": DETAILED_USAGE})
+    chunk = {"id": "c-1", "object": "chat.completion.chunk", "created": 0, "model": MODEL}
+    chunks = [
+        {**chunk, "choices": [{"index": 0, "delta": message, "finish_reason": "stop"}]},
+        {**chunk, "choices": [], "usage": DETAILED_USAGE},  # stream_options={"include_usage": True}
+    ]
+    body = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+    return httpx2.Response(200, content=body.encode(), headers={"content-type": "text/event-stream"})
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("api", ["chat", "responses"])
+def test_cached_and_reasoning_token_counts_are_recorded(traced, instrument, api: str, stream: bool) -> None:
+    instrument()
+    with mock_client(detailed_usage_handler) as client:
+        if api == "chat":
+            result: Any = client.chat.completions.create(model=MODEL, messages=ASK, stream=stream)  # type: ignore[arg-type]
+        else:
+            result = client.responses.create(model=MODEL, input="What is 2 + 3?", stream=stream)
+        if stream:
+            list(result)
+    span = the_span(traced.spans())
+    assert (attribute(span, semconv.USAGE_INPUT_TOKENS), attribute(span, semconv.USAGE_OUTPUT_TOKENS)) == (20, 9)
+    assert attribute(span, semconv.USAGE_CACHE_READ_INPUT_TOKENS) == 16  # of the 20
+    assert attribute(span, semconv.USAGE_REASONING_OUTPUT_TOKENS) == 5  # of the 9
+
+
+class StartAttributes(SpanProcessor):
+    """What each span carried when it started: what a sampler could decide on."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, Any]] = []
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        self.seen.append(dict(span.attributes or {}))
+
+
+def test_the_server_address_and_port_come_from_the_clients_base_url(traced, instrument, serve) -> None:
+    started = StartAttributes()
+    traced.provider.add_span_processor(started)
+    instrument()
+    served = serve(["one", "two"])
+    served.client.chat.completions.create(model=MODEL, messages=ASK)
+    with mock_client(responses_handler) as client:
+        client.responses.create(model=MODEL, input="Hi")  # http://model.test/v1: the scheme's port
+        client.base_url = "https://other.test:8443/v1"  # type: ignore[assignment]  # moved: recorded anew
+        client.responses.create(model=MODEL, input="Hi")
+    served.client.chat.completions.create(model=MODEL, messages=ASK)
+    host, port = served.url.removeprefix("http://").removesuffix("/v1").rsplit(":", 1)
+    assert [(attribute(s, "server.address"), attribute(s, "server.port")) for s in traced.spans()] == [
+        (host, int(port)),
+        ("model.test", 80),
+        ("other.test", 8443),
+        (host, int(port)),
+    ]
+    # the conventions want both at the span's start, as samplers decide on them
+    assert [(seen["server.address"], seen["server.port"]) for seen in started.seen][1] == ("model.test", 80)
 
 
 async def test_the_async_responses_api(traced, instrument) -> None:
@@ -720,6 +833,7 @@ def test_the_callers_errors_pass_through_unchanged_and_are_recorded(traced, inst
     assert raised.value is mistake and refused.value.status_code == 400
     span = the_span(traced.spans())  # the generator failed before any call began
     assert span.status.status_code is StatusCode.ERROR and "BadRequestError" in (span.status.description or "")
+    assert attribute(span, semconv.ERROR_TYPE) == "openai.BadRequestError"  # fully qualified, as exception.type
     assert (
         span.events[0].name == "exception" and span.events[0].attributes["exception.type"] == "openai.BadRequestError"
     )  # type: ignore[index]

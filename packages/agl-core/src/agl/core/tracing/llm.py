@@ -30,8 +30,14 @@ _FROM_THE_WIRE = frozenset(
         semconv.RESPONSE_ID,
         semconv.USAGE_INPUT_TOKENS,
         semconv.USAGE_OUTPUT_TOKENS,
+        semconv.USAGE_CACHE_READ_INPUT_TOKENS,
+        semconv.USAGE_REASONING_OUTPUT_TOKENS,
+        semconv.SERVER_ADDRESS,
+        semconv.SERVER_PORT,
     }
 )
+# The conventions' ``error.type`` of a failure that names no type of its own.
+OTHER_ERROR = "_OTHER"
 
 
 _OPEN_CALL = otel_context.create_key("agl-llm-call")
@@ -115,7 +121,11 @@ class LlmCall:
         finish_reasons: Sequence[str] | None = None,
         input_tokens: int | None = None,
         output_tokens: int | None = None,
+        cache_read_input_tokens: int | None = None,
+        reasoning_output_tokens: int | None = None,
     ) -> None:
+        """The reply; the cached and reasoning counts are parts of ``input_tokens`` and
+        ``output_tokens``, as the conventions (and OpenAI's usage) count them."""
         self.record(
             {
                 semconv.OUTPUT_MESSAGES: list(messages) if messages is not None else None,
@@ -124,6 +134,8 @@ class LlmCall:
                 semconv.FINISH_REASONS: list(finish_reasons) if finish_reasons else None,
                 semconv.USAGE_INPUT_TOKENS: input_tokens,
                 semconv.USAGE_OUTPUT_TOKENS: output_tokens,
+                semconv.USAGE_CACHE_READ_INPUT_TOKENS: cache_read_input_tokens,
+                semconv.USAGE_REASONING_OUTPUT_TOKENS: reasoning_output_tokens,
             }
         )
 
@@ -149,12 +161,14 @@ class LlmCall:
             return base
         return otel_context.set_value(_OPEN_CALL, self.span, trace.set_span_in_context(self.span, base))
 
-    def fail(self, why: str) -> None:
+    def fail(self, why: str, error_type: str = OTHER_ERROR) -> None:
         """Mark the call failed where no exception says so: a reply the API itself reports failed
         (a Responses stream's ``response.failed`` or ``error`` event), which the client returns
-        rather than raises. Only the owner marks it, as in `end`."""
+        rather than raises. ``error_type`` is the provider's error code where it gives one (the
+        conventions' ``error.type``). Only the owner marks it, as in `end`."""
         if self.owner:
             self.span.set_status(Status(StatusCode.ERROR, why))
+            self.span.set_attribute(semconv.ERROR_TYPE, error_type)
 
     def end(self, error: BaseException | None = None) -> None:
         """End the span if this layer opened it. An error is recorded either way, but only the
@@ -163,21 +177,42 @@ class LlmCall:
             self.span.record_exception(error)
             if self.owner:
                 self.span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+                self.span.set_attribute(semconv.ERROR_TYPE, exception_type(error))
         if self.owner:
             self.span.end()
 
 
+def exception_type(error: BaseException) -> str:
+    """An exception's class as the conventions' ``error.type`` wants it, fully qualified, and named
+    as the SDK names the span's ``exception.type`` (builtins bare: ``TimeoutError``)."""
+    kind = type(error)
+    module = kind.__module__
+    return f"{module}.{kind.__qualname__}" if module and module != "builtins" else kind.__qualname__
+
+
 def start_llm_call(
-    model: str, *, provider: str | None = None, agent_name: str | None = None, tracer: trace.Tracer | None = None
+    model: str,
+    *,
+    provider: str | None = None,
+    agent_name: str | None = None,
+    tracer: trace.Tracer | None = None,
+    server: Mapping[str, Any] | None = None,
 ) -> LlmCall:
     """Join the open LLM span or start one ("chat {model}", not made current); call `LlmCall.end`.
+    ``server``: ``server.address`` and ``server.port``, which the conventions want at the span's
+    start (samplers decide on them); a joining layer records them, as only the wire knows them.
 
     For streams, whose span outlives the call that started it. Use `llm_call` otherwise."""
     joined = open_llm_span()
     if joined is not None:
-        return LlmCall(joined, owner=False)
+        call = LlmCall(joined, owner=False)
+        if server:
+            call.record(server)
+        return call
     tracer = tracer or agl_tracer()
     attributes: dict[str, Any] = {semconv.LLM_CALL: True, semconv.OPERATION_NAME: "chat", semconv.REQUEST_MODEL: model}
+    if server:
+        attributes.update(server)
     if provider:
         attributes[semconv.PROVIDER_NAME] = provider
     if agent_name:

@@ -51,12 +51,19 @@ OUTPUT_MESSAGES = "gen_ai.output.messages"
 TOOL_DEFINITIONS = "gen_ai.tool.definitions"
 USAGE_INPUT_TOKENS = "gen_ai.usage.input_tokens"
 USAGE_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
+USAGE_CACHE_READ_INPUT_TOKENS = "gen_ai.usage.cache_read.input_tokens"  # of the input tokens, read from cache
+USAGE_REASONING_OUTPUT_TOKENS = "gen_ai.usage.reasoning.output_tokens"  # of the output tokens, spent reasoning
+CONVERSATION_ID = "gen_ai.conversation.id"  # a conversation the provider keeps (OpenAI's Conversations API)
 REQUEST_PREFIX = "gen_ai.request."  # + temperature, top_p, max_tokens, seed, ...
 GEN_AI_AGENT_NAME = "gen_ai.agent.name"
 TOOL_NAME = "gen_ai.tool.name"
 TOOL_CALL_ID = "gen_ai.tool.call.id"
 TOOL_CALL_ARGUMENTS = "gen_ai.tool.call.arguments"
 TOOL_CALL_RESULT = "gen_ai.tool.call.result"
+# General OpenTelemetry conventions the LLM-call span uses too.
+ERROR_TYPE = "error.type"  # a failed call's exception class (fully qualified) or the provider's error code
+SERVER_ADDRESS = "server.address"  # the model server's host, from the client's base URL
+SERVER_PORT = "server.port"
 
 # Span names and operations every framework instrumentor uses, so traces read the same whatever
 # produced them: "invoke_agent {agent}", "execute_tool {tool}", "invoke_workflow {team/crew/graph}",

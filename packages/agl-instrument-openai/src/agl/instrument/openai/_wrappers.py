@@ -18,6 +18,7 @@ import wrapt
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 
+from agl.core.tracing import semconv
 from agl.core.tracing.chat import CHAT_PARAMETERS, REASONING_KEYS, ChoiceDraft, request_parameters
 from agl.core.tracing.llm import LlmCall, start_llm_call
 from agl.core.tracing.patching import Patch, Patcher
@@ -107,6 +108,12 @@ def _int_list(value: Any) -> list[int] | None:
     return None
 
 
+def _usage_detail(usage: Any, details: str, count: str) -> int | None:
+    """A count inside a usage's details (``prompt_tokens_details.cached_tokens``…), if the server gave it."""
+    value = getattr(getattr(usage, details, None), count, None)
+    return value if type(value) is int else None
+
+
 def _chat_logprobs(logprobs: Any) -> list[float]:
     """The sampled tokens' logprobs of a chat choice (``logprobs.content[*].logprob``)."""
     content = getattr(logprobs, "content", None) or ()
@@ -175,6 +182,8 @@ class _ChatApi:
             finish_reasons=[choice.finish_reason for choice in choices if choice.finish_reason],
             input_tokens=getattr(usage, "prompt_tokens", None),
             output_tokens=getattr(usage, "completion_tokens", None),
+            cache_read_input_tokens=_usage_detail(usage, "prompt_tokens_details", "cached_tokens"),
+            reasoning_output_tokens=_usage_detail(usage, "completion_tokens_details", "reasoning_tokens"),
         )
         first = choices[0] if choices else None
         call.record_token_ids(
@@ -253,6 +262,8 @@ class _ChatStream:
             finish_reasons=[draft.finish_reason for draft in drafts if draft.finish_reason],
             input_tokens=getattr(self.usage, "prompt_tokens", None),
             output_tokens=getattr(self.usage, "completion_tokens", None),
+            cache_read_input_tokens=_usage_detail(self.usage, "prompt_tokens_details", "cached_tokens"),
+            reasoning_output_tokens=_usage_detail(self.usage, "completion_tokens_details", "reasoning_tokens"),
         )
         first = drafts[0] if drafts else _ChoiceDraft()
         call.record_token_ids(self.prompt_token_ids, first.token_ids, first.logprobs)
@@ -284,12 +295,17 @@ class _ResponsesApi:
             tools=_plain(tools) if _is_given(tools) else None,
             parameters=_parameters(kwargs, self.parameters),
         )
+        conversation = _conversation_id(kwargs.get("conversation"))
+        if conversation is not None:  # the server prepends its items to the input recorded here
+            call.record({semconv.CONVERSATION_ID: conversation})
 
     def record_result(self, call: LlmCall, response: Any) -> None:
         message = _output_message(getattr(response, "output", None) or ())
         status = getattr(response, "status", None)
         if status == "failed":
-            call.fail(_failure("response.failed", getattr(getattr(response, "error", None), "message", None)))
+            error = getattr(response, "error", None)
+            why = _failure("response.failed", getattr(error, "message", None))
+            call.fail(why, _error_code(error, "response.failed"))
         incomplete = getattr(getattr(response, "incomplete_details", None), "reason", None)
         # a reply cut short says why even after a complete tool call, as a chat choice says "length"
         finish = incomplete or (
@@ -303,10 +319,19 @@ class _ResponsesApi:
             finish_reasons=[finish] if finish else None,
             input_tokens=getattr(usage, "input_tokens", None),
             output_tokens=getattr(usage, "output_tokens", None),
+            cache_read_input_tokens=_usage_detail(usage, "input_tokens_details", "cached_tokens"),
+            reasoning_output_tokens=_usage_detail(usage, "output_tokens_details", "reasoning_tokens"),
         )
 
     def accumulator(self) -> _ResponsesStream:
         return _ResponsesStream()
+
+
+def _conversation_id(conversation: Any) -> str | None:
+    """The id of a Responses request's ``conversation``: given as the id or as ``{"id": ...}``."""
+    if isinstance(conversation, Mapping):
+        conversation = conversation.get("id")
+    return conversation if isinstance(conversation, str) and conversation else None
 
 
 def _output_message(items: Iterable[Any]) -> dict[str, Any]:
@@ -351,6 +376,12 @@ def _failure(what: str, detail: Any) -> str:
     return f"{what}: {detail}" if detail else what
 
 
+def _error_code(error: Any, what: str) -> str:
+    """A failed reply's ``error.type``: the API's error code (``server_error``…), else what said it failed."""
+    code = getattr(error, "code", None)
+    return code if isinstance(code, str) and code else what
+
+
 @dataclass
 class _ResponsesStream:
     """A streamed response: the final event carries the whole response; until it arrives (a
@@ -362,7 +393,7 @@ class _ResponsesStream:
     model: str | None = None
     done: dict[int, Any] = field(default_factory=dict)  # output items by their output_index
     text: dict[Any, list[str]] = field(default_factory=dict)  # text deltas by their item's id
-    error: str | None = None
+    error: tuple[str, str] | None = None  # why, and its error.type
 
     def add(self, event: Any) -> None:
         kind = getattr(event, "type", None)
@@ -377,14 +408,14 @@ class _ResponsesStream:
         elif kind == "response.output_item.done":
             self.done[event.output_index] = event.item
         elif kind == "error":
-            self.error = _failure("error", getattr(event, "message", None))
+            self.error = (_failure("error", getattr(event, "message", None)), _error_code(event, "error"))
 
     def record(self, call: LlmCall) -> None:
         if self.final is not None:
             RESPONSES.record_result(call, self.final)
             return
         if self.error is not None:
-            call.fail(self.error)
+            call.fail(*self.error)
         call.record_response(self._partial_messages(), model=self.model, response_id=self.response_id)
 
     def _partial_messages(self) -> list[dict[str, Any]] | None:
@@ -424,6 +455,29 @@ def _provider(resource: Any) -> str:
     return AZURE_PROVIDER if isinstance(client, AzureOpenAI | AsyncAzureOpenAI) else PROVIDER
 
 
+_DEFAULT_PORTS = {"https": 443, "http": 80}
+_server_of: tuple[Any, dict[str, Any]] | None = None  # the last base URL seen and its attributes
+
+
+def _server(resource: Any) -> dict[str, Any]:
+    """``server.address`` and ``server.port`` of the client's base URL, worked out once per URL
+    (a program mostly has one client, and this runs on every call)."""
+    global _server_of
+    url = getattr(getattr(resource, "_client", None), "base_url", None)
+    cached = _server_of
+    if cached is None or cached[0] is not url:
+        cached = _server_of = (url, _server_attributes(url))
+    return cached[1]
+
+
+def _server_attributes(url: Any) -> dict[str, Any]:
+    host = getattr(url, "host", None)
+    if not isinstance(host, str) or not host:
+        return {}
+    port = getattr(url, "port", None) or _DEFAULT_PORTS.get(getattr(url, "scheme", None))
+    return {semconv.SERVER_ADDRESS: host, semconv.SERVER_PORT: port} if port else {semconv.SERVER_ADDRESS: host}
+
+
 def _refuses_token_ids(resource: Any, provider: str) -> bool:
     """Whether the client talks to a service known to refuse vLLM's request fields with a 400
     (OpenAI's API, Azure's): an agent that also calls one of them (a judge, say) keeps working
@@ -442,7 +496,10 @@ def _start(api: _Api, resource: Any, kwargs: dict[str, Any]) -> tuple[LlmCall | 
         to_send = api.request_token_ids(prepared) if capture else prepared
         model = prepared.get("model")
         call = start_llm_call(
-            str(model) if _is_given(model) else UNKNOWN_MODEL, provider=provider, tracer=_config.tracer
+            str(model) if _is_given(model) else UNKNOWN_MODEL,
+            provider=provider,
+            tracer=_config.tracer,
+            server=_server(resource),
         )
     except Exception:
         _recording_failed("the start of an openai call")
