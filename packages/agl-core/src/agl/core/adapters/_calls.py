@@ -15,10 +15,6 @@ from agl.core.tracing import semconv
 from agl.core.types.spans import Span
 
 CHOICE_COUNT = f"{semconv.REQUEST_PREFIX}choice.count"
-# The attempt number of a LangGraph node run under a retry policy (agl-instrument-langchain writes
-# it on each attempt's agent span, a failed attempt's in error), and the node it ran.
-NODE_ATTEMPT = "langgraph.node.attempt"
-NODE = "langgraph.node"
 
 
 @dataclass(frozen=True)
@@ -112,7 +108,8 @@ def _retried_attempts(ordered: Sequence[Span]) -> set[str]:
     numbered = [
         (span, number)
         for span in ordered
-        if isinstance(number := span.attributes.get(NODE_ATTEMPT), int) and not isinstance(number, bool)
+        if isinstance(number := span.attributes.get(semconv.LANGGRAPH_NODE_ATTEMPT), int)
+        and not isinstance(number, bool)
     ]
     starts: dict[tuple[str | None, str | None, str | None, int], list[int]] = {}
     for span, number in numbered:
@@ -127,7 +124,12 @@ def _retried_attempts(ordered: Sequence[Span]) -> set[str]:
 
 def _attempt_key(span: Span, number: int) -> tuple[str | None, str | None, str | None, int]:
     attributes = span.attributes
-    return (span.parent_id, _text(attributes.get(NODE)), _text(attributes.get(semconv.AGENT_NAME)), number)
+    return (
+        span.parent_id,
+        _text(attributes.get(semconv.LANGGRAPH_NODE)),
+        _text(attributes.get(semconv.AGENT_NAME)),
+        number,
+    )
 
 
 def _under_any(span: Span, ancestors: set[str], by_id: dict[str, Span]) -> bool:

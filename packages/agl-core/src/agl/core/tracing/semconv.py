@@ -64,6 +64,10 @@ TOOL_CALL_RESULT = "gen_ai.tool.call.result"
 ERROR_TYPE = "error.type"  # a failed call's exception class (fully qualified) or the provider's error code
 SERVER_ADDRESS = "server.address"  # the model server's host, from the client's base URL
 SERVER_PORT = "server.port"
+# A LangGraph node run (agl-instrument-langchain): the node, and its attempt under a RetryPolicy
+# (from 1; a failed attempt's span in error), which the adapters read to leave retried attempts out.
+LANGGRAPH_NODE = "langgraph.node"
+LANGGRAPH_NODE_ATTEMPT = "langgraph.node.attempt"
 
 # Span names and operations every framework instrumentor uses, so traces read the same whatever
 # produced them: "invoke_agent {agent}", "execute_tool {tool}", "invoke_workflow {team/crew/graph}",

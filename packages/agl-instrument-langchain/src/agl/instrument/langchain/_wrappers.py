@@ -1337,9 +1337,6 @@ def _node_agent(task: Any) -> str | None:
     return name
 
 
-NODE_ATTEMPT = "langgraph.node.attempt"
-
-
 def _node_scope(function: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> _Scope | None:
     """``run_with_retry(task, ...)``: "invoke_agent {agent}" for a node that stands for an agent."""
     try:
@@ -1359,7 +1356,7 @@ def _agent_attributes(agent: str, task: Any) -> dict[str, Any]:
         semconv.OPERATION_NAME: semconv.INVOKE_AGENT,
         semconv.AGENT_NAME: agent,
         semconv.GEN_AI_AGENT_NAME: agent,
-        "langgraph.node": str(task.name),
+        semconv.LANGGRAPH_NODE: str(task.name),
     }
 
 
@@ -1404,7 +1401,7 @@ class _Attempts:
 
     def _next_attempt(self) -> _Scope | None:
         self._count += 1
-        attributes = {**self._attributes, NODE_ATTEMPT: self._count}
+        attributes = {**self._attributes, semconv.LANGGRAPH_NODE_ATTEMPT: self._count}
         return _start_span(f"{semconv.INVOKE_AGENT} {self._agent}", attributes, agent=self._agent)
 
     def invoke(self, *args: Any, **kwargs: Any) -> Any:

@@ -24,7 +24,6 @@ from agl.trainer.proxy.shape import Endpoint
 
 UPSTREAM = "agl.proxy.upstream"
 """The engine base URL that answered (or last failed)."""
-ERROR_TYPE = "error.type"
 SERVICE = SpanResource(attributes={"service.name": "agl-llm-proxy"})
 UNKNOWN_MODEL = "unknown"
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
@@ -192,7 +191,7 @@ class CallRecord:
             attributes[semconv.USAGE_OUTPUT_TOKENS] = output_tokens
         status = SpanStatus(status_code="OK")
         if self.error is not None:
-            attributes[ERROR_TYPE] = self.error[0]
+            attributes[semconv.ERROR_TYPE] = self.error[0]
             status = SpanStatus(status_code="ERROR", description=self.error[1])
         return Span(
             rollout_id=self.rollout_id,
