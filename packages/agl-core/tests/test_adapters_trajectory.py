@@ -153,6 +153,40 @@ def test_attempt_attributes_of_odd_types_are_read_where_they_can_be() -> None:
     assert [t.response[0]["content"] for t in spans_to_triplets(spans)] == ["kept", "also kept"]
 
 
+# --- an agent's try retried by CrewAI ---------------------------------------------------------
+
+
+def crewai_try(sequence_id: int, number: int, *, failed: bool, role: str = "Writer") -> Span:
+    """An agent's try at a task as agl-instrument-crewai records it when CrewAI retries a failed
+    one (``max_retry_limit``): each try its own span under the task's, numbered."""
+    attributes = {
+        semconv.OPERATION_NAME: semconv.INVOKE_AGENT,
+        semconv.AGENT_NAME: role,
+        semconv.GEN_AI_AGENT_NAME: role,
+        semconv.CREWAI_AGENT_ATTEMPT: number,
+    }
+    return span(sequence_id, f"invoke_agent {role}", attributes, parent=2, error=failed)
+
+
+def test_the_calls_of_a_crewai_agents_try_that_was_retried_are_no_triplets() -> None:
+    """A tool call and a model call succeeded in the first try, then the model failed; CrewAI threw
+    the try away and ran the task again: only the retry's call is the rollout's path."""
+    spans = [
+        span(1, "invoke_workflow crew", {semconv.OPERATION_NAME: semconv.INVOKE_WORKFLOW}),
+        span(2, "task", parent=1),
+        crewai_try(3, 1, failed=True),
+        chat(4, WRITE, "first try", parent=3),
+        span(5, "execute_tool search", parent=3),
+        crewai_try(6, 2, failed=False),
+        chat(7, WRITE, "retry", parent=6),
+        reward(8, 1.0),
+    ]
+    (triplet,) = spans_to_triplets(spans)
+    assert triplet.response[0]["content"] == "retry" and triplet.reward == 1.0
+    another_role = [*spans[:3], *spans[3:5], crewai_try(6, 2, failed=False, role="Critic"), *spans[6:]]
+    assert [t.response[0]["content"] for t in spans_to_triplets(another_role)] == ["first try", "retry"]
+
+
 # --- a reply from a cache ---------------------------------------------------------------------
 
 

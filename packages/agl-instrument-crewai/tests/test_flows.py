@@ -352,3 +352,55 @@ def test_a_streamed_flow_has_one_flow_span_from_the_run_its_iteration_starts(cap
     spans = kit.ordered(captured_spans.get_finished_spans())
     assert kit.tree(spans) == [("invoke_workflow Echo", None), ("flow_method echo", "invoke_workflow Echo")]
     assert json.loads(spans[0].attributes["crewai.flow.output"]) == {"topic": "s"}
+
+
+class Answers:
+    """An input provider answering each ``Flow.ask`` from a list; None once it runs out (as on a timeout)."""
+
+    def __init__(self, *answers: str) -> None:
+        self.answers = list(answers)
+
+    def request_input(self, message: str, flow: Any, metadata: Any = None) -> str | None:
+        return self.answers.pop(0) if self.answers else None
+
+
+class Asking(Flow):
+    @start()
+    def gather(self) -> str:
+        return f"{self.ask('Favourite colour?')}, {self.ask('And number?')}"
+
+
+def test_each_ask_is_a_span_under_its_method_with_the_question_and_the_reply(captured_spans, instrument, kit) -> None:
+    instrument()
+    assert Asking(input_provider=Answers("blue")).kickoff() == "blue, None"
+
+    spans = kit.ordered(captured_spans.get_finished_spans())
+    assert kit.tree(spans) == [
+        ("invoke_workflow Asking", None),
+        ("flow_method gather", "invoke_workflow Asking"),
+        ("flow_ask", "flow_method gather"),
+        ("flow_ask", "flow_method gather"),
+    ]
+    answered, unanswered = spans[2:]
+    assert answered.attributes["gen_ai.operation.name"] == "flow_ask"
+    assert answered.attributes["crewai.flow.ask.message"] == "Favourite colour?"
+    assert answered.attributes["crewai.flow.ask.response"] == "blue"
+    assert unanswered.attributes["crewai.flow.ask.message"] == "And number?"
+    assert "crewai.flow.ask.response" not in unanswered.attributes
+
+
+def test_the_flow_span_holds_the_state_id_the_run_ended_with(captured_spans, instrument) -> None:
+    instrument()
+    flow = Echo()
+    flow.kickoff(inputs={"topic": "a"})
+    flow.kickoff(inputs={"id": "pinned-id", "topic": "b"})  # inputs["id"] sets the state's id
+    with pytest.raises(BrokenError):
+        Broken().kickoff(inputs={"id": "failed-id"})
+
+    flows = [span for span in captured_spans.get_finished_spans() if span.name.startswith("invoke_workflow")]
+    assert [span.attributes["crewai.flow.id"] for span in flows[:2]] == [
+        flows[0].attributes["crewai.flow.id"],
+        "pinned-id",
+    ]
+    assert flows[0].attributes["crewai.flow.id"] not in ("", "pinned-id")
+    assert flows[2].attributes["crewai.flow.id"] == "failed-id"

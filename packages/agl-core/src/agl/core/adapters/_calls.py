@@ -102,32 +102,38 @@ def agent_pattern(agent_match: str | None) -> re.Pattern[str] | None:
 
 
 def _retried_attempts(ordered: Sequence[Span]) -> set[str]:
-    """The span ids of attempts that failed and were retried: a span in error numbered ``k`` under
-    ``langgraph.node.attempt`` whose node has an attempt ``k + 1`` after it, beside it (same parent).
-    The last attempt of a node that failed for good is not among them: the run failed with it."""
-    numbered = [
-        (span, number)
-        for span in ordered
-        if isinstance(number := span.attributes.get(semconv.LANGGRAPH_NODE_ATTEMPT), int)
-        and not isinstance(number, bool)
-    ]
-    starts: dict[tuple[str | None, str | None, str | None, int], list[int]] = {}
-    for span, number in numbered:
-        starts.setdefault(_attempt_key(span, number), []).append(span.sequence_id)
+    """The span ids of attempts that failed and were retried: a span in error numbered ``k`` (a
+    LangGraph node's ``langgraph.node.attempt``, a CrewAI agent's ``crewai.agent.attempt``) whose
+    node or agent has an attempt ``k + 1`` after it, beside it (same parent). The last attempt of
+    one that failed for good is not among them: the run failed with it."""
+    numbered = [(span, numbering) for span in ordered if (numbering := _attempt_number(span)) is not None]
+    starts: dict[tuple[str | None, str | None, str | None, str, int], list[int]] = {}
+    for span, (kind, number) in numbered:
+        starts.setdefault(_attempt_key(span, kind, number), []).append(span.sequence_id)
     return {
         span.span_id
-        for span, number in numbered
+        for span, (kind, number) in numbered
         if span.status.status_code == "ERROR"
-        and any(start > span.sequence_id for start in starts.get(_attempt_key(span, number + 1), ()))
+        and any(start > span.sequence_id for start in starts.get(_attempt_key(span, kind, number + 1), ()))
     }
 
 
-def _attempt_key(span: Span, number: int) -> tuple[str | None, str | None, str | None, int]:
+def _attempt_number(span: Span) -> tuple[str, int] | None:
+    """Which attempt numbering a span carries, and its number; None for a span of no retried work."""
+    for kind in semconv.RETRIED_ATTEMPTS:
+        number = span.attributes.get(kind)
+        if isinstance(number, int) and not isinstance(number, bool):
+            return kind, number
+    return None
+
+
+def _attempt_key(span: Span, kind: str, number: int) -> tuple[str | None, str | None, str | None, str, int]:
     attributes = span.attributes
     return (
         span.parent_id,
         _text(attributes.get(semconv.LANGGRAPH_NODE)),
         _text(attributes.get(semconv.AGENT_NAME)),
+        kind,
         number,
     )
 

@@ -68,6 +68,10 @@ SERVER_PORT = "server.port"
 # (from 1; a failed attempt's span in error), which the adapters read to leave retried attempts out.
 LANGGRAPH_NODE = "langgraph.node"
 LANGGRAPH_NODE_ATTEMPT = "langgraph.node.attempt"
+# An agent's try at a CrewAI task when CrewAI retries a failed one (agl-instrument-crewai; from 1).
+CREWAI_AGENT_ATTEMPT = "crewai.agent.attempt"
+RETRIED_ATTEMPTS = (LANGGRAPH_NODE_ATTEMPT, CREWAI_AGENT_ATTEMPT)
+"""Attributes numbering the tries of a unit of work a framework retries, a failed try's span in error."""
 
 # Span names and operations every framework instrumentor uses, so traces read the same whatever
 # produced them: "invoke_agent {agent}", "execute_tool {tool}", "invoke_workflow {team/crew/graph}",

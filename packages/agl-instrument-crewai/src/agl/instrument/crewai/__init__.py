@@ -16,12 +16,15 @@ What is instrumented, and the span each call opens:
   ``invoke_workflow {crew name}``, with ``crewai.crew.inputs`` and ``crewai.crew.output``. A
   streaming crew (``stream=True``) has its one span from the run its iteration starts.
 - Flows (``crewai.flow.flow.Flow``): ``kickoff_async`` (``kickoff`` and ``akickoff`` go through
-  it) opens ``invoke_workflow {flow's name, else its class name}``, with ``crewai.flow.inputs`` and
-  ``crewai.flow.output``; ``resume``/``resume_async`` after a pause for human feedback open it too,
+  it) opens ``invoke_workflow {flow's name, else its class name}``, with ``crewai.flow.inputs``,
+  ``crewai.flow.output`` and the state id the run ended with, ``crewai.flow.id`` (``Flow.flow_id``,
+  as CrewAI's own tracing names it); ``resume``/``resume_async`` after a pause for human feedback open it too,
   with ``crewai.flow.feedback``. Each executed ``@start``/``@listen``/``@router`` method has its
   span ``flow_method {method}`` under it (``gen_ai.operation.name=flow_method``,
   ``crewai.flow.method``; a text result as ``crewai.flow.method.output``; a router's
-  ``crewai.flow.route``), and the crews, agents and model calls it runs are under that span,
+  ``crewai.flow.route``), and the crews, agents, model calls and ``Flow.ask`` calls it runs are
+  under that span (each ``ask`` a ``flow_ask`` span, ``gen_ai.operation.name=flow_ask``, with
+  ``crewai.flow.ask.message`` and the reply, if any, as ``crewai.flow.ask.response``),
   concurrent listeners and sync methods (run by CrewAI in threads) included. A raising method
   fails its span and the flow's; a pause for human feedback and a listener cancelled because
   another won its ``or_`` race are not failures: ``crewai.flow.stopped`` = ``paused`` or
@@ -33,13 +36,19 @@ What is instrumented, and the span each call opens:
 - ``Agent.execute_task``/``aexecute_task`` and standalone ``Agent.kickoff``/``kickoff_async``/
   ``akickoff`` (``kickoff`` inside a running event loop returns a coroutine, whose span it is):
   ``invoke_agent {role}``, with ``gen_ai.operation.name=invoke_agent`` and ``agl.agent.name`` =
-  ``gen_ai.agent.name`` = the role.
+  ``gen_ai.agent.name`` = the role. When a try at a task fails and CrewAI runs it again
+  (``max_retry_limit``), each try is a span of its own under the same parent, numbered
+  (``crewai.agent.attempt``, from 1; absent on an agent's only try), the failed one ended in error
+  where CrewAI decided to retry: the model calls of a try whose work CrewAI threw away are not
+  mixed with the retry's.
 - Tools, by CrewAI's text format (``CrewStructuredTool.invoke``) or native function calling
   (``BaseTool.run``): ``execute_tool {tool}``, with ``gen_ai.tool.name``,
   ``gen_ai.tool.call.arguments`` (JSON) and ``gen_ai.tool.call.result``. A function of
   ``available_functions`` that a provider runs inside the model call (CrewAI's reasoning step)
   gets its span under the model call's, and the call's recorded reply is that tool call, not the
-  function's result that ``call`` returns.
+  function's result that ``call`` returns. A tool span carries no agent name of its own: it sits
+  under the span of the agent that ran it (a coworker's, for work delegated to it, under the
+  coworker's ``invoke_agent`` span), whose name the adapters find.
 - Every model call, at the ``BaseLLM`` boundary: the ``call``/``acall`` of each ``BaseLLM``
   subclass, CrewAI's own providers and yours alike (subclasses defined after instrumenting are
   wrapped as they are defined). The span is `agl.core.tracing.llm`'s ``chat {model}``

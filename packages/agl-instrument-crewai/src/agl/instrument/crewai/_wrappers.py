@@ -47,6 +47,9 @@ AGENT_GOAL = "crewai.agent.goal"
 AGENT_OUTPUT = "crewai.agent.output"
 FLOW_METHOD_SPAN = "flow_method"
 FLOW_NAME = "crewai.flow.name"
+FLOW_ID = "crewai.flow.id"
+"""The flow's state id (``Flow.flow_id``), under which CrewAI persists, restores and resumes it; the
+name CrewAI's own tracing gives it. Read when the run ends: ``inputs["id"]`` or a fork sets it."""
 FLOW_INPUTS = "crewai.flow.inputs"
 FLOW_OUTPUT = "crewai.flow.output"
 FLOW_METHOD = "crewai.flow.method"
@@ -54,6 +57,12 @@ FLOW_METHOD_OUTPUT = "crewai.flow.method.output"
 FLOW_ROUTER = "crewai.flow.method.router"
 FLOW_ROUTE = "crewai.flow.route"
 FLOW_FEEDBACK = "crewai.flow.feedback"
+AGENT_ATTEMPT = semconv.CREWAI_AGENT_ATTEMPT
+"""The number of an agent's try at a task (from 1) that CrewAI retried or that is a retry
+(``max_retry_limit``); absent on an agent's only try."""
+FLOW_ASK_SPAN = "flow_ask"
+FLOW_ASK_MESSAGE = "crewai.flow.ask.message"
+FLOW_ASK_RESPONSE = "crewai.flow.ask.response"
 FLOW_STOPPED = "crewai.flow.stopped"
 """Why a flow or flow method ended without failing and without its result: "paused" (it waits for
 human feedback) or "cancelled" (a listener racing in an ``or_`` that another one won)."""
@@ -76,6 +85,24 @@ _open: contextvars.ContextVar[frozenset[tuple[str, Any]]] = contextvars.ContextV
 )
 # The role of the agent running now: the LLM span's agent when CrewAI does not pass ``from_agent``.
 _agent_role: contextvars.ContextVar[str | None] = contextvars.ContextVar("agl_crewai_agent", default=None)
+
+
+@dataclass
+class _AgentTry:
+    """One agent span open in this context. When a try at a task fails and CrewAI runs
+    ``execute_task`` again (``max_retry_limit``), from inside the failed one, the failed try's span
+    ends there, in error, and the retry's span opens beside it (same parent), so that the model calls
+    of a try CrewAI threw away are not mistaken for the retry's."""
+
+    key: tuple[str, Any]
+    span: Span
+    parent: otel_context.Context
+    number: int
+    failed: bool = False
+    """Ended in error, and CrewAI retries it: the next span for the same agent is the retry."""
+
+
+_agent_try: contextvars.ContextVar[_AgentTry | None] = contextvars.ContextVar("agl_crewai_try", default=None)
 
 
 def _recording_failed(what: str) -> None:
@@ -147,6 +174,9 @@ class _Kind:
 
     def result(self, span: Span, result: Any) -> None:
         pass
+
+    def finished(self, span: Span, instance: Any) -> None:
+        """What the call's object holds once the call ended, whatever its outcome."""
 
     def stopped(self, error: BaseException) -> str | None:
         """Why ``error`` is control flow rather than a failure, or None for a failure."""
@@ -296,6 +326,11 @@ class _Flow(_Kind):
         elif result is not None:
             span.set_attribute(FLOW_OUTPUT, _text(result))
 
+    def finished(self, span: Span, instance: Any) -> None:
+        flow_id = getattr(instance, "flow_id", None)
+        if isinstance(flow_id, str) and flow_id:
+            span.set_attribute(FLOW_ID, flow_id)
+
 
 class _FlowResume(_Flow):
     """``Flow.resume_async`` (``resume`` runs it in a new event loop): the rest of a flow paused for
@@ -306,6 +341,24 @@ class _FlowResume(_Flow):
         if opening is not None:
             opening.attributes[FLOW_FEEDBACK] = str(_argument(args, kwargs, 0, "feedback") or "")
         return opening
+
+
+class _FlowAsk(_Kind):
+    """``Flow.ask``: a flow method waits for a person's input (from the flow's input provider); the
+    reply, None on a timeout or a provider's failure, goes on with the flow."""
+
+    def opening(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Opening | None:
+        if _is_internal(instance):
+            return None
+        attributes = {
+            semconv.OPERATION_NAME: FLOW_ASK_SPAN,
+            FLOW_ASK_MESSAGE: str(_argument(args, kwargs, 0, "message")),
+        }
+        return Opening(FLOW_ASK_SPAN, attributes, ("flow_ask", id(instance)))
+
+    def result(self, span: Span, result: Any) -> None:
+        if isinstance(result, str):
+            span.set_attribute(FLOW_ASK_RESPONSE, result)
 
 
 class _FlowMethod(_Kind):
@@ -365,47 +418,100 @@ def _record_tool_reply(name: str, arguments: str) -> None:
     span.set_attribute(semconv.OUTPUT_MESSAGES, json_text([reply]))
 
 
-def _start(kind: _Kind, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Span, list[Any]] | None:
-    """Open ``kind``'s span and make it current; None when it is already open or cannot be recorded."""
+def _start(
+    kind: _Kind, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[Span, list[Any], Any] | None:
+    """Open ``kind``'s span and make it current; None when it is already open (unless this call is
+    the retry of a failed agent try) or cannot be recorded."""
     try:
         opening = kind.opening(instance, args, kwargs)
         open_now = _open.get()
-        if opening is None or opening.key in open_now or _config.tracer is None:
+        retried = _retried_try(opening.key) if opening is not None else None
+        if opening is None or (opening.key in open_now and retried is None) or _config.tracer is None:
             return None
-        span = _config.tracer.start_span(opening.name, attributes=opening.attributes)
+        parent = otel_context.get_current() if retried is None else retried.parent
+        number = 1 if retried is None else retried.number + 1
+        attributes = opening.attributes if retried is None else {**opening.attributes, AGENT_ATTEMPT: number}
+        span = _config.tracer.start_span(opening.name, context=parent, attributes=attributes)
         tokens: list[Any] = [
-            otel_context.attach(trace.set_span_in_context(span)),
+            otel_context.attach(trace.set_span_in_context(span, parent)),
             _open.set(open_now | {opening.key}),
         ]
         if opening.agent_role is not None:
             tokens.append(_agent_role.set(opening.agent_role))
-        return span, tokens
+            tokens.append(_agent_try.set(_AgentTry(opening.key, span, parent, number)))
+        return span, tokens, instance
     except Exception:
         _recording_failed("the start of a CrewAI call")
         return None
 
 
-def _end(kind: _Kind, started: tuple[Span, list[Any]], result: Any, error: BaseException | None) -> None:
-    span, tokens = started
+def _retried_try(key: tuple[str, Any]) -> _AgentTry | None:
+    """The failed try that a call opening ``key`` retries, if it is one."""
+    current = _agent_try.get()
+    return current if current is not None and current.failed and current.key == key else None
+
+
+def _end(kind: _Kind, started: tuple[Span, list[Any], Any], result: Any, error: BaseException | None) -> None:
+    span, tokens, instance = started
+    current = _agent_try.get()
+    retried = current is not None and current.span is span and current.failed
+    _reset(tokens)
+    if retried:  # ended when CrewAI retried it: the retry's result or error is not this try's
+        return
     try:
-        if len(tokens) > 2:
-            _agent_role.reset(tokens[2])
-        _open.reset(tokens[1])
-        otel_context.detach(tokens[0])
-    except Exception:
-        _recording_failed("the context of a CrewAI call")
-    try:
+        kind.finished(span, instance)
         if error is None:
             kind.result(span, result)
         elif (stopped := kind.stopped(error)) is not None:
             span.set_attribute(FLOW_STOPPED, stopped)
         else:
-            span.record_exception(error)
-            span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+            _fail(span, error)
     except Exception:
         _recording_failed("the result of a CrewAI call")
     finally:
         span.end()
+
+
+def _reset(tokens: list[Any]) -> None:
+    """Restore the context a span's start changed (see `_start`)."""
+    try:
+        if len(tokens) > 2:
+            _agent_try.reset(tokens[3])
+            _agent_role.reset(tokens[2])
+        _open.reset(tokens[1])
+        otel_context.detach(tokens[0])
+    except Exception:
+        _recording_failed("the context of a CrewAI call")
+
+
+def _fail(span: Span, error: BaseException) -> None:
+    span.record_exception(error)
+    span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+
+
+def _execution_error_checked(
+    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """``Agent._check_execution_error``, called when a try at a task raised: it raises when CrewAI
+    gives up; when it returns, CrewAI runs ``execute_task`` again, so the failed try ends here."""
+    result = wrapped(*args, **kwargs)
+    if _config.active:
+        _end_failed_try(instance, _argument(args, kwargs, 0, "e"))
+    return result
+
+
+def _end_failed_try(agent: Any, error: BaseException) -> None:
+    try:
+        current = _agent_try.get()
+        if current is None or current.key != ("agent", id(agent)) or current.failed:
+            return
+        current.span.set_attribute(AGENT_ATTEMPT, current.number)
+        _fail(current.span, error)
+        current.span.end()
+        current.failed = True  # last: a try that could not be ended stays open, and the retry inside it
+    except Exception:
+        _recording_failed("a CrewAI agent's failed try")
 
 
 def _sync_wrapper(kind: _Kind) -> Callable[..., Any]:
@@ -670,6 +776,7 @@ PATCHER = Patcher(
         Patch("crewai.agent.core", "Agent", "kickoff", _sync_wrapper(_AgentKickoff())),
         Patch("crewai.agent.core", "Agent", "kickoff_async", _async_wrapper(_Agent())),
         Patch("crewai.agent.core", "Agent", "akickoff", _async_wrapper(_Agent())),
+        Patch("crewai.agent.core", "Agent", "_check_execution_error", _execution_error_checked),
         Patch("crewai.tools.base_tool", "BaseTool", "run", _sync_wrapper(_Tool(structured=False))),
         Patch("crewai.tools.base_tool", "BaseTool", "arun", _async_wrapper(_Tool(structured=False))),
         Patch("crewai.tools.base_tool", "Tool", "run", _sync_wrapper(_Tool(structured=False))),
@@ -680,6 +787,7 @@ PATCHER = Patcher(
         Patch("crewai.flow.runtime", "Flow", "kickoff_async", _async_wrapper(_Flow())),
         Patch("crewai.flow.runtime", "Flow", "resume_async", _async_wrapper(_FlowResume())),
         Patch("crewai.flow.runtime", "Flow", "_execute_method", _async_wrapper(_FlowMethod())),
+        Patch("crewai.flow.runtime", "Flow", "ask", _sync_wrapper(_FlowAsk())),
         Patch("crewai.llms.base_llm", "BaseLLM", "_emit_call_completed_event", _call_completed),
         # Every `BaseLLM` subclass (CrewAI's providers and the user's) defines its own ``call``/``acall``.
         FamilyPatch("crewai.llms.base_llm", "BaseLLM", {"call": _model_call, "acall": _async_model_call}),
