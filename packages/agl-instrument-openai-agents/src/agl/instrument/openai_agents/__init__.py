@@ -19,7 +19,12 @@ How, and why this way:
   ``invoke_agent {name}`` (``agl.agent.name`` and ``gen_ai.agent.name``), a function tool
   ``execute_tool {name}`` (``gen_ai.tool.name``, ``.call.id``, ``.call.arguments`` as JSON text,
   ``.call.result``), a handoff ``handoff {from} -> {to}``, a guardrail ``guardrail {name}``
-  (``agl.guardrail.triggered``), a custom span under its own name.
+  (``agl.guardrail.triggered``), a custom span under its own name. A run that raises
+  (``MaxTurnsExceeded``, a guardrail's tripwire, a model error) fails its workflow span as well as
+  its agent's: the SDK records no error on its trace, so the exception leaving the trace's ``with``
+  (``Runner.run``'s, a streamed run's, the user's ``with trace(...)``) is recorded there. Not a
+  streamed run's ``MaxTurnsExceeded``: the SDK ends that trace normally and raises it to the
+  consumer only afterwards, so only the agent's span says it.
 - Parentage: a processor only hears about spans; it cannot make them current. So the SDK's
   ``SpanImpl.start``/``finish`` and ``TraceImpl.start``/``finish`` are wrapped: when the SDK makes
   its span current (in the caller's context), the matching OpenTelemetry span becomes current in
@@ -52,12 +57,15 @@ Settings:
 
 - ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=agl_openai_agents``: leave the SDK alone under
   ``opentelemetry-instrument``.
-- The SDK's own switches apply: ``OPENAI_AGENTS_DISABLE_TRACING=1`` (or ``RunConfig(
-  tracing_disabled=True)``) stops its spans, and with them our agent, tool, handoff and guardrail
-  spans (LLM spans remain); ``OPENAI_AGENTS_TRACE_INCLUDE_SENSITIVE_DATA=0`` leaves tool arguments
-  and results out. The SDK's default exporter uploads traces to OpenAI only when an OpenAI API key
-  is set (``OPENAI_API_KEY`` or ``set_tracing_export_api_key``); without one it logs a warning and
-  sends nothing.
+- The SDK's own switches apply: ``OPENAI_AGENTS_DISABLE_TRACING=1`` (or ``set_tracing_disabled(
+  True)``, ``RunConfig(tracing_disabled=True)``) stops its spans, and with them our agent, tool,
+  handoff and guardrail spans: only the LLM spans remain, each a root span still naming its agent.
+  To stop only the upload to OpenAI and keep agl's whole record, replace the SDK's processors
+  instead (``set_trace_processors([])`` or your own list): agl keeps recording without being in
+  that list. ``OPENAI_AGENTS_TRACE_INCLUDE_SENSITIVE_DATA=0`` leaves tool arguments and results
+  out. The SDK's default exporter uploads traces to OpenAI only when an OpenAI API key is set
+  (``OPENAI_API_KEY`` or ``set_tracing_export_api_key``); without one it logs a warning and sends
+  nothing.
 """
 
 from __future__ import annotations

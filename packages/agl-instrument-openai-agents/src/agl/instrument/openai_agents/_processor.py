@@ -17,6 +17,7 @@ say it), and the voice kinds.
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +62,9 @@ class Node:
     result: str | None = None
     """A function span's result as the model got it: the SDK's own conversion of the tool's return
     value (``str()`` of most values), caught by `_wrappers`; None where it was not seen."""
+    handled: BaseException | None = None
+    """A trace's: the exception already being handled where it started (a run inside the user's
+    ``except`` block), so that one is not taken for the run's own failure when it ends."""
 
     def nearest_span(self) -> trace.Span | None:
         node: Node | None = self
@@ -113,7 +117,7 @@ class AglTracingProcessor:
             if group_id:
                 attributes["gen_ai.conversation.id"] = str(group_id)
             span = self.tracer.start_span(f"{semconv.INVOKE_WORKFLOW} {name}", attributes=attributes)
-            self.nodes[sdk_trace.trace_id] = Node(span, None, None, "trace")
+            self.nodes[sdk_trace.trace_id] = Node(span, None, None, "trace", handled=sys.exception())
         except Exception:
             recording_failed("the start of an Agents SDK trace")
 
@@ -121,6 +125,7 @@ class AglTracingProcessor:
         try:
             node = self.nodes.pop(sdk_trace.trace_id, None)
             if node is not None and node.span is not None:
+                _fail_if_raising(node)
                 node.span.end()
         except Exception:
             recording_failed("the end of an Agents SDK trace")
@@ -240,6 +245,21 @@ class AglTracingProcessor:
         error = getattr(sdk_span, "error", None)
         if error:
             _record_error(span, error)
+
+
+def _fail_if_raising(node: Node) -> None:
+    """Fail a workflow span whose trace ends as an exception leaves it. The SDK records no error on
+    its trace, and finishes it on the way out of a failed run (``Runner.run``'s ``with``, the
+    streamed run's ``finally``, the user's ``with trace(...)``), so the exception on its way up is
+    the one being handled now. Only an ``Exception``: cancellation is no failure (as the SDK keeps
+    it off the agent's span); an error the SDK put on the run's task span stays."""
+    error = sys.exception()
+    span = node.span
+    if not isinstance(error, Exception) or error is node.handled or span is None:
+        return
+    if getattr(getattr(span, "status", None), "status_code", None) is StatusCode.ERROR:
+        return
+    span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
 
 
 def _record_error(span: trace.Span, error: Any) -> None:
