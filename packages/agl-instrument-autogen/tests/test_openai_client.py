@@ -5,6 +5,7 @@ token ids; and the same with OpenInference's AutoGen instrumentor installed besi
 from __future__ import annotations
 
 import json
+from urllib.parse import urlsplit
 
 import pytest
 from autogen_agentchat.agents import AssistantAgent
@@ -69,6 +70,12 @@ async def test_one_llm_span_per_call_with_the_servers_token_ids(
         attributes = span.attributes or {}
         assert span.name == f"chat {MODEL}" and attributes[semconv.PROVIDER_NAME] == "openai"
         assert attributes[semconv.AGENT_NAME] == "calculator"
+        # The server, as the openai layer joining AutoGen's span read it off the client that sent the request.
+        served_at = urlsplit(served.url)
+        assert (attributes[semconv.SERVER_ADDRESS], attributes[semconv.SERVER_PORT]) == (
+            served_at.hostname,
+            served_at.port,
+        )
         # As sent on the wire (agl_openai records them, leaving out keys whose value is null).
         assert json.loads(attributes[semconv.INPUT_MESSAGES]) == request["messages"]
         assert list(attributes[semconv.PROMPT_TOKEN_IDS]) == sent.prompt_token_ids

@@ -85,7 +85,11 @@ def test_chat_openai_gives_one_llm_span_per_call_with_token_ids(captured_spans, 
     app = chat_server_app(SCRIPT)
     with ServingThread(app) as server:
         assert run_agent(f"{server.url}/v1") == "17 + 25 = 42."
-    check_one_span_per_call(captured_spans.get_finished_spans(), chat_log(app))
+    spans = captured_spans.get_finished_spans()
+    check_one_span_per_call(spans, chat_log(app))
+    # The server, as the openai layer joining LangChain's span read it off the client that sent the request.
+    calls = [s.attributes or {} for s in spans if (s.attributes or {}).get(semconv.LLM_CALL)]
+    assert {(c[semconv.SERVER_ADDRESS], c[semconv.SERVER_PORT]) for c in calls} == {("127.0.0.1", server.port)}
 
 
 def test_alongside_openinference_there_is_still_one_canonical_span_per_call(

@@ -538,7 +538,8 @@ def _start_chat(
 def _record_messages(
     call: LlmCall, messages: list[Any], generation_info: list[Mapping[str, Any]], streamed: Any = None
 ) -> None:
-    """The reply messages (AIMessages) of one call: content, tool calls, model, usage, finish reason.
+    """The reply messages (AIMessages) of one call: content, tool calls, model, usage (the cached and
+    reasoning parts too), finish reason.
     Filled in, not overwritten: an openai layer underneath recorded the reply as the wire carried it
     (reasoning, tool calls LangChain could not parse), which LangChain's messages may have lost."""
     first = messages[0] if messages else None
@@ -553,8 +554,20 @@ def _record_messages(
             semconv.FINISH_REASONS: [str(reason) for reason in finish] or None,
             semconv.USAGE_INPUT_TOKENS: usage.get("input_tokens"),
             semconv.USAGE_OUTPUT_TOKENS: usage.get("output_tokens"),
+            semconv.USAGE_CACHE_READ_INPUT_TOKENS: _usage_part(usage, "input_token_details", "cache_read"),
+            semconv.USAGE_REASONING_OUTPUT_TOKENS: _usage_part(usage, "output_token_details", "reasoning"),
         }
     )
+
+
+_NO_DETAILS: Mapping[str, Any] = {}
+
+
+def _usage_part(usage: Mapping[str, Any], details: str, part: str) -> int | None:
+    """A count from LangChain's usage breakdown (``input_token_details["cache_read"]``…): a part of
+    the input or output tokens, as the conventions count it; None where the model reported none."""
+    value = (usage.get(details) or _NO_DETAILS).get(part)
+    return value if type(value) is int else None
 
 
 def _reply_messages(messages: list[Any], streamed: Any = None) -> list[dict[str, Any]]:
