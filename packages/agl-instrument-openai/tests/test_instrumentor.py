@@ -654,6 +654,211 @@ async def test_the_async_responses_api(traced, instrument) -> None:
     assert attribute(span, semconv.OUTPUT_MESSAGES) == [RESPONSE_MESSAGE]
 
 
+# --- the responses API's input in the chat shape ---------------------------------------------
+
+CALL_ADD = {"type": "function_call", "id": "fc-1", "call_id": "call-1", "name": "add", "arguments": '{"a": 2}'}
+CALL_MUL = {"type": "function_call", "id": "fc-2", "call_id": "call-2", "name": "mul", "arguments": '{"b": 3}'}
+CHAT_ADD = {"id": "call-1", "type": "function", "function": {"name": "add", "arguments": '{"a": 2}'}}
+CHAT_MUL = {"id": "call-2", "type": "function", "function": {"name": "mul", "arguments": '{"b": 3}'}}
+SAID = {
+    "type": "message",
+    "id": "m-0",
+    "role": "assistant",
+    "status": "completed",
+    "content": [{"type": "output_text", "text": "Let me ", "annotations": []}, {"type": "output_text", "text": "add."}],
+}
+THOUGHT = {"type": "reasoning", "id": "r-1", "summary": [{"type": "summary_text", "text": "A sum."}]}
+IMAGE = "data:image/png;base64,iVBORw0KGgo="
+WEB_SEARCH = {
+    "type": "web_search_call",
+    "id": "ws-1",
+    "status": "completed",
+    "action": {"type": "search", "query": "x"},
+}
+
+INPUT_CASES = {
+    "roles and string content": (
+        [{"role": "developer", "content": "Be exact."}, {"type": "message", "role": "user", "content": "2 + 3?"}],
+        [{"role": "developer", "content": "Be exact."}, {"role": "user", "content": "2 + 3?"}],
+    ),
+    "content parts in their chat form": (
+        [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "input_text", "text": "What is this?"},
+                    {"type": "input_image", "image_url": IMAGE, "detail": "low"},
+                    {"type": "input_image", "file_id": "file-1", "detail": "auto"},  # no chat form: as given
+                    {"type": "input_file", "file_id": "file-2", "filename": "a.pdf"},
+                    {"type": "input_file", "file_url": "https://files.test/a.pdf"},  # no chat form: as given
+                ],
+            }
+        ],
+        [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "What is this?"},
+                    {"type": "image_url", "image_url": {"url": IMAGE, "detail": "low"}},
+                    {"type": "input_image", "file_id": "file-1", "detail": "auto"},
+                    {"type": "file", "file": {"file_id": "file-2", "filename": "a.pdf"}},
+                    {"type": "input_file", "file_url": "https://files.test/a.pdf"},
+                ],
+            }
+        ],
+    ),
+    "function calls join the assistant message before them": (
+        [SAID, CALL_ADD, CALL_MUL],
+        [{"role": "assistant", "content": "Let me add.", "tool_calls": [CHAT_ADD, CHAT_MUL]}],
+    ),
+    "function calls alone make one assistant message": (
+        [{"role": "user", "content": "2 + 3?"}, CALL_ADD, CALL_MUL],
+        [
+            {"role": "user", "content": "2 + 3?"},
+            {"role": "assistant", "content": None, "tool_calls": [CHAT_ADD, CHAT_MUL]},
+        ],
+    ),
+    "function call outputs as tool messages": (
+        [
+            CALL_ADD,
+            {"type": "function_call_output", "call_id": "call-1", "output": "5"},
+            {"type": "function_call_output", "call_id": "call-2", "output": [{"type": "input_text", "text": "6"}]},
+            {
+                "type": "function_call_output",
+                "call_id": "call-3",
+                "output": [{"type": "input_image", "image_url": IMAGE}],
+            },
+        ],
+        [
+            {"role": "assistant", "content": None, "tool_calls": [CHAT_ADD]},
+            {"role": "tool", "tool_call_id": "call-1", "content": "5"},
+            {"role": "tool", "tool_call_id": "call-2", "content": "6"},
+            {
+                "role": "tool",
+                "tool_call_id": "call-3",
+                "content": json.dumps([{"type": "input_image", "image_url": IMAGE}], separators=(",", ":")),
+            },
+        ],
+    ),
+    "reasoning on the next assistant message, or dropped": (
+        [
+            THOUGHT,
+            CALL_ADD,
+            {"type": "function_call_output", "call_id": "call-1", "output": "5"},
+            {"type": "reasoning", "id": "r-2", "summary": [], "content": [{"type": "reasoning_text", "text": "Done."}]},
+            SAID,
+            {"type": "reasoning", "id": "r-3", "summary": [{"type": "summary_text", "text": "Unanswered."}]},
+            {"role": "user", "content": "Thanks."},
+        ],
+        [
+            {"role": "assistant", "content": None, "tool_calls": [CHAT_ADD], "reasoning_content": "A sum."},
+            {"role": "tool", "tool_call_id": "call-1", "content": "5"},
+            {"role": "assistant", "content": "Let me add.", "reasoning_content": "Done."},
+            {"role": "user", "content": "Thanks."},
+        ],
+    ),
+    "items with no chat form kept as given, in their place": (
+        [{"type": "item_reference", "id": "msg-9"}, THOUGHT, WEB_SEARCH, SAID],
+        [
+            {"type": "item_reference", "id": "msg-9"},
+            WEB_SEARCH,
+            {"role": "assistant", "content": "Let me add.", "reasoning_content": "A sum."},
+        ],
+    ),
+}
+
+
+class RecordingResponses:
+    """Answers ``POST /v1/responses`` with `RESPONSE`; keeps each request body."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+
+    def __call__(self, request: httpx2.Request) -> httpx2.Response:
+        self.requests.append(json.loads(request.content))
+        return responses_handler(request)
+
+
+@pytest.mark.parametrize(("items", "expected"), INPUT_CASES.values(), ids=INPUT_CASES.keys())
+def test_responses_input_items_are_recorded_in_the_chat_shape(traced, instrument, items, expected) -> None:
+    instrument()
+    api = RecordingResponses()
+    with mock_client(api) as client:
+        client.responses.create(model=MODEL, input=items)
+    assert attribute(the_span(traced.spans()), semconv.INPUT_MESSAGES) == expected
+    assert api.requests[0]["input"] == items  # sent as given
+
+
+def test_responses_tools_are_recorded_in_the_chat_form(traced, instrument) -> None:
+    instrument()
+    web_search = {"type": "web_search"}
+    with mock_client(responses_handler) as client:
+        client.responses.create(
+            model=MODEL,
+            input="What is 2 + 3?",
+            tools=[
+                {"type": "function", "name": "add", "description": "Add.", "parameters": {}, "strict": True},
+                web_search,
+            ],
+        )
+    assert attribute(the_span(traced.spans()), semconv.TOOL_DEFINITIONS) == [
+        {"type": "function", "function": {"name": "add", "description": "Add.", "parameters": {}, "strict": True}},
+        web_search,
+    ]
+
+
+def test_a_reply_given_back_as_input_is_recorded_as_its_output_was(traced, instrument) -> None:
+    """The SDK's output items (pydantic models), passed back as the next call's input, as agents do."""
+    instrument()
+    with mock_client(responses_handler) as client:
+        first = client.responses.create(model=MODEL, input="What is 2 + 3?")
+        result = {"type": "function_call_output", "call_id": "call-1", "output": "5"}
+        client.responses.create(
+            model=MODEL, input=[{"role": "user", "content": "What is 2 + 3?"}, *first.output, result]
+        )
+    asked, answered = traced.spans()
+    assert attribute(answered, semconv.INPUT_MESSAGES) == [
+        {"role": "user", "content": "What is 2 + 3?"},
+        *attribute(asked, semconv.OUTPUT_MESSAGES),
+        {"role": "tool", "tool_call_id": "call-1", "content": "5"},
+    ]
+
+
+def test_the_same_conversation_records_the_same_input_through_chat_and_responses(traced, instrument, serve) -> None:
+    instrument()
+    served = serve(["5"])
+    parameters = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    function = {"name": "add", "description": "Add.", "parameters": parameters, "strict": False}
+    served.client.chat.completions.create(
+        model=MODEL,
+        messages=[
+            {"role": "system", "content": "Be brief."},
+            {"role": "developer", "content": "Answer in digits."},
+            {"role": "user", "content": [{"type": "text", "text": "What is 2 + 3?"}]},
+            {"role": "assistant", "content": "Let me add.", "tool_calls": [CHAT_ADD], "reasoning_content": "A sum."},
+            {"role": "tool", "tool_call_id": "call-1", "content": "5"},
+        ],
+        tools=[{"type": "function", "function": function}],
+    )
+    with mock_client(responses_handler) as client:
+        client.responses.create(
+            model=MODEL,
+            instructions="Be brief.",
+            input=[
+                {"role": "developer", "content": "Answer in digits."},
+                {"role": "user", "content": [{"type": "input_text", "text": "What is 2 + 3?"}]},
+                THOUGHT,
+                SAID,
+                CALL_ADD,
+                {"type": "function_call_output", "call_id": "call-1", "output": "5"},
+            ],
+            tools=[{"type": "function", **function}],
+        )
+    chat, responses = traced.spans()
+    for key in (semconv.INPUT_MESSAGES, semconv.TOOL_DEFINITIONS):
+        assert attribute(responses, key) == attribute(chat, key)
+
+
 def unnumbered_tool_calls(request: httpx2.Request) -> httpx2.Response:
     """A stream whose tool-call deltas carry no index, as some OpenAI-compatible servers send them:
     the first call in two deltas (its arguments continued without an id), the second whole."""

@@ -21,9 +21,14 @@ What each call records, on the span ``chat {model}`` (``agl.llm.call=true``,
 `agl.core.tracing.llm`, whose "outermost wins" rule makes a framework's own LLM span, when one is
 open, the one that is enriched instead of opening a second):
 
-- ``gen_ai.input.messages``: the messages as sent (JSON); for the responses API, the input items
-  as sent after a system message holding ``instructions``.
-- ``gen_ai.tool.definitions``, ``gen_ai.request.{temperature, top_p, top_k, max_tokens, seed,
+- ``gen_ai.input.messages``: the messages as sent (JSON); for the responses API, a system message
+  holding ``instructions``, then the input items in the same chat shape (function calls as an
+  assistant message's ``tool_calls``, their outputs as ``tool`` messages, reasoning as the next
+  assistant message's ``reasoning_content``; items with no chat form, such as built-in tools'
+  calls and ``item_reference``, as given), so a Responses call records what the equivalent chat
+  call does.
+- ``gen_ai.tool.definitions`` (a Responses function tool in the chat form, built-in tools as
+  given), ``gen_ai.request.{temperature, top_p, top_k, max_tokens, seed,
   stop_sequences, frequency_penalty, presence_penalty, choice.count}``.
 - ``gen_ai.output.messages``: one assistant message per choice in the chat shape (``content``,
   ``tool_calls``, ``refusal`` when the model refuses, and ``reasoning_content`` when the server

@@ -20,6 +20,7 @@ from opentelemetry import propagate, trace
 
 from agl.core.tracing import semconv
 from agl.core.tracing.chat import CHAT_PARAMETERS, REASONING_KEYS, ChoiceDraft, request_parameters
+from agl.core.tracing.jsontext import json_text
 from agl.core.tracing.llm import LlmCall, start_llm_call
 from agl.core.tracing.patching import Patch, Patcher
 
@@ -270,9 +271,9 @@ class _ChatStream:
 
 
 class _ResponsesApi:
-    """``responses.create`` and ``.parse`` (``.stream()`` goes through ``create``). The input is
-    recorded as sent, after a system message holding ``instructions``; the output as one
-    assistant message in the chat shape (text, then function calls as ``tool_calls``)."""
+    """``responses.create`` and ``.parse`` (``.stream()`` goes through ``create``). Input, tools and
+    output are recorded in the chat shape the rest of agl uses (see `_chat_input`), the input after a
+    system message holding ``instructions``, the output as one assistant message."""
 
     parameters = {"temperature": "temperature", "top_p": "top_p", "max_output_tokens": "max_tokens"}
 
@@ -288,11 +289,11 @@ class _ResponsesApi:
         if isinstance(given, str):
             messages.append({"role": "user", "content": given})
         elif _is_given(given):
-            messages += _plain(given)
+            messages += _chat_input(_plain(given))
         tools = kwargs.get("tools")
         call.record_request(
             messages or None,
-            tools=_plain(tools) if _is_given(tools) else None,
+            tools=[_chat_tool(tool) for tool in _plain(tools)] if _is_given(tools) else None,
             parameters=_parameters(kwargs, self.parameters),
         )
         conversation = _conversation_id(kwargs.get("conversation"))
@@ -325,6 +326,119 @@ class _ResponsesApi:
 
     def accumulator(self) -> _ResponsesStream:
         return _ResponsesStream()
+
+
+def _chat_input(items: Iterable[Any]) -> list[Any]:
+    """Responses input items (plain) as chat messages, in one pass, so that a Responses call records
+    what the equivalent chat call does: messages keep their role; function calls become an assistant
+    message's ``tool_calls`` (joining the assistant message just before them, as a chat reply holds
+    text and calls); their outputs ``tool`` messages; reasoning the ``reasoning_content`` of the
+    assistant message that follows it (dropped if none does). Items with no chat form (built-in
+    tools' calls, ``item_reference``) are kept as given, in their place."""
+    messages: list[Any] = []
+    reasoning: list[str] = []  # reasoning items' text, waiting for the assistant message they precede
+    for item in items:
+        kind = item.get("type") if isinstance(item, Mapping) else None
+        if kind == "reasoning":
+            reasoning += _reasoning_texts(item)
+            continue
+        if kind == "function_call":
+            message = _open_assistant_message(messages)
+            message.setdefault("tool_calls", []).append(_input_tool_call(item))
+        elif kind == "function_call_output":
+            messages.append({"role": "tool", "tool_call_id": item.get("call_id"), "content": _tool_output(item)})
+        elif kind in ("message", None) and isinstance(item, Mapping) and "role" in item:
+            messages.append(_input_message(item["role"], item.get("content")))
+        else:
+            messages.append(item)
+            continue
+        if messages[-1].get("role") != "assistant":
+            reasoning = []
+        elif reasoning:
+            _add_reasoning(messages[-1], reasoning)
+            reasoning = []
+    return messages
+
+
+def _open_assistant_message(messages: list[Any]) -> dict[str, Any]:
+    """The assistant message that function calls join: the last message if it is one, else a new one."""
+    last = messages[-1] if messages else None
+    if isinstance(last, dict) and last.get("role") == "assistant":
+        return last
+    message: dict[str, Any] = {"role": "assistant", "content": None}
+    messages.append(message)
+    return message
+
+
+def _input_tool_call(item: Mapping[str, Any]) -> dict[str, Any]:
+    function = {"name": item.get("name"), "arguments": item.get("arguments")}
+    return {"id": item.get("call_id"), "type": "function", "function": function}
+
+
+def _add_reasoning(message: dict[str, Any], texts: list[str]) -> None:
+    """Reasoning on an assistant message, joined as `_output_message` joins a reply's."""
+    key = REASONING_KEYS[0]
+    message[key] = "\n\n".join([message[key], *texts] if message.get(key) else texts)
+
+
+def _input_message(role: Any, content: Any) -> dict[str, Any]:
+    """A message item in the chat shape. An assistant message's text parts are joined and its
+    refusal set apart, as `_output_message` records a reply; other roles keep their parts, each in
+    its chat form."""
+    if not isinstance(content, list):
+        return {"role": role, "content": content}
+    if role == "assistant" and all(_part_type(part) in _ASSISTANT_PARTS for part in content):
+        texts = [part.get("text") or "" for part in content if part["type"] != "refusal"]
+        refusals = [part.get("refusal") or "" for part in content if part["type"] == "refusal"]
+        message: dict[str, Any] = {"role": role, "content": "".join(texts) if texts else None}
+        if refusals:
+            message["refusal"] = "".join(refusals)
+        return message
+    return {"role": role, "content": [_chat_part(part) for part in content]}
+
+
+_ASSISTANT_PARTS = ("output_text", "input_text", "refusal")
+_TEXT_PARTS = ("input_text", "output_text")
+
+
+def _part_type(part: Any) -> Any:
+    return part.get("type") if isinstance(part, Mapping) else None
+
+
+def _chat_part(part: Any) -> Any:
+    """A content part in its chat form: text as ``text``, an image by URL as ``image_url``, a file
+    by id or data as ``file``; a part with no chat form (an image by file id, a file by URL) as given."""
+    kind = _part_type(part)
+    if kind in _TEXT_PARTS:
+        return {"type": "text", "text": part.get("text")}
+    if kind == "input_image" and part.get("image_url"):
+        image = {"url": part["image_url"]}
+        if part.get("detail"):
+            image["detail"] = part["detail"]
+        return {"type": "image_url", "image_url": image}
+    if kind == "input_file" and not part.get("file_url"):
+        file = {key: part[key] for key in ("file_data", "file_id", "filename") if part.get(key) is not None}
+        return {"type": "file", "file": file}
+    return part
+
+
+def _tool_output(item: Mapping[str, Any]) -> Any:
+    """A function call's output as a tool message's text: a string as it is, a list of text parts
+    joined, any other list (images, files) as JSON."""
+    output = item.get("output")
+    if not isinstance(output, list):
+        return output
+    if all(_part_type(part) in _TEXT_PARTS for part in output):
+        return "".join(part.get("text") or "" for part in output)
+    return json_text(output)
+
+
+def _chat_tool(tool: Any) -> Any:
+    """A Responses function tool in the chat form (``{"type": "function", "function": {...}}``);
+    built-in tools, which have none, as given."""
+    if not isinstance(tool, Mapping) or tool.get("type") != "function" or "function" in tool:
+        return tool
+    return {"type": "function", "function": {key: value for key, value in tool.items() if key != "type"}}
 
 
 def _conversation_id(conversation: Any) -> str | None:
@@ -362,10 +476,16 @@ def _output_message(items: Iterable[Any]) -> dict[str, Any]:
 
 
 def _reasoning_texts(item: Any) -> list[str]:
-    """A reasoning item's text: the reasoning itself where the server returns it (open models
-    served by vLLM do), else its summaries (OpenAI's models give only those)."""
-    parts = getattr(item, "content", None) or getattr(item, "summary", None) or ()
-    return [part.text for part in parts if isinstance(getattr(part, "text", None), str) and part.text]
+    """A reasoning item's text (an output item, or an input item as a dict): the reasoning itself
+    where the server returns it (open models served by vLLM do), else its summaries (OpenAI's
+    models give only those)."""
+    if isinstance(item, Mapping):
+        parts = item.get("content") or item.get("summary") or ()
+        texts = (part.get("text") if isinstance(part, Mapping) else None for part in parts)
+    else:
+        parts = getattr(item, "content", None) or getattr(item, "summary", None) or ()
+        texts = (getattr(part, "text", None) for part in parts)
+    return [text for text in texts if isinstance(text, str) and text]
 
 
 _FINAL_EVENTS = ("response.completed", "response.incomplete", "response.failed")
