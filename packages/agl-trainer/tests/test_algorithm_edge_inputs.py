@@ -132,9 +132,10 @@ def agent_ignoring_its_llm(task: dict[str, Any], llm: Any) -> float:
     return float(len(task["prompt"]) % 2)
 
 
-async def test_grpo_says_when_a_step_has_nothing_to_train_on(
-    store: LightningStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+async def grpo_step_warnings(
+    store: LightningStore, tmp_path: Path, caplog: pytest.LogCaptureFixture, agent: Any, **options: Any
+) -> list[str]:
+    """The warnings about its steps of a 2-step grpo fit of ``agent`` on a tiny model."""
     from agl.trainer.testing import build_tiny_model
 
     options = {
@@ -144,13 +145,17 @@ async def test_grpo_says_when_a_step_has_nothing_to_train_on(
         "tasks_per_step": 2,
         "val_every": 100,
         "timeout": 60.0,
+        **options,
     }
     with caplog.at_level(logging.WARNING, logger="agl.trainer.algorithm"):
-        await Trainer("grpo", store=store, n_runners=4, algorithm_options=options).fit_async(
-            agent_ignoring_its_llm, TRAIN
-        )
-    warnings = [r.getMessage() for r in caplog.records if "nothing to train on" in r.getMessage()]
-    assert warnings == [
+        await Trainer("grpo", store=store, n_runners=4, algorithm_options=options).fit_async(agent, TRAIN)
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("grpo step")]
+
+
+async def test_grpo_says_when_a_step_has_nothing_to_train_on(
+    store: LightningStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert await grpo_step_warnings(store, tmp_path, caplog, agent_ignoring_its_llm) == [
         "grpo step 1 has nothing to train on: its rollouts made no LLM call"
         " (the agent must call the LLM resource grpo publishes)"
     ]
@@ -168,22 +173,7 @@ async def test_grpo_says_when_every_rollout_of_a_step_failed(
 ) -> None:
     """A broken agent made the fit run every step on nothing: under ``drop_group`` without a word,
     under ``zero`` with a warning blaming an agent that made no LLM call, never the failure."""
-    from agl.trainer.testing import build_tiny_model
-
-    options = {
-        "model": str(build_tiny_model(tmp_path / "tiny", seed=0)),
-        "steps": 2,
-        "n": 2,
-        "tasks_per_step": 2,
-        "val_every": 100,
-        "timeout": 60.0,
-        "failed_rollouts": policy,
-    }
-    with caplog.at_level(logging.WARNING, logger="agl.trainer.algorithm"):
-        await Trainer("grpo", store=store, n_runners=4, algorithm_options=options).fit_async(
-            agent_whose_tool_is_down, TRAIN
-        )
-    warnings = [r.getMessage() for r in caplog.records if r.getMessage().startswith("grpo step")]
+    warnings = await grpo_step_warnings(store, tmp_path, caplog, agent_whose_tool_is_down, failed_rollouts=policy)
     assert warnings == [
         "grpo step 1 has nothing to train on: all 4 of its rollouts failed"
         " (the first with ConnectionError: the search tool is unreachable)"

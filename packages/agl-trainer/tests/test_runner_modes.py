@@ -310,18 +310,7 @@ def test_ctrl_c_or_sigterm_stops_agl_train_and_every_runner_process(
     once, leaving its programs running and its rollouts marked running), once both runners are
     inside a hanging rollout: `agl train` must exit (a timeout of the wait is the failure) and
     take every process it started with it."""
-    signals = tmp_path / "signals"
-    signals.mkdir()
-    tasks = [{"signals": str(signals), "hang_attempts": 99}] * 4
-    (tmp_path / "train.jsonl").write_text("".join(json.dumps(task) + "\n" for task in tasks))
-    command = [sys.executable, "-m", "agl.core.cli", "train", "--algorithm", "baseline", "--dataset", "train.jsonl"]
-    command += ["--runners", "2", "--store", f"sqlite:///{tmp_path}/store.db"]
-    if mode == "processes":
-        command += ["--runner-mode", "processes", "--agent", "agents_for_runner_tests:announce_then_hang"]
-    else:
-        command += ["--command", shlex.join(PROGRAM_COMMAND)]
-    environment = {**os.environ, **PROGRAM_ENV, "PYTHONPATH": child_python_path()}
-    trainer = subprocess.Popen(command, cwd=tmp_path, env=environment, stderr=subprocess.PIPE, text=True)
+    trainer, signals = start_hanging_train(tmp_path, mode, 4, stderr=subprocess.PIPE, text=True)
     try:
         running = asyncio.run(wait_for_files(signals, 2))
         trainer.send_signal(stop)
@@ -336,6 +325,24 @@ def test_ctrl_c_or_sigterm_stops_agl_train_and_every_runner_process(
     statuses = asyncio.run(rollout_statuses(f"sqlite:///{tmp_path}/store.db"))
     assert statuses["run"] == ["failed"]  # the training run ends with the interrupted fit
     assert statuses["train"].count("failed") == 2  # the two in flight; the others never started
+
+
+def start_hanging_train(tmp_path: Path, mode: str, rollouts: int, **popen: Any) -> tuple[subprocess.Popen, Path]:
+    """`agl train` (2 runners, a SQLite store in ``tmp_path``) over ``rollouts`` tasks that hang, run
+    by runner processes or command programs (``mode``); each running rollout writes its pid into the
+    folder returned with the process."""
+    signals = tmp_path / "signals"
+    signals.mkdir()
+    tasks = [{"signals": str(signals), "hang_attempts": 99}] * rollouts
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(task) + "\n" for task in tasks))
+    command = [sys.executable, "-m", "agl.core.cli", "train", "--algorithm", "baseline", "--dataset", "train.jsonl"]
+    command += ["--runners", "2", "--store", f"sqlite:///{tmp_path}/store.db"]
+    if mode == "processes":
+        command += ["--runner-mode", "processes", "--agent", "agents_for_runner_tests:announce_then_hang"]
+    else:
+        command += ["--command", shlex.join(PROGRAM_COMMAND)]
+    environment = {**os.environ, **PROGRAM_ENV, "PYTHONPATH": child_python_path()}
+    return subprocess.Popen(command, cwd=tmp_path, env=environment, **popen), signals
 
 
 async def rollout_statuses(url: str) -> dict[str, list[str]]:

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
-import shlex
 import signal
 import subprocess
 import sys
@@ -16,9 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_runner_modes import LIMIT, PROGRAM_COMMAND, PROGRAM_ENV, is_gone, pid_of, wait_for_files
-
-from agl.trainer.runners.specs import child_python_path
+from test_runner_modes import LIMIT, is_gone, pid_of, start_hanging_train, wait_for_files
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
 
@@ -43,18 +39,7 @@ def kill_all(pids: set[int]) -> None:
 def test_nothing_a_sigkilled_trainer_started_outlives_it(mode: str, tmp_path: Path) -> None:
     """`agl train` runs two hanging rollouts; once both announced their pid, the trainer gets
     SIGKILL, and both processes running them must end (a bounded poll, not a sleep)."""
-    signals = tmp_path / "signals"
-    signals.mkdir()
-    tasks = [{"signals": str(signals), "hang_attempts": 99}] * 2
-    (tmp_path / "train.jsonl").write_text("".join(json.dumps(task) + "\n" for task in tasks))
-    command = [sys.executable, "-m", "agl.core.cli", "train", "--algorithm", "baseline", "--dataset", "train.jsonl"]
-    command += ["--runners", "2", "--store", f"sqlite:///{tmp_path}/store.db"]
-    if mode == "processes":
-        command += ["--runner-mode", "processes", "--agent", "agents_for_runner_tests:announce_then_hang"]
-    else:
-        command += ["--command", shlex.join(PROGRAM_COMMAND)]
-    environment = {**os.environ, **PROGRAM_ENV, "PYTHONPATH": child_python_path()}
-    trainer = subprocess.Popen(command, cwd=tmp_path, env=environment, stderr=subprocess.DEVNULL)
+    trainer, signals = start_hanging_train(tmp_path, mode, 2, stderr=subprocess.DEVNULL)
     running: set[int] = set()
     try:
         running = {pid_of(path) for path in asyncio.run(wait_for_files(signals, 2))}

@@ -12,6 +12,7 @@ step only (never across a ``yield``), so contexts copied into threads and tasks 
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import dataclasses
 import functools
@@ -948,16 +949,8 @@ def _tool_node_run(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, 
     span gets the error message the ToolNode answers the model with."""
     if not _config.active:
         return wrapped(*args, **kwargs)
-    handling = _ToolNodeCall(_requested_call_id(args, kwargs))
-    token = _tool_node_call.set(handling)
-    try:
+    with _tool_node_handling(args, kwargs) as handling:
         answer = wrapped(*args, **kwargs)
-    except BaseException:
-        if handling.failed is not None:
-            _end(handling.failed)
-        raise
-    finally:
-        _tool_node_call.reset(token)
     if handling.failed is not None:
         _end_failed_tool(handling.failed, answer)
     return answer
@@ -968,19 +961,26 @@ async def _atool_node_run(
 ) -> Any:
     if not _config.active:
         return await wrapped(*args, **kwargs)
+    with _tool_node_handling(args, kwargs) as handling:
+        answer = await wrapped(*args, **kwargs)
+    if handling.failed is not None:
+        _end_failed_tool(handling.failed, answer)
+    return answer
+
+
+@contextlib.contextmanager
+def _tool_node_handling(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Iterator[_ToolNodeCall]:
+    """The ToolNode call in this context; a failed tool span it kept open ends if the ToolNode raises."""
     handling = _ToolNodeCall(_requested_call_id(args, kwargs))
     token = _tool_node_call.set(handling)
     try:
-        answer = await wrapped(*args, **kwargs)
+        yield handling
     except BaseException:
         if handling.failed is not None:
             _end(handling.failed)
         raise
     finally:
         _tool_node_call.reset(token)
-    if handling.failed is not None:
-        _end_failed_tool(handling.failed, answer)
-    return answer
 
 
 def _requested_call_id(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
