@@ -1,6 +1,7 @@
-"""Checkpoint saves are all or nothing: a save that fails midway (a crash, Ctrl-C, a full disk)
-leaves the previous checkpoint whole and loadable, never old and new files mixed; a fresh folder is
-not left half-written; a folder's other files are kept and an earlier save's weights are not."""
+"""A checkpoint save is written whole before it replaces the previous one: a save that fails midway
+(a crash, Ctrl-C, a full disk) leaves the previous checkpoint whole and loadable, never old and new
+files mixed; a fresh folder is not left half-written; a folder's other files are kept and an earlier
+save's weights are not; a folder that is a symlink is saved into, not replaced."""
 
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ def test_a_save_failing_midway_leaves_the_previous_checkpoint_whole(tiny: Path, 
     assert after.keys() == before.keys() and all(torch.equal(after[name], before[name]) for name in before)
     _, reloaded_tokenizer = load(checkpoint)  # the tokenizer's config is not half-written either
     assert reloaded_tokenizer("hello")["input_ids"] == tokenizer("hello")["input_ids"]
-    assert entries(tmp_path) == ["checkpoint"]  # nothing of the failed save is left beside it
+    assert entries(tmp_path) == ["checkpoint"] and not list(checkpoint.glob(".saving-*"))  # nothing left
 
 
 def test_a_failed_first_save_leaves_no_folder_that_looks_like_a_checkpoint(tiny: Path, tmp_path: Path) -> None:
@@ -75,11 +76,12 @@ def test_a_failed_first_save_leaves_no_folder_that_looks_like_a_checkpoint(tiny:
 
 def test_a_leftover_of_a_crashed_save_is_removed_by_the_next_save(tiny: Path, tmp_path: Path) -> None:
     model, tokenizer = load(tiny)
-    leftover = tmp_path / ".checkpoint.saving-crashed"
-    leftover.mkdir()
+    checkpoint = save_checkpoint(model, tokenizer, tmp_path / "checkpoint")
+    leftover = checkpoint / ".saving-crashed"
     model.save_pretrained(leftover)  # a crashed save got this far: hidden, and not the checkpoint
-    save_checkpoint(model, tokenizer, tmp_path / "checkpoint")
-    assert entries(tmp_path) == ["checkpoint"]
+    save_checkpoint(model, tokenizer, checkpoint)
+    assert not leftover.exists()
+    load(checkpoint)
 
 
 def test_a_save_replaces_an_earlier_saves_shards_and_keeps_the_users_files(tiny: Path, tmp_path: Path) -> None:
@@ -115,6 +117,17 @@ def test_a_model_saved_into_its_own_folder_keeps_working(tiny: Path, tmp_path: P
     with torch.no_grad():
         assert torch.allclose(reloaded(input_ids=ids).logits, model(input_ids=ids).logits)
     assert entries(tmp_path) == ["model"]
+
+
+def test_a_checkpoint_folder_that_is_a_symlink_is_saved_into(tiny: Path, tmp_path: Path) -> None:
+    """``latest -> step-1``: the save goes into the folder the link names, and the link stays."""
+    model, tokenizer = load(tiny)
+    (tmp_path / "step-1").mkdir()
+    (tmp_path / "latest").symlink_to("step-1")
+    save_checkpoint(model, tokenizer, tmp_path / "latest")
+    assert (tmp_path / "latest").is_symlink() and (tmp_path / "step-1" / "config.json").exists()
+    assert entries(tmp_path / "step-1") == entries(tmp_path / "latest")
+    load(tmp_path / "latest")
 
 
 def test_a_checkpoint_folder_that_is_a_file_is_refused(tiny: Path, tmp_path: Path) -> None:

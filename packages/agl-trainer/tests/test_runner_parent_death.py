@@ -1,12 +1,13 @@
 """A trainer killed with SIGKILL (the OOM killer, ``kill -9``, a scheduler's hard stop) cannot end
-what it started; Linux's parent-death signal must: no command program or runner process may
-outlive it, holding ports, GPU memory or API quotas."""
+what it started; Linux's parent-death signal (set through util-linux's ``setpriv``) must: no command
+program or runner process may outlive it, holding ports, GPU memory or API quotas."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,7 +36,10 @@ def kill_all(pids: set[int]) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-@pytest.mark.parametrize("mode", ["command", "processes"])
+NO_SETPRIV = pytest.mark.skipif(shutil.which("setpriv") is None, reason="command programs are tied through setpriv")
+
+
+@pytest.mark.parametrize("mode", [pytest.param("command", marks=NO_SETPRIV), "processes"])
 def test_nothing_a_sigkilled_trainer_started_outlives_it(mode: str, tmp_path: Path) -> None:
     """`agl train` runs two hanging rollouts; once both announced their pid, the trainer gets
     SIGKILL, and both processes running them must end (a bounded poll, not a sleep)."""

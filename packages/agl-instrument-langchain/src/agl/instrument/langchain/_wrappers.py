@@ -837,6 +837,7 @@ class _ToolNodeCall:
         attributes = getattr(span, "attributes", None) or {}
         if (
             self.failed is not None
+            or self.call_id is None  # a call without an id cannot be told from other tools run inside it
             or _bubbles_up(error)
             or attributes.get(semconv.OPERATION_NAME) != semconv.EXECUTE_TOOL
             or attributes.get(semconv.TOOL_CALL_ID) != self.call_id

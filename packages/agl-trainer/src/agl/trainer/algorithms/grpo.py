@@ -371,7 +371,10 @@ async def _all_failed(context: AlgorithmContext, ran: list[Any]) -> str:
     first = next((s for s in ran if s.rollout.status != "succeeded"), None)
     if first is None:
         return f"all {len(ran)} of its rollouts failed (they reported no reward)"
-    attempt = await context.store.get_latest_attempt(first.rollout.rollout_id)
+    try:
+        attempt = await context.store.get_latest_attempt(first.rollout.rollout_id)
+    except Exception:  # a warning's wording is not worth failing the fit for
+        attempt = None
     error = attempt.metadata.get("error") if attempt is not None else None
     return f"all {len(ran)} of its rollouts failed (the first with {error or f'status {first.rollout.status}'})"
 

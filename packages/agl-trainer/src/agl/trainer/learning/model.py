@@ -7,21 +7,18 @@ option; it injects adapters into the very module it is given, so an engine servi
 serves the adapted model at once. Checkpoints are always saved as a plain, merged model folder
 with the tokenizer, which ``agl serve`` and ``from_pretrained`` load like any other model.
 
-A save is all or nothing (`save_checkpoint`): a crash, Ctrl-C or full disk midway leaves the
-previous checkpoint whole, never old and new weight files mixed (with shards, a mix that loads).
+A save is written whole before it replaces the previous one (`save_checkpoint`): a crash, Ctrl-C or
+full disk while writing leaves the previous checkpoint whole, not old and new weight files mixed
+(with shards, a mix that loads).
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import ctypes
-import errno
 import fnmatch
 import os
-import secrets
 import shutil
-import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -104,9 +101,7 @@ def merged_copy(model: torch.nn.Module) -> torch.nn.Module:
 
 
 SAVING = ".saving-"
-REPLACED = ".replaced-"
-"""Name parts of a save's sibling folders: ``.<name>.saving-*`` (being written) and
-``.<name>.replaced-*`` (the previous checkpoint, being deleted). Hidden, so never taken for a checkpoint."""
+"""Name start of the hidden folder a save is written into, inside the checkpoint folder."""
 MODEL_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.index.json", "adapter_config.json")
 """Files of a previous save that must not survive beside new weights (loaders read every shard,
 and an ``adapter_config.json`` makes the folder an adapter); a user's other files are kept."""
@@ -119,142 +114,70 @@ TOKENIZER_FILES = (
     "chat_template*",
 )
 """The previous tokenizer's files, replaced when a tokenizer is saved (kept when none is)."""
-RENAME_EXCHANGE = 2
-"""Linux's renameat2 flag: swap two paths in one step."""
-AT_FDCWD = -100
 
 
-def save_checkpoint(model: torch.nn.Module, tokenizer: Any, folder: str | Path) -> Path:
+def save_checkpoint(model: torch.nn.Module, tokenizer: Any, folder: str | Path, *, durable: bool = True) -> Path:
     """Save ``model`` (LoRA merged) and ``tokenizer`` as a servable model folder; returns it.
 
-    All or nothing: the save is written into a sibling folder (same filesystem) and swapped into
-    place, so a reader sees the previous checkpoint or the new one, whole. ``folder`` may be the
-    model's own folder (the old files are unlinked, not overwritten: a memory map of them stays
-    valid). Files there that a save does not write are kept (hard links), except weights and
-    configs of an earlier save (`MODEL_FILES`, and `TOKENIZER_FILES` when a tokenizer is saved).
+    The save is written whole into a hidden folder inside ``folder`` first, then each file is
+    moved into place (``os.replace``, atomic per file) and the files of an earlier save it did not
+    write are removed (`MODEL_FILES`, and `TOKENIZER_FILES` when a tokenizer is saved); the user's
+    other files stay. So a save that fails while writing (a crash, Ctrl-C, a full disk: the long
+    part) leaves the previous checkpoint as it was, and only a crash in the moves' milliseconds can
+    leave old and new files side by side. Staged inside ``folder``, not beside it, so that a folder
+    that is a mount point, a symlink or an image's layer can be saved into, as a plain save could.
+    Old files are unlinked, not overwritten: a model memory-mapped from them (``folder`` is its own
+    folder) keeps working. ``durable``: flush the files to disk before moving them in (a power loss
+    then never leaves empty files); off for a save that is loaded and deleted at once.
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f"the checkpoint folder {folder} is a file")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    _remove_leftovers(folder)
-    staging = _sibling(folder, SAVING)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    for leftover in folder.glob(f"{SAVING}*"):  # of a save that crashed
+        shutil.rmtree(leftover, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=SAVING, dir=folder))
     try:
         merged_copy(model).save_pretrained(staging)  # type: ignore[operator]
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
-        if folder.is_dir():
-            replaced = TOKENIZER_FILES if tokenizer is not None else ()
-            _keep_other_files(folder, staging, (*MODEL_FILES, *replaced))
-        _sync_tree(staging)
-        _put_in_place(staging, folder)
-    finally:  # a failed save; after a swap, the previous checkpoint; after a rename, nothing
+        if durable:
+            _flush(staging)
+        _move_in(staging, folder, (*MODEL_FILES, *(TOKENIZER_FILES if tokenizer is not None else ())))
+    except BaseException:
+        if created:  # a first save that failed leaves no folder that looks like a checkpoint
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder
 
 
-def _sibling(folder: Path, kind: str) -> Path:
-    """A new empty hidden folder beside ``folder``, with the mode ``folder`` has (else the umask's,
-    not `tempfile`'s owner-only mode, which would stay on the checkpoint)."""
-    while True:
-        sibling = folder.parent / f".{folder.name}{kind}{secrets.token_hex(4)}"
-        try:
-            sibling.mkdir()
-        except FileExistsError:
-            continue
-        if folder.is_dir():
-            shutil.copymode(folder, sibling)
-        return sibling
+def _move_in(staging: Path, folder: Path, replaced: tuple[str, ...]) -> None:
+    """Move a finished save into ``folder``, weights last, then remove what an earlier save left
+    that this one did not write (a stale shard beside new weights would be loaded with them)."""
+    written = sorted(staging.iterdir(), key=lambda entry: _matches(entry.name, MODEL_FILES))
+    for entry in written:
+        target = folder / entry.name
+        if entry.is_dir() and target.is_dir():
+            shutil.rmtree(target)
+        os.replace(entry, target)
+    names = {entry.name for entry in written}
+    for entry in folder.iterdir():
+        if entry.name not in names and entry.is_file() and _matches(entry.name, replaced):
+            entry.unlink()
 
 
-def _leftovers(folder: Path, kind: str) -> list[Path]:
-    prefix = f".{folder.name}{kind}"
-    return sorted(entry for entry in folder.parent.iterdir() if entry.name.startswith(prefix))
+def _matches(name: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatch(name, pattern) for pattern in patterns)
 
 
-def _remove_leftovers(folder: Path) -> None:
-    """Delete what crashed saves into ``folder`` left beside it; if one crashed between moving the
-    old checkpoint aside and the new one in (only without `RENAME_EXCHANGE`), put the old one back."""
-    for leftover in _leftovers(folder, REPLACED):
-        if not folder.exists():
-            os.rename(leftover, folder)
-        else:
-            shutil.rmtree(leftover, ignore_errors=True)
-    for leftover in _leftovers(folder, SAVING):
-        shutil.rmtree(leftover, ignore_errors=True)
-
-
-def _keep_other_files(old: Path, new: Path, replaced: tuple[str, ...]) -> None:
-    """Hard-link into ``new`` what ``old`` holds that the save did not write (a README, a ``.git``),
-    except top-level files matching ``replaced``."""
-    for entry in old.iterdir():
-        target = new / entry.name
-        if target.exists() or target.is_symlink():
-            continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.copytree(entry, target, symlinks=True, copy_function=_link_or_copy)
-        elif not any(fnmatch.fnmatch(entry.name, pattern) for pattern in replaced):
-            _link_or_copy(entry, target)
-
-
-def _link_or_copy(source: str | Path, target: str | Path) -> None:
-    """A hard link (no copy of the data); a copy where the file is on another filesystem."""
-    if os.path.islink(source):
-        os.symlink(os.readlink(source), target)
+def _flush(folder: Path) -> None:
+    """Flush a save's files to disk. Windows cannot flush a file opened for reading: skipped there."""
+    if os.name == "nt":
         return
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
-
-
-def _sync_tree(folder: Path) -> None:
-    """Flush the save to disk before it is put in place, so a power loss cannot leave a checkpoint
-    folder whose files are empty."""
     for path in folder.rglob("*"):
         if path.is_file() and not path.is_symlink():
             with path.open("rb") as file:
                 os.fsync(file.fileno())
-        elif path.is_dir() and not path.is_symlink():
-            _sync_folder(path)
-    _sync_folder(folder)
-
-
-def _put_in_place(staging: Path, folder: Path) -> None:
-    """Make ``staging`` be ``folder``: a rename when there is none yet, else an atomic swap on Linux
-    (elsewhere, or where the filesystem cannot swap: the old aside, the new in, for an instant no
-    folder at all, never a mix). After a swap ``staging`` holds the previous checkpoint."""
-    if not folder.exists():
-        os.rename(staging, folder)
-    elif not _exchange(staging, folder):
-        aside = _sibling(folder, REPLACED)
-        os.replace(folder, aside)
-        os.rename(staging, folder)
-        shutil.rmtree(aside, ignore_errors=True)
-    _sync_folder(folder.parent)
-
-
-def _exchange(first: Path, second: Path) -> bool:
-    """Swap two paths atomically with Linux's ``renameat2(RENAME_EXCHANGE)``; False where unsupported."""
-    if not sys.platform.startswith("linux"):
-        return False
-    libc = ctypes.CDLL(None, use_errno=True)
-    renameat2 = getattr(libc, "renameat2", None)
-    if renameat2 is None:
-        return False
-    if renameat2(AT_FDCWD, os.fsencode(first), AT_FDCWD, os.fsencode(second), RENAME_EXCHANGE) == 0:
-        return True
-    error = ctypes.get_errno()
-    if error in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
-        return False
-    raise OSError(error, f"cannot put the new checkpoint in place of {second}: {os.strerror(error)}")
-
-
-def _sync_folder(folder: Path) -> None:
-    """Flush a folder's entries to disk (where folders can be opened: not on Windows)."""
-    with contextlib.suppress(OSError):
-        descriptor = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)

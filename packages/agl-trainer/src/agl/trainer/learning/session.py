@@ -120,7 +120,7 @@ class ServedPolicy:
             return
         from agl.trainer.learning.model import save_checkpoint
 
-        save_checkpoint(self.model, self.tokenizer, folder)
+        save_checkpoint(self.model, self.tokenizer, folder, durable=False)  # loaded, then deleted: no flush
         self.load_weights(folder)
 
     def stop(self) -> None:
