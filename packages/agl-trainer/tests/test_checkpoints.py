@@ -74,6 +74,36 @@ def test_a_failed_first_save_leaves_no_folder_that_looks_like_a_checkpoint(tiny:
     assert entries(tmp_path) == []
 
 
+class FailsAfterAnotherSave:
+    """A tokenizer whose save fails, after another process finished a save into the same folder
+    meanwhile (a relaunched job): a failed first save must not take that checkpoint with it."""
+
+    def save_pretrained(self, staging: str) -> None:
+        (Path(staging).parent / "model.safetensors").write_text("theirs")
+        raise OSError("No space left on device")
+
+
+def test_a_failed_first_save_removes_only_what_it_made(tiny: Path, tmp_path: Path) -> None:
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(load(tiny)[0], FailsAfterAnotherSave(), tmp_path / "checkpoint")
+    assert entries(tmp_path / "checkpoint") == ["model.safetensors"]
+
+
+def test_a_save_removes_only_what_an_earlier_save_wrote(tiny: Path, tmp_path: Path) -> None:
+    """A user's optimizer state and notes beside the weights stay; an earlier tokenizer's chat
+    templates, which the new tokenizer does not write, go (they would be rendered)."""
+    model, tokenizer = load(tiny)
+    checkpoint = save_checkpoint(model, tokenizer, tmp_path / "checkpoint")
+    mine = ["optimizer.pt", "rng_state.pth", "tokenizer_notes.txt"]
+    for name in mine:
+        (checkpoint / name).write_text("mine")
+    (checkpoint / "additional_chat_templates").mkdir()
+    (checkpoint / "additional_chat_templates" / "tool_use.jinja").write_text("old")
+    save_checkpoint(model, tokenizer, checkpoint)
+    assert all((checkpoint / name).read_text() == "mine" for name in mine)
+    assert not (checkpoint / "additional_chat_templates").exists()
+
+
 def test_a_leftover_of_a_crashed_save_is_removed_by_the_next_save(tiny: Path, tmp_path: Path) -> None:
     model, tokenizer = load(tiny)
     checkpoint = save_checkpoint(model, tokenizer, tmp_path / "checkpoint")

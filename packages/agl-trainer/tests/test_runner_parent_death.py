@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -16,6 +17,9 @@ from pathlib import Path
 
 import pytest
 from test_runner_modes import LIMIT, is_gone, pid_of, start_hanging_train, wait_for_files
+
+from agl.core import open_store
+from agl.trainer import Trainer
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
 
@@ -54,3 +58,32 @@ def test_nothing_a_sigkilled_trainer_started_outlives_it(mode: str, tmp_path: Pa
     finally:
         trainer.kill()
         kill_all({pid for pid in running if not is_gone(pid)})
+
+
+def test_a_setpriv_without_the_option_leaves_programs_untied_but_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tracing: None
+) -> None:
+    """util-linux before 2.33 has a ``setpriv`` without ``--pdeathsig``: wrapped in it, every program
+    exited 1 at once. Probed first: the programs run as they are, with a warning."""
+    from agl.trainer.runners import command
+
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "setpriv").write_text("#!/bin/sh\necho \"setpriv: unrecognized option '$1'\" >&2\nexit 1\n")
+    (tools / "setpriv").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tools}{os.pathsep}{os.environ['PATH']}")
+    command._setpriv.cache_clear()
+    store = open_store(f"sqlite:///{tmp_path / 'store.db'}", watchdog_interval=None)
+    options = {"command": [sys.executable, "-c", "print(0.5)"], "reward": printed}
+    try:
+        with caplog.at_level(logging.WARNING, logger=command.__name__):
+            trainer = Trainer("baseline", store=store, runner_mode="command", runner_options=options)
+            assert trainer.fit(None, [{"x": 1}])["train/reward_mean"] == 0.5
+        assert "util-linux before 2.33" in caplog.text
+    finally:
+        command._setpriv.cache_clear()
+        asyncio.run(store.close())
+
+
+def printed(task: object, output: str, spans: object) -> float:
+    return float(output)

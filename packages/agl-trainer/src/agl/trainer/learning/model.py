@@ -14,6 +14,7 @@ full disk while writing leaves the previous checkpoint whole, not old and new we
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import fnmatch
 import os
@@ -102,33 +103,50 @@ def merged_copy(model: torch.nn.Module) -> torch.nn.Module:
 
 SAVING = ".saving-"
 """Name start of the hidden folder a save is written into, inside the checkpoint folder."""
-MODEL_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.index.json", "adapter_config.json")
-"""Files of a previous save that must not survive beside new weights (loaders read every shard,
-and an ``adapter_config.json`` makes the folder an adapter); a user's other files are kept."""
+MODEL_FILES = (
+    "model*.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model*.bin",
+    "pytorch_model.bin.index.json",
+    "adapter_model.safetensors",
+    "adapter_model.bin",
+    "adapter_config.json",
+)
+"""What a model save writes: an earlier save's that this one did not write must go (loaders read
+every shard the folder holds, and an ``adapter_config.json`` makes the folder an adapter). Named
+narrowly: a user's own files (an ``optimizer.pt``, notes) stay."""
 TOKENIZER_FILES = (
-    "tokenizer*",
-    "vocab.*",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
     "merges.txt",
     "special_tokens_map.json",
     "added_tokens.json",
-    "chat_template*",
+    "chat_template.jinja",
+    "chat_template.json",
+    "additional_chat_templates",
 )
-"""The previous tokenizer's files, replaced when a tokenizer is saved (kept when none is)."""
+"""What a tokenizer save writes, files and a folder: an earlier tokenizer's go when a tokenizer is
+saved (a stale template would be rendered), and stay when none is."""
 
 
 def save_checkpoint(model: torch.nn.Module, tokenizer: Any, folder: str | Path, *, durable: bool = True) -> Path:
     """Save ``model`` (LoRA merged) and ``tokenizer`` as a servable model folder; returns it.
 
-    The save is written whole into a hidden folder inside ``folder`` first, then each file is
-    moved into place (``os.replace``, atomic per file) and the files of an earlier save it did not
-    write are removed (`MODEL_FILES`, and `TOKENIZER_FILES` when a tokenizer is saved); the user's
-    other files stay. So a save that fails while writing (a crash, Ctrl-C, a full disk: the long
-    part) leaves the previous checkpoint as it was, and only a crash in the moves' milliseconds can
-    leave old and new files side by side. Staged inside ``folder``, not beside it, so that a folder
-    that is a mount point, a symlink or an image's layer can be saved into, as a plain save could.
-    Old files are unlinked, not overwritten: a model memory-mapped from them (``folder`` is its own
-    folder) keeps working. ``durable``: flush the files to disk before moving them in (a power loss
-    then never leaves empty files); off for a save that is loaded and deleted at once.
+    The save is written whole into a hidden folder inside ``folder`` first, then each entry is
+    moved into place (``os.replace``, atomic per file), weights last, and what an earlier save wrote
+    that this one did not is removed (`MODEL_FILES`, and `TOKENIZER_FILES` when a tokenizer is
+    saved); the user's other files stay. So a save that fails while writing (a crash, Ctrl-C, a
+    full disk: the long part) leaves the previous checkpoint as it was; a move that fails keeps the
+    rest of the new save in its hidden folder, named in the error. Staged inside ``folder``, not
+    beside it, so that a folder that is a mount point, a symlink or an image's layer can be saved
+    into, as a plain save could. Old files are unlinked, not overwritten: a model memory-mapped from
+    them (``folder`` is its own folder) keeps working. ``durable``: flush the files and the folder
+    to disk (a power loss then never leaves empty files or the old entries); off for a save that is
+    loaded and deleted at once. One save into a folder at a time: a second, started meanwhile,
+    removes the first's hidden folder as a crashed save's leftover.
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
@@ -144,28 +162,39 @@ def save_checkpoint(model: torch.nn.Module, tokenizer: Any, folder: str | Path, 
             tokenizer.save_pretrained(staging)
         if durable:
             _flush(staging)
-        _move_in(staging, folder, (*MODEL_FILES, *(TOKENIZER_FILES if tokenizer is not None else ())))
     except BaseException:
-        if created:  # a first save that failed leaves no folder that looks like a checkpoint
-            shutil.rmtree(folder, ignore_errors=True)
-        raise
-    finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if created:  # a first save that failed leaves no folder that looks like a checkpoint
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+    try:
+        _move_in(staging, folder, (*MODEL_FILES, *(TOKENIZER_FILES if tokenizer is not None else ())))
+    except BaseException as error:
+        error.add_note(f"the new checkpoint's entries not moved into {folder} are in {staging}")
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
+    if durable:
+        _flush_folder(folder)
     return folder
 
 
 def _move_in(staging: Path, folder: Path, replaced: tuple[str, ...]) -> None:
-    """Move a finished save into ``folder``, weights last, then remove what an earlier save left
-    that this one did not write (a stale shard beside new weights would be loaded with them)."""
+    """Move a finished save into ``folder``, weights last, then remove what an earlier save wrote
+    that this one did not (a stale shard beside new weights would be loaded with them)."""
     written = sorted(staging.iterdir(), key=lambda entry: _matches(entry.name, MODEL_FILES))
     for entry in written:
         target = folder / entry.name
-        if entry.is_dir() and target.is_dir():
+        if entry.is_dir() and target.is_dir() and not target.is_symlink():
             shutil.rmtree(target)
         os.replace(entry, target)
     names = {entry.name for entry in written}
     for entry in folder.iterdir():
-        if entry.name not in names and entry.is_file() and _matches(entry.name, replaced):
+        if entry.name in names or not _matches(entry.name, replaced):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
             entry.unlink()
 
 
@@ -181,3 +210,13 @@ def _flush(folder: Path) -> None:
         if path.is_file() and not path.is_symlink():
             with path.open("rb") as file:
                 os.fsync(file.fileno())
+
+
+def _flush_folder(folder: Path) -> None:
+    """Flush a folder's entries (the moves and removals) to disk, where a folder can be opened."""
+    with contextlib.suppress(OSError):
+        descriptor = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)

@@ -25,12 +25,15 @@ which leaves no chance to end the group): see `_tied_to_this_process`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import json
+import logging
 import os
 import shlex
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -47,6 +50,8 @@ from agl.trainer.process_groups import group_alive, signal_group
 from agl.trainer.runners.inprocess import AsyncRunners
 from agl.trainer.runners.specs import load_object
 from agl.trainer.runners.store_server import StoreServer, http_url
+
+logger = logging.getLogger(__name__)
 
 STOP_SECONDS = 3.0
 GROUP_POLL_SECONDS = 0.05
@@ -75,6 +80,7 @@ class CommandAgent(LitAgent):
             raise ValueError("the command is empty")
         self.env = dict(env or {})
         check_program(self.command[0], self.env.get("PATH", os.environ.get("PATH")))
+        _setpriv()  # probed here, once, not on the event loop at the first rollout
         self.store = store
         self.store_url = store_url
         self.reward = load_object(reward) if isinstance(reward, str) else reward
@@ -143,21 +149,40 @@ def check_program(program: str, path: str | None) -> None:
 def _tied_to_this_process(command: list[str]) -> list[str]:
     """``command`` run so that Linux sends it SIGTERM when the trainer dies: through util-linux's
     ``setpriv --pdeathsig``, which sets the parent-death signal and execs the command in the same
-    process. Elsewhere, or without ``setpriv``, the command as it is.
+    process. Elsewhere, or without a ``setpriv`` that knows the option (util-linux 2.33+), the
+    command as it is.
 
     Why: the trainer ends the program's group when a rollout ends or the runners stop, but a trainer
     killed by SIGKILL or the OOM killer cannot, and the program would go on holding its ports, GPU
-    memory and API quotas. Only the program itself is tied; what it starts is not. Not through
-    ``preexec_fn``: that turns off CPython's vfork, so every program would fork the whole trainer
-    (78 ms a spawn at 2 GiB resident, against 6 ms), and runs Python in a child of a threaded process.
-    The signal follows the thread that forks, the trainer's event loop thread, which waits on the
-    program and ends its group before the rollout returns.
+    memory and API quotas. Only the program itself is tied; what it starts is not, nor a program
+    whose trainer died in the instant before the signal was set. Not through ``preexec_fn``: that
+    turns off CPython's vfork, so every program would fork the whole trainer (78 ms a spawn at
+    2 GiB resident, against 6 ms), and runs Python in a child of a threaded process. The signal
+    follows the thread that forks, the trainer's event loop thread, which waits on the program and
+    ends its group before the rollout returns.
     """
-    setpriv = _SETPRIV if sys.platform.startswith("linux") else None
+    setpriv = _setpriv()
     return [setpriv, "--pdeathsig", "TERM", "--", *command] if setpriv else command
 
 
-_SETPRIV = shutil.which("setpriv")
+@functools.cache
+def _setpriv() -> str | None:
+    """The absolute path of a ``setpriv`` that sets a parent-death signal, checked once by running it."""
+    found = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    if found is None:
+        return None
+    found = os.path.abspath(found)
+    try:
+        probe = subprocess.run([found, "--pdeathsig", "TERM", "--", "true"], capture_output=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if probe.returncode != 0:
+        logger.warning(
+            "setpriv cannot set a parent-death signal (util-linux before 2.33): command programs"
+            " will outlive a trainer killed by SIGKILL"
+        )
+        return None
+    return found
 
 
 def _chosen_llm(resources: NamedResources) -> LLM | None:
