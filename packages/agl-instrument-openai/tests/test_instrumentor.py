@@ -757,6 +757,28 @@ INPUT_CASES = {
             {"role": "user", "content": "Thanks."},
         ],
     ),
+    "custom and namespaced tool calls keep what tells them apart": (
+        [
+            {"type": "function_call", "call_id": "call-4", "name": "get", "arguments": "{}", "namespace": "crm"},
+            {"type": "custom_tool_call", "call_id": "call-5", "name": "sql", "input": "SELECT 1"},
+            {"type": "custom_tool_call_output", "call_id": "call-5", "output": "1"},
+        ],
+        [
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "call-4",
+                        "type": "function",
+                        "function": {"name": "get", "arguments": "{}", "namespace": "crm"},
+                    },
+                    {"id": "call-5", "type": "custom", "custom": {"name": "sql", "input": "SELECT 1"}},
+                ],
+            },
+            {"role": "tool", "tool_call_id": "call-5", "content": "1"},
+        ],
+    ),
     "items with no chat form kept as given, in their place": (
         [{"type": "item_reference", "id": "msg-9"}, THOUGHT, WEB_SEARCH, SAID],
         [
@@ -798,11 +820,13 @@ def test_responses_tools_are_recorded_in_the_chat_form(traced, instrument) -> No
             input="What is 2 + 3?",
             tools=[
                 {"type": "function", "name": "add", "description": "Add.", "parameters": {}, "strict": True},
+                {"type": "custom", "name": "sql", "description": "Run SQL."},
                 web_search,
             ],
         )
     assert attribute(the_span(traced.spans()), semconv.TOOL_DEFINITIONS) == [
         {"type": "function", "function": {"name": "add", "description": "Add.", "parameters": {}, "strict": True}},
+        {"type": "custom", "custom": {"name": "sql", "description": "Run SQL."}},
         web_search,
     ]
 
@@ -1138,3 +1162,22 @@ def test_instrumenting_before_openai_is_imported_patches_it_on_import(serve) -> 
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report == {"imported": [], "name": f"chat {MODEL}", "ids": served.log.replies[0].token_ids}
+
+
+def test_a_custom_tool_call_in_a_reply_is_recorded_as_the_models_action(traced, instrument) -> None:
+    """A reply whose action is a custom tool call (free-form input) was recorded as an empty
+    assistant message that stopped: the call, which a trainer must see, was lost."""
+    custom = {"type": "custom_tool_call", "id": "c-1", "call_id": "call-7", "name": "sql", "input": "SELECT 1"}
+    reply = {**RESPONSE, "output": [custom]}
+    instrument()
+    with mock_client(lambda request: httpx2.Response(200, json=reply)) as client:
+        client.responses.create(model=MODEL, input="How many rows?")
+    span = the_span(traced.spans())
+    assert attribute(span, semconv.OUTPUT_MESSAGES) == [
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "call-7", "type": "custom", "custom": {"name": "sql", "input": "SELECT 1"}}],
+        }
+    ]
+    assert span.attributes[semconv.FINISH_REASONS] == ("tool_calls",)

@@ -342,10 +342,10 @@ def _chat_input(items: Iterable[Any]) -> list[Any]:
         if kind == "reasoning":
             reasoning += _reasoning_texts(item)
             continue
-        if kind == "function_call":
+        if kind in _TOOL_CALLS:
             message = _open_assistant_message(messages)
-            message.setdefault("tool_calls", []).append(_input_tool_call(item))
-        elif kind == "function_call_output":
+            message.setdefault("tool_calls", []).append(_tool_call_of(item))
+        elif kind in _TOOL_OUTPUTS:
             messages.append({"role": "tool", "tool_call_id": item.get("call_id"), "content": _tool_output(item)})
         elif kind in ("message", None) and isinstance(item, Mapping) and "role" in item:
             messages.append(_input_message(item["role"], item.get("content")))
@@ -370,9 +370,21 @@ def _open_assistant_message(messages: list[Any]) -> dict[str, Any]:
     return message
 
 
-def _input_tool_call(item: Mapping[str, Any]) -> dict[str, Any]:
-    function = {"name": item.get("name"), "arguments": item.get("arguments")}
-    return {"id": item.get("call_id"), "type": "function", "function": function}
+_TOOL_CALLS = ("function_call", "custom_tool_call")
+_TOOL_OUTPUTS = ("function_call_output", "custom_tool_call_output")
+
+
+def _tool_call_of(item: Any) -> dict[str, Any]:
+    """A function or custom tool call item (an output item, or an input item as a dict) as a chat
+    ``tool_calls`` entry: ``function`` (name, arguments) or ``custom`` (name, input), with the
+    tool's ``namespace`` where it has one (two namespaces may hold tools of one name)."""
+    field = item.get if isinstance(item, Mapping) else lambda key: getattr(item, key, None)
+    custom = field("type") == "custom_tool_call"
+    call = {"name": field("name"), "input" if custom else "arguments": field("input" if custom else "arguments")}
+    if field("namespace"):
+        call["namespace"] = field("namespace")
+    kind = "custom" if custom else "function"
+    return {"id": field("call_id"), "type": kind, kind: call}
 
 
 def _add_reasoning(message: dict[str, Any], texts: list[str]) -> None:
@@ -434,11 +446,13 @@ def _tool_output(item: Mapping[str, Any]) -> Any:
 
 
 def _chat_tool(tool: Any) -> Any:
-    """A Responses function tool in the chat form (``{"type": "function", "function": {...}}``);
-    built-in tools, which have none, as given."""
-    if not isinstance(tool, Mapping) or tool.get("type") != "function" or "function" in tool:
+    """A Responses function or custom tool in the chat form (``{"type": "function", "function":
+    {...}}``, ``{"type": "custom", "custom": {...}}``); built-in tools and namespaces, which have
+    none, as given."""
+    kind = tool.get("type") if isinstance(tool, Mapping) else None
+    if kind not in ("function", "custom") or kind in tool:
         return tool
-    return {"type": "function", "function": {key: value for key, value in tool.items() if key != "type"}}
+    return {"type": kind, kind: {key: value for key, value in tool.items() if key != "type"}}
 
 
 def _conversation_id(conversation: Any) -> str | None:
@@ -460,9 +474,8 @@ def _output_message(items: Iterable[Any]) -> dict[str, Any]:
         if kind == "message":
             texts += [part.text for part in item.content if getattr(part, "type", None) == "output_text"]
             refusals += [part.refusal for part in item.content if getattr(part, "type", None) == "refusal"]
-        elif kind == "function_call":
-            function = {"name": item.name, "arguments": item.arguments}
-            tool_calls.append({"id": item.call_id, "type": "function", "function": function})
+        elif kind in _TOOL_CALLS:
+            tool_calls.append(_tool_call_of(item))
         elif kind == "reasoning":
             reasoning += _reasoning_texts(item)
     message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts else None}
