@@ -69,6 +69,19 @@ def final(answer: str) -> str:
     return f"Thought: I now know the final answer\nFinal Answer: {answer}"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def crewai_locks_in_a_scratch_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """CrewAI's file locks (``crewai:<md5>.lock``, one per lock name, never removed) go to the
+    temporary folder: pytest's for the session, not the system's, where every run added its own."""
+    import tempfile
+
+    before, tempfile.tempdir = tempfile.tempdir, str(tmp_path_factory.mktemp("crewai-locks"))
+    try:
+        yield
+    finally:
+        tempfile.tempdir = before
+
+
 @pytest.fixture
 def kit() -> SimpleNamespace:
     """The helpers above, for test modules (which cannot import this conftest under importlib mode)."""
