@@ -2,10 +2,10 @@
 
 Tracing: OpenTelemetry lets a process set its global tracer provider once, and `setup_tracing`
 leaves a provider already in place alone (so a later call cannot point it at another store). This
-module therefore gets one real agl set-up, `setup_tracing(store=router)`, installed for the
-module and given back after it (as the other tracing tests do per test, by patching the API's
-global), so it neither sees nor leaks into other modules' tracing. Its exporter writes into a
-`SpanRouter` that forwards each batch to the current test's store; each test flushes its spans
+module therefore gets one real agl set-up (conftest's `forwarder`), installed for the module and
+given back after it (as the other tracing tests do per test, by patching the API's global), so it
+neither sees nor leaks into other modules' tracing. Its exporter writes into that `Forwarder`,
+which hands each batch to the current test's store; each test flushes its spans
 before it lets go of its store. The runner's own `setup_tracing(store=...)` call then finds the
 provider in place, as it would in a process that set tracing up first. In-process rather than a
 subprocess per test: these tests need the test's event loop and objects (barriers, events) shared
@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,45 +31,22 @@ from agl.core.errors import StoreUnavailable
 from agl.core.runner import ROOT_SPAN, STOPPED, Runner
 from agl.core.store.base import LightningStore
 from agl.core.testing import ranks
-from agl.core.testing.tracing import fresh_global_tracer_provider
 from agl.core.tracing import semconv
-from agl.core.tracing.configure import flush_spans, setup_tracing
+from agl.core.tracing.configure import flush_spans
 from agl.core.types import LLM, AttemptedRollout, NamedResources, PromptTemplate, ProxyLLM, RolloutConfig, Span
 
 LIMIT = 30.0
 """Upper bound on any wait: a broken runner fails a test instead of hanging it."""
 
 
-class SpanRouter:
-    """The store the module's one span exporter was made for: forwards what reaches it to the current
-    test's store. A runner routes its rollouts' spans to its own store; this takes any other."""
-
-    def __init__(self) -> None:
-        self.target: LightningStore | None = None
-
-    async def add_observed_spans(self, spans: Sequence[Span], **options: Any) -> list[Span]:
-        if self.target is None:
-            raise RuntimeError(f"{len(spans)} spans arrived between tests")
-        return await self.target.add_observed_spans(spans, **options)
-
-
-@pytest.fixture(scope="module")
-def span_router() -> Iterator[SpanRouter]:
-    router = SpanRouter()
-    with fresh_global_tracer_provider():
-        provider = setup_tracing(store=router)
-        yield router
-        provider.shutdown()
-
-
 @pytest.fixture(params=["memory", "sqlite"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path, span_router: SpanRouter) -> AsyncIterator[Any]:
+async def store(request: pytest.FixtureRequest, tmp_path: Path, forwarder: Any) -> AsyncIterator[Any]:
     url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path / 'store.db'}"
     opened = open_store(url, watchdog_interval=None)
-    span_router.target = opened
+    forwarder.target = opened
     yield opened
     assert flush_spans()
-    span_router.target = None
+    forwarder.target = None
     await opened.close()
 
 
@@ -176,7 +153,7 @@ async def test_sync_agents_run_in_threads_several_at_once_when_allowed(store: An
 
 
 async def test_two_runners_on_two_stores_each_keep_their_spans_though_the_process_has_one_exporter(
-    span_router: SpanRouter,
+    forwarder: Any,
 ) -> None:
     """The module's one exporter was made for its router, which refuses spans here: every span of
     a runner's rollouts must reach that runner's own store (a notebook that fits twice on two
@@ -556,9 +533,7 @@ class CountingStore:
         return await self.store.dequeue_rollout(*args, **kwargs)
 
 
-def test_a_runner_run_again_in_a_new_event_loop_waits_instead_of_spinning(
-    span_router: SpanRouter, tmp_path: Path
-) -> None:
+def test_a_runner_run_again_in_a_new_event_loop_waits_instead_of_spinning(forwarder: Any, tmp_path: Path) -> None:
     """As a script or notebook calling ``asyncio.run(runner.run(...))`` once per batch does."""
     counted: CountingStore | None = None
 
