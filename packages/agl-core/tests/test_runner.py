@@ -155,7 +155,7 @@ async def test_sync_agents_run_in_threads_several_at_once_when_allowed(store: An
 async def test_two_runners_on_two_stores_each_keep_their_spans_though_the_process_has_one_exporter(
     forwarder: Any,
 ) -> None:
-    """The module's one exporter was made for its router, which refuses spans here: every span of
+    """The module's one exporter was made for its forwarder, which has no store here: every span of
     a runner's rollouts must reach that runner's own store (a notebook that fits twice on two
     stores, two runners at once)."""
     stores = [open_store("memory://", watchdog_interval=None) for _ in range(2)]
