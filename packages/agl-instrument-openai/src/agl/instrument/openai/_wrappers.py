@@ -378,13 +378,19 @@ def _tool_call_of(item: Any) -> dict[str, Any]:
     """A function or custom tool call item (an output item, or an input item as a dict) as a chat
     ``tool_calls`` entry: ``function`` (name, arguments) or ``custom`` (name, input), with the
     tool's ``namespace`` where it has one (two namespaces may hold tools of one name)."""
-    field = item.get if isinstance(item, Mapping) else lambda key: getattr(item, key, None)
-    custom = field("type") == "custom_tool_call"
-    call = {"name": field("name"), "input" if custom else "arguments": field("input" if custom else "arguments")}
-    if field("namespace"):
-        call["namespace"] = field("namespace")
+    custom = _field(item, "type") == "custom_tool_call"
+    value = "input" if custom else "arguments"
+    call = {"name": _field(item, "name"), value: _field(item, value)}
+    if _field(item, "namespace"):
+        call["namespace"] = _field(item, "namespace")
     kind = "custom" if custom else "function"
-    return {"id": field("call_id"), "type": kind, kind: call}
+    return {"id": _field(item, "call_id"), "type": kind, kind: call}
+
+
+def _field(item: Any, key: str) -> Any:
+    """A field of a Responses item or part, given as the SDK's object (a reply's output) or as a
+    dict (a request's input)."""
+    return item.get(key) if isinstance(item, Mapping) else getattr(item, key, None)
 
 
 def _add_reasoning(message: dict[str, Any], texts: list[str]) -> None:
@@ -492,12 +498,8 @@ def _reasoning_texts(item: Any) -> list[str]:
     """A reasoning item's text (an output item, or an input item as a dict): the reasoning itself
     where the server returns it (open models served by vLLM do), else its summaries (OpenAI's
     models give only those)."""
-    if isinstance(item, Mapping):
-        parts = item.get("content") or item.get("summary") or ()
-        texts = (part.get("text") if isinstance(part, Mapping) else None for part in parts)
-    else:
-        parts = getattr(item, "content", None) or getattr(item, "summary", None) or ()
-        texts = (getattr(part, "text", None) for part in parts)
+    parts = _field(item, "content") or _field(item, "summary") or ()
+    texts = (_field(part, "text") for part in parts)
     return [text for text in texts if isinstance(text, str) and text]
 
 
