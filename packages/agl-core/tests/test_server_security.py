@@ -214,6 +214,25 @@ def test_no_cors_headers_by_default(server: ServingThread) -> None:
         assert not [name for name in headers if name.startswith("access-control-")]
 
 
+def test_with_cors_and_a_token_a_preflight_passes_and_a_refusal_is_readable(backing: SqliteLightningStore) -> None:
+    """A browser sends its preflight without the token: a 401 to it failed every cross-origin call."""
+    origin = "http://ui.example"
+    settings = ServerSettings(token=SecretStr(TOKEN), cors_origins=(origin,))
+    with ServingThread(create_app(settings, backing)) as running:
+        asks = (
+            f"Origin: {origin}",
+            "Access-Control-Request-Method: POST",
+            "Access-Control-Request-Headers: authorization",
+        )
+        status, headers, _ = get(running, "/v1/agl/rollouts", *asks, method="OPTIONS")
+        assert (status, headers["access-control-allow-origin"]) == (200, origin)
+        assert "authorization" in headers["access-control-allow-headers"].lower()
+        status, headers, _ = get(running, "/v1/agl/statistics", f"Origin: {origin}")
+        assert (status, headers["access-control-allow-origin"]) == (401, origin)
+        assert get(running, "/v1/agl/statistics", f"Origin: {origin}", f"Authorization: Bearer {TOKEN}")[0] == 200
+        assert_refused(get(running, "/v1/agl/statistics", method="OPTIONS"))  # no preflight: the token is needed
+
+
 @pytest.mark.parametrize(
     ("method", "path", "body", "status"),
     [

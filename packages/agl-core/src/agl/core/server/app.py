@@ -62,14 +62,14 @@ def create_app(settings: ServerSettings, store: LightningStore, *, fast_path: bo
     if fast_path:  # innermost: the token, size limit and metrics below apply to it as to FastAPI
         app.add_middleware(FastPath, fastapi=app, fast_routes=routes(calls))
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["*"], allow_headers=["*"]
-        )
     if settings.token is not None:
         check_token(settings.token.get_secret_value())
         app.add_middleware(TokenAuth, token=settings.token.get_secret_value())
         document_bearer_auth(app)
+    if settings.cors_origins:  # outside the token: a browser's preflight carries none, and it reads a 401 by CORS
+        app.add_middleware(
+            CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["*"], allow_headers=["*"]
+        )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(RawPath)  # outermost: every route, the fast path's included, matches the path as sent
     return app
