@@ -60,3 +60,80 @@ def test_a_program_that_shuts_its_provider_down_still_ends_its_observed_rollout(
     assert rollout.status == ("failed" if crash else "succeeded")
     assert [s.name for s in spans] == ["agent", semconv.PROCESS_EXIT_SPAN]  # sent once, not again at exit
     assert spans[1].attributes[semconv.PROCESS_OUTCOME] == rollout.status
+
+
+AGENT_SPAN = """
+import sys, threading
+from opentelemetry import trace
+with trace.get_tracer("app").start_as_current_span("agent"):
+    pass
+"""
+SWALLOWED = """
+def main():
+    try:
+        sys.exit(1)
+    except SystemExit:
+        pass  # a retry loop, a test harness: the program goes on
+main()
+"""
+IN_A_THREAD = """
+thread = threading.Thread(target=sys.exit, args=(1,))
+thread.start()
+thread.join()
+"""
+SHUT_DOWN_IN_FINALLY = """
+try:
+    raise SystemExit(STATUS)
+finally:
+    trace.get_tracer_provider().shutdown()
+"""
+
+
+def run_observed(tmp_path: Path, script: str, *args: str) -> tuple[int, str]:
+    """Run ``script`` under ``opentelemetry-instrument``; its exit status and its rollout's status."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "AGL_"))}
+    process = subprocess.run(
+        [str(BIN / "opentelemetry-instrument"), sys.executable, "-c", AGENT_SPAN + script, *args],
+        env={**environment, "AGL_STORE": f"sqlite:///{tmp_path}/store.db"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    ((rollout, spans),) = stored(tmp_path / "store.db")
+    assert [s.name for s in spans] == ["agent", semconv.PROCESS_EXIT_SPAN], process.stderr
+    assert spans[1].attributes[semconv.PROCESS_OUTCOME] == rollout.status
+    return process.returncode, rollout.status
+
+
+@pytest.mark.parametrize(
+    ("script", "returncode", "status"),
+    [
+        ("sys.exit(1)", 1, "failed"),
+        ("sys.exit('cannot read the config')", 1, "failed"),
+        ("sys.exit(True)", 1, "failed"),
+        ("import argparse; argparse.ArgumentParser().parse_args(['--nope'])", 2, "failed"),
+        ("exit(3)", 3, "failed"),
+        ("sys.exit(0)", 0, "succeeded"),
+        ("sys.exit()", 0, "succeeded"),
+        (SWALLOWED, 0, "succeeded"),
+        (IN_A_THREAD, 0, "succeeded"),
+    ],
+    ids=["one", "message", "true", "argparse", "builtin-exit", "zero", "none", "caught", "thread"],
+)
+def test_an_observed_rollout_that_exits_with_a_failing_status_is_failed(
+    tmp_path: Path, script: str, returncode: int, status: str
+) -> None:
+    """``sys.exit(1)`` (argparse's error, click's exit code) used to be recorded a success: at exit
+    CPython has handled the `SystemExit` and its status is gone. The exit call is watched now;
+    one that only ends a thread, or that the program caught and went on from, is no failure."""
+    assert run_observed(tmp_path, script) == (returncode, status)
+
+
+@pytest.mark.parametrize(("exit_status", "status"), [(2, "failed"), (0, "succeeded"), (None, "succeeded")])
+def test_a_provider_shut_down_while_a_system_exit_propagates_takes_its_status(
+    tmp_path: Path, exit_status: int | None, status: str
+) -> None:
+    """Shut down in a ``finally:`` on the way out, the `SystemExit` in flight says how it ends,
+    even one raised directly (no ``sys.exit`` call to watch)."""
+    script = SHUT_DOWN_IN_FINALLY.replace("STATUS", str(exit_status))
+    assert run_observed(tmp_path, script) == (exit_status or 0, status)

@@ -4,7 +4,8 @@ set-up plus agl's span processor); the SDK then exports through ``agl_store``. P
 up tracing themselves (the runner) call `setup_tracing`.
 
 A program not launched for a rollout gets one *observed* rollout of its own; it is marked
-succeeded when the program exits, or failed after an uncaught exception.
+succeeded when the program exits, or failed after an uncaught exception or a ``sys.exit`` with a
+failing status (see `ProcessRollout.exited_failing` for what can be seen of that).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from agl.core.tracing.llm import TRACER_NAME
-from agl.core.tracing.observed import process_rollout
+from agl.core.tracing.observed import exit_status_fails, process_rollout
 from agl.core.tracing.processor import RolloutSpanProcessor, has_rollout_processor
 from agl.core.tracing.semconv import PROCESS_EXIT_SPAN, PROCESS_OUTCOME
 
@@ -154,20 +155,22 @@ def _finish_at_exit(provider: Any, processor: RolloutSpanProcessor) -> None:
 
     def finish() -> None:
         _stop_waiting_for_stores()
-        send_exit_span(failed=False)
+        send_exit_span(failed=process_rollout().exited_failing())
         getattr(provider, "force_flush", lambda: None)()
 
-    processor.before_shutdown = lambda: send_exit_span(failed=_exception_in_flight())
+    processor.before_shutdown = lambda: send_exit_span(failed=_failure_in_flight())
     atexit.register(finish)
     if hasattr(os, "register_at_fork"):
         os.register_at_fork(after_in_child=lambda: _flush_at_child_exit(provider))
 
 
-def _exception_in_flight() -> bool:
+def _failure_in_flight() -> bool:
     """Whether the provider is being shut down while an exception propagates (``finally:``); a
-    `SystemExit` is the program's own way out, not a crash."""
+    `SystemExit` is the program's own way out, a failure only with a failing status."""
     error = sys.exc_info()[1]
-    return error is not None and not isinstance(error, SystemExit)
+    if isinstance(error, SystemExit):
+        return exit_status_fails(error.code)
+    return error is not None
 
 
 def _stop_waiting_for_stores() -> None:
