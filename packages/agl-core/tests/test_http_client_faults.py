@@ -60,7 +60,7 @@ class Gateway:
                     if line.lower().startswith(b"content-length:")
                 )
                 request = head + await reader.readexactly(length)
-                status, body = await self.upstream.request(request, LIMIT)
+                status, body, _ = await self.upstream.request(request, LIMIT)
                 if self.replacement is not None and head.startswith(b"POST /v1/agl/dequeue "):
                     writer.write(self.replacement)
                     self.replacement = None
@@ -112,8 +112,9 @@ async def test_a_gateway_error_to_a_forwarded_dequeue_recovers_the_claim(status:
 
 
 async def test_what_a_proxy_or_a_wrong_url_answers_is_one_clear_error() -> None:
-    """A 200 HTML page (the URL names a web server, a captive portal), a redirect, a 429 and an
-    HTML 403: each an `AglError` saying what came, never pydantic's JSON-decoding traceback."""
+    """A 200 HTML page (the URL names a web server, a captive portal), a redirect, a 429 past the
+    retry budget and an HTML 403: each an `AglError` saying what came, never pydantic's
+    JSON-decoding traceback."""
     answers = [
         ok(HTML),
         answer(b"301 Moved Permanently", HTML, b"location: https://store.example/\r\n"),
@@ -128,7 +129,7 @@ async def test_what_a_proxy_or_a_wrong_url_answers_is_one_clear_error() -> None:
             await client.statistics()
         with pytest.raises(AglError, match=f"the store at {peer.url} answered HTTP 301, a redirect"):
             await client.statistics()
-        with pytest.raises(AglError, match="store answered HTTP 429: slow down"):
+        with pytest.raises(StoreUnavailable, match=r"answered 429 to GET /statistics: slow down \(gave up after 0 s\)"):
             await client.statistics()
         with pytest.raises(AglError, match="store answered HTTP 403: <html>"):
             await client.add_resources({})
@@ -160,6 +161,29 @@ async def test_a_gateway_error_to_a_write_that_is_not_repeated_is_store_unavaila
         ):
             await client.update_resources("rs-1", {})
     assert len(peer.heads) == 3  # none sent twice
+
+
+async def test_a_rate_limited_call_is_sent_again_even_when_not_repeatable() -> None:
+    """A rate-limiting gateway's 429 was an `AglError` at once, failing the runner's dequeue. It
+    means the request was not carried out, so even a dequeue (never repeated once it may have
+    been) is sent again, after the ``Retry-After``."""
+    answers = [answer(b"429 Too Many Requests", b"slow down", b"retry-after: 1\r\n"), ok(b"null")]
+    async with Peer(answers) as peer, HttpLightningStore(peer.url, retry_seconds=LIMIT) as client:
+        async with asyncio.timeout(LIMIT):
+            assert await client.dequeue_rollout() is None
+    assert [head.split(b" ", 2)[:2] for head in peer.heads] == [[b"POST", b"/v1/agl/dequeue"]] * 2
+
+
+@pytest.mark.parametrize("status", [b"429 Too Many Requests", b"503 Service Unavailable"])
+async def test_a_retry_after_is_waited_for_within_the_retry_budget(status: bytes) -> None:
+    """``Retry-After: 3600`` with 1 s of budget left: one more try when the budget ends, not the
+    usual back-off's five, nor an hour's wait."""
+    answers = [answer(status, b"slow down", b"retry-after: 3600\r\n")] * 10
+    async with Peer(answers) as peer, HttpLightningStore(peer.url, retry_seconds=1) as client:
+        async with asyncio.timeout(LIMIT):
+            with pytest.raises(StoreUnavailable, match=r"to GET /statistics: slow down \(gave up after 1 s\)$"):
+                await client.statistics()
+    assert len(peer.heads) == 2
 
 
 def test_a_wrong_token_and_an_oversized_body_are_clear_typed_errors() -> None:

@@ -12,7 +12,10 @@ whose answer was lost (the server killed after its commit) is recovered, not los
 record says whether that dequeue claimed an attempt, and if so that attempt is returned (see
 `HttpLightningStore.dequeue_rollout`); otherwise it is sent again. A 502 or 504 (a gateway's:
 its upstream failed or was slow, perhaps after carrying the request out) counts as a lost answer
-too; a 503 (a store whose database is unavailable) as not carried out. A failed TLS handshake
+too; a 503 (a store whose database is unavailable) as not carried out. A 429 (a rate-limiting
+gateway's Too Many Requests) was not carried out either, and is sent again whatever the call is;
+the wait before the next try is the answer's ``Retry-After`` in seconds on a 429 or 503, within
+what is left of ``retry_seconds``, else the usual back-off. A failed TLS handshake
 (``https://`` to a plain-HTTP server, an untrusted certificate) is not retried: no retry mends
 it. Errors the server answers (unknown id, bad input, illegal transition) are raised at once as
 the same typed error the store raised.
@@ -72,8 +75,11 @@ from agl.core.types.workers import WORKER_STATUSES
 
 T = TypeVar("T")
 TOKEN_ENV = "AGL_STORE_TOKEN"
-_RETRYABLE_STATUS = frozenset({502, 503, 504})
-"""Answers of a store or gateway that is down or restarting: idempotent calls are sent again."""
+_RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
+"""Answers of a store or gateway that is down, restarting or rate-limiting: sent again if the call
+is idempotent, and always after a 429."""
+_PACED_STATUS = frozenset({429, 503})
+"""Refusals whose ``Retry-After`` says when to try again."""
 _adapters: dict[Any, TypeAdapter[Any]] = {}
 _request_list: TypeAdapter[list[RolloutRequest]] = TypeAdapter(list[RolloutRequest])
 
@@ -103,6 +109,14 @@ def _decode(payload: bytes, kind: Any) -> Any:
         raise AglError(
             f"the store's answer is not a {name} (is the URL a store server's?): {_excerpt(payload)}"
         ) from None
+
+
+def _retry_after_seconds(header: bytes | None) -> float | None:
+    """The wait a ``Retry-After`` asks for, in its seconds form; its HTTP-date form, rare from a
+    gateway, is not read (the usual back-off applies)."""
+    if header is None or not header.strip().isdigit():
+        return None
+    return float(header)
 
 
 def _excerpt(payload: bytes) -> str:
@@ -213,8 +227,9 @@ class HttpLightningStore(LightningStore):
         give_up = time.monotonic() + self.retry_seconds
         delay = 0.05
         while True:
+            asked: float | None = None  # the wait a Retry-After asks for
             try:
-                status, payload = await pool.request(request, timeout or self.request_timeout)
+                status, payload, retry_after = await pool.request(request, timeout or self.request_timeout)
             except HandshakeFailed as error:
                 raise StoreUnavailable(f"cannot reach the store at {self.url}: {error}") from None
             except ConnectFailed as error:
@@ -229,13 +244,17 @@ class HttpLightningStore(LightningStore):
                 if status not in _RETRYABLE_STATUS:
                     raise self._error(status, payload)
                 problem = f"store answered {status} to {method} {path}: {_reason(payload)}"
-                if not idempotent:  # 503: not carried out; a gateway's 502/504 may follow one it forwarded that was
-                    if status == 503:
+                if not idempotent and status != 429:  # 429: refused, so safe to send again
+                    if status == 503:  # not carried out; a gateway's 502/504 may follow one it forwarded that was
                         raise StoreUnavailable(f"{problem}; it was not carried out")
                     raise _Unanswered(f"{problem}; it may have been carried out")
-            if time.monotonic() + delay > give_up:
+                if status in _PACED_STATUS:
+                    asked = _retry_after_seconds(retry_after)
+            left = give_up - time.monotonic()
+            if left <= 0 or (asked is None and delay > left):  # a Retry-After is waited for up to the end
                 raise StoreUnavailable(f"{problem} (gave up after {self.retry_seconds:g} s)")
-            await asyncio.sleep(delay)  # back off before the next try
+            wait = delay if asked is None else max(asked, delay)  # at least the back-off: a "0" would spin
+            await asyncio.sleep(min(wait, left))  # back off before the next try
             delay = min(delay * 2, 1.0)
 
     def _error(self, status: int, payload: bytes) -> AglError:

@@ -50,6 +50,8 @@ class RequestFailed(Exception):
 class Answer(NamedTuple):
     status: int
     body: bytes
+    retry_after: bytes | None = None
+    """The ``Retry-After`` header as sent, if any: the caller reads it only on a refusal (429, 503)."""
 
 
 class _Connection(asyncio.Protocol):
@@ -65,6 +67,7 @@ class _Connection(asyncio.Protocol):
         self._buffer = bytearray()
         self._answer: asyncio.Future[Answer] | None = None
         self._status = 0
+        self._retry_after: bytes | None = None
         self._length: int | None = None  # body length once the head is read; -1 chunked; None: head not read
         self._until_close = False
         self._chunks: list[bytes] = []
@@ -140,7 +143,7 @@ class _Connection(asyncio.Protocol):
 
     def _finish(self, body: bytes) -> None:
         assert self._answer is not None
-        self._answer.set_result(Answer(self._status, body))
+        self._answer.set_result(Answer(self._status, body, self._retry_after))
 
     def _parse(self) -> None:
         buffer = self._buffer
@@ -160,6 +163,7 @@ class _Connection(asyncio.Protocol):
             for line in lines[1:]:
                 name, _, value = line.partition(b":")
                 headers[name.strip().lower()] = value.strip()
+            self._retry_after = headers.get(b"retry-after")
             if version != b"HTTP/1.1" or headers.get(b"connection", b"").lower() == b"close":
                 self.keep_alive = False
             if self._status in (204, 304):
