@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from google.rpc.status_pb2 import Status as RpcStatus
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
@@ -545,9 +546,9 @@ def test_route_refuses_an_overlong_rollout_id_in_one_line(tmp_path: Path) -> Non
         with ServingThread(create_app(ServerSettings(), store)) as running:
             response = _post(running, request.SerializeToString())
         assert response.status_code == 400
-        body = response.json()
-        assert body["error"] == "OtlpDecodeError" and "\n" not in body["message"]
-        assert body["message"] == (
+        body = RpcStatus.FromString(response.content)  # OTLP/HTTP's failure body, protobuf as the request
+        assert body.code == 3 and "\n" not in body.message
+        assert body.message == (
             "span '0405060708090a0b' ('own scope'): a rollout or attempt id is longer than 256 characters"
         )
         assert asyncio.run(store.query_rollouts()).total == 0

@@ -35,6 +35,8 @@ from pydantic_core import from_json
 from agl.core.errors import InvalidInput
 from agl.core.types.spans import Attributes, Span, SpanKind, SpanResource, SpanStatus, StatusCode
 
+TRACES_PATH = "/v1/traces"
+"""OTLP/HTTP's default path for traces, where the store server ingests them."""
 SCOPE_NAME_ATTRIBUTE = "otel.scope.name"
 SCOPE_VERSION_ATTRIBUTE = "otel.scope.version"
 
@@ -192,8 +194,13 @@ def decode_traces(body: bytes, content_type: str) -> list[OtlpSpan]:
     return list(_decode(body, content_type, _otlp_span))
 
 
-def decode_documents(body: bytes, content_type: str) -> Iterator[dict[str, Any]]:
+def decode_documents(body: bytes, content_type: str, rejected: list[str] | None = None) -> Iterator[dict[str, Any]]:
     """Decode like `decode_traces`, straight into span documents (the store server's ingest path).
+
+    With a ``rejected`` list, a span whose own fields are invalid (an id of the wrong length, an
+    unknown kind, a malformed attribute) is left out and the reason appended to the list, so one
+    bad span does not cost the batch (OTLP's partial success); a body that is malformed outside its
+    spans is still an `OtlpDecodeError`.
 
     Each document has the keys, order and values of ``to_span(span, …).model_dump()`` for the span
     `decode_traces` gives (the scope as ``otel.scope.*`` attributes included), with ``rollout_id``
@@ -203,18 +210,18 @@ def decode_documents(body: bytes, content_type: str) -> Iterator[dict[str, Any]]
     Protobuf spans are decoded one at a time as the iterator is consumed, and a decoding error is
     raised there: consume it whole before acting on what it gave, as an error may come at the end.
     """
-    return _decode(body, content_type, _document)
+    return _decode(body, content_type, _document, rejected)
 
 
-def _decode(body: bytes, content_type: str, make: Callable[..., _T]) -> Iterator[_T]:
+def _decode(body: bytes, content_type: str, make: Callable[..., _T], rejected: list[str] | None = None) -> Iterator[_T]:
     """The spans of ``body``, each built by ``make`` (`_otlp_span` or `_document`, called by keyword
     with the span's fields; its events, links and resource come as the documents `Span.model_dump()`
     gives)."""
     media_type = content_type.partition(";")[0].strip().lower()
     if media_type == "application/x-protobuf":
-        return _decode_protobuf(body, make)
+        return _decode_protobuf(body, make, rejected)
     if media_type == "application/json":
-        return _decode_json(body, make)
+        return _decode_json(body, make, rejected)
     raise OtlpUnsupportedMediaType(
         f"unsupported content type {content_type!r}: expected application/x-protobuf or application/json"
     )
@@ -372,7 +379,60 @@ def export_response(rejected_spans: int, error_message: str, protobuf: bool) -> 
     ).encode()
 
 
-def _decode_protobuf(body: bytes, make: Callable[..., _T]) -> Iterator[_T]:
+# gRPC codes (google.rpc.Code) of the HTTP statuses /v1/traces answers. OTLP clients are not to act
+# on the code (the HTTP status says whether to retry), but may log it: it follows gRPC's own use.
+_RPC_CODES = {
+    400: 3,  # INVALID_ARGUMENT
+    401: 16,  # UNAUTHENTICATED
+    404: 5,  # NOT_FOUND
+    409: 9,  # FAILED_PRECONDITION: a status change the state machine forbids
+    413: 8,  # RESOURCE_EXHAUSTED: gRPC's own code for a message over the size limit
+    415: 12,  # UNIMPLEMENTED: an encoding this server does not speak
+    422: 3,  # INVALID_ARGUMENT
+    429: 8,  # RESOURCE_EXHAUSTED
+    503: 14,  # UNAVAILABLE
+}
+_UNKNOWN = 2
+_INTERNAL = 13
+
+
+def request_error(scope_headers: list[tuple[bytes, bytes]], http_status: int, message: str) -> tuple[bytes, bytes]:
+    """`error_status` for a request seen as ASGI middleware sees it (raw headers), as bytes."""
+    content_type = dict(scope_headers).get(b"content-type", b"").decode("latin-1")
+    body, media_type = error_status(http_status, message, wants_json(content_type))
+    return body, media_type.encode()
+
+
+def wants_json(content_type: str | None) -> bool:
+    """Whether a request was OTLP/JSON, so its answers are JSON too (anything else is answered in
+    protobuf, the encoding OTLP/HTTP defaults to)."""
+    return (content_type or "").partition(";")[0].strip().lower() == "application/json"
+
+
+def error_status(http_status: int, message: str, json_encoded: bool) -> tuple[bytes, str]:
+    """The body and content type of a failed OTLP/HTTP request: a ``google.rpc.Status`` (its code
+    and message), protobuf- or JSON-encoded as the request was, as the specification requires.
+
+    Encoded by hand: the message class comes with ``googleapis-common-protos``, which the
+    ``server`` extra does not pull in, and its two fields are two tagged values."""
+    code = _RPC_CODES.get(http_status, _INTERNAL if http_status >= 500 else _UNKNOWN)
+    if json_encoded:
+        return json.dumps({"code": code, "message": message}).encode(), "application/json"
+    text = message.encode(errors="replace")  # a lone surrogate quoted from a bad body
+    field_2 = b"\x12" + _varint(len(text)) + text if text else b""  # proto3 leaves out an empty string
+    return b"\x08" + _varint(code) + field_2, "application/x-protobuf"
+
+
+def _varint(number: int) -> bytes:
+    encoded = bytearray()
+    while number > 0x7F:
+        encoded.append(number & 0x7F | 0x80)
+        number >>= 7
+    encoded.append(number)
+    return bytes(encoded)
+
+
+def _decode_protobuf(body: bytes, make: Callable[..., _T], rejected: list[str] | None) -> Iterator[_T]:
     ExportTraceServiceRequest, DecodeError = load_protobuf()
     request = ExportTraceServiceRequest()
     try:
@@ -380,10 +440,10 @@ def _decode_protobuf(body: bytes, make: Callable[..., _T]) -> Iterator[_T]:
     except DecodeError as error:
         reason = str(error).rpartition("': ")[2]  # after "Error parsing message with type '…'"
         raise OtlpDecodeError(f"protobuf body is malformed: {reason}") from None
-    return _pb_walk(request, make)
+    return _pb_walk(request, make, rejected)
 
 
-def _pb_walk(request: Any, make: Callable[..., _T]) -> Iterator[_T]:
+def _pb_walk(request: Any, make: Callable[..., _T], rejected: list[str] | None) -> Iterator[_T]:
     for r, resource_spans in enumerate(request.resource_spans):
         resource = {
             "attributes": _pb_attributes(resource_spans.resource.attributes),
@@ -394,10 +454,14 @@ def _pb_walk(request: Any, make: Callable[..., _T]) -> Iterator[_T]:
             scope_name, scope_version = scope.name, scope.version
             for p, span in enumerate(scope_spans.spans):
                 try:
-                    yield _pb_span(span, resource, scope_name, scope_version, make)
+                    made = _pb_span(span, resource, scope_name, scope_version, make)
                 except _Invalid as error:
                     error.within(f"spans[{p}]", f"scope_spans[{s}]", f"resource_spans[{r}]")
-                    raise OtlpDecodeError(error.message("protobuf")) from None
+                    if rejected is None:
+                        raise OtlpDecodeError(error.message("protobuf")) from None
+                    rejected.append(error.message("protobuf"))
+                    continue
+                yield made
 
 
 def _pb_span(span: Any, resource: dict[str, Any], scope_name: str, scope_version: str, make: Callable[..., _T]) -> _T:
@@ -517,23 +581,49 @@ _UINT64 = (0, 2**64 - 1)
 _MAX_DIGITS = len(str(2**64 - 1))
 
 
-def _decode_json(body: bytes, make: Callable[..., _T]) -> Iterator[_T]:
+def _decode_json(body: bytes, make: Callable[..., _T], rejected: list[str] | None) -> Iterator[_T]:
     try:
         document = from_json(body)
     except ValueError as error:
         raise OtlpDecodeError(f"JSON body is malformed: {error}") from None
     if type(document) is not dict:
         raise OtlpDecodeError(f"JSON body must be an object (an ExportTraceServiceRequest), got {_json_type(document)}")
+    decoded: list[_T] = []
+    invalid: list[_Invalid] | None = None if rejected is None else []
     try:
-        return iter(
-            [
-                span
-                for spans in _json_list(document, "resourceSpans", lambda item: _json_resource_spans(item, make))
-                for span in spans
-            ]
-        )
+        for r, item in _json_items(document, "resourceSpans"):
+            _within(_json_resource_spans, f"resourceSpans[{r}]", invalid)(item, make, decoded, invalid)
     except _Invalid as error:
         raise OtlpDecodeError(error.message("JSON")) from None
+    if rejected is not None and invalid:
+        rejected.extend(error.message("JSON") for error in invalid)
+    return iter(decoded)
+
+
+def _within(decode: Callable[..., None], segment: str, invalid: list[_Invalid] | None) -> Callable[..., None]:
+    """``decode`` with ``segment`` added to the path of what it raises and of the spans it rejects."""
+
+    def decode_within(*args: Any) -> None:
+        before = len(invalid) if invalid is not None else 0
+        try:
+            decode(*args)
+        except _Invalid as error:
+            raise error.within(segment) from None
+        if invalid is not None:
+            for error in invalid[before:]:
+                error.within(segment)
+
+    return decode_within
+
+
+def _json_items(parent: dict[str, Any], key: str) -> Iterator[tuple[int, Any]]:
+    """The items of an array field, numbered; absent or ``null`` is empty."""
+    items = parent.get(key)
+    if items is None:
+        return iter(())
+    if type(items) is not list:
+        raise _Invalid(f"must be an array, got {_json_type(items)}", key)
+    return enumerate(items)
 
 
 def _json_list(parent: dict[str, Any], key: str, decode: Callable[[Any], _T]) -> list[_T]:
@@ -567,21 +657,30 @@ def _json_message(parent: dict[str, Any], key: str, decode: Callable[[dict[str, 
         raise error.within(key) from None
 
 
-def _json_resource_spans(item: Any, make: Callable[..., _T]) -> list[_T]:
+def _json_resource_spans(item: Any, make: Callable[..., _T], decoded: list[_T], invalid: list[_Invalid] | None) -> None:
     resource_spans = _json_object(item)
     resource = {
         "attributes": _json_message(resource_spans, "resource", lambda r: _json_attributes(r, "attributes")),
         "schema_url": _json_string(resource_spans, "schemaUrl"),
     }
+    for s, scope_item in _json_items(resource_spans, "scopeSpans"):
+        _within(_json_scope_spans, f"scopeSpans[{s}]", invalid)(scope_item, resource, make, decoded, invalid)
 
-    def scope_spans(item: Any) -> list[_T]:
-        scope_spans = _json_object(item)
-        name, version = _json_message(
-            scope_spans, "scope", lambda s: (_json_string(s, "name"), _json_string(s, "version"))
-        )
-        return _json_list(scope_spans, "spans", lambda span: _json_span(span, resource, name, version, make))
 
-    return [span for spans in _json_list(resource_spans, "scopeSpans", scope_spans) for span in spans]
+def _json_scope_spans(
+    item: Any, resource: dict[str, Any], make: Callable[..., _T], decoded: list[_T], invalid: list[_Invalid] | None
+) -> None:
+    """Append the scope's spans to ``decoded``; with ``invalid``, a span that fails its checks is
+    left out and its error appended there instead of raised."""
+    scope_spans = _json_object(item)
+    name, version = _json_message(scope_spans, "scope", lambda s: (_json_string(s, "name"), _json_string(s, "version")))
+    for p, span in _json_items(scope_spans, "spans"):
+        try:
+            decoded.append(_json_span(span, resource, name, version, make))
+        except _Invalid as error:
+            if invalid is None:
+                raise error.within(f"spans[{p}]") from None
+            invalid.append(error.within(f"spans[{p}]"))
 
 
 def _json_span(item: Any, resource: dict[str, Any], scope_name: str, scope_version: str, make: Callable[..., _T]) -> _T:

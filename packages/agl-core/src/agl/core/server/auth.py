@@ -14,9 +14,11 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agl.core.errors import InvalidInput
+from agl.core.otlp import TRACES_PATH, request_error
 from agl.core.store.wire import unsendable_token
 
 OPEN_PATHS = frozenset({"/health"})
+UNAUTHORIZED_MESSAGE = "missing or wrong bearer token"
 STORE_UNAUTHORIZED = b'{"error":"Unauthorized","message":"missing or wrong bearer token","detail":{}}'
 """The store server's 401 (`ErrorBody`); the OpenAI-compatible servers pass their own shape."""
 POLICY_VIOLATION = 1008
@@ -47,9 +49,10 @@ def bearer_token(header: bytes) -> bytes | None:
 
 
 class TokenAuth:
-    def __init__(self, app: ASGIApp, token: str, error_body: bytes = STORE_UNAUTHORIZED) -> None:
-        """``error_body`` is the 401's JSON: each server answers in its own API's error shape;
-        ``token`` has passed `check_token`."""
+    def __init__(self, app: ASGIApp, token: str, error_body: bytes | None = None) -> None:
+        """``error_body`` is the 401's JSON: each server answers in its own API's error shape.
+        None is the store server's: `STORE_UNAUTHORIZED`, but on its OTLP path the
+        ``google.rpc.Status`` OTLP/HTTP requires. ``token`` has passed `check_token`."""
         self.app = app
         self._expected = token.strip(" \t").encode()  # as `bearer_token` reads the header
         self._error_body = error_body
@@ -59,8 +62,12 @@ class TokenAuth:
             await self.app(scope, receive, send)
         elif scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": POLICY_VIOLATION})
-        else:
+        elif self._error_body is not None:
             await _unauthorized(send, self._error_body)
+        elif scope["path"] == TRACES_PATH:
+            await _unauthorized(send, *request_error(scope["headers"], 401, UNAUTHORIZED_MESSAGE))
+        else:
+            await _unauthorized(send, STORE_UNAUTHORIZED)
 
     def _authorized(self, scope: Scope) -> bool:
         """Lifespan events, /health, and requests carrying the token pass."""
@@ -70,9 +77,9 @@ class TokenAuth:
         return given is not None and hmac.compare_digest(given, self._expected)  # constant time: no timing oracle
 
 
-async def _unauthorized(send: Send, body: bytes) -> None:
+async def _unauthorized(send: Send, body: bytes, content_type: bytes = b"application/json") -> None:
     headers = [
-        (b"content-type", b"application/json"),
+        (b"content-type", content_type),
         (b"content-length", str(len(body)).encode()),
         (b"www-authenticate", b"Bearer"),
     ]

@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from agl.core.otlp import TRACES_PATH, request_error
+
 
 def store_error(limit: int) -> bytes:
     """The store server's error shape (`ErrorBody`)."""
@@ -18,8 +20,10 @@ def store_error(limit: int) -> bytes:
 
 
 class BodyLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int, error_body: Callable[[int], bytes] = store_error) -> None:
-        """``error_body(limit)`` is the 413's JSON: each server answers in its own API's error shape."""
+    def __init__(self, app: ASGIApp, max_bytes: int, error_body: Callable[[int], bytes] | None = None) -> None:
+        """``error_body(limit)`` is the 413's JSON: each server answers in its own API's error shape.
+        None is the store server's: `store_error`, but on its OTLP path the ``google.rpc.Status``
+        OTLP/HTTP requires."""
         self.app = app
         self.max_bytes = max_bytes
         self.error_body = error_body
@@ -32,7 +36,7 @@ class BodyLimit:
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and b"transfer-encoding" not in headers:
             if int(declared) > self.max_bytes:
-                await self._refuse(send)
+                await self._refuse(scope, send)
             else:  # the HTTP parser delivers no more than the declared length: nothing to count
                 await self.app(scope, receive, send)
             return
@@ -60,10 +64,18 @@ class BodyLimit:
             if not exceeded:
                 raise
         if exceeded:
-            await self._refuse(send)
+            await self._refuse(scope, send)
 
-    async def _refuse(self, send: Send) -> None:
-        body = self.error_body(self.max_bytes)
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    async def _refuse(self, scope: Scope, send: Send) -> None:
+        body, content_type = self._error(scope)
+        headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+    def _error(self, scope: Scope) -> tuple[bytes, bytes]:
+        """The 413's body and content type."""
+        if self.error_body is not None:
+            return self.error_body(self.max_bytes), b"application/json"
+        if scope["path"] == TRACES_PATH:
+            return request_error(scope["headers"], 413, f"request body exceeds {self.max_bytes} bytes")
+        return store_error(self.max_bytes), b"application/json"

@@ -4,6 +4,10 @@ Each span is filed as `agl.core.tracing.identity.file_span` says: under its
 ``agl.rollout.id``/``agl.attempt.id``, else under a per-trace observed rollout that ends when the
 trace's root span arrives. One request is one transaction.
 
+As OTLP/HTTP asks, a failed request is answered with a ``google.rpc.Status`` in the request's
+encoding (the token check and body limit do the same for this path), and a span whose own fields
+are invalid is refused alone, in a partial success (a body none of whose spans can be read is a 400).
+
 Spans travel as documents, not `Span` models: `decode_documents` builds the dict that
 ``Span.model_dump()`` would give, this route fills in the rollout, attempt and sequence ids and
 serialises it with ``orjson`` as it is decoded, and a `LifecycleStore` (SQLite, memory) stores
@@ -20,10 +24,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import anyio.to_thread
 import orjson
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
 
+from agl.core.errors import AglError
 from agl.core.ids import sequence_clock
 from agl.core.otlp import (
     OtlpBodyTooLarge,
@@ -31,14 +36,16 @@ from agl.core.otlp import (
     OtlpUnsupportedMediaType,
     decode_documents,
     decompress,
+    error_status,
     export_response,
     load_protobuf,
+    wants_json,
 )
+from agl.core.server.errors import error_response
 from agl.core.server.metrics import Metrics
 from agl.core.server.settings import ServerSettings
 from agl.core.store.base import LightningStore
 from agl.core.store.lifecycle import LifecycleStore
-from agl.core.store.wire import error_body
 from agl.core.tracing.identity import file_span
 from agl.core.tracing.semconv import ATTEMPT_ID, ROLLOUT_ID, SEQUENCE_ID, SPAN_DROPPED
 from agl.core.types import Span
@@ -62,10 +69,17 @@ def build(store: LightningStore, metrics: Metrics, settings: ServerSettings) -> 
                 "content": {PROTOBUF: {"schema": {"type": "string", "format": "binary"}}, "application/json": {}},
             }
         },
-        responses={400: {"description": "Malformed OTLP body"}, 413: {}, 415: {}},
+        responses={
+            400: {"description": "Malformed OTLP body; every failure's body is a google.rpc.Status"},
+            413: {"description": "Body over the limit"},
+            415: {"description": "Unsupported content type or encoding"},
+        },
     )
     async def export_traces(request: Request) -> Response:
-        """An OTLP ``ExportTraceServiceRequest``, protobuf or JSON, optionally gzip/deflate-compressed."""
+        """An OTLP ``ExportTraceServiceRequest``, protobuf or JSON, optionally gzip/deflate-compressed.
+
+        A failure is answered as OTLP/HTTP asks, with a ``google.rpc.Status`` in the request's
+        encoding (not the rest of the API's `ErrorBody`), so OTLP clients can read why."""
         content_type = request.headers.get("content-type", "")
         body = await request.body()
         try:
@@ -74,7 +88,12 @@ def build(store: LightningStore, metrics: Metrics, settings: ServerSettings) -> 
                     store, body, content_type, request.headers.get("content-encoding"), settings
                 )
         except OtlpDecodeError as error:
-            return JSONResponse(error_body(error).model_dump(), status_code=_status_of(error))
+            return _failure(_status_of(error), str(error), content_type)
+        except AglError as error:  # from the store: the status the rest of the API gives it
+            return _failure(error_response(error).status_code, str(error), content_type)
+        except Exception:
+            logger.exception("unexpected error ingesting OTLP spans")
+            return _failure(500, "internal server error; see the server log", content_type)
         if count:
             metrics.spans.labels("otlp").inc(count)
         message = "; ".join(filter(None, (_told(refused, "refused"), _told(slimmed, "stored without their content"))))
@@ -88,6 +107,11 @@ def build(store: LightningStore, metrics: Metrics, settings: ServerSettings) -> 
     return router
 
 
+def _failure(status: int, message: str, content_type: str) -> Response:
+    body, media_type = error_status(status, message, wants_json(content_type))
+    return Response(body, status_code=status, media_type=media_type)
+
+
 def _told(spans: list[str], what: str) -> str:
     return f"{len(spans)} span(s) {what}, the first: {spans[0]}" if spans else ""
 
@@ -97,9 +121,16 @@ async def _ingest(
 ) -> tuple[int, list[str], list[str]]:
     """Decode, file and store one request's spans: how many were stored, and which were stored
     without their content or refused, and why. Everything it made is freed on return."""
-    body = decompress(body, content_encoding, settings.max_decompressed_bytes)
+    invalid: list[str] = []
+    if len(body) < OFF_LOOP_BYTES:
+        documents = _decode(body, content_type, content_encoding, settings, invalid)
+    else:
+        documents = await anyio.to_thread.run_sync(_decode_all, body, content_type, content_encoding, settings, invalid)
     max_bytes = store.max_span_bytes if isinstance(store, LifecycleStore) else None
-    spans, new_rollouts, slimmed, refused = await _file(store, decode_documents(body, content_type), max_bytes)
+    spans, new_rollouts, slimmed, refused = await _file(store, documents, max_bytes)
+    if invalid and not spans and not refused:  # not one span could be read: the sender is misconfigured
+        raise OtlpDecodeError(_told(invalid, "invalid") if len(invalid) > 1 else invalid[0])
+    refused[:0] = invalid
     if spans:
         if isinstance(store, LifecycleStore):
             await store.add_observed_span_documents(spans, new_rollout_metadata=new_rollouts, encode=orjson.dumps)
@@ -107,6 +138,27 @@ async def _ingest(
             models = [Span.model_validate(document) for document, _ in spans]
             await store.add_observed_spans(models, new_rollout_metadata=new_rollouts)
     return len(spans), slimmed, refused
+
+
+OFF_LOOP_BYTES = 256 * 1024
+"""A body this large (as received) is decompressed and decoded in a worker thread: a 32 MiB batch
+takes seconds, during which the event loop would answer no one (not even /health); a small one
+would pay more for the thread hop (~0.1 ms) than it blocks the loop."""
+
+
+def _decode(
+    body: bytes, content_type: str, content_encoding: str | None, settings: ServerSettings, invalid: list[str]
+) -> Iterator[dict[str, Any]]:
+    """The body's span documents, decoded as `_file` consumes them; invalid spans go to ``invalid``."""
+    body = decompress(body, content_encoding, settings.max_decompressed_bytes)
+    return decode_documents(body, content_type, invalid)
+
+
+def _decode_all(
+    body: bytes, content_type: str, content_encoding: str | None, settings: ServerSettings, invalid: list[str]
+) -> Iterator[dict[str, Any]]:
+    """`_decode`, every span decoded before it returns (off the event loop)."""
+    return iter(list(_decode(body, content_type, content_encoding, settings, invalid)))
 
 
 @contextmanager
