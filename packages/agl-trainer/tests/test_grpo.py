@@ -8,6 +8,7 @@ in 12 steps on seeds 0, 1 and 2 (model and trainer seed); the test fixes seed 0.
 
 from __future__ import annotations
 
+import json
 import zlib
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from agl.core.agent import rollout
 from agl.core.store.base import LightningStore
 from agl.core.types import LLM, PromptTemplate, ProxyLLM
 from agl.trainer import Trainer, hookimpl
-from agl.trainer.algorithms.grpo import GRPO
+from agl.trainer.algorithms.grpo import CHECKPOINT_MARKER, GRPO
 from agl.trainer.testing import build_tiny_model
 
 
@@ -232,6 +233,9 @@ async def test_grpo_takes_no_step_when_every_group_ties(
     result = await trainer.fit_async(constant_agent, TRAIN)
 
     assert [metrics.get("update_skipped") for _, metrics in steps.seen] == [1.0, 1.0]
+    # Saved once, at the end (save_every 0), and marked as the last step's weights.
+    assert not any("checkpoint_step" in metrics for _, metrics in steps.seen)
+    assert json.loads((Path(result["checkpoint"]) / CHECKPOINT_MARKER).read_text()) == {"step": 2}
     before = AutoModelForCausalLM.from_pretrained(tiny_model).state_dict()
     after = AutoModelForCausalLM.from_pretrained(result["checkpoint"]).state_dict()
     assert all(torch.equal(before[name], after[name]) for name in before)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
+import os
 import shutil
 import tempfile
 import time
@@ -44,6 +46,9 @@ from agl.trainer.learning.rollouts import (
     validation_reward,
 )
 
+CHECKPOINT_MARKER = "agl_checkpoint.json"
+"""File in the checkpoint folder naming the step whose weights the folder holds: ``{"step": K}``."""
+
 _COUNTS = ("n", "tasks_per_step", "steps", "max_tokens", "updates_per_step", "micro_batch_size", "max_length")
 
 
@@ -67,7 +72,10 @@ class GRPO(Algorithm):
     rest), so a step still learns when the policy has settled on answers that win, or lose, on most
     tasks (dynamic sampling); ``failed_rollouts`` ["zero"] or "drop_group" (see
     `learning.rollouts.FailurePolicy`); ``checkpoint_dir`` where the final model is saved (default:
-    ``<trainer output dir>/checkpoint``, else not saved); ``resource`` ["llm"] the resource name;
+    ``<trainer output dir>/checkpoint``, else not saved); ``save_every`` [0: only at the end] also
+    saves the weights there every that many steps, each save replacing the previous one whole (a
+    crash mid-save keeps the previous), so a fit that fails or is killed late leaves its last saved
+    step (needs a checkpoint folder); ``resource`` ["llm"] the resource name;
     ``timeout`` seconds per batch of rollouts; ``grad_clip`` [1.0]; ``device`` ["cpu"] where the
     engine (and so the training) runs. ``model_server`` (a name registered with
     ``agl_register_model_servers``, e.g. "vllm") serves the model out of process, started with
@@ -90,6 +98,13 @@ class GRPO(Algorithm):
     on (every rollout failed: the warning quotes the first error; or no LLM call with token ids: an
     agent calling another model than the one published) logs a warning saying why. Returns ``{"val_reward_before",
     "val_reward_after", "train_reward_first", "train_reward_last", "steps", "checkpoint"}``.
+
+    Each save logs its step at info and writes it to ``agl_checkpoint.json`` (``{"step": K}``) in
+    the checkpoint folder, after the weights (the file is absent while a save is under way); a save
+    made during the loop adds ``checkpoint_step`` to that step's metrics. To continue from a
+    checkpoint, start a new fit with ``model`` set to its folder (a plain model folder): it starts a
+    new optimizer (AdamW's moments are not saved), counts steps from 1 again and draws tasks from the
+    start of the dataset's order, so it is not the run the crash cut short, only its weights.
 
     When the fit ends (also when it fails), the proxy stops and the resources the fit was given are
     published again as the latest (`ServedPolicy.retire`); the trained model is the checkpoint.
@@ -121,6 +136,7 @@ class GRPO(Algorithm):
         resample_tied: int = 0,
         failed_rollouts: FailurePolicy = "zero",
         checkpoint_dir: str | None = None,
+        save_every: int = 0,
         resource: str = "llm",
         timeout: float | None = None,
         grad_clip: float = 1.0,
@@ -133,6 +149,7 @@ class GRPO(Algorithm):
         for option in _COUNTS:
             positive_int("grpo", option, values[option])
         non_negative_int("grpo", "resample_tied", resample_tied)
+        non_negative_int("grpo", "save_every", save_every)
         if n < 2:
             raise ValueError(f"grpo option n must be at least 2 (advantages compare rollouts of a task), not {n}")
         for option in ("lr", "temperature", "grad_clip"):
@@ -161,7 +178,7 @@ class GRPO(Algorithm):
         self.seed, self.val_every = seed, val_every
         self.updates_per_step, self.micro_batch_size, self.max_length = updates_per_step, micro_batch_size, max_length
         self.scale_advantages, self.failed_rollouts = scale_advantages, failed_rollouts
-        self.resample_tied = resample_tied
+        self.resample_tied, self.save_every = resample_tied, save_every
         self.checkpoint_dir, self.resource, self.timeout, self.grad_clip = checkpoint_dir, resource, timeout, grad_clip
 
     async def run(self, context: AlgorithmContext) -> dict[str, Any]:
@@ -171,6 +188,10 @@ class GRPO(Algorithm):
 
         if not context.train_dataset:
             raise ValueError("grpo needs a non-empty train dataset")
+        if self.save_every and checkpoint_folder(self.checkpoint_dir, context.trainer, "checkpoint") is None:
+            raise ValueError(
+                "grpo option save_every needs a checkpoint folder: set checkpoint_dir or the trainer's output_dir"
+            )
         torch.manual_seed(self.seed)
         policy = await open_policy(
             context,
@@ -191,7 +212,7 @@ class GRPO(Algorithm):
                 self._scratch = None
 
     async def _train(self, context: AlgorithmContext, policy: Any) -> dict[str, Any]:
-        from agl.trainer.learning.model import prepare_trainable, save_checkpoint
+        from agl.trainer.learning.model import prepare_trainable
         from agl.trainer.learning.optimizer import MasterAdamW
 
         reference = copy.deepcopy(policy.model).eval().requires_grad_(False) if self.kl_coef > 0 else None
@@ -206,6 +227,8 @@ class GRPO(Algorithm):
         train_rewards: list[float] = []
         tasks = task_cycle(context.train_dataset, self.seed)
         warned = False
+        checkpoint = checkpoint_folder(self.checkpoint_dir, context.trainer, "checkpoint")
+        saved_step = None
         for step in range(1, self.steps + 1):
             started = time.perf_counter()
             kept, ran, failed, resampled = await self._groups(context, tasks, resources_id)
@@ -242,12 +265,14 @@ class GRPO(Algorithm):
             metrics["seconds"] = time.perf_counter() - started
             metrics["rollout_seconds"] = rollouts_done - started
             metrics["update_seconds"] = update_seconds
+            if checkpoint is not None and self.save_every and step % self.save_every == 0:
+                await self._save(context, policy, checkpoint, step)
+                saved_step = step
+                metrics["checkpoint_step"] = float(step)
             context.log_step(step, metrics)
 
-        checkpoint = checkpoint_folder(self.checkpoint_dir, context.trainer, "checkpoint")
-        if checkpoint is not None:
-            with policy.exclusive() as model:
-                await asyncio.to_thread(save_checkpoint, model, policy.tokenizer, checkpoint)
+        if checkpoint is not None and saved_step != self.steps:
+            await self._save(context, policy, checkpoint, self.steps)
         return {
             "val_reward_before": val_before,
             "val_reward_after": val_after,
@@ -356,6 +381,18 @@ class GRPO(Algorithm):
             optimizer.zero_grad()
         return totals
 
+    async def _save(self, context: AlgorithmContext, policy: Any, folder: Path, step: int) -> None:
+        """Save the weights after ``step`` into ``folder``, replacing an earlier save whole, then mark
+        the step. The old marker goes first: a crash mid-save leaves no marker rather than a wrong one."""
+        from agl.trainer.learning.model import save_checkpoint
+
+        if folder.is_dir():  # else save_checkpoint says what is wrong with it
+            (folder / CHECKPOINT_MARKER).unlink(missing_ok=True)
+        with policy.exclusive() as model:
+            await asyncio.to_thread(save_checkpoint, model, policy.tokenizer, folder)
+        _write_marker(folder, step)
+        context.logger.info("grpo saved the weights after step %d to %s", step, folder)
+
     def _push(self, policy: Any, step: int) -> None:
         """Hand the updated weights to an out-of-process server: saved to a scratch folder, loaded, removed."""
         if self._scratch is None:
@@ -363,6 +400,13 @@ class GRPO(Algorithm):
         folder = Path(self._scratch.name) / f"step-{step}"
         policy.push(folder)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _write_marker(folder: Path, step: int) -> None:
+    """Write ``{"step": step}`` as the checkpoint's marker, whole or not at all (written aside, then renamed)."""
+    staged = folder / f".{CHECKPOINT_MARKER}.tmp"
+    staged.write_text(json.dumps({"step": step}) + "\n")
+    os.replace(staged, folder / CHECKPOINT_MARKER)
 
 
 async def _all_failed(context: AlgorithmContext, ran: list[Any]) -> str:
