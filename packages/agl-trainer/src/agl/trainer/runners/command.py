@@ -9,7 +9,9 @@ rollout it gets:
   resource, else the first `LLM`; a `ProxyLLM` routed to this attempt), when there is one;
 - ``AGL_STORE`` and ``OTEL_EXPORTER_OTLP_ENDPOINT``: a store server, with ``agl.rollout.id`` and
   ``agl.attempt.id`` in ``OTEL_RESOURCE_ATTRIBUTES``, so spans from ``opentelemetry-instrument``
-  land in this attempt whether they go through agl's exporter or plain OTLP.
+  land in this attempt whether they go through agl's exporter or plain OTLP; its token in
+  ``AGL_STORE_TOKEN`` and ``OTEL_EXPORTER_OTLP_HEADERS`` (the trainer's own server's, else the
+  inherited ``AGL_STORE_TOKEN``).
 
 The program (the command's first word, found on the ``PATH`` it will run with) must exist and be
 executable when the runners are made: a missing one is one error up front, not a failure per rollout.
@@ -39,17 +41,19 @@ import tempfile
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from typing import Any
+from urllib.parse import quote
 
 from pydantic import TypeAdapter
 
 from agl.core.agent import LitAgent, resolve_llm
 from agl.core.store.base import LightningStore
+from agl.core.store.http import TOKEN_ENV
 from agl.core.tracing.semconv import ATTEMPT_ID, ROLLOUT_ID
 from agl.core.types import LLM, AttemptedRollout, NamedResources, Span
 from agl.trainer.process_groups import group_alive, signal_group
 from agl.trainer.runners.inprocess import AsyncRunners
 from agl.trainer.runners.specs import load_object
-from agl.trainer.runners.store_server import StoreServer, http_url
+from agl.trainer.runners.store_server import StoreServer, http_store
 
 logger = logging.getLogger(__name__)
 
@@ -72,9 +76,12 @@ class CommandAgent(LitAgent):
         *,
         store: LightningStore,
         store_url: str,
+        store_token: str | None = None,
         reward: RewardFunction | str | None = None,
         env: dict[str, str] | None = None,
     ) -> None:
+        """``store_token``: the token of the store server at ``store_url``; None: the inherited
+        ``AGL_STORE_TOKEN`` (in ``env`` or this process's environment)."""
         self.command = shlex.split(command) if isinstance(command, str) else list(command)
         if not self.command:
             raise ValueError("the command is empty")
@@ -83,6 +90,7 @@ class CommandAgent(LitAgent):
         _setpriv()  # probed here, once, not on the event loop at the first rollout
         self.store = store
         self.store_url = store_url
+        self.store_token = store_token
         self.reward = load_object(reward) if isinstance(reward, str) else reward
         super().__init__(name=os.path.basename(self.command[0]))
 
@@ -124,9 +132,10 @@ class CommandAgent(LitAgent):
             "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
             "OTEL_RESOURCE_ATTRIBUTES": f"{inherited},{identity}" if inherited else identity,
         }
-        token = os.environ.get("AGL_STORE_TOKEN")
+        token = self.store_token or self.env.get(TOKEN_ENV) or os.environ.get(TOKEN_ENV)
         if token:
-            environment["OTEL_EXPORTER_OTLP_HEADERS"] = f"Authorization=Bearer%20{token}"
+            environment[TOKEN_ENV] = token
+            environment["OTEL_EXPORTER_OTLP_HEADERS"] = f"Authorization={quote(f'Bearer {token}', safe='')}"
         llm = _chosen_llm(resources)
         if llm is not None:
             routed = resolve_llm(llm, rollout)
@@ -241,7 +250,7 @@ class CommandRunners(AsyncRunners):
         self._server: StoreServer | None = None
 
     async def start(self, n: int) -> None:
-        self._command.store_url, self._server = http_url(self.store)
+        self._command.store_url, self._command.store_token, self._server = http_store(self.store)
         await super().start(n)
 
     async def stop(self) -> None:

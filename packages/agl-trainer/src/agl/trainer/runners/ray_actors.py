@@ -1,10 +1,11 @@
 """Mode ``ray``: each runner is a Ray actor, so runners spread over a cluster's machines.
 
 Actors reach the store over HTTP (they may run anywhere): the trainer's store if it is a store
-server client already, else the store served from a thread of the trainer on 127.0.0.1, which
-only actors on this machine can reach (for a real cluster, run ``agl store serve`` where every
-node can reach it and give the trainer that URL). The agent crosses as ``module:object``; the
-actors get the trainer's ``sys.path`` so that a module beside the trainer's script imports there.
+server client already, else the store served from a thread of the trainer on 127.0.0.1 (its token
+given to each actor's constructor, which no command line shows), which only actors on this machine
+can reach (for a real cluster, run ``agl store serve`` where every node can reach it and give the
+trainer that URL). The agent crosses as ``module:object``; the actors get the trainer's
+``sys.path`` so that a module beside the trainer's script imports there.
 
 Ray is the ``ray`` extra. If Ray is not initialised yet, `start` connects with
 ``ray.init(address=address)`` (``None``: a local cluster, or ``$RAY_ADDRESS``) and `stop`
@@ -24,18 +25,28 @@ from agl.core.ids import new_id
 from agl.core.runner import Runner, check_runner_options
 from agl.core.store import open_store
 from agl.core.store.base import LightningStore
+from agl.core.store.http import HttpLightningStore
 from agl.trainer.runners.base import RunnerGroup, RunnerLost, check_not_negative, fail_attempts_of
 from agl.trainer.runners.specs import child_python_path, load_agent, remote_agent_spec
-from agl.trainer.runners.store_server import StoreServer, http_url
+from agl.trainer.runners.store_server import StoreServer, http_store
 
 
 class RunnerActor:
     """One runner inside a Ray actor process (an async actor: `stop` and `wake` run on the same
-    loop as `run`, between its awaits)."""
+    loop as `run`, between its awaits). ``store_token``: the trainer's own store server's; None
+    for the user's, whose token the actor reads from ``AGL_STORE_TOKEN``."""
 
-    def __init__(self, store_url: str, agent: str, worker_id: str, python_path: str, options: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        store_url: str,
+        store_token: str | None,
+        agent: str,
+        worker_id: str,
+        python_path: str,
+        options: dict[str, Any],
+    ) -> None:
         sys.path[:0] = [entry for entry in python_path.split(os.pathsep) if entry not in sys.path]
-        self.store = open_store(store_url)
+        self.store = open_store(store_url) if store_token is None else HttpLightningStore(store_url, token=store_token)
         self.runner = Runner(load_agent(agent), self.store, worker_id=worker_id, **options)
         self.stopped = asyncio.Event()
 
@@ -97,6 +108,7 @@ class RayRunners(RunnerGroup):
         self.worker_ids: list[str] = []
         self._runs: list[asyncio.Future[int]] = []
         self._store_url = ""
+        self._store_token: str | None = None
         self._server: StoreServer | None = None
         self._connected_here = False
 
@@ -105,7 +117,7 @@ class RayRunners(RunnerGroup):
         if not ray.is_initialized():
             ray.init(address=self.address)
             self._connected_here = True
-        self._store_url, self._server = http_url(self.store)
+        self._store_url, self._store_token, self._server = http_store(self.store)
         for _ in range(n):
             self._launch(None)
 
@@ -115,7 +127,14 @@ class RayRunners(RunnerGroup):
         actor = (
             self._ray.remote(RunnerActor)
             .options(**self.actor_options)
-            .remote(self._store_url, self.agent_spec, worker_id, child_python_path(), self.runner_options)
+            .remote(
+                self._store_url,
+                self._store_token,
+                self.agent_spec,
+                worker_id,
+                child_python_path(),
+                self.runner_options,
+            )
         )
         run = asyncio.wrap_future(actor.run.remote().future())
         if index is None:
