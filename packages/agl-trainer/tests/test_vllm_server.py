@@ -144,7 +144,7 @@ def test_the_development_endpoints_are_on_by_default_for_a_loopback_address_only
     tmp_path: Path, host: str, reloadable: bool
 ) -> None:
     """They run any worker method (``/collective_rpc``): a host name beginning "127." is not loopback."""
-    assert VllmServer(tmp_path, host=host).reloadable is reloadable
+    assert VllmServer(tmp_path, host=host, token="t").reloadable is reloadable
 
 
 HERMES = ["--enable-auto-tool-choice", "--tool-call-parser", "hermes"]

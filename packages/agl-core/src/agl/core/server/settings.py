@@ -36,11 +36,17 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def exposed_without_token(host: str, token: object) -> bool:
+    """Whether a server on ``host`` would answer anyone on the network: the one rule the store
+    server, the LLM proxy and the model servers refuse by (unless told ``insecure``)."""
+    return not is_loopback(host) and not token
+
+
 def check_exposure(settings: ServerSettings) -> None:
     """Refuse a blank token, and to listen beyond this machine without a token unless told ``insecure``."""
     if settings.token is not None:
         check_token(settings.token.get_secret_value())
-    if not is_loopback(settings.host) and settings.token is None and not settings.insecure:
+    if exposed_without_token(settings.host, settings.token) and not settings.insecure:
         raise AglError(
             f"refusing to serve on {settings.host} without a token: set AGL_STORE_TOKEN or --token, "
             "or pass --insecure to expose the store to the network unauthenticated"

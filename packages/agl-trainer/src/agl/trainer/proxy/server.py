@@ -18,7 +18,7 @@ import uvicorn
 
 from agl.core.errors import AglError
 from agl.core.server.run import uvicorn_config
-from agl.core.server.settings import is_loopback
+from agl.core.server.settings import exposed_without_token
 from agl.core.store.base import LightningStore
 from agl.core.types.resources import ProxyLLM
 from agl.trainer.proxy.app import MAX_BODY_BYTES, create_proxy_app
@@ -58,7 +58,7 @@ class LlmProxy:
         retry: RetryPolicy = DEFAULT_RETRY,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
-        if not is_loopback(host) and not token and not insecure:
+        if exposed_without_token(host, token) and not insecure:
             raise AglError(f"refusing to serve the LLM proxy on {host} without a token (or pass insecure=True)")
         self.store = store
         self.host = host

@@ -60,7 +60,7 @@ def serve(
     """Serve MODEL over an OpenAI-compatible API (/v1/chat/completions, /v1/completions) with token ids."""
     from agl.core.errors import InvalidInput
     from agl.core.server.auth import check_token
-    from agl.core.server.settings import is_loopback
+    from agl.core.server.settings import exposed_without_token
 
     if token:  # any engine: vLLM would take a blank one as its API key
         try:
@@ -68,7 +68,7 @@ def serve(
         except InvalidInput as error:
             typer.echo(f"error: {error}", err=True)
             raise typer.Exit(1) from None
-    if not is_loopback(host) and not token and not insecure:
+    if exposed_without_token(host, token) and not insecure:
         typer.echo(
             f"error: refusing to listen on {host} without a token: set --token (or AGL_SERVE_TOKEN), "
             "or pass --insecure to expose the model unauthenticated",
@@ -87,6 +87,8 @@ def serve(
             options["model_name"] = served_model_name
         if tool_call_parser is not None:  # else the engine's default, auto
             options["tool_call_parser"] = tool_call_parser.value
+        if insecure and exposed_without_token(host, token):  # only then: a plugin's server may not know it
+            options["insecure"] = True
         factory, _ = found[engine]
         server = factory(model, host=host, port=port, token=token or None, **options)
         signals = StopSignal()

@@ -21,6 +21,7 @@ from typing import Any
 import uvicorn
 
 from agl.core.server.run import uvicorn_config
+from agl.trainer.serving.model_server import check_exposure
 from agl.trainer.serving.openai_app import create_openai_app
 from agl.trainer.serving.tool_calls import check_parser
 from agl.trainer.serving.transformers_engine import TransformersEngine
@@ -69,11 +70,14 @@ class EmbeddedModelServer:
         token: str | None = None,
         engine: TransformersEngine | None = None,
         tool_call_parser: str | None = "auto",
+        insecure: bool = False,
         **engine_options: Any,
     ) -> None:
         """``engine``: an engine already loaded (``model`` is then only its description); `stop`
-        closes it too. ``tool_call_parser`` as `create_openai_app` takes it. ``engine_options`` go
-        to `TransformersEngine.load` (device, dtype, seed, model_name...)."""
+        closes it too. ``tool_call_parser`` as `create_openai_app` takes it. A non-loopback ``host``
+        needs a ``token``, or ``insecure=True`` (`check_exposure`). ``engine_options`` go to
+        `TransformersEngine.load` (device, dtype, seed, model_name...)."""
+        check_exposure(host, token, insecure)
         check_parser(tool_call_parser)
         self.model = model
         self.host, self.port, self.token = host, port, token

@@ -50,6 +50,7 @@ from typing import Any
 from agl.trainer.hookspecs import RegisterModelServer, hookimpl
 from agl.trainer.process_groups import group_alive, signal_group
 from agl.trainer.serving import vllm_guard
+from agl.trainer.serving.model_server import check_exposure
 from agl.trainer.serving.tool_calls import check_parser, resolve_parser
 
 logger = logging.getLogger(__name__)
@@ -75,9 +76,11 @@ class VllmServer:
     Args:
         model: a model folder (``save_pretrained`` layout) or a ``.gguf`` file, converted once into a
             cached folder (vLLM reloads weights from folders).
-        host, port: where to listen; ``port=0`` picks a free port.
+        host, port: where to listen; ``port=0`` picks a free port. A non-loopback host needs a
+            ``token`` or ``insecure=True`` (`check_exposure`).
         token: API key the server requires as ``Authorization: Bearer TOKEN`` on every path but
             ``/health`` (`vllm_guard`); handed to vLLM in its environment, never on its command line.
+        insecure: allow a non-loopback ``host`` without a token (``agl serve --insecure``).
         python: interpreter of the environment that has vLLM (default ``$AGL_VLLM_PYTHON``, else this one).
         dtype: ``"auto"`` is float32 on vLLM's CPU build, the checkpoint's dtype on GPUs.
         kv_cache_bytes: KV cache size; default 1 GiB on CPU, vLLM's memory fraction on GPUs.
@@ -112,7 +115,9 @@ class VllmServer:
         extra_args: Sequence[str] = (),
         model_name: str | None = None,
         tool_call_parser: str | None = "auto",
+        insecure: bool = False,
     ) -> None:
+        check_exposure(host, token, insecure)
         check_parser(tool_call_parser)
         self.model = Path(model)
         if not self.model.exists():
