@@ -58,13 +58,37 @@ async def test_each_served_store_has_a_token_of_its_own(store: LightningStore) -
             await asyncio.to_thread(server.stop)
 
 
-async def test_a_users_store_server_is_used_as_it_is() -> None:
-    """Its clients keep reading the user's AGL_STORE_TOKEN; nothing is served from the trainer."""
-    user_store = HttpLightningStore("http://127.0.0.1:9")
+@pytest.mark.parametrize(
+    ("given", "in_environment", "sent"), [(None, None, None), ("in-code", None, "in-code"), (None, "env", "env")]
+)
+async def test_a_users_store_server_is_used_with_the_token_its_client_sends(
+    given: str | None, in_environment: str | None, sent: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing is served from the trainer; runners get the token the trainer's client sends."""
+    if in_environment is None:
+        monkeypatch.delenv(TOKEN_ENV, raising=False)
+    else:
+        monkeypatch.setenv(TOKEN_ENV, in_environment)
+    user_store = HttpLightningStore("http://127.0.0.1:9", token=given)
     try:
-        assert http_store(user_store) == ("http://127.0.0.1:9", None, None)
+        assert http_store(user_store) == ("http://127.0.0.1:9", sent, None)
     finally:
         await user_store.close()
+
+
+async def test_runner_processes_get_a_token_given_in_code(
+    store: LightningStore, served: StoreServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A trainer whose store client was given its token in code, with no AGL_STORE_TOKEN: its
+    runner processes, which open the store by URL, were refused (401) and no rollout ran."""
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    client = HttpLightningStore(served.url, token=served.token)
+    try:
+        trainer = Trainer("baseline", store=client, agent="agents_for_runner_tests:double", runner_mode="processes")
+        metrics = await asyncio.wait_for(trainer.fit_async(None, TRAIN[:2]), LIMIT)
+        assert metrics["train/succeeded"] == 2.0
+    finally:
+        await client.close()
 
 
 @pytest.mark.parametrize("exporter", ["agl_store", "otlp"])

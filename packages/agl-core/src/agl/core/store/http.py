@@ -185,6 +185,8 @@ class HttpLightningStore(LightningStore):
         token = token if token is not None else os.environ.get(TOKEN_ENV)
         if token and (why := unsendable_token(token)) is not None:
             raise InvalidInput(f"store at {self.url}: {why} (the token given, or {TOKEN_ENV})")
+        self.token = token or None
+        """The bearer token sent (given, else ``$AGL_STORE_TOKEN``): runners this client starts get it."""
         headers = f"Host: {parts.netloc.rpartition('@')[2]}\r\nContent-Type: application/json\r\n"
         if token:
             headers += f"Authorization: Bearer {token}\r\n"

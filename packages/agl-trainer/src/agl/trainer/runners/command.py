@@ -11,7 +11,7 @@ rollout it gets:
   ``agl.attempt.id`` in ``OTEL_RESOURCE_ATTRIBUTES``, so spans from ``opentelemetry-instrument``
   land in this attempt whether they go through agl's exporter or plain OTLP; its token in
   ``AGL_STORE_TOKEN`` and ``OTEL_EXPORTER_OTLP_HEADERS`` (the trainer's own server's, else the
-  inherited ``AGL_STORE_TOKEN``).
+  one the trainer's store client sends).
 
 The program (the command's first word, found on the ``PATH`` it will run with) must exist and be
 executable when the runners are made: a missing one is one error up front, not a failure per rollout.
@@ -80,8 +80,8 @@ class CommandAgent(LitAgent):
         reward: RewardFunction | str | None = None,
         env: dict[str, str] | None = None,
     ) -> None:
-        """``store_token``: the token of the store server at ``store_url``; None: the inherited
-        ``AGL_STORE_TOKEN`` (in ``env`` or this process's environment)."""
+        """``store_token``: the token of the store server at ``store_url``; None: an
+        ``AGL_STORE_TOKEN`` in ``env`` or this process's environment."""
         self.command = shlex.split(command) if isinstance(command, str) else list(command)
         if not self.command:
             raise ValueError("the command is empty")

@@ -23,8 +23,9 @@ from agl.core.agent import LitAgent
 from agl.core.ids import new_id
 from agl.core.runner import check_runner_options
 from agl.core.store.base import LightningStore
+from agl.core.store.http import TOKEN_ENV
 from agl.trainer.runners.base import RunnerGroup, RunnerLost, check_not_negative, fail_attempts_of
-from agl.trainer.runners.specs import child_python_path, remote_agent_spec, shared_store_url
+from agl.trainer.runners.specs import child_python_path, remote_agent_spec, shared_store_token, shared_store_url
 from agl.trainer.runners.worker import WAKE
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class ProcessRunners(RunnerGroup):
         self.agent_spec = remote_agent_spec(agent, self.mode)
         self.store = store
         self.store_url = url
+        self.store_token = shared_store_token(store)
         self.options = [
             f"--max-concurrency={max_concurrency}",
             f"--heartbeat-seconds={heartbeat_seconds}",
@@ -87,6 +89,8 @@ class ProcessRunners(RunnerGroup):
     async def _spawn(self) -> _Child:
         worker_id = new_id("wk")
         environment = {**os.environ, "PYTHONPATH": child_python_path()}
+        if self.store_token:  # in the environment: a command line is every local user's to read
+            environment[TOKEN_ENV] = self.store_token
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",

@@ -33,8 +33,9 @@ from agl.trainer.runners.store_server import StoreServer, http_store
 
 class RunnerActor:
     """One runner inside a Ray actor process (an async actor: `stop` and `wake` run on the same
-    loop as `run`, between its awaits). ``store_token``: the trainer's own store server's; None
-    for the user's, whose token the actor reads from ``AGL_STORE_TOKEN``."""
+    loop as `run`, between its awaits). ``store_token``: the store server's (the trainer's own, or
+    the one the trainer's client sends), passed here because an actor on another machine does not
+    inherit the trainer's environment; None: the actor's own ``AGL_STORE_TOKEN``."""
 
     def __init__(
         self,

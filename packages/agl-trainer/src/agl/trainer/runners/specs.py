@@ -86,6 +86,14 @@ def shared_store_url(store: LightningStore) -> str | None:
     return None
 
 
+def shared_store_token(store: LightningStore) -> str | None:
+    """The token a process opening `shared_store_url` needs: a store server client's own (which may
+    have been given in code, not in ``$AGL_STORE_TOKEN``); ``None`` for any other store."""
+    from agl.core.store.http import HttpLightningStore
+
+    return store.token if isinstance(store, HttpLightningStore) else None
+
+
 def child_python_path() -> str:
     """``PYTHONPATH`` for a child interpreter that must import what this one imports (the agent's
     module may live in a test folder or the current directory rather than in site-packages)."""

@@ -17,7 +17,7 @@ import threading
 from typing import NamedTuple
 
 from agl.core.store.base import LightningStore
-from agl.trainer.runners.specs import shared_store_url
+from agl.trainer.runners.specs import shared_store_token, shared_store_url
 
 HOST = "127.0.0.1"
 
@@ -60,8 +60,8 @@ class HttpStore(NamedTuple):
 
     url: str
     token: str | None
-    """The token of the trainer's own `server`; None for the user's store server, whose clients
-    read ``AGL_STORE_TOKEN`` as everywhere else."""
+    """The token of the trainer's own `server`, else the one the trainer's store server client
+    sends (given in code or by ``$AGL_STORE_TOKEN``); None without one."""
     server: StoreServer | None
     """Served from here (stop it when done); None for the user's store server."""
 
@@ -70,6 +70,6 @@ def http_store(store: LightningStore) -> HttpStore:
     """``store`` over HTTP: its own URL for a store server client, else served from here."""
     url = shared_store_url(store)
     if url is not None and url.startswith(("http://", "https://")):
-        return HttpStore(url, None, None)
+        return HttpStore(url, shared_store_token(store), None)
     server = StoreServer(store)
     return HttpStore(server.url, server.token, server)
