@@ -22,9 +22,11 @@ How, and why this way:
   (``agl.guardrail.triggered``), a custom span under its own name. A run that raises
   (``MaxTurnsExceeded``, a guardrail's tripwire, a model error) fails its workflow span as well as
   its agent's: the SDK records no error on its trace, so the exception leaving the trace's ``with``
-  (``Runner.run``'s, a streamed run's, the user's ``with trace(...)``) is recorded there. Not a
-  streamed run's ``MaxTurnsExceeded``: the SDK ends that trace normally and raises it to the
-  consumer only afterwards, so only the agent's span says it.
+  (``Runner.run``'s, a streamed run's, the user's ``with trace(...)``) is recorded there. A
+  streamed run past its max turns is the SDK's exception: it ends that trace normally and raises
+  to the consumer only afterwards, so ``AgentRunner.run_streamed`` is wrapped to find the run's
+  result when its trace ends and fail the span as the consumer will be failed (not when an
+  ``error_handlers["max_turns"]`` handler gave a final output).
 - Parentage: a processor only hears about spans; it cannot make them current. So the SDK's
   ``SpanImpl.start``/``finish`` and ``TraceImpl.start``/``finish`` are wrapped: when the SDK makes
   its span current (in the caller's context), the matching OpenTelemetry span becomes current in

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,12 +99,15 @@ class AglTracingProcessor:
     """An Agents SDK ``TracingProcessor`` (duck-typed, so this module does not import the SDK).
 
     ``nodes`` maps SDK trace and span ids to what was opened for them; the `_wrappers` hooks read
-    it to make the span current and to find the agent of a model call."""
+    it to make the span current and to find the agent of a model call. ``streamed`` maps the id of
+    a trace a streamed run owns to that run's ``RunResultStreaming`` (noted by `_wrappers` when
+    ``run_streamed`` returns; weakly, since a disabled trace never ends here)."""
 
     def __init__(self, tracer: trace.Tracer) -> None:
         self.tracer = tracer
         self.active = True
         self.nodes: dict[str, Node] = {}
+        self.streamed: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
 
     # --- traces ---
 
@@ -124,8 +128,11 @@ class AglTracingProcessor:
     def on_trace_end(self, sdk_trace: Any) -> None:
         try:
             node = self.nodes.pop(sdk_trace.trace_id, None)
+            streamed = self.streamed.pop(sdk_trace.trace_id, None)
             if node is not None and node.span is not None:
                 _fail_if_raising(node)
+                if streamed is not None and streamed.trace is sdk_trace:
+                    _fail_if_past_max_turns(node.span, streamed)
                 node.span.end()
         except Exception:
             recording_failed("the end of an Agents SDK trace")
@@ -254,12 +261,29 @@ def _fail_if_raising(node: Node) -> None:
     the one being handled now. Only an ``Exception``: cancellation is no failure (as the SDK keeps
     it off the agent's span); an error the SDK put on the run's task span stays."""
     error = sys.exception()
-    span = node.span
-    if not isinstance(error, Exception) or error is node.handled or span is None:
+    if isinstance(error, Exception) and error is not node.handled and node.span is not None:
+        _fail(node.span, f"{type(error).__name__}: {error}")
+
+
+def _fail_if_past_max_turns(span: trace.Span, streamed: Any) -> None:
+    """Fail the workflow span of a streamed run that went past its max turns. The SDK ends that
+    trace normally and raises `MaxTurnsExceeded` to the consumer of ``stream_events()`` only
+    afterwards, when ``RunResultStreaming._check_errors`` finds ``current_turn > max_turns`` and
+    the run not handled; the same test is made here. A run whose ``error_handlers["max_turns"]``
+    handler gave a final output succeeded (though its agent's span has the SDK's "Max turns
+    exceeded"): the SDK then sets ``current_turn`` back to ``max_turns``, and marks it in the
+    private ``_max_turns_handled``, read as a second guard only where it exists."""
+    max_turns, turn = getattr(streamed, "max_turns", None), getattr(streamed, "current_turn", None)
+    if not isinstance(max_turns, int) or not isinstance(turn, int) or turn <= max_turns:
         return
-    if getattr(getattr(span, "status", None), "status_code", None) is StatusCode.ERROR:
-        return
-    span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+    if getattr(streamed, "_max_turns_handled", False) is not True:
+        _fail(span, f"MaxTurnsExceeded: Max turns ({max_turns}) exceeded")
+
+
+def _fail(span: trace.Span, description: str) -> None:
+    """ERROR status, unless the span already has one (an error the SDK put on the run's task span)."""
+    if getattr(getattr(span, "status", None), "status_code", None) is not StatusCode.ERROR:
+        span.set_status(Status(StatusCode.ERROR, description))
 
 
 def _record_error(span: trace.Span, error: Any) -> None:

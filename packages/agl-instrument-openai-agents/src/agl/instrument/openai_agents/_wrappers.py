@@ -8,6 +8,9 @@
   right span.
 - ``ReattachedTrace.start``/``finish``: the trace of a run resumed in its own process (after a tool
   approval), which the SDK never reports to processors, gets its workflow span here.
+- ``AgentRunner.run_streamed``: the result of a streamed run, noted for the trace it owns, so the
+  workflow span of a run past its max turns is failed when that trace ends (the SDK raises only
+  later, to the consumer of ``stream_events()``).
 - ``ToolContext.from_agent_context``: made inside the SDK's function span; gives the tool call id.
 - ``ItemHelpers.tool_call_output_item``: the SDK's conversion of a tool's result into what the
   model gets, made inside the function span; the span records the result as converted.
@@ -251,6 +254,27 @@ def _note_tool_result(item: Any) -> None:
         return  # another call's output, made while this tool runs
     output = item.get("output")
     node.result = output if isinstance(output, str) else json_text(output)
+
+
+def _run_streamed_wrapper(
+    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """The run's trace starts and ends in its background task, which has not run yet."""
+    result = wrapped(*args, **kwargs)
+    if _config.active:
+        try:
+            _note_streamed_run(result)
+        except Exception:
+            recording_failed("a streamed run")
+    return result
+
+
+def _note_streamed_run(result: Any) -> None:
+    """A run inside the user's own trace owns none (``trace`` None): the user's ``with`` sees the error."""
+    trace_id = getattr(getattr(result, "trace", None), "trace_id", None)
+    processor = _config.processor
+    if trace_id and processor is not None:
+        processor.streamed[trace_id] = result
 
 
 # --- the Model boundary: the canonical LLM span ----------------------------------------------
@@ -662,6 +686,7 @@ PATCHER = Patcher(
         Patch(_TRACES, "TraceImpl", "finish", _finish_wrapper("trace_id")),
         Patch(_TRACES, "ReattachedTrace", "start", _start_wrapper("trace_id", resumed=True)),
         Patch(_TRACES, "ReattachedTrace", "finish", _finish_wrapper("trace_id", resumed=True)),
+        Patch("agents.run", "AgentRunner", "run_streamed", _run_streamed_wrapper),
         Patch("agents.tool_context", "ToolContext", "from_agent_context", _tool_context_wrapper),
         Patch("agents.items", "ItemHelpers", "tool_call_output_item", _tool_output_wrapper),
         FamilyPatch(
