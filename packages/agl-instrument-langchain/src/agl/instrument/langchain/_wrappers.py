@@ -20,6 +20,7 @@ import json
 import logging
 import operator
 import sys
+import urllib.parse
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -426,6 +427,63 @@ def _model_of(model: Any, ls_params: Mapping[str, Any]) -> str:
         return UNKNOWN_MODEL
 
 
+# A chat model's setting for its server's URL, by the names providers give it (after any field
+# aliased ``base_url``, as most take it): ``ChatOllama``'s, ``ChatOpenAI``'s, ``ChatAnthropic``'s…
+_URL_SETTINGS = (
+    "base_url",
+    "openai_api_base",
+    "azure_endpoint",
+    "anthropic_api_url",
+    "api_base",
+    "endpoint",
+    "endpoint_url",
+    "api_endpoint",
+)
+_DEFAULT_PORTS = {"https": 443, "http": 80}
+
+_url_settings: weakref.WeakKeyDictionary[type, tuple[str, ...]] = weakref.WeakKeyDictionary()
+"""A chat model class -> its base-URL settings, found once: the hot path only reads their values."""
+
+
+def _server_of(model: Any) -> Mapping[str, Any] | None:
+    """``server.address`` and ``server.port`` from the model's first base-URL setting that is set;
+    none for a model that sets none (its client's default host is not guessed; an openai layer
+    underneath records the server it reached, over this)."""
+    try:
+        kind = type(model)
+        settings = _url_settings.get(kind)
+        if settings is None:
+            settings = _url_settings[kind] = _url_settings_of(kind)
+        for setting in settings:
+            url = getattr(model, setting, None)
+            if url and (isinstance(url, str) or hasattr(url, "host")):  # or httpx's, pydantic's URL
+                return _server_at(str(url))
+    except Exception:
+        _recording_failed("a chat model's server")
+    return None
+
+
+def _url_settings_of(kind: type) -> tuple[str, ...]:
+    fields = getattr(kind, "model_fields", None) or {}
+    aliased = [name for name, field in fields.items() if getattr(field, "alias", None) == "base_url"]
+    known = [name for name in _URL_SETTINGS if name in fields or hasattr(kind, name)]
+    return tuple(dict.fromkeys(aliased + known))
+
+
+@functools.lru_cache(maxsize=64)
+def _server_at(url: str) -> Mapping[str, Any] | None:
+    """A base URL's host and port (the scheme's default port if it names none); None if it names
+    no host or an invalid port. A URL without a scheme (``gpu-box:11434``) is read as a host."""
+    parts = urllib.parse.urlsplit(url if "//" in url else f"//{url}")
+    try:
+        host, port = parts.hostname, parts.port or _DEFAULT_PORTS.get(parts.scheme)
+    except ValueError:
+        return None
+    if not host:
+        return None
+    return {semconv.SERVER_ADDRESS: host, semconv.SERVER_PORT: port} if port else {semconv.SERVER_ADDRESS: host}
+
+
 def _ls_params(model: Any, stop: Any, options: Mapping[str, Any], run_manager: Any) -> Mapping[str, Any]:
     """The call's LangSmith parameters (provider, model name, temperature, max tokens). LangChain
     computed them for this very call and put them in the run's metadata (a stream has no run yet):
@@ -515,6 +573,7 @@ def _start_chat(
                 provider=ls_params.get("ls_provider"),
                 agent_name=_agent.get(),
                 tracer=_config.tracer,
+                server=_server_of(model),
             )
         finally:
             if token is not None:
@@ -826,9 +885,12 @@ def _tool_scope(tool: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> 
 class _ToolNodeCall:
     """One tool call a LangGraph ``ToolNode`` runs (its id), and the call's span if the tool failed.
     That span stays open until the ToolNode is done, since the ToolNode may answer the model with an
-    error message instead of raising (``handle_tool_errors``): the span's result."""
+    error message instead of raising (``handle_tool_errors``): the span's result. So may a
+    ``wrap_tool_call`` around the run (LangChain's agent middleware): ``outer``, the handling of
+    that wrapped run, gets the span if the run raises."""
 
     call_id: Any
+    outer: _ToolNodeCall | None = None
     failed: Span | None = None
 
     def keep_open(self, span: Span, error: BaseException) -> bool:
@@ -836,8 +898,7 @@ class _ToolNodeCall:
         the ToolNode's answer. Not a span of other work in the tool, nor LangGraph's control flow."""
         attributes = getattr(span, "attributes", None) or {}
         if (
-            self.failed is not None
-            or self.call_id is None  # a call without an id cannot be told from other tools run inside it
+            self.call_id is None  # a call without an id cannot be told from other tools run inside it
             or _bubbles_up(error)
             or attributes.get(semconv.OPERATION_NAME) != semconv.EXECUTE_TOOL
             or attributes.get(semconv.TOOL_CALL_ID) != self.call_id
@@ -848,8 +909,27 @@ class _ToolNodeCall:
             span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
         except Exception:
             _recording_failed("a tool's error")
-        self.failed = span
+        self.hold(span)
         return True
+
+    def hold(self, span: Span) -> None:
+        """Keep the failed ``span`` for the answer, which is not for an earlier failed one: that ends now."""
+        self.end_failed()
+        self.failed = span
+
+    def end_failed(self) -> None:
+        if self.failed is not None:
+            _end(self.failed)
+            self.failed = None
+
+    def release(self) -> None:
+        """The run raised: its failed span goes to the wrapped run around it, which may still answer
+        the error, else ends."""
+        span, self.failed = self.failed, None
+        if span is not None and self.outer is not None and self.outer.call_id == self.call_id:
+            self.outer.hold(span)
+        elif span is not None:
+            _end(span)
 
 
 _tool_node_call: contextvars.ContextVar[_ToolNodeCall | None] = contextvars.ContextVar(
@@ -950,11 +1030,7 @@ def _tool_node_run(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, 
     span gets the error message the ToolNode answers the model with."""
     if not _config.active:
         return wrapped(*args, **kwargs)
-    with _tool_node_handling(args, kwargs) as handling:
-        answer = wrapped(*args, **kwargs)
-    if handling.failed is not None:
-        _end_failed_tool(handling.failed, answer)
-    return answer
+    return _answered_run(_requested_call_id(args, kwargs), wrapped, args, kwargs)
 
 
 async def _atool_node_run(
@@ -962,7 +1038,46 @@ async def _atool_node_run(
 ) -> Any:
     if not _config.active:
         return await wrapped(*args, **kwargs)
-    with _tool_node_handling(args, kwargs) as handling:
+    return await _aanswered_run(_requested_call_id(args, kwargs), wrapped, args, kwargs)
+
+
+def _wrapped_tool_run(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``ToolNode._run_one(call, input_type, tool_runtime)``: a tool call through the ToolNode's
+    ``wrap_tool_call`` (LangChain's agent middleware), which may catch the tool's error and answer
+    the model with an error message itself: the failed span's result, as the ToolNode's own."""
+    if not _config.active or not _wraps_tool_calls(instance):
+        return wrapped(*args, **kwargs)
+    return _answered_run(_called_id(args, kwargs), wrapped, args, kwargs)
+
+
+async def _awrapped_tool_run(
+    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    if not _config.active or not _wraps_tool_calls(instance):
+        return await wrapped(*args, **kwargs)
+    return await _aanswered_run(_called_id(args, kwargs), wrapped, args, kwargs)
+
+
+def _wraps_tool_calls(tool_node: Any) -> bool:
+    return getattr(tool_node, "_wrap_tool_call", None) is not None or (
+        getattr(tool_node, "_awrap_tool_call", None) is not None
+    )
+
+
+def _answered_run(call_id: Any, wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``wrapped``, a run of the tool call ``call_id`` that answers the model: a failed tool span of
+    that call ends with the answer."""
+    with _tool_node_handling(call_id) as handling:
+        answer = wrapped(*args, **kwargs)
+    if handling.failed is not None:
+        _end_failed_tool(handling.failed, answer)
+    return answer
+
+
+async def _aanswered_run(
+    call_id: Any, wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    with _tool_node_handling(call_id) as handling:
         answer = await wrapped(*args, **kwargs)
     if handling.failed is not None:
         _end_failed_tool(handling.failed, answer)
@@ -970,22 +1085,30 @@ async def _atool_node_run(
 
 
 @contextlib.contextmanager
-def _tool_node_handling(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Iterator[_ToolNodeCall]:
-    """The ToolNode call in this context; a failed tool span it kept open ends if the ToolNode raises."""
-    handling = _ToolNodeCall(_requested_call_id(args, kwargs))
+def _tool_node_handling(call_id: Any) -> Iterator[_ToolNodeCall]:
+    """The ToolNode call in this context; a failed tool span it kept open is released if the run raises."""
+    handling = _ToolNodeCall(call_id, outer=_tool_node_call.get())
+    if handling.outer is not None and handling.outer.call_id == call_id:
+        handling.outer.end_failed()  # a new attempt at the call: the answer will not be for the last one
     token = _tool_node_call.set(handling)
     try:
         yield handling
     except BaseException:
-        if handling.failed is not None:
-            _end(handling.failed)
+        handling.release()
         raise
     finally:
         _tool_node_call.reset(token)
 
 
 def _requested_call_id(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
-    call = getattr(args[0] if args else kwargs.get("request"), "tool_call", None)
+    return _id_of(getattr(args[0] if args else kwargs.get("request"), "tool_call", None))
+
+
+def _called_id(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
+    return _id_of(args[0] if args else kwargs.get("call"))
+
+
+def _id_of(call: Any) -> Any:
     call_id = call.get("id") if isinstance(call, Mapping) else None
     return str(call_id) if call_id else None  # as the tool's span records it
 
@@ -1487,6 +1610,8 @@ PATCHER = Patcher(
         Patch(_RUNNER, None, "arun_with_retry", _anode),
         Patch(_TOOL_NODE, "ToolNode", "_execute_tool_sync", _tool_node_run),
         Patch(_TOOL_NODE, "ToolNode", "_execute_tool_async", _atool_node_run),
+        Patch(_TOOL_NODE, "ToolNode", "_run_one", _wrapped_tool_run),
+        Patch(_TOOL_NODE, "ToolNode", "_arun_one", _awrapped_tool_run),
     ),
     logger,
 )
