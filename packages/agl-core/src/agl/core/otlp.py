@@ -199,8 +199,10 @@ def decode_documents(body: bytes, content_type: str, rejected: list[str] | None 
 
     With a ``rejected`` list, a span whose own fields are invalid (an id of the wrong length, an
     unknown kind, a malformed attribute) is left out and the reason appended to the list, so one
-    bad span does not cost the batch (OTLP's partial success); a body that is malformed outside its
-    spans is still an `OtlpDecodeError`.
+    bad span does not cost the batch (OTLP's partial success). Not one that may be a trace's root
+    (its parent id not a valid one): an observed rollout ends when its root arrives, and one
+    refused would leave it running for good. Such a span, and a body malformed outside its spans,
+    is an `OtlpDecodeError`.
 
     Each document has the keys, order and values of ``to_span(span, …).model_dump()`` for the span
     `decode_traces` gives (the scope as ``otel.scope.*`` attributes included), with ``rollout_id``
@@ -457,7 +459,7 @@ def _pb_walk(request: Any, make: Callable[..., _T], rejected: list[str] | None) 
                     made = _pb_span(span, resource, scope_name, scope_version, make)
                 except _Invalid as error:
                     error.within(f"spans[{p}]", f"scope_spans[{s}]", f"resource_spans[{r}]")
-                    if rejected is None:
+                    if rejected is None or not _pb_has_parent(span):
                         raise OtlpDecodeError(error.message("protobuf")) from None
                     rejected.append(error.message("protobuf"))
                     continue
@@ -512,6 +514,12 @@ def _pb_links(links: Any) -> list[dict[str, Any]]:
         except _Invalid as error:
             raise error.within(f"links[{index}]") from None
     return decoded
+
+
+def _pb_has_parent(span: Any) -> bool:
+    """Whether a span names a valid parent, so it is no trace's root."""
+    parent = span.parent_span_id
+    return len(parent) == 8 and parent != _ZEROS[8]
 
 
 _ZEROS = {16: bytes(16), 8: bytes(8)}
@@ -678,9 +686,17 @@ def _json_scope_spans(
         try:
             decoded.append(_json_span(span, resource, name, version, make))
         except _Invalid as error:
-            if invalid is None:
+            if invalid is None or not _json_has_parent(span):  # a root refused would leave its rollout running
                 raise error.within(f"spans[{p}]") from None
             invalid.append(error.within(f"spans[{p}]"))
+
+
+def _json_has_parent(item: Any) -> bool:
+    """Whether a span names a valid parent, so it is no trace's root."""
+    try:
+        return type(item) is dict and _json_parent_id(item) is not None
+    except _Invalid:
+        return False
 
 
 def _json_span(item: Any, resource: dict[str, Any], scope_name: str, scope_version: str, make: Callable[..., _T]) -> _T:

@@ -83,10 +83,9 @@ def build(store: LightningStore, metrics: Metrics, settings: ServerSettings) -> 
         content_type = request.headers.get("content-type", "")
         body = await request.body()
         try:
-            with _collector_paused():
-                count, slimmed, refused = await _ingest(
-                    store, body, content_type, request.headers.get("content-encoding"), settings
-                )
+            count, slimmed, refused = await _ingest(
+                store, body, content_type, request.headers.get("content-encoding"), settings
+            )
         except OtlpDecodeError as error:
             return _failure(_status_of(error), str(error), content_type)
         except AglError as error:  # from the store: the status the rest of the API gives it
@@ -121,14 +120,36 @@ async def _ingest(
 ) -> tuple[int, list[str], list[str]]:
     """Decode, file and store one request's spans: how many were stored, and which were stored
     without their content or refused, and why. Everything it made is freed on return."""
+    body = decompress(body, content_encoding, settings.max_decompressed_bytes)  # zlib's C, fast beside decoding
     invalid: list[str] = []
     if len(body) < OFF_LOOP_BYTES:
-        documents = _decode(body, content_type, content_encoding, settings, invalid)
-    else:
-        documents = await anyio.to_thread.run_sync(_decode_all, body, content_type, content_encoding, settings, invalid)
+        with _collector_paused():
+            return await _store(store, decode_documents(body, content_type, invalid), invalid)
+    documents = await anyio.to_thread.run_sync(_decode_all, body, content_type, invalid)
+    with _collector_paused():  # not while the thread decodes: the whole server would run without it
+        return await _store(store, documents, invalid)
+
+
+OFF_LOOP_BYTES = 4 * 1024 * 1024
+"""A body this large (decompressed) is decoded in a worker thread: a 64 MiB one takes seconds,
+during which the event loop would answer no one (not even /health). Smaller ones, exporters'
+usual batches among them (512 LLM-call spans are ~2 MB), are decoded on the loop, under
+`_collector_paused`, which is fastest: the thread's decoding runs with the collector on."""
+
+
+def _decode_all(body: bytes, content_type: str, invalid: list[str]) -> Iterator[dict[str, Any]]:
+    """Every span document of ``body`` (off the event loop); invalid spans go to ``invalid``."""
+    return iter(list(decode_documents(body, content_type, invalid)))
+
+
+async def _store(
+    store: LightningStore, documents: Iterator[dict[str, Any]], invalid: list[str]
+) -> tuple[int, list[str], list[str]]:
+    """File and store the documents (see `_ingest`); ``invalid`` spans count as refused, unless
+    every span was: a sender none of whose spans can be read is misconfigured, and gets a 400."""
     max_bytes = store.max_span_bytes if isinstance(store, LifecycleStore) else None
     spans, new_rollouts, slimmed, refused = await _file(store, documents, max_bytes)
-    if invalid and not spans and not refused:  # not one span could be read: the sender is misconfigured
+    if invalid and not spans and not refused:
         raise OtlpDecodeError(_told(invalid, "invalid") if len(invalid) > 1 else invalid[0])
     refused[:0] = invalid
     if spans:
@@ -138,27 +159,6 @@ async def _ingest(
             models = [Span.model_validate(document) for document, _ in spans]
             await store.add_observed_spans(models, new_rollout_metadata=new_rollouts)
     return len(spans), slimmed, refused
-
-
-OFF_LOOP_BYTES = 256 * 1024
-"""A body this large (as received) is decompressed and decoded in a worker thread: a 32 MiB batch
-takes seconds, during which the event loop would answer no one (not even /health); a small one
-would pay more for the thread hop (~0.1 ms) than it blocks the loop."""
-
-
-def _decode(
-    body: bytes, content_type: str, content_encoding: str | None, settings: ServerSettings, invalid: list[str]
-) -> Iterator[dict[str, Any]]:
-    """The body's span documents, decoded as `_file` consumes them; invalid spans go to ``invalid``."""
-    body = decompress(body, content_encoding, settings.max_decompressed_bytes)
-    return decode_documents(body, content_type, invalid)
-
-
-def _decode_all(
-    body: bytes, content_type: str, content_encoding: str | None, settings: ServerSettings, invalid: list[str]
-) -> Iterator[dict[str, Any]]:
-    """`_decode`, every span decoded before it returns (off the event loop)."""
-    return iter(list(_decode(body, content_type, content_encoding, settings, invalid)))
 
 
 @contextmanager
