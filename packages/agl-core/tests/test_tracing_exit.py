@@ -89,12 +89,21 @@ finally:
 """
 
 
-def run_observed(tmp_path: Path, script: str, *args: str) -> tuple[int, str]:
-    """Run ``script`` under ``opentelemetry-instrument``; its exit status and its rollout's status."""
+def run_observed(tmp_path: Path, script: str, *args: str, as_module: bool = False) -> tuple[int, str]:
+    """Run ``script`` under ``opentelemetry-instrument`` (``python -c``, or ``python -m`` as a
+    package's ``__main__``); its exit status and its rollout's status."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "AGL_"))}
+    if as_module:
+        package = tmp_path / "observed_program"
+        package.mkdir()
+        (package / "__main__.py").write_text(AGENT_SPAN + script)
+        program = ["-m", package.name]
+    else:
+        program = ["-c", AGENT_SPAN + script]
     process = subprocess.run(
-        [str(BIN / "opentelemetry-instrument"), sys.executable, "-c", AGENT_SPAN + script, *args],
+        [str(BIN / "opentelemetry-instrument"), sys.executable, *program, *args],
         env={**environment, "AGL_STORE": f"sqlite:///{tmp_path}/store.db"},
+        cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=120,
@@ -137,3 +146,26 @@ def test_a_provider_shut_down_while_a_system_exit_propagates_takes_its_status(
     even one raised directly (no ``sys.exit`` call to watch)."""
     script = SHUT_DOWN_IN_FINALLY.replace("STATUS", str(exit_status))
     assert run_observed(tmp_path, script) == (exit_status or 0, status)
+
+
+CAUGHT_THEN_RAISED = """
+def main():
+    try:
+        sys.exit(1)
+    except SystemExit:
+        return 0  # caught: main ends well
+raise SystemExit(main())  # as python -m pytest's __main__ ends
+"""
+
+
+@pytest.mark.parametrize(
+    ("script", "returncode", "status"),
+    [("sys.exit(1)", 1, "failed"), (CAUGHT_THEN_RAISED, 0, "succeeded")],
+    ids=["exit", "caught-then-raised"],
+)
+def test_under_python_m_an_exit_counts_as_in_a_script(
+    tmp_path: Path, script: str, returncode: int, status: str
+) -> None:
+    """Under ``python -m`` the outermost frame is runpy's, which never moves while the program
+    runs: an exit the program caught still counted, so a run that exited 0 was failed."""
+    assert run_observed(tmp_path, script, as_module=True) == (returncode, status)

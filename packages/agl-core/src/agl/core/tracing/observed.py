@@ -22,7 +22,7 @@ class ProcessRollout:
         self.active = ActiveRollout(f"ro-proc-{suffix}", f"at-proc-{suffix}")
         self.metadata: dict[str, Any] = {"process": {"pid": os.getpid(), "argv": sys.argv[:20]}}
         self.crashed = False
-        self._exit: tuple[object, FrameType, int] | None = None  # status, outermost frame, its position then
+        self._exit: tuple[object, FrameType, int] | None = None  # status, the main module's frame, its position then
         previous_hook = sys.excepthook
 
         def note_crash(*exc_info: Any) -> None:
@@ -35,8 +35,8 @@ class ProcessRollout:
     def _note_exit(self, status: object) -> None:
         if threading.current_thread() is not threading.main_thread():
             return  # a thread's SystemExit ends only that thread
-        outermost = _outermost_frame()
-        self._exit = (status, outermost, outermost.f_lasti)
+        main = _main_frame()
+        self._exit = (status, main, main.f_lasti)
 
     def exited_failing(self) -> bool:
         """Whether the program is ending through a ``sys.exit()`` (or ``exit()``/``quit()``) with a
@@ -44,17 +44,19 @@ class ProcessRollout:
         status is nowhere to be read.
 
         What it sees: the last such call in the main thread (argparse's and click's exits go
-        through ``sys.exit``); it counts only if the main thread's outermost frame has not moved
+        through ``sys.exit``); it counts only if the ``__main__`` module's frame has not moved
         since, i.e. the `SystemExit` went all the way up. One the program caught and went on from
         moved that frame on, so it is ignored. What it cannot see: ``raise SystemExit(n)`` written
         out (no call to watch), an ``exit`` bound before agl was set up (``from sys import exit``
-        in a program that calls `setup_tracing` itself), and a caught exit after which the
-        program raised ``SystemExit`` itself without returning to its outermost frame.
+        in a program that calls `setup_tracing` itself), a caught exit after which the program
+        raised ``SystemExit`` itself without returning to its main module's code, and an exit
+        the main module catches and raises again (``except SystemExit: log(); raise``: the frame
+        moved into the handler, so the exit reads as caught).
         """
         if self._exit is None:
             return False
-        status, outermost, position = self._exit
-        return outermost.f_lasti == position and exit_status_fails(status)
+        status, main, position = self._exit
+        return main.f_lasti == position and exit_status_fails(status)
 
 
 def exit_status_fails(status: object) -> bool:
@@ -87,11 +89,19 @@ def _watch_exit_calls(note: Callable[[object], None]) -> None:
     _sitebuiltins.Quitter.__call__ = quit  # type: ignore[method-assign]
 
 
-def _outermost_frame() -> FrameType:
+def _main_frame() -> FrameType:
+    """The frame of the ``__main__`` module's own code, else the outermost one. Not simply the
+    outermost: under ``python -m`` that is runpy's, which never moves while the program runs, so
+    an exit the program caught would still count (``python -m pytest`` catches many)."""
+    main = sys.modules.get("__main__")
+    main_globals = getattr(main, "__dict__", None)
     frame = sys._getframe()
-    while frame.f_back is not None:
+    while True:
+        if frame.f_globals is main_globals and frame.f_code.co_name == "<module>":
+            return frame
+        if frame.f_back is None:
+            return frame
         frame = frame.f_back
-    return frame
 
 
 _process: ProcessRollout | None = None
