@@ -95,7 +95,7 @@ def test_the_token_guard_is_importable_alone_from_what_vllm_is_given(tmp_path: P
     """vLLM's environment need not have agl: the guard's module stands on the standard library."""
     environment = {**os.environ, **_token_guard("t", tmp_path)}
     probe = "import sys, agl_vllm_guard; assert not [m for m in sys.modules if m.startswith('agl.')], sys.modules"
-    assert environment["VLLM_API_KEY"] == "t"
+    assert environment[TOKEN_ENV] == "t" and "VLLM_API_KEY" not in environment  # one check, the guard's
     subprocess.run([sys.executable, "-c", probe], env=environment, check=True, timeout=60)
 
 
@@ -103,12 +103,14 @@ def test_the_token_guard_is_importable_alone_from_what_vllm_is_given(tmp_path: P
 def guarded(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A real server behind `BearerEverywhere`, with the token in its environment as vLLM has it."""
     from fastapi import FastAPI
+    from fastapi.middleware.cors import CORSMiddleware
 
     from agl.core.testing.server import ServingThread
 
     app = FastAPI()
-    for path in ("/health", "/invocations", "/tokenize", "/collective_rpc", "/v1/models"):
+    for path in ("/health", "/ping", "/invocations", "/tokenize", "/collective_rpc", "/v1/models"):
         app.add_api_route(path, lambda: {"ok": True}, methods=["GET", "POST"])
+    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"])  # as vLLM's
     monkeypatch.setenv(TOKEN_ENV, TOKEN)
     with ServingThread(BearerEverywhere(app)) as running:  # type: ignore[arg-type]
         yield running.url
@@ -131,6 +133,18 @@ def test_the_token_opens_every_path(guarded: str, header: str) -> None:
         "ok": True
     }
     assert httpx.get(guarded + "/health", timeout=30).status_code == 200
+
+
+def test_health_checks_and_cors_preflights_need_no_token(guarded: str) -> None:
+    """A browser's preflight carries no token; vLLM's CORS middleware answers it, no route."""
+    assert httpx.get(guarded + "/ping", timeout=30).status_code == 200
+    preflight = {"Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST"}
+    answered = httpx.options(guarded + "/v1/models", headers=preflight, timeout=30)
+    assert answered.status_code == 200 and answered.headers["access-control-allow-origin"] == "*"
+    assert (
+        httpx.options(guarded + "/v1/models", headers={"Origin": "http://localhost:3000"}, timeout=30).status_code
+        == 401
+    )
 
 
 def test_the_guard_refuses_to_start_without_a_token(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,11 +1,16 @@
-"""The token check vLLM's server runs under agl: every path but ``/health`` needs the bearer token.
+"""The token check vLLM's server runs under agl: every path but the health checks needs the bearer token.
 
-Why: vLLM's own ``--api-key`` guards only paths under ``/v1`` (and a few other prefixes) and lets
-every OPTIONS through; ``/invocations`` (SageMaker's route to the same chat and completion
-handlers), ``/tokenize`` and, with ``VLLM_SERVER_DEV_MODE``, ``/collective_rpc`` and ``/pause``
-answered anyone who could reach the port. `VllmServer` loads this as ``--middleware``, outside
-vLLM's, with the token in ``$VLLM_API_KEY``: an environment only its user can read, where an
-``--api-key`` argument is on a command line every local user sees (``ps``).
+Why: vLLM's own ``--api-key`` guards only paths under ``/v1``, ``/v2``, ``/inference`` and
+``/cohere``, and lets every OPTIONS through; ``/invocations`` (SageMaker's route to the same chat
+and completion handlers), ``/tokenize`` and, with ``VLLM_SERVER_DEV_MODE``, ``/collective_rpc``
+and ``/pause`` answered anyone who could reach the port. `VllmServer` loads this as
+``--middleware``, outside vLLM's own, with the token in ``$AGL_VLLM_TOKEN``: an environment only
+its user can read, where an ``--api-key`` argument is on a command line every local user sees
+(``ps``). Not in vLLM's ``$VLLM_API_KEY``, which would turn vLLM's check on too, and it reads the
+header otherwise (one space after "Bearer", the token unstripped): one check decides.
+
+A browser's CORS preflight (OPTIONS with ``Origin`` and ``Access-Control-Request-Method``) carries
+no token and passes: vLLM's CORS middleware, inside, answers it without reaching a route.
 
 Standard library only, and copied on its own next to vLLM (`VllmServer`): vLLM runs in an
 environment of its own, which need not have agl installed.
@@ -18,8 +23,9 @@ import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-TOKEN_ENV = "VLLM_API_KEY"
-OPEN_PATHS = frozenset({"/health"})
+TOKEN_ENV = "AGL_VLLM_TOKEN"
+OPEN_PATHS = frozenset({"/health", "/ping"})
+"""vLLM's health checks (``/ping`` is SageMaker's)."""
 UNAUTHORIZED = (
     b'{"error":{"message":"missing or wrong bearer token","type":"invalid_request_error","param":null,"code":401}}'
 )
@@ -60,10 +66,13 @@ class BearerEverywhere:
             await send({"type": "http.response.body", "body": UNAUTHORIZED})
 
     def _authorized(self, scope: Scope) -> bool:
-        """Lifespan events, /health, and requests carrying the token pass."""
+        """Lifespan events, health checks, CORS preflights and requests carrying the token pass."""
         if scope["type"] not in ("http", "websocket") or scope["path"] in OPEN_PATHS:
             return True
-        given = bearer_token(dict(scope["headers"]).get(b"authorization", b""))
+        headers = dict(scope["headers"])
+        if scope.get("method") == "OPTIONS" and b"origin" in headers and b"access-control-request-method" in headers:
+            return True
+        given = bearer_token(headers.get(b"authorization", b""))
         return given is not None and hmac.compare_digest(given, self._expected)
 
 
