@@ -175,15 +175,15 @@ async def test_a_rate_limited_call_is_sent_again_even_when_not_repeatable() -> N
 
 
 @pytest.mark.parametrize("status", [b"429 Too Many Requests", b"503 Service Unavailable"])
-async def test_a_retry_after_is_waited_for_within_the_retry_budget(status: bytes) -> None:
-    """``Retry-After: 3600`` with 1 s of budget left: one more try when the budget ends, not the
-    usual back-off's five, nor an hour's wait."""
+async def test_a_retry_after_past_the_retry_budget_gives_up_at_once(status: bytes) -> None:
+    """``Retry-After: 3600`` with 1 s of budget: no hour's wait, nor the budget's second for a try
+    the server said it would refuse, nor the usual back-off's five tries."""
     answers = [answer(status, b"slow down", b"retry-after: 3600\r\n")] * 10
     async with Peer(answers) as peer, HttpLightningStore(peer.url, retry_seconds=1) as client:
         async with asyncio.timeout(LIMIT):
             with pytest.raises(StoreUnavailable, match=r"to GET /statistics: slow down \(gave up after 1 s\)$"):
                 await client.statistics()
-    assert len(peer.heads) == 2
+    assert len(peer.heads) == 1
 
 
 def test_a_wrong_token_and_an_oversized_body_are_clear_typed_errors() -> None:

@@ -14,8 +14,8 @@ record says whether that dequeue claimed an attempt, and if so that attempt is r
 its upstream failed or was slow, perhaps after carrying the request out) counts as a lost answer
 too; a 503 (a store whose database is unavailable) as not carried out. A 429 (a rate-limiting
 gateway's Too Many Requests) was not carried out either, and is sent again whatever the call is;
-the wait before the next try is the answer's ``Retry-After`` in seconds on a 429 or 503, within
-what is left of ``retry_seconds``, else the usual back-off. A failed TLS handshake
+the wait before the next try is the answer's ``Retry-After`` in seconds on a 429 or 503, else the
+usual back-off; a wait that would end past ``retry_seconds`` gives up at once. A failed TLS handshake
 (``https://`` to a plain-HTTP server, an untrusted certificate) is not retried: no retry mends
 it. Errors the server answers (unknown id, bad input, illegal transition) are raised at once as
 the same typed error the store raised.
@@ -252,11 +252,10 @@ class HttpLightningStore(LightningStore):
                     raise _Unanswered(f"{problem}; it may have been carried out")
                 if status in _PACED_STATUS:
                     asked = _retry_after_seconds(retry_after)
-            left = give_up - time.monotonic()
-            if left <= 0 or (asked is None and delay > left):  # a Retry-After is waited for up to the end
-                raise StoreUnavailable(f"{problem} (gave up after {self.retry_seconds:g} s)")
             wait = delay if asked is None else max(asked, delay)  # at least the back-off: a "0" would spin
-            await asyncio.sleep(min(wait, left))  # back off before the next try
+            if time.monotonic() + wait > give_up:  # a wait past the budget would end in one more refusal
+                raise StoreUnavailable(f"{problem} (gave up after {self.retry_seconds:g} s)")
+            await asyncio.sleep(wait)  # back off before the next try
             delay = min(delay * 2, 1.0)
 
     def _error(self, status: int, payload: bytes) -> AglError:

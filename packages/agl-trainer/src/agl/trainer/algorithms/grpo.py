@@ -403,9 +403,13 @@ class GRPO(Algorithm):
 
 
 def _write_marker(folder: Path, step: int) -> None:
-    """Write ``{"step": step}`` as the checkpoint's marker, whole or not at all (written aside, then renamed)."""
+    """Write ``{"step": step}`` as the checkpoint's marker, whole or not at all (written aside, on
+    disk, then renamed), as durable as the weights it names."""
     staged = folder / f".{CHECKPOINT_MARKER}.tmp"
-    staged.write_text(json.dumps({"step": step}) + "\n")
+    with staged.open("w") as file:
+        file.write(json.dumps({"step": step}) + "\n")
+        file.flush()
+        os.fsync(file.fileno())
     os.replace(staged, folder / CHECKPOINT_MARKER)
 
 
