@@ -135,14 +135,16 @@ def chat_tools(tools: Sequence[Any]) -> list[dict[str, Any]]:
 
 
 def assistant_message(result: Any) -> dict[str, Any]:
-    """A ``CreateResult`` as the assistant message of a chat completion."""
+    """A ``CreateResult`` as the assistant message of a chat completion. Beside tool calls, AutoGen's
+    ``thought`` is the text the model wrote as its content (the wire's, and the next request's, as
+    `chat_messages` renders it); beside text, it is the model's reasoning."""
     content = result.content
-    if isinstance(content, str):
-        message: dict[str, Any] = {"role": "assistant", "content": content}
-    else:
-        message = {"role": "assistant", "content": None, "tool_calls": [_function_call(call) for call in content]}
-    if getattr(result, "thought", None):
-        message["reasoning_content"] = result.thought
+    thought = getattr(result, "thought", None) or None
+    if not isinstance(content, str):
+        return {"role": "assistant", "content": thought, "tool_calls": [_function_call(call) for call in content]}
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if thought:
+        message["reasoning_content"] = thought
     return message
 
 
